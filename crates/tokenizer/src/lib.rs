@@ -1,0 +1,1 @@
+//! afinar tokenizer (placeholder)
