@@ -1,1 +1,23 @@
-//! afinar engine (placeholder)
+//! afinar's engine: the [`Backend`] interface that model code is written against, and its
+//! implementations. Every kernel comes as a forward and a backward function side by side
+//! (llm.c style): there is no autograd, so the model code calls backward kernels explicitly and
+//! frozen weights never get gradients.
+//!
+//! Conventions shared by all backends:
+//! - Activations are row-major buffers of `f32` semantics (a backend may store them in a
+//!   narrower type; [`Backend::to_host`] always returns `f32`).
+//! - A linear layer's weight is `[out, in]` (Hugging Face layout) and computes `y = x Wᵀ`.
+//! - Attention tensors are `[batch, seq, heads, head_dim]`; RoPE rotates halves
+//!   `(x[i], x[i + head_dim/2])` as Hugging Face does.
+//! - Backward kernels accumulate (`+=`) into parameter gradients and overwrite activation
+//!   gradients unless their doc says otherwise.
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod rope;
+
+pub use backend::{AttnDims, Backend, WeightFormat};
+pub use cpu::CpuBackend;
+pub use error::{EngineError, Result};
+pub use rope::{rope_inv_freq, RopeScaling};

@@ -1,0 +1,208 @@
+//! The numbers that define a Llama-3-family model, from presets, HF `config.json` or GGUF metadata.
+
+use std::path::Path;
+
+use afinar_engine::{rope_inv_freq, RopeScaling};
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// Architecture hyper-parameters of a Llama-style decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Model width.
+    pub dim: usize,
+    /// Number of decoder layers.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub n_kv_heads: usize,
+    /// Size of one attention head.
+    pub head_dim: usize,
+    /// Hidden size of the SwiGLU MLP.
+    pub ffn_dim: usize,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Llama-3.1+ frequency scaling.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Longest sequence the model supports.
+    pub max_seq_len: usize,
+    /// Output projection shares the token embedding (Llama-3.2 1B/3B, SmolLM2).
+    pub tie_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Checks internal consistency; `source` names the file for the error message.
+    pub fn validate(&self, source: &Path) -> Result<()> {
+        let err = |key: &str, msg: String| Error::Config {
+            file: source.to_path_buf(),
+            key: key.into(),
+            msg,
+        };
+        for (key, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.dim),
+            ("num_hidden_layers", self.n_layers),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.ffn_dim),
+            ("max_position_embeddings", self.max_seq_len),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be positive".into()));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(err(
+                "num_key_value_heads",
+                format!(
+                    "{} query heads are not a multiple of {} key/value heads",
+                    self.n_heads, self.n_kv_heads
+                ),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(err("head_dim", format!("{} is odd; RoPE needs pairs", self.head_dim)));
+        }
+        if !(self.rope_theta > 0.0) {
+            return Err(err("rope_theta", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// RoPE inverse frequencies for this model.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
+    }
+
+    /// Number of parameters (embedding counted once when tied).
+    pub fn num_params(&self) -> usize {
+        let attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads);
+        let mlp = 3 * self.dim * self.ffn_dim;
+        let layer = attn + mlp + 2 * self.dim;
+        let embed = self.vocab_size * self.dim;
+        embed * if self.tie_embeddings { 1 } else { 2 } + self.n_layers * layer + self.dim
+    }
+
+    /// Reads a Hugging Face `config.json` of a `llama` model (transformers 4.x `rope_theta` /
+    /// `rope_scaling` keys or 5.x `rope_parameters`).
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            file: path.to_path_buf(),
+            key: "(document)".into(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_hf_value(&json, path)
+    }
+
+    /// Parses an already loaded HF config; `path` is used in error messages.
+    pub fn from_hf_value(json: &Value, path: &Path) -> Result<Self> {
+        let err = |key: &str, msg: &str| Error::Config {
+            file: path.to_path_buf(),
+            key: key.into(),
+            msg: msg.into(),
+        };
+        let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("llama");
+        if model_type != "llama" {
+            return Err(err(
+                "model_type",
+                &format!("unsupported architecture `{model_type}`; afinar supports `llama` (Llama-3.x, SmolLM2)"),
+            ));
+        }
+        let usize_key = |key: &str| -> Result<usize> {
+            json.get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| err(key, "missing or not a non-negative integer"))
+        };
+        let dim = usize_key("hidden_size")?;
+        let n_heads = usize_key("num_attention_heads")?;
+        let n_kv_heads = match json.get("num_key_value_heads") {
+            None | Some(Value::Null) => n_heads,
+            Some(_) => usize_key("num_key_value_heads")?,
+        };
+        let head_dim = match json.get("head_dim") {
+            None | Some(Value::Null) => {
+                if n_heads == 0 || dim % n_heads != 0 {
+                    return Err(err("hidden_size", "not divisible by num_attention_heads"));
+                }
+                dim / n_heads
+            }
+            Some(_) => usize_key("head_dim")?,
+        };
+        // transformers 5 moved rope_theta and rope_scaling into rope_parameters.
+        let rope_params = json.get("rope_parameters").filter(|v| v.is_object());
+        let rope_theta = json
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .unwrap_or(10_000.0);
+        let scaling_obj = json
+            .get("rope_scaling")
+            .filter(|v| v.is_object())
+            .or(rope_params);
+        let rope_scaling = match scaling_obj {
+            None => None,
+            Some(s) => {
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => {
+                        let f = |k: &str| -> Result<f64> {
+                            s.get(k).and_then(Value::as_f64).ok_or_else(|| {
+                                err(&format!("rope_scaling.{k}"), "missing or not a number")
+                            })
+                        };
+                        Some(RopeScaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position_embeddings: f(
+                                "original_max_position_embeddings",
+                            )?,
+                        })
+                    }
+                    other => {
+                        return Err(err(
+                            "rope_scaling.rope_type",
+                            &format!("unsupported RoPE scaling `{other}` (supported: default, llama3)"),
+                        ))
+                    }
+                }
+            }
+        };
+        let cfg = LlamaConfig {
+            vocab_size: usize_key("vocab_size")?,
+            dim,
+            n_layers: usize_key("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: usize_key("intermediate_size")?,
+            norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+            rope_theta,
+            rope_scaling,
+            max_seq_len: usize_key("max_position_embeddings")?,
+            tie_embeddings: json
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,139 @@
+use afinar_engine::Backend;
+
+use super::LlamaConfig;
+use crate::blocks::{DecoderLayer, KvCache, KvTarget, LayerScratch, RmsNorm};
+use crate::{Error, Result};
+
+/// A Llama-3-family decoder: token embedding, `n_layers` [`DecoderLayer`]s, final norm and the
+/// output projection (the embedding itself when tied).
+pub struct Llama<B: Backend> {
+    /// Architecture numbers.
+    pub config: LlamaConfig,
+    /// Token embedding `[vocab, dim]`.
+    pub embed: B::Weight,
+    /// Decoder blocks.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection `[vocab, dim]`; `None` when tied to `embed`.
+    pub output: Option<B::Weight>,
+    /// RoPE inverse frequencies (scaled for Llama-3.1+; from `rope_freqs` for such GGUFs).
+    pub inv_freq: Vec<f32>,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last position of each sequence: `[batch, vocab]` (generation).
+    Last,
+    /// Every position: `[batch · seq, vocab]` (evaluation, tests).
+    All,
+}
+
+impl<B: Backend> Llama<B> {
+    /// The matrix that maps hidden states to logits.
+    pub fn output_weight(&self) -> &B::Weight {
+        self.output.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// An empty KV cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, be: &B, batch: usize, capacity: usize) -> Result<KvCache<B>> {
+        let c = &self.config;
+        if capacity > c.max_seq_len {
+            return Err(Error::Input(format!(
+                "requested {capacity} positions but the model's context is {} tokens",
+                c.max_seq_len
+            )));
+        }
+        Ok(KvCache::new(be, c.n_layers, batch, capacity, c.n_kv_heads * c.head_dim)?)
+    }
+
+    /// Runs `batch` sequences of `seq` tokens (`ids` is `[batch · seq]`) and returns logits on
+    /// the host. With a cache, the tokens continue the cached positions and are appended to it.
+    pub fn forward(
+        &self,
+        be: &B,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        mut cache: Option<&mut KvCache<B>>,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let rows = batch * seq;
+        if rows == 0 || ids.len() != rows {
+            return Err(Error::Input(format!(
+                "forward: {} token ids for {batch} sequences of {seq} tokens",
+                ids.len()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        let past = match cache.as_deref() {
+            Some(cache) => {
+                if cache.batch != batch {
+                    return Err(Error::Input(format!(
+                        "KV cache holds {} sequences, forward got {batch}",
+                        cache.batch
+                    )));
+                }
+                if cache.len + seq > cache.capacity {
+                    return Err(Error::Input(format!(
+                        "sequence of {} tokens does not fit the context of {} tokens",
+                        cache.len + seq,
+                        cache.capacity
+                    )));
+                }
+                cache.len
+            }
+            None => 0,
+        };
+        if past + seq > c.max_seq_len {
+            return Err(Error::Input(format!(
+                "sequence of {} tokens is longer than the model's context of {} tokens",
+                past + seq,
+                c.max_seq_len
+            )));
+        }
+        let positions: Vec<u32> = (0..batch)
+            .flat_map(|_| (0..seq).map(move |t| (past + t) as u32))
+            .collect();
+
+        let mut x = be.zeros(rows * c.dim)?;
+        be.embedding(ids, &self.embed, &mut x)?;
+        let mut scratch = LayerScratch::new(be, &self.layers[0], rows)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let kv = match cache.as_deref_mut() {
+                Some(cache) => KvTarget::Cache(cache, l),
+                None => KvTarget::None,
+            };
+            layer.forward(be, &mut x, &mut scratch, batch, seq, &positions, &self.inv_freq, None, kv)?;
+        }
+        if let Some(cache) = cache {
+            cache.len += seq;
+        }
+
+        let (hidden, out_rows) = match which {
+            Logits::All => (x, rows),
+            Logits::Last => {
+                let mut last = be.zeros(batch * c.dim)?;
+                for b in 0..batch {
+                    be.copy(&x, (b * seq + seq - 1) * c.dim, &mut last, b * c.dim, c.dim)?;
+                }
+                (last, batch)
+            }
+        };
+        let mut normed = be.zeros(out_rows * c.dim)?;
+        let mut rstd = be.zeros(out_rows)?;
+        self.norm.forward(be, &hidden, &mut normed, &mut rstd, out_rows)?;
+        let mut logits = be.zeros(out_rows * c.vocab_size)?;
+        be.linear(&normed, self.output_weight(), &mut logits, out_rows, false)?;
+        let mut host = be.to_host(&logits)?;
+        host.truncate(out_rows * c.vocab_size);
+        Ok(host)
+    }
+}

@@ -1,0 +1,478 @@
+//! Loading a [`Llama`] from a Hugging Face checkpoint folder (safetensors, single or sharded) or a
+//! GGUF file, with its tokenizer when the checkpoint carries one.
+//!
+//! Internally afinar uses Hugging Face's layout (`[out, in]` weights, RoPE on halves). GGUF files
+//! written by llama.cpp store Q and K rows permuted for interleaved RoPE; [`unpermute_rows`] undoes
+//! that at load time.
+
+use std::path::{Path, PathBuf};
+
+use afinar_checkpoint::gguf::{GgufFile, MetaValue};
+use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
+use afinar_checkpoint::TensorView;
+use afinar_engine::{Backend, WeightFormat};
+use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
+
+use super::{Llama, LlamaConfig};
+use crate::blocks::{Attention, DecoderLayer, Mlp, RmsNorm};
+use crate::{Error, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Storage of the matrices (norm gains are always f32).
+    pub format: WeightFormat,
+    /// Tokenizer file to use instead of the checkpoint's own.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { format: WeightFormat::F32, tokenizer: None }
+    }
+}
+
+/// A model ready to run, with the tokenizer that goes with it.
+pub struct LoadedModel<B: Backend> {
+    /// The network.
+    pub model: Llama<B>,
+    /// Its tokenizer (`None` when neither the checkpoint nor the options gave one).
+    pub tokenizer: Option<Tokenizer>,
+    /// Where it came from.
+    pub source: PathBuf,
+}
+
+/// Loads a model from `path`: a `.gguf` file, a folder with `config.json` and
+/// `model.safetensors` (or sharded with `model.safetensors.index.json`), or a `.safetensors`
+/// file with `config.json` beside it.
+pub fn load_model<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {
+    if !path.exists() {
+        return Err(Error::Input(format!("{}: no such file or folder", path.display())));
+    }
+    let mut loaded = if is_gguf(path)? {
+        load_gguf(be, path, opts.format)?
+    } else {
+        load_hf(be, path, opts.format)?
+    };
+    if let Some(tok) = &opts.tokenizer {
+        loaded.tokenizer = Some(Tokenizer::from_file(tok)?);
+    }
+    if let Some(tok) = &loaded.tokenizer {
+        if tok.vocab_size() > loaded.model.config.vocab_size {
+            return Err(Error::Input(format!(
+                "the tokenizer has {} tokens but the model's vocabulary has only {}",
+                tok.vocab_size(),
+                loaded.model.config.vocab_size
+            )));
+        }
+    }
+    Ok(loaded)
+}
+
+fn is_gguf(path: &Path) -> Result<bool> {
+    if path.is_dir() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut magic)
+    });
+    match read {
+        Ok(n) => Ok(n == 4 && &magic == b"GGUF"),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// A tensor getter that hides the checkpoint format and its naming scheme; names are Hugging
+/// Face's.
+trait WeightSource {
+    fn file(&self) -> &Path;
+    fn has(&self, hf_name: &str) -> bool;
+    /// The tensor as f32 with its row-major shape.
+    fn load(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+}
+
+fn view_to_f32(view: TensorView<'_>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let shape = view.shape.clone();
+    Ok((shape, view.to_f32()?))
+}
+
+struct HfSource {
+    ckpt: SafetensorsCheckpoint,
+    path: PathBuf,
+}
+
+impl WeightSource for HfSource {
+    fn file(&self) -> &Path {
+        &self.path
+    }
+    fn has(&self, name: &str) -> bool {
+        self.ckpt.contains(name)
+    }
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        view_to_f32(self.ckpt.tensor(name)?)
+    }
+}
+
+struct GgufSource {
+    file: GgufFile,
+    path: PathBuf,
+    n_heads: usize,
+    n_kv_heads: usize,
+}
+
+/// Maps a Hugging Face Llama tensor name to its GGUF name.
+fn gguf_name(hf: &str) -> Option<String> {
+    Some(match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = hf.strip_prefix("model.layers.")?;
+            let (layer, field) = rest.split_once('.')?;
+            let g = match field {
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                "input_layernorm.weight" => "attn_norm.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                _ => return None,
+            };
+            format!("blk.{layer}.{g}")
+        }
+    })
+}
+
+impl WeightSource for GgufSource {
+    fn file(&self) -> &Path {
+        &self.path
+    }
+    fn has(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.file.tensor_names().contains(&g.as_str()))
+    }
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let g = gguf_name(name).ok_or_else(|| Error::Weights {
+            file: self.path.clone(),
+            tensor: name.into(),
+            msg: "no GGUF name for this tensor".into(),
+        })?;
+        let (shape, mut data) = view_to_f32(self.file.tensor(&g)?)?;
+        let heads = if name.ends_with("q_proj.weight") {
+            Some(self.n_heads)
+        } else if name.ends_with("k_proj.weight") {
+            Some(self.n_kv_heads)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            data = unpermute_rows(&data, &shape, heads).map_err(|msg| Error::Weights {
+                file: self.path.clone(),
+                tensor: g.clone(),
+                msg,
+            })?;
+        }
+        Ok((shape, data))
+    }
+}
+
+/// Undoes llama.cpp's Q/K row permutation: within each head, GGUF row `2i + j` holds HF row
+/// `j · head_dim/2 + i` (interleaved RoPE pairs vs halves).
+pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> std::result::Result<Vec<f32>, String> {
+    let [rows, cols] = shape else {
+        return Err(format!("expected a matrix, got shape {shape:?}"));
+    };
+    let (rows, cols) = (*rows, *cols);
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * cols {
+        return Err(format!("{rows} rows cannot be split into {heads} heads of even size"));
+    }
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + 2 * i + j;
+                let dst = h * head_dim + j * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds every block of the model from `src`, checking each tensor's shape.
+fn build<B: Backend>(
+    be: &B,
+    config: LlamaConfig,
+    inv_freq: Vec<f32>,
+    src: &dyn WeightSource,
+    format: WeightFormat,
+) -> Result<Llama<B>> {
+    let c = &config;
+    let load_checked = |name: &str, expect: &[usize]| -> Result<Vec<f32>> {
+        if !src.has(name) {
+            return Err(Error::Weights {
+                file: src.file().to_path_buf(),
+                tensor: name.into(),
+                msg: "missing from the checkpoint".into(),
+            });
+        }
+        let (shape, data) = src.load(name)?;
+        if shape != expect {
+            return Err(Error::Weights {
+                file: src.file().to_path_buf(),
+                tensor: name.into(),
+                msg: format!("shape {shape:?}, the config needs {expect:?}"),
+            });
+        }
+        Ok(data)
+    };
+    let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Weight> {
+        let data = load_checked(name, &[rows, cols])?;
+        Ok(be.weight(&data, rows, cols, format)?)
+    };
+    let norm = |name: &str| -> Result<RmsNorm<B>> {
+        let data = load_checked(name, &[c.dim])?;
+        Ok(RmsNorm { weight: be.from_host(&data)?, dim: c.dim, eps: c.norm_eps })
+    };
+    let (q_rows, kv_rows) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        layers.push(DecoderLayer {
+            attn_norm: norm(&p("input_layernorm.weight"))?,
+            attn: Attention {
+                wq: matrix(&p("self_attn.q_proj.weight"), q_rows, c.dim)?,
+                wk: matrix(&p("self_attn.k_proj.weight"), kv_rows, c.dim)?,
+                wv: matrix(&p("self_attn.v_proj.weight"), kv_rows, c.dim)?,
+                wo: matrix(&p("self_attn.o_proj.weight"), c.dim, q_rows)?,
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+            },
+            mlp_norm: norm(&p("post_attention_layernorm.weight"))?,
+            mlp: Mlp {
+                gate: matrix(&p("mlp.gate_proj.weight"), c.ffn_dim, c.dim)?,
+                up: matrix(&p("mlp.up_proj.weight"), c.ffn_dim, c.dim)?,
+                down: matrix(&p("mlp.down_proj.weight"), c.dim, c.ffn_dim)?,
+                ffn_dim: c.ffn_dim,
+            },
+        });
+    }
+    let embed = matrix("model.embed_tokens.weight", c.vocab_size, c.dim)?;
+    let output = if c.tie_embeddings {
+        None
+    } else {
+        Some(matrix("lm_head.weight", c.vocab_size, c.dim)?)
+    };
+    let norm = norm("model.norm.weight")?;
+    Ok(Llama { config, embed, layers, norm, output, inv_freq })
+}
+
+fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        return Err(Error::Input(format!(
+            "{}: not a GGUF file, and no config.json in {} (expected a Hugging Face checkpoint folder)",
+            path.display(),
+            dir.display()
+        )));
+    }
+    let mut config = LlamaConfig::from_hf_json(&config_path)?;
+    let ckpt = SafetensorsCheckpoint::open(path)?;
+    // Some checkpoints say nothing about tying but ship no lm_head.
+    if !config.tie_embeddings && !ckpt.contains("lm_head.weight") {
+        config.tie_embeddings = true;
+    }
+    let inv_freq = config.inv_freq();
+    let src = HfSource { ckpt, path: path.to_path_buf() };
+    let model = build(be, config, inv_freq, &src, format)?;
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
+}
+
+fn meta_err(path: &Path, key: &str, msg: &str) -> Error {
+    Error::Config { file: path.to_path_buf(), key: key.into(), msg: msg.into() }
+}
+
+fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {
+    let file = GgufFile::open(path)?;
+    let arch = file
+        .get("general.architecture")
+        .and_then(MetaValue::as_str)
+        .ok_or_else(|| meta_err(path, "general.architecture", "missing"))?
+        .to_string();
+    if arch != "llama" {
+        return Err(meta_err(
+            path,
+            "general.architecture",
+            &format!("unsupported architecture `{arch}`; afinar supports `llama` (Llama-3.x, SmolLM2)"),
+        ));
+    }
+    let int = |key: &str| -> Result<Option<usize>> {
+        match file.get(&format!("{arch}.{key}")) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|v| Some(v as usize))
+                .ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "not an integer")),
+        }
+    };
+    let required = |key: &str| -> Result<usize> {
+        int(key)?.ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "missing"))
+    };
+    let float = |key: &str| file.get(&format!("{arch}.{key}")).and_then(MetaValue::as_f64);
+    let dim = required("embedding_length")?;
+    let n_heads = required("attention.head_count")?;
+    let n_kv_heads = int("attention.head_count_kv")?.unwrap_or(n_heads);
+    if n_heads == 0 {
+        return Err(meta_err(path, &format!("{arch}.attention.head_count"), "must be positive"));
+    }
+    let names = file.tensor_names();
+    let embed_rows = file.tensor("token_embd.weight")?.shape.first().copied().unwrap_or(0);
+    let vocab_size = int("vocab_size")?.unwrap_or(embed_rows);
+    let config = LlamaConfig {
+        vocab_size,
+        dim,
+        n_layers: required("block_count")?,
+        n_heads,
+        n_kv_heads,
+        head_dim: int("rope.dimension_count")?.unwrap_or(dim / n_heads),
+        ffn_dim: required("feed_forward_length")?,
+        norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
+        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        rope_scaling: None,
+        max_seq_len: required("context_length")?,
+        tie_embeddings: !names.contains(&"output.weight"),
+    };
+    config.validate(path)?;
+    if let Some(kind) = file.get(&format!("{arch}.rope.scaling.type")).and_then(MetaValue::as_str) {
+        if kind != "none" {
+            return Err(meta_err(
+                path,
+                &format!("{arch}.rope.scaling.type"),
+                &format!("RoPE scaling `{kind}` is not supported"),
+            ));
+        }
+    }
+    // llama.cpp stores Llama-3.1 RoPE scaling as per-frequency divisors in `rope_freqs.weight`.
+    let mut inv_freq = config.inv_freq();
+    if names.contains(&"rope_freqs.weight") {
+        let factors = file.tensor("rope_freqs.weight")?.to_f32()?;
+        if factors.len() != inv_freq.len() {
+            return Err(Error::Weights {
+                file: path.to_path_buf(),
+                tensor: "rope_freqs.weight".into(),
+                msg: format!("{} factors for {} frequencies", factors.len(), inv_freq.len()),
+            });
+        }
+        for (f, d) in inv_freq.iter_mut().zip(&factors) {
+            *f /= d;
+        }
+    }
+    let tokenizer = gguf_tokenizer(&file, path)?;
+    let src = GgufSource { file, path: path.to_path_buf(), n_heads: config.n_heads, n_kv_heads: config.n_kv_heads };
+    let model = build(be, config, inv_freq, &src, format)?;
+    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
+}
+
+/// The tokenizer embedded in GGUF metadata, if any.
+fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Option<Tokenizer>> {
+    let Some(model) = file.get("tokenizer.ggml.model").and_then(MetaValue::as_str) else {
+        return Ok(None);
+    };
+    let strings = |key: &str| -> Result<Vec<String>> {
+        match file.get(key) {
+            None => Ok(Vec::new()),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| meta_err(path, key, "expected an array of strings")),
+        }
+    };
+    let token_types = match file.get("tokenizer.ggml.token_type") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(|t| t.as_u64().map(|t| t as i32)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| meta_err(path, "tokenizer.ggml.token_type", "expected an array of integers"))?,
+    };
+    let id = |key: &str| file.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
+    let spec = GgufTokenizerSpec {
+        model: model.to_string(),
+        pre: file.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).map(str::to_string),
+        tokens: strings("tokenizer.ggml.tokens")?,
+        merges: strings("tokenizer.ggml.merges")?,
+        token_types,
+        bos_id: id("tokenizer.ggml.bos_token_id"),
+        eos_id: id("tokenizer.ggml.eos_token_id"),
+        add_bos: file.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool),
+        chat_template: file.get("tokenizer.chat_template").and_then(MetaValue::as_str).map(str::to_string),
+    };
+    Ok(Some(Tokenizer::from_gguf(spec)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's converter permutes HF rows as `w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2)`;
+    /// applying that permutation and then ours must give the input back.
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        let (heads, hd, cols) = (3, 8, 5);
+        let rows = heads * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    // permuted index order (h, i, j) reads HF row (h, j, i)
+                    let dst = h * hd + i * 2 + j;
+                    let src = h * hd + j * (hd / 2) + i;
+                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute_rows(&gguf, &[rows, cols], heads).unwrap(), hf);
+        assert!(unpermute_rows(&gguf, &[rows, cols], 5).is_err());
+    }
+}
+
+/// Loads only the tokenizer from `path`: a GGUF file's embedded tokenizer, a checkpoint folder's
+/// `tokenizer.json`, or a `tokenizer.json` / `tokenizer.model` file.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(Error::Input(format!("{}: no such file or folder", path.display())));
+    }
+    if is_gguf(path)? {
+        let file = GgufFile::open(path)?;
+        return gguf_tokenizer(&file, path)?.ok_or_else(|| {
+            Error::Input(format!("{}: this GGUF file has no tokenizer in its metadata", path.display()))
+        });
+    }
+    if path.is_dir() {
+        for name in ["tokenizer.json", "tokenizer.model"] {
+            if path.join(name).exists() {
+                return Ok(Tokenizer::from_file(&path.join(name))?);
+            }
+        }
+        return Err(Error::Input(format!(
+            "{}: no tokenizer.json or tokenizer.model in this folder",
+            path.display()
+        )));
+    }
+    Ok(Tokenizer::from_file(path)?)
+}

@@ -1,0 +1,11 @@
+//! Llama-3-family models: configurations ([`LlamaConfig`], [`presets`]), the decoder
+//! ([`Llama`]) wired from [`crate::blocks`], and checkpoint loading ([`load`]).
+
+mod config;
+mod llama;
+pub mod load;
+pub mod presets;
+
+pub use config::LlamaConfig;
+pub use llama::{Llama, Logits};
+pub use load::{load_model, load_tokenizer, LoadOptions, LoadedModel};

@@ -1,0 +1,113 @@
+//! Bad checkpoints and inputs end in clear errors naming the file, key or tensor: never a panic.
+
+mod common;
+
+use std::path::Path;
+
+use afinar::engine::CpuBackend;
+use afinar::models::{load_model, LoadOptions, Logits};
+use common::fixture;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn load_err(path: &Path) -> String {
+    let be = CpuBackend::new(Some(1));
+    match load_model(&be, path, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded but should not", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("afinar-bad-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn missing_path() {
+    let msg = load_err(Path::new("/nonexistent/model.gguf"));
+    assert!(msg.contains("/nonexistent/model.gguf"), "{msg}");
+}
+
+#[test]
+fn folder_without_config() {
+    let d = tmp("noconfig");
+    std::fs::create_dir_all(&d).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("config.json"), "{msg}");
+}
+
+#[test]
+fn unknown_architecture() {
+    let d = tmp("arch");
+    copy_dir(&fixture("models/llama32_tiny"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(d.join("config.json"), cfg.replace("\"llama\"", "\"mamba\"")).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("model_type") && msg.contains("mamba"), "{msg}");
+}
+
+#[test]
+fn config_that_does_not_fit_the_weights() {
+    let d = tmp("shape");
+    copy_dir(&fixture("models/llama32_tiny"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(d.join("config.json"), cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96")).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("mlp") && msg.contains("shape"), "{msg}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = tmp("trunc");
+    copy_dir(&fixture("models/llama32_tiny"), &d);
+    let f = d.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("model.safetensors"), "{msg}");
+}
+
+#[test]
+fn truncated_gguf() {
+    let d = tmp("gguf");
+    std::fs::create_dir_all(&d).unwrap();
+    let src = common::asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(src).unwrap();
+    for cut in [3usize, 100, 5_000_000, bytes.len() - 1000] {
+        let f = d.join(format!("cut{cut}.gguf"));
+        std::fs::write(&f, &bytes[..cut]).unwrap();
+        let msg = load_err(&f);
+        assert!(msg.contains(&format!("cut{cut}.gguf")), "cut at {cut}: {msg}");
+    }
+}
+
+#[test]
+fn not_a_model_file() {
+    let d = tmp("text");
+    std::fs::create_dir_all(&d).unwrap();
+    let f = d.join("notes.txt");
+    std::fs::write(&f, "hello").unwrap();
+    let msg = load_err(&f);
+    assert!(msg.contains("config.json"), "{msg}");
+}
+
+#[test]
+fn prompt_longer_than_context_and_bad_ids() {
+    let be = CpuBackend::new(Some(1));
+    let model = load_model(&be, &fixture("models/llama32_tiny"), &LoadOptions::default()).unwrap().model;
+    let ctx = model.config.max_seq_len;
+    let long: Vec<u32> = vec![5; ctx + 1];
+    let msg = model.forward(&be, &long, 1, long.len(), None, Logits::Last).err().unwrap().to_string();
+    assert!(msg.contains("context"), "{msg}");
+    assert!(model.new_cache(&be, 1, ctx + 1).is_err());
+    let msg = model.forward(&be, &[1, 2, 100_000], 1, 3, None, Logits::Last).err().unwrap().to_string();
+    assert!(msg.contains("100000") && msg.contains("vocabulary"), "{msg}");
+}

@@ -1,0 +1,117 @@
+//! One module per subcommand, plus the options they share.
+
+pub mod chat;
+pub mod generate;
+pub mod tokenize;
+
+use std::path::PathBuf;
+
+use afinar::engine::{CpuBackend, WeightFormat};
+use afinar::generate::SamplingParams;
+use afinar::models::{load_model, LoadOptions, LoadedModel};
+use afinar::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+/// Weight storage on the device.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DTypeArg {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+}
+
+/// Options shared by the commands that run a model.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face checkpoint folder (config.json + safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Tokenizer file (tokenizer.json or tokenizer.model) when the checkpoint has none.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Storage of the weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DTypeArg,
+}
+
+/// Sampling options shared by generate and chat.
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// Softmax temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample only within the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+}
+
+impl SamplingArgs {
+    /// Checks ranges and converts.
+    pub fn params(&self) -> Result<SamplingParams> {
+        anyhow::ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "--temperature must be a number ≥ 0, got {}",
+            self.temperature
+        );
+        anyhow::ensure!(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "--top-p must be in (0, 1], got {}",
+            self.top_p
+        );
+        Ok(SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Loads the model and its tokenizer on the CPU backend.
+pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, Tokenizer)> {
+    if args.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    let be = CpuBackend::new(args.threads);
+    let opts = LoadOptions {
+        format: match args.dtype {
+            DTypeArg::F32 => WeightFormat::F32,
+            DTypeArg::Bf16 => WeightFormat::BF16,
+        },
+        tokenizer: args.tokenizer.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    let mut loaded = load_model(&be, &args.model, &opts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let tokenizer = loaded.tokenizer.take().with_context(|| {
+        format!(
+            "{} has no tokenizer; pass --tokenizer PATH (tokenizer.json or tokenizer.model)",
+            args.model.display()
+        )
+    })?;
+    let c = &loaded.model.config;
+    eprintln!(
+        "afinar: loaded {} ({} layers, dim {}, {:.1}M parameters) on {} in {:.2}s",
+        args.model.display(),
+        c.n_layers,
+        c.dim,
+        c.num_params() as f64 / 1e6,
+        afinar::engine::Backend::name(&be),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((be, loaded, tokenizer))
+}

@@ -1,0 +1,278 @@
+//! The interface between model code and the hardware.
+//!
+//! Model code (blocks, models, recipes) is written once against [`Backend`]; the CPU backend and
+//! the CUDA backend implement it. Kernels are called with explicit sizes, llm.c style: buffers may
+//! be longer than a call needs (they are planned once for the largest shape) and a kernel uses
+//! their leading elements. Host-side index data (token ids, positions, targets, document ids) is
+//! passed as plain slices; a device backend uploads it.
+
+use crate::Result;
+
+/// How a backend stores a weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// 32-bit floats (trainable weights, reference runs).
+    F32,
+    /// bfloat16, converted to f32 tile by tile inside the matmul (frozen weights).
+    BF16,
+}
+
+/// Sizes of one attention call.
+///
+/// `q` is `[batch, q_len, q_heads, head_dim]`; `k` and `v` are
+/// `[batch, kv_stride, kv_heads, head_dim]` of which the first `kv_len` positions hold data (a KV
+/// cache has `kv_stride` = its capacity). Query `t` sits at absolute position `q_offset + t` and
+/// attends to keys `s <= q_offset + t` (causal). `q_heads` is a multiple of `kv_heads`
+/// (grouped-query attention: query head `h` reads kv head `h / (q_heads / kv_heads)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnDims {
+    /// Number of sequences.
+    pub batch: usize,
+    /// Queries per sequence.
+    pub q_len: usize,
+    /// Valid keys per sequence (`q_offset + q_len` for causal self-attention).
+    pub kv_len: usize,
+    /// Positions allocated per sequence in `k` and `v` (≥ `kv_len`).
+    pub kv_stride: usize,
+    /// Query heads.
+    pub q_heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Absolute position of the first query.
+    pub q_offset: usize,
+    /// Softmax scale, usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Everything model code needs from a device: memory, and a forward and a backward kernel for
+/// each operation of a Llama-style decoder.
+///
+/// Unless a method says otherwise, outputs are overwritten. Backward kernels *accumulate* into
+/// parameter gradients (`dw`, `dtable`) so that micro-batches add up.
+pub trait Backend: Send + Sync + 'static {
+    /// A device buffer of activations (f32 semantics).
+    type Buf: Send + Sync;
+    /// A weight matrix `[rows, cols]` in some [`WeightFormat`].
+    type Weight: Send + Sync;
+
+    /// Human-readable device name, e.g. `"cpu (2 threads, avx512_bf16)"`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------------
+
+    /// A zero-filled buffer of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `data`.
+    #[allow(clippy::wrong_self_convention)]
+    fn from_host(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// The buffer's contents as f32.
+    fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Number of elements in `buf`.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// `dst[dst_off..dst_off + n] = src[src_off..src_off + n]`.
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()>;
+    /// Sets the first `n` elements of `buf` to `value`.
+    fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()>;
+    /// Uploads a `[rows, cols]` row-major matrix as a weight in `format`.
+    fn weight(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<Self::Weight>;
+    /// `(rows, cols)` of a weight.
+    fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
+    /// A weight's values as f32 (after its format's rounding).
+    fn weight_to_host(&self, w: &Self::Weight) -> Result<Vec<f32>>;
+
+    // ---- matrix products ----------------------------------------------------------------------
+
+    /// `y[rows, out] (+)= x[rows, in] · Wᵀ` for `W: [out, in]`; adds into `y` when `accumulate`.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        y: &mut Self::Buf,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// `dx[rows, in] (+)= dy[rows, out] · W`; the input gradient of [`Backend::linear`].
+    fn linear_backward_input(
+        &self,
+        dy: &Self::Buf,
+        w: &Self::Weight,
+        dx: &mut Self::Buf,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// General product `c[m, n] = alpha · op(a) · op(b) + beta · c`, where `op(a)` is `[m, k]`
+    /// (stored `[k, m]` when `ta`) and `op(b)` is `[k, n]` (stored `[n, k]` when `tb`).
+    /// The weight gradient of a linear layer is `matmul(dy, true, x, false, dw, out, in, rows, 1, 1)`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        a: &Self::Buf,
+        ta: bool,
+        b: &Self::Buf,
+        tb: bool,
+        c: &mut Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()>;
+
+    // ---- elementwise --------------------------------------------------------------------------
+
+    /// `y[..n] += x[..n]` (residual connections, gradient sums).
+    fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()>;
+    /// `y[..n] *= s`.
+    fn scale(&self, y: &mut Self::Buf, n: usize, s: f32) -> Result<()>;
+
+    // ---- layers -------------------------------------------------------------------------------
+
+    /// `out[i, :] = table[ids[i], :]` for a `[vocab, dim]` table.
+    fn embedding(&self, ids: &[u32], table: &Self::Weight, out: &mut Self::Buf) -> Result<()>;
+    /// `dtable[ids[i], :] += dout[i, :]`.
+    fn embedding_backward(
+        &self,
+        ids: &[u32],
+        dout: &Self::Buf,
+        dtable: &mut Self::Buf,
+        dim: usize,
+    ) -> Result<()>;
+
+    /// RMSNorm over rows of `x[rows, dim]`: `out = x · rstd · w` with
+    /// `rstd = 1 / sqrt(mean(x²) + eps)` saved per row for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// Backward of [`Backend::rmsnorm`]: `dx (+)= ∂L/∂x` (adds when `accumulate`, so the
+    /// residual stream's gradient can flow through unchanged), `dw += ∂L/∂w` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        dw: Option<&mut Self::Buf>,
+        rows: usize,
+        dim: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// Rotates `x[tokens, heads, head_dim]` in place by `positions[token] · inv_freq[i]`,
+    /// pairing `(x[i], x[i + head_dim/2])`. With `inverse`, rotates by the negative angle, which
+    /// is the backward of the forward rotation.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        positions: &[u32],
+        inv_freq: &[f32],
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) -> Result<()>;
+
+    /// SwiGLU gate: `out = silu(gate) · up` over `n` elements.
+    fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, out: &mut Self::Buf, n: usize)
+        -> Result<()>;
+    /// Backward of [`Backend::swiglu`]: overwrites `dgate` and `dup`.
+    fn swiglu_backward(
+        &self,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        n: usize,
+    ) -> Result<()>;
+
+    /// Causal grouped-query attention (see [`AttnDims`]), writing `out[batch, q_len, q_heads,
+    /// head_dim]` and the softmax log-sum-exp per query `lse[batch, q_heads, q_len]` for the
+    /// backward. With `doc_ids` (`[batch, kv_len]`, packed sequences), a query also only sees
+    /// keys of its own document (block-causal). Never materialises a `q_len × kv_len` matrix
+    /// beyond one tile.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()>;
+    /// Backward of [`Backend::attention`]: overwrites `dq`, `dk`, `dv` (shaped like `q`, `k`, `v`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()>;
+
+    /// Softmax cross-entropy of `logits[rows, vocab]` against `targets` (-100 = ignored, loss 0).
+    /// Writes per-row losses; when `dlogits` is given, writes `grad_scale · (softmax − onehot)`
+    /// there (zero rows for ignored targets). `dlogits` may not alias `logits`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        targets: &[i32],
+        losses: &mut Self::Buf,
+        dlogits: Option<&mut Self::Buf>,
+        rows: usize,
+        vocab: usize,
+        grad_scale: f32,
+    ) -> Result<()>;
+
+    /// Output projection fused with cross-entropy, in chunks of rows so that the full
+    /// `[rows, vocab]` logits never exist at once: logits = `h[rows, dim] · Wᵀ`, `W: [vocab, dim]`.
+    /// Returns the sum of losses over non-ignored rows and their count. When `dh` is given,
+    /// writes `∂(grad_scale · Σ loss)/∂h` into it; when `dw` is given (`[vocab, dim]`),
+    /// accumulates the weight gradient into it.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cross_entropy(
+        &self,
+        h: &Self::Buf,
+        w: &Self::Weight,
+        targets: &[i32],
+        rows: usize,
+        grad_scale: f32,
+        dh: Option<&mut Self::Buf>,
+        dw: Option<&mut Self::Buf>,
+    ) -> Result<(f64, usize)>;
+}
