@@ -4,7 +4,7 @@
 use std::io::{BufRead, Write};
 
 use afinar::generate::{generate, GenerateOptions};
-use afinar::tokenizer::{render_chat, DecodeStream, Message};
+use afinar::tokenizer::{render_chat, Message};
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -79,7 +79,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             sampling,
             stop_ids: tok.stop_ids(),
         };
-        let mut stream = DecodeStream::new(&tok);
+        let mut stream = tok.decode_stream(true);
         let mut stdout = std::io::stdout().lock();
         let (new, stats) = generate(&be, model, &mut cache, &ids[common..], &opts, |id| {
             if let Some(piece) = stream.step(id)? {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use afinar::generate::{generate, GenerateOptions};
-use afinar::tokenizer::{render_chat, DecodeStream, Message, Tokenizer};
+use afinar::tokenizer::{render_chat, Message, Tokenizer};
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -43,7 +43,7 @@ pub fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool, system: Option<&str
         let text = render_chat(tok, &messages, true).context("rendering the chat template")?;
         Ok(tok.encode(&text, false)?)
     } else {
-        Ok(tok.encode(prompt, tok.bos_id().is_some() && tok.add_bos_by_default())?)
+        Ok(tok.encode(prompt, tok.add_bos_default())?)
     }
 }
 
@@ -71,7 +71,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         sampling,
         stop_ids: tok.stop_ids(),
     };
-    let mut stream = DecodeStream::new(&tok);
+    let mut stream = tok.decode_stream(true);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (_, stats) = generate(&be, model, &mut cache, &ids, &opts, |id| {
