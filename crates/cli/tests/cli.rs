@@ -1,0 +1,128 @@
+//! The `afinar` binary end to end on the real SmolLM2-135M-Instruct GGUF and Llama-3 tokenizer:
+//! stdout carries only the generated text, errors exit non-zero with a message and never panic.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn asset(rel: &str) -> PathBuf {
+    let base = std::env::var_os("AFINAR_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/afinar"));
+    let p = base.join("assets").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-assets.sh", p.display());
+    p
+}
+
+fn smollm2() -> PathBuf {
+    asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
+}
+
+fn afinar(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_afinar"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run afinar");
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "should fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+}
+
+/// `generate` prints exactly transformers' greedy continuation on stdout, stats on stderr.
+#[test]
+fn generate_prints_only_the_continuation() {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("models/smollm2/prompts.json")).unwrap(),
+    )
+    .unwrap();
+    let p = &meta["prompts"][0];
+    let prompt = p["text"].as_str().unwrap();
+    let want = p["generation"]["text_skip_special"].as_str().unwrap();
+    let model = smollm2();
+    let out = afinar(
+        &["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "32", "--temperature", "0"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{want}\n"));
+    assert!(text(&out.stderr).contains("tokens/s"));
+}
+
+#[test]
+fn chat_answers_from_piped_input() {
+    let model = smollm2();
+    let out = afinar(
+        &["chat", "--model", model.to_str().unwrap(), "--max-new-tokens", "24"],
+        Some("What is the capital of France?\nAnd of Spain?\n/exit\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stdout.contains("Madrid"), "{stdout}");
+}
+
+#[test]
+fn tokenize_stats_in_english_and_spanish() {
+    let tok = asset("llama3-tokenizer/tokenizer.json");
+    let stats = |s: &str| -> serde_json::Value {
+        let out = afinar(&["tokenize", "--tokenizer", tok.to_str().unwrap(), "--stats", "--json", s], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_str(&text(&out.stdout)).unwrap()
+    };
+    let en = stats("The committee approved the new regulations after a long debate about their economic consequences.");
+    let es = stats("El comité aprobó las nuevas regulaciones después de un largo debate sobre sus consecuencias económicas.");
+    assert_eq!(en["words"], 14);
+    assert_eq!(es["words"], 15);
+    assert!(es["tokens"].as_u64() > en["tokens"].as_u64(), "{en} {es}");
+    let out = afinar(&["tokenize", "--tokenizer", tok.to_str().unwrap(), "--bos", "Hola"], None);
+    assert!(text(&out.stdout).starts_with("128000 "), "{}", text(&out.stdout));
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    assert_clean_failure(&afinar(&["generate", "--model", "/no/such/model.gguf", "--prompt", "hi"], None), "/no/such/model.gguf");
+    assert_clean_failure(&afinar(&["generate", "--model", m, "--prompt", "hi", "--temperature=-1"], None), "--temperature");
+    assert_clean_failure(&afinar(&["generate", "--model", m, "--prompt", "hi", "--top-p", "0"], None), "--top-p");
+    assert_clean_failure(&afinar(&["tokenize", "--tokenizer", "/no/tokenizer.json", "x"], None), "/no/tokenizer.json");
+    // a folder of random files is no checkpoint
+    let dir = std::env::temp_dir().join(format!("afinar-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_clean_failure(&afinar(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], None), "config.json");
+    // a prompt longer than the 8192-token context
+    let long = dir.join("long.txt");
+    std::fs::write(&long, "uno dos tres cuatro ".repeat(3000)).unwrap();
+    assert_clean_failure(
+        &afinar(&["generate", "--model", m, "--prompt-file", long.to_str().unwrap(), "--max-new-tokens", "4"], None),
+        "context",
+    );
+    // a tiny model folder without a tokenizer asks for --tokenizer
+    let tiny = fixture("models/llama32_tiny");
+    assert_clean_failure(&afinar(&["generate", "--model", tiny.to_str().unwrap(), "--prompt", "hi"], None), "--tokenizer");
+    // unknown flags are usage errors
+    let out = afinar(&["generate", "--model", m, "--bogus"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
