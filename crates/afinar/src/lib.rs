@@ -6,11 +6,14 @@
 //! `afinar-checkpoint`, tokenizers and chat templates in `afinar-tokenizer`.
 
 pub mod blocks;
+pub mod config;
 pub mod error;
 pub mod generate;
 pub mod models;
+pub mod recipes;
 
 pub use afinar_checkpoint as checkpoint;
+pub use afinar_data as data;
 pub use afinar_engine as engine;
 pub use afinar_tokenizer as tokenizer;
 pub use error::{Error, Result};

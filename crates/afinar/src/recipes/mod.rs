@@ -1,0 +1,1 @@
+//! Fine-tuning recipes (in progress).

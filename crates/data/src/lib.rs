@@ -1,0 +1,1 @@
+//! afinar datasets (in progress)
