@@ -1,1 +1,53 @@
-//! afinar tokenizer (placeholder)
+//! Tokenizer for afinar: byte-level BPE as Llama-3 and SmolLM2 use it, and chat prompts.
+//!
+//! - [`Tokenizer::from_file`] loads a Hugging Face `tokenizer.json` or a tiktoken
+//!   `tokenizer.model` (Meta's Llama-3 format), reading `tokenizer_config.json` beside it for the
+//!   chat template and BOS/EOS; [`Tokenizer::from_gguf`] builds the tokenizer stored in GGUF
+//!   metadata from a [`GgufTokenizerSpec`].
+//! - [`Tokenizer::encode`] / [`Tokenizer::decode`] give the same ids and text as Hugging Face
+//!   `tokenizers`; [`DecodeStream`] decodes token by token for streaming output.
+//! - [`render_chat`] renders a conversation with the model's jinja template (like transformers'
+//!   `apply_chat_template`) or the native Llama-3 format.
+//! - [`token_stats`] measures tokens per word.
+//!
+//! The implementation is self-contained: hand-written pre-tokenizers for the Llama-3 and GPT-2
+//! split regexes (see [`PreTokenizer`]), BPE by merge rank, and an added-token matcher.
+//!
+//! ```no_run
+//! use afinar_tokenizer::{render_chat, Message, Tokenizer};
+//! # fn main() -> Result<(), afinar_tokenizer::TokenizerError> {
+//! let tok = Tokenizer::from_file(std::path::Path::new("tokenizer.json"))?;
+//! let prompt = render_chat(&tok, &[Message::new("user", "Hola")], true)?;
+//! let ids = tok.encode(&prompt, false)?;
+//! assert_eq!(tok.decode(&ids, false)?, prompt);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod bpe;
+mod bytelevel;
+mod chat;
+mod error;
+mod hfjson;
+mod load;
+mod pretok;
+mod special;
+mod stats;
+mod tokenizer;
+
+pub use chat::{render_chat, render_llama3, render_template, Message};
+pub use error::TokenizerError;
+pub use load::GgufTokenizerSpec;
+pub use pretok::PreTokenizer;
+pub use stats::{count_words, token_stats, TokenStats};
+pub use tokenizer::{DecodeStream, Tokenizer};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokenizer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Tokenizer>();
+    }
+}
