@@ -46,6 +46,24 @@ pub struct AttnDims {
     pub scale: f32,
 }
 
+/// Hyper-parameters of one AdamW step, with `torch.optim.AdamW` semantics (decoupled weight
+/// decay, bias-corrected moments).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Added to the denominator.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Step number, from 1 (for the bias corrections).
+    pub step: u64,
+}
+
 /// Everything model code needs from a device: memory, and a forward and a backward kernel for
 /// each operation of a Llama-style decoder.
 ///
@@ -92,6 +110,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Self::Weight>;
     /// `(rows, cols)` of a weight.
     fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
+    /// How a weight is stored.
+    fn weight_format(&self, w: &Self::Weight) -> WeightFormat;
     /// A weight's values as f32 (after its format's rounding).
     fn weight_to_host(&self, w: &Self::Weight) -> Result<Vec<f32>>;
 
@@ -275,4 +295,40 @@ pub trait Backend: Send + Sync + 'static {
         dh: Option<&mut Self::Buf>,
         dw: Option<&mut Self::Buf>,
     ) -> Result<(f64, usize)>;
+
+    // ---- optimisation -------------------------------------------------------------------------
+
+    /// One AdamW step on `param[..n]` with gradient `grad` and moments `m`, `v` (updated).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        n: usize,
+        hp: &AdamW,
+    ) -> Result<()>;
+    /// One AdamW step on a trainable weight (formats that cannot be trained give an error).
+    fn adamw_weight(
+        &self,
+        w: &mut Self::Weight,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: &AdamW,
+    ) -> Result<()>;
+    /// `Σ x[i]²` over `x[..n]`, accumulated in f64 (gradient-norm clipping).
+    fn sum_squares(&self, x: &Self::Buf, n: usize) -> Result<f64>;
+    /// Inverted dropout: `out[i] = x[i] · keep(seed, i) / (1 − p)` where `keep` is a hash of
+    /// `(seed, i)`, so the same seed gives the same mask on every backend and the backward is
+    /// the same call on the output gradient.
+    fn dropout(
+        &self,
+        x: &Self::Buf,
+        out: &mut Self::Buf,
+        n: usize,
+        p: f32,
+        seed: u64,
+    ) -> Result<()>;
 }

@@ -17,7 +17,7 @@ pub mod cpu;
 pub mod error;
 pub mod rope;
 
-pub use backend::{AttnDims, Backend, WeightFormat};
+pub use backend::{AdamW, AttnDims, Backend, WeightFormat};
 pub use cpu::CpuBackend;
 pub use error::{EngineError, Result};
 pub use rope::{rope_inv_freq, RopeScaling};

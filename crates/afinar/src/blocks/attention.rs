@@ -1,17 +1,17 @@
 use afinar_engine::{AttnDims, Backend, Result};
 
-use super::KvCache;
+use super::{KvCache, Linear};
 
 /// Causal grouped-query self-attention with rotary position embedding.
 pub struct Attention<B: Backend> {
     /// `[heads · head_dim, dim]`.
-    pub wq: B::Weight,
+    pub wq: Linear<B>,
     /// `[kv_heads · head_dim, dim]`.
-    pub wk: B::Weight,
+    pub wk: Linear<B>,
     /// `[kv_heads · head_dim, dim]`.
-    pub wv: B::Weight,
+    pub wv: Linear<B>,
     /// `[dim, heads · head_dim]`.
-    pub wo: B::Weight,
+    pub wo: Linear<B>,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.
@@ -20,11 +20,11 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
 }
 
-/// Buffers attention writes during a forward pass.
-pub struct AttnScratch<B: Backend> {
-    /// Queries `[rows, heads · head_dim]`.
+/// Activations attention writes in its forward pass (kept for the backward).
+pub struct AttnActs<B: Backend> {
+    /// Queries after RoPE `[rows, heads · head_dim]`.
     pub q: B::Buf,
-    /// Keys `[rows, kv_heads · head_dim]`.
+    /// Keys after RoPE `[rows, kv_heads · head_dim]`.
     pub k: B::Buf,
     /// Values `[rows, kv_heads · head_dim]`.
     pub v: B::Buf,
@@ -34,15 +34,51 @@ pub struct AttnScratch<B: Backend> {
     pub lse: B::Buf,
 }
 
-impl<B: Backend> AttnScratch<B> {
+impl<B: Backend> AttnActs<B> {
     /// Buffers for up to `rows` tokens.
-    pub fn new(be: &B, rows: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
+    pub fn new(
+        be: &B,
+        rows: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
         Ok(Self {
             q: be.zeros(rows * n_heads * head_dim)?,
             k: be.zeros(rows * n_kv_heads * head_dim)?,
             v: be.zeros(rows * n_kv_heads * head_dim)?,
             out: be.zeros(rows * n_heads * head_dim)?,
             lse: be.zeros(rows * n_heads)?,
+        })
+    }
+}
+
+/// Gradient buffers of the attention backward, reused across layers.
+pub struct AttnGrads<B: Backend> {
+    /// Gradient of the attention output.
+    pub out: B::Buf,
+    /// Gradient of the queries.
+    pub q: B::Buf,
+    /// Gradient of the keys.
+    pub k: B::Buf,
+    /// Gradient of the values.
+    pub v: B::Buf,
+}
+
+impl<B: Backend> AttnGrads<B> {
+    /// Buffers for up to `rows` tokens.
+    pub fn new(
+        be: &B,
+        rows: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            out: be.zeros(rows * n_heads * head_dim)?,
+            q: be.zeros(rows * n_heads * head_dim)?,
+            k: be.zeros(rows * n_kv_heads * head_dim)?,
+            v: be.zeros(rows * n_kv_heads * head_dim)?,
         })
     }
 }
@@ -55,68 +91,141 @@ pub enum KvTarget<'a, B: Backend> {
     Cache(&'a mut KvCache<B>, usize),
 }
 
+/// The token layout of one forward pass.
+#[derive(Clone, Copy)]
+pub struct Tokens<'a> {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// RoPE position of each token, `[batch · seq]`.
+    pub positions: &'a [u32],
+    /// Document number of each token for packed rows (block-causal attention).
+    pub doc_ids: Option<&'a [u32]>,
+}
+
+impl Tokens<'_> {
+    /// `batch · seq`.
+    pub fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
 impl<B: Backend> Attention<B> {
-    /// Adds `attention(xn)` to the residual stream `residual` for `batch` sequences of `seq`
-    /// tokens; `positions` (`[batch · seq]`) are the RoPE positions, `doc_ids` optional
-    /// per-token document numbers for packed sequences.
-    #[allow(clippy::too_many_arguments)]
+    fn dims(&self, t: &Tokens<'_>) -> AttnDims {
+        AttnDims {
+            batch: t.batch,
+            q_len: t.seq,
+            kv_len: t.seq,
+            kv_stride: t.seq,
+            q_heads: self.n_heads,
+            kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            q_offset: 0,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Adds `attention(xn)` to the residual stream `residual`.
     pub fn forward_residual(
         &self,
         be: &B,
         xn: &B::Buf,
         residual: &mut B::Buf,
-        s: &mut AttnScratch<B>,
-        batch: usize,
-        seq: usize,
-        positions: &[u32],
+        a: &mut AttnActs<B>,
+        t: &Tokens<'_>,
         inv_freq: &[f32],
-        doc_ids: Option<&[u32]>,
         kv: KvTarget<'_, B>,
     ) -> Result<()> {
-        let rows = batch * seq;
+        let rows = t.rows();
         let (hq, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        be.linear(xn, &self.wq, &mut s.q, rows, false)?;
-        be.linear(xn, &self.wk, &mut s.k, rows, false)?;
-        be.linear(xn, &self.wv, &mut s.v, rows, false)?;
-        be.rope(&mut s.q, positions, inv_freq, rows, hq, hd, false)?;
-        be.rope(&mut s.k, positions, inv_freq, rows, hkv, hd, false)?;
-        let mut dims = AttnDims {
-            batch,
-            q_len: seq,
-            kv_len: seq,
-            kv_stride: seq,
-            q_heads: hq,
-            kv_heads: hkv,
-            head_dim: hd,
-            q_offset: 0,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
+        self.wq.forward(be, xn, &mut a.q, rows, false)?;
+        self.wk.forward(be, xn, &mut a.k, rows, false)?;
+        self.wv.forward(be, xn, &mut a.v, rows, false)?;
+        be.rope(&mut a.q, t.positions, inv_freq, rows, hq, hd, false)?;
+        be.rope(&mut a.k, t.positions, inv_freq, rows, hkv, hd, false)?;
+        let mut dims = self.dims(t);
         match kv {
             KvTarget::None => {
-                be.attention(&s.q, &s.k, &s.v, &mut s.out, &mut s.lse, &dims, doc_ids)?;
+                be.attention(&a.q, &a.k, &a.v, &mut a.out, &mut a.lse, &dims, t.doc_ids)?;
             }
             KvTarget::Cache(cache, layer) => {
                 let width = hkv * hd;
                 let past = cache.len;
-                for b in 0..batch {
+                for b in 0..t.batch {
                     let dst = (b * cache.capacity + past) * width;
-                    be.copy(&s.k, b * seq * width, &mut cache.k[layer], dst, seq * width)?;
-                    be.copy(&s.v, b * seq * width, &mut cache.v[layer], dst, seq * width)?;
+                    be.copy(
+                        &a.k,
+                        b * t.seq * width,
+                        &mut cache.k[layer],
+                        dst,
+                        t.seq * width,
+                    )?;
+                    be.copy(
+                        &a.v,
+                        b * t.seq * width,
+                        &mut cache.v[layer],
+                        dst,
+                        t.seq * width,
+                    )?;
                 }
-                dims.kv_len = past + seq;
+                dims.kv_len = past + t.seq;
                 dims.kv_stride = cache.capacity;
                 dims.q_offset = past;
                 be.attention(
-                    &s.q,
+                    &a.q,
                     &cache.k[layer],
                     &cache.v[layer],
-                    &mut s.out,
-                    &mut s.lse,
+                    &mut a.out,
+                    &mut a.lse,
                     &dims,
-                    doc_ids,
+                    t.doc_ids,
                 )?;
             }
         }
-        be.linear(&s.out, &self.wo, residual, rows, true)
+        self.wo.forward(be, &a.out, residual, rows, true)
+    }
+
+    /// Backward of [`Attention::forward_residual`] (without a cache): from the residual gradient
+    /// `dy`, writes the gradient of `xn` into `dxn` when given and accumulates parameter
+    /// gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        be: &B,
+        xn: &B::Buf,
+        a: &AttnActs<B>,
+        dy: &B::Buf,
+        dxn: Option<&mut B::Buf>,
+        g: &mut AttnGrads<B>,
+        t: &Tokens<'_>,
+        inv_freq: &[f32],
+    ) -> Result<()> {
+        let rows = t.rows();
+        let (hq, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        self.wo
+            .backward(be, &a.out, dy, Some(&mut g.out), rows, false)?;
+        let dims = self.dims(t);
+        be.attention_backward(
+            &g.out, &a.q, &a.k, &a.v, &a.out, &a.lse, &mut g.q, &mut g.k, &mut g.v, &dims,
+            t.doc_ids,
+        )?;
+        // The backward of a rotation is the inverse rotation.
+        be.rope(&mut g.q, t.positions, inv_freq, rows, hq, hd, true)?;
+        be.rope(&mut g.k, t.positions, inv_freq, rows, hkv, hd, true)?;
+        match dxn {
+            Some(dxn) => {
+                self.wq
+                    .backward(be, xn, &g.q, Some(&mut *dxn), rows, false)?;
+                self.wk
+                    .backward(be, xn, &g.k, Some(&mut *dxn), rows, true)?;
+                self.wv.backward(be, xn, &g.v, Some(dxn), rows, true)
+            }
+            None => {
+                self.wq.backward(be, xn, &g.q, None, rows, false)?;
+                self.wk.backward(be, xn, &g.k, None, rows, false)?;
+                self.wv.backward(be, xn, &g.v, None, rows, false)
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 use afinar_engine::{Backend, Result};
 
-use super::attention::{AttnScratch, KvTarget};
-use super::mlp::MlpScratch;
+use super::attention::{AttnActs, AttnGrads, KvTarget, Tokens};
+use super::mlp::{MlpActs, MlpGrads};
 use super::{Attention, Mlp, RmsNorm};
 
 /// One pre-norm residual block: `x += attn(norm(x)); x += mlp(norm(x))`.
@@ -16,55 +16,137 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-/// Every buffer one layer's forward pass writes, reused across layers.
-pub struct LayerScratch<B: Backend> {
-    /// Normalised input `[rows, dim]`.
-    pub xn: B::Buf,
-    /// `1/rms` per row.
-    pub rstd: B::Buf,
-    /// Attention buffers.
-    pub attn: AttnScratch<B>,
-    /// MLP buffers.
-    pub mlp: MlpScratch<B>,
+/// Every activation one layer's forward pass writes. Inference reuses one for all layers;
+/// training keeps one per layer (or one, recomputed per layer, with activation checkpointing).
+pub struct LayerActs<B: Backend> {
+    /// Attention-norm output `[rows, dim]`.
+    pub xn_attn: B::Buf,
+    /// Its `1/rms` per row.
+    pub rstd_attn: B::Buf,
+    /// Attention activations.
+    pub attn: AttnActs<B>,
+    /// Residual stream after attention `[rows, dim]` (kept for the backward).
+    pub x_mid: B::Buf,
+    /// MLP-norm output `[rows, dim]`.
+    pub xn_mlp: B::Buf,
+    /// Its `1/rms` per row.
+    pub rstd_mlp: B::Buf,
+    /// MLP activations.
+    pub mlp: MlpActs<B>,
     /// Rows these buffers hold.
     pub rows: usize,
 }
 
-impl<B: Backend> LayerScratch<B> {
+impl<B: Backend> LayerActs<B> {
     /// Buffers for up to `rows` tokens of a layer shaped like `layer`.
     pub fn new(be: &B, layer: &DecoderLayer<B>, rows: usize) -> Result<Self> {
         let a = &layer.attn;
+        let dim = layer.attn_norm.dim;
         Ok(Self {
-            xn: be.zeros(rows * layer.attn_norm.dim)?,
-            rstd: be.zeros(rows)?,
-            attn: AttnScratch::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
-            mlp: MlpScratch::new(be, rows, layer.mlp.ffn_dim)?,
+            xn_attn: be.zeros(rows * dim)?,
+            rstd_attn: be.zeros(rows)?,
+            attn: AttnActs::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
+            x_mid: be.zeros(rows * dim)?,
+            xn_mlp: be.zeros(rows * dim)?,
+            rstd_mlp: be.zeros(rows)?,
+            mlp: MlpActs::new(be, rows, layer.mlp.ffn_dim)?,
             rows,
         })
     }
 }
 
+/// Gradient buffers of one layer's backward, reused across layers.
+pub struct LayerGrads<B: Backend> {
+    /// Gradient of a norm output.
+    pub dxn: B::Buf,
+    /// Attention gradients.
+    pub attn: AttnGrads<B>,
+    /// MLP gradients.
+    pub mlp: MlpGrads<B>,
+}
+
+impl<B: Backend> LayerGrads<B> {
+    /// Buffers for up to `rows` tokens of a layer shaped like `layer`.
+    pub fn new(be: &B, layer: &DecoderLayer<B>, rows: usize) -> Result<Self> {
+        let a = &layer.attn;
+        Ok(Self {
+            dxn: be.zeros(rows * layer.attn_norm.dim)?,
+            attn: AttnGrads::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
+            mlp: MlpGrads::new(be, rows, layer.mlp.ffn_dim)?,
+        })
+    }
+}
+
 impl<B: Backend> DecoderLayer<B> {
-    /// Runs the block on the residual stream `x[batch · seq, dim]` in place.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the block on the residual stream `x[rows, dim]` in place. With `keep_mid`, the
+    /// residual after attention is saved for the backward.
     pub fn forward(
         &self,
         be: &B,
         x: &mut B::Buf,
-        s: &mut LayerScratch<B>,
-        batch: usize,
-        seq: usize,
-        positions: &[u32],
+        acts: &mut LayerActs<B>,
+        t: &Tokens<'_>,
         inv_freq: &[f32],
-        doc_ids: Option<&[u32]>,
         kv: KvTarget<'_, B>,
+        keep_mid: bool,
     ) -> Result<()> {
-        let rows = batch * seq;
-        self.attn_norm.forward(be, x, &mut s.xn, &mut s.rstd, rows)?;
-        self.attn.forward_residual(
-            be, &s.xn, x, &mut s.attn, batch, seq, positions, inv_freq, doc_ids, kv,
+        let rows = t.rows();
+        self.attn_norm
+            .forward(be, x, &mut acts.xn_attn, &mut acts.rstd_attn, rows)?;
+        self.attn
+            .forward_residual(be, &acts.xn_attn, x, &mut acts.attn, t, inv_freq, kv)?;
+        if keep_mid {
+            be.copy(x, 0, &mut acts.x_mid, 0, rows * self.attn_norm.dim)?;
+        }
+        self.mlp_norm
+            .forward(be, x, &mut acts.xn_mlp, &mut acts.rstd_mlp, rows)?;
+        self.mlp
+            .forward_residual(be, &acts.xn_mlp, x, &mut acts.mlp, rows)
+    }
+
+    /// Backward of [`DecoderLayer::forward`]: `dx` holds the gradient of the layer's output on
+    /// entry and of its input `x_in` on return (unless `need_input_grad` is false and nothing
+    /// before needs it). Parameter gradients accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        be: &B,
+        x_in: &B::Buf,
+        acts: &LayerActs<B>,
+        dx: &mut B::Buf,
+        g: &mut LayerGrads<B>,
+        t: &Tokens<'_>,
+        inv_freq: &[f32],
+        need_input_grad: bool,
+    ) -> Result<()> {
+        let rows = t.rows();
+        self.mlp.backward(
+            be,
+            &acts.xn_mlp,
+            &acts.mlp,
+            dx,
+            Some(&mut g.dxn),
+            &mut g.mlp,
+            rows,
         )?;
-        self.mlp_norm.forward(be, x, &mut s.xn, &mut s.rstd, rows)?;
-        self.mlp.forward_residual(be, &s.xn, x, &mut s.mlp, rows)
+        self.mlp_norm
+            .backward_accumulate(be, &g.dxn, &acts.x_mid, &acts.rstd_mlp, dx, rows)?;
+        let through_norm = need_input_grad || self.attn_norm.state.is_some();
+        let dxn = if through_norm { Some(&mut g.dxn) } else { None };
+        self.attn.backward(
+            be,
+            &acts.xn_attn,
+            &acts.attn,
+            dx,
+            dxn,
+            &mut g.attn,
+            t,
+            inv_freq,
+        )?;
+        if through_norm {
+            self.attn_norm
+                .backward_accumulate(be, &g.dxn, x_in, &acts.rstd_attn, dx, rows)?;
+        }
+        Ok(())
     }
 }

@@ -1,19 +1,21 @@
 use afinar_engine::{Backend, Result};
 
+use super::Linear;
+
 /// SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
 pub struct Mlp<B: Backend> {
     /// `[ffn, dim]`.
-    pub gate: B::Weight,
+    pub gate: Linear<B>,
     /// `[ffn, dim]`.
-    pub up: B::Weight,
+    pub up: Linear<B>,
     /// `[dim, ffn]`.
-    pub down: B::Weight,
+    pub down: Linear<B>,
     /// Hidden width.
     pub ffn_dim: usize,
 }
 
-/// Buffers the MLP writes during a forward pass, `[rows, ffn]` each.
-pub struct MlpScratch<B: Backend> {
+/// Activations the MLP writes in its forward pass (kept for the backward), `[rows, ffn]` each.
+pub struct MlpActs<B: Backend> {
     /// Gate projection.
     pub gate: B::Buf,
     /// Up projection.
@@ -22,13 +24,34 @@ pub struct MlpScratch<B: Backend> {
     pub hidden: B::Buf,
 }
 
-impl<B: Backend> MlpScratch<B> {
+impl<B: Backend> MlpActs<B> {
     /// Buffers for up to `rows` tokens.
     pub fn new(be: &B, rows: usize, ffn_dim: usize) -> Result<Self> {
         Ok(Self {
             gate: be.zeros(rows * ffn_dim)?,
             up: be.zeros(rows * ffn_dim)?,
             hidden: be.zeros(rows * ffn_dim)?,
+        })
+    }
+}
+
+/// Gradient buffers of the MLP backward, reused across layers.
+pub struct MlpGrads<B: Backend> {
+    /// Gradient of `hidden`.
+    pub hidden: B::Buf,
+    /// Gradient of the gate projection.
+    pub gate: B::Buf,
+    /// Gradient of the up projection.
+    pub up: B::Buf,
+}
+
+impl<B: Backend> MlpGrads<B> {
+    /// Buffers for up to `rows` tokens.
+    pub fn new(be: &B, rows: usize, ffn_dim: usize) -> Result<Self> {
+        Ok(Self {
+            hidden: be.zeros(rows * ffn_dim)?,
+            gate: be.zeros(rows * ffn_dim)?,
+            up: be.zeros(rows * ffn_dim)?,
         })
     }
 }
@@ -40,12 +63,48 @@ impl<B: Backend> Mlp<B> {
         be: &B,
         xn: &B::Buf,
         out: &mut B::Buf,
-        s: &mut MlpScratch<B>,
+        a: &mut MlpActs<B>,
         rows: usize,
     ) -> Result<()> {
-        be.linear(xn, &self.gate, &mut s.gate, rows, false)?;
-        be.linear(xn, &self.up, &mut s.up, rows, false)?;
-        be.swiglu(&s.gate, &s.up, &mut s.hidden, rows * self.ffn_dim)?;
-        be.linear(&s.hidden, &self.down, out, rows, true)
+        self.gate.forward(be, xn, &mut a.gate, rows, false)?;
+        self.up.forward(be, xn, &mut a.up, rows, false)?;
+        be.swiglu(&a.gate, &a.up, &mut a.hidden, rows * self.ffn_dim)?;
+        self.down.forward(be, &a.hidden, out, rows, true)
+    }
+
+    /// Backward of [`Mlp::forward_residual`]: from the residual gradient `dy`, writes the
+    /// gradient of `xn` into `dxn` (when given) and accumulates parameter gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        be: &B,
+        xn: &B::Buf,
+        a: &MlpActs<B>,
+        dy: &B::Buf,
+        dxn: Option<&mut B::Buf>,
+        g: &mut MlpGrads<B>,
+        rows: usize,
+    ) -> Result<()> {
+        self.down
+            .backward(be, &a.hidden, dy, Some(&mut g.hidden), rows, false)?;
+        be.swiglu_backward(
+            &g.hidden,
+            &a.gate,
+            &a.up,
+            &mut g.gate,
+            &mut g.up,
+            rows * self.ffn_dim,
+        )?;
+        match dxn {
+            Some(dxn) => {
+                self.gate
+                    .backward(be, xn, &g.gate, Some(&mut *dxn), rows, false)?;
+                self.up.backward(be, xn, &g.up, Some(dxn), rows, true)
+            }
+            None => {
+                self.gate.backward(be, xn, &g.gate, None, rows, false)?;
+                self.up.backward(be, xn, &g.up, None, rows, false)
+            }
+        }
     }
 }

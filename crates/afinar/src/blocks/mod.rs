@@ -1,15 +1,18 @@
 //! The layers a Llama-style decoder is built from, each written once over
-//! [`afinar_engine::Backend`]: [`RmsNorm`], [`Attention`] (grouped-query, RoPE, KV cache),
+//! [`afinar_engine::Backend`] with its forward and backward side by side: [`Linear`] (frozen,
+//! trainable or LoRA-adapted), [`RmsNorm`], [`Attention`] (grouped-query, RoPE, KV cache),
 //! [`Mlp`] (SwiGLU) and [`DecoderLayer`] (pre-norm residual block).
 
 mod attention;
 mod decoder;
 mod kv_cache;
+mod linear;
 mod mlp;
 mod norm;
 
-pub use attention::{Attention, AttnScratch, KvTarget};
-pub use decoder::{DecoderLayer, LayerScratch};
+pub use attention::{Attention, AttnActs, AttnGrads, KvTarget, Tokens};
+pub use decoder::{DecoderLayer, LayerActs, LayerGrads};
 pub use kv_cache::KvCache;
-pub use mlp::{Mlp, MlpScratch};
+pub use linear::{Linear, Lora, ParamState};
+pub use mlp::{Mlp, MlpActs, MlpGrads};
 pub use norm::RmsNorm;

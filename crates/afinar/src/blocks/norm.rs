@@ -1,5 +1,7 @@
 use afinar_engine::{Backend, Result};
 
+use super::ParamState;
+
 /// Root-mean-square normalisation with a learned per-channel gain.
 pub struct RmsNorm<B: Backend> {
     /// Gain, `[dim]`.
@@ -8,6 +10,8 @@ pub struct RmsNorm<B: Backend> {
     pub dim: usize,
     /// Added to the mean square before the square root.
     pub eps: f32,
+    /// Gradient state when the gain is trained (full fine-tuning).
+    pub state: Option<ParamState<B>>,
 }
 
 impl<B: Backend> RmsNorm<B> {
@@ -21,5 +25,20 @@ impl<B: Backend> RmsNorm<B> {
         rows: usize,
     ) -> Result<()> {
         be.rmsnorm(x, &self.weight, out, rstd, rows, self.dim, self.eps)
+    }
+
+    /// Adds the input gradient for `dout` to `dx` (the residual stream's gradient passes
+    /// through untouched) and accumulates the gain's gradient when it is trained.
+    pub fn backward_accumulate(
+        &mut self,
+        be: &B,
+        dout: &B::Buf,
+        x: &B::Buf,
+        rstd: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+    ) -> Result<()> {
+        let dw = self.state.as_mut().map(|s| &mut s.grad);
+        be.rmsnorm_backward(dout, x, &self.weight, rstd, dx, dw, rows, self.dim, true)
     }
 }

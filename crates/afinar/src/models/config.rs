@@ -68,7 +68,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(err("head_dim", format!("{} is odd; RoPE needs pairs", self.head_dim)));
+            return Err(err(
+                "head_dim",
+                format!("{} is odd; RoPE needs pairs", self.head_dim),
+            ));
         }
         if !(self.rope_theta > 0.0) {
             return Err(err("rope_theta", "must be positive".into()));
@@ -112,7 +115,10 @@ impl LlamaConfig {
             key: key.into(),
             msg: msg.into(),
         };
-        let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("llama");
+        let model_type = json
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("llama");
         if model_type != "llama" {
             return Err(err(
                 "model_type",
@@ -145,46 +151,51 @@ impl LlamaConfig {
         let rope_theta = json
             .get("rope_theta")
             .and_then(Value::as_f64)
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10_000.0);
         let scaling_obj = json
             .get("rope_scaling")
             .filter(|v| v.is_object())
             .or(rope_params);
-        let rope_scaling = match scaling_obj {
-            None => None,
-            Some(s) => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                match kind {
-                    "default" => None,
-                    "llama3" => {
-                        let f = |k: &str| -> Result<f64> {
-                            s.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                                err(&format!("rope_scaling.{k}"), "missing or not a number")
+        let rope_scaling =
+            match scaling_obj {
+                None => None,
+                Some(s) => {
+                    let kind = s
+                        .get("rope_type")
+                        .or_else(|| s.get("type"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("default");
+                    match kind {
+                        "default" => None,
+                        "llama3" => {
+                            let f = |k: &str| -> Result<f64> {
+                                s.get(k).and_then(Value::as_f64).ok_or_else(|| {
+                                    err(&format!("rope_scaling.{k}"), "missing or not a number")
+                                })
+                            };
+                            Some(RopeScaling {
+                                factor: f("factor")?,
+                                low_freq_factor: f("low_freq_factor")?,
+                                high_freq_factor: f("high_freq_factor")?,
+                                original_max_position_embeddings: f(
+                                    "original_max_position_embeddings",
+                                )?,
                             })
-                        };
-                        Some(RopeScaling {
-                            factor: f("factor")?,
-                            low_freq_factor: f("low_freq_factor")?,
-                            high_freq_factor: f("high_freq_factor")?,
-                            original_max_position_embeddings: f(
-                                "original_max_position_embeddings",
-                            )?,
-                        })
-                    }
-                    other => {
-                        return Err(err(
+                        }
+                        other => return Err(err(
                             "rope_scaling.rope_type",
-                            &format!("unsupported RoPE scaling `{other}` (supported: default, llama3)"),
-                        ))
+                            &format!(
+                                "unsupported RoPE scaling `{other}` (supported: default, llama3)"
+                            ),
+                        )),
                     }
                 }
-            }
-        };
+            };
         let cfg = LlamaConfig {
             vocab_size: usize_key("vocab_size")?,
             dim,
@@ -193,7 +204,10 @@ impl LlamaConfig {
             n_kv_heads,
             head_dim,
             ffn_dim: usize_key("intermediate_size")?,
-            norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+            norm_eps: json
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5) as f32,
             rope_theta,
             rope_scaling,
             max_seq_len: usize_key("max_position_embeddings")?,

@@ -1,7 +1,9 @@
 use afinar_engine::Backend;
 
 use super::LlamaConfig;
-use crate::blocks::{DecoderLayer, KvCache, KvTarget, LayerScratch, RmsNorm};
+use crate::blocks::{
+    DecoderLayer, KvCache, KvTarget, LayerActs, Linear, ParamState, RmsNorm, Tokens,
+};
 use crate::{Error, Result};
 
 /// A Llama-3-family decoder: token embedding, `n_layers` [`DecoderLayer`]s, final norm and the
@@ -11,12 +13,14 @@ pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
     /// Token embedding `[vocab, dim]`.
     pub embed: B::Weight,
+    /// Gradient state of the embedding when it is trained.
+    pub embed_state: Option<ParamState<B>>,
     /// Decoder blocks.
     pub layers: Vec<DecoderLayer<B>>,
     /// Final norm.
     pub norm: RmsNorm<B>,
     /// Output projection `[vocab, dim]`; `None` when tied to `embed`.
-    pub output: Option<B::Weight>,
+    pub output: Option<Linear<B>>,
     /// RoPE inverse frequencies (scaled for Llama-3.1+; from `rope_freqs` for such GGUFs).
     pub inv_freq: Vec<f32>,
 }
@@ -33,7 +37,7 @@ pub enum Logits {
 impl<B: Backend> Llama<B> {
     /// The matrix that maps hidden states to logits.
     pub fn output_weight(&self) -> &B::Weight {
-        self.output.as_ref().unwrap_or(&self.embed)
+        self.output.as_ref().map_or(&self.embed, |o| &o.weight)
     }
 
     /// An empty KV cache for `batch` sequences of up to `capacity` positions.
@@ -45,7 +49,13 @@ impl<B: Backend> Llama<B> {
                 c.max_seq_len
             )));
         }
-        Ok(KvCache::new(be, c.n_layers, batch, capacity, c.n_kv_heads * c.head_dim)?)
+        Ok(KvCache::new(
+            be,
+            c.n_layers,
+            batch,
+            capacity,
+            c.n_kv_heads * c.head_dim,
+        )?)
     }
 
     /// Runs `batch` sequences of `seq` tokens (`ids` is `[batch · seq]`) and returns logits on
@@ -105,13 +115,19 @@ impl<B: Backend> Llama<B> {
 
         let mut x = be.zeros(rows * c.dim)?;
         be.embedding(ids, &self.embed, &mut x)?;
-        let mut scratch = LayerScratch::new(be, &self.layers[0], rows)?;
+        let mut acts = LayerActs::new(be, &self.layers[0], rows)?;
+        let tokens = Tokens {
+            batch,
+            seq,
+            positions: &positions,
+            doc_ids: None,
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let kv = match cache.as_deref_mut() {
                 Some(cache) => KvTarget::Cache(cache, l),
                 None => KvTarget::None,
             };
-            layer.forward(be, &mut x, &mut scratch, batch, seq, &positions, &self.inv_freq, None, kv)?;
+            layer.forward(be, &mut x, &mut acts, &tokens, &self.inv_freq, kv, false)?;
         }
         if let Some(cache) = cache {
             cache.len += seq;
@@ -129,9 +145,13 @@ impl<B: Backend> Llama<B> {
         };
         let mut normed = be.zeros(out_rows * c.dim)?;
         let mut rstd = be.zeros(out_rows)?;
-        self.norm.forward(be, &hidden, &mut normed, &mut rstd, out_rows)?;
+        self.norm
+            .forward(be, &hidden, &mut normed, &mut rstd, out_rows)?;
         let mut logits = be.zeros(out_rows * c.vocab_size)?;
-        be.linear(&normed, self.output_weight(), &mut logits, out_rows, false)?;
+        match &self.output {
+            Some(out) => out.forward(be, &normed, &mut logits, out_rows, false)?,
+            None => be.linear(&normed, &self.embed, &mut logits, out_rows, false)?,
+        }
         let mut host = be.to_host(&logits)?;
         host.truncate(out_rows * c.vocab_size);
         Ok(host)

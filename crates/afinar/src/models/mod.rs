@@ -5,7 +5,11 @@ mod config;
 mod llama;
 pub mod load;
 pub mod presets;
+mod train;
+mod trainable;
 
 pub use config::LlamaConfig;
 pub use llama::{Llama, Logits};
 pub use load::{load_model, load_tokenizer, LoadOptions, LoadedModel};
+pub use train::{LossSum, TrainBatch};
+pub use trainable::{LoraSpec, LoraTarget, ParamMut};

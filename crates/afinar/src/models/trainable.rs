@@ -1,0 +1,368 @@
+//! Turning a loaded [`Llama`] into something to train: every tensor trainable (full
+//! fine-tuning) or low-rank adapters on chosen projections (LoRA), and a walk over the trainable
+//! tensors for the optimizer and for saving.
+
+use afinar_engine::{Backend, WeightFormat};
+
+use super::Llama;
+use crate::blocks::{Linear, Lora, ParamState};
+use crate::generate::Rng;
+use crate::{Error, Result};
+
+/// A projection LoRA can adapt, named as Hugging Face/PEFT name the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LoraTarget {
+    /// `self_attn.q_proj`
+    Q,
+    /// `self_attn.k_proj`
+    K,
+    /// `self_attn.v_proj`
+    V,
+    /// `self_attn.o_proj`
+    O,
+    /// `mlp.gate_proj`
+    Gate,
+    /// `mlp.up_proj`
+    Up,
+    /// `mlp.down_proj`
+    Down,
+    /// `lm_head`
+    Output,
+}
+
+impl LoraTarget {
+    /// Every target, in model order.
+    pub const ALL: [LoraTarget; 8] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+        Self::Output,
+    ];
+
+    /// The PEFT `target_modules` name.
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+            Self::Output => "lm_head",
+        }
+    }
+
+    /// Parses a PEFT module name (`output` is accepted for `lm_head`, as torchtune says).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.module_name() == name)
+            .or((name == "output").then_some(Self::Output))
+    }
+}
+
+/// LoRA settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// Rank `r`.
+    pub rank: usize,
+    /// Scale numerator: the update is `alpha / r · B A`.
+    pub alpha: f32,
+    /// Projections to adapt.
+    pub targets: Vec<LoraTarget>,
+}
+
+/// A trainable tensor as the optimizer sees it.
+pub enum ParamMut<'a, B: Backend> {
+    /// A weight matrix trained in place (full fine-tuning).
+    Weight(&'a mut B::Weight, &'a mut ParamState<B>),
+    /// A plain buffer (norm gains, LoRA matrices).
+    Buf(&'a mut B::Buf, &'a mut ParamState<B>),
+}
+
+impl<B: Backend> Llama<B> {
+    /// Makes every tensor trainable (full fine-tuning). The weights must be stored as f32.
+    pub fn enable_full_finetune(&mut self, be: &B) -> Result<()> {
+        let c = self.config.clone();
+        let trainable = |be: &B, l: &mut Linear<B>| -> Result<()> {
+            if l.state.is_none() {
+                l.state = Some(ParamState::new(be, l.out_features * l.in_features)?);
+            }
+            Ok(())
+        };
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.attn.wq,
+                &mut layer.attn.wk,
+                &mut layer.attn.wv,
+                &mut layer.attn.wo,
+            ] {
+                trainable(be, l)?;
+            }
+            for l in [&mut layer.mlp.gate, &mut layer.mlp.up, &mut layer.mlp.down] {
+                trainable(be, l)?;
+            }
+            for n in [&mut layer.attn_norm, &mut layer.mlp_norm] {
+                n.state = Some(ParamState::new(be, c.dim)?);
+            }
+        }
+        self.norm.state = Some(ParamState::new(be, c.dim)?);
+        self.embed_state = Some(ParamState::new(be, c.vocab_size * c.dim)?);
+        if let Some(out) = &mut self.output {
+            trainable(be, out)?;
+        }
+        Ok(())
+    }
+
+    /// Adds LoRA adapters to the chosen projections, PEFT's default initialisation: A from
+    /// `U(−1/√in, 1/√in)` (Kaiming-uniform with `a = √5`), B zero, so training starts at the
+    /// base model. `rng` makes the initialisation reproducible.
+    pub fn apply_lora(&mut self, be: &B, spec: &LoraSpec, rng: &mut Rng) -> Result<()> {
+        if spec.rank == 0 {
+            return Err(Error::Input("LoRA rank must be at least 1".into()));
+        }
+        let scale = spec.alpha / spec.rank as f32;
+        let add = |be: &B, l: &mut Linear<B>, rng: &mut Rng| -> Result<()> {
+            let (r, inf, outf) = (spec.rank, l.in_features, l.out_features);
+            let bound = 1.0 / (inf as f64).sqrt();
+            let a: Vec<f32> = (0..r * inf)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            l.lora = Some(Lora {
+                a: be.from_host(&a)?,
+                b: be.zeros(outf * r)?,
+                rank: r,
+                scale,
+                a_state: ParamState::new(be, r * inf)?,
+                b_state: ParamState::new(be, outf * r)?,
+            });
+            Ok(())
+        };
+        for layer in &mut self.layers {
+            for t in &spec.targets {
+                let l = match t {
+                    LoraTarget::Q => &mut layer.attn.wq,
+                    LoraTarget::K => &mut layer.attn.wk,
+                    LoraTarget::V => &mut layer.attn.wv,
+                    LoraTarget::O => &mut layer.attn.wo,
+                    LoraTarget::Gate => &mut layer.mlp.gate,
+                    LoraTarget::Up => &mut layer.mlp.up,
+                    LoraTarget::Down => &mut layer.mlp.down,
+                    LoraTarget::Output => continue,
+                };
+                add(be, l, rng)?;
+            }
+        }
+        if spec.targets.contains(&LoraTarget::Output) {
+            return Err(Error::Input(
+                "LoRA on the output projection (lm_head) is not supported yet; remove `output` from lora.target_modules".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every linear layer with its Hugging Face module name (without `.weight`).
+    pub fn linears(&self) -> Vec<(String, &Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &layer.attn.wq));
+            out.push((format!("{p}.self_attn.k_proj"), &layer.attn.wk));
+            out.push((format!("{p}.self_attn.v_proj"), &layer.attn.wv));
+            out.push((format!("{p}.self_attn.o_proj"), &layer.attn.wo));
+            out.push((format!("{p}.mlp.gate_proj"), &layer.mlp.gate));
+            out.push((format!("{p}.mlp.up_proj"), &layer.mlp.up));
+            out.push((format!("{p}.mlp.down_proj"), &layer.mlp.down));
+        }
+        if let Some(o) = &self.output {
+            out.push(("lm_head".into(), o));
+        }
+        out
+    }
+
+    /// Calls `f` with each trainable tensor's Hugging Face (or PEFT, for LoRA) name, in a fixed
+    /// order.
+    pub fn visit_params_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
+    ) -> Result<()> {
+        let linear = |name: &str,
+                      l: &mut Linear<B>,
+                      f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>|
+         -> Result<()> {
+            if let Some(s) = &mut l.state {
+                f(
+                    &format!("{name}.weight"),
+                    ParamMut::Weight(&mut l.weight, s),
+                )?;
+            }
+            if let Some(lora) = &mut l.lora {
+                f(
+                    &format!("{name}.lora_A.weight"),
+                    ParamMut::Buf(&mut lora.a, &mut lora.a_state),
+                )?;
+                f(
+                    &format!("{name}.lora_B.weight"),
+                    ParamMut::Buf(&mut lora.b, &mut lora.b_state),
+                )?;
+            }
+            Ok(())
+        };
+        if let Some(s) = &mut self.embed_state {
+            f(
+                "model.embed_tokens.weight",
+                ParamMut::Weight(&mut self.embed, s),
+            )?;
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            if let Some(s) = &mut layer.attn_norm.state {
+                f(
+                    &format!("{p}.input_layernorm.weight"),
+                    ParamMut::Buf(&mut layer.attn_norm.weight, s),
+                )?;
+            }
+            linear(&format!("{p}.self_attn.q_proj"), &mut layer.attn.wq, f)?;
+            linear(&format!("{p}.self_attn.k_proj"), &mut layer.attn.wk, f)?;
+            linear(&format!("{p}.self_attn.v_proj"), &mut layer.attn.wv, f)?;
+            linear(&format!("{p}.self_attn.o_proj"), &mut layer.attn.wo, f)?;
+            if let Some(s) = &mut layer.mlp_norm.state {
+                f(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    ParamMut::Buf(&mut layer.mlp_norm.weight, s),
+                )?;
+            }
+            linear(&format!("{p}.mlp.gate_proj"), &mut layer.mlp.gate, f)?;
+            linear(&format!("{p}.mlp.up_proj"), &mut layer.mlp.up, f)?;
+            linear(&format!("{p}.mlp.down_proj"), &mut layer.mlp.down, f)?;
+        }
+        if let Some(s) = &mut self.norm.state {
+            f("model.norm.weight", ParamMut::Buf(&mut self.norm.weight, s))?;
+        }
+        if let Some(o) = &mut self.output {
+            linear("lm_head", o, f)?;
+        }
+        Ok(())
+    }
+
+    /// Sets every trainable tensor's gradient to zero.
+    pub fn zero_grads(&mut self, be: &B) -> Result<()> {
+        self.visit_params_mut(&mut |_, p| {
+            let s = match p {
+                ParamMut::Weight(_, s) | ParamMut::Buf(_, s) => s,
+            };
+            Ok(s.zero_grad(be)?)
+        })
+    }
+
+    /// Every tensor of the model as f32 with its Hugging Face name and shape (what a full
+    /// checkpoint holds; LoRA adapters are not merged here, see [`Llama::merge_lora`]).
+    pub fn state_tensors(&self, be: &B) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let c = &self.config;
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, c.dim],
+            be.weight_to_host(&self.embed)?,
+        )];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                vec![c.dim],
+                host(be, &layer.attn_norm.weight, c.dim)?,
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![c.dim],
+                host(be, &layer.mlp_norm.weight, c.dim)?,
+            ));
+        }
+        for (name, l) in self.linears() {
+            out.push((
+                format!("{name}.weight"),
+                vec![l.out_features, l.in_features],
+                be.weight_to_host(&l.weight)?,
+            ));
+        }
+        out.push((
+            "model.norm.weight".into(),
+            vec![c.dim],
+            host(be, &self.norm.weight, c.dim)?,
+        ));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// LoRA matrices with their PEFT names (without the `base_model.model.` prefix) and shapes.
+    pub fn lora_tensors(&self, be: &B) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for (name, l) in self.linears() {
+            if let Some(lora) = &l.lora {
+                out.push((
+                    format!("{name}.lora_A.weight"),
+                    vec![lora.rank, l.in_features],
+                    host(be, &lora.a, lora.rank * l.in_features)?,
+                ));
+                out.push((
+                    format!("{name}.lora_B.weight"),
+                    vec![l.out_features, lora.rank],
+                    host(be, &lora.b, l.out_features * lora.rank)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Folds every LoRA adapter into its base weight (`W += scale · B A`) and removes it.
+    pub fn merge_lora(&mut self, be: &B) -> Result<()> {
+        let merge = |be: &B, l: &mut Linear<B>| -> Result<()> {
+            let Some(lora) = l.lora.take() else {
+                return Ok(());
+            };
+            let (o, i) = (l.out_features, l.in_features);
+            let mut delta = be.zeros(o * i)?;
+            be.matmul(
+                &lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0,
+            )?;
+            let mut w = be.weight_to_host(&l.weight)?;
+            for (w, d) in w.iter_mut().zip(be.to_host(&delta)?) {
+                *w += d;
+            }
+            let format = if l.state.is_some() {
+                WeightFormat::F32
+            } else {
+                be.weight_format(&l.weight)
+            };
+            l.weight = be.weight(&w, o, i, format)?;
+            Ok(())
+        };
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.attn.wq,
+                &mut layer.attn.wk,
+                &mut layer.attn.wv,
+                &mut layer.attn.wo,
+                &mut layer.mlp.gate,
+                &mut layer.mlp.up,
+                &mut layer.mlp.down,
+            ] {
+                merge(be, l)?;
+            }
+        }
+        if let Some(o) = &mut self.output {
+            merge(be, o)?;
+        }
+        Ok(())
+    }
+}
+
+fn host<B: Backend>(be: &B, buf: &B::Buf, n: usize) -> Result<Vec<f32>> {
+    let mut v = be.to_host(buf)?;
+    v.truncate(n);
+    Ok(v)
+}

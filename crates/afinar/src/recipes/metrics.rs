@@ -1,0 +1,115 @@
+//! What a training run reports: per-step metrics (also appended as JSON lines to
+//! `metrics.jsonl` in the output folder) and the events a progress display needs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Metrics of one optimizer step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    /// Optimizer step, from 1.
+    pub step: usize,
+    /// Total optimizer steps of the run.
+    pub total_steps: usize,
+    /// Epoch, from 0.
+    pub epoch: usize,
+    /// Mean token loss of the step.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Label tokens (non-masked) in the step.
+    pub label_tokens: usize,
+    /// Label tokens per second over this step.
+    pub tokens_per_sec: f64,
+    /// Seconds since the run started.
+    pub elapsed_secs: f64,
+    /// Peak resident memory of the process so far, in bytes (0 when unknown).
+    pub peak_rss_bytes: u64,
+}
+
+impl StepMetrics {
+    /// One JSON object on one line.
+    pub fn to_json_line(&self) -> String {
+        serde_json::json!({
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "label_tokens": self.label_tokens,
+            "tokens_per_sec": self.tokens_per_sec,
+            "elapsed_secs": self.elapsed_secs,
+            "peak_rss_mb": self.peak_rss_bytes as f64 / 1e6,
+        })
+        .to_string()
+    }
+}
+
+/// Receives a run's events; the CLI draws a progress bar or prints plain lines.
+pub trait Reporter {
+    /// The run is about to start.
+    fn start(&mut self, total_steps: usize, message: &str);
+    /// An optimizer step finished.
+    fn step(&mut self, m: &StepMetrics);
+    /// Something worth a line (checkpoint saved, resumed, …).
+    fn note(&mut self, message: &str);
+    /// The run ended.
+    fn finish(&mut self, message: &str);
+}
+
+/// A reporter that prints nothing (library use, tests).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn start(&mut self, _: usize, _: &str) {}
+    fn step(&mut self, _: &StepMetrics) {}
+    fn note(&mut self, _: &str) {}
+    fn finish(&mut self, _: &str) {}
+}
+
+/// Appends metrics to `metrics.jsonl`.
+pub struct MetricsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsFile {
+    /// Opens (appending) `dir/metrics.jsonl`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path, file })
+    }
+
+    /// Writes one step.
+    pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
+        writeln!(self.file, "{}", m.to_json_line()).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 elsewhere.
+pub fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,160 @@
+//! Gradients of the explicit backward against PyTorch autograd (full fine-tuning) and PEFT
+//! (LoRA) on the same weights and batch: within 1e-4 relative. Fixtures:
+//! `scripts/fixtures/training.py`.
+
+mod common;
+
+use afinar::engine::{Backend, CpuBackend, WeightFormat};
+use afinar::generate::Rng;
+use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, ParamMut, TrainBatch};
+use common::{fixture, rel_err, Expected};
+
+fn model(dir: &str) -> (CpuBackend, Llama<CpuBackend>) {
+    let be = CpuBackend::new(Some(2));
+    let opts = LoadOptions {
+        format: WeightFormat::F32,
+        tokenizer: None,
+    };
+    let m = load_model(&be, &fixture(&format!("models/{dir}")), &opts)
+        .unwrap()
+        .model;
+    (be, m)
+}
+
+struct Inputs {
+    ids: Vec<u32>,
+    labels: Vec<i32>,
+    positions: Vec<u32>,
+    doc_ids: Option<Vec<u32>>,
+    batch: usize,
+    seq: usize,
+}
+
+fn inputs(exp: &Expected) -> Inputs {
+    let (shape, ids) = exp.ids("input_ids");
+    let (_, labels) = exp.ids("labels");
+    let (batch, seq) = (shape[0], shape[1]);
+    let labels: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+    let (positions, doc_ids) = if exp.has("position_ids") {
+        (exp.ids("position_ids").1, Some(exp.ids("doc_ids").1))
+    } else {
+        ((0..batch).flat_map(|_| 0..seq as u32).collect(), None)
+    };
+    Inputs {
+        ids,
+        labels,
+        positions,
+        doc_ids,
+        batch,
+        seq,
+    }
+}
+
+fn run(be: &CpuBackend, m: &mut Llama<CpuBackend>, x: &Inputs, checkpointing: bool) -> f64 {
+    let tokens = x.labels.iter().filter(|&&l| l != -100).count();
+    let b = TrainBatch {
+        ids: &x.ids,
+        labels: &x.labels,
+        positions: &x.positions,
+        doc_ids: x.doc_ids.as_deref(),
+        batch: x.batch,
+        seq: x.seq,
+    };
+    m.zero_grads(be).unwrap();
+    let l = m
+        .forward_backward(be, &b, 1.0 / tokens as f32, checkpointing)
+        .unwrap();
+    assert_eq!(l.tokens, tokens);
+    l.sum / tokens as f64
+}
+
+/// Compares every trainable tensor's gradient with the fixture's `grad.<prefix><name>`.
+fn check_grads(be: &CpuBackend, m: &mut Llama<CpuBackend>, exp: &Expected, prefix: &str) -> usize {
+    let mut n = 0;
+    m.visit_params_mut(&mut |name, p| {
+        let s = match p {
+            ParamMut::Weight(_, s) | ParamMut::Buf(_, s) => s,
+        };
+        let got = be.to_host(&s.grad).unwrap();
+        let (_, want) = exp.f32(&format!("grad.{prefix}{name}"));
+        let err = rel_err(&got[..s.len], &want);
+        assert!(err < 1e-4, "{name}: gradient relative error {err:e}");
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    n
+}
+
+fn check_full(model_dir: &str, file: &str) {
+    let exp = Expected::open(&fixture(&format!("training/{file}")));
+    let x = inputs(&exp);
+    for checkpointing in [false, true] {
+        let (be, mut m) = model(model_dir);
+        m.enable_full_finetune(&be).unwrap();
+        let loss = run(&be, &mut m, &x, checkpointing);
+        let (_, want) = exp.f32("loss");
+        assert!(
+            (loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5,
+            "{file}: loss {loss} vs {}",
+            want[0]
+        );
+        let n = check_grads(&be, &mut m, &exp, "");
+        assert!(n >= 20, "{file}: only {n} tensors checked");
+    }
+}
+
+#[test]
+fn full_finetune_gradients_match_pytorch() {
+    check_full("llama31_tiny", "full_grads.safetensors");
+}
+
+#[test]
+fn full_finetune_gradients_match_pytorch_with_tied_embeddings() {
+    check_full("llama32_tiny", "full_grads_tied.safetensors");
+}
+
+#[test]
+fn packed_rows_with_block_causal_attention_match_pytorch() {
+    check_full("llama31_tiny", "full_grads_packed.safetensors");
+}
+
+#[test]
+fn lora_gradients_match_peft() {
+    let exp = Expected::open(&fixture("training/lora_grads.safetensors"));
+    let x = inputs(&exp);
+    let (be, mut m) = model("llama31_tiny");
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![
+            LoraTarget::Q,
+            LoraTarget::K,
+            LoraTarget::V,
+            LoraTarget::O,
+            LoraTarget::Gate,
+            LoraTarget::Up,
+            LoraTarget::Down,
+        ],
+    };
+    m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
+    // PEFT's initial A and B (B non-zero so every gradient is informative).
+    m.visit_params_mut(&mut |name, p| {
+        if let ParamMut::Buf(b, _) = p {
+            *b = be
+                .from_host(&exp.f32(&format!("init.base_model.model.{name}")).1)
+                .unwrap();
+        }
+        Ok(())
+    })
+    .unwrap();
+    let loss = run(&be, &mut m, &x, false);
+    let (_, want) = exp.f32("loss");
+    assert!(
+        (loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5,
+        "loss {loss} vs {}",
+        want[0]
+    );
+    let n = check_grads(&be, &mut m, &exp, "base_model.model.");
+    assert_eq!(n, 28);
+}
