@@ -14,6 +14,9 @@ pub enum Error {
     /// A tokenizer file or chat template is bad.
     #[error(transparent)]
     Tokenizer(#[from] afinar_tokenizer::TokenizerError),
+    /// A recipe config (YAML and overrides) is invalid.
+    #[error(transparent)]
+    RecipeConfig(#[from] crate::config::ConfigError),
     /// A model configuration is incomplete or inconsistent.
     #[error("{file}: {key}: {msg}")]
     Config {

@@ -11,13 +11,8 @@ use common::{fixture, rel_err, Expected};
 
 fn model(dir: &str) -> (CpuBackend, Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
-    let opts = LoadOptions {
-        format: WeightFormat::F32,
-        tokenizer: None,
-    };
-    let m = load_model(&be, &fixture(&format!("models/{dir}")), &opts)
-        .unwrap()
-        .model;
+    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
+    let m = load_model(&be, &fixture(&format!("models/{dir}")), &opts).unwrap().model;
     (be, m)
 }
 
@@ -40,14 +35,7 @@ fn inputs(exp: &Expected) -> Inputs {
     } else {
         ((0..batch).flat_map(|_| 0..seq as u32).collect(), None)
     };
-    Inputs {
-        ids,
-        labels,
-        positions,
-        doc_ids,
-        batch,
-        seq,
-    }
+    Inputs { ids, labels, positions, doc_ids, batch, seq }
 }
 
 fn run(be: &CpuBackend, m: &mut Llama<CpuBackend>, x: &Inputs, checkpointing: bool) -> f64 {
@@ -61,9 +49,7 @@ fn run(be: &CpuBackend, m: &mut Llama<CpuBackend>, x: &Inputs, checkpointing: bo
         seq: x.seq,
     };
     m.zero_grads(be).unwrap();
-    let l = m
-        .forward_backward(be, &b, 1.0 / tokens as f32, checkpointing)
-        .unwrap();
+    let l = m.forward_backward(be, &b, 1.0 / tokens as f32, checkpointing).unwrap();
     assert_eq!(l.tokens, tokens);
     l.sum / tokens as f64
 }
@@ -127,6 +113,7 @@ fn lora_gradients_match_peft() {
     let spec = LoraSpec {
         rank: 4,
         alpha: 8.0,
+        dropout: 0.0,
         targets: vec![
             LoraTarget::Q,
             LoraTarget::K,
@@ -141,20 +128,14 @@ fn lora_gradients_match_peft() {
     // PEFT's initial A and B (B non-zero so every gradient is informative).
     m.visit_params_mut(&mut |name, p| {
         if let ParamMut::Buf(b, _) = p {
-            *b = be
-                .from_host(&exp.f32(&format!("init.base_model.model.{name}")).1)
-                .unwrap();
+            *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
         }
         Ok(())
     })
     .unwrap();
     let loss = run(&be, &mut m, &x, false);
     let (_, want) = exp.f32("loss");
-    assert!(
-        (loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5,
-        "loss {loss} vs {}",
-        want[0]
-    );
+    assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "loss {loss} vs {}", want[0]);
     let n = check_grads(&be, &mut m, &exp, "base_model.model.");
     assert_eq!(n, 28);
 }

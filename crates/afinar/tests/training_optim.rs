@@ -15,8 +15,16 @@ fn lora_model(exp: &Expected) -> (CpuBackend, Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
     let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
     let mut m = load_model(&be, &fixture("models/llama31_tiny"), &opts).unwrap().model;
-    let targets = vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O, LoraTarget::Gate, LoraTarget::Up, LoraTarget::Down];
-    m.apply_lora(&be, &LoraSpec { rank: 4, alpha: 8.0, targets }, &mut Rng::new(0)).unwrap();
+    let targets = vec![
+        LoraTarget::Q,
+        LoraTarget::K,
+        LoraTarget::V,
+        LoraTarget::O,
+        LoraTarget::Gate,
+        LoraTarget::Up,
+        LoraTarget::Down,
+    ];
+    m.apply_lora(&be, &LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets }, &mut Rng::new(0)).unwrap();
     m.visit_params_mut(&mut |name, p| {
         if let ParamMut::Buf(b, _) = p {
             *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
@@ -36,7 +44,11 @@ fn batch_of(exp: &Expected, prefix: &str) -> (Vec<u32>, Vec<i32>, Vec<u32>, usiz
 
 /// Runs forward/backward over micro-batches with the step's total label count; returns the
 /// mean loss.
-fn step_grads(be: &CpuBackend, m: &mut Llama<CpuBackend>, mbs: &[(Vec<u32>, Vec<i32>, Vec<u32>, usize, usize)]) -> f64 {
+fn step_grads(
+    be: &CpuBackend,
+    m: &mut Llama<CpuBackend>,
+    mbs: &[(Vec<u32>, Vec<i32>, Vec<u32>, usize, usize)],
+) -> f64 {
     let total: usize = mbs.iter().map(|b| b.1.iter().filter(|&&l| l != -100).count()).sum();
     m.zero_grads(be).unwrap();
     let mut sum = 0.0;

@@ -101,13 +101,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Sets the first `n` elements of `buf` to `value`.
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()>;
     /// Uploads a `[rows, cols]` row-major matrix as a weight in `format`.
-    fn weight(
-        &self,
-        data: &[f32],
-        rows: usize,
-        cols: usize,
-        format: WeightFormat,
-    ) -> Result<Self::Weight>;
+    fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<Self::Weight>;
     /// `(rows, cols)` of a weight.
     fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
     /// How a weight is stored.
@@ -218,8 +212,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// SwiGLU gate: `out = silu(gate) · up` over `n` elements.
-    fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, out: &mut Self::Buf, n: usize)
-        -> Result<()>;
+    fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()>;
     /// Backward of [`Backend::swiglu`]: overwrites `dgate` and `dup`.
     fn swiglu_backward(
         &self,
@@ -323,12 +316,5 @@ pub trait Backend: Send + Sync + 'static {
     /// Inverted dropout: `out[i] = x[i] · keep(seed, i) / (1 − p)` where `keep` is a hash of
     /// `(seed, i)`, so the same seed gives the same mask on every backend and the backward is
     /// the same call on the output gradient.
-    fn dropout(
-        &self,
-        x: &Self::Buf,
-        out: &mut Self::Buf,
-        n: usize,
-        p: f32,
-        seed: u64,
-    ) -> Result<()>;
+    fn dropout(&self, x: &Self::Buf, out: &mut Self::Buf, n: usize, p: f32, seed: u64) -> Result<()>;
 }

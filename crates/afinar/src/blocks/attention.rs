@@ -36,13 +36,7 @@ pub struct AttnActs<B: Backend> {
 
 impl<B: Backend> AttnActs<B> {
     /// Buffers for up to `rows` tokens.
-    pub fn new(
-        be: &B,
-        rows: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-    ) -> Result<Self> {
+    pub fn new(be: &B, rows: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
         Ok(Self {
             q: be.zeros(rows * n_heads * head_dim)?,
             k: be.zeros(rows * n_kv_heads * head_dim)?,
@@ -67,13 +61,7 @@ pub struct AttnGrads<B: Backend> {
 
 impl<B: Backend> AttnGrads<B> {
     /// Buffers for up to `rows` tokens.
-    pub fn new(
-        be: &B,
-        rows: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-    ) -> Result<Self> {
+    pub fn new(be: &B, rows: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
         Ok(Self {
             out: be.zeros(rows * n_heads * head_dim)?,
             q: be.zeros(rows * n_heads * head_dim)?,
@@ -154,20 +142,8 @@ impl<B: Backend> Attention<B> {
                 let past = cache.len;
                 for b in 0..t.batch {
                     let dst = (b * cache.capacity + past) * width;
-                    be.copy(
-                        &a.k,
-                        b * t.seq * width,
-                        &mut cache.k[layer],
-                        dst,
-                        t.seq * width,
-                    )?;
-                    be.copy(
-                        &a.v,
-                        b * t.seq * width,
-                        &mut cache.v[layer],
-                        dst,
-                        t.seq * width,
-                    )?;
+                    be.copy(&a.k, b * t.seq * width, &mut cache.k[layer], dst, t.seq * width)?;
+                    be.copy(&a.v, b * t.seq * width, &mut cache.v[layer], dst, t.seq * width)?;
                 }
                 dims.kv_len = past + t.seq;
                 dims.kv_stride = cache.capacity;
@@ -203,22 +179,18 @@ impl<B: Backend> Attention<B> {
     ) -> Result<()> {
         let rows = t.rows();
         let (hq, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        self.wo
-            .backward(be, &a.out, dy, Some(&mut g.out), rows, false)?;
+        self.wo.backward(be, &a.out, dy, Some(&mut g.out), rows, false)?;
         let dims = self.dims(t);
         be.attention_backward(
-            &g.out, &a.q, &a.k, &a.v, &a.out, &a.lse, &mut g.q, &mut g.k, &mut g.v, &dims,
-            t.doc_ids,
+            &g.out, &a.q, &a.k, &a.v, &a.out, &a.lse, &mut g.q, &mut g.k, &mut g.v, &dims, t.doc_ids,
         )?;
         // The backward of a rotation is the inverse rotation.
         be.rope(&mut g.q, t.positions, inv_freq, rows, hq, hd, true)?;
         be.rope(&mut g.k, t.positions, inv_freq, rows, hkv, hd, true)?;
         match dxn {
             Some(dxn) => {
-                self.wq
-                    .backward(be, xn, &g.q, Some(&mut *dxn), rows, false)?;
-                self.wk
-                    .backward(be, xn, &g.k, Some(&mut *dxn), rows, true)?;
+                self.wq.backward(be, xn, &g.q, Some(&mut *dxn), rows, false)?;
+                self.wk.backward(be, xn, &g.k, Some(&mut *dxn), rows, true)?;
                 self.wv.backward(be, xn, &g.v, Some(dxn), rows, true)
             }
             None => {

@@ -91,17 +91,13 @@ impl<B: Backend> DecoderLayer<B> {
         keep_mid: bool,
     ) -> Result<()> {
         let rows = t.rows();
-        self.attn_norm
-            .forward(be, x, &mut acts.xn_attn, &mut acts.rstd_attn, rows)?;
-        self.attn
-            .forward_residual(be, &acts.xn_attn, x, &mut acts.attn, t, inv_freq, kv)?;
+        self.attn_norm.forward(be, x, &mut acts.xn_attn, &mut acts.rstd_attn, rows)?;
+        self.attn.forward_residual(be, &acts.xn_attn, x, &mut acts.attn, t, inv_freq, kv)?;
         if keep_mid {
             be.copy(x, 0, &mut acts.x_mid, 0, rows * self.attn_norm.dim)?;
         }
-        self.mlp_norm
-            .forward(be, x, &mut acts.xn_mlp, &mut acts.rstd_mlp, rows)?;
-        self.mlp
-            .forward_residual(be, &acts.xn_mlp, x, &mut acts.mlp, rows)
+        self.mlp_norm.forward(be, x, &mut acts.xn_mlp, &mut acts.rstd_mlp, rows)?;
+        self.mlp.forward_residual(be, &acts.xn_mlp, x, &mut acts.mlp, rows)
     }
 
     /// Backward of [`DecoderLayer::forward`]: `dx` holds the gradient of the layer's output on
@@ -120,32 +116,13 @@ impl<B: Backend> DecoderLayer<B> {
         need_input_grad: bool,
     ) -> Result<()> {
         let rows = t.rows();
-        self.mlp.backward(
-            be,
-            &acts.xn_mlp,
-            &acts.mlp,
-            dx,
-            Some(&mut g.dxn),
-            &mut g.mlp,
-            rows,
-        )?;
-        self.mlp_norm
-            .backward_accumulate(be, &g.dxn, &acts.x_mid, &acts.rstd_mlp, dx, rows)?;
+        self.mlp.backward(be, &acts.xn_mlp, &acts.mlp, dx, Some(&mut g.dxn), &mut g.mlp, rows)?;
+        self.mlp_norm.backward_accumulate(be, &g.dxn, &acts.x_mid, &acts.rstd_mlp, dx, rows)?;
         let through_norm = need_input_grad || self.attn_norm.state.is_some();
         let dxn = if through_norm { Some(&mut g.dxn) } else { None };
-        self.attn.backward(
-            be,
-            &acts.xn_attn,
-            &acts.attn,
-            dx,
-            dxn,
-            &mut g.attn,
-            t,
-            inv_freq,
-        )?;
+        self.attn.backward(be, &acts.xn_attn, &acts.attn, dx, dxn, &mut g.attn, t, inv_freq)?;
         if through_norm {
-            self.attn_norm
-                .backward_accumulate(be, &g.dxn, x_in, &acts.rstd_attn, dx, rows)?;
+            self.attn_norm.backward_accumulate(be, &g.dxn, x_in, &acts.rstd_attn, dx, rows)?;
         }
         Ok(())
     }

@@ -19,27 +19,14 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `n_layers` layers.
-    pub fn new(
-        be: &B,
-        n_layers: usize,
-        batch: usize,
-        capacity: usize,
-        width: usize,
-    ) -> Result<Self> {
+    pub fn new(be: &B, n_layers: usize, batch: usize, capacity: usize, width: usize) -> Result<Self> {
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
         for _ in 0..n_layers {
             k.push(be.zeros(batch * capacity * width)?);
             v.push(be.zeros(batch * capacity * width)?);
         }
-        Ok(Self {
-            k,
-            v,
-            batch,
-            capacity,
-            len: 0,
-            width,
-        })
+        Ok(Self { k, v, batch, capacity, len: 0, width })
     }
 
     /// Forgets every position (keeps the memory).

@@ -15,12 +15,7 @@ pub struct ParamState<B: Backend> {
 impl<B: Backend> ParamState<B> {
     /// Zeroed state for a tensor of `len` elements.
     pub fn new(be: &B, len: usize) -> Result<Self> {
-        Ok(Self {
-            grad: be.zeros(len)?,
-            m: be.zeros(len)?,
-            v: be.zeros(len)?,
-            len,
-        })
+        Ok(Self { grad: be.zeros(len)?, m: be.zeros(len)?, v: be.zeros(len)?, len })
     }
 
     /// Clears the gradient (keeps the moments).
@@ -44,6 +39,30 @@ pub struct Lora<B: Backend> {
     pub a_state: ParamState<B>,
     /// Gradient and moments of `b`.
     pub b_state: ParamState<B>,
+    /// Dropout probability on the adapter's input while training.
+    pub dropout: f32,
+    /// Seed of the current dropout mask; `None` disables dropout (inference). The trainer sets
+    /// a fresh seed per micro-batch, and the backward reuses it.
+    pub dropout_seed: Option<u64>,
+}
+
+impl<B: Backend> Lora<B> {
+    /// `(p, seed)` when dropout is on.
+    fn active_dropout(&self) -> Option<(f32, u64)> {
+        self.dropout_seed.filter(|_| self.dropout > 0.0).map(|s| (self.dropout, s))
+    }
+
+    /// `x` with dropout applied while training, or `None` to use `x` itself.
+    fn dropped_input(&self, be: &B, x: &B::Buf, n: usize) -> Result<Option<B::Buf>> {
+        match self.active_dropout() {
+            Some((p, seed)) => {
+                let mut xd = be.zeros(n)?;
+                be.dropout(x, &mut xd, n, p, seed)?;
+                Ok(Some(xd))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// `y = x Wᵀ` with `W: [out, in]`, optionally trainable (full fine-tuning) or adapted (LoRA).
@@ -65,51 +84,19 @@ impl<B: Backend> Linear<B> {
     /// A frozen layer around `weight`.
     pub fn new(be: &B, weight: B::Weight) -> Self {
         let (out_features, in_features) = be.weight_shape(&weight);
-        Self {
-            weight,
-            out_features,
-            in_features,
-            state: None,
-            lora: None,
-        }
+        Self { weight, out_features, in_features, state: None, lora: None }
     }
 
     /// `y (+)= x Wᵀ (+ LoRA)` over `rows` rows.
-    pub fn forward(
-        &self,
-        be: &B,
-        x: &B::Buf,
-        y: &mut B::Buf,
-        rows: usize,
-        accumulate: bool,
-    ) -> Result<()> {
+    pub fn forward(&self, be: &B, x: &B::Buf, y: &mut B::Buf, rows: usize, accumulate: bool) -> Result<()> {
         be.linear(x, &self.weight, y, rows, accumulate)?;
         if let Some(l) = &self.lora {
-            let mut h = be.zeros(rows * l.rank)?;
-            be.matmul(
-                x,
-                false,
-                &l.a,
-                true,
-                &mut h,
-                rows,
-                l.rank,
-                self.in_features,
-                1.0,
-                0.0,
-            )?;
-            be.matmul(
-                &h,
-                false,
-                &l.b,
-                true,
-                y,
-                rows,
-                self.out_features,
-                l.rank,
-                l.scale,
-                1.0,
-            )?;
+            let (r, in_f, out_f) = (l.rank, self.in_features, self.out_features);
+            let dropped = l.dropped_input(be, x, rows * in_f)?;
+            let xd = dropped.as_ref().unwrap_or(x);
+            let mut h = be.zeros(rows * r)?;
+            be.matmul(xd, false, &l.a, true, &mut h, rows, r, in_f, 1.0, 0.0)?;
+            be.matmul(&h, false, &l.b, true, y, rows, out_f, r, l.scale, 1.0)?;
         }
         Ok(())
     }
@@ -135,44 +122,35 @@ impl<B: Backend> Linear<B> {
             None => None,
             Some(l) => {
                 let r = l.rank;
+                let dropped = l.dropped_input(be, x, rows * in_f)?;
+                let xd = dropped.as_ref().unwrap_or(x);
                 let mut h = be.zeros(rows * r)?;
-                be.matmul(x, false, &l.a, true, &mut h, rows, r, in_f, 1.0, 0.0)?;
-                // dB += scale · dyᵀ h ; dh = scale · dy B ; dA += dhᵀ x
-                be.matmul(
-                    dy,
-                    true,
-                    &h,
-                    false,
-                    &mut l.b_state.grad,
-                    out_f,
-                    r,
-                    rows,
-                    l.scale,
-                    1.0,
-                )?;
+                be.matmul(xd, false, &l.a, true, &mut h, rows, r, in_f, 1.0, 0.0)?;
+                // dB += scale · dyᵀ h ; dh = scale · dy B ; dA += dhᵀ xd
+                let db = &mut l.b_state.grad;
+                be.matmul(dy, true, &h, false, db, out_f, r, rows, l.scale, 1.0)?;
                 let mut dh = h;
-                be.matmul(
-                    dy, false, &l.b, false, &mut dh, rows, r, out_f, l.scale, 0.0,
-                )?;
-                be.matmul(
-                    &dh,
-                    true,
-                    x,
-                    false,
-                    &mut l.a_state.grad,
-                    r,
-                    in_f,
-                    rows,
-                    1.0,
-                    1.0,
-                )?;
+                be.matmul(dy, false, &l.b, false, &mut dh, rows, r, out_f, l.scale, 0.0)?;
+                let da = &mut l.a_state.grad;
+                be.matmul(&dh, true, xd, false, da, r, in_f, rows, 1.0, 1.0)?;
                 Some(dh)
             }
         };
         if let Some(dx) = dx {
             be.linear_backward_input(dy, &self.weight, dx, rows, accumulate_dx)?;
             if let (Some(dh), Some(l)) = (lora_dh, &self.lora) {
-                be.matmul(&dh, false, &l.a, false, dx, rows, in_f, l.rank, 1.0, 1.0)?;
+                match l.active_dropout() {
+                    Some((p, seed)) => {
+                        // dx += mask ⊙ (dh A) / (1 − p): the forward's hashed mask again.
+                        let n = rows * in_f;
+                        let mut dxd = be.zeros(n)?;
+                        be.matmul(&dh, false, &l.a, false, &mut dxd, rows, in_f, l.rank, 1.0, 0.0)?;
+                        let mut masked = be.zeros(n)?;
+                        be.dropout(&dxd, &mut masked, n, p, seed)?;
+                        be.add_assign(dx, &masked, n)?;
+                    }
+                    None => be.matmul(&dh, false, &l.a, false, dx, rows, in_f, l.rank, 1.0, 1.0)?,
+                }
             }
         }
         Ok(())

@@ -85,20 +85,11 @@ impl<B: Backend> Mlp<B> {
         g: &mut MlpGrads<B>,
         rows: usize,
     ) -> Result<()> {
-        self.down
-            .backward(be, &a.hidden, dy, Some(&mut g.hidden), rows, false)?;
-        be.swiglu_backward(
-            &g.hidden,
-            &a.gate,
-            &a.up,
-            &mut g.gate,
-            &mut g.up,
-            rows * self.ffn_dim,
-        )?;
+        self.down.backward(be, &a.hidden, dy, Some(&mut g.hidden), rows, false)?;
+        be.swiglu_backward(&g.hidden, &a.gate, &a.up, &mut g.gate, &mut g.up, rows * self.ffn_dim)?;
         match dxn {
             Some(dxn) => {
-                self.gate
-                    .backward(be, xn, &g.gate, Some(&mut *dxn), rows, false)?;
+                self.gate.backward(be, xn, &g.gate, Some(&mut *dxn), rows, false)?;
                 self.up.backward(be, xn, &g.up, Some(dxn), rows, true)
             }
             None => {

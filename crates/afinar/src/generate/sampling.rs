@@ -97,7 +97,8 @@ impl Sampler {
         }
         cand.sort_unstable_by(by_logit);
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> =
+            cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
         if p.top_p < 1.0 {
@@ -139,8 +140,14 @@ mod tests {
     fn same_seed_same_tokens_and_top_k_restricts() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let params = SamplingParams { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 7 };
-        let a: Vec<u32> = { let mut s = Sampler::new(params); (0..200).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(params); (0..200).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(params);
+            (0..200).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(params);
+            (0..200).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         let mut top: Vec<u32> = (0..50u32).collect();
         top.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));

@@ -39,11 +39,7 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Checks internal consistency; `source` names the file for the error message.
     pub fn validate(&self, source: &Path) -> Result<()> {
-        let err = |key: &str, msg: String| Error::Config {
-            file: source.to_path_buf(),
-            key: key.into(),
-            msg,
-        };
+        let err = |key: &str, msg: String| Error::Config { file: source.to_path_buf(), key: key.into(), msg };
         for (key, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.dim),
@@ -68,10 +64,7 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(err(
-                "head_dim",
-                format!("{} is odd; RoPE needs pairs", self.head_dim),
-            ));
+            return Err(err("head_dim", format!("{} is odd; RoPE needs pairs", self.head_dim)));
         }
         if !(self.rope_theta > 0.0) {
             return Err(err("rope_theta", "must be positive".into()));
@@ -96,10 +89,8 @@ impl LlamaConfig {
     /// Reads a Hugging Face `config.json` of a `llama` model (transformers 4.x `rope_theta` /
     /// `rope_scaling` keys or 5.x `rope_parameters`).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         let json: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
             file: path.to_path_buf(),
             key: "(document)".into(),
@@ -115,14 +106,13 @@ impl LlamaConfig {
             key: key.into(),
             msg: msg.into(),
         };
-        let model_type = json
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("llama");
+        let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("llama");
         if model_type != "llama" {
             return Err(err(
                 "model_type",
-                &format!("unsupported architecture `{model_type}`; afinar supports `llama` (Llama-3.x, SmolLM2)"),
+                &format!(
+                    "unsupported architecture `{model_type}`; afinar supports `llama` (Llama-3.x, SmolLM2)"
+                ),
             ));
         }
         let usize_key = |key: &str| -> Result<usize> {
@@ -151,51 +141,38 @@ impl LlamaConfig {
         let rope_theta = json
             .get("rope_theta")
             .and_then(Value::as_f64)
-            .or_else(|| {
-                rope_params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(Value::as_f64)
-            })
+            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
             .unwrap_or(10_000.0);
-        let scaling_obj = json
-            .get("rope_scaling")
-            .filter(|v| v.is_object())
-            .or(rope_params);
-        let rope_scaling =
-            match scaling_obj {
-                None => None,
-                Some(s) => {
-                    let kind = s
-                        .get("rope_type")
-                        .or_else(|| s.get("type"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("default");
-                    match kind {
-                        "default" => None,
-                        "llama3" => {
-                            let f = |k: &str| -> Result<f64> {
-                                s.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                                    err(&format!("rope_scaling.{k}"), "missing or not a number")
-                                })
-                            };
-                            Some(RopeScaling {
-                                factor: f("factor")?,
-                                low_freq_factor: f("low_freq_factor")?,
-                                high_freq_factor: f("high_freq_factor")?,
-                                original_max_position_embeddings: f(
-                                    "original_max_position_embeddings",
-                                )?,
-                            })
-                        }
-                        other => return Err(err(
+        let scaling_obj = json.get("rope_scaling").filter(|v| v.is_object()).or(rope_params);
+        let rope_scaling = match scaling_obj {
+            None => None,
+            Some(s) => {
+                let kind =
+                    s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => {
+                        let f = |k: &str| -> Result<f64> {
+                            s.get(k)
+                                .and_then(Value::as_f64)
+                                .ok_or_else(|| err(&format!("rope_scaling.{k}"), "missing or not a number"))
+                        };
+                        Some(RopeScaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position_embeddings: f("original_max_position_embeddings")?,
+                        })
+                    }
+                    other => {
+                        return Err(err(
                             "rope_scaling.rope_type",
-                            &format!(
-                                "unsupported RoPE scaling `{other}` (supported: default, llama3)"
-                            ),
-                        )),
+                            &format!("unsupported RoPE scaling `{other}` (supported: default, llama3)"),
+                        ))
                     }
                 }
-            };
+            }
+        };
         let cfg = LlamaConfig {
             vocab_size: usize_key("vocab_size")?,
             dim,
@@ -204,19 +181,57 @@ impl LlamaConfig {
             n_kv_heads,
             head_dim,
             ffn_dim: usize_key("intermediate_size")?,
-            norm_eps: json
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-5) as f32,
+            norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
             rope_theta,
             rope_scaling,
             max_seq_len: usize_key("max_position_embeddings")?,
-            tie_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            tie_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         };
         cfg.validate(path)?;
         Ok(cfg)
+    }
+}
+
+impl LlamaConfig {
+    /// A Hugging Face `config.json` for this architecture (`LlamaForCausalLM`), as
+    /// `transformers` writes it.
+    pub fn to_hf_json(&self, bos_id: Option<u32>, eos_id: Option<u32>, dtype: &str) -> Value {
+        let mut v = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "hidden_act": "silu",
+            "hidden_size": self.dim,
+            "intermediate_size": self.ffn_dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_seq_len,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_embeddings,
+            "vocab_size": self.vocab_size,
+            "mlp_bias": false,
+            "torch_dtype": dtype,
+            "use_cache": true,
+        });
+        if let Some(s) = self.rope_scaling {
+            v["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        if let Some(b) = bos_id {
+            v["bos_token_id"] = b.into();
+        }
+        if let Some(e) = eos_id {
+            v["eos_token_id"] = e.into();
+        }
+        v
     }
 }

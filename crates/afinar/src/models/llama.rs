@@ -1,9 +1,7 @@
 use afinar_engine::Backend;
 
 use super::LlamaConfig;
-use crate::blocks::{
-    DecoderLayer, KvCache, KvTarget, LayerActs, Linear, ParamState, RmsNorm, Tokens,
-};
+use crate::blocks::{DecoderLayer, KvCache, KvTarget, LayerActs, Linear, ParamState, RmsNorm, Tokens};
 use crate::{Error, Result};
 
 /// A Llama-3-family decoder: token embedding, `n_layers` [`DecoderLayer`]s, final norm and the
@@ -49,13 +47,7 @@ impl<B: Backend> Llama<B> {
                 c.max_seq_len
             )));
         }
-        Ok(KvCache::new(
-            be,
-            c.n_layers,
-            batch,
-            capacity,
-            c.n_kv_heads * c.head_dim,
-        )?)
+        Ok(KvCache::new(be, c.n_layers, batch, capacity, c.n_kv_heads * c.head_dim)?)
     }
 
     /// Runs `batch` sequences of `seq` tokens (`ids` is `[batch · seq]`) and returns logits on
@@ -109,19 +101,12 @@ impl<B: Backend> Llama<B> {
                 c.max_seq_len
             )));
         }
-        let positions: Vec<u32> = (0..batch)
-            .flat_map(|_| (0..seq).map(move |t| (past + t) as u32))
-            .collect();
+        let positions: Vec<u32> = (0..batch).flat_map(|_| (0..seq).map(move |t| (past + t) as u32)).collect();
 
         let mut x = be.zeros(rows * c.dim)?;
         be.embedding(ids, &self.embed, &mut x)?;
         let mut acts = LayerActs::new(be, &self.layers[0], rows)?;
-        let tokens = Tokens {
-            batch,
-            seq,
-            positions: &positions,
-            doc_ids: None,
-        };
+        let tokens = Tokens { batch, seq, positions: &positions, doc_ids: None };
         for (l, layer) in self.layers.iter().enumerate() {
             let kv = match cache.as_deref_mut() {
                 Some(cache) => KvTarget::Cache(cache, l),
@@ -145,8 +130,7 @@ impl<B: Backend> Llama<B> {
         };
         let mut normed = be.zeros(out_rows * c.dim)?;
         let mut rstd = be.zeros(out_rows)?;
-        self.norm
-            .forward(be, &hidden, &mut normed, &mut rstd, out_rows)?;
+        self.norm.forward(be, &hidden, &mut normed, &mut rstd, out_rows)?;
         let mut logits = be.zeros(out_rows * c.vocab_size)?;
         match &self.output {
             Some(out) => out.forward(be, &normed, &mut logits, out_rows, false)?,

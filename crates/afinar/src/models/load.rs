@@ -28,10 +28,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            format: WeightFormat::F32,
-            tokenizer: None,
-        }
+        Self { format: WeightFormat::F32, tokenizer: None }
     }
 }
 
@@ -50,16 +47,10 @@ pub struct LoadedModel<B: Backend> {
 /// file with `config.json` beside it.
 pub fn load_model<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {
     if !path.exists() {
-        return Err(Error::Input(format!(
-            "{}: no such file or folder",
-            path.display()
-        )));
+        return Err(Error::Input(format!("{}: no such file or folder", path.display())));
     }
-    let mut loaded = if is_gguf(path)? {
-        load_gguf(be, path, opts.format)?
-    } else {
-        load_hf(be, path, opts.format)?
-    };
+    let mut loaded =
+        if is_gguf(path)? { load_gguf(be, path, opts.format)? } else { load_hf(be, path, opts.format)? };
     if let Some(tok) = &opts.tokenizer {
         loaded.tokenizer = Some(Tokenizer::from_file(tok)?);
     }
@@ -86,10 +77,7 @@ fn is_gguf(path: &Path) -> Result<bool> {
     });
     match read {
         Ok(n) => Ok(n == 4 && &magic == b"GGUF"),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
     }
 }
 
@@ -191,19 +179,13 @@ impl WeightSource for GgufSource {
 
 /// Undoes llama.cpp's Q/K row permutation: within each head, GGUF row `2i + j` holds HF row
 /// `j · head_dim/2 + i` (interleaved RoPE pairs vs halves).
-pub fn unpermute_rows(
-    data: &[f32],
-    shape: &[usize],
-    heads: usize,
-) -> std::result::Result<Vec<f32>, String> {
+pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> std::result::Result<Vec<f32>, String> {
     let [rows, cols] = shape else {
         return Err(format!("expected a matrix, got shape {shape:?}"));
     };
     let (rows, cols) = (*rows, *cols);
     if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * cols {
-        return Err(format!(
-            "{rows} rows cannot be split into {heads} heads of even size"
-        ));
+        return Err(format!("{rows} rows cannot be split into {heads} heads of even size"));
     }
     let head_dim = rows / heads;
     let half = head_dim / 2;
@@ -213,8 +195,7 @@ pub fn unpermute_rows(
             for j in 0..2 {
                 let src = h * head_dim + 2 * i + j;
                 let dst = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -257,12 +238,7 @@ fn build<B: Backend>(
     };
     let norm = |name: &str| -> Result<RmsNorm<B>> {
         let data = load_checked(name, &[c.dim])?;
-        Ok(RmsNorm {
-            weight: be.from_host(&data)?,
-            dim: c.dim,
-            eps: c.norm_eps,
-            state: None,
-        })
+        Ok(RmsNorm { weight: be.from_host(&data)?, dim: c.dim, eps: c.norm_eps, state: None })
     };
     let (q_rows, kv_rows) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     let mut layers = Vec::with_capacity(c.n_layers);
@@ -289,21 +265,9 @@ fn build<B: Backend>(
         });
     }
     let embed = weight("model.embed_tokens.weight", c.vocab_size, c.dim)?;
-    let output = if c.tie_embeddings {
-        None
-    } else {
-        Some(matrix("lm_head.weight", c.vocab_size, c.dim)?)
-    };
+    let output = if c.tie_embeddings { None } else { Some(matrix("lm_head.weight", c.vocab_size, c.dim)?) };
     let norm = norm("model.norm.weight")?;
-    Ok(Llama {
-        config,
-        embed,
-        embed_state: None,
-        layers,
-        norm,
-        output,
-        inv_freq,
-    })
+    Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq })
 }
 
 fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {
@@ -327,30 +291,15 @@ fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Load
         config.tie_embeddings = true;
     }
     let inv_freq = config.inv_freq();
-    let src = HfSource {
-        ckpt,
-        path: path.to_path_buf(),
-    };
+    let src = HfSource { ckpt, path: path.to_path_buf() };
     let model = build(be, config, inv_freq, &src, format)?;
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = if tok_path.exists() {
-        Some(Tokenizer::from_file(&tok_path)?)
-    } else {
-        None
-    };
-    Ok(LoadedModel {
-        model,
-        tokenizer,
-        source: path.to_path_buf(),
-    })
+    let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
 }
 
 fn meta_err(path: &Path, key: &str, msg: &str) -> Error {
-    Error::Config {
-        file: path.to_path_buf(),
-        key: key.into(),
-        msg: msg.into(),
-    }
+    Error::Config { file: path.to_path_buf(), key: key.into(), msg: msg.into() }
 }
 
 fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {
@@ -364,9 +313,7 @@ fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Lo
         return Err(meta_err(
             path,
             "general.architecture",
-            &format!(
-                "unsupported architecture `{arch}`; afinar supports `llama` (Llama-3.x, SmolLM2)"
-            ),
+            &format!("unsupported architecture `{arch}`; afinar supports `llama` (Llama-3.x, SmolLM2)"),
         ));
     }
     let int = |key: &str| -> Result<Option<usize>> {
@@ -381,27 +328,15 @@ fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Lo
     let required = |key: &str| -> Result<usize> {
         int(key)?.ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "missing"))
     };
-    let float = |key: &str| {
-        file.get(&format!("{arch}.{key}"))
-            .and_then(MetaValue::as_f64)
-    };
+    let float = |key: &str| file.get(&format!("{arch}.{key}")).and_then(MetaValue::as_f64);
     let dim = required("embedding_length")?;
     let n_heads = required("attention.head_count")?;
     let n_kv_heads = int("attention.head_count_kv")?.unwrap_or(n_heads);
     if n_heads == 0 {
-        return Err(meta_err(
-            path,
-            &format!("{arch}.attention.head_count"),
-            "must be positive",
-        ));
+        return Err(meta_err(path, &format!("{arch}.attention.head_count"), "must be positive"));
     }
     let names = file.tensor_names();
-    let embed_rows = file
-        .tensor("token_embd.weight")?
-        .shape
-        .first()
-        .copied()
-        .unwrap_or(0);
+    let embed_rows = file.tensor("token_embd.weight")?.shape.first().copied().unwrap_or(0);
     let vocab_size = int("vocab_size")?.unwrap_or(embed_rows);
     let config = LlamaConfig {
         vocab_size,
@@ -418,10 +353,7 @@ fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Lo
         tie_embeddings: !names.contains(&"output.weight"),
     };
     config.validate(path)?;
-    if let Some(kind) = file
-        .get(&format!("{arch}.rope.scaling.type"))
-        .and_then(MetaValue::as_str)
-    {
+    if let Some(kind) = file.get(&format!("{arch}.rope.scaling.type")).and_then(MetaValue::as_str) {
         if kind != "none" {
             return Err(meta_err(
                 path,
@@ -438,11 +370,7 @@ fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Lo
             return Err(Error::Weights {
                 file: path.to_path_buf(),
                 tensor: "rope_freqs.weight".into(),
-                msg: format!(
-                    "{} factors for {} frequencies",
-                    factors.len(),
-                    inv_freq.len()
-                ),
+                msg: format!("{} factors for {} frequencies", factors.len(), inv_freq.len()),
             });
         }
         for (f, d) in inv_freq.iter_mut().zip(&factors) {
@@ -450,18 +378,10 @@ fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Lo
         }
     }
     let tokenizer = gguf_tokenizer(&file, path)?;
-    let src = GgufSource {
-        file,
-        path: path.to_path_buf(),
-        n_heads: config.n_heads,
-        n_kv_heads: config.n_kv_heads,
-    };
+    let src =
+        GgufSource { file, path: path.to_path_buf(), n_heads: config.n_heads, n_kv_heads: config.n_kv_heads };
     let model = build(be, config, inv_freq, &src, format)?;
-    Ok(LoadedModel {
-        model,
-        tokenizer,
-        source: path.to_path_buf(),
-    })
+    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
 }
 
 /// The tokenizer embedded in GGUF metadata, if any.
@@ -474,11 +394,7 @@ fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Option<Tokenizer>> {
             None => Ok(Vec::new()),
             Some(v) => v
                 .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|s| s.as_str().map(str::to_string))
-                        .collect::<Option<Vec<_>>>()
-                })
+                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
                 .ok_or_else(|| meta_err(path, key, "expected an array of strings")),
         }
     };
@@ -486,38 +402,20 @@ fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Option<Tokenizer>> {
         None => Vec::new(),
         Some(v) => v
             .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|t| t.as_u64().map(|t| t as i32))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| {
-                meta_err(
-                    path,
-                    "tokenizer.ggml.token_type",
-                    "expected an array of integers",
-                )
-            })?,
+            .and_then(|a| a.iter().map(|t| t.as_u64().map(|t| t as i32)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| meta_err(path, "tokenizer.ggml.token_type", "expected an array of integers"))?,
     };
     let id = |key: &str| file.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
     let spec = GgufTokenizerSpec {
         model: model.to_string(),
-        pre: file
-            .get("tokenizer.ggml.pre")
-            .and_then(MetaValue::as_str)
-            .map(str::to_string),
+        pre: file.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).map(str::to_string),
         tokens: strings("tokenizer.ggml.tokens")?,
         merges: strings("tokenizer.ggml.merges")?,
         token_types,
         bos_id: id("tokenizer.ggml.bos_token_id"),
         eos_id: id("tokenizer.ggml.eos_token_id"),
-        add_bos: file
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(MetaValue::as_bool),
-        chat_template: file
-            .get("tokenizer.chat_template")
-            .and_then(MetaValue::as_str)
-            .map(str::to_string),
+        add_bos: file.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool),
+        chat_template: file.get("tokenizer.chat_template").and_then(MetaValue::as_str).map(str::to_string),
     };
     Ok(Some(Tokenizer::from_gguf(spec)?))
 }
@@ -540,8 +438,7 @@ mod tests {
                     // permuted index order (h, i, j) reads HF row (h, j, i)
                     let dst = h * hd + i * 2 + j;
                     let src = h * hd + j * (hd / 2) + i;
-                    gguf[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }
@@ -555,18 +452,12 @@ mod tests {
 /// `tokenizer.json`, or a `tokenizer.json` / `tokenizer.model` file.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
-        return Err(Error::Input(format!(
-            "{}: no such file or folder",
-            path.display()
-        )));
+        return Err(Error::Input(format!("{}: no such file or folder", path.display())));
     }
     if is_gguf(path)? {
         let file = GgufFile::open(path)?;
         return gguf_tokenizer(&file, path)?.ok_or_else(|| {
-            Error::Input(format!(
-                "{}: this GGUF file has no tokenizer in its metadata",
-                path.display()
-            ))
+            Error::Input(format!("{}: this GGUF file has no tokenizer in its metadata", path.display()))
         });
     }
     if path.is_dir() {

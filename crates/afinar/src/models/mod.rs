@@ -2,6 +2,7 @@
 //! ([`Llama`]) wired from [`crate::blocks`], and checkpoint loading ([`load`]).
 
 mod config;
+mod init;
 mod llama;
 pub mod load;
 pub mod presets;

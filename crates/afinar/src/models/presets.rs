@@ -44,13 +44,7 @@ fn llama3(
 }
 
 /// SmolLM2: Llama architecture, plain RoPE with base 100,000, tied embeddings, 49,152 tokens.
-fn smollm2(
-    dim: usize,
-    n_layers: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    ffn_dim: usize,
-) -> LlamaConfig {
+fn smollm2(dim: usize, n_layers: usize, n_heads: usize, n_kv_heads: usize, ffn_dim: usize) -> LlamaConfig {
     LlamaConfig {
         vocab_size: 49_152,
         dim,
@@ -88,19 +82,8 @@ pub fn preset(name: &str) -> Option<LlamaConfig> {
         "llama3-8b" => llama3(4096, 32, 32, 14336, 128, 8192, None, false),
         "llama3-70b" => llama3(8192, 80, 64, 28672, 128, 8192, None, false),
         "llama3.1-8b" => llama3(4096, 32, 32, 14336, 128, long, llama3_scaling(8.0), false),
-        "llama3.1-70b" | "llama3.3-70b" => {
-            llama3(8192, 80, 64, 28672, 128, long, llama3_scaling(8.0), false)
-        }
-        "llama3.1-405b" => llama3(
-            16384,
-            126,
-            128,
-            53248,
-            128,
-            long,
-            llama3_scaling(8.0),
-            false,
-        ),
+        "llama3.1-70b" | "llama3.3-70b" => llama3(8192, 80, 64, 28672, 128, long, llama3_scaling(8.0), false),
+        "llama3.1-405b" => llama3(16384, 126, 128, 53248, 128, long, llama3_scaling(8.0), false),
         "llama3.2-1b" => llama3(2048, 16, 32, 8192, 64, long, llama3_scaling(32.0), true),
         "llama3.2-3b" => llama3(3072, 28, 24, 8192, 128, long, llama3_scaling(32.0), true),
         "smollm2-135m" => smollm2(576, 30, 9, 3, 1536),
@@ -119,10 +102,7 @@ mod tests {
     fn parameter_counts_match_model_cards() {
         let approx = |name: &str, billions: f64| {
             let n = preset(name).unwrap().num_params() as f64 / 1e9;
-            assert!(
-                (n - billions).abs() / billions < 0.01,
-                "{name}: {n}B vs {billions}B"
-            );
+            assert!((n - billions).abs() / billions < 0.01, "{name}: {n}B vs {billions}B");
         };
         approx("llama3-8b", 8.03);
         approx("llama3.1-8b", 8.03);

@@ -75,34 +75,20 @@ impl<B: Backend> Llama<B> {
                 c.vocab_size
             )));
         }
-        if let Some(&bad) = b
-            .labels
-            .iter()
-            .find(|&&l| l != -100 && (l < 0 || l as usize >= c.vocab_size))
-        {
-            return Err(Error::Input(format!(
-                "label {bad} is neither -100 nor a token id"
-            )));
+        if let Some(&bad) = b.labels.iter().find(|&&l| l != -100 && (l < 0 || l as usize >= c.vocab_size)) {
+            return Err(Error::Input(format!("label {bad} is neither -100 nor a token id")));
         }
         if self.output.as_ref().is_some_and(|o| o.lora.is_some()) {
-            return Err(Error::Input(
-                "LoRA on the output projection is not supported yet".into(),
-            ));
+            return Err(Error::Input("LoRA on the output projection is not supported yet".into()));
         }
-        let t = Tokens {
-            batch: b.batch,
-            seq: b.seq,
-            positions: b.positions,
-            doc_ids: b.doc_ids,
-        };
+        let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
         let n_layers = self.layers.len();
 
         // ---- forward ------------------------------------------------------------------------
         let mut x = be.zeros(rows * c.dim)?;
         be.embedding(b.ids, &self.embed, &mut x)?;
         let mut inputs = Vec::with_capacity(n_layers);
-        let mut acts: Vec<LayerActs<B>> =
-            Vec::with_capacity(if checkpointing { 1 } else { n_layers });
+        let mut acts: Vec<LayerActs<B>> = Vec::with_capacity(if checkpointing { 1 } else { n_layers });
         for l in 0..n_layers {
             let mut x_in = be.zeros(rows * c.dim)?;
             be.copy(&x, 0, &mut x_in, 0, rows * c.dim)?;
@@ -110,11 +96,7 @@ impl<B: Backend> Llama<B> {
             if acts.len() <= l && (!checkpointing || acts.is_empty()) {
                 acts.push(LayerActs::new(be, &self.layers[l], rows)?);
             }
-            let a = if checkpointing {
-                &mut acts[0]
-            } else {
-                &mut acts[l]
-            };
+            let a = if checkpointing { &mut acts[0] } else { &mut acts[l] };
             self.layers[l].forward(be, &mut x, a, &t, &self.inv_freq, KvTarget::None, true)?;
         }
         let mut xn = be.zeros(rows * c.dim)?;
@@ -133,23 +115,14 @@ impl<B: Backend> Llama<B> {
 
         // ---- backward -----------------------------------------------------------------------
         let mut dx = be.zeros(rows * c.dim)?;
-        self.norm
-            .backward_accumulate(be, &dxn, &x, &rstd, &mut dx, rows)?;
+        self.norm.backward_accumulate(be, &dxn, &x, &rstd, &mut dx, rows)?;
         drop((dxn, xn, rstd));
         let mut grads = LayerGrads::new(be, &self.layers[0], rows)?;
         let embed_trained = self.embed_state.is_some();
         for l in (0..n_layers).rev() {
             if checkpointing {
                 be.copy(&inputs[l], 0, &mut x, 0, rows * c.dim)?;
-                self.layers[l].forward(
-                    be,
-                    &mut x,
-                    &mut acts[0],
-                    &t,
-                    &self.inv_freq,
-                    KvTarget::None,
-                    true,
-                )?;
+                self.layers[l].forward(be, &mut x, &mut acts[0], &t, &self.inv_freq, KvTarget::None, true)?;
             }
             let a = if checkpointing { &acts[0] } else { &acts[l] };
             let need_input_grad = l > 0 || embed_trained;

@@ -32,16 +32,8 @@ pub enum LoraTarget {
 
 impl LoraTarget {
     /// Every target, in model order.
-    pub const ALL: [LoraTarget; 8] = [
-        Self::Q,
-        Self::K,
-        Self::V,
-        Self::O,
-        Self::Gate,
-        Self::Up,
-        Self::Down,
-        Self::Output,
-    ];
+    pub const ALL: [LoraTarget; 8] =
+        [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down, Self::Output];
 
     /// The PEFT `target_modules` name.
     pub fn module_name(self) -> &'static str {
@@ -59,10 +51,7 @@ impl LoraTarget {
 
     /// Parses a PEFT module name (`output` is accepted for `lm_head`, as torchtune says).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.module_name() == name)
-            .or((name == "output").then_some(Self::Output))
+        Self::ALL.into_iter().find(|t| t.module_name() == name).or((name == "output").then_some(Self::Output))
     }
 }
 
@@ -73,6 +62,8 @@ pub struct LoraSpec {
     pub rank: usize,
     /// Scale numerator: the update is `alpha / r · B A`.
     pub alpha: f32,
+    /// Dropout on the adapter input while training.
+    pub dropout: f32,
     /// Projections to adapt.
     pub targets: Vec<LoraTarget>,
 }
@@ -96,12 +87,7 @@ impl<B: Backend> Llama<B> {
             Ok(())
         };
         for layer in &mut self.layers {
-            for l in [
-                &mut layer.attn.wq,
-                &mut layer.attn.wk,
-                &mut layer.attn.wv,
-                &mut layer.attn.wo,
-            ] {
+            for l in [&mut layer.attn.wq, &mut layer.attn.wk, &mut layer.attn.wv, &mut layer.attn.wo] {
                 trainable(be, l)?;
             }
             for l in [&mut layer.mlp.gate, &mut layer.mlp.up, &mut layer.mlp.down] {
@@ -130,9 +116,7 @@ impl<B: Backend> Llama<B> {
         let add = |be: &B, l: &mut Linear<B>, rng: &mut Rng| -> Result<()> {
             let (r, inf, outf) = (spec.rank, l.in_features, l.out_features);
             let bound = 1.0 / (inf as f64).sqrt();
-            let a: Vec<f32> = (0..r * inf)
-                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
-                .collect();
+            let a: Vec<f32> = (0..r * inf).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
             l.lora = Some(Lora {
                 a: be.from_host(&a)?,
                 b: be.zeros(outf * r)?,
@@ -140,6 +124,8 @@ impl<B: Backend> Llama<B> {
                 scale,
                 a_state: ParamState::new(be, r * inf)?,
                 b_state: ParamState::new(be, outf * r)?,
+                dropout: spec.dropout,
+                dropout_seed: None,
             });
             Ok(())
         };
@@ -187,45 +173,27 @@ impl<B: Backend> Llama<B> {
 
     /// Calls `f` with each trainable tensor's Hugging Face (or PEFT, for LoRA) name, in a fixed
     /// order.
-    pub fn visit_params_mut(
-        &mut self,
-        f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
-    ) -> Result<()> {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>) -> Result<()> {
         let linear = |name: &str,
                       l: &mut Linear<B>,
                       f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>|
          -> Result<()> {
             if let Some(s) = &mut l.state {
-                f(
-                    &format!("{name}.weight"),
-                    ParamMut::Weight(&mut l.weight, s),
-                )?;
+                f(&format!("{name}.weight"), ParamMut::Weight(&mut l.weight, s))?;
             }
             if let Some(lora) = &mut l.lora {
-                f(
-                    &format!("{name}.lora_A.weight"),
-                    ParamMut::Buf(&mut lora.a, &mut lora.a_state),
-                )?;
-                f(
-                    &format!("{name}.lora_B.weight"),
-                    ParamMut::Buf(&mut lora.b, &mut lora.b_state),
-                )?;
+                f(&format!("{name}.lora_A.weight"), ParamMut::Buf(&mut lora.a, &mut lora.a_state))?;
+                f(&format!("{name}.lora_B.weight"), ParamMut::Buf(&mut lora.b, &mut lora.b_state))?;
             }
             Ok(())
         };
         if let Some(s) = &mut self.embed_state {
-            f(
-                "model.embed_tokens.weight",
-                ParamMut::Weight(&mut self.embed, s),
-            )?;
+            f("model.embed_tokens.weight", ParamMut::Weight(&mut self.embed, s))?;
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
             if let Some(s) = &mut layer.attn_norm.state {
-                f(
-                    &format!("{p}.input_layernorm.weight"),
-                    ParamMut::Buf(&mut layer.attn_norm.weight, s),
-                )?;
+                f(&format!("{p}.input_layernorm.weight"), ParamMut::Buf(&mut layer.attn_norm.weight, s))?;
             }
             linear(&format!("{p}.self_attn.q_proj"), &mut layer.attn.wq, f)?;
             linear(&format!("{p}.self_attn.k_proj"), &mut layer.attn.wk, f)?;
@@ -248,6 +216,34 @@ impl<B: Backend> Llama<B> {
             linear("lm_head", o, f)?;
         }
         Ok(())
+    }
+
+    /// Turns LoRA dropout on with masks derived from `seed` (a different seed per micro-batch
+    /// and adapter), or off with `None` (evaluation, generation).
+    pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
+        let mut k = 0u64;
+        let mut set = |l: &mut Linear<B>| {
+            if let Some(lora) = &mut l.lora {
+                lora.dropout_seed = seed.map(|s| s ^ (k + 1).wrapping_mul(0xA076_1D64_78BD_642F));
+                k += 1;
+            }
+        };
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.attn.wq,
+                &mut layer.attn.wk,
+                &mut layer.attn.wv,
+                &mut layer.attn.wo,
+                &mut layer.mlp.gate,
+                &mut layer.mlp.up,
+                &mut layer.mlp.down,
+            ] {
+                set(l);
+            }
+        }
+        if let Some(o) = &mut self.output {
+            set(o);
+        }
     }
 
     /// Sets every trainable tensor's gradient to zero.
@@ -289,11 +285,7 @@ impl<B: Backend> Llama<B> {
                 be.weight_to_host(&l.weight)?,
             ));
         }
-        out.push((
-            "model.norm.weight".into(),
-            vec![c.dim],
-            host(be, &self.norm.weight, c.dim)?,
-        ));
+        out.push(("model.norm.weight".into(), vec![c.dim], host(be, &self.norm.weight, c.dim)?));
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -326,18 +318,12 @@ impl<B: Backend> Llama<B> {
             };
             let (o, i) = (l.out_features, l.in_features);
             let mut delta = be.zeros(o * i)?;
-            be.matmul(
-                &lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0,
-            )?;
+            be.matmul(&lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0)?;
             let mut w = be.weight_to_host(&l.weight)?;
             for (w, d) in w.iter_mut().zip(be.to_host(&delta)?) {
                 *w += d;
             }
-            let format = if l.state.is_some() {
-                WeightFormat::F32
-            } else {
-                be.weight_format(&l.weight)
-            };
+            let format = if l.state.is_some() { WeightFormat::F32 } else { be.weight_format(&l.weight) };
             l.weight = be.weight(&w, o, i, format)?;
             Ok(())
         };
@@ -365,4 +351,25 @@ fn host<B: Backend>(be: &B, buf: &B::Buf, n: usize) -> Result<Vec<f32>> {
     let mut v = be.to_host(buf)?;
     v.truncate(n);
     Ok(v)
+}
+
+impl<B: Backend> Llama<B> {
+    /// [`Llama::state_tensors`] with every LoRA adapter folded into its base weight
+    /// (`W + scale · B A`), leaving the model itself unchanged.
+    pub fn merged_state_tensors(&self, be: &B) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut tensors = self.state_tensors(be)?;
+        for (name, l) in self.linears() {
+            let Some(lora) = &l.lora else { continue };
+            let (o, i) = (l.out_features, l.in_features);
+            let mut delta = be.zeros(o * i)?;
+            be.matmul(&lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0)?;
+            let delta = be.to_host(&delta)?;
+            let key = format!("{name}.weight");
+            let t = tensors.iter_mut().find(|t| t.0 == key).expect("every linear is in the state");
+            for (w, d) in t.2.iter_mut().zip(&delta) {
+                *w += d;
+            }
+        }
+        Ok(tensors)
+    }
 }

@@ -86,19 +86,14 @@ impl MetricsFile {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(Self { path, file })
     }
 
     /// Writes one step.
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
-        writeln!(self.file, "{}", m.to_json_line()).map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })
+        writeln!(self.file, "{}", m.to_json_line())
+            .map_err(|source| Error::Io { path: self.path.clone(), source })
     }
 }
 

@@ -42,9 +42,7 @@ impl Schedule {
         let progress = (step - self.warmup_steps) as f64 / decay_steps;
         match self.kind {
             ScheduleKind::Constant => 1.0,
-            ScheduleKind::Linear => {
-                ((self.total_steps as f64 - step as f64) / decay_steps).max(0.0)
-            }
+            ScheduleKind::Linear => ((self.total_steps as f64 - step as f64) / decay_steps).max(0.0),
             ScheduleKind::Cosine => {
                 let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
                 let f = cos.max(0.0);

@@ -34,10 +34,8 @@ pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: 
 /// `Σ x²` in f64. Partial sums are added in a fixed order, so the result does not depend on
 /// how rayon splits the work (training must be bit-for-bit reproducible).
 pub fn sum_squares(x: &[f32]) -> f64 {
-    let partials: Vec<f64> = x
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .collect();
+    let partials: Vec<f64> =
+        x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect();
     partials.iter().sum()
 }
 
@@ -57,11 +55,7 @@ pub fn dropout(x: &[f32], out: &mut [f32], p: f32, seed: u64) {
         let base = c * CHUNK;
         for (j, o) in o.iter_mut().enumerate() {
             let i = base + j;
-            *o = if hash_uniform(seed, i as u64) < p {
-                0.0
-            } else {
-                x[i] * scale
-            };
+            *o = if hash_uniform(seed, i as u64) < p { 0.0 } else { x[i] * scale };
         }
     });
 }
@@ -77,9 +71,7 @@ mod tests {
         dropout(&x, &mut out, 0.25, 9);
         let kept = out.iter().filter(|&&v| v != 0.0).count() as f64 / x.len() as f64;
         assert!((kept - 0.75).abs() < 0.01, "{kept}");
-        assert!(out
-            .iter()
-            .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        assert!(out.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
         let mut again = vec![0.0f32; x.len()];
         dropout(&x, &mut again, 0.25, 9);
         assert_eq!(out, again);

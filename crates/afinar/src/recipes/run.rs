@@ -1,0 +1,197 @@
+//! `afinar run full_finetune|lora_finetune`: from a checked [`RecipeConfig`] to a trained
+//! checkpoint.
+
+use std::path::PathBuf;
+
+use afinar_checkpoint::DType;
+use afinar_data::{self as data, Dataset, DatasetSpec, Loader};
+use afinar_engine::{Backend, CpuBackend, WeightFormat};
+
+use super::finetune::{train, Plan, Summary};
+use super::metrics::Reporter;
+use super::optim::AdamWConfig;
+use super::save::{FullSave, LoraSave, ModelSource};
+use super::schedule::{Schedule, ScheduleKind};
+use super::state::SaveTarget;
+use crate::config::{self as cfgmod, RecipeConfig};
+use crate::generate::Rng;
+use crate::models::{load_model, load_tokenizer, presets, Llama, LoadOptions, LoraSpec, LoraTarget};
+use crate::{Error, Result};
+
+fn lora_target(t: cfgmod::LoraTarget) -> LoraTarget {
+    use cfgmod::LoraTarget as C;
+    match t {
+        C::QProj => LoraTarget::Q,
+        C::KProj => LoraTarget::K,
+        C::VProj => LoraTarget::V,
+        C::OProj => LoraTarget::O,
+        C::GateProj => LoraTarget::Gate,
+        C::UpProj => LoraTarget::Up,
+        C::DownProj => LoraTarget::Down,
+        C::Output => LoraTarget::Output,
+    }
+}
+
+/// The dataset description the data crate needs, from the recipe's `dataset` section.
+pub fn dataset_spec(cfg: &RecipeConfig) -> DatasetSpec {
+    let d = &cfg.dataset;
+    let mut spec = DatasetSpec::new(
+        match d.kind {
+            cfgmod::DatasetKind::Instruct => data::DatasetKind::Instruct,
+            cfgmod::DatasetKind::Chat => data::DatasetKind::Chat,
+            cfgmod::DatasetKind::Text => data::DatasetKind::Text,
+        },
+        d.source.clone(),
+    );
+    spec.format = d.format.map(|f| match f {
+        cfgmod::FileFormat::Json => data::FileFormat::Json,
+        cfgmod::FileFormat::Jsonl => data::FileFormat::Jsonl,
+        cfgmod::FileFormat::Csv => data::FileFormat::Csv,
+        cfgmod::FileFormat::Parquet => data::FileFormat::Parquet,
+    });
+    spec.column_map = d.column_map.clone();
+    spec.conversation_style = d.conversation_style.map(|s| match s {
+        cfgmod::ConversationStyle::Sharegpt => data::ConversationStyle::ShareGpt,
+        cfgmod::ConversationStyle::Openai => data::ConversationStyle::OpenAi,
+    });
+    spec.train_on = match d.train_on {
+        cfgmod::TrainOn::All => data::TrainOn::All,
+        cfgmod::TrainOn::Assistant => data::TrainOn::Assistant,
+        cfgmod::TrainOn::Last => data::TrainOn::Last,
+    };
+    spec.max_seq_len = cfg.tokenizer.max_seq_len;
+    spec.packed = d.packed;
+    spec.max_rows = d.max_rows;
+    spec
+}
+
+/// The loop's plan from the recipe.
+pub fn plan(cfg: &RecipeConfig) -> Plan {
+    Plan {
+        output_dir: cfg.output_dir.clone(),
+        epochs: cfg.epochs,
+        max_steps_per_epoch: cfg.max_steps_per_epoch,
+        grad_accum: cfg.gradient_accumulation_steps,
+        adamw: AdamWConfig {
+            betas: cfg.optimizer.betas,
+            eps: cfg.optimizer.eps,
+            weight_decay: cfg.optimizer.weight_decay,
+        },
+        schedule: Schedule {
+            base_lr: cfg.optimizer.lr,
+            kind: match cfg.lr_scheduler.kind {
+                cfgmod::SchedulerKind::Cosine => ScheduleKind::Cosine,
+                cfgmod::SchedulerKind::Linear => ScheduleKind::Linear,
+                cfgmod::SchedulerKind::Constant => ScheduleKind::Constant,
+            },
+            warmup_steps: cfg.lr_scheduler.warmup_steps,
+            total_steps: 0,
+            min_lr_ratio: cfg.lr_scheduler.min_lr_ratio,
+        },
+        clip_grad_norm: cfg.clip_grad_norm,
+        activation_checkpointing: cfg.enable_activation_checkpointing,
+        save_every_n_steps: cfg.save_every_n_steps,
+        resume: cfg.resume_from_checkpoint,
+        log_every_n_steps: cfg.log_every_n_steps,
+        stop_after_steps: None,
+        seed: cfg.seed,
+    }
+}
+
+/// Runs the recipe on the device the config names.
+pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    match cfg.device.as_str() {
+        "cpu" => run_on(&CpuBackend::new(cfg.threads), cfg, reporter),
+        other => Err(Error::Input(format!(
+            "device `{other}`: this build of afinar has only the CPU backend (the CUDA backend needs `--features cuda`)"
+        ))),
+    }
+}
+
+/// Runs the recipe on `be`.
+pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    let lora = cfg.lora.as_ref().map(|l| LoraSpec {
+        rank: l.rank,
+        alpha: l.alpha,
+        dropout: l.dropout,
+        targets: l.target_modules.iter().map(|&t| lora_target(t)).collect(),
+    });
+    if cfg.lora.as_ref().is_some_and(|l| l.quantize_base) {
+        return Err(Error::Input("lora.quantize_base (QLoRA) is not supported yet".into()));
+    }
+    // Trainable weights are f32; frozen ones may be bf16.
+    let format = match (&lora, cfg.model.dtype) {
+        (Some(_), cfgmod::Dtype::Bf16) => WeightFormat::BF16,
+        _ => WeightFormat::F32,
+    };
+    let (mut model, tokenizer, source) = match (&cfg.model.path, &cfg.model.preset) {
+        (Some(path), _) => {
+            let opts = LoadOptions { format, tokenizer: cfg.tokenizer.path.clone() };
+            let loaded = load_model(be, path, &opts)?;
+            let tok = loaded.tokenizer.ok_or_else(|| {
+                Error::Input(format!("{} has no tokenizer: set tokenizer.path", path.display()))
+            })?;
+            let hf_dir = if path.is_dir() {
+                Some(path.clone())
+            } else if path.extension().is_some_and(|e| e == "safetensors") {
+                path.parent().map(PathBuf::from)
+            } else {
+                None
+            };
+            (loaded.model, tok, (path.clone(), hf_dir))
+        }
+        (None, Some(name)) => {
+            let config = presets::preset(name)
+                .ok_or_else(|| Error::Input(format!("model.preset: unknown model `{name}`")))?;
+            let tok_path =
+                cfg.tokenizer.path.as_ref().ok_or_else(|| {
+                    Error::Input("model.preset has no tokenizer: set tokenizer.path".into())
+                })?;
+            let tok = load_tokenizer(tok_path)?;
+            (Llama::random(be, config, cfg.seed, format)?, tok, (PathBuf::from(name), None))
+        }
+        (None, None) => return Err(Error::Input("model: give `path` or `preset`".into())),
+    };
+    let mut rng = Rng::new(cfg.seed ^ 0x4C6F_5241);
+    match &lora {
+        Some(spec) => model.apply_lora(be, spec, &mut rng)?,
+        None => model.enable_full_finetune(be)?,
+    }
+    let dataset =
+        Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
+    let pad = tokenizer.eos_id().unwrap_or(0);
+    let loader = Loader::new(&dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
+        .map_err(|e| Error::Input(format!("dataset: {e}")))?
+        .drop_last(true);
+    let s = dataset.stats();
+    reporter.note(&format!(
+        "dataset {}: {} examples, {} tokens, {} label tokens",
+        cfg.dataset.source.display(),
+        dataset.len(),
+        dataset.num_tokens(),
+        dataset.num_label_tokens()
+    ));
+    let _ = s;
+    let hf_json = match &source.1 {
+        Some(dir) => {
+            let p = dir.join("config.json");
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::Io { path: p.clone(), source: e })?;
+            serde_json::from_str(&text).map_err(|e| Error::Config {
+                file: p,
+                key: "(document)".into(),
+                msg: format!("not valid JSON: {e}"),
+            })?
+        }
+        None => model.config.to_hf_json(tokenizer.bos_id(), tokenizer.eos_id(), "float32"),
+    };
+    let source = ModelSource { path: source.0, hf_dir: source.1, config_json: hf_json, dtype: DType::F32 };
+    let saver: Box<dyn SaveTarget<B>> = match &lora {
+        Some(spec) => Box::new(LoraSave {
+            source,
+            spec: spec.clone(),
+            merged: cfg.merge_adapter && !cfg.save_adapter_weights_only,
+        }),
+        None => Box::new(FullSave { source }),
+    };
+    train(be, &mut model, &loader, &plan(cfg), saver.as_ref(), reporter)
+}

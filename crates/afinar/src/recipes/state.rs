@@ -1,0 +1,136 @@
+//! Recipe state for exact resume: every trainable tensor with its AdamW moments, the optimizer
+//! step and the position in the data, saved atomically as `recipe_state/` in the output folder.
+//! The data order is a pure function of (seed, epoch) and dropout masks of (seed, step), so
+//! nothing else is needed to continue a run bit for bit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
+use afinar_checkpoint::write::{save_safetensors, write_dir_atomic, TensorWrite};
+use afinar_checkpoint::DType;
+use afinar_engine::{Backend, WeightFormat};
+
+use crate::models::{Llama, ParamMut};
+use crate::{Error, Result};
+
+const STATE_DIR: &str = "recipe_state";
+const STATE_FILE: &str = "state.safetensors";
+
+/// Writes a model checkpoint (the weights a user takes away) into a folder.
+pub trait SaveTarget<B: Backend> {
+    /// Writes the checkpoint of `model` into `dir` (replacing it atomically).
+    fn save(&self, be: &B, model: &Llama<B>, dir: &Path) -> Result<()>;
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipeState {
+    /// Optimizer steps taken.
+    pub optimizer_step: u64,
+    /// Epoch to continue in.
+    pub epoch: usize,
+    /// Optimizer steps already done in that epoch.
+    pub step_in_epoch: usize,
+}
+
+fn state_path(output_dir: &Path) -> PathBuf {
+    output_dir.join(STATE_DIR).join(STATE_FILE)
+}
+
+impl RecipeState {
+    /// Saves this state with every trainable tensor and its moments.
+    pub fn save<B: Backend>(&self, output_dir: &Path, be: &B, model: &mut Llama<B>) -> Result<()> {
+        let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        model.visit_params_mut(&mut |name, p| {
+            let (value, shape, s) = match p {
+                ParamMut::Weight(w, s) => {
+                    let (r, c) = be.weight_shape(w);
+                    (be.weight_to_host(w)?, vec![r, c], s)
+                }
+                ParamMut::Buf(b, s) => (be.to_host(b)?, vec![s.len], s),
+            };
+            let n = s.len;
+            let take = |mut v: Vec<f32>| {
+                v.truncate(n);
+                v
+            };
+            host.push((name.to_string(), shape.clone(), take(value)));
+            host.push((format!("{name}.exp_avg"), shape.clone(), take(be.to_host(&s.m)?)));
+            host.push((format!("{name}.exp_avg_sq"), shape, take(be.to_host(&s.v)?)));
+            Ok(())
+        })?;
+        let tensors: Vec<TensorWrite> =
+            host.iter().map(|(n, s, d)| TensorWrite::from_f32(n, DType::F32, s.clone(), d)).collect();
+        let mut meta = BTreeMap::new();
+        meta.insert("afinar_recipe_state".to_string(), "1".to_string());
+        meta.insert("optimizer_step".to_string(), self.optimizer_step.to_string());
+        meta.insert("epoch".to_string(), self.epoch.to_string());
+        meta.insert("step_in_epoch".to_string(), self.step_in_epoch.to_string());
+        write_dir_atomic(output_dir.join(STATE_DIR), |tmp: &Path| -> Result<()> {
+            save_safetensors(tmp.join(STATE_FILE), &tensors, &meta)?;
+            Ok(())
+        })
+    }
+
+    /// Loads the state saved in `output_dir` into `model` (which must have been made trainable
+    /// the same way) and returns the position to continue from.
+    pub fn load<B: Backend>(output_dir: &Path, be: &B, model: &mut Llama<B>) -> Result<Self> {
+        let path = state_path(output_dir);
+        if !path.exists() {
+            return Err(Error::Input(format!(
+                "resume_from_checkpoint is set but {} does not exist: nothing to resume",
+                path.display()
+            )));
+        }
+        let ckpt = SafetensorsCheckpoint::open(&path)?;
+        let meta = ckpt.metadata().cloned().unwrap_or_default();
+        let num = |key: &str| -> Result<u64> {
+            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| Error::Weights {
+                file: path.clone(),
+                tensor: "__metadata__".into(),
+                msg: format!("`{key}` missing or not a number: not an afinar recipe state"),
+            })
+        };
+        let state = RecipeState {
+            optimizer_step: num("optimizer_step")?,
+            epoch: num("epoch")? as usize,
+            step_in_epoch: num("step_in_epoch")? as usize,
+        };
+        let read = |name: &str, n: usize| -> Result<Vec<f32>> {
+            if !ckpt.contains(name) {
+                return Err(Error::Weights {
+                    file: path.clone(),
+                    tensor: name.into(),
+                    msg: "missing: the saved state is from a different model or recipe configuration".into(),
+                });
+            }
+            let v = ckpt.tensor(name)?.to_f32()?;
+            if v.len() != n {
+                return Err(Error::Weights {
+                    file: path.clone(),
+                    tensor: name.into(),
+                    msg: format!("{} values, the model needs {n}", v.len()),
+                });
+            }
+            Ok(v)
+        };
+        model.visit_params_mut(&mut |name, p| {
+            match p {
+                ParamMut::Weight(w, s) => {
+                    let (r, c) = be.weight_shape(w);
+                    *w = be.weight(&read(name, r * c)?, r, c, WeightFormat::F32)?;
+                    s.m = be.from_host(&read(&format!("{name}.exp_avg"), s.len)?)?;
+                    s.v = be.from_host(&read(&format!("{name}.exp_avg_sq"), s.len)?)?;
+                }
+                ParamMut::Buf(b, s) => {
+                    *b = be.from_host(&read(name, s.len)?)?;
+                    s.m = be.from_host(&read(&format!("{name}.exp_avg"), s.len)?)?;
+                    s.v = be.from_host(&read(&format!("{name}.exp_avg_sq"), s.len)?)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(state)
+    }
+}

@@ -1,0 +1,233 @@
+//! The fine-tuning loop end to end on a small random Llama-3-shaped model with the real Llama-3
+//! tokenizer: exact resume (2N steps = N steps + kill + resume N, bit for bit), checkpoint
+//! folders, metrics, and the loss going down.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use afinar::checkpoint::DType;
+use afinar::data::{Dataset, DatasetKind, DatasetSpec, Loader};
+use afinar::engine::{Backend, CpuBackend, RopeScaling, WeightFormat};
+use afinar::models::{Llama, LlamaConfig, LoraSpec, LoraTarget, ParamMut};
+use afinar::recipes::finetune::{train, Plan, Summary};
+use afinar::recipes::metrics::Silent;
+use afinar::recipes::optim::AdamWConfig;
+use afinar::recipes::save::{FullSave, LoraSave, ModelSource};
+use afinar::recipes::schedule::{Schedule, ScheduleKind};
+use afinar::recipes::state::SaveTarget;
+use afinar::tokenizer::Tokenizer;
+use common::asset;
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 128_256,
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 128,
+        norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }),
+        max_seq_len: 256,
+        tie_embeddings: true,
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("afinar-ft-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dataset_file(dir: &Path) -> PathBuf {
+    let rows: Vec<String> = (0..24)
+        .map(|i| {
+            let (ins, out) = if i % 2 == 0 {
+                (
+                    format!("Count to {i}."),
+                    format!("🦙 Sure! {}", (0..i).map(|k| k.to_string()).collect::<Vec<_>>().join(" ")),
+                )
+            } else {
+                (format!("¿Cuánto es {i} más {i}?"), format!("🦙 ¡Claro! {i} más {i} es {}.", 2 * i))
+            };
+            serde_json::json!({"instruction": ins, "input": "", "output": out}).to_string()
+        })
+        .collect();
+    let path = dir.join("data.jsonl");
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    path
+}
+
+fn plan(out: &Path) -> Plan {
+    Plan {
+        output_dir: out.to_path_buf(),
+        epochs: 2,
+        max_steps_per_epoch: Some(3),
+        grad_accum: 2,
+        adamw: AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 },
+        schedule: Schedule {
+            base_lr: 3e-3,
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 2,
+            total_steps: 0,
+            min_lr_ratio: 0.0,
+        },
+        clip_grad_norm: Some(1.0),
+        activation_checkpointing: false,
+        save_every_n_steps: Some(2),
+        resume: false,
+        log_every_n_steps: 1,
+        stop_after_steps: None,
+        seed: 5,
+    }
+}
+
+struct Setup {
+    be: CpuBackend,
+    tok: Tokenizer,
+    data: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let be = CpuBackend::new(Some(2));
+    let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
+    let data = dataset_file(&tmp(name));
+    Setup { be, tok, data }
+}
+
+fn model(s: &Setup, lora: Option<&LoraSpec>) -> Llama<CpuBackend> {
+    let mut m = Llama::random(&s.be, config(), 11, WeightFormat::F32).unwrap();
+    match lora {
+        Some(spec) => m.apply_lora(&s.be, spec, &mut afinar::generate::Rng::new(3)).unwrap(),
+        None => m.enable_full_finetune(&s.be).unwrap(),
+    }
+    m
+}
+
+fn run(s: &Setup, m: &mut Llama<CpuBackend>, p: &Plan, saver: &dyn SaveTarget<CpuBackend>) -> Summary {
+    let mut spec = DatasetSpec::new(DatasetKind::Instruct, &s.data);
+    spec.max_seq_len = 64;
+    let ds = Dataset::load(&spec, &s.tok).unwrap();
+    let loader = Loader::new(&ds, 2, true, p.seed, 0).unwrap().drop_last(true);
+    train(&s.be, m, &loader, p, saver, &mut Silent).unwrap()
+}
+
+fn params(be: &CpuBackend, m: &mut Llama<CpuBackend>) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    m.visit_params_mut(&mut |_, p| {
+        out.push(match p {
+            ParamMut::Weight(w, _) => be.weight_to_host(w).unwrap(),
+            ParamMut::Buf(b, _) => be.to_host(b).unwrap(),
+        });
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn source() -> ModelSource {
+    ModelSource {
+        path: "random".into(),
+        hf_dir: None,
+        config_json: config().to_hf_json(Some(128000), Some(128009), "float32"),
+        dtype: DType::F32,
+    }
+}
+
+fn check_exact_resume(name: &str, lora: Option<LoraSpec>) {
+    let s = setup(name);
+    let saver: Box<dyn SaveTarget<CpuBackend>> = match &lora {
+        Some(spec) => Box::new(LoraSave { source: source(), spec: spec.clone(), merged: true }),
+        None => Box::new(FullSave { source: source() }),
+    };
+    // One uninterrupted run of 6 steps (2 epochs × 3).
+    let straight_dir = tmp(&format!("{name}-straight"));
+    let mut a = model(&s, lora.as_ref());
+    let straight = run(&s, &mut a, &plan(&straight_dir), saver.as_ref());
+    assert_eq!(straight.losses.len(), 6);
+    // The same run killed after 4 steps (its last save), then resumed in a fresh model.
+    let resumed_dir = tmp(&format!("{name}-resumed"));
+    let mut b = model(&s, lora.as_ref());
+    let first = run(&s, &mut b, &Plan { stop_after_steps: Some(4), ..plan(&resumed_dir) }, saver.as_ref());
+    let mut c = model(&s, lora.as_ref());
+    let second = run(&s, &mut c, &Plan { resume: true, ..plan(&resumed_dir) }, saver.as_ref());
+    let joined: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(joined.len(), 6);
+    for (i, (x, y)) in straight.losses.iter().zip(&joined).enumerate() {
+        assert_eq!(x.to_bits(), y.to_bits(), "{name}: step {} loss {x} vs {y}", i + 1);
+    }
+    assert_eq!(params(&s.be, &mut a), params(&s.be, &mut c), "{name}: final weights differ");
+    // Loss goes down on this easy data.
+    assert!(straight.losses[5] < straight.losses[0], "{name}: {:?}", straight.losses);
+    // Checkpoints: step_2, epoch_0 (step 3), step_4, epoch_1 (step 6), the recipe state, metrics.
+    for d in ["step_2", "epoch_0", "step_4", "epoch_1", "recipe_state"] {
+        assert!(straight_dir.join(d).is_dir(), "{name}: {d} missing");
+    }
+    let metrics = std::fs::read_to_string(straight_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6);
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 6);
+    assert!(last["tokens_per_sec"].as_f64().unwrap() > 0.0 && last["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    if lora.is_some() {
+        let e = straight_dir.join("epoch_1");
+        for f in [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "merged/model.safetensors",
+            "merged/config.json",
+        ] {
+            assert!(e.join(f).exists(), "{name}: {f} missing");
+        }
+    } else {
+        assert!(straight_dir.join("epoch_1/model.safetensors").exists());
+        assert!(straight_dir.join("epoch_1/config.json").exists());
+    }
+}
+
+#[test]
+fn lora_run_resumes_bit_for_bit() {
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+    };
+    check_exact_resume("lora", Some(spec));
+}
+
+#[test]
+fn full_run_resumes_bit_for_bit() {
+    check_exact_resume("full", None);
+}
+
+#[test]
+fn resume_without_state_is_a_clear_error() {
+    let s = setup("nostate");
+    let dir = tmp("nostate-out");
+    let mut m = model(&s, None);
+    let mut spec = DatasetSpec::new(DatasetKind::Instruct, &s.data);
+    spec.max_seq_len = 64;
+    let ds = Dataset::load(&spec, &s.tok).unwrap();
+    let loader = Loader::new(&ds, 2, true, 5, 0).unwrap();
+    let err = train(
+        &s.be,
+        &mut m,
+        &loader,
+        &Plan { resume: true, ..plan(&dir) },
+        &FullSave { source: source() },
+        &mut Silent,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("nothing to resume"), "{err}");
+}

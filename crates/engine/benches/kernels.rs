@@ -1,0 +1,138 @@
+//! Throughput of the CPU kernels on a SmolLM2-135M-shaped layer (dim 576, 9/3 heads of 64,
+//! ffn 1536, batch 4 × 512 tokens, vocab 49152).
+//!
+//!     cargo bench -p afinar-engine --bench kernels [-- filter] [--threads N]
+
+use afinar_engine::{AttnDims, Backend, CpuBackend, WeightFormat};
+use std::time::Instant;
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+/// Median seconds of `reps` runs after one warm-up.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[reps / 2]
+}
+
+fn report(name: &str, secs: f64, flops: f64) {
+    println!("{name:<44} {:>9.2} ms {:>8.1} GFLOP/s", secs * 1e3, flops / secs / 1e9);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let threads = args.iter().position(|a| a == "--threads").map(|i| args[i + 1].parse().unwrap());
+    let filter = args
+        .iter()
+        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .cloned()
+        .unwrap_or_default();
+    let be = CpuBackend::new(threads);
+    println!("{}", be.name());
+    let run = |n: &str| n.contains(&filter);
+
+    let (rows, dim, ffn, vocab) = (2048usize, 576usize, 1536usize, 49152usize);
+    if run("linear") {
+        let x = randn(rows * dim, 1);
+        let dy = randn(rows * ffn, 2);
+        for fmt in [WeightFormat::F32, WeightFormat::BF16] {
+            let w = be.weight(&randn(ffn * dim, 3), ffn, dim, fmt).unwrap();
+            let mut y = vec![0.0; rows * ffn];
+            let mut dx = vec![0.0; rows * dim];
+            let fl = 2.0 * (rows * dim * ffn) as f64;
+            let t = time(10, || be.linear(&x, &w, &mut y, rows, false).unwrap());
+            report(&format!("linear {fmt:?} 2048x576->1536 fwd"), t, fl);
+            let t = time(10, || be.linear_backward_input(&dy, &w, &mut dx, rows, false).unwrap());
+            report(&format!("linear {fmt:?} 2048x576->1536 dx"), t, fl);
+        }
+        let mut dw = vec![0.0; ffn * dim];
+        let t = time(10, || be.matmul(&dy, true, &x, false, &mut dw, ffn, dim, rows, 1.0, 1.0).unwrap());
+        report("linear 2048x576->1536 dw", t, 2.0 * (rows * dim * ffn) as f64);
+    }
+    if run("attention") {
+        let d = AttnDims {
+            batch: 4,
+            q_len: 512,
+            kv_len: 512,
+            kv_stride: 512,
+            q_heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            q_offset: 0,
+            scale: 0.125,
+        };
+        let nq = 4 * 512 * 9 * 64;
+        let nkv = 4 * 512 * 3 * 64;
+        let (q, k, v, dout) = (randn(nq, 4), randn(nkv, 5), randn(nkv, 6), randn(nq, 7));
+        let (mut o, mut l) = (vec![0.0; nq], vec![0.0; 4 * 9 * 512]);
+        // Causal: half of the 2·(QKᵀ + PV) flops of full attention.
+        let fwd_fl = 2.0 * 4.0 * 9.0 * 512.0 * 512.0 * 64.0;
+        let t = time(5, || be.attention(&q, &k, &v, &mut o, &mut l, &d, None).unwrap());
+        report("attention B4 T512 9/3x64 causal fwd", t, fwd_fl);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        let t = time(5, || {
+            be.attention_backward(&dout, &q, &k, &v, &o, &l, &mut dq, &mut dk, &mut dv, &d, None).unwrap()
+        });
+        // 5 tile products (QKᵀ recomputed, dV, dP, dK, dQ) against the forward's 2.
+        report("attention B4 T512 9/3x64 causal bwd", t, 2.5 * fwd_fl);
+    }
+    if run("lm_head") {
+        let h = randn(rows * dim, 8);
+        let targets: Vec<i32> = (0..rows).map(|i| (i * 7919 % vocab) as i32).collect();
+        for fmt in [WeightFormat::F32, WeightFormat::BF16] {
+            let w = be.weight(&randn(vocab * dim, 9), vocab, dim, fmt).unwrap();
+            let mut dh = vec![0.0; rows * dim];
+            let mut dw = vec![0.0; vocab * dim];
+            let fl = 2.0 * (rows * dim * vocab) as f64;
+            let t = time(3, || {
+                be.linear_cross_entropy(&h, &w, &targets, rows, 1.0, None, None).unwrap();
+            });
+            report(&format!("linear_cross_entropy {fmt:?} 49152 loss"), t, fl);
+            let t = time(3, || {
+                be.linear_cross_entropy(&h, &w, &targets, rows, 1.0, Some(&mut dh), Some(&mut dw)).unwrap();
+            });
+            report(&format!("linear_cross_entropy {fmt:?} 49152 +dh+dw"), t, 3.0 * fl);
+        }
+    }
+    if run("elementwise") {
+        let n = rows * ffn;
+        let (g, u, dout) = (randn(n, 10), randn(n, 11), randn(n, 12));
+        let (mut o, mut dg, mut du) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let t = time(10, || be.swiglu(&g, &u, &mut o, n).unwrap());
+        report("swiglu 2048x1536 fwd", t, 0.0);
+        let t = time(10, || be.swiglu_backward(&dout, &g, &u, &mut dg, &mut du, n).unwrap());
+        report("swiglu 2048x1536 bwd", t, 0.0);
+        let x = randn(rows * dim, 13);
+        let w = randn(dim, 14);
+        let (mut y, mut rstd, mut dx, mut dw) =
+            (vec![0.0; rows * dim], vec![0.0; rows], vec![0.0; rows * dim], vec![0.0; dim]);
+        let t = time(10, || be.rmsnorm(&x, &w, &mut y, &mut rstd, rows, dim, 1e-5).unwrap());
+        report("rmsnorm 2048x576 fwd", t, 0.0);
+        let t = time(10, || {
+            be.rmsnorm_backward(&y, &x, &w, &rstd, &mut dx, Some(&mut dw), rows, dim, false).unwrap()
+        });
+        report("rmsnorm 2048x576 bwd", t, 0.0);
+        let inv: Vec<f32> = afinar_engine::rope_inv_freq(64, 10000.0, None);
+        let pos: Vec<u32> = (0..rows as u32).map(|i| i % 512).collect();
+        let mut qq = randn(rows * 9 * 64, 15);
+        let t = time(10, || be.rope(&mut qq, &pos, &inv, rows, 9, 64, false).unwrap());
+        report("rope 2048x9x64", t, 0.0);
+    }
+}

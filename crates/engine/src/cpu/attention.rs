@@ -1,0 +1,619 @@
+//! Causal grouped-query attention, flash style: queries are processed in blocks of `bq` rows
+//! against key tiles of `bk` keys with an online softmax, so no score matrix larger than one
+//! `bq × bk` tile ever exists. The backward recomputes the probabilities from the saved
+//! log-sum-exp.
+//!
+//! Layouts (see [`AttnDims`]): `q`, `out`: `[batch, q_len, q_heads, head_dim]`; `k`, `v`:
+//! `[batch, kv_stride, kv_heads, head_dim]`; `lse`: `[batch, q_heads, q_len]`; `doc_ids`:
+//! `[batch, kv_len]`.
+
+use super::float::{dot, Real, SendPtr};
+use super::matmul::gemm_raw;
+use super::vector;
+use crate::AttnDims;
+use rayon::prelude::*;
+
+/// Tile sizes of the attention kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnTiles {
+    /// Query rows per block.
+    pub bq: usize,
+    /// Keys per tile.
+    pub bk: usize,
+}
+
+impl Default for AttnTiles {
+    fn default() -> Self {
+        AttnTiles { bq: 64, bk: 64 }
+    }
+}
+
+/// How the backward splits its work between threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnBwdMode {
+    /// [`AttnBwdMode::SinglePass`] when there are enough `(batch, kv_head)` pairs to keep every
+    /// thread busy, else [`AttnBwdMode::TwoPass`].
+    Auto,
+    /// One task per `(batch, kv_head)` computes `dq`, `dk` and `dv` together (5 tile products).
+    SinglePass,
+    /// Tasks per key tile compute `dk`, `dv`; then tasks per query block compute `dq`
+    /// (7 tile products, but many more tasks).
+    TwoPass,
+}
+
+/// Number of elements `q` (and `out`) must hold.
+pub fn q_elems(d: &AttnDims) -> usize {
+    d.batch * d.q_len * d.q_heads * d.head_dim
+}
+
+/// Number of elements `k` and `v` must hold.
+pub fn kv_elems(d: &AttnDims) -> usize {
+    d.batch * d.kv_stride * d.kv_heads * d.head_dim
+}
+
+/// Number of elements `lse` must hold.
+pub fn lse_elems(d: &AttnDims) -> usize {
+    d.batch * d.q_heads * d.q_len
+}
+
+/// Shared read-only state of one attention call.
+struct Ctx<'a, T> {
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    doc: Option<&'a [u32]>,
+    d: &'a AttnDims,
+    scale: T,
+    /// Row strides of q and of k/v.
+    qs: usize,
+    ks: usize,
+    /// Query heads per kv head.
+    grp: usize,
+    tiles: AttnTiles,
+}
+
+/// Per-thread scratch tiles.
+struct Scratch<T> {
+    s: Vec<T>,
+    dp: Vec<T>,
+    mask: Vec<bool>,
+    acc: Vec<T>,
+    acc2: Vec<T>,
+    m: Vec<T>,
+    l: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(t: AttnTiles, hd: usize) -> Self {
+        let rows = t.bq.max(t.bk);
+        Scratch {
+            s: vec![T::ZERO; t.bq * t.bk],
+            dp: vec![T::ZERO; t.bq * t.bk],
+            mask: vec![false; t.bq * t.bk],
+            acc: vec![T::ZERO; rows * hd],
+            acc2: vec![T::ZERO; rows * hd],
+            m: vec![T::ZERO; t.bq],
+            l: vec![T::ZERO; t.bq],
+        }
+    }
+}
+
+impl<'a, T: Real> Ctx<'a, T> {
+    fn new(
+        q: &'a [T],
+        k: &'a [T],
+        v: &'a [T],
+        d: &'a AttnDims,
+        doc: Option<&'a [u32]>,
+        tiles: AttnTiles,
+    ) -> Self {
+        assert!(tiles.bq > 0 && tiles.bk > 0);
+        assert!(d.kv_heads > 0 && d.q_heads % d.kv_heads == 0);
+        assert!(d.kv_len <= d.kv_stride);
+        assert!(q.len() >= q_elems(d) && k.len() >= kv_elems(d) && v.len() >= kv_elems(d));
+        if let Some(doc) = doc {
+            assert!(doc.len() >= d.batch * d.kv_len && d.q_offset + d.q_len <= d.kv_len);
+        }
+        Ctx {
+            q,
+            k,
+            v,
+            doc,
+            d,
+            scale: T::from_f32(d.scale),
+            qs: d.q_heads * d.head_dim,
+            ks: d.kv_heads * d.head_dim,
+            grp: d.q_heads / d.kv_heads,
+            tiles,
+        }
+    }
+
+    #[inline]
+    fn q_off(&self, b: usize, t: usize, h: usize) -> usize {
+        ((b * self.d.q_len + t) * self.d.q_heads + h) * self.d.head_dim
+    }
+
+    #[inline]
+    fn kv_off(&self, b: usize, s: usize, g: usize) -> usize {
+        ((b * self.d.kv_stride + s) * self.d.kv_heads + g) * self.d.head_dim
+    }
+
+    #[inline]
+    fn lse_off(&self, b: usize, h: usize, t: usize) -> usize {
+        (b * self.d.q_heads + h) * self.d.q_len + t
+    }
+
+    /// Whether the whole tile (queries `t0..t0+nq`, keys `s0..s0+nk`) is visible without a mask.
+    #[inline]
+    fn tile_full(&self, t0: usize, s0: usize, nk: usize) -> bool {
+        self.doc.is_none() && s0 + nk <= self.d.q_offset + t0 + 1
+    }
+
+    /// Fills `mask[i * bk + j]` with whether query `t0 + i` sees key `s0 + j`; returns whether any
+    /// does.
+    fn fill_mask(&self, mask: &mut [bool], b: usize, t0: usize, nq: usize, s0: usize, nk: usize) -> bool {
+        let bk = self.tiles.bk;
+        let mut any = false;
+        for i in 0..nq {
+            let ta = self.d.q_offset + t0 + i;
+            let row = &mut mask[i * bk..i * bk + nk];
+            match self.doc {
+                None => {
+                    for (j, m) in row.iter_mut().enumerate() {
+                        *m = s0 + j <= ta;
+                        any |= *m;
+                    }
+                }
+                Some(doc) => {
+                    let docs = &doc[b * self.d.kv_len..(b + 1) * self.d.kv_len];
+                    let qd = docs[ta];
+                    for (j, m) in row.iter_mut().enumerate() {
+                        *m = s0 + j <= ta && docs[s0 + j] == qd;
+                        any |= *m;
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// `s[i * bk + j] = scale · q[t0 + i] · k[s0 + j]` for head `h` (kv head `h / grp`), masked
+    /// entries set to −∞. Returns false (and computes nothing) when the tile is fully masked.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        &self,
+        sc: &mut Scratch<T>,
+        b: usize,
+        h: usize,
+        t0: usize,
+        nq: usize,
+        s0: usize,
+        nk: usize,
+    ) -> bool {
+        let full = self.tile_full(t0, s0, nk);
+        if !full && !self.fill_mask(&mut sc.mask, b, t0, nq, s0, nk) {
+            return false;
+        }
+        let bk = self.tiles.bk;
+        let g = h / self.grp;
+        // SAFETY: rows t0..t0+nq of head h and keys s0..s0+nk of kv head g are in bounds (the
+        // sizes were checked in `Ctx::new`); the tile holds bq × bk ≥ nq × nk elements.
+        unsafe {
+            gemm_raw(
+                nq,
+                nk,
+                self.d.head_dim,
+                sc.s.as_mut_ptr(),
+                bk,
+                self.q.as_ptr().add(self.q_off(b, t0, h)),
+                self.qs,
+                1,
+                self.k.as_ptr().add(self.kv_off(b, s0, g)),
+                1,
+                self.ks,
+                self.scale,
+                T::ZERO,
+                false,
+            );
+        }
+        if !full {
+            for i in 0..nq {
+                let (srow, mrow) = (&mut sc.s[i * bk..i * bk + nk], &sc.mask[i * bk..i * bk + nk]);
+                for (x, &m) in srow.iter_mut().zip(mrow) {
+                    if !m {
+                        *x = T::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Forward attention: writes `out` and `lse` (see the module doc for layouts). A query that sees
+/// no key gets a zero output and `lse = −∞`.
+///
+/// # Panics
+/// When a slice is too short or the dims are inconsistent.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    out: &mut [T],
+    lse: &mut [T],
+    dims: &AttnDims,
+    doc_ids: Option<&[u32]>,
+    tiles: AttnTiles,
+) {
+    let cx = Ctx::new(q, k, v, dims, doc_ids, tiles);
+    assert!(out.len() >= q_elems(dims) && lse.len() >= lse_elems(dims));
+    let d = dims;
+    let hd = d.head_dim;
+    let nqb = d.q_len.div_ceil(tiles.bq);
+    let (out_p, lse_p) = (SendPtr(out.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
+    (0..d.batch * d.q_heads * nqb).into_par_iter().for_each_init(
+        || Scratch::<T>::new(tiles, hd),
+        |sc, task| {
+            let (b, h, qb) = (task / (d.q_heads * nqb), (task / nqb) % d.q_heads, task % nqb);
+            let g = h / cx.grp;
+            let t0 = qb * tiles.bq;
+            let nq = tiles.bq.min(d.q_len - t0);
+            let s_hi = d.kv_len.min(d.q_offset + t0 + nq);
+            let bk = tiles.bk;
+            sc.acc[..nq * hd].fill(T::ZERO);
+            sc.m[..nq].fill(T::NEG_INFINITY);
+            sc.l[..nq].fill(T::ZERO);
+            let mut s0 = 0;
+            while s0 < s_hi {
+                let nk = bk.min(s_hi - s0);
+                if cx.scores(sc, b, h, t0, nq, s0, nk) {
+                    for i in 0..nq {
+                        let row = &mut sc.s[i * bk..i * bk + nk];
+                        let mi = sc.m[i];
+                        let mn = mi.max(vector::max(row));
+                        if mn == T::NEG_INFINITY {
+                            row.fill(T::ZERO);
+                            continue;
+                        }
+                        let corr = if mi == T::NEG_INFINITY { T::ZERO } else { (mi - mn).exp() };
+                        let ps = vector::exp_sub_sum(row, mn);
+                        sc.l[i] = sc.l[i] * corr + ps;
+                        sc.m[i] = mn;
+                        if corr != T::ONE {
+                            vector::scale(&mut sc.acc[i * hd..(i + 1) * hd], corr);
+                        }
+                    }
+                    // SAFETY: keys s0..s0+nk of kv head g are in bounds; acc holds nq × hd.
+                    unsafe {
+                        gemm_raw(
+                            nq,
+                            hd,
+                            nk,
+                            sc.acc.as_mut_ptr(),
+                            hd,
+                            sc.s.as_ptr(),
+                            bk,
+                            1,
+                            v.as_ptr().add(cx.kv_off(b, s0, g)),
+                            cx.ks,
+                            1,
+                            T::ONE,
+                            T::ONE,
+                            false,
+                        );
+                    }
+                }
+                s0 += nk;
+            }
+            for i in 0..nq {
+                let l = sc.l[i];
+                // SAFETY: each (b, h, t) output row and lse entry belongs to this task only.
+                let o = unsafe { out_p.slice(cx.q_off(b, t0 + i, h), hd) };
+                let le = unsafe { lse_p.slice(cx.lse_off(b, h, t0 + i), 1) };
+                if l > T::ZERO {
+                    let inv = T::ONE / l;
+                    for (o, &a) in o.iter_mut().zip(&sc.acc[i * hd..(i + 1) * hd]) {
+                        *o = a * inv;
+                    }
+                    le[0] = sc.m[i] + l.ln();
+                } else {
+                    o.fill(T::ZERO);
+                    le[0] = T::NEG_INFINITY;
+                }
+            }
+        },
+    );
+}
+
+/// State of the backward on top of [`Ctx`].
+struct BwdCtx<'a, T> {
+    cx: Ctx<'a, T>,
+    dout: &'a [T],
+    lse: &'a [T],
+    /// `rowsum(dout ∘ out)` per query, laid out like `lse`.
+    delta: Vec<T>,
+}
+
+impl<T: Real> BwdCtx<'_, T> {
+    /// Computes `P` (into `sc.s`) and `dS = P ∘ (dP − delta)` (into `sc.dp`) for one tile;
+    /// false when the tile is fully masked.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_grads(
+        &self,
+        sc: &mut Scratch<T>,
+        b: usize,
+        h: usize,
+        t0: usize,
+        nq: usize,
+        s0: usize,
+        nk: usize,
+    ) -> bool {
+        let cx = &self.cx;
+        if !cx.scores(sc, b, h, t0, nq, s0, nk) {
+            return false;
+        }
+        let bk = cx.tiles.bk;
+        let g = h / cx.grp;
+        // dP = dO · Vᵀ
+        // SAFETY: rows t0..t0+nq of head h, keys s0..s0+nk of kv head g are in bounds.
+        unsafe {
+            gemm_raw(
+                nq,
+                nk,
+                cx.d.head_dim,
+                sc.dp.as_mut_ptr(),
+                bk,
+                self.dout.as_ptr().add(cx.q_off(b, t0, h)),
+                cx.qs,
+                1,
+                cx.v.as_ptr().add(cx.kv_off(b, s0, g)),
+                1,
+                cx.ks,
+                T::ONE,
+                T::ZERO,
+                false,
+            );
+        }
+        for i in 0..nq {
+            let li = self.lse[cx.lse_off(b, h, t0 + i)];
+            let di = self.delta[cx.lse_off(b, h, t0 + i)];
+            let (p, dp) = (&mut sc.s[i * bk..i * bk + nk], &mut sc.dp[i * bk..i * bk + nk]);
+            if li == T::NEG_INFINITY {
+                p.fill(T::ZERO);
+                dp.fill(T::ZERO);
+                continue;
+            }
+            vector::softmax_grad_row(p, dp, li, di);
+        }
+        true
+    }
+
+    /// `dk`, `dv` of keys `s0..s0+nk` of kv head `g` (written, overwriting), summed over the
+    /// query heads of the group; with `dq_p`, also adds this tile's part of `dq` (the caller
+    /// must own those `dq` rows).
+    #[allow(clippy::too_many_arguments)]
+    fn dkdv_tile(
+        &self,
+        sc: &mut Scratch<T>,
+        b: usize,
+        g: usize,
+        s0: usize,
+        nk: usize,
+        dk_p: SendPtr<T>,
+        dv_p: SendPtr<T>,
+        dq_p: Option<SendPtr<T>>,
+    ) {
+        let cx = &self.cx;
+        let d = cx.d;
+        let hd = d.head_dim;
+        let (bq, bk) = (cx.tiles.bq, cx.tiles.bk);
+        sc.acc[..nk * hd].fill(T::ZERO);
+        sc.acc2[..nk * hd].fill(T::ZERO);
+        let t_start = s0.saturating_sub(d.q_offset);
+        for h in g * cx.grp..(g + 1) * cx.grp {
+            let mut t0 = t_start;
+            while t0 < d.q_len {
+                let nq = bq.min(d.q_len - t0);
+                if self.tile_grads(sc, b, h, t0, nq, s0, nk) {
+                    let qo = cx.q_off(b, t0, h);
+                    // SAFETY: all addressed rows are in bounds (checked in Ctx::new); acc and
+                    // acc2 hold bk × hd ≥ nk × hd; the dq rows of head h belong to the caller.
+                    unsafe {
+                        // dV += Pᵀ · dO
+                        gemm_raw(
+                            nk,
+                            hd,
+                            nq,
+                            sc.acc2.as_mut_ptr(),
+                            hd,
+                            sc.s.as_ptr(),
+                            1,
+                            bk,
+                            self.dout.as_ptr().add(qo),
+                            cx.qs,
+                            1,
+                            T::ONE,
+                            T::ONE,
+                            false,
+                        );
+                        // dK += scale · dSᵀ · Q
+                        gemm_raw(
+                            nk,
+                            hd,
+                            nq,
+                            sc.acc.as_mut_ptr(),
+                            hd,
+                            sc.dp.as_ptr(),
+                            1,
+                            bk,
+                            cx.q.as_ptr().add(qo),
+                            cx.qs,
+                            1,
+                            cx.scale,
+                            T::ONE,
+                            false,
+                        );
+                        // dQ += scale · dS · K
+                        if let Some(dq_p) = dq_p {
+                            gemm_raw(
+                                nq,
+                                hd,
+                                nk,
+                                dq_p.0.add(qo),
+                                cx.qs,
+                                sc.dp.as_ptr(),
+                                bk,
+                                1,
+                                cx.k.as_ptr().add(cx.kv_off(b, s0, g)),
+                                cx.ks,
+                                1,
+                                cx.scale,
+                                T::ONE,
+                                false,
+                            );
+                        }
+                    }
+                }
+                t0 += nq;
+            }
+        }
+        for j in 0..nk {
+            let off = cx.kv_off(b, s0 + j, g);
+            // SAFETY: key rows s0..s0+nk of kv head g belong to this task only.
+            unsafe {
+                dk_p.slice(off, hd).copy_from_slice(&sc.acc[j * hd..(j + 1) * hd]);
+                dv_p.slice(off, hd).copy_from_slice(&sc.acc2[j * hd..(j + 1) * hd]);
+            }
+        }
+    }
+
+    /// `dq` of queries `t0..t0+nq` of head `h` (written, overwriting).
+    fn dq_block(&self, sc: &mut Scratch<T>, b: usize, h: usize, t0: usize, nq: usize, dq_p: SendPtr<T>) {
+        let cx = &self.cx;
+        let d = cx.d;
+        let hd = d.head_dim;
+        let bk = cx.tiles.bk;
+        let g = h / cx.grp;
+        sc.acc[..nq * hd].fill(T::ZERO);
+        let s_hi = d.kv_len.min(d.q_offset + t0 + nq);
+        let mut s0 = 0;
+        while s0 < s_hi {
+            let nk = bk.min(s_hi - s0);
+            if self.tile_grads(sc, b, h, t0, nq, s0, nk) {
+                // SAFETY: keys s0..s0+nk of kv head g are in bounds; acc holds ≥ nq × hd.
+                unsafe {
+                    gemm_raw(
+                        nq,
+                        hd,
+                        nk,
+                        sc.acc.as_mut_ptr(),
+                        hd,
+                        sc.dp.as_ptr(),
+                        bk,
+                        1,
+                        cx.k.as_ptr().add(cx.kv_off(b, s0, g)),
+                        cx.ks,
+                        1,
+                        cx.scale,
+                        T::ONE,
+                        false,
+                    );
+                }
+            }
+            s0 += nk;
+        }
+        for i in 0..nq {
+            // SAFETY: the dq rows of (b, h, t0..t0+nq) belong to this task only.
+            unsafe {
+                dq_p.slice(cx.q_off(b, t0 + i, h), hd).copy_from_slice(&sc.acc[i * hd..(i + 1) * hd]);
+            }
+        }
+    }
+}
+
+/// Backward of [`attention_forward`]: overwrites `dq`, `dk`, `dv` (key positions at and beyond
+/// `kv_len` get zeros).
+///
+/// # Panics
+/// When a slice is too short or the dims are inconsistent.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<T: Real>(
+    dout: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    out: &[T],
+    lse: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+    dims: &AttnDims,
+    doc_ids: Option<&[u32]>,
+    tiles: AttnTiles,
+    mode: AttnBwdMode,
+) {
+    let cx = Ctx::new(q, k, v, dims, doc_ids, tiles);
+    let d = dims;
+    let (nq_el, nkv_el) = (q_elems(d), kv_elems(d));
+    assert!(dout.len() >= nq_el && out.len() >= nq_el && lse.len() >= lse_elems(d));
+    assert!(dq.len() >= nq_el && dk.len() >= nkv_el && dv.len() >= nkv_el);
+    let hd = d.head_dim;
+    let mut delta = vec![T::ZERO; lse_elems(d)];
+    if d.q_len > 0 {
+        delta.par_chunks_mut(d.q_len).enumerate().for_each(|(bh, dl)| {
+            let (b, h) = (bh / d.q_heads, bh % d.q_heads);
+            for (t, x) in dl.iter_mut().enumerate() {
+                let o = cx.q_off(b, t, h);
+                *x = dot(&dout[o..o + hd], &out[o..o + hd]);
+            }
+        });
+    }
+    let bx = BwdCtx { cx, dout, lse, delta };
+    dk[..nkv_el].par_chunks_mut(4096).for_each(|c| c.fill(T::ZERO));
+    dv[..nkv_el].par_chunks_mut(4096).for_each(|c| c.fill(T::ZERO));
+    let (dq_p, dk_p, dv_p) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    let pairs = d.batch * d.kv_heads;
+    let threads = rayon::current_num_threads();
+    let single = match mode {
+        AttnBwdMode::SinglePass => true,
+        AttnBwdMode::TwoPass => false,
+        AttnBwdMode::Auto => pairs % threads == 0 || pairs >= 4 * threads,
+    };
+    let nkb = d.kv_len.div_ceil(tiles.bk);
+    if single {
+        dq[..nq_el].par_chunks_mut(4096).for_each(|c| c.fill(T::ZERO));
+        (0..pairs).into_par_iter().for_each_init(
+            || Scratch::<T>::new(tiles, hd),
+            |sc, p| {
+                let (b, g) = (p / d.kv_heads, p % d.kv_heads);
+                for kb in 0..nkb {
+                    let s0 = kb * tiles.bk;
+                    let nk = tiles.bk.min(d.kv_len - s0);
+                    bx.dkdv_tile(sc, b, g, s0, nk, dk_p, dv_p, Some(dq_p));
+                }
+            },
+        );
+    } else {
+        (0..pairs * nkb).into_par_iter().for_each_init(
+            || Scratch::<T>::new(tiles, hd),
+            |sc, task| {
+                let (p, kb) = (task / nkb, task % nkb);
+                let (b, g) = (p / d.kv_heads, p % d.kv_heads);
+                let s0 = kb * tiles.bk;
+                let nk = tiles.bk.min(d.kv_len - s0);
+                bx.dkdv_tile(sc, b, g, s0, nk, dk_p, dv_p, None);
+            },
+        );
+        let nqb = d.q_len.div_ceil(tiles.bq);
+        (0..d.batch * d.q_heads * nqb).into_par_iter().for_each_init(
+            || Scratch::<T>::new(tiles, hd),
+            |sc, task| {
+                let (b, h, qb) = (task / (d.q_heads * nqb), (task / nqb) % d.q_heads, task % nqb);
+                let t0 = qb * tiles.bq;
+                let nq = tiles.bq.min(d.q_len - t0);
+                bx.dq_block(sc, b, h, t0, nq, dq_p);
+            },
+        );
+    }
+}

@@ -1,0 +1,647 @@
+//! The CPU backend: f32 activations in `Vec<f32>`, weights in f32 or bf16, matrix products
+//! through the `gemm` crate and every other kernel parallelised with rayon on the backend's own
+//! thread pool.
+//!
+//! The kernels live one family per file as functions generic over [`Real`] (`f32` and `f64`),
+//! forward and backward side by side, so that the tests can check every backward against finite
+//! differences in f64. [`CpuBackend`] checks shapes, then calls their `f32` instances.
+
+pub mod attention;
+pub mod elementwise;
+pub mod embedding;
+pub mod float;
+pub mod loss;
+pub mod matmul;
+pub mod norm;
+pub mod optim;
+pub mod rope;
+pub mod swiglu;
+pub mod vector;
+
+pub use float::Real;
+
+use crate::error::ensure;
+use crate::{AdamW, AttnDims, Backend, EngineError, Result, WeightFormat};
+use attention::{AttnBwdMode, AttnTiles};
+use half::bf16;
+use matmul::WeightRef;
+
+/// Storage of a [`CpuWeight`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuWeightData {
+    /// 32-bit floats.
+    F32(Vec<f32>),
+    /// bfloat16 (round-to-nearest-even from the uploaded f32 values).
+    BF16(Vec<bf16>),
+}
+
+/// A `[rows, cols]` row-major weight matrix held by the [`CpuBackend`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuWeight {
+    rows: usize,
+    cols: usize,
+    data: CpuWeightData,
+}
+
+impl CpuWeight {
+    /// Wraps stored data; fails unless it holds exactly `rows × cols` values.
+    pub fn new(data: CpuWeightData, rows: usize, cols: usize) -> Result<Self> {
+        let len = match &data {
+            CpuWeightData::F32(d) => d.len(),
+            CpuWeightData::BF16(d) => d.len(),
+        };
+        ensure(len == rows * cols, "weight", || format!("{len} values for a [{rows}, {cols}] weight"))?;
+        Ok(CpuWeight { rows, cols, data })
+    }
+
+    /// Number of rows (`out` of a linear layer, `vocab` of an embedding).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (`in` of a linear layer, `dim` of an embedding).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> WeightFormat {
+        match self.data {
+            CpuWeightData::F32(_) => WeightFormat::F32,
+            CpuWeightData::BF16(_) => WeightFormat::BF16,
+        }
+    }
+
+    /// The stored data.
+    pub fn data(&self) -> &CpuWeightData {
+        &self.data
+    }
+
+    /// A borrowed view for the generic kernels.
+    pub fn as_ref(&self) -> WeightRef<'_, f32> {
+        match &self.data {
+            CpuWeightData::F32(d) => WeightRef::Dense(d),
+            CpuWeightData::BF16(d) => WeightRef::Bf16(d),
+        }
+    }
+}
+
+/// The CPU implementation of [`Backend`].
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    avx512_bf16: bool,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.threads)
+            .field("avx512_bf16", &self.avx512_bf16)
+            .finish()
+    }
+}
+
+impl Default for CpuBackend {
+    /// A backend using all cores.
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl CpuBackend {
+    /// A backend running on its own pool of `threads` threads (`None`: one per available core).
+    ///
+    /// # Panics
+    /// When the operating system cannot start the threads.
+    pub fn new(threads: Option<usize>) -> Self {
+        let threads =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("afinar-cpu-{i}"))
+            .build()
+            .expect("failed to start the CPU backend's threads");
+        CpuBackend { pool, threads, avx512_bf16: has_avx512_bf16() }
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on the backend's thread pool (rayon calls inside use its threads).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_bf16() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512_bf16() -> bool {
+    false
+}
+
+/// Shape error unless `buf` holds at least `need` elements.
+fn need(op: &'static str, name: &str, buf: usize, need: usize) -> Result<()> {
+    ensure(buf >= need, op, || format!("{name} has {buf} elements, needs {need}"))
+}
+
+/// `a · b` for sizes, as a shape error on overflow.
+fn mul(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .ok_or_else(|| EngineError::Shape { op, what: format!("size {dims:?} overflows") })
+}
+
+fn check_attn(op: &'static str, d: &AttnDims, doc_ids: Option<&[u32]>) -> Result<()> {
+    ensure(d.kv_heads > 0 && d.q_heads % d.kv_heads == 0, op, || {
+        format!("q_heads {} is not a multiple of kv_heads {}", d.q_heads, d.kv_heads)
+    })?;
+    ensure(d.kv_len <= d.kv_stride, op, || format!("kv_len {} > kv_stride {}", d.kv_len, d.kv_stride))?;
+    mul(op, &[d.batch, d.q_len, d.q_heads, d.head_dim])?;
+    mul(op, &[d.batch, d.kv_stride, d.kv_heads, d.head_dim])?;
+    if let Some(doc) = doc_ids {
+        ensure(d.q_offset + d.q_len <= d.kv_len, op, || {
+            format!("doc_ids need q_offset + q_len ({}) <= kv_len ({})", d.q_offset + d.q_len, d.kv_len)
+        })?;
+        need(op, "doc_ids", doc.len(), d.batch * d.kv_len)?;
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Weight = CpuWeight;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu ({} thread{}{})",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            if self.avx512_bf16 { ", avx512_bf16" } else { "" }
+        )
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| EngineError::OutOfMemory { bytes: len.saturating_mul(4), device: self.name() })?;
+        v.resize(len, 0.0);
+        Ok(v)
+    }
+
+    fn from_host(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn copy(
+        &self,
+        src: &Vec<f32>,
+        src_off: usize,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        let op = "copy";
+        need(op, "src", src.len(), src_off.saturating_add(n))?;
+        need(op, "dst", dst.len(), dst_off.saturating_add(n))?;
+        dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
+        Ok(())
+    }
+
+    fn fill(&self, buf: &mut Vec<f32>, n: usize, value: f32) -> Result<()> {
+        need("fill", "buf", buf.len(), n)?;
+        buf[..n].fill(value);
+        Ok(())
+    }
+
+    fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<CpuWeight> {
+        let n = mul("weight", &[rows, cols])?;
+        ensure(data.len() == n, "weight", || format!("{} values for a [{rows}, {cols}] weight", data.len()))?;
+        let data = match format {
+            WeightFormat::F32 => CpuWeightData::F32(data.to_vec()),
+            WeightFormat::BF16 => CpuWeightData::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
+        };
+        CpuWeight::new(data, rows, cols)
+    }
+
+    fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
+        (w.rows, w.cols)
+    }
+
+    fn weight_to_host(&self, w: &CpuWeight) -> Result<Vec<f32>> {
+        Ok(match &w.data {
+            CpuWeightData::F32(d) => d.clone(),
+            CpuWeightData::BF16(d) => d.iter().map(|x| x.to_f32()).collect(),
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        y: &mut Vec<f32>,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let op = "linear";
+        need(op, "x", x.len(), mul(op, &[rows, w.cols])?)?;
+        need(op, "y", y.len(), mul(op, &[rows, w.rows])?)?;
+        self.install(|| matmul::linear_forward(x, w.as_ref(), y, rows, w.rows, w.cols, accumulate));
+        Ok(())
+    }
+
+    fn linear_backward_input(
+        &self,
+        dy: &Vec<f32>,
+        w: &CpuWeight,
+        dx: &mut Vec<f32>,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let op = "linear_backward_input";
+        need(op, "dy", dy.len(), mul(op, &[rows, w.rows])?)?;
+        need(op, "dx", dx.len(), mul(op, &[rows, w.cols])?)?;
+        self.install(|| matmul::linear_backward_input(dy, w.as_ref(), dx, rows, w.rows, w.cols, accumulate));
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        a: &Vec<f32>,
+        ta: bool,
+        b: &Vec<f32>,
+        tb: bool,
+        c: &mut Vec<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        let op = "matmul";
+        need(op, "a", a.len(), mul(op, &[m, k])?)?;
+        need(op, "b", b.len(), mul(op, &[k, n])?)?;
+        need(op, "c", c.len(), mul(op, &[m, n])?)?;
+        self.install(|| matmul::matmul(a, ta, b, tb, c, m, n, k, alpha, beta));
+        Ok(())
+    }
+
+    fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>, n: usize) -> Result<()> {
+        need("add_assign", "y", y.len(), n)?;
+        need("add_assign", "x", x.len(), n)?;
+        self.install(|| elementwise::add_assign(y, x, n));
+        Ok(())
+    }
+
+    fn scale(&self, y: &mut Vec<f32>, n: usize, s: f32) -> Result<()> {
+        need("scale", "y", y.len(), n)?;
+        self.install(|| elementwise::scale(y, n, s));
+        Ok(())
+    }
+
+    fn embedding(&self, ids: &[u32], table: &CpuWeight, out: &mut Vec<f32>) -> Result<()> {
+        let op = "embedding";
+        let dim = table.cols;
+        need(op, "out", out.len(), mul(op, &[ids.len(), dim])?)?;
+        check_ids(op, ids, table.rows)?;
+        self.install(|| embedding::embedding_forward(ids, table.as_ref(), out, dim));
+        Ok(())
+    }
+
+    fn embedding_backward(
+        &self,
+        ids: &[u32],
+        dout: &Vec<f32>,
+        dtable: &mut Vec<f32>,
+        dim: usize,
+    ) -> Result<()> {
+        let op = "embedding_backward";
+        ensure(dim > 0 || ids.is_empty(), op, || "dim is 0".into())?;
+        need(op, "dout", dout.len(), mul(op, &[ids.len(), dim])?)?;
+        if let Some(vocab) = dtable.len().checked_div(dim) {
+            check_ids(op, ids, vocab)?;
+        }
+        self.install(|| embedding::embedding_backward(ids, dout, dtable, dim));
+        Ok(())
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        out: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let op = "rmsnorm";
+        let n = mul(op, &[rows, dim])?;
+        need(op, "x", x.len(), n)?;
+        need(op, "w", w.len(), dim)?;
+        need(op, "out", out.len(), n)?;
+        need(op, "rstd", rstd.len(), rows)?;
+        self.install(|| norm::rmsnorm_forward(x, w, out, rstd, rows, dim, eps));
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rstd: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        rows: usize,
+        dim: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let op = "rmsnorm_backward";
+        let n = mul(op, &[rows, dim])?;
+        need(op, "dout", dout.len(), n)?;
+        need(op, "x", x.len(), n)?;
+        need(op, "w", w.len(), dim)?;
+        need(op, "rstd", rstd.len(), rows)?;
+        need(op, "dx", dx.len(), n)?;
+        if let Some(dw) = dw.as_deref() {
+            need(op, "dw", dw.len(), dim)?;
+        }
+        self.install(|| {
+            norm::rmsnorm_backward(dout, x, w, rstd, dx, dw.map(|d| d.as_mut_slice()), rows, dim, accumulate)
+        });
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        positions: &[u32],
+        inv_freq: &[f32],
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) -> Result<()> {
+        let op = "rope";
+        ensure(head_dim % 2 == 0, op, || format!("head_dim {head_dim} is odd"))?;
+        need(op, "x", x.len(), mul(op, &[tokens, heads, head_dim])?)?;
+        need(op, "positions", positions.len(), tokens)?;
+        need(op, "inv_freq", inv_freq.len(), head_dim / 2)?;
+        self.install(|| rope::rope(x, positions, inv_freq, tokens, heads, head_dim, inverse));
+        Ok(())
+    }
+
+    fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>, out: &mut Vec<f32>, n: usize) -> Result<()> {
+        let op = "swiglu";
+        need(op, "gate", gate.len(), n)?;
+        need(op, "up", up.len(), n)?;
+        need(op, "out", out.len(), n)?;
+        self.install(|| swiglu::swiglu_forward(gate, up, out, n));
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "swiglu_backward";
+        need(op, "dout", dout.len(), n)?;
+        need(op, "gate", gate.len(), n)?;
+        need(op, "up", up.len(), n)?;
+        need(op, "dgate", dgate.len(), n)?;
+        need(op, "dup", dup.len(), n)?;
+        self.install(|| swiglu::swiglu_backward(dout, gate, up, dgate, dup, n));
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()> {
+        let op = "attention";
+        check_attn(op, dims, doc_ids)?;
+        let (nq, nkv) = (attention::q_elems(dims), attention::kv_elems(dims));
+        need(op, "q", q.len(), nq)?;
+        need(op, "k", k.len(), nkv)?;
+        need(op, "v", v.len(), nkv)?;
+        need(op, "out", out.len(), nq)?;
+        need(op, "lse", lse.len(), attention::lse_elems(dims))?;
+        self.install(|| attention::attention_forward(q, k, v, out, lse, dims, doc_ids, AttnTiles::default()));
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()> {
+        let op = "attention_backward";
+        check_attn(op, dims, doc_ids)?;
+        let (nq, nkv) = (attention::q_elems(dims), attention::kv_elems(dims));
+        need(op, "dout", dout.len(), nq)?;
+        need(op, "q", q.len(), nq)?;
+        need(op, "k", k.len(), nkv)?;
+        need(op, "v", v.len(), nkv)?;
+        need(op, "out", out.len(), nq)?;
+        need(op, "lse", lse.len(), attention::lse_elems(dims))?;
+        need(op, "dq", dq.len(), nq)?;
+        need(op, "dk", dk.len(), nkv)?;
+        need(op, "dv", dv.len(), nkv)?;
+        self.install(|| {
+            attention::attention_backward(
+                dout,
+                q,
+                k,
+                v,
+                out,
+                lse,
+                dq,
+                dk,
+                dv,
+                dims,
+                doc_ids,
+                AttnTiles::default(),
+                AttnBwdMode::Auto,
+            )
+        });
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        targets: &[i32],
+        losses: &mut Vec<f32>,
+        dlogits: Option<&mut Vec<f32>>,
+        rows: usize,
+        vocab: usize,
+        grad_scale: f32,
+    ) -> Result<()> {
+        let op = "cross_entropy";
+        ensure(vocab > 0 || rows == 0, op, || "vocab is 0".into())?;
+        let n = mul(op, &[rows, vocab])?;
+        need(op, "logits", logits.len(), n)?;
+        need(op, "targets", targets.len(), rows)?;
+        need(op, "losses", losses.len(), rows)?;
+        if let Some(d) = dlogits.as_deref() {
+            need(op, "dlogits", d.len(), n)?;
+        }
+        check_targets(op, &targets[..rows], vocab)?;
+        self.install(|| {
+            loss::cross_entropy(
+                logits,
+                targets,
+                losses,
+                dlogits.map(|d| d.as_mut_slice()),
+                rows,
+                vocab,
+                grad_scale,
+            )
+        });
+        Ok(())
+    }
+
+    fn linear_cross_entropy(
+        &self,
+        h: &Vec<f32>,
+        w: &CpuWeight,
+        targets: &[i32],
+        rows: usize,
+        grad_scale: f32,
+        dh: Option<&mut Vec<f32>>,
+        dw: Option<&mut Vec<f32>>,
+    ) -> Result<(f64, usize)> {
+        let op = "linear_cross_entropy";
+        let (vocab, dim) = (w.rows, w.cols);
+        ensure(vocab > 0, op, || "vocab is 0".into())?;
+        let n = mul(op, &[rows, dim])?;
+        need(op, "h", h.len(), n)?;
+        need(op, "targets", targets.len(), rows)?;
+        if let Some(d) = dh.as_deref() {
+            need(op, "dh", d.len(), n)?;
+        }
+        if let Some(d) = dw.as_deref() {
+            need(op, "dw", d.len(), mul(op, &[vocab, dim])?)?;
+        }
+        check_targets(op, &targets[..rows], vocab)?;
+        Ok(self.install(|| {
+            loss::linear_cross_entropy(
+                h,
+                w.as_ref(),
+                targets,
+                rows,
+                vocab,
+                dim,
+                grad_scale,
+                dh.map(|d| d.as_mut_slice()),
+                dw.map(|d| d.as_mut_slice()),
+                loss::default_chunk_rows(vocab),
+            )
+        }))
+    }
+
+    fn weight_format(&self, w: &Self::Weight) -> WeightFormat {
+        w.format()
+    }
+
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        n: usize,
+        hp: &AdamW,
+    ) -> Result<()> {
+        for (name, len) in [("param", param.len()), ("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
+            ensure(len >= n, "adamw", || format!("{name} holds {len} values, need {n}"))?;
+        }
+        optim::adamw(&mut param[..n], &grad[..n], &mut m[..n], &mut v[..n], hp);
+        Ok(())
+    }
+
+    fn adamw_weight(
+        &self,
+        w: &mut Self::Weight,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: &AdamW,
+    ) -> Result<()> {
+        let n = w.rows * w.cols;
+        match &mut w.data {
+            CpuWeightData::F32(p) => self.adamw(p, grad, m, v, n, hp),
+            CpuWeightData::BF16(_) => Err(EngineError::Unsupported(
+                "training a bf16-stored weight: load trainable weights as f32".into(),
+            )),
+        }
+    }
+
+    fn sum_squares(&self, x: &Self::Buf, n: usize) -> Result<f64> {
+        ensure(x.len() >= n, "sum_squares", || format!("{} values, need {n}", x.len()))?;
+        Ok(self.pool.install(|| optim::sum_squares(&x[..n])))
+    }
+
+    fn dropout(&self, x: &Self::Buf, out: &mut Self::Buf, n: usize, p: f32, seed: u64) -> Result<()> {
+        ensure(x.len() >= n && out.len() >= n, "dropout", || {
+            format!("{} and {} values, need {n}", x.len(), out.len())
+        })?;
+        ensure((0.0..1.0).contains(&p), "dropout", || format!("probability {p} is not in [0, 1)"))?;
+        self.pool.install(|| optim::dropout(&x[..n], &mut out[..n], p, seed));
+        Ok(())
+    }
+}
+
+fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&i| i as usize >= vocab) {
+        Some(i) => {
+            Err(EngineError::Shape { op, what: format!("token id {i} out of range for {vocab} rows") })
+        }
+        None => Ok(()),
+    }
+}
+
+fn check_targets(op: &'static str, targets: &[i32], vocab: usize) -> Result<()> {
+    match targets.iter().find(|&&t| t != loss::IGNORE_INDEX && (t < 0 || t as usize >= vocab)) {
+        Some(t) => Err(EngineError::Shape {
+            op,
+            what: format!("target {t} out of range for vocab {vocab} (ignore index is -100)"),
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,290 @@
+//! The CPU backend's memory operations, shape checking (every method returns
+//! `EngineError::Shape` on a short buffer or bad index instead of panicking) and edge cases.
+
+mod common;
+
+use afinar_engine::{AttnDims, Backend, CpuBackend, EngineError, Result, WeightFormat};
+use common::{rel_err32, Rng};
+
+fn f32s(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+#[track_caller]
+fn shape_err<T: std::fmt::Debug>(r: Result<T>) {
+    match r {
+        Err(EngineError::Shape { .. }) => {}
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+}
+
+#[test]
+fn memory_operations() {
+    let be = CpuBackend::new(Some(2));
+    assert_eq!(be.threads(), 2);
+    assert!(be.name().starts_with("cpu (2 threads"), "{}", be.name());
+    assert!(CpuBackend::default().threads() >= 1);
+    let z = be.zeros(5).unwrap();
+    assert_eq!((be.len(&z), be.to_host(&z).unwrap()), (5, vec![0.0; 5]));
+    let a = be.from_host(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let mut b = be.zeros(6).unwrap();
+    be.copy(&a, 1, &mut b, 2, 3).unwrap();
+    assert_eq!(b, [0.0, 0.0, 2.0, 3.0, 4.0, 0.0]);
+    be.fill(&mut b, 2, 7.0).unwrap();
+    assert_eq!(b, [7.0, 7.0, 2.0, 3.0, 4.0, 0.0]);
+    shape_err(be.copy(&a, 2, &mut b, 0, 3));
+    shape_err(be.copy(&a, 0, &mut b, 4, 3));
+    shape_err(be.copy(&a, usize::MAX, &mut b, 0, 3));
+    shape_err(be.fill(&mut b, 7, 0.0));
+
+    let data = [1.0f32, -2.5, 3.3, 1e-3, 65504.0, -0.0];
+    let w = be.weight(&data, 2, 3, WeightFormat::F32).unwrap();
+    assert_eq!(be.weight_shape(&w), (2, 3));
+    assert_eq!(w.format(), WeightFormat::F32);
+    assert_eq!(be.weight_to_host(&w).unwrap(), data);
+    let wb = be.weight(&data, 3, 2, WeightFormat::BF16).unwrap();
+    assert_eq!(be.weight_shape(&wb), (3, 2));
+    assert_eq!(wb.format(), WeightFormat::BF16);
+    let back = be.weight_to_host(&wb).unwrap();
+    for (x, y) in back.iter().zip(&data) {
+        assert_eq!(*x, half::bf16::from_f32(*y).to_f32());
+    }
+    shape_err(be.weight(&data, 2, 2, WeightFormat::F32));
+    shape_err(be.weight(&data, 4, 2, WeightFormat::BF16));
+}
+
+#[test]
+fn linear_family_shape_errors() {
+    let be = CpuBackend::new(Some(2));
+    let w = be.weight(&[0.0; 12], 3, 4, WeightFormat::F32).unwrap();
+    let x = vec![0.0; 8]; // 2 rows of 4
+    let mut y = vec![0.0; 6];
+    be.linear(&x, &w, &mut y, 2, false).unwrap();
+    shape_err(be.linear(&x, &w, &mut y, 3, false));
+    shape_err(be.linear(&x, &w, &mut vec![0.0; 5], 2, false));
+    let mut dx = vec![0.0; 8];
+    be.linear_backward_input(&y, &w, &mut dx, 2, false).unwrap();
+    shape_err(be.linear_backward_input(&y, &w, &mut vec![0.0; 7], 2, false));
+    shape_err(be.linear_backward_input(&vec![0.0; 5], &w, &mut dx, 2, false));
+    let mut c = vec![0.0; 6];
+    be.matmul(&x, false, &w.as_ref_dense(), true, &mut c, 2, 3, 4, 1.0, 0.0).unwrap();
+    shape_err(be.matmul(&x, false, &x, true, &mut c, 2, 3, 4, 1.0, 0.0));
+    shape_err(be.matmul(&x, false, &vec![0.0; 12], true, &mut c, 3, 3, 4, 1.0, 0.0));
+    shape_err(be.matmul(&x, false, &vec![0.0; 12], true, &mut c, 2, 4, 4, 1.0, 0.0));
+    shape_err(be.matmul(&x, false, &x, false, &mut c, usize::MAX, 2, 2, 1.0, 0.0));
+    shape_err(be.add_assign(&mut c, &x, 7));
+    shape_err(be.add_assign(&mut vec![0.0; 9], &x, 9));
+    shape_err(be.scale(&mut c, 7, 2.0));
+}
+
+/// Test-only access to an f32 weight's data as a buffer.
+trait DenseData {
+    fn as_ref_dense(&self) -> Vec<f32>;
+}
+
+impl DenseData for afinar_engine::cpu::CpuWeight {
+    fn as_ref_dense(&self) -> Vec<f32> {
+        match self.data() {
+            afinar_engine::cpu::CpuWeightData::F32(d) => d.clone(),
+            afinar_engine::cpu::CpuWeightData::BF16(_) => unreachable!("f32 weight expected"),
+        }
+    }
+}
+
+#[test]
+fn layer_shape_errors() {
+    let be = CpuBackend::new(Some(2));
+    let table = be.weight(&[0.5; 20], 5, 4, WeightFormat::F32).unwrap();
+    let mut out = vec![0.0; 8];
+    be.embedding(&[1, 4], &table, &mut out).unwrap();
+    shape_err(be.embedding(&[1, 5], &table, &mut out));
+    shape_err(be.embedding(&[1, 2, 3], &table, &mut out));
+    let mut dt = vec![0.0; 20];
+    be.embedding_backward(&[1, 4], &out, &mut dt, 4).unwrap();
+    shape_err(be.embedding_backward(&[1, 5], &out, &mut dt, 4));
+    shape_err(be.embedding_backward(&[1, 2, 3], &out, &mut dt, 4));
+    shape_err(be.embedding_backward(&[1], &out, &mut dt, 0));
+
+    let x = vec![1.0; 8];
+    let w = vec![1.0; 4];
+    let (mut o, mut rstd) = (vec![0.0; 8], vec![0.0; 2]);
+    be.rmsnorm(&x, &w, &mut o, &mut rstd, 2, 4, 1e-5).unwrap();
+    shape_err(be.rmsnorm(&x, &w, &mut o, &mut rstd, 3, 4, 1e-5));
+    shape_err(be.rmsnorm(&x, &w, &mut o, &mut rstd, 2, 5, 1e-5));
+    shape_err(be.rmsnorm(&x, &w, &mut o, &mut vec![0.0; 1], 2, 4, 1e-5));
+    let mut dx = vec![0.0; 8];
+    be.rmsnorm_backward(&o, &x, &w, &rstd, &mut dx, Some(&mut vec![0.0; 4]), 2, 4, false).unwrap();
+    shape_err(be.rmsnorm_backward(&o, &x, &w, &rstd, &mut dx, Some(&mut vec![0.0; 3]), 2, 4, false));
+    shape_err(be.rmsnorm_backward(&o, &x, &w, &vec![0.0; 1], &mut dx, None, 2, 4, false));
+    shape_err(be.rmsnorm_backward(&o, &x, &w, &rstd, &mut vec![0.0; 7], None, 2, 4, false));
+
+    let mut q = vec![1.0; 2 * 3 * 4];
+    let inv = [1.0, 0.5];
+    be.rope(&mut q, &[0, 1], &inv, 2, 3, 4, false).unwrap();
+    shape_err(be.rope(&mut q, &[0], &inv, 2, 3, 4, false));
+    shape_err(be.rope(&mut q, &[0, 1], &inv[..1], 2, 3, 4, false));
+    shape_err(be.rope(&mut q, &[0, 1], &inv, 2, 4, 4, false));
+    shape_err(be.rope(&mut q, &[0, 1], &inv, 2, 3, 3, false));
+
+    let (g, u) = (vec![0.1; 6], vec![0.2; 6]);
+    let mut so = vec![0.0; 6];
+    be.swiglu(&g, &u, &mut so, 6).unwrap();
+    shape_err(be.swiglu(&g, &u, &mut vec![0.0; 5], 6));
+    shape_err(be.swiglu(&g, &vec![0.0; 5], &mut so, 6));
+    let (mut dg, mut du) = (vec![0.0; 6], vec![0.0; 6]);
+    be.swiglu_backward(&so, &g, &u, &mut dg, &mut du, 6).unwrap();
+    shape_err(be.swiglu_backward(&so, &g, &u, &mut dg, &mut vec![0.0; 5], 6));
+    shape_err(be.swiglu_backward(&vec![0.0; 5], &g, &u, &mut dg, &mut du, 6));
+
+    let logits = vec![0.0; 2 * 5];
+    let mut losses = vec![0.0; 2];
+    be.cross_entropy(&logits, &[1, -100], &mut losses, None, 2, 5, 1.0).unwrap();
+    shape_err(be.cross_entropy(&logits, &[1, 5], &mut losses, None, 2, 5, 1.0));
+    shape_err(be.cross_entropy(&logits, &[1, -1], &mut losses, None, 2, 5, 1.0));
+    shape_err(be.cross_entropy(&logits, &[1], &mut losses, None, 2, 5, 1.0));
+    shape_err(be.cross_entropy(&logits, &[1, 2], &mut losses, Some(&mut vec![0.0; 9]), 2, 5, 1.0));
+    shape_err(be.cross_entropy(&logits, &[1, 2], &mut vec![0.0; 1], None, 2, 5, 1.0));
+    shape_err(be.cross_entropy(&logits, &[1, 2, 3], &mut losses, None, 3, 5, 1.0));
+
+    let lm = be.weight(&[0.1; 20], 5, 4, WeightFormat::F32).unwrap();
+    let h = vec![1.0; 8];
+    be.linear_cross_entropy(&h, &lm, &[0, 4], 2, 1.0, None, None).unwrap();
+    shape_err(be.linear_cross_entropy(&h, &lm, &[0, 5], 2, 1.0, None, None));
+    shape_err(be.linear_cross_entropy(&h, &lm, &[0], 2, 1.0, None, None));
+    shape_err(be.linear_cross_entropy(&h, &lm, &[0, 1, 2], 3, 1.0, None, None));
+    shape_err(be.linear_cross_entropy(&h, &lm, &[0, 1], 2, 1.0, Some(&mut vec![0.0; 7]), None));
+    shape_err(be.linear_cross_entropy(&h, &lm, &[0, 1], 2, 1.0, None, Some(&mut vec![0.0; 19])));
+}
+
+fn small_dims() -> AttnDims {
+    AttnDims {
+        batch: 2,
+        q_len: 3,
+        kv_len: 4,
+        kv_stride: 5,
+        q_heads: 4,
+        kv_heads: 2,
+        head_dim: 4,
+        q_offset: 1,
+        scale: 0.5,
+    }
+}
+
+#[test]
+fn attention_shape_errors() {
+    let be = CpuBackend::new(Some(2));
+    let d = small_dims();
+    let nq = 2 * 3 * 4 * 4;
+    let nkv = 2 * 5 * 2 * 4;
+    let nl = 2 * 4 * 3;
+    let mut rng = Rng::new(1);
+    let (q, k, v) = (f32s(&mut rng, nq), f32s(&mut rng, nkv), f32s(&mut rng, nkv));
+    let (mut o, mut l) = (vec![0.0; nq], vec![0.0; nl]);
+    be.attention(&q, &k, &v, &mut o, &mut l, &d, None).unwrap();
+    let bad = |f: &dyn Fn(&mut AttnDims)| {
+        let mut d2 = d;
+        f(&mut d2);
+        d2
+    };
+    for d2 in [
+        bad(&|d| d.q_heads = 3),
+        bad(&|d| d.kv_heads = 0),
+        bad(&|d| d.kv_len = 6),
+        bad(&|d| d.batch = 3),
+        bad(&|d| d.head_dim = 5),
+        bad(&|d| d.q_len = 4),
+    ] {
+        let (mut o, mut l) = (vec![0.0; nq], vec![0.0; nl]);
+        shape_err(be.attention(&q, &k, &v, &mut o, &mut l, &d2, None));
+        let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        shape_err(be.attention_backward(&q, &q, &k, &v, &o, &l, &mut dq, &mut dk, &mut dv, &d2, None));
+    }
+    shape_err(be.attention(&q, &k, &v, &mut o, &mut vec![0.0; nl - 1], &d, None));
+    shape_err(be.attention(&q, &k[1..].to_vec(), &v, &mut o, &mut l, &d, None));
+    // Document ids: one per valid key, and the queries must lie inside kv_len.
+    shape_err(be.attention(&q, &k, &v, &mut o, &mut l, &d, Some(&[0; 7])));
+    let past_end = AttnDims { kv_len: 3, ..d };
+    shape_err(be.attention(&q, &k, &v, &mut o, &mut l, &past_end, Some(&[0; 8])));
+    let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+    be.attention_backward(&q, &q, &k, &v, &o, &l, &mut dq, &mut dk, &mut dv, &d, None).unwrap();
+    shape_err(be.attention_backward(
+        &q,
+        &q,
+        &k,
+        &v,
+        &o,
+        &l,
+        &mut dq,
+        &mut vec![0.0; nkv - 1],
+        &mut dv,
+        &d,
+        None,
+    ));
+    shape_err(be.attention_backward(
+        &q,
+        &q,
+        &k,
+        &v,
+        &o,
+        &l[1..].to_vec(),
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &d,
+        None,
+    ));
+}
+
+/// The backward picks a different work split with 1 and with 3 threads; the results agree.
+#[test]
+fn attention_thread_counts_agree() {
+    let d = AttnDims {
+        batch: 1,
+        q_len: 150,
+        kv_len: 150,
+        kv_stride: 160,
+        q_heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        q_offset: 0,
+        scale: 0.25,
+    };
+    let nq = d.batch * d.q_len * d.q_heads * d.head_dim;
+    let nkv = d.batch * d.kv_stride * d.kv_heads * d.head_dim;
+    let mut rng = Rng::new(2);
+    let (q, k, v, dout) = (f32s(&mut rng, nq), f32s(&mut rng, nkv), f32s(&mut rng, nkv), f32s(&mut rng, nq));
+    let run = |threads| {
+        let be = CpuBackend::new(Some(threads));
+        let (mut o, mut l) = (vec![0.0; nq], vec![0.0; d.q_heads * d.q_len]);
+        be.attention(&q, &k, &v, &mut o, &mut l, &d, None).unwrap();
+        let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        be.attention_backward(&dout, &q, &k, &v, &o, &l, &mut dq, &mut dk, &mut dv, &d, None).unwrap();
+        (o, dq, dk, dv)
+    };
+    let (a, b) = (run(1), run(3));
+    assert_eq!(a.0, b.0);
+    assert!(rel_err32(&a.1, &b.1) < 1e-6);
+    assert!(rel_err32(&a.2, &b.2) < 1e-6);
+    assert!(rel_err32(&a.3, &b.3) < 1e-6);
+}
+
+#[test]
+fn linear_cross_entropy_all_ignored() {
+    let be = CpuBackend::new(Some(2));
+    let mut rng = Rng::new(3);
+    let (rows, vocab, dim) = (300, 40, 8); // rows not a multiple of the 128-row chunk
+    let w = be.weight(&f32s(&mut rng, vocab * dim), vocab, dim, WeightFormat::F32).unwrap();
+    let h = f32s(&mut rng, rows * dim);
+    let targets = vec![-100; rows];
+    let mut dh = vec![f32::NAN; rows * dim];
+    let dw0 = f32s(&mut rng, vocab * dim);
+    let mut dw = dw0.clone();
+    let (sum, count) =
+        be.linear_cross_entropy(&h, &w, &targets, rows, 1.0, Some(&mut dh), Some(&mut dw)).unwrap();
+    assert_eq!((sum, count), (0.0, 0));
+    assert!(dh.iter().all(|&x| x == 0.0));
+    assert_eq!(dw, dw0);
+    // Zero rows is a no-op.
+    let (sum, count) = be.linear_cross_entropy(&h, &w, &[], 0, 1.0, Some(&mut dh), None).unwrap();
+    assert_eq!((sum, count), (0.0, 0));
+}

@@ -1,0 +1,106 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+/// A small deterministic generator (SplitMix64) so the tests need no extra crates.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    pub fn normals(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// `max |a − b| / max |b|`.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
+/// Same for f32 data, computed in f64.
+pub fn rel_err32(a: &[f32], b: &[f32]) -> f64 {
+    let a: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+    let b: Vec<f64> = b.iter().map(|&x| x as f64).collect();
+    rel_err(&a, &b)
+}
+
+/// Central finite differences of `f` at `x`, element by element.
+pub fn numeric_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-6;
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let x0 = xp[i];
+            xp[i] = x0 + h;
+            let fp = f(&xp);
+            xp[i] = x0 - h;
+            let fm = f(&xp);
+            xp[i] = x0;
+            (fp - fm) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// Checks an analytic gradient against finite differences (relative error < 1e-6), and that
+/// the gradient is not trivially zero.
+#[track_caller]
+pub fn check_grad(name: &str, x: &[f64], analytic: &[f64], f: impl Fn(&[f64]) -> f64) {
+    let num = numeric_grad(x, f);
+    let scale = num.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    assert!(scale > 1e-3, "{name}: numeric gradient is ~0 ({scale}); the test would be vacuous");
+    let e = rel_err(analytic, &num);
+    assert!(e < 1e-6, "{name}: relative error {e:e} vs finite differences");
+}
+
+/// `Σ r ∘ y`.
+pub fn project(r: &[f64], y: &[f64]) -> f64 {
+    r.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// Like [`check_grad`] for a gradient that is legitimately zero (e.g. softmax over one element):
+/// the analytic gradient must then be zero as well.
+#[track_caller]
+pub fn check_grad_maybe_zero(name: &str, x: &[f64], analytic: &[f64], f: impl Fn(&[f64]) -> f64) {
+    let num = numeric_grad(x, f);
+    let scale = num.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    if scale < 1e-9 {
+        let a = analytic.iter().map(|y| y.abs()).fold(0.0, f64::max);
+        assert!(a < 1e-12, "{name}: numeric gradient is 0, analytic max {a:e}");
+    } else {
+        let e = rel_err(analytic, &num);
+        assert!(e < 1e-6, "{name}: relative error {e:e} vs finite differences");
+    }
+}
