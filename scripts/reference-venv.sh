@@ -9,6 +9,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import torch, transfo
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
   "$venv/bin/python" -m pip install --quiet torch==2.15.0 transformers==5.23.0 gguf==0.19.0 \
-    tokenizers==0.23.3 safetensors==0.8.0 numpy tiktoken==0.14.0 sentencepiece protobuf accelerate==1.15.0 >&2
+    tokenizers==0.23.3 safetensors==0.8.0 numpy tiktoken==0.14.0 sentencepiece protobuf accelerate==1.15.0 peft==0.21.2 >&2
 fi
 echo "$venv/bin/python"

@@ -14,9 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let base = std::env::var_os("AFINAR_CACHE")
                 .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/afinar"))
-                })
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/afinar")))
                 .ok_or("set AFINAR_CACHE or HOME, or pass a path")?;
             base.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
         }
@@ -30,11 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for name in f.tensor_names() {
         let v = f.tensor(name)?;
         bytes += v.data.len();
-        checksum = v
-            .data
-            .iter()
-            .step_by(4096)
-            .fold(checksum, |a, &b| a.wrapping_add(b.into()));
+        checksum = v.data.iter().step_by(4096).fold(checksum, |a, &b| a.wrapping_add(b.into()));
     }
     for round in 0..3 {
         let t = Instant::now();
@@ -59,11 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     // Single-threaded kernel throughput on reused buffers (no allocation, no page faults).
-    for name in [
-        "token_embd.weight",
-        "blk.0.ffn_down.weight",
-        "output_norm.weight",
-    ] {
+    for name in ["token_embd.weight", "blk.0.ffn_down.weight", "output_norm.weight"] {
         let Ok(v) = f.tensor(name) else { continue };
         let mut out = vec![0f32; v.numel()];
         let kernel = afinar_checkpoint::quant::kernel(v.dtype);

@@ -142,9 +142,7 @@ impl DType {
 
     /// The dtype named `name` (as [`DType::name`] spells it, case-insensitive).
     pub fn from_name(name: &str) -> Option<DType> {
-        DType::ALL
-            .into_iter()
-            .find(|d| d.name().eq_ignore_ascii_case(name))
+        DType::ALL.into_iter().find(|d| d.name().eq_ignore_ascii_case(name))
     }
 }
 

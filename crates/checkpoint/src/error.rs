@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Result with [`CheckpointError`].
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 
-/// Everything that can go wrong reading a checkpoint.
+/// Everything that can go wrong reading or writing a checkpoint.
 ///
 /// Each variant that comes from a file carries its path, and the tensor's name where one is
 /// involved; the messages say what was expected. [`CheckpointError::Data`] is the one variant
@@ -15,7 +15,7 @@ pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
-    /// The file could not be opened, inspected or memory-mapped.
+    /// The file could not be opened, inspected, memory-mapped, written or renamed.
     #[error("{}: {source}", .path.display())]
     Io {
         /// The file.

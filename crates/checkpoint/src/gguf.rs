@@ -28,8 +28,7 @@ pub const MAX_DIMS: usize = 4;
 const MAX_ARRAY_DEPTH: usize = 8;
 const MAGIC: &[u8; 4] = b"GGUF";
 const FORMAT: &str = "GGUF file";
-const SUPPORTED: &str =
-    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,12 +216,7 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let mmap = crate::map_file(&path)?;
         let parsed = parse(&mmap).map_err(|e| e.with_path(&path))?;
-        let by_name = parsed
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let by_name = parsed.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path,
             mmap,
@@ -283,8 +277,7 @@ impl GgufFile {
     /// A metadata value that must be a non-negative integer, or an error naming file and key.
     pub fn require_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64()
-            .ok_or_else(|| self.bad_type(key, v, "a non-negative integer"))
+        v.as_u64().ok_or_else(|| self.bad_type(key, v, "a non-negative integer"))
     }
 
     /// A metadata value that must be a number, or an error naming file and key.
@@ -303,10 +296,7 @@ impl GgufFile {
         CheckpointError::Format {
             path: self.path.clone(),
             format: FORMAT,
-            message: format!(
-                "metadata key '{key}' is {} {v}, expected {expected}",
-                v.type_name()
-            ),
+            message: format!("metadata key '{key}' is {} {v}, expected {expected}", v.type_name()),
         }
     }
 
@@ -335,20 +325,16 @@ impl GgufFile {
     /// Errors, naming file and tensor, when there is no such tensor or its GGML type is one this
     /// crate does not decode (the IQ and TQ formats, integers, F64, ...).
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        let info = self
-            .tensor_info(name)
-            .ok_or_else(|| CheckpointError::TensorNotFound {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-            })?;
-        let dtype = info
-            .dtype
-            .ok_or_else(|| CheckpointError::UnsupportedDType {
-                path: self.path.clone(),
-                tensor: info.name.clone(),
-                dtype: info.type_name.to_string(),
-                supported: SUPPORTED,
-            })?;
+        let info = self.tensor_info(name).ok_or_else(|| CheckpointError::TensorNotFound {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let dtype = info.dtype.ok_or_else(|| CheckpointError::UnsupportedDType {
+            path: self.path.clone(),
+            tensor: info.name.clone(),
+            dtype: info.type_name.to_string(),
+            supported: SUPPORTED,
+        })?;
         let data = info
             .file_offset
             .checked_add(info.n_bytes)
@@ -356,17 +342,9 @@ impl GgufFile {
             .ok_or_else(|| CheckpointError::Tensor {
                 path: self.path.clone(),
                 tensor: info.name.clone(),
-                message: format!(
-                    "data at bytes {}..+{} is outside the file",
-                    info.file_offset, info.n_bytes
-                ),
+                message: format!("data at bytes {}..+{} is outside the file", info.file_offset, info.n_bytes),
             })?;
-        Ok(TensorView {
-            name: &info.name,
-            dtype,
-            shape: info.shape.clone(),
-            data,
-        })
+        Ok(TensorView { name: &info.name, dtype, shape: info.shape.clone(), data })
     }
 }
 
@@ -391,16 +369,12 @@ enum ParseError {
 impl ParseError {
     fn with_path(self, path: &Path) -> CheckpointError {
         match self {
-            ParseError::File(message) => CheckpointError::Format {
-                path: path.to_path_buf(),
-                format: FORMAT,
-                message,
-            },
-            ParseError::Tensor { tensor, message } => CheckpointError::Tensor {
-                path: path.to_path_buf(),
-                tensor,
-                message,
-            },
+            ParseError::File(message) => {
+                CheckpointError::Format { path: path.to_path_buf(), format: FORMAT, message }
+            }
+            ParseError::Tensor { tensor, message } => {
+                CheckpointError::Tensor { path: path.to_path_buf(), tensor, message }
+            }
         }
     }
 }
@@ -458,16 +432,13 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String, String> {
         let at = self.pos;
         let len = self.u64(what)?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= self.remaining())
-            .ok_or_else(|| {
-                format!(
-                    "{what} at offset {at} claims {len} bytes, but only {} bytes are left in the \
+        let len = usize::try_from(len).ok().filter(|&l| l <= self.remaining()).ok_or_else(|| {
+            format!(
+                "{what} at offset {at} claims {len} bytes, but only {} bytes are left in the \
                      file (truncated or corrupt)",
-                    self.remaining()
-                )
-            })?;
+                self.remaining()
+            )
+        })?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec())
             .map_err(|e| format!("{what} at offset {at} is not valid UTF-8: {e}"))
@@ -534,8 +505,8 @@ fn parse_value(c: &mut Cursor<'_>, vtype: u32, depth: usize) -> Result<MetaValue
             let count = count as usize;
             let mut items = Vec::with_capacity(count);
             for i in 0..count {
-                let item = parse_value(c, elem_type, depth + 1)
-                    .map_err(|e| format!("array element {i}: {e}"))?;
+                let item =
+                    parse_value(c, elem_type, depth + 1).map_err(|e| format!("array element {i}: {e}"))?;
                 items.push(item);
             }
             MetaValue::Array(items)
@@ -551,26 +522,17 @@ fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
     let mut c = Cursor { buf, pos: 0 };
     if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
         let head = &buf[..buf.len().min(4)];
-        return Err(format!(
-            "bad magic {head:02x?} (expected \"GGUF\" = [47, 47, 55, 46]): not a GGUF file"
-        )
-        .into());
+        return Err(
+            format!("bad magic {head:02x?} (expected \"GGUF\" = [47, 47, 55, 46]): not a GGUF file").into()
+        );
     }
     c.pos = MAGIC.len();
     let version = c.u32("version")?;
     match version {
         2 | 3 => {}
-        1 => {
-            return Err("GGUF version 1 is not supported (only versions 2 and 3)"
-                .to_string()
-                .into())
-        }
+        1 => return Err("GGUF version 1 is not supported (only versions 2 and 3)".to_string().into()),
         v if matches!(v.swap_bytes(), 2 | 3) => {
-            return Err(format!(
-                "big-endian GGUF (version {}) is not supported",
-                v.swap_bytes()
-            )
-            .into())
+            return Err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()).into())
         }
         v => return Err(format!("unsupported GGUF version {v} (expected 2 or 3)").into()),
     }
@@ -584,9 +546,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
     let mut metadata = BTreeMap::new();
     let mut metadata_order = Vec::with_capacity(kv_count as usize);
     for i in 0..kv_count {
-        let key = c
-            .string("metadata key")
-            .map_err(|e| format!("metadata entry {i}: {e}"))?;
+        let key = c.string("metadata key").map_err(|e| format!("metadata entry {i}: {e}"))?;
         let value = c
             .u32("metadata value type")
             .and_then(|t| parse_value(&mut c, t, 0))
@@ -600,72 +560,43 @@ fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
 
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
-        Some(v) => v
-            .as_u64()
-            .and_then(|a| usize::try_from(a).ok())
-            .filter(|a| a.is_power_of_two())
-            .ok_or_else(|| {
-                format!(
-                    "general.alignment is {} {v}, expected a non-zero power of two",
-                    v.type_name()
-                )
-            })?,
+        Some(v) => {
+            v.as_u64().and_then(|a| usize::try_from(a).ok()).filter(|a| a.is_power_of_two()).ok_or_else(
+                || format!("general.alignment is {} {v}, expected a non-zero power of two", v.type_name()),
+            )?
+        }
     };
 
     let mut tensors = Vec::with_capacity(tensor_count as usize);
     let mut seen = HashMap::with_capacity(tensor_count as usize);
     for i in 0..tensor_count {
-        let name = c
-            .string("tensor name")
-            .map_err(|e| format!("tensor info {i}: {e}"))?;
+        let name = c.string("tensor name").map_err(|e| format!("tensor info {i}: {e}"))?;
         let info = parse_tensor_info(&mut c).map_err(|message| ParseError::Tensor {
             tensor: name.clone(),
             message: format!("tensor info {i}: {message}"),
         })?;
         if seen.insert(name.clone(), i).is_some() {
-            return Err(ParseError::Tensor {
-                tensor: name,
-                message: "tensor name appears twice".into(),
-            });
+            return Err(ParseError::Tensor { tensor: name, message: "tensor name appears twice".into() });
         }
         let (dims, ggml_type, offset) = info;
         tensors.push((name, dims, ggml_type, offset));
     }
 
-    let data_offset = c
-        .pos
-        .checked_next_multiple_of(alignment)
-        .ok_or_else(|| "data offset overflows".to_string())?;
+    let data_offset =
+        c.pos.checked_next_multiple_of(alignment).ok_or_else(|| "data offset overflows".to_string())?;
 
     let mut infos = Vec::with_capacity(tensors.len());
     for (name, dims, ggml_type, offset) in tensors {
-        let info = tensor_layout(
-            buf.len(),
-            data_offset,
-            alignment,
-            name,
-            dims,
-            ggml_type,
-            offset,
-        )?;
+        let info = tensor_layout(buf.len(), data_offset, alignment, name, dims, ggml_type, offset)?;
         infos.push(info);
     }
 
-    Ok(Parsed {
-        version,
-        alignment,
-        data_offset,
-        metadata,
-        metadata_order,
-        tensors: infos,
-    })
+    Ok(Parsed { version, alignment, data_offset, metadata, metadata_order, tensors: infos })
 }
 
 fn check_count(count: u64, min_size: usize, remaining: usize, what: &str) -> Result<(), String> {
-    let fits = usize::try_from(count)
-        .ok()
-        .and_then(|n| n.checked_mul(min_size))
-        .is_some_and(|b| b <= remaining);
+    let fits =
+        usize::try_from(count).ok().and_then(|n| n.checked_mul(min_size)).is_some_and(|b| b <= remaining);
     if fits {
         Ok(())
     } else {
@@ -681,9 +612,7 @@ type RawInfo = (Vec<usize>, u32, u64);
 fn parse_tensor_info(c: &mut Cursor<'_>) -> Result<RawInfo, String> {
     let n_dims = c.u32("number of dimensions")?;
     if n_dims as usize > MAX_DIMS {
-        return Err(format!(
-            "has {n_dims} dimensions, GGUF allows at most {MAX_DIMS}"
-        ));
+        return Err(format!("has {n_dims} dimensions, GGUF allows at most {MAX_DIMS}"));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -705,12 +634,9 @@ fn tensor_layout(
     ggml_type: u32,
     offset: u64,
 ) -> Result<GgufTensorInfo, ParseError> {
-    let fail = |message: String| ParseError::Tensor {
-        tensor: name.clone(),
-        message,
-    };
-    let (type_name, block_size, type_size) = ggml_type_info(ggml_type)
-        .ok_or_else(|| fail(format!("unknown GGML type id {ggml_type}")))?;
+    let fail = |message: String| ParseError::Tensor { tensor: name.clone(), message };
+    let (type_name, block_size, type_size) =
+        ggml_type_info(ggml_type).ok_or_else(|| fail(format!("unknown GGML type id {ggml_type}")))?;
     let numel = crate::checked_product(&dims)
         .ok_or_else(|| fail(format!("dimensions {dims:?} overflow the element count")))?;
     let row = dims.first().copied().unwrap_or(1);
@@ -723,14 +649,9 @@ fn tensor_layout(
     let n_bytes = (numel / block_size)
         .checked_mul(type_size)
         .ok_or_else(|| fail(format!("dimensions {dims:?} overflow the byte size")))?;
-    let offset = usize::try_from(offset)
-        .ok()
-        .filter(|o| o % alignment == 0)
-        .ok_or_else(|| {
-            fail(format!(
-                "data offset {offset} is not a multiple of the alignment {alignment}"
-            ))
-        })?;
+    let offset = usize::try_from(offset).ok().filter(|o| o % alignment == 0).ok_or_else(|| {
+        fail(format!("data offset {offset} is not a multiple of the alignment {alignment}"))
+    })?;
     let file_offset = data_offset.checked_add(offset);
     let end = file_offset.and_then(|s| s.checked_add(n_bytes));
     let (Some(file_offset), Some(end)) = (file_offset, end) else {

@@ -1,10 +1,16 @@
-//! Checkpoint reading for afinar.
+//! Checkpoint reading and writing for afinar.
 //!
 //! - [`safetensors::SafetensorsCheckpoint`]: one `*.safetensors` file, or a Hugging Face folder
 //!   (`model.safetensors`, or shards plus `model.safetensors.index.json`), memory-mapped.
 //! - [`gguf::GgufFile`]: a GGUF file (versions 2 and 3), memory-mapped, with its metadata.
 //! - [`quant`]: dequantization of the GGML block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
 //!   Q3_K, Q4_K, Q5_K, Q6_K) and of F32/F16/BF16, bit-exact against the `gguf` python package.
+//! - [`mod@write`]: writing: atomic files and folders ([`write::write_atomic`],
+//!   [`write::write_dir_atomic`]), safetensors files ([`write::save_safetensors`]), Hugging Face
+//!   sharded folders ([`write::save_sharded`], [`write::save_like`]) and tokenizer side files
+//!   ([`write::copy_side_files`]).
+//! - [`peft`]: LoRA adapters in the PEFT layout ([`peft::save_peft_adapter`],
+//!   [`peft::load_peft_adapter`]).
 //!
 //! Every tensor comes out as a [`TensorView`]: a name, a [`DType`], a row-major shape (outermost
 //! dimension first, so a linear weight is `[out, in]` whatever the file format) and its raw bytes.
@@ -16,11 +22,16 @@
 mod dtype;
 mod error;
 pub mod gguf;
+pub mod peft;
 pub mod quant;
 pub mod safetensors;
+pub mod write;
 
 pub use dtype::DType;
 pub use error::{CheckpointError, Result};
+pub use peft::{load_peft_adapter, save_peft_adapter, LoraAdapterConfig};
+pub use write::{copy_side_files, save_like, save_safetensors, save_sharded};
+pub use write::{write_atomic, write_dir_atomic, TensorData, TensorWrite};
 
 /// A borrowed tensor: its name, dtype, shape in row-major order (outermost dimension first; the
 /// Hugging Face convention, so a linear weight is `[out, in]`: GGUF's reversed dimensions are
@@ -45,9 +56,7 @@ impl TensorView<'_> {
     /// Number of elements: the product of the shape (1 for a scalar). Saturates at `usize::MAX`
     /// for an absurd hand-built shape, which [`TensorView::to_f32`] then rejects.
     pub fn numel(&self) -> usize {
-        self.shape
-            .iter()
-            .fold(1usize, |acc, &d| acc.saturating_mul(d))
+        self.shape.iter().fold(1usize, |acc, &d| acc.saturating_mul(d))
     }
 
     /// Dequantizes or converts the tensor to f32, in row-major order (in parallel for big tensors).
@@ -85,16 +94,12 @@ impl TensorView<'_> {
     }
 
     fn checked_numel(&self) -> Result<usize> {
-        self.shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| CheckpointError::Data {
+        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
+            CheckpointError::Data {
                 what: format!("tensor '{}'", self.name),
-                message: format!(
-                    "shape {:?} has more elements than usize can count",
-                    self.shape
-                ),
-            })
+                message: format!("shape {:?} has more elements than usize can count", self.shape),
+            }
+        })
     }
 }
 
@@ -105,17 +110,11 @@ pub(crate) fn checked_product(dims: &[usize]) -> Option<usize> {
 
 /// Opens `path` read-only and memory-maps it.
 pub(crate) fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
+        return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
     }
     // SAFETY: the map is read-only and private to this process's view of the file. Like every
     // memory-mapped reader, this assumes no other process truncates or rewrites the checkpoint

@@ -80,11 +80,7 @@ impl SafetensorsCheckpoint {
                     ),
                 })
             }
-        } else if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".index.json"))
-        {
+        } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".index.json")) {
             Self::open_index(path)
         } else {
             Self::open_file(path)
@@ -94,11 +90,7 @@ impl SafetensorsCheckpoint {
     fn open_file(path: &Path) -> Result<Self> {
         let shard = Shard::open(path)?;
         let names = shard.entries.keys().map(|k| (k.clone(), 0)).collect();
-        Ok(SafetensorsCheckpoint {
-            source: path.to_path_buf(),
-            shards: vec![shard],
-            names,
-        })
+        Ok(SafetensorsCheckpoint { source: path.to_path_buf(), shards: vec![shard], names })
     }
 
     fn open_index(index: &Path) -> Result<Self> {
@@ -107,12 +99,9 @@ impl SafetensorsCheckpoint {
             format: INDEX_FORMAT,
             message,
         };
-        let text = std::fs::read(index).map_err(|source| CheckpointError::Io {
-            path: index.to_path_buf(),
-            source,
-        })?;
-        let json: Value =
-            serde_json::from_slice(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let text = std::fs::read(index)
+            .map_err(|source| CheckpointError::Io { path: index.to_path_buf(), source })?;
+        let json: Value = serde_json::from_slice(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let map = json
             .get("weight_map")
             .and_then(Value::as_object)
@@ -125,9 +114,7 @@ impl SafetensorsCheckpoint {
         let mut names = BTreeMap::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                bad(format!(
-                    "weight_map entry for tensor '{tensor}' is {file}, expected a file name"
-                ))
+                bad(format!("weight_map entry for tensor '{tensor}' is {file}, expected a file name"))
             })?;
             let id = match shard_ids.get(file) {
                 Some(&id) => id,
@@ -166,11 +153,7 @@ impl SafetensorsCheckpoint {
             }
             names.insert(tensor.clone(), id);
         }
-        Ok(SafetensorsCheckpoint {
-            source: index.to_path_buf(),
-            shards,
-            names,
-        })
+        Ok(SafetensorsCheckpoint { source: index.to_path_buf(), shards, names })
     }
 
     /// The file or index the checkpoint was opened from.
@@ -212,43 +195,26 @@ impl SafetensorsCheckpoint {
     /// A view of one tensor (F32, F16 or BF16; other dtypes give an error naming file and
     /// tensor).
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        let (shard, entry) = self
-            .entry(name)
-            .ok_or_else(|| CheckpointError::TensorNotFound {
-                path: self.source.clone(),
-                tensor: name.to_string(),
-            })?;
-        let (key, _) =
-            shard
-                .entries
-                .get_key_value(name)
-                .ok_or_else(|| CheckpointError::TensorNotFound {
-                    path: shard.path.clone(),
-                    tensor: name.to_string(),
-                })?;
-        let dtype = entry
-            .dtype
-            .ok_or_else(|| CheckpointError::UnsupportedDType {
-                path: shard.path.clone(),
-                tensor: name.to_string(),
-                dtype: entry.dtype_name.clone(),
-                supported: SUPPORTED,
-            })?;
-        let data =
-            shard
-                .mmap
-                .get(entry.start..entry.end)
-                .ok_or_else(|| CheckpointError::Tensor {
-                    path: shard.path.clone(),
-                    tensor: name.to_string(),
-                    message: format!("data {}..{} is outside the file", entry.start, entry.end),
-                })?;
-        Ok(TensorView {
-            name: key,
-            dtype,
-            shape: entry.shape.clone(),
-            data,
-        })
+        let (shard, entry) = self.entry(name).ok_or_else(|| CheckpointError::TensorNotFound {
+            path: self.source.clone(),
+            tensor: name.to_string(),
+        })?;
+        let (key, _) = shard.entries.get_key_value(name).ok_or_else(|| CheckpointError::TensorNotFound {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let dtype = entry.dtype.ok_or_else(|| CheckpointError::UnsupportedDType {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+            dtype: entry.dtype_name.clone(),
+            supported: SUPPORTED,
+        })?;
+        let data = shard.mmap.get(entry.start..entry.end).ok_or_else(|| CheckpointError::Tensor {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+            message: format!("data {}..{} is outside the file", entry.start, entry.end),
+        })?;
+        Ok(TensorView { name: key, dtype, shape: entry.shape.clone(), data })
     }
 }
 
@@ -256,23 +222,14 @@ impl Shard {
     fn open(path: &Path) -> Result<Shard> {
         let mmap = crate::map_file(path)?;
         let (entries, metadata) = parse_header(&mmap).map_err(|e| match e {
-            HeaderError::File(message) => CheckpointError::Format {
-                path: path.to_path_buf(),
-                format: FILE_FORMAT,
-                message,
-            },
-            HeaderError::Tensor(tensor, message) => CheckpointError::Tensor {
-                path: path.to_path_buf(),
-                tensor,
-                message,
-            },
+            HeaderError::File(message) => {
+                CheckpointError::Format { path: path.to_path_buf(), format: FILE_FORMAT, message }
+            }
+            HeaderError::Tensor(tensor, message) => {
+                CheckpointError::Tensor { path: path.to_path_buf(), tensor, message }
+            }
         })?;
-        Ok(Shard {
-            path: path.to_path_buf(),
-            mmap,
-            entries,
-            metadata,
-        })
+        Ok(Shard { path: path.to_path_buf(), mmap, entries, metadata })
     }
 }
 
@@ -286,8 +243,7 @@ fn dtype_bits(name: &str) -> Option<usize> {
     Some(match name {
         "F4" => 4,
         "F6_E2M3" | "F6_E3M2" => 6,
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ"
-        | "F8_E5M2FNUZ" => 8,
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ" => 8,
         "I16" | "U16" | "F16" | "BF16" => 16,
         "I32" | "U32" | "F32" => 32,
         "I64" | "U64" | "F64" | "C64" => 64,
@@ -301,9 +257,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
     let file = |m: String| HeaderError::File(m);
     let len = buf.len();
     let Some(prefix) = buf.first_chunk::<8>() else {
-        return Err(file(format!(
-            "file is {len} bytes, shorter than the 8-byte header length"
-        )));
+        return Err(file(format!("file is {len} bytes, shorter than the 8-byte header length")));
     };
     let n = u64::from_le_bytes(*prefix);
     let header_end = usize::try_from(n)
@@ -325,30 +279,24 @@ fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
     let mut metadata = BTreeMap::new();
     for (name, v) in json {
         if name == "__metadata__" {
-            let obj = v
-                .as_object()
-                .ok_or_else(|| file("__metadata__ is not an object".into()))?;
+            let obj = v.as_object().ok_or_else(|| file("__metadata__ is not an object".into()))?;
             for (k, v) in obj {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| file(format!("__metadata__ value of '{k}' is not a string")))?;
+                let s =
+                    v.as_str().ok_or_else(|| file(format!("__metadata__ value of '{k}' is not a string")))?;
                 metadata.insert(k.clone(), s.to_string());
             }
             continue;
         }
-        let entry = parse_entry(&v, header_end, data_len)
-            .map_err(|m| HeaderError::Tensor(name.clone(), m))?;
+        let entry =
+            parse_entry(&v, header_end, data_len).map_err(|m| HeaderError::Tensor(name.clone(), m))?;
         entries.insert(name, entry);
     }
     Ok((entries, metadata))
 }
 
 fn parse_entry(v: &Value, header_end: usize, data_len: usize) -> Result<Entry, String> {
-    let dtype_name = v
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or("header entry has no \"dtype\" string")?
-        .to_string();
+    let dtype_name =
+        v.get("dtype").and_then(Value::as_str).ok_or("header entry has no \"dtype\" string")?.to_string();
     let shape = v
         .get("shape")
         .and_then(Value::as_array)
@@ -362,12 +310,7 @@ fn parse_entry(v: &Value, header_end: usize, data_len: usize) -> Result<Entry, S
         .and_then(Value::as_array)
         .filter(|a| a.len() == 2)
         .ok_or("header entry has no \"data_offsets\" pair")?;
-    let off = |i: usize| {
-        offsets
-            .get(i)
-            .and_then(Value::as_u64)
-            .and_then(|o| usize::try_from(o).ok())
-    };
+    let off = |i: usize| offsets.get(i).and_then(Value::as_u64).and_then(|o| usize::try_from(o).ok());
     let (Some(begin), Some(end)) = (off(0), off(1)) else {
         return Err("data_offsets must be two non-negative integers".into());
     };
@@ -396,11 +339,5 @@ fn parse_entry(v: &Value, header_end: usize, data_len: usize) -> Result<Entry, S
         "BF16" => Some(DType::BF16),
         _ => None,
     };
-    Ok(Entry {
-        dtype_name,
-        dtype,
-        shape,
-        start: header_end + begin,
-        end: header_end + end,
-    })
+    Ok(Entry { dtype_name, dtype, shape, start: header_end + begin, end: header_end + end })
 }

@@ -46,10 +46,7 @@ fn gguf_err(dir: &TempDir, name: &str, bytes: &[u8], needles: &[&str]) -> Checkp
         Err(e) => e,
     };
     let msg = e.to_string();
-    assert!(
-        msg.contains(&path.display().to_string()),
-        "{name}: message lacks the path: {msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()), "{name}: message lacks the path: {msg}");
     for n in needles {
         assert!(msg.contains(n), "{name}: message lacks {n:?}: {msg}");
     }
@@ -68,12 +65,8 @@ fn gguf_truncated_at_every_section() {
         .map(|t| as_usize(&t["file_offset"]) + as_usize(&t["n_bytes"]))
         .max()
         .expect("tensors");
-    let (kv, ti, ti_end, data) = (
-        layout("kv_start"),
-        layout("tensor_info_start"),
-        layout("tensor_info_end"),
-        layout("data_offset"),
-    );
+    let (kv, ti, ti_end, data) =
+        (layout("kv_start"), layout("tensor_info_start"), layout("tensor_info_end"), layout("data_offset"));
     // Named cut points: inside the magic, the header, the metadata, the tensor infos, the data.
     let cuts = [
         (2, "bad magic"),
@@ -90,10 +83,7 @@ fn gguf_truncated_at_every_section() {
     for (cut, needle) in cuts {
         let e = gguf_err(&dir, &format!("cut{cut}.gguf"), &good[..cut], &[needle]);
         if cut >= ti_end {
-            assert!(
-                matches!(e, CheckpointError::Tensor { .. }),
-                "cut {cut}: names the tensor: {e}"
-            );
+            assert!(matches!(e, CheckpointError::Tensor { .. }), "cut {cut}: names the tensor: {e}");
         }
     }
     // Every cut before the end of the last tensor's data fails; cuts in the trailing padding
@@ -125,11 +115,7 @@ fn gguf_bad_header_fields() {
     b[..4].copy_from_slice(b"GGUX");
     gguf_err(&dir, "magic.gguf", &b, &["bad magic"]);
 
-    for (v, needle) in [
-        (1u32, "version 1"),
-        (4, "version 4"),
-        (0x0300_0000, "big-endian"),
-    ] {
+    for (v, needle) in [(1u32, "version 1"), (4, "version 4"), (0x0300_0000, "big-endian")] {
         let mut b = good.clone();
         put_u32(&mut b, 4, v);
         gguf_err(&dir, &format!("version{v}.gguf"), &b, &[needle]);
@@ -137,12 +123,7 @@ fn gguf_bad_header_fields() {
 
     let mut b = good.clone();
     put_u64(&mut b, 8, 1 << 60);
-    gguf_err(
-        &dir,
-        "tensor_count.gguf",
-        &b,
-        &["tensor count 1152921504606846976 is impossible"],
-    );
+    gguf_err(&dir, "tensor_count.gguf", &b, &["tensor count 1152921504606846976 is impossible"]);
     let mut b = good.clone();
     put_u64(&mut b, 16, u64::MAX);
     gguf_err(&dir, "kv_count.gguf", &b, &["metadata count"]);
@@ -159,16 +140,11 @@ fn gguf_bad_header_fields() {
     assert_eq!(f.version(), 2);
     let g = GgufFile::open(fixture("tiny.gguf")).expect("v3");
     for name in g.tensor_names() {
-        assert_eq!(
-            f.tensor(name).expect(name).data,
-            g.tensor(name).expect(name).data
-        );
+        assert_eq!(f.tensor(name).expect(name).data, g.tensor(name).expect(name).data);
     }
 
     let e = GgufFile::open(dir.path().join("does-not-exist.gguf")).unwrap_err();
-    assert!(
-        matches!(e, CheckpointError::Io { .. }) && e.to_string().contains("does-not-exist.gguf")
-    );
+    assert!(matches!(e, CheckpointError::Io { .. }) && e.to_string().contains("does-not-exist.gguf"));
 }
 
 #[test]
@@ -180,65 +156,35 @@ fn gguf_bad_metadata() {
     // A string length of 2^60.
     let mut b = good.clone();
     put_u64(&mut b, kv, 1 << 60);
-    gguf_err(
-        &dir,
-        "keylen.gguf",
-        &b,
-        &["metadata entry 0", "claims 1152921504606846976 bytes"],
-    );
+    gguf_err(&dir, "keylen.gguf", &b, &["metadata entry 0", "claims 1152921504606846976 bytes"]);
 
     // A string value length of 2^60.
     let mut b = good.clone();
     let at = value_type_at(&b, "test.string");
     put_u64(&mut b, at + 4, 1 << 60);
-    gguf_err(
-        &dir,
-        "strlen.gguf",
-        &b,
-        &["test.string", "claims 1152921504606846976 bytes"],
-    );
+    gguf_err(&dir, "strlen.gguf", &b, &["test.string", "claims 1152921504606846976 bytes"]);
 
     // An array of 2^60 strings.
     let mut b = good.clone();
     let at = value_type_at(&b, "test.array_str");
     put_u64(&mut b, at + 8, 1 << 60);
-    gguf_err(
-        &dir,
-        "arraylen.gguf",
-        &b,
-        &["test.array_str", "claims 1152921504606846976 elements"],
-    );
+    gguf_err(&dir, "arraylen.gguf", &b, &["test.array_str", "claims 1152921504606846976 elements"]);
 
     // An unknown value type, and an unknown array element type.
     let mut b = good.clone();
     let at = value_type_at(&b, "test.u16");
     put_u32(&mut b, at, 99);
-    gguf_err(
-        &dir,
-        "vtype.gguf",
-        &b,
-        &["test.u16", "unknown metadata value type 99"],
-    );
+    gguf_err(&dir, "vtype.gguf", &b, &["test.u16", "unknown metadata value type 99"]);
     let mut b = good.clone();
     let at = value_type_at(&b, "test.array_i32");
     put_u32(&mut b, at + 4, 13);
-    gguf_err(
-        &dir,
-        "elemtype.gguf",
-        &b,
-        &["test.array_i32", "unknown element type 13"],
-    );
+    gguf_err(&dir, "elemtype.gguf", &b, &["test.array_i32", "unknown element type 13"]);
 
     // A bool that is neither 0 nor 1, a string that is not UTF-8.
     let mut b = good.clone();
     let at = value_type_at(&b, "test.bool_true");
     b[at + 4] = 7;
-    gguf_err(
-        &dir,
-        "bool.gguf",
-        &b,
-        &["test.bool_true", "expected 0 or 1"],
-    );
+    gguf_err(&dir, "bool.gguf", &b, &["test.bool_true", "expected 0 or 1"]);
     let mut b = good.clone();
     let at = value_type_at(&b, "test.string");
     b[at + 12] = 0xff;
@@ -248,12 +194,7 @@ fn gguf_bad_metadata() {
     let mut b = good.clone();
     let at = value_type_at(&b, "general.alignment");
     put_u32(&mut b, at + 4, 48);
-    gguf_err(
-        &dir,
-        "align.gguf",
-        &b,
-        &["general.alignment", "power of two"],
-    );
+    gguf_err(&dir, "align.gguf", &b, &["general.alignment", "power of two"]);
 
     // A duplicated key.
     let mut b = good.clone();
@@ -275,31 +216,11 @@ fn gguf_bad_tensor_infos() {
     let first = "token_embd.weight";
 
     let cases: Vec<(&str, Patch<'_>, &str)> = vec![
-        (
-            "offset_oob.gguf",
-            Box::new(|b| put_u64(b, off, 1 << 40)),
-            "past the end of the file",
-        ),
-        (
-            "offset_overflow.gguf",
-            Box::new(|b| put_u64(b, off, u64::MAX - 63)),
-            "offset",
-        ),
-        (
-            "offset_misaligned.gguf",
-            Box::new(|b| put_u64(b, off, 8)),
-            "not a multiple of the alignment 64",
-        ),
-        (
-            "type_unknown.gguf",
-            Box::new(|b| put_u32(b, ty, 99)),
-            "unknown GGML type id 99",
-        ),
-        (
-            "ndims.gguf",
-            Box::new(|b| put_u32(b, nd, 5)),
-            "5 dimensions",
-        ),
+        ("offset_oob.gguf", Box::new(|b| put_u64(b, off, 1 << 40)), "past the end of the file"),
+        ("offset_overflow.gguf", Box::new(|b| put_u64(b, off, u64::MAX - 63)), "offset"),
+        ("offset_misaligned.gguf", Box::new(|b| put_u64(b, off, 8)), "not a multiple of the alignment 64"),
+        ("type_unknown.gguf", Box::new(|b| put_u32(b, ty, 99)), "unknown GGML type id 99"),
+        ("ndims.gguf", Box::new(|b| put_u32(b, nd, 5)), "5 dimensions"),
         (
             "dims_overflow.gguf",
             Box::new(|b| {
@@ -308,11 +229,7 @@ fn gguf_bad_tensor_infos() {
             }),
             "overflow",
         ),
-        (
-            "dims_huge.gguf",
-            Box::new(|b| put_u64(b, nd + 12, 1 << 32)),
-            "past the end of the file",
-        ),
+        ("dims_huge.gguf", Box::new(|b| put_u64(b, nd + 12, 1 << 32)), "past the end of the file"),
         (
             "row_not_blocks.gguf",
             Box::new(|b| put_u64(b, nd + 4, 48)),
@@ -340,10 +257,7 @@ fn gguf_bad_tensor_infos() {
     let e = f.tensor(first).unwrap_err();
     assert!(matches!(e, CheckpointError::UnsupportedDType { .. }));
     let msg = e.to_string();
-    assert!(
-        msg.contains("type_i8.gguf") && msg.contains(first) && msg.contains("I8"),
-        "{msg}"
-    );
+    assert!(msg.contains("type_i8.gguf") && msg.contains(first) && msg.contains("I8"), "{msg}");
 }
 
 /// Deterministic random byte corruption of the header, metadata and tensor infos: opening and
@@ -388,10 +302,7 @@ fn gguf_random_corruption_never_panics() {
             }
         }
     }
-    assert!(
-        err > 100 && ok > 10,
-        "corruptions exercised both outcomes: {ok} ok, {err} errors"
-    );
+    assert!(err > 100 && ok > 10, "corruptions exercised both outcomes: {ok} ok, {err} errors");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,62 +337,40 @@ fn safetensors_truncated_and_bad_headers() {
     let header_end = 8 + u64::from_le_bytes(good[..8].try_into().expect("8 bytes")) as usize;
     for cut in [0, 4, 8, 20, header_end - 1] {
         let p = dir.write(&format!("cut{cut}.safetensors"), &good[..cut]);
-        let e = st_err(
-            SafetensorsCheckpoint::open(&p),
-            &[&format!("cut{cut}.safetensors")],
-        );
+        let e = st_err(SafetensorsCheckpoint::open(&p), &[&format!("cut{cut}.safetensors")]);
         assert!(matches!(e, CheckpointError::Format { .. }), "{e}");
     }
     // Cut inside the data: the error names a tensor whose data is missing.
     for cut in [header_end + 3, good.len() - 1] {
         let p = dir.write(&format!("cut{cut}.safetensors"), &good[..cut]);
-        let e = st_err(
-            SafetensorsCheckpoint::open(&p),
-            &[&format!("cut{cut}.safetensors"), "outside"],
-        );
+        let e = st_err(SafetensorsCheckpoint::open(&p), &[&format!("cut{cut}.safetensors"), "outside"]);
         assert!(matches!(e, CheckpointError::Tensor { .. }), "{e}");
     }
     // Every cut fails (the last tensor ends the file).
     for cut in 0..good.len() {
         let file = dir.scratch("sweep.safetensors", &good[..cut]);
-        st_err(
-            SafetensorsCheckpoint::open(file.path()),
-            &["sweep.safetensors"],
-        );
+        st_err(SafetensorsCheckpoint::open(file.path()), &["sweep.safetensors"]);
     }
 
     let mut b = good.clone();
     b[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
     let p = dir.write("hlen.safetensors", &b);
-    st_err(
-        SafetensorsCheckpoint::open(&p),
-        &["hlen.safetensors", "header length 1152921504606846976"],
-    );
+    st_err(SafetensorsCheckpoint::open(&p), &["hlen.safetensors", "header length 1152921504606846976"]);
 
     let mut b = good.clone();
     b[8] = b'[';
     let p = dir.write("json.safetensors", &b);
-    st_err(
-        SafetensorsCheckpoint::open(&p),
-        &["json.safetensors", "JSON"],
-    );
+    st_err(SafetensorsCheckpoint::open(&p), &["json.safetensors", "JSON"]);
 
     // A shape that does not match the data size (same header length: one digit changed).
     let mut b = good.clone();
-    let at = find(
-        &b[..header_end],
-        b"\"model.layers.0.self_attn.q_proj.weight\"",
-    );
+    let at = find(&b[..header_end], b"\"model.layers.0.self_attn.q_proj.weight\"");
     let shape = at + find(&b[at..header_end], b"\"shape\":[4,4]") + "\"shape\":[4,".len();
     b[shape] = b'5';
     let p = dir.write("shape.safetensors", &b);
     st_err(
         SafetensorsCheckpoint::open(&p),
-        &[
-            "shape.safetensors",
-            "model.layers.0.self_attn.q_proj.weight",
-            "needs 80 bytes",
-        ],
+        &["shape.safetensors", "model.layers.0.self_attn.q_proj.weight", "needs 80 bytes"],
     );
 }
 
@@ -493,11 +382,7 @@ fn safetensors_bad_indexes() {
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).expect("rm");
     st_err(
         SafetensorsCheckpoint::open(dir.path()),
-        &[
-            "model.safetensors.index.json",
-            "model-00002-of-00002.safetensors",
-            "does not exist",
-        ],
+        &["model.safetensors.index.json", "model-00002-of-00002.safetensors", "does not exist"],
     );
 
     // The index lists a tensor its shard does not hold.
@@ -510,11 +395,7 @@ fn safetensors_bad_indexes() {
     std::fs::write(&index_path, index.to_string()).expect("write");
     let e = st_err(
         SafetensorsCheckpoint::open(dir.path()),
-        &[
-            "model-00001-of-00002.safetensors",
-            "model.norm.weight",
-            "does not contain",
-        ],
+        &["model-00001-of-00002.safetensors", "model.norm.weight", "does not contain"],
     );
     assert!(matches!(e, CheckpointError::Tensor { .. }));
 
@@ -524,47 +405,29 @@ fn safetensors_bad_indexes() {
     let index_path = dir.path().join("model.safetensors.index.json");
     let mut index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&index_path).expect("index")).expect("json");
-    index["weight_map"]
-        .as_object_mut()
-        .expect("map")
-        .remove("lm_head.weight");
+    index["weight_map"].as_object_mut().expect("map").remove("lm_head.weight");
     std::fs::write(&index_path, index.to_string()).expect("write");
     let ckpt = SafetensorsCheckpoint::open(dir.path()).expect("opens");
     assert!(!ckpt.contains("lm_head.weight"));
     let e = ckpt.tensor("lm_head.weight").unwrap_err();
     assert!(matches!(e, CheckpointError::TensorNotFound { .. }));
     assert!(
-        e.to_string().contains("model.safetensors.index.json")
-            && e.to_string().contains("lm_head.weight")
+        e.to_string().contains("model.safetensors.index.json") && e.to_string().contains("lm_head.weight")
     );
 
     // Broken index files.
     for (name, text, needle) in [
         ("not-json", "{\"weight_map\": ", "not valid JSON"),
         ("no-map", "{\"metadata\": {}}", "weight_map"),
-        (
-            "escape",
-            "{\"weight_map\": {\"w\": \"../model.safetensors\"}}",
-            "relative",
-        ),
-        (
-            "not-string",
-            "{\"weight_map\": {\"w\": 3}}",
-            "expected a file name",
-        ),
+        ("escape", "{\"weight_map\": {\"w\": \"../model.safetensors\"}}", "relative"),
+        ("not-string", "{\"weight_map\": {\"w\": 3}}", "expected a file name"),
     ] {
         let dir = TempDir::new(name);
         let p = dir.write("model.safetensors.index.json", text.as_bytes());
-        st_err(
-            SafetensorsCheckpoint::open(dir.path()),
-            &[&p.display().to_string(), needle],
-        );
+        st_err(SafetensorsCheckpoint::open(dir.path()), &[&p.display().to_string(), needle]);
     }
 
     // A folder with neither file.
     let dir = TempDir::new("st-empty");
-    st_err(
-        SafetensorsCheckpoint::open(dir.path()),
-        &[&dir.path().display().to_string(), "neither"],
-    );
+    st_err(SafetensorsCheckpoint::open(dir.path()), &[&dir.path().display().to_string(), "neither"]);
 }

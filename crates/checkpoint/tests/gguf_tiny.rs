@@ -25,11 +25,7 @@ fn check_value(
         MetaValue::I8(_) | MetaValue::I16(_) | MetaValue::I32(_) | MetaValue::I64(_) => {
             assert_eq!(got.as_i64(), want.as_i64(), "{key}");
         }
-        MetaValue::F32(v) => assert_eq!(
-            u64::from(v.to_bits()),
-            want.as_u64().expect("bits"),
-            "{key}"
-        ),
+        MetaValue::F32(v) => assert_eq!(u64::from(v.to_bits()), want.as_u64().expect("bits"), "{key}"),
         MetaValue::F64(v) => assert_eq!(v.to_bits(), want.as_u64().expect("bits"), "{key}"),
         MetaValue::Bool(v) => assert_eq!(Some(*v), want.as_bool(), "{key}"),
         MetaValue::Str(s) => assert_eq!(Some(s.as_str()), want.as_str(), "{key}"),
@@ -53,16 +49,10 @@ fn check_value(
 fn metadata_matches() {
     let f = GgufFile::open(fixture("tiny.gguf")).expect("open tiny.gguf");
     let want = read_json("tiny_gguf.json");
-    assert_eq!(
-        f.version() as u64,
-        want["version"].as_u64().expect("version")
-    );
+    assert_eq!(f.version() as u64, want["version"].as_u64().expect("version"));
     let entries = want["metadata"].as_array().expect("metadata");
     assert_eq!(f.metadata().len(), entries.len(), "metadata count");
-    let keys: Vec<&str> = entries
-        .iter()
-        .map(|e| e["key"].as_str().expect("key"))
-        .collect();
+    let keys: Vec<&str> = entries.iter().map(|e| e["key"].as_str().expect("key")).collect();
     assert_eq!(f.metadata_keys(), keys.as_slice(), "file order");
     for e in entries {
         let key = e["key"].as_str().expect("key");
@@ -77,32 +67,16 @@ fn metadata_matches() {
         );
     }
     // Accessors.
-    assert_eq!(
-        f.get("general.architecture").and_then(MetaValue::as_str),
-        Some("llama")
-    );
-    assert_eq!(
-        f.require_str("general.architecture").expect("arch"),
-        "llama"
-    );
+    assert_eq!(f.get("general.architecture").and_then(MetaValue::as_str), Some("llama"));
+    assert_eq!(f.require_str("general.architecture").expect("arch"), "llama");
     assert_eq!(f.require_u64("test.u8").expect("u8"), 250);
-    assert_eq!(
-        f.get("test.i8").and_then(MetaValue::as_u64),
-        None,
-        "negative is no u64"
-    );
+    assert_eq!(f.get("test.i8").and_then(MetaValue::as_u64), None, "negative is no u64");
     assert_eq!(f.get("test.i8").and_then(MetaValue::as_f64), Some(-120.0));
     assert!(f.require_f64("test.f32").is_ok());
-    let strs = f
-        .get("test.array_str")
-        .and_then(MetaValue::as_str_array)
-        .expect("strings");
+    let strs = f.get("test.array_str").and_then(MetaValue::as_str_array).expect("strings");
     assert_eq!(strs.len(), 5);
     let e = f.require_u64("no.such.key").unwrap_err();
-    assert!(
-        e.to_string().contains("tiny.gguf") && e.to_string().contains("no.such.key"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("tiny.gguf") && e.to_string().contains("no.such.key"), "{e}");
     let e = f.require_u64("test.string").unwrap_err();
     assert!(e.to_string().contains("test.string"), "{e}");
 }
@@ -128,10 +102,7 @@ fn tensors_match_and_shapes_are_row_major() {
     let f = GgufFile::open(fixture("tiny.gguf")).expect("open");
     let want = read_json("tiny_gguf.json");
     let tensors = want["tensors"].as_array().expect("tensors");
-    let names: Vec<&str> = tensors
-        .iter()
-        .map(|t| t["name"].as_str().expect("name"))
-        .collect();
+    let names: Vec<&str> = tensors.iter().map(|t| t["name"].as_str().expect("name")).collect();
     assert_eq!(f.tensor_names(), names, "names in file order");
     let mut dtypes = std::collections::BTreeSet::new();
     for t in tensors {
@@ -143,27 +114,16 @@ fn tensors_match_and_shapes_are_row_major() {
         let info = f.tensor_info(name).expect("info");
         let reversed: Vec<usize> = info.dims.iter().rev().copied().collect();
         assert_eq!(reversed, shape, "{name}: GGUF dims are innermost first");
-        assert_eq!(
-            view.dtype.name(),
-            t["dtype"].as_str().expect("dtype"),
-            "{name}"
-        );
+        assert_eq!(view.dtype.name(), t["dtype"].as_str().expect("dtype"), "{name}");
         assert_eq!(view.numel(), shape.iter().product::<usize>());
         assert_eq!(Some(view.data.len()), view.dtype.bytes_for(view.numel()));
         let got = view.to_f32().expect(name);
         assert_bits_eq(name, &got, &f32_from_bits(&t["f32_bits"]));
         dtypes.insert(view.dtype.name());
     }
-    assert_eq!(
-        dtypes.len(),
-        DType::ALL.len(),
-        "the fixture covers every dtype: {dtypes:?}"
-    );
+    assert_eq!(dtypes.len(), DType::ALL.len(), "the fixture covers every dtype: {dtypes:?}");
     // A linear weight is [out, in].
-    assert_eq!(
-        f.tensor("blk.0.attn_q.weight").expect("q").shape,
-        vec![3, 96]
-    );
+    assert_eq!(f.tensor("blk.0.attn_q.weight").expect("q").shape, vec![3, 96]);
 
     let e = f.tensor("missing.weight").unwrap_err();
     assert!(matches!(e, CheckpointError::TensorNotFound { .. }));

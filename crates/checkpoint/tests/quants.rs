@@ -25,23 +25,14 @@ fn cases() -> Vec<Case> {
             let name = c["name"].as_str().expect("name").to_string();
             let dtype = DType::from_name(c["dtype"].as_str().expect("dtype")).expect("known dtype");
             let n = as_usize(&c["n"]);
-            let (ro, rl, fo) = (
-                as_usize(&c["raw_offset"]),
-                as_usize(&c["raw_len"]),
-                as_usize(&c["f32_offset"]),
-            );
+            let (ro, rl, fo) =
+                (as_usize(&c["raw_offset"]), as_usize(&c["raw_len"]), as_usize(&c["f32_offset"]));
             let raw = bin[ro..ro + rl].to_vec();
             let want = bin[fo..fo + 4 * n]
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            Case {
-                name,
-                dtype,
-                n,
-                raw,
-                want,
-            }
+            Case { name, dtype, n, raw, want }
         })
         .collect()
 }
@@ -50,10 +41,7 @@ fn cases() -> Vec<Case> {
 fn every_type_has_fixtures() {
     let cases = cases();
     for dtype in DType::ALL {
-        assert!(
-            cases.iter().any(|c| c.dtype == dtype),
-            "no fixture case for {dtype}"
-        );
+        assert!(cases.iter().any(|c| c.dtype == dtype), "no fixture case for {dtype}");
     }
     // The quantizable types are covered by real quantized data as well as random blocks.
     for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] {
@@ -79,12 +67,7 @@ fn parallel_dequantize_matches_reference() {
         let reps = (300_000 / c.n).max(2);
         let raw = c.raw.repeat(reps);
         let n = c.n * reps;
-        let view = TensorView {
-            name: &c.name,
-            dtype: c.dtype,
-            shape: vec![reps, c.n],
-            data: &raw,
-        };
+        let view = TensorView { name: &c.name, dtype: c.dtype, shape: vec![reps, c.n], data: &raw };
         let got = view.to_f32().expect(&c.name);
         assert_eq!(got.len(), n);
         for (r, chunk) in got.chunks_exact(c.n).enumerate() {
@@ -115,16 +98,8 @@ fn block_tables_match_gguf_constants() {
     for dtype in DType::ALL {
         let t = &types[dtype.name()];
         assert_eq!(dtype.ggml_type() as usize, as_usize(&t["id"]), "{dtype} id");
-        assert_eq!(
-            dtype.block_size(),
-            as_usize(&t["block_size"]),
-            "{dtype} block"
-        );
-        assert_eq!(
-            dtype.type_size(),
-            as_usize(&t["type_size"]),
-            "{dtype} type size"
-        );
+        assert_eq!(dtype.block_size(), as_usize(&t["block_size"]), "{dtype} block");
+        assert_eq!(dtype.type_size(), as_usize(&t["type_size"]), "{dtype} type size");
         assert_eq!(DType::from_ggml_type(dtype.ggml_type()), Some(dtype));
     }
     // The GGUF reader's size table covers every type the package knows, with its sizes.
@@ -132,18 +107,11 @@ fn block_tables_match_gguf_constants() {
         let id = as_usize(&t["id"]) as u32;
         let Some((n, bs, ts)) = ggml_type_info(id) else {
             // Types newer than this reader (NVFP4, Q1_0, ...) are reported as unknown ids.
-            assert!(
-                id >= 40,
-                "GGML type {name} ({id}) missing from the size table"
-            );
+            assert!(id >= 40, "GGML type {name} ({id}) missing from the size table");
             continue;
         };
         assert_eq!(n, name, "name of id {id}");
-        assert_eq!(
-            (bs, ts),
-            (as_usize(&t["block_size"]), as_usize(&t["type_size"])),
-            "{name}"
-        );
+        assert_eq!((bs, ts), (as_usize(&t["block_size"]), as_usize(&t["type_size"])), "{name}");
     }
 }
 
@@ -151,38 +119,19 @@ fn block_tables_match_gguf_constants() {
 fn size_mismatches_are_errors() {
     // Not a whole number of blocks.
     let e = quant::dequantize(DType::Q4_K, &[0u8; 144], 255).unwrap_err();
-    assert!(
-        e.to_string().contains("not a whole number of Q4_K blocks"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not a whole number of Q4_K blocks"), "{e}");
     // Wrong byte count.
     let e = quant::dequantize(DType::Q8_0, &[0u8; 33], 32).unwrap_err();
     assert!(e.to_string().contains("take 34 bytes, got 33"), "{e}");
     // A hand-built view whose bytes do not match its shape names the tensor.
     let data = [0u8; 10];
-    let view = TensorView {
-        name: "w",
-        dtype: DType::F32,
-        shape: vec![3],
-        data: &data,
-    };
+    let view = TensorView { name: "w", dtype: DType::F32, shape: vec![3], data: &data };
     let e = view.to_f32().unwrap_err();
     assert!(matches!(e, CheckpointError::Data { .. }));
     assert!(e.to_string().contains("tensor 'w'"), "{e}");
     // An overflowing shape is an error, not a panic or a huge allocation.
-    let view = TensorView {
-        name: "big",
-        dtype: DType::F32,
-        shape: vec![usize::MAX, 2],
-        data: &data,
-    };
-    assert!(view
-        .to_f32()
-        .unwrap_err()
-        .to_string()
-        .contains("tensor 'big'"));
+    let view = TensorView { name: "big", dtype: DType::F32, shape: vec![usize::MAX, 2], data: &data };
+    assert!(view.to_f32().unwrap_err().to_string().contains("tensor 'big'"));
     // Empty input is fine.
-    assert!(quant::dequantize(DType::Q6_K, &[], 0)
-        .expect("empty")
-        .is_empty());
+    assert!(quant::dequantize(DType::Q6_K, &[], 0).expect("empty").is_empty());
 }

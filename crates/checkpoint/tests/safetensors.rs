@@ -17,11 +17,7 @@ fn check_all(ckpt: &SafetensorsCheckpoint, want: &serde_json::Map<String, Value>
         let dtype = t["dtype"].as_str().expect("dtype");
         let shape = usize_vec(&t["shape"]);
         let (info_dtype, info_shape) = ckpt.tensor_info(name).expect("info");
-        assert_eq!(
-            (info_dtype, info_shape),
-            (dtype, shape.as_slice()),
-            "{what}: {name}"
-        );
+        assert_eq!((info_dtype, info_shape), (dtype, shape.as_slice()), "{what}: {name}");
         match t.get("f32_bits") {
             Some(bits) => {
                 let view = ckpt.tensor(name).expect(name);
@@ -43,10 +39,7 @@ fn check_all(ckpt: &SafetensorsCheckpoint, want: &serde_json::Map<String, Value>
             }
         }
         if let Some(shard) = t.get("shard").and_then(Value::as_str) {
-            assert!(
-                ckpt.shard_paths().iter().any(|p| p.ends_with(shard)),
-                "{shard}"
-            );
+            assert!(ckpt.shard_paths().iter().any(|p| p.ends_with(shard)), "{shard}");
         }
     }
 }
@@ -55,10 +48,8 @@ fn check_all(ckpt: &SafetensorsCheckpoint, want: &serde_json::Map<String, Value>
 fn single_file_all_tensors_and_dtypes() {
     let want = read_json("safetensors.json");
     let want = want["single"].as_object().expect("single");
-    let dtypes: std::collections::BTreeSet<&str> = want
-        .values()
-        .map(|t| t["dtype"].as_str().expect("dtype"))
-        .collect();
+    let dtypes: std::collections::BTreeSet<&str> =
+        want.values().map(|t| t["dtype"].as_str().expect("dtype")).collect();
     for d in ["F32", "F16", "BF16"] {
         assert!(dtypes.contains(d), "fixture lacks {d}");
     }
@@ -67,35 +58,13 @@ fn single_file_all_tensors_and_dtypes() {
     let by_file = SafetensorsCheckpoint::open(&file).expect("open file");
     check_all(&by_file, want, "file");
     assert_eq!(by_file.path(), file.as_path());
-    assert_eq!(
-        by_file
-            .metadata()
-            .and_then(|m| m.get("format"))
-            .map(String::as_str),
-        Some("pt")
-    );
+    assert_eq!(by_file.metadata().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
     let by_dir = SafetensorsCheckpoint::open(fixture("st_single")).expect("open folder");
     check_all(&by_dir, want, "folder");
     // Scalars and empty tensors.
-    assert_eq!(
-        by_file.tensor("scalar").expect("scalar").shape,
-        Vec::<usize>::new()
-    );
-    assert_eq!(
-        by_file
-            .tensor("scalar")
-            .expect("scalar")
-            .to_f32()
-            .expect("scalar")
-            .len(),
-        1
-    );
-    assert!(by_file
-        .tensor("empty")
-        .expect("empty")
-        .to_f32()
-        .expect("empty")
-        .is_empty());
+    assert_eq!(by_file.tensor("scalar").expect("scalar").shape, Vec::<usize>::new());
+    assert_eq!(by_file.tensor("scalar").expect("scalar").to_f32().expect("scalar").len(), 1);
+    assert!(by_file.tensor("empty").expect("empty").to_f32().expect("empty").is_empty());
 }
 
 #[test]
@@ -107,18 +76,15 @@ fn sharded_folder_names_from_index() {
     assert!(ckpt.path().ends_with("model.safetensors.index.json"));
     check_all(&ckpt, want, "sharded");
     // The index itself can be opened too.
-    let by_index = SafetensorsCheckpoint::open(fixture("st_sharded/model.safetensors.index.json"))
-        .expect("open index");
+    let by_index =
+        SafetensorsCheckpoint::open(fixture("st_sharded/model.safetensors.index.json")).expect("open index");
     check_all(&by_index, want, "index");
 
-    let e = ckpt
-        .tensor("model.layers.7.mlp.up_proj.weight")
-        .unwrap_err();
+    let e = ckpt.tensor("model.layers.7.mlp.up_proj.weight").unwrap_err();
     assert!(matches!(e, CheckpointError::TensorNotFound { .. }));
     let msg = e.to_string();
     assert!(
-        msg.contains("model.safetensors.index.json")
-            && msg.contains("model.layers.7.mlp.up_proj.weight"),
+        msg.contains("model.safetensors.index.json") && msg.contains("model.layers.7.mlp.up_proj.weight"),
         "{msg}"
     );
 }

@@ -44,9 +44,7 @@ pub fn dequantize_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()
     let kernel = kernel(dtype);
     if out.len() >= PARALLEL_MIN {
         let src_chunk = CHUNK / dtype.block_size() * dtype.type_size();
-        out.par_chunks_mut(CHUNK)
-            .zip(bytes.par_chunks(src_chunk))
-            .for_each(|(dst, src)| kernel(src, dst));
+        out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(src_chunk)).for_each(|(dst, src)| kernel(src, dst));
     } else {
         kernel(bytes, out);
     }
@@ -100,8 +98,7 @@ pub(crate) fn blocks<const TS: usize>(src: &[u8]) -> impl Iterator<Item = &[u8; 
 /// Iterates over the whole `BS`-value output blocks of `dst` as arrays.
 #[inline(always)]
 pub(crate) fn out_blocks<const BS: usize>(dst: &mut [f32]) -> impl Iterator<Item = &mut [f32; BS]> {
-    dst.chunks_exact_mut(BS)
-        .filter_map(|c| c.first_chunk_mut::<BS>())
+    dst.chunks_exact_mut(BS).filter_map(|c| c.first_chunk_mut::<BS>())
 }
 
 /// Reads the little-endian f16 at `b[at..at + 2]` as f32.

@@ -18,26 +18,17 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub fn read_json(name: &str) -> Value {
     let path = fixture(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run scripts/fixtures/gguf_quants.py)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fixtures/gguf_quants.py)", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn as_usize(v: &Value) -> usize {
-    v.as_u64()
-        .expect("expected a non-negative integer in the fixture JSON") as usize
+    v.as_u64().expect("expected a non-negative integer in the fixture JSON") as usize
 }
 
 pub fn usize_vec(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .expect("expected an array")
-        .iter()
-        .map(as_usize)
-        .collect()
+    v.as_array().expect("expected an array").iter().map(as_usize).collect()
 }
 
 /// f32 values from a fixture's list of IEEE bit patterns.
@@ -97,9 +88,7 @@ impl TempDir {
     /// returned guard is dropped.
     pub fn scratch(&self, name: &str, bytes: &[u8]) -> Scratch {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = self
-            .0
-            .join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed)));
+        let p = self.0.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed)));
         std::fs::write(&p, bytes).expect("write temp file");
         Scratch(p)
     }
@@ -131,15 +120,9 @@ impl Drop for TempDir {
 pub fn smollm2_asset() -> PathBuf {
     let base = match std::env::var_os("AFINAR_CACHE") {
         Some(c) => PathBuf::from(c),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/afinar")
-        }
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/afinar"),
     };
     let p = base.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-assets.sh", p.display());
     p
 }
