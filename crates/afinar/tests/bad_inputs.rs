@@ -59,7 +59,11 @@ fn config_that_does_not_fit_the_weights() {
     let d = tmp("shape");
     copy_dir(&fixture("models/llama32_tiny"), &d);
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
-    std::fs::write(d.join("config.json"), cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96"),
+    )
+    .unwrap();
     let msg = load_err(&d);
     assert!(msg.contains("mlp") && msg.contains("shape"), "{msg}");
 }

@@ -12,33 +12,22 @@ use common::{asset, fixture, rel_err, Expected};
 use serde_json::Value;
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 #[test]
 fn smollm2_gguf_matches_transformers() {
     let be = CpuBackend::new(None);
     let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let opts = LoadOptions {
-        format: WeightFormat::F32,
-        tokenizer: None,
-    };
+    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
     let loaded = load_model(&be, &gguf, &opts).unwrap();
-    let (model, tok) = (
-        loaded.model,
-        loaded.tokenizer.expect("the GGUF carries a tokenizer"),
-    );
+    let (model, tok) = (loaded.model, loaded.tokenizer.expect("the GGUF carries a tokenizer"));
     let vocab = model.config.vocab_size;
     assert_eq!(vocab, 49_152);
 
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("models/smollm2/prompts.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("models/smollm2/prompts.json")).unwrap())
+            .unwrap();
     let exp = Expected::open(&fixture("models/smollm2/expected.safetensors"));
     let (_, cols) = exp.ids("vocab_indices");
     for p in meta["prompts"].as_array().unwrap() {
@@ -58,11 +47,7 @@ fn smollm2_gguf_matches_transformers() {
                 })
                 .collect();
             let text = render_chat(&tok, &messages, true).unwrap();
-            assert_eq!(
-                text,
-                p["rendered"].as_str().unwrap(),
-                "{name}: chat template"
-            );
+            assert_eq!(text, p["rendered"].as_str().unwrap(), "{name}: chat template");
             tok.encode(&text, false).unwrap()
         } else {
             tok.encode(p["text"].as_str().unwrap(), false).unwrap()
@@ -70,9 +55,7 @@ fn smollm2_gguf_matches_transformers() {
         assert_eq!(ids, want_ids, "{name}: token ids");
 
         // Logits: the full last row, 64 sampled columns at every position, argmax everywhere.
-        let logits = model
-            .forward(&be, &ids, 1, ids.len(), None, Logits::All)
-            .unwrap();
+        let logits = model.forward(&be, &ids, 1, ids.len(), None, Logits::All).unwrap();
         let n = ids.len();
         let (_, last) = exp.f32(&format!("{prefix}.last_logits"));
         let err_last = rel_err(&logits[(n - 1) * vocab..], &last);
@@ -82,17 +65,11 @@ fn smollm2_gguf_matches_transformers() {
             .map(|(t, c)| logits[t * vocab + c as usize])
             .collect();
         let err_all = rel_err(&got_sampled, &sampled);
-        eprintln!(
-            "{name}: {n} tokens, last-row rel err {err_last:e}, all-position rel err {err_all:e}"
-        );
-        assert!(
-            err_last < 1e-4 && err_all < 1e-4,
-            "{name}: {err_last:e} / {err_all:e}"
-        );
+        eprintln!("{name}: {n} tokens, last-row rel err {err_last:e}, all-position rel err {err_all:e}");
+        assert!(err_last < 1e-4 && err_all < 1e-4, "{name}: {err_last:e} / {err_all:e}");
         let (_, argmax) = exp.ids(&format!("{prefix}.argmax"));
-        let got_argmax: Vec<u32> = (0..n)
-            .map(|t| afinar::generate::argmax(&logits[t * vocab..(t + 1) * vocab]))
-            .collect();
+        let got_argmax: Vec<u32> =
+            (0..n).map(|t| afinar::generate::argmax(&logits[t * vocab..(t + 1) * vocab])).collect();
         assert_eq!(got_argmax, argmax, "{name}: argmax per position");
 
         // Greedy continuation (transformers includes the EOS it stopped on; afinar does not emit it).
@@ -118,15 +95,12 @@ fn smollm2_gguf_matches_transformers() {
 #[test]
 fn smollm2_q_rows_are_unpermuted_like_transformers() {
     use afinar::engine::Backend;
-    let check: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("models/smollm2/permute_check.json")).unwrap(),
-    )
-    .unwrap();
+    let check: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("models/smollm2/permute_check.json")).unwrap())
+            .unwrap();
     let be = CpuBackend::new(None);
     let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let model = load_model(&be, &gguf, &LoadOptions::default())
-        .unwrap()
-        .model;
+    let model = load_model(&be, &gguf, &LoadOptions::default()).unwrap().model;
     let wq = be.weight_to_host(&model.layers[0].attn.wq.weight).unwrap();
     let cols = model.config.dim;
     let c = &check["blk.0.attn_q.weight"];
@@ -137,10 +111,6 @@ fn smollm2_q_rows_are_unpermuted_like_transformers() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        assert_eq!(
-            &wq[row * cols..row * cols + 4],
-            &want[..],
-            "q_proj row {row}"
-        );
+        assert_eq!(&wq[row * cols..row * cols + 4], &want[..], "q_proj row {row}");
     }
 }

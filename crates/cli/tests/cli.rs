@@ -53,16 +53,25 @@ fn assert_clean_failure(out: &Output, needle: &str) {
 /// `generate` prints exactly transformers' greedy continuation on stdout, stats on stderr.
 #[test]
 fn generate_prints_only_the_continuation() {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("models/smollm2/prompts.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("models/smollm2/prompts.json")).unwrap())
+            .unwrap();
     let p = &meta["prompts"][0];
     let prompt = p["text"].as_str().unwrap();
     let want = p["generation"]["text_skip_special"].as_str().unwrap();
     let model = smollm2();
     let out = afinar(
-        &["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "32", "--temperature", "0"],
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "32",
+            "--temperature",
+            "0",
+        ],
         None,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -91,7 +100,9 @@ fn tokenize_stats_in_english_and_spanish() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_str(&text(&out.stdout)).unwrap()
     };
-    let en = stats("The committee approved the new regulations after a long debate about their economic consequences.");
+    let en = stats(
+        "The committee approved the new regulations after a long debate about their economic consequences.",
+    );
     let es = stats("El comité aprobó las nuevas regulaciones después de un largo debate sobre sus consecuencias económicas.");
     assert_eq!(en["words"], 14);
     assert_eq!(es["words"], 15);
@@ -104,24 +115,45 @@ fn tokenize_stats_in_english_and_spanish() {
 fn bad_inputs_fail_cleanly() {
     let model = smollm2();
     let m = model.to_str().unwrap();
-    assert_clean_failure(&afinar(&["generate", "--model", "/no/such/model.gguf", "--prompt", "hi"], None), "/no/such/model.gguf");
-    assert_clean_failure(&afinar(&["generate", "--model", m, "--prompt", "hi", "--temperature=-1"], None), "--temperature");
-    assert_clean_failure(&afinar(&["generate", "--model", m, "--prompt", "hi", "--top-p", "0"], None), "--top-p");
-    assert_clean_failure(&afinar(&["tokenize", "--tokenizer", "/no/tokenizer.json", "x"], None), "/no/tokenizer.json");
+    assert_clean_failure(
+        &afinar(&["generate", "--model", "/no/such/model.gguf", "--prompt", "hi"], None),
+        "/no/such/model.gguf",
+    );
+    assert_clean_failure(
+        &afinar(&["generate", "--model", m, "--prompt", "hi", "--temperature=-1"], None),
+        "--temperature",
+    );
+    assert_clean_failure(
+        &afinar(&["generate", "--model", m, "--prompt", "hi", "--top-p", "0"], None),
+        "--top-p",
+    );
+    assert_clean_failure(
+        &afinar(&["tokenize", "--tokenizer", "/no/tokenizer.json", "x"], None),
+        "/no/tokenizer.json",
+    );
     // a folder of random files is no checkpoint
     let dir = std::env::temp_dir().join(format!("afinar-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    assert_clean_failure(&afinar(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], None), "config.json");
+    assert_clean_failure(
+        &afinar(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], None),
+        "config.json",
+    );
     // a prompt longer than the 8192-token context
     let long = dir.join("long.txt");
     std::fs::write(&long, "uno dos tres cuatro ".repeat(3000)).unwrap();
     assert_clean_failure(
-        &afinar(&["generate", "--model", m, "--prompt-file", long.to_str().unwrap(), "--max-new-tokens", "4"], None),
+        &afinar(
+            &["generate", "--model", m, "--prompt-file", long.to_str().unwrap(), "--max-new-tokens", "4"],
+            None,
+        ),
         "context",
     );
     // a tiny model folder without a tokenizer asks for --tokenizer
     let tiny = fixture("models/llama32_tiny");
-    assert_clean_failure(&afinar(&["generate", "--model", tiny.to_str().unwrap(), "--prompt", "hi"], None), "--tokenizer");
+    assert_clean_failure(
+        &afinar(&["generate", "--model", tiny.to_str().unwrap(), "--prompt", "hi"], None),
+        "--tokenizer",
+    );
     // unknown flags are usage errors
     let out = afinar(&["generate", "--model", m, "--bogus"], None);
     assert_eq!(out.status.code(), Some(2));

@@ -5,24 +5,16 @@ use std::path::{Path, PathBuf};
 
 /// `tests/fixtures/<rel>` at the repository root.
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
 }
 
 /// A real asset fetched by `scripts/fetch-assets.sh`; fails loudly when it is missing.
 pub fn asset(rel: &str) -> PathBuf {
     let base = std::env::var_os("AFINAR_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/afinar")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/afinar"));
     let p = base.join("assets").join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run scripts/fetch-assets.sh", p.display());
     p
 }
 
@@ -33,48 +25,31 @@ pub struct Expected {
 
 impl Expected {
     pub fn open(path: &Path) -> Self {
-        Self {
-            bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-        }
+        Self { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
     }
 
     pub fn has(&self, name: &str) -> bool {
-        safetensors::SafeTensors::deserialize(&self.bytes)
-            .unwrap()
-            .tensor(name)
-            .is_ok()
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap().tensor(name).is_ok()
     }
 
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("fixture tensor {name} missing"));
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture tensor {name} missing"));
         assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        let v = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         (t.shape().to_vec(), v)
     }
 
     pub fn ids(&self, name: &str) -> (Vec<usize>, Vec<u32>) {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("fixture tensor {name} missing"));
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture tensor {name} missing"));
         let v = match t.dtype() {
-            safetensors::Dtype::I64 => t
-                .data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-                .collect(),
-            safetensors::Dtype::I32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
-                .collect(),
+            safetensors::Dtype::I64 => {
+                t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+            }
+            safetensors::Dtype::I32 => {
+                t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+            }
             other => panic!("{name}: unexpected dtype {other:?}"),
         };
         (t.shape().to_vec(), v)
@@ -84,11 +59,7 @@ impl Expected {
 /// Max |a − b| divided by max |b|: the error measure of the acceptance criteria.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     diff / scale.max(1e-30)
 }

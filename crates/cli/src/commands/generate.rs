@@ -66,19 +66,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     );
     let capacity = (ids.len() + args.sampling.max_new_tokens).min(ctx);
     let mut cache = model.new_cache(&be, 1, capacity)?;
-    let opts = GenerateOptions {
-        max_new_tokens: args.sampling.max_new_tokens,
-        sampling,
-        stop_ids: tok.stop_ids(),
-    };
+    let opts =
+        GenerateOptions { max_new_tokens: args.sampling.max_new_tokens, sampling, stop_ids: tok.stop_ids() };
     let mut stream = tok.decode_stream(true);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (_, stats) = generate(&be, model, &mut cache, &ids, &opts, |id| {
         if let Some(piece) = stream.step(id)? {
-            out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(|e| {
-                afinar::Error::Io { path: "<stdout>".into(), source: e }
-            })?;
+            out.write_all(piece.as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| afinar::Error::Io { path: "<stdout>".into(), source: e })?;
         }
         Ok(true)
     })?;
