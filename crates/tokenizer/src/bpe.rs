@@ -92,12 +92,7 @@ impl Bpe {
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = by_bytes.get(&[b as u8][..]).copied();
         }
-        Bpe {
-            byte_ids,
-            merges: FastMap::default(),
-            by_bytes,
-            ignore_merges,
-        }
+        Bpe { byte_ids, merges: FastMap::default(), by_bytes, ignore_merges }
     }
 
     /// Adds the merge of `a` then `b` into `id` with priority `rank`; an existing entry for the
@@ -129,6 +124,16 @@ impl Bpe {
         self.by_bytes.iter().map(|(b, id)| (&b[..], *id))
     }
 
+    /// Whether whole pieces that are tokens skip merging (HF `ignore_merges`).
+    pub(crate) fn ignore_merges(&self) -> bool {
+        self.ignore_merges
+    }
+
+    /// Iterates the merges as (left id, right id, rank and result), in no particular order.
+    pub(crate) fn merges(&self) -> impl Iterator<Item = (u32, u32, Merge)> + '_ {
+        self.merges.iter().map(|(&k, &m)| ((k >> 32) as u32, k as u32, m))
+    }
+
     /// Number of merges known.
     #[cfg(test)]
     pub(crate) fn merge_count(&self) -> usize {
@@ -136,11 +141,7 @@ impl Bpe {
     }
 
     /// Encodes one pre-token, appending its ids to `out`.
-    pub(crate) fn encode_piece(
-        &self,
-        piece: &[u8],
-        out: &mut Vec<u32>,
-    ) -> Result<(), TokenizerError> {
+    pub(crate) fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<(), TokenizerError> {
         if piece.is_empty() {
             return Ok(());
         }
@@ -172,8 +173,7 @@ impl Bpe {
     /// few dozen symbols beats the bookkeeping of a heap.
     fn merge_small(&self, ids: &mut Vec<u32>) {
         // ranks[i] is the merge of ids[i], ids[i + 1].
-        let mut ranks: Vec<Option<Merge>> =
-            ids.windows(2).map(|w| self.merge_of(w[0], w[1])).collect();
+        let mut ranks: Vec<Option<Merge>> = ids.windows(2).map(|w| self.merge_of(w[0], w[1])).collect();
         loop {
             let mut best: Option<(usize, Merge)> = None;
             for (i, m) in ranks.iter().enumerate() {
@@ -201,9 +201,7 @@ impl Bpe {
         const NONE: usize = usize::MAX;
         let n = ids.len();
         let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
-        let mut next: Vec<usize> = (0..n)
-            .map(|i| if i + 1 == n { NONE } else { i + 1 })
-            .collect();
+        let mut next: Vec<usize> = (0..n).map(|i| if i + 1 == n { NONE } else { i + 1 }).collect();
         let mut alive = vec![true; n];
         let mut heap = BinaryHeap::new();
         for i in 0..n - 1 {
@@ -269,10 +267,7 @@ mod tests {
     }
 
     fn both(bpe: &Bpe, s: &str) -> Vec<u32> {
-        let mut a: Vec<u32> = s
-            .bytes()
-            .map(|b| bpe.byte_ids[b as usize].unwrap())
-            .collect();
+        let mut a: Vec<u32> = s.bytes().map(|b| bpe.byte_ids[b as usize].unwrap()).collect();
         let mut b = a.clone();
         bpe.merge_small(&mut a);
         bpe.merge_large(&mut b);

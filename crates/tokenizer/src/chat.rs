@@ -21,10 +21,7 @@ pub struct Message {
 impl Message {
     /// A message with this role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message { role: role.into(), content: content.into() }
     }
 }
 
@@ -39,13 +36,7 @@ pub fn render_chat(
     add_generation_prompt: bool,
 ) -> Result<String, TokenizerError> {
     match tok.chat_template() {
-        Some(t) => render_template(
-            t,
-            messages,
-            add_generation_prompt,
-            tok.bos_token(),
-            tok.eos_token(),
-        ),
+        Some(t) => render_template(t, messages, add_generation_prompt, tok.bos_token(), tok.eos_token()),
         None if tok.token_to_id("<|start_header_id|>").is_some() => {
             Ok(render_llama3(messages, add_generation_prompt))
         }
@@ -63,12 +54,8 @@ pub fn render_chat(
 pub fn render_llama3(messages: &[Message], add_generation_prompt: bool) -> String {
     let mut out = String::from("<|begin_of_text|>");
     for m in messages {
-        let _ = write!(
-            out,
-            "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-            m.role,
-            m.content.trim()
-        );
+        let _ =
+            write!(out, "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>", m.role, m.content.trim());
     }
     if add_generation_prompt {
         out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -101,10 +88,7 @@ pub fn render_template(
     let tmpl = env
         .template_from_str(template)
         .map_err(|e| TokenizerError::Template(format!("cannot compile: {e:#}")))?;
-    let msgs: Vec<Value> = messages
-        .iter()
-        .map(|m| Value::from_object(MessageObject(m.clone())))
-        .collect();
+    let msgs: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject(m.clone()))).collect();
     let ctx = minijinja::context! {
         messages => msgs,
         add_generation_prompt => add_generation_prompt,
@@ -113,8 +97,7 @@ pub fn render_template(
         tools => Value::from(()),
         documents => Value::from(()),
     };
-    tmpl.render(ctx)
-        .map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
+    tmpl.render(ctx).map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
 }
 
 /// A message as templates see it: a map with `role` then `content`, in that order (as the Python
@@ -141,9 +124,8 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 }
 
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     strftime(secs, &format)
 }
 
@@ -175,15 +157,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// C `strftime` for a UTC timestamp (the directives chat templates use; others are kept as-is).
 pub(crate) fn strftime(unix_secs: i64, format: &str) -> String {
@@ -297,12 +271,7 @@ fn json_float(f: f64, out: &mut String) {
         let s = format!("{f:e}");
         let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
         let exp: i32 = exp.parse().unwrap_or(0);
-        let _ = write!(
-            out,
-            "{mant}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        );
+        let _ = write!(out, "{mant}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
     } else {
         let _ = write!(out, "{f:?}");
     }
@@ -386,10 +355,7 @@ mod tests {
         let t = 1_721_952_000;
         assert_eq!(strftime(t, "%d %b %Y"), "26 Jul 2024");
         assert_eq!(
-            strftime(
-                t + 13 * 3600 + 5 * 60 + 9,
-                "%A %B %-d, %H:%M:%S %p %j %y %%"
-            ),
+            strftime(t + 13 * 3600 + 5 * 60 + 9, "%A %B %-d, %H:%M:%S %p %j %y %%"),
             "Friday July 26, 13:05:09 PM 208 24 %"
         );
         assert_eq!(strftime(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
@@ -407,26 +373,15 @@ mod tests {
             out,
             "{\"role\": \"user\", \"content\": \"héllo \\\"x\\\"\"}|HÉLLO \"X\"[1, 2.5, 1e-05, null, true]"
         );
-        let err = render_template(
-            "{{ raise_exception('no system role') }}",
-            &msgs,
-            false,
-            None,
-            None,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("no system role"), "{err}");
-        let err = render_template("{% if %}", &msgs, false, None, None)
+        let err = render_template("{{ raise_exception('no system role') }}", &msgs, false, None, None)
             .unwrap_err()
             .to_string();
+        assert!(err.contains("no system role"), "{err}");
+        let err = render_template("{% if %}", &msgs, false, None, None).unwrap_err().to_string();
         assert!(err.starts_with("chat template: cannot compile"), "{err}");
         // trim_blocks / lstrip_blocks
         let t = "  {% if true %}\nA\n  {% endif %}\nB";
-        assert_eq!(
-            render_template(t, &msgs, false, None, None).unwrap(),
-            "A\nB"
-        );
+        assert_eq!(render_template(t, &msgs, false, None, None).unwrap(), "A\nB");
         let out = render_template("{{ strftime_now('%Y') }}", &msgs, false, None, None).unwrap();
         assert_eq!(out.len(), 4);
         assert!(out.parse::<u32>().unwrap() >= 2024);

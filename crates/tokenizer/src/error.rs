@@ -68,9 +68,6 @@ pub enum TokenizerError {
 
 impl TokenizerError {
     pub(crate) fn format(origin: impl Into<String>, message: impl Into<String>) -> Self {
-        TokenizerError::Format {
-            origin: origin.into(),
-            message: message.into(),
-        }
+        TokenizerError::Format { origin: origin.into(), message: message.into() }
     }
 }

@@ -6,6 +6,8 @@
 //!   metadata from a [`GgufTokenizerSpec`].
 //! - [`Tokenizer::encode`] / [`Tokenizer::decode`] give the same ids and text as Hugging Face
 //!   `tokenizers`; [`DecodeStream`] decodes token by token for streaming output.
+//! - [`Tokenizer::save_hf`] writes `tokenizer.json` + `tokenizer_config.json` for a Hugging Face
+//!   checkpoint folder (loadable by `tokenizers`, transformers and [`Tokenizer::from_file`]).
 //! - [`render_chat`] renders a conversation with the model's jinja template (like transformers'
 //!   `apply_chat_template`) or the native Llama-3 format.
 //! - [`token_stats`] measures tokens per word.
@@ -32,6 +34,7 @@ mod error;
 mod hfjson;
 mod load;
 mod pretok;
+mod save;
 mod special;
 mod stats;
 mod tokenizer;

@@ -46,10 +46,7 @@ pub struct GgufTokenizerSpec {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TokenizerError {
-    TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    TokenizerError::Io { path: path.to_path_buf(), source }
 }
 
 fn origin(path: &Path) -> String {
@@ -161,15 +158,12 @@ impl Tokenizer {
                     format!("merge {rank} {merge:?} {why}"),
                 )
             };
-            let (a, b) = merge
-                .split_once(' ')
-                .ok_or_else(|| bad("is not two tokens separated by a space"))?;
-            let ia = *by_name
-                .get(a)
-                .ok_or_else(|| bad("names a token missing from tokenizer.ggml.tokens"))?;
-            let ib = *by_name
-                .get(b)
-                .ok_or_else(|| bad("names a token missing from tokenizer.ggml.tokens"))?;
+            let (a, b) =
+                merge.split_once(' ').ok_or_else(|| bad("is not two tokens separated by a space"))?;
+            let ia =
+                *by_name.get(a).ok_or_else(|| bad("names a token missing from tokenizer.ggml.tokens"))?;
+            let ib =
+                *by_name.get(b).ok_or_else(|| bad("names a token missing from tokenizer.ggml.tokens"))?;
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
@@ -207,12 +201,16 @@ impl Tokenizer {
 fn gguf_pre_tokenizer(pre: Option<&str>) -> Result<(PreTokenizer, bool), TokenizerError> {
     Ok(match pre {
         // llama.cpp's LLAMA3 pre-type, which also ignores merges for whole-token pieces.
-        Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral") => (PreTokenizer::Llama3, true),
+        Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral") => {
+            (PreTokenizer::Llama3, true)
+        }
         Some("smaug-bpe" | "dbrx") => (PreTokenizer::Llama3, false),
         Some("smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone") => {
             (PreTokenizer::Gpt2 { individual_digits: true }, false)
         }
-        None | Some("default" | "gpt2" | "gpt-2" | "mpt" | "olmo") => (PreTokenizer::Gpt2 { individual_digits: false }, false),
+        None | Some("default" | "gpt2" | "gpt-2" | "mpt" | "olmo") => {
+            (PreTokenizer::Gpt2 { individual_digits: false }, false)
+        }
         Some(other) => {
             return Err(TokenizerError::Unsupported {
                 origin: "GGUF metadata".into(),
@@ -250,10 +248,7 @@ fn token_content(v: &Value) -> Option<String> {
 
 fn added_token(v: &Value, id: u32, origin: &str, at: &str) -> Result<AddedToken, TokenizerError> {
     let content = v.get("content").and_then(Value::as_str).ok_or_else(|| {
-        TokenizerError::format(
-            origin,
-            format!("{at}: expected an object with a string \"content\""),
-        )
+        TokenizerError::format(origin, format!("{at}: expected an object with a string \"content\""))
     })?;
     let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
     Ok(AddedToken {
@@ -275,15 +270,12 @@ impl Config {
         let mut cfg = Config::default();
         if cfg_path.is_file() {
             let data = std::fs::read(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-            let v: Value =
-                serde_json::from_slice(&data).map_err(|source| TokenizerError::Json {
-                    path: cfg_path.clone(),
-                    source,
-                })?;
+            let v: Value = serde_json::from_slice(&data)
+                .map_err(|source| TokenizerError::Json { path: cfg_path.clone(), source })?;
             let o = origin(&cfg_path);
-            let obj = v.as_object().ok_or_else(|| {
-                TokenizerError::format(&o, "expected a JSON object at the top level")
-            })?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| TokenizerError::format(&o, "expected a JSON object at the top level"))?;
             cfg.chat_template = match obj.get("chat_template") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
@@ -295,10 +287,7 @@ impl Config {
                             .and_then(|t| t.get("template"))
                             .and_then(Value::as_str)
                     };
-                    let first = list
-                        .first()
-                        .and_then(|t| t.get("template"))
-                        .and_then(Value::as_str);
+                    let first = list.first().and_then(|t| t.get("template")).and_then(Value::as_str);
                     Some(named("default").or(first).map(str::to_string).ok_or_else(|| {
                         TokenizerError::format(
                             &o,
@@ -318,10 +307,7 @@ impl Config {
             cfg.add_bos_token = obj.get("add_bos_token").and_then(Value::as_bool);
             if let Some(dec) = obj.get("added_tokens_decoder") {
                 let map = dec.as_object().ok_or_else(|| {
-                    TokenizerError::format(
-                        &o,
-                        "added_tokens_decoder: expected an object of id → token",
-                    )
+                    TokenizerError::format(&o, "added_tokens_decoder: expected an object of id → token")
                 })?;
                 for (k, t) in map {
                     let id: u32 = k.parse().map_err(|_| {
@@ -330,12 +316,7 @@ impl Config {
                             format!("added_tokens_decoder: key {k:?} is not a token id"),
                         )
                     })?;
-                    cfg.added_tokens.push(added_token(
-                        t,
-                        id,
-                        &o,
-                        &format!("added_tokens_decoder.{k}"),
-                    )?);
+                    cfg.added_tokens.push(added_token(t, id, &o, &format!("added_tokens_decoder.{k}"))?);
                 }
             }
             cfg.path = Some(cfg_path);
@@ -343,8 +324,7 @@ impl Config {
         if cfg.chat_template.is_none() {
             let jinja = dir.join("chat_template.jinja");
             if jinja.is_file() {
-                cfg.chat_template =
-                    Some(std::fs::read_to_string(&jinja).map_err(|e| io_err(&jinja, e))?);
+                cfg.chat_template = Some(std::fs::read_to_string(&jinja).map_err(|e| io_err(&jinja, e))?);
             }
         }
         Ok(cfg)
@@ -353,28 +333,20 @@ impl Config {
     /// Resolves a token name from the config against the tokenizer's added tokens and vocabulary.
     fn resolve(&self, name: &Option<String>, added: &[AddedToken], bpe: &Bpe) -> Option<u32> {
         let name = name.as_deref()?;
-        added
-            .iter()
-            .find(|t| t.content == name)
-            .map(|t| t.id)
-            .or_else(|| bpe.token_id(name.as_bytes()))
+        added.iter().find(|t| t.content == name).map(|t| t.id).or_else(|| bpe.token_id(name.as_bytes()))
     }
 }
 
 /// The first of `names` that is an added token.
 fn first_added(added: &[AddedToken], names: &[&str]) -> Option<u32> {
-    names
-        .iter()
-        .find_map(|n| added.iter().find(|t| t.content == *n).map(|t| t.id))
+    names.iter().find_map(|n| added.iter().find(|t| t.content == *n).map(|t| t.id))
 }
 
 fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, TokenizerError> {
     let o = origin(path);
     // Typed parsing of the large parts (vocab, merges) avoids building a JSON tree of ~400k nodes.
-    let root: HfRoot = serde_json::from_slice(data).map_err(|source| TokenizerError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let root: HfRoot = serde_json::from_slice(data)
+        .map_err(|source| TokenizerError::Json { path: path.to_path_buf(), source })?;
     let fmt = |m: String| TokenizerError::format(&o, m);
     let model = root.model.ok_or_else(|| {
         fmt("missing key \"model\"; expected a Hugging Face tokenizer.json with a BPE model".into())
@@ -389,10 +361,7 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
         });
     }
     for (key, v) in [
-        (
-            "continuing_subword_prefix",
-            &model.continuing_subword_prefix,
-        ),
+        ("continuing_subword_prefix", &model.continuing_subword_prefix),
         ("end_of_word_suffix", &model.end_of_word_suffix),
     ] {
         if !v.is_null() && v.as_str() != Some("") {
@@ -423,14 +392,10 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
     let vocab = match &model.vocab {
         HfVocab::Map(entries) => entries,
         HfVocab::Missing => {
-            return Err(fmt(
-                "missing key model.vocab; expected an object of token → id".into(),
-            ))
+            return Err(fmt("missing key model.vocab; expected an object of token → id".into()))
         }
         HfVocab::Other(what) => {
-            return Err(fmt(format!(
-                "model.vocab: expected an object of token → id, found {what}"
-            )))
+            return Err(fmt(format!("model.vocab: expected an object of token → id, found {what}")))
         }
     };
     let dec = ByteDecoder::new();
@@ -439,14 +404,9 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
     by_bytes.reserve(vocab.len());
     by_name.reserve(vocab.len());
     for (token, id) in vocab {
-        let id = id
-            .as_u64()
-            .filter(|&i| i <= u32::MAX as u64)
-            .ok_or_else(|| {
-                fmt(format!(
-                    "model.vocab[{token:?}]: expected a token id, found {}",
-                    brief(id)
-                ))
+        let id =
+            id.as_u64().filter(|&i| i <= u32::MAX as u64).ok_or_else(|| {
+                fmt(format!("model.vocab[{token:?}]: expected a token id, found {}", brief(id)))
             })? as u32;
         by_name.insert(token.as_str(), id);
         by_bytes.insert(token_bytes(&dec, token), id);
@@ -467,34 +427,26 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
                 )))
             }
         };
-        let missing = |t: &str| {
-            fmt(format!(
-                "model.merges[{rank}] ({a} {b}): token {t:?} is not in model.vocab"
-            ))
-        };
+        let missing =
+            |t: &str| fmt(format!("model.merges[{rank}] ({a} {b}): token {t:?} is not in model.vocab"));
         let ia = *by_name.get(a).ok_or_else(|| missing(a))?;
         let ib = *by_name.get(b).ok_or_else(|| missing(b))?;
         joined.clear();
         joined.push_str(a);
         joined.push_str(b);
-        let id = *by_name
-            .get(joined.as_str())
-            .ok_or_else(|| missing(&joined))?;
+        let id = *by_name.get(joined.as_str()).ok_or_else(|| missing(&joined))?;
         bpe.add_merge(ia, ib, rank as u32, id);
     }
     let mut added = Vec::new();
     if let Some(list) = Some(&root.added_tokens).filter(|v| !v.is_null()) {
-        let list = list
-            .as_array()
-            .ok_or_else(|| fmt("added_tokens: expected a list".into()))?;
+        let list = list.as_array().ok_or_else(|| fmt("added_tokens: expected a list".into()))?;
         for (i, t) in list.iter().enumerate() {
             let at = format!("added_tokens[{i}]");
             let id = t
                 .get("id")
                 .and_then(Value::as_u64)
                 .filter(|&i| i <= u32::MAX as u64)
-                .ok_or_else(|| fmt(format!("{at}: expected a numeric \"id\"")))?
-                as u32;
+                .ok_or_else(|| fmt(format!("{at}: expected a numeric \"id\"")))? as u32;
             added.push(added_token(t, id, &o, &at)?);
         }
     }
@@ -536,8 +488,7 @@ fn post_processor_adds(pp: Option<&Value>, bos: u32) -> bool {
                 .and_then(|f| f.get("SpecialToken"))
                 .and_then(|s| s.get("id"))
                 .and_then(Value::as_str);
-            let ids =
-                first.and_then(|name| pp.get("special_tokens")?.get(name)?.get("ids")?.as_array());
+            let ids = first.and_then(|name| pp.get("special_tokens")?.get(name)?.get("ids")?.as_array());
             ids.is_some_and(|ids| ids.first().and_then(Value::as_u64) == Some(bos as u64))
         }
         _ => false,
@@ -547,8 +498,7 @@ fn post_processor_adds(pp: Option<&Value>, bos: u32) -> bool {
 /// Recognises the supported `pre_tokenizer` configurations.
 fn hf_pre_tokenizer(v: &Value) -> Option<PreTokenizer> {
     let ty = |x: &Value| x.get("type").and_then(Value::as_str).map(str::to_string);
-    let flag =
-        |x: &Value, k: &str, default: bool| x.get(k).and_then(Value::as_bool).unwrap_or(default);
+    let flag = |x: &Value, k: &str, default: bool| x.get(k).and_then(Value::as_bool).unwrap_or(default);
     let byte_level = |x: &Value, use_regex: bool| {
         ty(x).as_deref() == Some("ByteLevel")
             && !flag(x, "add_prefix_space", true)
@@ -563,16 +513,12 @@ fn hf_pre_tokenizer(v: &Value) -> Option<PreTokenizer> {
         }
         match x.get("pattern")?.get("Regex")?.as_str()? {
             LLAMA3_PATTERN => Some(PreTokenizer::Llama3),
-            GPT2_PATTERN => Some(PreTokenizer::Gpt2 {
-                individual_digits: false,
-            }),
+            GPT2_PATTERN => Some(PreTokenizer::Gpt2 { individual_digits: false }),
             _ => None,
         }
     };
     if byte_level(v, true) {
-        return Some(PreTokenizer::Gpt2 {
-            individual_digits: false,
-        });
+        return Some(PreTokenizer::Gpt2 { individual_digits: false });
     }
     if ty(v).as_deref() != Some("Sequence") {
         return None;
@@ -585,9 +531,7 @@ fn hf_pre_tokenizer(v: &Value) -> Option<PreTokenizer> {
                 && flag(d, "individual_digits", false)
                 && byte_level(b, true) =>
         {
-            Some(PreTokenizer::Gpt2 {
-                individual_digits: true,
-            })
+            Some(PreTokenizer::Gpt2 { individual_digits: true })
         }
         _ => None,
     }
@@ -632,16 +576,10 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
             continue;
         }
         let bad = |why: &str| {
-            TokenizerError::format(
-                &o,
-                format!("line {}: {why}; expected \"<base64 token> <rank>\"", n + 1),
-            )
+            TokenizerError::format(&o, format!("line {}: {why}; expected \"<base64 token> <rank>\"", n + 1))
         };
         let (tok, rank) = line.split_once(' ').ok_or_else(|| bad("no space"))?;
-        let rank: u32 = rank
-            .trim()
-            .parse()
-            .map_err(|_| bad("the rank is not a number"))?;
+        let rank: u32 = rank.trim().parse().map_err(|_| bad("the rank is not a number"))?;
         let bytes = base64_decode(tok).ok_or_else(|| bad("the token is not valid base64"))?;
         if by_bytes.insert(bytes.into_boxed_slice(), rank).is_some() {
             return Err(bad("the token appears twice"));
@@ -649,10 +587,7 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
         max_rank = max_rank.max(Some(rank));
     }
     let Some(max_rank) = max_rank else {
-        return Err(TokenizerError::format(
-            &o,
-            "no ranks; expected \"<base64 token> <rank>\" lines",
-        ));
+        return Err(TokenizerError::format(&o, "no ranks; expected \"<base64 token> <rank>\" lines"));
     };
     // tiktoken merges any two adjacent parts whose concatenation is a token, lowest rank first:
     // register every split of every token into two tokens as a merge with the token's rank.
@@ -688,9 +623,8 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
     let bos = config
         .resolve(&config.bos_token, &added, &bpe)
         .or_else(|| first_added(&added, &["<|begin_of_text|>"]));
-    let eos = config
-        .resolve(&config.eos_token, &added, &bpe)
-        .or_else(|| first_added(&added, &["<|end_of_text|>"]));
+    let eos =
+        config.resolve(&config.eos_token, &added, &bpe).or_else(|| first_added(&added, &["<|end_of_text|>"]));
     Tokenizer::assemble(Parts {
         origin: o,
         bpe,
@@ -710,11 +644,7 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 /// Standard base64 with `=` padding.
 pub(crate) fn base64_encode(bytes: &[u8], out: &mut String) {
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -779,20 +709,12 @@ mod tests {
 
     #[test]
     fn gguf_pre_names() {
-        assert_eq!(
-            gguf_pre_tokenizer(Some("llama-bpe")).unwrap(),
-            (PreTokenizer::Llama3, true)
-        );
+        assert_eq!(gguf_pre_tokenizer(Some("llama-bpe")).unwrap(), (PreTokenizer::Llama3, true));
         assert_eq!(
             gguf_pre_tokenizer(Some("smollm")).unwrap().0,
-            PreTokenizer::Gpt2 {
-                individual_digits: true
-            }
+            PreTokenizer::Gpt2 { individual_digits: true }
         );
         let e = gguf_pre_tokenizer(Some("qwen2")).unwrap_err().to_string();
-        assert!(
-            e.contains("tokenizer.ggml.pre") && e.contains("\"qwen2\""),
-            "{e}"
-        );
+        assert!(e.contains("tokenizer.ggml.pre") && e.contains("\"qwen2\""), "{e}");
     }
 }

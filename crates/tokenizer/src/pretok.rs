@@ -48,11 +48,9 @@ fn class(c: char) -> Class {
         return Class::Space;
     }
     match get_general_category(c) {
-        G::UppercaseLetter
-        | G::LowercaseLetter
-        | G::TitlecaseLetter
-        | G::ModifierLetter
-        | G::OtherLetter => Class::Letter,
+        G::UppercaseLetter | G::LowercaseLetter | G::TitlecaseLetter | G::ModifierLetter | G::OtherLetter => {
+            Class::Letter
+        }
         G::DecimalNumber | G::LetterNumber | G::OtherNumber => Class::Number,
         _ => Class::Other,
     }
@@ -79,10 +77,7 @@ impl PreTokenizer {
         if text.is_empty() {
             return;
         }
-        let cs: Vec<Ch> = text
-            .char_indices()
-            .map(|(at, c)| Ch { at, c, k: class(c) })
-            .collect();
+        let cs: Vec<Ch> = text.char_indices().map(|(at, c)| Ch { at, c, k: class(c) }).collect();
         let byte_at = |i: usize| cs.get(i).map_or(text.len(), |ch| ch.at);
         let mut emit = |from: usize, to: usize| piece(&text[byte_at(from)..byte_at(to)]);
         match *self {
@@ -101,9 +96,7 @@ impl PreTokenizer {
                     // `Digits` asks Rust's `char::is_numeric`, whose Unicode tables can be newer
                     // than the regex engine's `\p{N}`, so this test is kept apart from `class`.
                     let end = if individual_digits {
-                        (start..cs.len())
-                            .find(|&i| cs[i].c.is_numeric())
-                            .unwrap_or(cs.len())
+                        (start..cs.len()).find(|&i| cs[i].c.is_numeric()).unwrap_or(cs.len())
                     } else {
                         cs.len()
                     };
@@ -220,11 +213,7 @@ fn gpt2_end(cs: &[Ch], i: usize) -> usize {
         }
     }
     // ' ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+'
-    let j = if c == ' ' && i + 1 < cs.len() {
-        i + 1
-    } else {
-        i
-    };
+    let j = if c == ' ' && i + 1 < cs.len() { i + 1 } else { i };
     let kj = if j == i { k } else { cs[j].k };
     if kj != Class::Space {
         return run(cs, j, kj);
@@ -245,10 +234,7 @@ mod tests {
     fn llama3_splits_follow_the_regex() {
         let p = PreTokenizer::Llama3;
         assert_eq!(pieces(p, "Hello world"), ["Hello", " world"]);
-        assert_eq!(
-            pieces(p, "I'm DON'T 'sa"),
-            ["I", "'m", " DON", "'T", " '", "sa"]
-        );
+        assert_eq!(pieces(p, "I'm DON'T 'sa"), ["I", "'m", " DON", "'T", " '", "sa"]);
         assert_eq!(pieces(p, "12345 x"), ["123", "45", " x"]);
         assert_eq!(pieces(p, "a   b"), ["a", "  ", " b"]);
         assert_eq!(pieces(p, "a \n\n b"), ["a", " \n\n", " b"]);
@@ -260,15 +246,11 @@ mod tests {
 
     #[test]
     fn gpt2_splits_follow_the_regex() {
-        let p = PreTokenizer::Gpt2 {
-            individual_digits: false,
-        };
+        let p = PreTokenizer::Gpt2 { individual_digits: false };
         assert_eq!(pieces(p, "I'm DON'T"), ["I", "'m", " DON", "'", "T"]);
         assert_eq!(pieces(p, "a  3 x"), ["a", " ", " 3", " x"]);
         assert_eq!(pieces(p, "x\n\ny"), ["x", "\n", "\n", "y"]);
-        let d = PreTokenizer::Gpt2 {
-            individual_digits: true,
-        };
+        let d = PreTokenizer::Gpt2 { individual_digits: true };
         assert_eq!(pieces(d, "a  32 x"), ["a", "  ", "3", "2", " x"]);
         assert_eq!(pieces(d, "1,000"), ["1", ",", "0", "0", "0"]);
     }

@@ -83,11 +83,7 @@ impl AddedMatcher {
                     let rest = &text[end..];
                     stop = end + (rest.len() - rest.trim_start().len());
                 }
-                return Some(Found {
-                    start,
-                    end: stop,
-                    id: t.id,
-                });
+                return Some(Found { start, end: stop, id: t.id });
             }
         }
         None
@@ -112,33 +108,12 @@ mod tests {
     #[test]
     fn leftmost_longest_with_strip_options() {
         let mut m = AddedMatcher::new(vec![tok("<|a|>", 1), tok("<|a|><|b|>", 2), tok("<|b|>", 3)]);
-        assert_eq!(
-            m.find("x<|a|><|b|>y", 0),
-            Some(Found {
-                start: 1,
-                end: 11,
-                id: 2
-            })
-        );
+        assert_eq!(m.find("x<|a|><|b|>y", 0), Some(Found { start: 1, end: 11, id: 2 }));
         assert_eq!(m.find("x<|b|>", 0).map(|f| f.id), Some(3));
         assert_eq!(m.find("x<|c|>", 0), None);
-        m = AddedMatcher::new(vec![AddedToken {
-            lstrip: true,
-            rstrip: true,
-            ..tok("<m>", 7)
-        }]);
-        assert_eq!(
-            m.find("a  <m> b", 0),
-            Some(Found {
-                start: 1,
-                end: 7,
-                id: 7
-            })
-        );
-        m = AddedMatcher::new(vec![AddedToken {
-            single_word: true,
-            ..tok("ok", 9)
-        }]);
+        m = AddedMatcher::new(vec![AddedToken { lstrip: true, rstrip: true, ..tok("<m>", 7) }]);
+        assert_eq!(m.find("a  <m> b", 0), Some(Found { start: 1, end: 7, id: 7 }));
+        m = AddedMatcher::new(vec![AddedToken { single_word: true, ..tok("ok", 9) }]);
         assert_eq!(m.find("book ok", 0).map(|f| f.start), Some(5));
     }
 }

@@ -20,9 +20,7 @@ pub struct TokenStats {
 /// Counts the words of a text: it is split on Unicode whitespace, and the runs that contain a
 /// letter or a digit count (so "—" or "..." standing alone do not).
 pub fn count_words(text: &str) -> usize {
-    text.split_whitespace()
-        .filter(|w| w.chars().any(char::is_alphanumeric))
-        .count()
+    text.split_whitespace().filter(|w| w.chars().any(char::is_alphanumeric)).count()
 }
 
 /// Encodes `text` (without BOS) and measures tokens per word and characters per token.

@@ -9,13 +9,7 @@ use crate::special::{AddedMatcher, AddedToken};
 use crate::TokenizerError;
 
 /// Names of tokens that end a generation, besides the tokenizer's own EOS.
-const STOP_TOKENS: [&str; 5] = [
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end_of_text|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-];
+const STOP_TOKENS: [&str; 5] = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>"];
 
 /// A byte-level BPE tokenizer (Llama-3, GPT-2-style vocabularies such as SmolLM2).
 ///
@@ -99,11 +93,7 @@ impl Tokenizer {
     }
 
     fn id_text(&self, id: u32) -> String {
-        let bytes = self
-            .id_bytes
-            .get(id as usize)
-            .and_then(|b| b.as_deref())
-            .unwrap_or(&[]);
+        let bytes = self.id_bytes.get(id as usize).and_then(|b| b.as_deref()).unwrap_or(&[]);
         String::from_utf8_lossy(bytes).into_owned()
     }
 
@@ -145,10 +135,7 @@ impl Tokenizer {
         self.id_bytes
             .get(id as usize)
             .and_then(|b| b.as_deref())
-            .ok_or(TokenizerError::UnknownId {
-                id,
-                vocab_size: self.vocab_size(),
-            })
+            .ok_or(TokenizerError::UnknownId { id, vocab_size: self.vocab_size() })
     }
 
     /// Whether `id` is a special added token (BOS, EOS, `<|eot_id|>`, ...).
@@ -174,11 +161,7 @@ impl Tokenizer {
 
     /// A streaming decoder that returns text as soon as it forms complete UTF-8.
     pub fn decode_stream(&self, skip_special: bool) -> DecodeStream<'_> {
-        DecodeStream {
-            tok: self,
-            skip_special,
-            pending: Vec::new(),
-        }
+        DecodeStream { tok: self, skip_special, pending: Vec::new() }
     }
 
     /// Number of ids (the largest id plus one), e.g. 128,256 for Llama-3.
@@ -273,10 +256,7 @@ impl Tokenizer {
             out.push_str(&id.to_string());
             out.push('\n');
         }
-        std::fs::write(path, out).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        std::fs::write(path, out).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
     }
 }
 

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use afinar_tokenizer::{render_template, GgufTokenizerSpec, Message, Tokenizer, TokenizerError};
 
 fn temp_file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "afinar-tokenizer-errors-{}-{name}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("afinar-tokenizer-errors-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
@@ -29,21 +26,14 @@ fn missing_file_names_the_path() {
     let path = Path::new("/nonexistent/afinar/tokenizer.json");
     let err = Tokenizer::from_file(path).unwrap_err();
     assert!(matches!(err, TokenizerError::Io { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .contains("/nonexistent/afinar/tokenizer.json"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/nonexistent/afinar/tokenizer.json"), "{err}");
 }
 
 #[test]
 fn invalid_json_names_the_path_and_position() {
     let path = temp_file("tokenizer.json", "{\"model\": {\"type\": \"BPE\", ");
     let msg = load_err(&path);
-    assert!(
-        msg.contains(&path.display().to_string()) && msg.contains("invalid JSON"),
-        "{msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()) && msg.contains("invalid JSON"), "{msg}");
     assert!(msg.contains("line 1"), "{msg}");
 }
 
@@ -55,10 +45,7 @@ fn unsupported_model_type_names_the_path_and_expectation() {
     );
     let msg = load_err(&path);
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(
-        msg.contains("\"Unigram\"") && msg.contains("expected \"BPE\""),
-        "{msg}"
-    );
+    assert!(msg.contains("\"Unigram\"") && msg.contains("expected \"BPE\""), "{msg}");
 }
 
 #[test]
@@ -92,10 +79,7 @@ fn malformed_tokenizer_json_contents() {
     for (i, (json, want)) in cases.iter().enumerate() {
         let path = temp_file(&format!("bad{i}.json"), json);
         let msg = load_err(&path);
-        assert!(
-            msg.contains(&path.display().to_string()) && msg.contains(want),
-            "{msg}\n(wanted {want:?})"
-        );
+        assert!(msg.contains(&path.display().to_string()) && msg.contains(want), "{msg}\n(wanted {want:?})");
     }
 }
 
@@ -103,27 +87,18 @@ fn malformed_tokenizer_json_contents() {
 fn malformed_tiktoken_model_names_the_line() {
     let path = temp_file("tokenizer.model", "IQ== 0\nnot-base64! 1\n");
     let msg = load_err(&path);
-    assert!(
-        msg.contains(&path.display().to_string()) && msg.contains("line 2"),
-        "{msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()) && msg.contains("line 2"), "{msg}");
     assert!(msg.contains("<base64 token> <rank>"), "{msg}");
 }
 
 #[test]
 fn broken_tokenizer_config_beside_is_an_error() {
-    let dir = std::env::temp_dir().join(format!(
-        "afinar-tokenizer-errors-{}-cfg",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("afinar-tokenizer-errors-{}-cfg", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tokenizer.model"), "IQ== 0\n").unwrap();
     std::fs::write(dir.join("tokenizer_config.json"), "{\"chat_template\": 3}").unwrap();
     let msg = load_err(&dir.join("tokenizer.model"));
-    assert!(
-        msg.contains("tokenizer_config.json") && msg.contains("chat_template"),
-        "{msg}"
-    );
+    assert!(msg.contains("tokenizer_config.json") && msg.contains("chat_template"), "{msg}");
 }
 
 #[test]
@@ -141,56 +116,16 @@ fn bad_gguf_specs() {
     assert!(err.contains("0x63"), "{err}");
 
     let cases = [
-        (
-            GgufTokenizerSpec {
-                model: "llama".into(),
-                ..base.clone()
-            },
-            "tokenizer.ggml.model \"llama\"",
-        ),
-        (
-            GgufTokenizerSpec {
-                pre: Some("qwen2".into()),
-                ..base.clone()
-            },
-            "tokenizer.ggml.pre \"qwen2\"",
-        ),
-        (
-            GgufTokenizerSpec {
-                merges: vec!["a c".into()],
-                ..base.clone()
-            },
-            "tokenizer.ggml.merges: merge 0",
-        ),
-        (
-            GgufTokenizerSpec {
-                token_types: vec![1],
-                ..base.clone()
-            },
-            "tokenizer.ggml.token_type",
-        ),
-        (
-            GgufTokenizerSpec {
-                bos_id: Some(9),
-                ..base.clone()
-            },
-            "tokenizer.ggml.bos_token_id",
-        ),
-        (
-            GgufTokenizerSpec {
-                tokens: vec![],
-                merges: vec![],
-                ..base.clone()
-            },
-            "tokenizer.ggml.tokens",
-        ),
+        (GgufTokenizerSpec { model: "llama".into(), ..base.clone() }, "tokenizer.ggml.model \"llama\""),
+        (GgufTokenizerSpec { pre: Some("qwen2".into()), ..base.clone() }, "tokenizer.ggml.pre \"qwen2\""),
+        (GgufTokenizerSpec { merges: vec!["a c".into()], ..base.clone() }, "tokenizer.ggml.merges: merge 0"),
+        (GgufTokenizerSpec { token_types: vec![1], ..base.clone() }, "tokenizer.ggml.token_type"),
+        (GgufTokenizerSpec { bos_id: Some(9), ..base.clone() }, "tokenizer.ggml.bos_token_id"),
+        (GgufTokenizerSpec { tokens: vec![], merges: vec![], ..base.clone() }, "tokenizer.ggml.tokens"),
     ];
     for (spec, want) in cases {
         let msg = Tokenizer::from_gguf(spec).unwrap_err().to_string();
-        assert!(
-            msg.contains("GGUF metadata") && msg.contains(want),
-            "{msg}\n(wanted {want:?})"
-        );
+        assert!(msg.contains("GGUF metadata") && msg.contains(want), "{msg}\n(wanted {want:?})");
     }
 }
 

@@ -11,8 +11,7 @@ use common::{asset, fixture, ids, text};
 fn llama3() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json"))
-            .expect("load tokenizer.json")
+        Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).expect("load tokenizer.json")
     })
 }
 
@@ -37,12 +36,7 @@ fn check_corpus(tok: &Tokenizer, what: &str) {
             failures.push(format!("{t:?}\n  want {want:?}\n  got  {got:?}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{what}: {} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{what}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -55,18 +49,12 @@ fn bos_and_specials_match_hf() {
     let tok = llama3();
     let fx = fixture("llama3.json");
     let case = &fx["with_bos"];
-    assert_eq!(
-        tok.encode(text(&case["text"]), true).unwrap(),
-        ids(&case["ids"])
-    );
+    assert_eq!(tok.encode(text(&case["text"]), true).unwrap(), ids(&case["ids"]));
     assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().unwrap());
     assert_eq!(tok.bos_id().map(u64::from), fx["bos_id"].as_u64());
     for (name, id) in fx["special"].as_object().unwrap() {
         assert_eq!(tok.token_to_id(name).map(u64::from), id.as_u64(), "{name}");
-        assert_eq!(
-            tok.id_to_token(id.as_u64().unwrap() as u32).as_deref(),
-            Some(name.as_str())
-        );
+        assert_eq!(tok.id_to_token(id.as_u64().unwrap() as u32).as_deref(), Some(name.as_str()));
     }
     let eot = tok.token_to_id("<|eot_id|>").unwrap();
     let end = tok.token_to_id("<|end_of_text|>").unwrap();
@@ -93,10 +81,7 @@ fn decode_round_trips_and_streams() {
         let mut streamed = String::new();
         for &id in &ids {
             if let Some(piece) = stream.step(id).unwrap() {
-                assert!(
-                    !piece.contains('\u{FFFD}') || t.contains('\u{FFFD}'),
-                    "{piece:?}"
-                );
+                assert!(!piece.contains('\u{FFFD}') || t.contains('\u{FFFD}'), "{piece:?}");
                 streamed.push_str(&piece);
             }
         }
@@ -108,27 +93,18 @@ fn decode_round_trips_and_streams() {
     let ids = tok.encode("<|begin_of_text|>Hi<|eot_id|>", false).unwrap();
     assert_eq!(tok.decode(&ids, true).unwrap(), "Hi");
     let mut stream = tok.decode_stream(true);
-    let out: String = ids
-        .iter()
-        .filter_map(|&id| stream.step(id).unwrap())
-        .collect();
+    let out: String = ids.iter().filter_map(|&id| stream.step(id).unwrap()).collect();
     assert_eq!(out, "Hi");
     // A character split across tokens is held back until complete: "🦀" is several byte tokens.
     let crab = tok.encode("🦀", false).unwrap();
     assert!(crab.len() > 1, "{crab:?}");
     let mut stream = tok.decode_stream(false);
     let steps: Vec<Option<String>> = crab.iter().map(|&id| stream.step(id).unwrap()).collect();
-    assert!(
-        steps[..steps.len() - 1].iter().all(Option::is_none),
-        "{steps:?}"
-    );
+    assert!(steps[..steps.len() - 1].iter().all(Option::is_none), "{steps:?}");
     assert_eq!(steps.last().unwrap().as_deref(), Some("🦀"));
     // A cut-off character decodes lossily, never panics.
     assert_eq!(tok.decode(&crab[..1], false).unwrap(), "\u{FFFD}");
-    let err = tok
-        .decode(&[tok.vocab_size() as u32], false)
-        .unwrap_err()
-        .to_string();
+    let err = tok.decode(&[tok.vocab_size() as u32], false).unwrap_err().to_string();
     assert!(err.contains("out of range"), "{err}");
 }
 
@@ -138,11 +114,7 @@ fn crc32(data: &[u8]) -> u32 {
     for (i, slot) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
         }
         *slot = c;
     }
@@ -155,15 +127,10 @@ fn crc32(data: &[u8]) -> u32 {
 
 fn write_model(dir: &Path) -> PathBuf {
     let model = dir.join("tokenizer.model");
-    llama3()
-        .write_tiktoken_model(&model)
-        .expect("write tokenizer.model");
+    llama3().write_tiktoken_model(&model).expect("write tokenizer.model");
     let fx = fixture("llama3.json");
     let bytes = std::fs::read(&model).unwrap();
-    assert_eq!(
-        bytes.len() as u64,
-        fx["tiktoken"]["model_size"].as_u64().unwrap()
-    );
+    assert_eq!(bytes.len() as u64, fx["tiktoken"]["model_size"].as_u64().unwrap());
     assert_eq!(
         crc32(&bytes) as u64,
         fx["tiktoken"]["model_crc32"].as_u64().unwrap(),
@@ -176,11 +143,8 @@ fn write_model(dir: &Path) -> PathBuf {
 fn tiktoken_model_with_config_matches_hf_ids() {
     let dir = temp_dir("tiktoken-config");
     let model = write_model(&dir);
-    std::fs::copy(
-        asset("llama3-tokenizer/tokenizer_config.json"),
-        dir.join("tokenizer_config.json"),
-    )
-    .unwrap();
+    std::fs::copy(asset("llama3-tokenizer/tokenizer_config.json"), dir.join("tokenizer_config.json"))
+        .unwrap();
     let tok = Tokenizer::from_file(&model).expect("load tokenizer.model");
     check_corpus(&tok, "tokenizer.model + tokenizer_config.json");
     assert_eq!(tok.vocab_size(), llama3().vocab_size());
@@ -201,10 +165,7 @@ fn tiktoken_model_alone_uses_llama31_specials() {
     assert_eq!(tok.bos_id(), Some(128_000));
     assert_eq!(tok.token_to_id("<|eom_id|>"), Some(128_008));
     assert_eq!(tok.token_to_id("<|python_tag|>"), Some(128_010));
-    assert_eq!(
-        tok.token_to_id("<|reserved_special_token_247|>"),
-        Some(128_255)
-    );
+    assert_eq!(tok.token_to_id("<|reserved_special_token_247|>"), Some(128_255));
     assert!(tok.add_bos_default());
     let mut stops = tok.stop_ids();
     stops.sort();

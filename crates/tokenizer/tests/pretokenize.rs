@@ -12,12 +12,8 @@ fn check(pre: PreTokenizer, key: &str) {
     let mut failures = Vec::new();
     for case in cases {
         let t = text(&case["text"]);
-        let want: Vec<usize> = case["ends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_u64().unwrap() as usize)
-            .collect();
+        let want: Vec<usize> =
+            case["ends"].as_array().unwrap().iter().map(|e| e.as_u64().unwrap() as usize).collect();
         let pieces = pre.split_text(t);
         assert_eq!(pieces.concat(), t, "pieces must cover the text");
         let got: Vec<usize> = pieces
@@ -38,19 +34,10 @@ fn check(pre: PreTokenizer, key: &str) {
                     })
                     .collect::<Vec<_>>()
             };
-            failures.push(format!(
-                "{t:?}\n  want {:?}\n  got  {:?}",
-                show(&want),
-                show(&got)
-            ));
+            failures.push(format!("{t:?}\n  want {:?}\n  got  {:?}", show(&want), show(&got)));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{key}: {} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{key}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -60,10 +47,5 @@ fn llama3_splits_match_hf() {
 
 #[test]
 fn smollm_splits_match_hf() {
-    check(
-        PreTokenizer::Gpt2 {
-            individual_digits: true,
-        },
-        "smollm",
-    );
+    check(PreTokenizer::Gpt2 { individual_digits: true }, "smollm");
 }

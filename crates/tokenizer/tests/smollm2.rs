@@ -17,12 +17,7 @@ fn gguf_tokenizer_matches_original_smollm2_ids() {
     let tok = smollm2();
     let fx = fixture("smollm2.json");
     assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().unwrap());
-    assert_eq!(
-        tok.pre_tokenizer(),
-        PreTokenizer::Gpt2 {
-            individual_digits: true
-        }
-    );
+    assert_eq!(tok.pre_tokenizer(), PreTokenizer::Gpt2 { individual_digits: true });
     let mut failures = Vec::new();
     let mut transformers_differs = 0;
     for case in fx["cases"].as_array().unwrap() {
@@ -37,12 +32,7 @@ fn gguf_tokenizer_matches_original_smollm2_ids() {
             transformers_differs += 1;
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
     // transformers' GGUF loader drops SmolLM2's digit isolation; the corpus shows it (whitespace
     // before digits), so the fixture really tells the two pre-tokenizers apart.
     assert!(transformers_differs > 0);
@@ -56,11 +46,7 @@ fn gguf_tokenizer_with_plain_gpt2_split_matches_transformers() {
     let fx = fixture("smollm2.json");
     for case in fx["cases"].as_array().unwrap() {
         let t = text(&case["text"]);
-        assert_eq!(
-            tok.encode(t, false).unwrap(),
-            ids(&case["transformers_gguf_ids"]),
-            "{t:?}"
-        );
+        assert_eq!(tok.encode(t, false).unwrap(), ids(&case["transformers_gguf_ids"]), "{t:?}");
     }
 }
 

@@ -25,10 +25,8 @@ pub fn fixture_dir() -> PathBuf {
 
 pub fn fixture(name: &str) -> Value {
     let path = fixture_dir().join(name);
-    let data = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
-    serde_json::from_slice(&data)
-        .unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    serde_json::from_slice(&data).unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", path.display()))
 }
 
 /// The asset cache: `$AFINAR_CACHE/assets` or `~/.cache/afinar/assets`.
@@ -38,20 +36,12 @@ pub fn asset(rel: &str) -> PathBuf {
         None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/afinar"),
     };
     let path = base.join("assets").join(rel);
-    assert!(
-        path.exists(),
-        "missing test asset {}: run scripts/fetch-assets.sh",
-        path.display()
-    );
+    assert!(path.exists(), "missing test asset {}: run scripts/fetch-assets.sh", path.display());
     path
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("ids array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    v.as_array().expect("ids array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
 pub fn text(v: &Value) -> &str {
@@ -69,13 +59,8 @@ pub fn messages(v: &Value) -> Vec<Message> {
 /// The SmolLM2 GGUF tokenizer metadata dumped by the fixture script.
 pub fn smollm2_spec() -> GgufTokenizerSpec {
     let v = fixture("smollm2_spec.json");
-    let strings = |k: &str| -> Vec<String> {
-        v[k].as_array()
-            .expect(k)
-            .iter()
-            .map(|s| text(s).to_string())
-            .collect()
-    };
+    let strings =
+        |k: &str| -> Vec<String> { v[k].as_array().expect(k).iter().map(|s| text(s).to_string()).collect() };
     GgufTokenizerSpec {
         model: text(&v["model"]).to_string(),
         pre: v["pre"].as_str().map(str::to_string),
