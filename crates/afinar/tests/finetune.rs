@@ -140,6 +140,8 @@ fn source() -> ModelSource {
         hf_dir: None,
         config_json: config().to_hf_json(Some(128000), Some(128009), "float32"),
         dtype: DType::F32,
+        tokenizer: None,
+        max_seq_len: None,
     }
 }
 

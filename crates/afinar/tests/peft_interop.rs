@@ -50,8 +50,14 @@ fn lora_adapter_and_merged_weights_load_in_peft_and_transformers() {
     let run_dir = out.join("epoch_0");
     let config_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    let source =
-        ModelSource { path: base.clone(), hf_dir: Some(base.clone()), config_json, dtype: DType::F32 };
+    let source = ModelSource {
+        path: base.clone(),
+        hf_dir: Some(base.clone()),
+        config_json,
+        dtype: DType::F32,
+        tokenizer: None,
+        max_seq_len: None,
+    };
     LoraSave { source, spec, merged: true }.save(&be, &m, &run_dir).unwrap();
 
     let (b, t) = (2usize, 12usize);

@@ -184,7 +184,14 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         }
         None => model.config.to_hf_json(tokenizer.bos_id(), tokenizer.eos_id(), "float32"),
     };
-    let source = ModelSource { path: source.0, hf_dir: source.1, config_json: hf_json, dtype: DType::F32 };
+    let source = ModelSource {
+        path: source.0,
+        hf_dir: source.1,
+        config_json: hf_json,
+        dtype: DType::F32,
+        tokenizer: Some(std::sync::Arc::new(tokenizer)),
+        max_seq_len: Some(model.config.max_seq_len),
+    };
     let saver: Box<dyn SaveTarget<B>> = match &lora {
         Some(spec) => Box::new(LoraSave {
             source,

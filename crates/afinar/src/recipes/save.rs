@@ -10,7 +10,10 @@ use afinar_checkpoint::write::{
     copy_side_files, save_like, save_sharded, write_atomic, write_dir_atomic, TensorWrite,
 };
 use afinar_checkpoint::{save_peft_adapter, DType, LoraAdapterConfig};
+use std::sync::Arc;
+
 use afinar_engine::Backend;
+use afinar_tokenizer::Tokenizer;
 
 use super::state::SaveTarget;
 use crate::models::{Llama, LoraSpec};
@@ -21,7 +24,7 @@ use crate::{Error, Result};
 const MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// Where the base model came from, which decides names, layout and side files of the output.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ModelSource {
     /// The path the user gave (GGUF file or HF folder/file), for `base_model_name_or_path`.
     pub path: PathBuf,
@@ -32,6 +35,11 @@ pub struct ModelSource {
     pub config_json: serde_json::Value,
     /// Storage type of the written weights.
     pub dtype: DType,
+    /// Tokenizer to write as `tokenizer.json` + `tokenizer_config.json` when the input had no
+    /// tokenizer files to copy (a GGUF file).
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    /// `model_max_length` for the exported tokenizer config.
+    pub max_seq_len: Option<usize>,
 }
 
 impl ModelSource {
@@ -46,6 +54,9 @@ impl ModelSource {
             }
             None => {
                 save_sharded(dir, &tensors, MAX_SHARD_BYTES, &BTreeMap::new())?;
+                if let Some(tok) = &self.tokenizer {
+                    tok.save_hf_with_max_length(dir, self.max_seq_len)?;
+                }
             }
         }
         let json = serde_json::to_vec_pretty(&self.config_json).expect("a JSON value serialises");
