@@ -23,6 +23,16 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Turn text into token ids, with optional statistics.
     Tokenize(commands::tokenize::TokenizeArgs),
+    /// List the built-in recipe configs.
+    Ls(commands::ls::LsArgs),
+    /// Copy a built-in config to a file, to edit it.
+    Cp(commands::cp::CpArgs),
+    /// Print a config (built-in name or file).
+    Cat(commands::cat::CatArgs),
+    /// Check a config and its overrides without loading any weights.
+    Validate(commands::validate::ValidateArgs),
+    /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +41,11 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Ls(args) => commands::ls::run(args),
+        Command::Cp(args) => commands::cp::run(args),
+        Command::Cat(args) => commands::cat::run(args),
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,11 +54,11 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("lr_scheduler", SCHEDULER_KEYS),
 ];
 
-/// `column_map` roles each dataset kind reads.
+/// `column_map` roles each dataset kind reads (the column names `afinar-data` looks for).
 fn column_roles(kind: DatasetKind) -> &'static [&'static str] {
     match kind {
-        DatasetKind::Instruct => &["input", "output", "system"],
-        DatasetKind::Chat => &["messages"],
+        DatasetKind::Instruct => &["instruction", "input", "output"],
+        DatasetKind::Chat => &["conversations", "messages"],
         DatasetKind::Text => &["text"],
     }
 }
@@ -767,7 +767,7 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
                 ("rank", raw_node(l.rank)),
                 ("alpha", raw_node(format!("{:?}", l.alpha))),
                 ("dropout", raw_node(format!("{:?}", l.dropout))),
-                ("target_modules", seq(l.target_modules.iter().map(|t| raw_node(t)).collect())),
+                ("target_modules", seq(l.target_modules.iter().map(raw_node).collect())),
                 ("quantize_base", raw_node(l.quantize_base)),
             ]),
         ));

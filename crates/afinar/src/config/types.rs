@@ -85,9 +85,9 @@ word_enum! {
 word_enum! {
     /// How dataset rows are read.
     DatasetKind {
-        /// Prompt/response pairs (columns `input`, `output`, optionally `system`).
+        /// Prompt/response pairs (columns `instruction`, `input`, `output`).
         Instruct = "instruct",
-        /// Multi-turn conversations (a column of messages).
+        /// Multi-turn conversations (a `conversations` or `messages` column).
         Chat = "chat",
         /// Plain text for continued pre-training (a `text` column).
         Text = "text",
@@ -253,7 +253,8 @@ pub struct DatasetSection {
     pub source: PathBuf,
     /// The file format; `None`: from the extension of `source` (checked to be known).
     pub format: Option<FileFormat>,
-    /// Dataset column names by role, e.g. `input: question` (default: the kind's own names).
+    /// The file's column for each of the names the reader looks for, e.g. `output: answer`
+    /// (instruct: instruction, input, output; chat: conversations, messages; text: text).
     pub column_map: BTreeMap<String, String>,
     /// For `chat`: how turns are written; `None`: detected from the rows.
     pub conversation_style: Option<ConversationStyle>,

@@ -1,8 +1,14 @@
 //! One module per subcommand, plus the options they share.
 
+pub mod cat;
 pub mod chat;
+pub mod cp;
 pub mod generate;
+pub mod ls;
+pub mod progress;
+pub mod run;
 pub mod tokenize;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -95,8 +101,8 @@ pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, To
         tokenizer: args.tokenizer.clone(),
     };
     let t0 = std::time::Instant::now();
-    let mut loaded = load_model(&be, &args.model, &opts)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut loaded =
+        load_model(&be, &args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = loaded.tokenizer.take().with_context(|| {
         format!(
             "{} has no tokenizer; pass --tokenizer PATH (tokenizer.json or tokenizer.model)",

@@ -1,0 +1,71 @@
+//! How a training run shows its progress: a progress bar on a terminal, plain lines otherwise
+//! (logs, CI), one per logged step.
+
+use std::io::IsTerminal;
+
+use afinar::recipes::metrics::{Reporter, StepMetrics};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A [`Reporter`] for the terminal.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    log_every: usize,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, plain lines every `log_every` steps otherwise.
+    pub fn new(log_every: usize) -> Self {
+        Self { bar: std::io::stderr().is_terminal().then(ProgressBar::hidden), log_every: log_every.max(1) }
+    }
+}
+
+fn line(m: &StepMetrics) -> String {
+    format!(
+        "loss {:.4} | lr {:.2e} | {:.0} tok/s | grad {:.3} | {:.2} GB",
+        m.loss,
+        m.lr,
+        m.tokens_per_sec,
+        m.grad_norm,
+        m.peak_rss_bytes as f64 / 1e9
+    )
+}
+
+impl Reporter for Progress {
+    fn start(&mut self, total_steps: usize, message: &str) {
+        eprintln!("afinar: {message}");
+        if let Some(bar) = &mut self.bar {
+            *bar = ProgressBar::new(total_steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                    .expect("a valid progress template"),
+            );
+        }
+    }
+
+    fn step(&mut self, m: &StepMetrics) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(m.step as u64);
+                bar.set_message(line(m));
+            }
+            None if m.step % self.log_every == 0 || m.step == m.total_steps => {
+                eprintln!("step {}/{} (epoch {}) | {}", m.step, m.total_steps, m.epoch, line(m));
+            }
+            None => {}
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("afinar: {message}")),
+            None => eprintln!("afinar: {message}"),
+        }
+    }
+
+    fn finish(&mut self, message: &str) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!("afinar: {message}");
+    }
+}

@@ -1,0 +1,48 @@
+//! `afinar run RECIPE --config NAME|PATH [KEY=VALUE…]`: checks the config, then trains.
+
+use afinar::config::{Recipe, RecipeConfig};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::progress::Progress;
+
+/// Arguments of `afinar run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The recipe: full_finetune or lora_finetune.
+    recipe: String,
+    /// A built-in config name (see `afinar ls`) or a YAML file.
+    #[arg(long, short = 'c')]
+    config: String,
+    /// Overrides: KEY=VALUE sets a key (dotted path, YAML value), ~KEY deletes one.
+    overrides: Vec<String>,
+}
+
+/// Runs the command.
+pub fn run(args: RunArgs) -> Result<()> {
+    let Some(recipe) = Recipe::from_name(&args.recipe) else {
+        bail!("unknown recipe `{}` (expected one of {})", args.recipe, Recipe::NAMES.join(", "));
+    };
+    let cfg = RecipeConfig::load_for(recipe, &args.config, &args.overrides)?;
+    let model = match (&cfg.model.path, &cfg.model.preset) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(p)) => format!("preset {p} (random init)"),
+        (None, None) => String::new(),
+    };
+    eprintln!(
+        "afinar: {recipe} on {model}, data {}, output {}",
+        cfg.dataset.source.display(),
+        cfg.output_dir.display()
+    );
+    std::fs::create_dir_all(&cfg.output_dir)
+        .with_context(|| format!("creating the output folder {}", cfg.output_dir.display()))?;
+    let saved = cfg.output_dir.join("recipe_config.yaml");
+    let yaml = cfg.to_yaml();
+    afinar::checkpoint::write::write_atomic(&saved, |w| w.write_all(yaml.as_bytes()))?;
+    let mut progress = Progress::new(cfg.log_every_n_steps);
+    let summary = afinar::recipes::run(&cfg, &mut progress)?;
+    if let Some(last) = summary.checkpoints.last() {
+        eprintln!("afinar: final checkpoint {}", last.display());
+    }
+    Ok(())
+}
