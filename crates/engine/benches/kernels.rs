@@ -3,6 +3,7 @@
 //!
 //!     cargo bench -p afinar-engine --bench kernels [-- filter] [--threads N]
 
+use afinar_engine::cpu::{amx, matmul};
 use afinar_engine::{AttnDims, Backend, CpuBackend, WeightFormat};
 use std::time::Instant;
 
@@ -45,7 +46,7 @@ fn main() {
         .cloned()
         .unwrap_or_default();
     let be = CpuBackend::new(threads);
-    println!("{}", be.name());
+    println!("{} (amx: {})", be.name(), amx::available());
     let run = |n: &str| n.contains(&filter);
 
     let (rows, dim, ffn, vocab) = (2048usize, 576usize, 1536usize, 49152usize);
@@ -62,9 +63,51 @@ fn main() {
             let t = time(10, || be.linear_backward_input(&dy, &w, &mut dx, rows, false).unwrap());
             report(&format!("linear {fmt:?} 2048x576->1536 dx"), t, fl);
         }
+        // The same products on the reference path (bf16 tiles widened to f32, then `gemm`).
+        let w = be.weight(&randn(ffn * dim, 3), ffn, dim, WeightFormat::BF16).unwrap();
+        let (mut y, mut dx) = (vec![0.0; rows * ffn], vec![0.0; rows * dim]);
+        let fl = 2.0 * (rows * dim * ffn) as f64;
+        let t =
+            time(10, || be.install(|| matmul::linear_forward(&x, w.as_ref(), &mut y, rows, ffn, dim, false)));
+        report("linear BF16 2048x576->1536 fwd (gemm ref)", t, fl);
+        let t = time(10, || {
+            be.install(|| matmul::linear_backward_input(&dy, w.as_ref(), &mut dx, rows, ffn, dim, false))
+        });
+        report("linear BF16 2048x576->1536 dx (gemm ref)", t, fl);
+        // The other SmolLM2 shape: ffn down-projection 1536 -> 576.
+        for fmt in [WeightFormat::F32, WeightFormat::BF16] {
+            let w = be.weight(&randn(dim * ffn, 4), dim, ffn, fmt).unwrap();
+            let mut y = vec![0.0; rows * dim];
+            let t = time(10, || be.linear(&dy, &w, &mut y, rows, false).unwrap());
+            report(&format!("linear {fmt:?} 2048x1536->576 fwd"), t, fl);
+        }
         let mut dw = vec![0.0; ffn * dim];
         let t = time(10, || be.matmul(&dy, true, &x, false, &mut dw, ffn, dim, rows, 1.0, 1.0).unwrap());
         report("linear 2048x576->1536 dw", t, 2.0 * (rows * dim * ffn) as f64);
+    }
+    if run("decode") {
+        // Few-row products (generation): weight-bandwidth bound, reported in GB/s of weight read.
+        for (out, inp, name) in [(ffn, dim, "576->1536"), (vocab, dim, "576->49152")] {
+            for fmt in [WeightFormat::F32, WeightFormat::BF16] {
+                let w = be.weight(&randn(out * inp, 3), out, inp, fmt).unwrap();
+                let bytes = (out * inp * if fmt == WeightFormat::F32 { 4 } else { 2 }) as f64;
+                for r in [1usize, 4] {
+                    let x = randn(r * inp, 1);
+                    let mut y = vec![0.0; r * out];
+                    let t = time(50, || be.linear(&x, &w, &mut y, r, false).unwrap());
+                    let t_ref = time(50, || {
+                        be.install(|| matmul::linear_forward(&x, w.as_ref(), &mut y, r, out, inp, false))
+                    });
+                    println!(
+                        "decode {fmt:?} {r}x{name:<12} gemv {:>8.1} us {:>6.1} GB/s | gemm {:>8.1} us {:>6.1} GB/s",
+                        t * 1e6,
+                        bytes / t / 1e9,
+                        t_ref * 1e6,
+                        bytes / t_ref / 1e9
+                    );
+                }
+            }
+        }
     }
     if run("attention") {
         let d = AttnDims {

@@ -6,10 +6,12 @@
 //! forward and backward side by side, so that the tests can check every backward against finite
 //! differences in f64. [`CpuBackend`] checks shapes, then calls their `f32` instances.
 
+pub mod amx;
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod float;
+pub mod gemv;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
@@ -260,7 +262,17 @@ impl Backend for CpuBackend {
         let op = "linear";
         need(op, "x", x.len(), mul(op, &[rows, w.cols])?)?;
         need(op, "y", y.len(), mul(op, &[rows, w.rows])?)?;
-        self.install(|| matmul::linear_forward(x, w.as_ref(), y, rows, w.rows, w.cols, accumulate));
+        let (out, inp) = (w.rows, w.cols);
+        self.install(|| match &w.data {
+            // Few rows (decode): stream the weight once.
+            _ if rows <= gemv::GEMV_MAX_ROWS => {
+                gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate)
+            }
+            CpuWeightData::BF16(d) if amx::available() => {
+                amx::linear_forward(x, d, y, rows, out, inp, accumulate)
+            }
+            _ => matmul::linear_forward(x, w.as_ref(), y, rows, out, inp, accumulate),
+        });
         Ok(())
     }
 
@@ -275,7 +287,13 @@ impl Backend for CpuBackend {
         let op = "linear_backward_input";
         need(op, "dy", dy.len(), mul(op, &[rows, w.rows])?)?;
         need(op, "dx", dx.len(), mul(op, &[rows, w.cols])?)?;
-        self.install(|| matmul::linear_backward_input(dy, w.as_ref(), dx, rows, w.rows, w.cols, accumulate));
+        let (out, inp) = (w.rows, w.cols);
+        self.install(|| match &w.data {
+            CpuWeightData::BF16(d) if amx::available() => {
+                amx::linear_backward_input(dy, d, dx, rows, out, inp, accumulate)
+            }
+            _ => matmul::linear_backward_input(dy, w.as_ref(), dx, rows, out, inp, accumulate),
+        });
         Ok(())
     }
 

@@ -1,0 +1,427 @@
+//! Linear layers with bf16 weights on Intel AMX (`tdpbf16ps`): `y = x Wᵀ` and `dx = dy W` for
+//! many rows.
+//!
+//! The activations are split once per call into [`SPLIT`] bf16 terms (`x ≈ x₀ + x₁`, 16
+//! significant bits), the weight is repacked into the VNNI tile layout AMX expects (and repeated
+//! for each term), and the products accumulate in f32 tiles over the whole inner dimension. Each
+//! 32 × 32 output block is computed by one task with a fixed order over `k`, so results do not
+//! depend on the number of threads; they agree with the f32 path to about 1e-5 relative.
+//!
+//! The tile instructions go through `asm!` (the AMX intrinsics are not stable in Rust 1.95).
+//! Linux hands out the tile state only after `arch_prctl(ARCH_REQ_XCOMP_PERM)`; [`available`]
+//! asks for it once per process.
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Output rows per micro-kernel (two 16-row tiles).
+const MR: usize = 32;
+/// Output columns per micro-kernel (two 16-column tiles).
+const NR: usize = 32;
+/// Inner-dimension elements per tile step (16 pairs of bf16 = 64 bytes).
+const KB: usize = 32;
+/// Bytes of one packed B tile (16 rows × 64 bytes).
+const BTILE: usize = 1024;
+/// Row blocks (of `MR`) per parallel task.
+const TASK_MB: usize = 4;
+/// Column blocks (of `NR`) per parallel task.
+const TASK_NB: usize = 8;
+
+/// Whether AMX-BF16 (with AVX512-BF16 for the conversions) is usable in this process: the CPU
+/// has it and the kernel granted the tile state. Set `AFINAR_NO_AMX=1` to turn it off.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::env::var_os("AFINAR_NO_AMX").is_none() && detect())
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    use std::arch::x86_64::__cpuid_count;
+    if !(std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512bw"))
+    {
+        return false;
+    }
+    // CPUID.(EAX=7, ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
+    // SAFETY: `cpuid` exists on every x86_64 CPU and leaf 7 is valid where AVX-512 is present.
+    let leaf7 = __cpuid_count(7, 0);
+    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+        return false;
+    }
+    // arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18): ask Linux to enable the
+    // tile data state for this process (all its threads). Returns 0 on success, -errno else.
+    let ret: i64;
+    // SAFETY: a plain system call that only changes this process' permitted XSAVE features; the
+    // `syscall` instruction clobbers rcx and r11, declared below, and touches no memory of ours.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") 158i64 => ret,
+            in("rdi") 0x1023i64,
+            in("rsi") 18i64,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// A raw pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: the tasks that share it write disjoint elements (see each use).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// Number of bf16 terms each activation is split into: `x ≈ x₀ + x₁ (+ x₂)` with
+/// `xᵢ = bf16(x − x₀ − … − xᵢ₋₁)`. Two terms carry 16 significant bits (relative error ≤ 2⁻¹⁷
+/// per activation, against 2⁻⁹ for a single rounding), which keeps the products within f32-path
+/// tolerances (≈ 1e-5 relative) at twice the AMX work; the weights are exact in bf16 already.
+pub const SPLIT: usize = 2;
+
+/// Activations split into [`SPLIT`] bf16 terms, each zero-padded to `kp` (a multiple of 32)
+/// columns and laid side by side: row `r` is `[x₀ | x₁ | …]`, `SPLIT · kp` values; `mp` rows
+/// (a multiple of 32).
+struct PackedA {
+    data: Vec<u16>,
+    kp: usize,
+}
+
+/// The `B` operand (`[k, n]`) in VNNI tiles: for each 16-column block and each 32-deep `k` block,
+/// 16 rows (pairs of `k`) × 16 columns × 2 bf16, repeated [`SPLIT`] times along `k`.
+/// Zero-padded to a multiple of 32 columns.
+struct PackedB {
+    data: Vec<u16>,
+    kblocks: usize,
+}
+
+/// Splits `src[m, k]` (f32, row-major) into bf16 terms (see [`PackedA`]).
+fn pack_a(src: &[f32], m: usize, k: usize) -> PackedA {
+    let mp = m.div_ceil(MR) * MR;
+    let kp = k.div_ceil(KB) * KB;
+    let row = SPLIT * kp;
+    let mut data = vec![0u16; mp * row];
+    data.par_chunks_mut(row * 16).enumerate().for_each(|(c, dst)| {
+        for (i, d) in dst.chunks_mut(row).enumerate() {
+            let r = c * 16 + i;
+            if r < m {
+                // SAFETY: `available()` checked AVX512-BF16 before any AMX path runs.
+                unsafe { simd::split_row(&src[r * k..(r + 1) * k], d, kp) };
+            }
+        }
+    });
+    PackedA { data, kp }
+}
+
+/// Packs `B[k, n]` into VNNI tiles; `fill(panel, n0, ncols)` writes the 16-column panel
+/// starting at column `n0` (`ncols ≤ 16` of them real), where element `(k, n0 + j)` goes to
+/// `panel[(k / 2) · 32 + 2j + k % 2]` (consecutive 1 KiB tiles of 16 `k` pairs each).
+fn pack_b(k: usize, n: usize, fill: impl Fn(&mut [u16], usize, usize) + Sync) -> PackedB {
+    let kb1 = k.div_ceil(KB);
+    // Each panel holds the tiles SPLIT times over, matching the SPLIT terms of a packed A row.
+    let kblocks = SPLIT * kb1;
+    let panels = n.div_ceil(NR) * 2;
+    let mut data = vec![0u16; panels * kblocks * BTILE / 2];
+    data.par_chunks_mut(kblocks * BTILE / 2).enumerate().for_each(|(nb, panel)| {
+        let n0 = nb * 16;
+        let ncols = n.saturating_sub(n0).min(16);
+        if ncols > 0 {
+            let (first, rest) = panel.split_at_mut(kb1 * BTILE / 2);
+            fill(first, n0, ncols);
+            for copy in rest.chunks_mut(kb1 * BTILE / 2) {
+                copy.copy_from_slice(first);
+            }
+        }
+    });
+    PackedB { data, kblocks }
+}
+
+/// Index of `(k, j)` in a packed panel.
+#[inline(always)]
+fn vnni(k: usize, j: usize) -> usize {
+    (k >> 1) * 32 + 2 * j + (k & 1)
+}
+
+/// `c[m, n] (+)= A · B` over packed operands, `c` row-major with row stride `ldc`.
+fn run(a: &PackedA, b: &PackedB, c: &mut [f32], m: usize, n: usize, ldc: usize, accumulate: bool) {
+    let mblocks = m.div_ceil(MR);
+    let nblocks = n.div_ceil(NR);
+    let (tm, tn) = (mblocks.div_ceil(TASK_MB), nblocks.div_ceil(TASK_NB));
+    let cp = SharedMut(c.as_mut_ptr());
+    (0..tm * tn).into_par_iter().for_each(|t| {
+        let (ti, tj) = (t / tn, t % tn);
+        let mut scratch = [0.0f32; MR * NR];
+        // SAFETY: AMX is available (the callers assert `available()`); the configuration lives
+        // until `release_tiles` below, and nothing in between but `kernel` touches tiles (a rayon
+        // task runs start to end on one thread and this loop calls no rayon functions).
+        unsafe { config_tiles() };
+        for nb in tj * TASK_NB..((tj + 1) * TASK_NB).min(nblocks) {
+            let b0 = &b.data[(2 * nb) * b.kblocks * BTILE / 2..];
+            for mb in ti * TASK_MB..((ti + 1) * TASK_MB).min(mblocks) {
+                let a0 = &a.data[mb * MR * SPLIT * a.kp..];
+                // SAFETY: the tiles are configured (above); `a0`
+                // holds 32 rows of `SPLIT · kp` bf16 and `b0` two panels of `kblocks` tiles (padding
+                // guarantees both); `scratch` holds 32 × 32 f32.
+                unsafe {
+                    kernel(a0.as_ptr(), SPLIT * a.kp * 2, b0.as_ptr(), b.kblocks, scratch.as_mut_ptr());
+                }
+                let (m0, n0) = (mb * MR, nb * NR);
+                let (mm, nn) = ((m - m0).min(MR), (n - n0).min(NR));
+                for i in 0..mm {
+                    let s = &scratch[i * NR..i * NR + nn];
+                    // SAFETY: row m0 + i < m and columns n0..n0 + nn < n are in bounds of `c`
+                    // (the caller checked c.len() ≥ (m - 1) · ldc + n); this (mb, nb) block
+                    // belongs to this task only, so no other thread touches these elements.
+                    let d = unsafe { std::slice::from_raw_parts_mut(cp.get().add((m0 + i) * ldc + n0), nn) };
+                    if accumulate {
+                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                    } else {
+                        d.copy_from_slice(s);
+                    }
+                }
+            }
+        }
+        // SAFETY: as for `config_tiles` above.
+        unsafe { release_tiles() };
+    });
+}
+
+/// Loads the tile configuration used by [`kernel`]: palette 1, tiles 0..8 all 16 rows × 64
+/// bytes.
+///
+/// # Safety
+/// AMX-TILE must be enabled for the process. The configuration stays loaded on this thread until
+/// [`release_tiles`]; callers must not run anything between the two that could use tiles
+/// differently (nothing in this crate or the compiler's output does).
+#[cfg(target_arch = "x86_64")]
+unsafe fn config_tiles() {
+    #[repr(C, align(64))]
+    struct Cfg([u8; 64]);
+    let mut cfg = Cfg([0; 64]);
+    cfg.0[0] = 1;
+    for t in 0..8 {
+        cfg.0[16 + 2 * t] = 64;
+        cfg.0[48 + t] = 16;
+    }
+    // SAFETY: `cfg` is a valid 64-byte, 64-aligned palette-1 configuration (reserved bytes 0).
+    unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+}
+
+/// Returns the tile state to its initial (unconfigured) state.
+///
+/// # Safety
+/// AMX-TILE must be enabled for the process.
+#[cfg(target_arch = "x86_64")]
+unsafe fn release_tiles() {
+    // SAFETY: `tilerelease` only resets the tile registers and configuration.
+    unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// One 32 × 32 block: `scratch = A[32, kblocks·32] · B`, two 16-row A tiles against two 16-column
+/// B panels, four f32 accumulator tiles.
+///
+/// # Safety
+/// The tiles must be configured by [`config_tiles`] on this thread; `a` must address 32 rows of
+/// `kblocks · 32` bf16 with row stride `a_stride` bytes; `b` two consecutive panels of `kblocks`
+/// 1 KiB tiles; `c` 32 × 32 writable f32; `kblocks ≥ 1`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn kernel(a: *const u16, a_stride: usize, b: *const u16, kblocks: usize, c: *mut f32) {
+    let a1 = a.wrapping_byte_add(16 * a_stride);
+    let b1 = b.wrapping_byte_add(kblocks * BTILE);
+    // SAFETY: see the function contract. tmm0..3 accumulate C, tmm4/5 hold A, tmm6/7 B; the
+    // loop walks 64 bytes along A and one 1 KiB tile along each B panel per step and reads only
+    // inside the operands; the stores write exactly the 32 × 32 f32 of `c` (row stride 128 B).
+    // The compiler never allocates tile registers, so clobbering them is invisible to it.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "mov {s64}, 64",
+            "2:",
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s64}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {cnt}",
+            "jnz 2b",
+            "mov {s64}, 128",
+            "tilestored [{c} + {s64}*1], tmm0",
+            "tilestored [{c} + {s64}*1 + 64], tmm1",
+            "tilestored [{c} + {s64}*1 + 2048], tmm2",
+            "tilestored [{c} + {s64}*1 + 2112], tmm3",
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a1 => _,
+            b0 = inout(reg) b => _,
+            b1 = inout(reg) b1 => _,
+            sa = in(reg) a_stride,
+            cnt = inout(reg) kblocks => _,
+            c = in(reg) c,
+            s64 = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32) {
+    unreachable!("AMX is never reported available off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn config_tiles() {
+    unreachable!("AMX is never reported available off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn release_tiles() {
+    unreachable!("AMX is never reported available off x86_64")
+}
+
+/// `y[rows, out] (+)= x[rows, inp] · Wᵀ` with `W: [out, inp]` in bf16, on AMX. When
+/// `accumulate` is false the old contents of `y` are not read.
+///
+/// # Panics
+/// When a slice is shorter than its matrix, or when [`available`] is false.
+pub fn linear_forward(
+    x: &[f32],
+    w: &[half::bf16],
+    y: &mut [f32],
+    rows: usize,
+    out: usize,
+    inp: usize,
+    accumulate: bool,
+) {
+    assert!(available(), "AMX is not available");
+    assert!(x.len() >= rows * inp && y.len() >= rows * out && w.len() >= out * inp);
+    if rows == 0 || out == 0 {
+        return;
+    }
+    if inp == 0 {
+        if !accumulate {
+            y[..rows * out].fill(0.0);
+        }
+        return;
+    }
+    let a = pack_a(x, rows, inp);
+    // B[k, n] = W[n, k].
+    let b = pack_b(inp, out, |panel, n0, ncols| {
+        for j in 0..ncols {
+            let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
+            for (k, v) in row.iter().enumerate() {
+                panel[vnni(k, j)] = v.to_bits();
+            }
+        }
+    });
+    run(&a, &b, y, rows, out, out, accumulate);
+}
+
+/// `dx[rows, inp] (+)= dy[rows, out] · W` with `W: [out, inp]` in bf16, on AMX. When
+/// `accumulate` is false the old contents of `dx` are not read.
+///
+/// # Panics
+/// When a slice is shorter than its matrix, or when [`available`] is false.
+pub fn linear_backward_input(
+    dy: &[f32],
+    w: &[half::bf16],
+    dx: &mut [f32],
+    rows: usize,
+    out: usize,
+    inp: usize,
+    accumulate: bool,
+) {
+    assert!(available(), "AMX is not available");
+    assert!(dy.len() >= rows * out && dx.len() >= rows * inp && w.len() >= out * inp);
+    if rows == 0 || inp == 0 {
+        return;
+    }
+    if out == 0 {
+        if !accumulate {
+            dx[..rows * inp].fill(0.0);
+        }
+        return;
+    }
+    let a = pack_a(dy, rows, out);
+    // B[k, n] = W[k, n].
+    let b = pack_b(out, inp, |panel, n0, ncols| {
+        for k in 0..out {
+            let row = &w[k * inp + n0..k * inp + n0 + ncols];
+            let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
+            for (j, v) in row.iter().enumerate() {
+                dst[2 * j + (k & 1)] = v.to_bits();
+            }
+        }
+    });
+    run(&a, &b, dx, rows, inp, inp, accumulate);
+}
+
+// The AVX-512 intrinsics used here are stable since Rust 1.89, above the workspace's declared
+// MSRV (1.85): building this crate needs 1.89+ (the project builds with 1.95). Raise
+// `rust-version` to 1.89 to drop this allow.
+#[allow(clippy::incompatible_msrv)]
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// Splits f32 values into [`super::SPLIT`] bf16 terms: term `t` of `src[i]` goes to
+    /// `dst[t · kp + i]` (each term rounded to nearest even from the remainder of the previous
+    /// ones; a non-finite value gives a non-finite first term and NaN after it).
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available.
+    ///
+    /// # Panics
+    /// When `kp < src.len()` or `dst.len() < SPLIT · kp`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn split_row(src: &[f32], dst: &mut [u16], kp: usize) {
+        let n = src.len();
+        assert!(kp >= n && dst.len() >= super::SPLIT * kp);
+        let mut i = 0;
+        // SAFETY: every access is at i..i + 16 ≤ n, or masked to the elements below n; the
+        // stores go to dst[t · kp + i ..], below SPLIT · kp ≤ dst.len() for the same lanes.
+        unsafe {
+            while i < n {
+                let left = n - i;
+                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                let mut v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+                for t in 0..super::SPLIT {
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(t * kp + i).cast(), mask, h);
+                    let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+                    v = _mm512_sub_ps(v, back);
+                }
+                i += 16;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    pub unsafe fn split_row(_: &[f32], _: &mut [u16], _: usize) {
+        unreachable!("AMX is never reported available off x86_64")
+    }
+}

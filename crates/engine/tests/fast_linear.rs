@@ -1,0 +1,199 @@
+//! The fast linear paths of the CPU backend (few-row GEMV, AMX bf16) against the reference
+//! `gemm` path (`cpu::matmul`), including results independent of the thread count.
+
+use afinar_engine::cpu::{amx, gemv, matmul};
+use afinar_engine::{Backend, CpuBackend, WeightFormat};
+use half::bf16;
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+fn round_bf16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+}
+
+/// Largest `|a - b|` relative to the largest `|b|` (a scale-aware max-error).
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Relative error of the whole vector (‖a − b‖ / ‖b‖).
+fn norm_err(a: &[f32], b: &[f32]) -> f32 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / n.max(1e-300)).sqrt() as f32
+}
+
+const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::BF16];
+
+#[test]
+fn gemv_matches_gemm_path() {
+    let be = CpuBackend::new(Some(2));
+    for (out, inp) in [(17, 33), (64, 576), (5, 16), (130, 7), (1, 1), (9, 100)] {
+        for fmt in FORMATS {
+            let wv = randn(out * inp, 3 + out as u64);
+            let w = be.weight(&wv, out, inp, fmt).unwrap();
+            for rows in 1..=gemv::GEMV_MAX_ROWS {
+                let x = randn(rows * inp, 7 + rows as u64);
+                for accumulate in [false, true] {
+                    let y0 = randn(rows * out, 11);
+                    let mut reference = y0.clone();
+                    matmul::linear_forward(&x, w.as_ref(), &mut reference, rows, out, inp, accumulate);
+                    let mut fast = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
+                    be.linear(&x, &w, &mut fast, rows, accumulate).unwrap();
+                    let mut portable = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
+                    gemv::linear_gemv_portable(&x, w.as_ref(), &mut portable, rows, out, inp, accumulate);
+                    for (name, got) in [("simd", &fast), ("portable", &portable)] {
+                        let e = rel_err(got, &reference);
+                        assert!(e < 1e-5, "{name} {fmt:?} rows {rows} {out}x{inp} acc {accumulate}: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemv_is_independent_of_thread_count() {
+    let (rows, out, inp) = (3, 1000, 577);
+    let x = randn(rows * inp, 1);
+    for fmt in FORMATS {
+        let mut results = Vec::new();
+        for threads in [1, 2, 3, 5] {
+            let be = CpuBackend::new(Some(threads));
+            let w = be.weight(&randn(out * inp, 2), out, inp, fmt).unwrap();
+            let mut y = vec![0.0; rows * out];
+            be.linear(&x, &w, &mut y, rows, false).unwrap();
+            results.push(y);
+        }
+        assert!(results.windows(2).all(|p| p[0] == p[1]), "{fmt:?}: results depend on the thread count");
+    }
+}
+
+#[test]
+fn gemv_empty_inner_dimension_gives_zeros() {
+    let be = CpuBackend::new(Some(2));
+    let w = be.weight(&[], 3, 0, WeightFormat::BF16).unwrap();
+    let mut y = vec![f32::NAN; 6];
+    be.linear(&Vec::new(), &w, &mut y, 2, false).unwrap();
+    assert_eq!(y, vec![0.0; 6]);
+}
+
+/// Shapes with ragged edges in every dimension, and the SmolLM2 attention shape.
+const AMX_SHAPES: [(usize, usize, usize); 6] =
+    [(9, 17, 31), (33, 50, 70), (100, 96, 576), (64, 32, 32), (40, 1, 1), (70, 200, 33)];
+
+#[test]
+fn amx_linear_matches_gemm_path() {
+    if !amx::available() {
+        eprintln!("AMX not available here: skipping");
+        return;
+    }
+    let be = CpuBackend::new(Some(2));
+    for (rows, out, inp) in AMX_SHAPES {
+        let wv = randn(out * inp, 5);
+        let w = be.weight(&wv, out, inp, WeightFormat::BF16).unwrap();
+        let bits: Vec<bf16> = wv.iter().map(|&v| bf16::from_f32(v)).collect();
+        let x = randn(rows * inp, 6);
+        let dy = randn(rows * out, 8);
+        for accumulate in [false, true] {
+            // Forward. The activations are split into two bf16 terms (16 significant bits), so
+            // the result matches the f32 path to f32-like tolerances, far closer than a single
+            // bf16 rounding of the activations would.
+            let y0 = randn(rows * out, 9);
+            let mut fast = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
+            be.linear(&x, &w, &mut fast, rows, accumulate).unwrap();
+            let mut same_input = y0.clone();
+            matmul::linear_forward(&round_bf16(&x), w.as_ref(), &mut same_input, rows, out, inp, accumulate);
+            let mut exact = y0.clone();
+            matmul::linear_forward(&x, w.as_ref(), &mut exact, rows, out, inp, accumulate);
+            let tag = format!("fwd {rows}x{inp}->{out} acc {accumulate}");
+            assert!(rel_err(&fast, &exact) < 2e-5, "{tag}: {}", rel_err(&fast, &exact));
+            assert!(norm_err(&fast, &exact) < 1e-5, "{tag}: {}", norm_err(&fast, &exact));
+            // ... and is much closer than the reference on bf16-rounded activations.
+            assert!(norm_err(&fast, &exact) * 10.0 < norm_err(&same_input, &exact), "{tag}");
+            let mut direct = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
+            amx::linear_forward(&x, &bits, &mut direct, rows, out, inp, accumulate);
+            assert_eq!(direct, fast, "{tag}: backend and direct call differ");
+
+            // Input gradient.
+            let dx0 = randn(rows * inp, 10);
+            let mut fast = if accumulate { dx0.clone() } else { vec![f32::NAN; rows * inp] };
+            be.linear_backward_input(&dy, &w, &mut fast, rows, accumulate).unwrap();
+            let mut same_input = dx0.clone();
+            matmul::linear_backward_input(
+                &round_bf16(&dy),
+                w.as_ref(),
+                &mut same_input,
+                rows,
+                out,
+                inp,
+                accumulate,
+            );
+            let mut exact = dx0.clone();
+            matmul::linear_backward_input(&dy, w.as_ref(), &mut exact, rows, out, inp, accumulate);
+            let tag = format!("dx {rows}x{out}->{inp} acc {accumulate}");
+            assert!(rel_err(&fast, &exact) < 2e-5, "{tag}: {}", rel_err(&fast, &exact));
+            assert!(norm_err(&fast, &exact) < 1e-5, "{tag}: {}", norm_err(&fast, &exact));
+            // ... and is much closer than the reference on bf16-rounded activations.
+            assert!(norm_err(&fast, &exact) * 10.0 < norm_err(&same_input, &exact), "{tag}");
+        }
+    }
+}
+
+#[test]
+fn amx_is_independent_of_thread_count() {
+    if !amx::available() {
+        eprintln!("AMX not available here: skipping");
+        return;
+    }
+    let (rows, out, inp) = (300, 260, 200);
+    let x = randn(rows * inp, 1);
+    let dy = randn(rows * out, 2);
+    let wv = randn(out * inp, 3);
+    let mut results = Vec::new();
+    for threads in [1, 2, 3] {
+        let be = CpuBackend::new(Some(threads));
+        let w = be.weight(&wv, out, inp, WeightFormat::BF16).unwrap();
+        let mut y = vec![0.0; rows * out];
+        be.linear(&x, &w, &mut y, rows, false).unwrap();
+        let mut dx = vec![0.0; rows * inp];
+        be.linear_backward_input(&dy, &w, &mut dx, rows, false).unwrap();
+        results.push((y, dx));
+    }
+    assert!(results.windows(2).all(|p| p[0] == p[1]), "results depend on the thread count");
+}
+
+#[test]
+fn amx_propagates_non_finite_inputs() {
+    if !amx::available() {
+        eprintln!("AMX not available here: skipping");
+        return;
+    }
+    let (rows, out, inp) = (20, 18, 40);
+    let mut x = randn(rows * inp, 1);
+    x[3 * inp + 5] = f32::NAN;
+    x[7 * inp] = f32::INFINITY;
+    let bits: Vec<bf16> = randn(out * inp, 2).iter().map(|&v| bf16::from_f32(v)).collect();
+    let mut y = vec![0.0; rows * out];
+    amx::linear_forward(&x, &bits, &mut y, rows, out, inp, false);
+    for r in 0..rows {
+        let row = &y[r * out..(r + 1) * out];
+        match r {
+            3 => assert!(row.iter().all(|v| v.is_nan())),
+            7 => assert!(row.iter().all(|v| !v.is_finite())),
+            _ => assert!(row.iter().all(|v| v.is_finite())),
+        }
+    }
+}
