@@ -1,0 +1,258 @@
+//! Rows to typed records: the columns each dataset kind needs, with their types checked.
+
+use std::path::Path;
+
+use afinar_tokenizer::Message;
+use serde_json::{Map, Value};
+
+use crate::error::json_type;
+use crate::formats::RawRow;
+use crate::{ConversationStyle, DataError, DatasetKind, DatasetSpec, RowLoc};
+
+/// One row's content, ready to be rendered and tokenized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    Instruct { instruction: String, input: String, output: String },
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+/// Checks every row and turns it into a [`Record`]; the first bad row (in file order) is the error.
+pub(crate) fn extract(spec: &DatasetSpec, path: &Path, rows: &[RawRow]) -> Result<Vec<Record>, DataError> {
+    let ctx = Ctx { path };
+    match spec.kind {
+        DatasetKind::Instruct => {
+            let (ci, cn, co) = (spec.column("instruction"), spec.column("input"), spec.column("output"));
+            rows.iter()
+                .map(|r| {
+                    Ok(Record::Instruct {
+                        instruction: ctx.string(r, ci)?,
+                        input: ctx.optional_string(r, cn)?,
+                        output: ctx.string(r, co)?,
+                    })
+                })
+                .collect()
+        }
+        DatasetKind::Text => {
+            let c = spec.column("text");
+            rows.iter().map(|r| Ok(Record::Text(ctx.string(r, c)?))).collect()
+        }
+        DatasetKind::Chat => {
+            let Some(first) = rows.first() else {
+                return Ok(Vec::new());
+            };
+            let (column, style) = chat_layout(spec, &ctx, first)?;
+            rows.iter().map(|r| Ok(Record::Chat(ctx.conversation(r, column, style)?))).collect()
+        }
+    }
+}
+
+/// The conversation column and style: given, or detected from the first row.
+fn chat_layout<'a>(
+    spec: &'a DatasetSpec,
+    ctx: &Ctx<'_>,
+    first: &RawRow,
+) -> Result<(&'a str, ConversationStyle), DataError> {
+    if let Some(style) = spec.conversation_style {
+        return Ok((spec.column(style.column()), style));
+    }
+    let share = spec.column("conversations");
+    let open = spec.column("messages");
+    let column = if first.fields.contains_key(share) {
+        share
+    } else if first.fields.contains_key(open) {
+        open
+    } else {
+        return Err(DataError::MissingColumn {
+            path: ctx.path.to_path_buf(),
+            at: first.at,
+            column: format!("{share}\" or \"{open}"),
+            available: available(&first.fields),
+        });
+    };
+    // The message keys decide the style; the column name only when there is no message to look at.
+    let first_msg = first
+        .fields
+        .get(column)
+        .and_then(|v| ctx.message_list(first, column, v).ok())
+        .and_then(|list| list.into_iter().next());
+    let style = match first_msg {
+        Some(Value::Object(m)) if m.contains_key("from") => ConversationStyle::ShareGpt,
+        Some(Value::Object(m)) if m.contains_key("role") => ConversationStyle::OpenAi,
+        _ if column == share => ConversationStyle::ShareGpt,
+        _ => ConversationStyle::OpenAi,
+    };
+    Ok((column, style))
+}
+
+fn available(fields: &Map<String, Value>) -> String {
+    if fields.is_empty() {
+        return "no columns".into();
+    }
+    let names: Vec<String> = fields.keys().map(|k| format!("{k:?}")).collect();
+    format!("columns {}", names.join(", "))
+}
+
+struct Ctx<'p> {
+    path: &'p Path,
+}
+
+impl Ctx<'_> {
+    fn missing(&self, row: &RawRow, column: &str) -> DataError {
+        DataError::MissingColumn {
+            path: self.path.to_path_buf(),
+            at: row.at,
+            column: column.to_string(),
+            available: available(&row.fields),
+        }
+    }
+
+    fn wrong(&self, at: RowLoc, column: &str, expected: &str, found: &Value) -> DataError {
+        DataError::WrongType {
+            path: self.path.to_path_buf(),
+            at,
+            column: column.to_string(),
+            expected: expected.to_string(),
+            found: json_type(found).to_string(),
+        }
+    }
+
+    fn invalid(&self, at: RowLoc, column: &str, message: String) -> DataError {
+        DataError::InvalidValue { path: self.path.to_path_buf(), at, column: column.to_string(), message }
+    }
+
+    fn string(&self, row: &RawRow, column: &str) -> Result<String, DataError> {
+        match row.fields.get(column) {
+            None => Err(self.missing(row, column)),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(self.wrong(row.at, column, "a string", other)),
+        }
+    }
+
+    /// A column that may be absent or null (Alpaca's `input`): empty then.
+    fn optional_string(&self, row: &RawRow, column: &str) -> Result<String, DataError> {
+        match row.fields.get(column) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(self.wrong(row.at, column, "a string", other)),
+        }
+    }
+
+    /// The list of messages in `v`; a string holding JSON (a CSV cell) is parsed first.
+    fn message_list(&self, row: &RawRow, column: &str, v: &Value) -> Result<Vec<Value>, DataError> {
+        let expected = "a list of messages";
+        match v {
+            Value::Array(items) => Ok(items.clone()),
+            Value::String(s) => match serde_json::from_str::<Value>(s) {
+                Ok(Value::Array(items)) => Ok(items),
+                _ => Err(self.invalid(
+                    row.at,
+                    column,
+                    format!("expected {expected} (or its JSON text), found a string that is not a JSON list"),
+                )),
+            },
+            other => Err(self.wrong(row.at, column, expected, other)),
+        }
+    }
+
+    fn conversation(
+        &self,
+        row: &RawRow,
+        column: &str,
+        style: ConversationStyle,
+    ) -> Result<Vec<Message>, DataError> {
+        let v = row.fields.get(column).ok_or_else(|| self.missing(row, column))?;
+        let items = self.message_list(row, column, v)?;
+        if items.is_empty() {
+            return Err(self.invalid(row.at, column, "the conversation has no messages".into()));
+        }
+        let (role_key, content_key) = match style {
+            ConversationStyle::ShareGpt => ("from", "value"),
+            ConversationStyle::OpenAi => ("role", "content"),
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let name = format!("{column}[{i}]");
+                let Value::Object(m) = item else {
+                    return Err(self.wrong(row.at, &name, "a message object", item));
+                };
+                let field = |key: &str| -> Result<&Value, DataError> {
+                    m.get(key).ok_or_else(|| {
+                        self.invalid(
+                            row.at,
+                            &name,
+                            format!(
+                                "the message has no {key:?} key ({style:?} messages need {role_key:?} and {content_key:?}; it has {})",
+                                available(m)
+                            ),
+                        )
+                    })
+                };
+                let role_col = format!("{name}.{role_key}");
+                let role = match field(role_key)? {
+                    Value::String(s) => s.as_str(),
+                    other => return Err(self.wrong(row.at, &role_col, "a string", other)),
+                };
+                let role = normalize_role(role, style).ok_or_else(|| {
+                    let known = match style {
+                        ConversationStyle::ShareGpt => "human, gpt, system (or user, assistant)",
+                        ConversationStyle::OpenAi => "system, user, assistant, tool, ipython",
+                    };
+                    self.invalid(row.at, &role_col, format!("unknown role {role:?}; expected {known}"))
+                })?;
+                let content_col = format!("{name}.{content_key}");
+                let content = self.content(row.at, &content_col, field(content_key)?)?;
+                Ok(Message::new(role, content))
+            })
+            .collect()
+    }
+
+    /// Message content: a string, or OpenAI's list of `{"type": "text", "text": ...}` parts.
+    fn content(&self, at: RowLoc, column: &str, v: &Value) -> Result<String, DataError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Array(parts) => {
+                let mut out = String::new();
+                for (i, part) in parts.iter().enumerate() {
+                    match part.get("text") {
+                        Some(Value::String(t)) if part.get("type").is_none_or(|ty| ty == "text") => {
+                            out.push_str(t)
+                        }
+                        _ => {
+                            return Err(self.invalid(
+                                at,
+                                &format!("{column}[{i}]"),
+                                "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported"
+                                    .into(),
+                            ))
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            other => Err(self.wrong(at, column, "a string", other)),
+        }
+    }
+}
+
+fn normalize_role(role: &str, style: ConversationStyle) -> Option<&'static str> {
+    let r = role.to_ascii_lowercase();
+    match style {
+        ConversationStyle::ShareGpt => match r.as_str() {
+            "human" | "user" => Some("user"),
+            "gpt" | "assistant" => Some("assistant"),
+            "system" => Some("system"),
+            _ => None,
+        },
+        ConversationStyle::OpenAi => match r.as_str() {
+            "system" => Some("system"),
+            "user" => Some("user"),
+            "assistant" => Some("assistant"),
+            "tool" => Some("tool"),
+            "ipython" => Some("ipython"),
+            _ => None,
+        },
+    }
+}
