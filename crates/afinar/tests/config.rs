@@ -130,11 +130,22 @@ fn shipped_settings() {
 
     let c = get("smollm2_135m_lora");
     let l = c.lora.as_ref().unwrap();
-    assert_eq!((l.rank, l.alpha, l.dropout), (8, 16.0, 0.0));
-    assert_eq!(l.target_modules, vec![LoraTarget::QProj, LoraTarget::VProj]);
+    assert_eq!((l.rank, l.alpha, l.dropout), (16, 32.0, 0.0));
+    assert_eq!(
+        l.target_modules,
+        vec![
+            LoraTarget::QProj,
+            LoraTarget::KProj,
+            LoraTarget::VProj,
+            LoraTarget::OProj,
+            LoraTarget::GateProj,
+            LoraTarget::UpProj,
+            LoraTarget::DownProj
+        ]
+    );
     assert_eq!((c.batch_size, c.tokenizer.max_seq_len), (4, 512));
-    assert_eq!(c.optimizer.lr, 3e-4);
-    assert_eq!((c.lr_scheduler.kind, c.lr_scheduler.warmup_steps), (SchedulerKind::Cosine, 10));
+    assert_eq!(c.optimizer.lr, 1e-3);
+    assert_eq!((c.lr_scheduler.kind, c.lr_scheduler.warmup_steps), (SchedulerKind::Cosine, 5));
     assert_eq!((c.dataset.kind, c.dataset.train_on), (DatasetKind::Instruct, TrainOn::Assistant));
     assert_eq!(c.device, "cpu");
 
