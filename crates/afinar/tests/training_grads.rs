@@ -11,7 +11,7 @@ use common::{fixture, rel_err, Expected};
 
 fn model(dir: &str) -> (CpuBackend, Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
-    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
+    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None, ..Default::default() };
     let m = load_model(&be, &fixture(&format!("models/{dir}")), &opts).unwrap().model;
     (be, m)
 }
@@ -138,4 +138,46 @@ fn lora_gradients_match_peft() {
     assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "loss {loss} vs {}", want[0]);
     let n = check_grads(&be, &mut m, &exp, "base_model.model.");
     assert_eq!(n, 28);
+}
+
+#[test]
+fn lora_on_the_output_projection_matches_peft() {
+    let exp = Expected::open(&fixture("training/lora_grads_with_output.safetensors"));
+    let x = inputs(&exp);
+    let (be, mut m) = model("llama31_tiny");
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec![
+            LoraTarget::Q,
+            LoraTarget::K,
+            LoraTarget::V,
+            LoraTarget::O,
+            LoraTarget::Gate,
+            LoraTarget::Up,
+            LoraTarget::Down,
+            LoraTarget::Output,
+        ],
+    };
+    m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
+    m.visit_params_mut(&mut |name, p| {
+        if let ParamMut::Buf(b, _) = p {
+            *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
+        }
+        Ok(())
+    })
+    .unwrap();
+    let loss = run(&be, &mut m, &x, false);
+    let (_, want) = exp.f32("loss");
+    assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "loss {loss} vs {}", want[0]);
+    assert_eq!(check_grads(&be, &mut m, &exp, "base_model.model."), 30);
+}
+
+#[test]
+fn lora_on_a_tied_output_projection_is_a_clear_error() {
+    let (be, mut m) = model("llama32_tiny");
+    let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Output] };
+    let err = m.apply_lora(&be, &spec, &mut Rng::new(0)).err().unwrap().to_string();
+    assert!(err.contains("tied") && err.contains("output"), "{err}");
 }

@@ -5,7 +5,7 @@
 use afinar_engine::Backend;
 
 use super::Llama;
-use crate::blocks::{KvTarget, LayerActs, LayerGrads, Tokens};
+use crate::blocks::{KvTarget, LayerActs, LayerGrads, Linear, Tokens};
 use crate::{Error, Result};
 
 /// One micro-batch: `batch` rows of `seq` tokens, row-major.
@@ -78,9 +78,6 @@ impl<B: Backend> Llama<B> {
         if let Some(&bad) = b.labels.iter().find(|&&l| l != -100 && (l < 0 || l as usize >= c.vocab_size)) {
             return Err(Error::Input(format!("label {bad} is neither -100 nor a token id")));
         }
-        if self.output.as_ref().is_some_and(|o| o.lora.is_some()) {
-            return Err(Error::Input("LoRA on the output projection is not supported yet".into()));
-        }
         let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
         let n_layers = self.layers.len();
 
@@ -105,12 +102,19 @@ impl<B: Backend> Llama<B> {
 
         // ---- loss and its gradient ----------------------------------------------------------
         let mut dxn = be.zeros(rows * c.dim)?;
-        let (sum, tokens) = {
-            let (weight, dw) = match &mut self.output {
-                Some(out) => (&out.weight, out.state.as_mut().map(|s| &mut s.grad)),
-                None => (&self.embed, self.embed_state.as_mut().map(|s| &mut s.grad)),
-            };
-            be.linear_cross_entropy(&xn, weight, b.labels, rows, grad_scale, Some(&mut dxn), dw)?
+        let (sum, tokens) = match &mut self.output {
+            // An adapted output projection: logits chunk by chunk through the Linear block.
+            Some(out) if out.lora.is_some() => {
+                output_lora_loss(be, out, &xn, b.labels, rows, grad_scale, &mut dxn)?
+            }
+            Some(out) => {
+                let dw = out.state.as_mut().map(|s| &mut s.grad);
+                be.linear_cross_entropy(&xn, &out.weight, b.labels, rows, grad_scale, Some(&mut dxn), dw)?
+            }
+            None => {
+                let dw = self.embed_state.as_mut().map(|s| &mut s.grad);
+                be.linear_cross_entropy(&xn, &self.embed, b.labels, rows, grad_scale, Some(&mut dxn), dw)?
+            }
         };
 
         // ---- backward -----------------------------------------------------------------------
@@ -142,4 +146,48 @@ impl<B: Backend> Llama<B> {
         }
         Ok(LossSum { sum, tokens })
     }
+}
+
+/// Rows of logits materialised at once when the output projection carries a LoRA adapter.
+const OUTPUT_CHUNK_ROWS: usize = 128;
+
+/// Loss and input gradient through an output projection with a LoRA adapter: the fused kernel
+/// cannot add the adapter, so logits are built `OUTPUT_CHUNK_ROWS` rows at a time with
+/// [`Linear::forward`], then cross-entropy and [`Linear::backward`] run on each chunk.
+fn output_lora_loss<B: Backend>(
+    be: &B,
+    out: &mut Linear<B>,
+    xn: &B::Buf,
+    labels: &[i32],
+    rows: usize,
+    grad_scale: f32,
+    dxn: &mut B::Buf,
+) -> Result<(f64, usize)> {
+    let (dim, vocab) = (out.in_features, out.out_features);
+    let chunk = OUTPUT_CHUNK_ROWS.min(rows);
+    let mut h = be.zeros(chunk * dim)?;
+    let mut dh = be.zeros(chunk * dim)?;
+    let mut logits = be.zeros(chunk * vocab)?;
+    let mut dlogits = be.zeros(chunk * vocab)?;
+    let mut losses = be.zeros(chunk)?;
+    let (mut sum, mut tokens) = (0.0f64, 0usize);
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = chunk.min(rows - r0);
+        let targets = &labels[r0..r0 + n];
+        be.copy(xn, r0 * dim, &mut h, 0, n * dim)?;
+        out.forward(be, &h, &mut logits, n, false)?;
+        be.cross_entropy(&logits, targets, &mut losses, Some(&mut dlogits), n, vocab, grad_scale)?;
+        let host = be.to_host(&losses)?;
+        for (l, &t) in host[..n].iter().zip(targets) {
+            if t != -100 {
+                sum += *l as f64;
+                tokens += 1;
+            }
+        }
+        out.backward(be, &h, &dlogits, Some(&mut dh), n, false)?;
+        be.copy(&dh, 0, dxn, r0 * dim, n * dim)?;
+        r0 += n;
+    }
+    Ok((sum, tokens))
 }

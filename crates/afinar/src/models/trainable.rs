@@ -145,9 +145,17 @@ impl<B: Backend> Llama<B> {
             }
         }
         if spec.targets.contains(&LoraTarget::Output) {
-            return Err(Error::Input(
-                "LoRA on the output projection (lm_head) is not supported yet; remove `output` from lora.target_modules".into(),
-            ));
+            match &mut self.output {
+                Some(out) => add(be, out, rng)?,
+                None => {
+                    return Err(Error::Input(
+                        "LoRA on the output projection needs an untied model: this one shares its output \
+                         projection with the token embedding (Llama-3.2, SmolLM2); remove `output` from \
+                         lora.target_modules"
+                            .into(),
+                    ))
+                }
+            }
         }
         Ok(())
     }
