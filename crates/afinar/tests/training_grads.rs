@@ -105,25 +105,13 @@ fn packed_rows_with_block_causal_attention_match_pytorch() {
     check_full("llama31_tiny", "full_grads_packed.safetensors");
 }
 
-#[test]
-fn lora_gradients_match_peft() {
-    let exp = Expected::open(&fixture("training/lora_grads.safetensors"));
+/// `llama31_tiny` with LoRA (rank 4, alpha 8) on `targets`, A and B set to the fixture's PEFT
+/// initial values; returns the fixture's loss after checking ours.
+fn check_lora(file: &str, targets: Vec<LoraTarget>) -> (CpuBackend, Llama<CpuBackend>, Expected) {
+    let exp = Expected::open(&fixture(&format!("training/{file}")));
     let x = inputs(&exp);
     let (be, mut m) = model("llama31_tiny");
-    let spec = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: vec![
-            LoraTarget::Q,
-            LoraTarget::K,
-            LoraTarget::V,
-            LoraTarget::O,
-            LoraTarget::Gate,
-            LoraTarget::Up,
-            LoraTarget::Down,
-        ],
-    };
+    let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets };
     m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
     // PEFT's initial A and B (B non-zero so every gradient is informative).
     m.visit_params_mut(&mut |name, p| {
@@ -135,42 +123,30 @@ fn lora_gradients_match_peft() {
     .unwrap();
     let loss = run(&be, &mut m, &x, false);
     let (_, want) = exp.f32("loss");
-    assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "loss {loss} vs {}", want[0]);
-    let n = check_grads(&be, &mut m, &exp, "base_model.model.");
-    assert_eq!(n, 28);
+    assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "{file}: loss {loss} vs {}", want[0]);
+    (be, m, exp)
+}
+
+const ALL_PROJECTIONS: [LoraTarget; 7] = [
+    LoraTarget::Q,
+    LoraTarget::K,
+    LoraTarget::V,
+    LoraTarget::O,
+    LoraTarget::Gate,
+    LoraTarget::Up,
+    LoraTarget::Down,
+];
+
+#[test]
+fn lora_gradients_match_peft() {
+    let (be, mut m, exp) = check_lora("lora_grads.safetensors", ALL_PROJECTIONS.to_vec());
+    assert_eq!(check_grads(&be, &mut m, &exp, "base_model.model."), 28);
 }
 
 #[test]
 fn lora_on_the_output_projection_matches_peft() {
-    let exp = Expected::open(&fixture("training/lora_grads_with_output.safetensors"));
-    let x = inputs(&exp);
-    let (be, mut m) = model("llama31_tiny");
-    let spec = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: vec![
-            LoraTarget::Q,
-            LoraTarget::K,
-            LoraTarget::V,
-            LoraTarget::O,
-            LoraTarget::Gate,
-            LoraTarget::Up,
-            LoraTarget::Down,
-            LoraTarget::Output,
-        ],
-    };
-    m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
-    m.visit_params_mut(&mut |name, p| {
-        if let ParamMut::Buf(b, _) = p {
-            *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
-        }
-        Ok(())
-    })
-    .unwrap();
-    let loss = run(&be, &mut m, &x, false);
-    let (_, want) = exp.f32("loss");
-    assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "loss {loss} vs {}", want[0]);
+    let targets = ALL_PROJECTIONS.iter().copied().chain([LoraTarget::Output]).collect();
+    let (be, mut m, exp) = check_lora("lora_grads_with_output.safetensors", targets);
     assert_eq!(check_grads(&be, &mut m, &exp, "base_model.model."), 30);
 }
 

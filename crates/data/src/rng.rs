@@ -46,6 +46,11 @@ impl Rng {
         result
     }
 
+    /// A uniform float in `[0, 1)` (53 random bits).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
     /// A uniform integer in `0..n` (`n` > 0), without modulo bias (Lemire's method).
     pub fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);

@@ -100,6 +100,16 @@ impl Tokens<'_> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// `[wq, wk, wv, wo]`.
+    pub fn projections(&self) -> [&Linear<B>; 4] {
+        [&self.wq, &self.wk, &self.wv, &self.wo]
+    }
+
+    /// `[wq, wk, wv, wo]`, mutable.
+    pub fn projections_mut(&mut self) -> [&mut Linear<B>; 4] {
+        [&mut self.wq, &mut self.wk, &mut self.wv, &mut self.wo]
+    }
+
     fn dims(&self, t: &Tokens<'_>) -> AttnDims {
         AttnDims {
             batch: t.batch,

@@ -2,7 +2,7 @@ use afinar_engine::{Backend, Result};
 
 use super::attention::{AttnActs, AttnGrads, KvTarget, Tokens};
 use super::mlp::{MlpActs, MlpGrads};
-use super::{Attention, Mlp, RmsNorm};
+use super::{Attention, Linear, Mlp, RmsNorm};
 
 /// One pre-norm residual block: `x += attn(norm(x)); x += mlp(norm(x))`.
 pub struct DecoderLayer<B: Backend> {
@@ -77,7 +77,31 @@ impl<B: Backend> LayerGrads<B> {
     }
 }
 
+/// Hugging Face names of a layer's projections, in the order of [`DecoderLayer::projections`]:
+/// attention first (4), then the MLP (3).
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 impl<B: Backend> DecoderLayer<B> {
+    /// The layer's linear projections, in the order of [`PROJECTIONS`].
+    pub fn projections(&self) -> [&Linear<B>; 7] {
+        let ([q, k, v, o], [g, u, d]) = (self.attn.projections(), self.mlp.projections());
+        [q, k, v, o, g, u, d]
+    }
+
+    /// The layer's linear projections, mutable, in the order of [`PROJECTIONS`].
+    pub fn projections_mut(&mut self) -> [&mut Linear<B>; 7] {
+        let ([q, k, v, o], [g, u, d]) = (self.attn.projections_mut(), self.mlp.projections_mut());
+        [q, k, v, o, g, u, d]
+    }
+
     /// Runs the block on the residual stream `x[rows, dim]` in place. With `keep_mid`, the
     /// residual after attention is saved for the backward.
     pub fn forward(

@@ -57,6 +57,16 @@ impl<B: Backend> MlpGrads<B> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// `[gate, up, down]`.
+    pub fn projections(&self) -> [&Linear<B>; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    /// `[gate, up, down]`, mutable.
+    pub fn projections_mut(&mut self) -> [&mut Linear<B>; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
+    }
+
     /// Adds `mlp(xn)` to the residual stream `out`.
     pub fn forward_residual(
         &self,

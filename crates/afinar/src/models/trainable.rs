@@ -2,10 +2,10 @@
 //! fine-tuning) or low-rank adapters on chosen projections (LoRA), and a walk over the trainable
 //! tensors for the optimizer and for saving.
 
-use afinar_engine::{Backend, WeightFormat};
+use afinar_engine::Backend;
 
 use super::Llama;
-use crate::blocks::{Linear, Lora, ParamState};
+use crate::blocks::{Linear, Lora, ParamState, PROJECTIONS};
 use crate::generate::Rng;
 use crate::{Error, Result};
 
@@ -87,10 +87,7 @@ impl<B: Backend> Llama<B> {
             Ok(())
         };
         for layer in &mut self.layers {
-            for l in [&mut layer.attn.wq, &mut layer.attn.wk, &mut layer.attn.wv, &mut layer.attn.wo] {
-                trainable(be, l)?;
-            }
-            for l in [&mut layer.mlp.gate, &mut layer.mlp.up, &mut layer.mlp.down] {
+            for l in layer.projections_mut() {
                 trainable(be, l)?;
             }
             for n in [&mut layer.attn_norm, &mut layer.mlp_norm] {
@@ -130,18 +127,10 @@ impl<B: Backend> Llama<B> {
             Ok(())
         };
         for layer in &mut self.layers {
-            for t in &spec.targets {
-                let l = match t {
-                    LoraTarget::Q => &mut layer.attn.wq,
-                    LoraTarget::K => &mut layer.attn.wk,
-                    LoraTarget::V => &mut layer.attn.wv,
-                    LoraTarget::O => &mut layer.attn.wo,
-                    LoraTarget::Gate => &mut layer.mlp.gate,
-                    LoraTarget::Up => &mut layer.mlp.up,
-                    LoraTarget::Down => &mut layer.mlp.down,
-                    LoraTarget::Output => continue,
-                };
-                add(be, l, rng)?;
+            for (name, l) in PROJECTIONS.iter().zip(layer.projections_mut()) {
+                if spec.targets.iter().any(|t| name.ends_with(t.module_name())) {
+                    add(be, l, rng)?;
+                }
             }
         }
         if spec.targets.contains(&LoraTarget::Output) {
@@ -164,14 +153,9 @@ impl<B: Backend> Llama<B> {
     pub fn linears(&self) -> Vec<(String, &Linear<B>)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &layer.attn.wq));
-            out.push((format!("{p}.self_attn.k_proj"), &layer.attn.wk));
-            out.push((format!("{p}.self_attn.v_proj"), &layer.attn.wv));
-            out.push((format!("{p}.self_attn.o_proj"), &layer.attn.wo));
-            out.push((format!("{p}.mlp.gate_proj"), &layer.mlp.gate));
-            out.push((format!("{p}.mlp.up_proj"), &layer.mlp.up));
-            out.push((format!("{p}.mlp.down_proj"), &layer.mlp.down));
+            for (name, l) in PROJECTIONS.iter().zip(layer.projections()) {
+                out.push((format!("model.layers.{i}.{name}"), l));
+            }
         }
         if let Some(o) = &self.output {
             out.push(("lm_head".into(), o));
@@ -203,19 +187,18 @@ impl<B: Backend> Llama<B> {
             if let Some(s) = &mut layer.attn_norm.state {
                 f(&format!("{p}.input_layernorm.weight"), ParamMut::Buf(&mut layer.attn_norm.weight, s))?;
             }
-            linear(&format!("{p}.self_attn.q_proj"), &mut layer.attn.wq, f)?;
-            linear(&format!("{p}.self_attn.k_proj"), &mut layer.attn.wk, f)?;
-            linear(&format!("{p}.self_attn.v_proj"), &mut layer.attn.wv, f)?;
-            linear(&format!("{p}.self_attn.o_proj"), &mut layer.attn.wo, f)?;
+            for (name, l) in PROJECTIONS[..4].iter().zip(layer.attn.projections_mut()) {
+                linear(&format!("{p}.{name}"), l, f)?;
+            }
             if let Some(s) = &mut layer.mlp_norm.state {
                 f(
                     &format!("{p}.post_attention_layernorm.weight"),
                     ParamMut::Buf(&mut layer.mlp_norm.weight, s),
                 )?;
             }
-            linear(&format!("{p}.mlp.gate_proj"), &mut layer.mlp.gate, f)?;
-            linear(&format!("{p}.mlp.up_proj"), &mut layer.mlp.up, f)?;
-            linear(&format!("{p}.mlp.down_proj"), &mut layer.mlp.down, f)?;
+            for (name, l) in PROJECTIONS[4..].iter().zip(layer.mlp.projections_mut()) {
+                linear(&format!("{p}.{name}"), l, f)?;
+            }
         }
         if let Some(s) = &mut self.norm.state {
             f("model.norm.weight", ParamMut::Buf(&mut self.norm.weight, s))?;
@@ -237,15 +220,7 @@ impl<B: Backend> Llama<B> {
             }
         };
         for layer in &mut self.layers {
-            for l in [
-                &mut layer.attn.wq,
-                &mut layer.attn.wk,
-                &mut layer.attn.wv,
-                &mut layer.attn.wo,
-                &mut layer.mlp.gate,
-                &mut layer.mlp.up,
-                &mut layer.mlp.down,
-            ] {
+            for l in layer.projections_mut() {
                 set(l);
             }
         }
@@ -316,42 +291,6 @@ impl<B: Backend> Llama<B> {
             }
         }
         Ok(out)
-    }
-
-    /// Folds every LoRA adapter into its base weight (`W += scale · B A`) and removes it.
-    pub fn merge_lora(&mut self, be: &B) -> Result<()> {
-        let merge = |be: &B, l: &mut Linear<B>| -> Result<()> {
-            let Some(lora) = l.lora.take() else {
-                return Ok(());
-            };
-            let (o, i) = (l.out_features, l.in_features);
-            let mut delta = be.zeros(o * i)?;
-            be.matmul(&lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0)?;
-            let mut w = be.weight_to_host(&l.weight)?;
-            for (w, d) in w.iter_mut().zip(be.to_host(&delta)?) {
-                *w += d;
-            }
-            let format = if l.state.is_some() { WeightFormat::F32 } else { be.weight_format(&l.weight) };
-            l.weight = be.weight(&w, o, i, format)?;
-            Ok(())
-        };
-        for layer in &mut self.layers {
-            for l in [
-                &mut layer.attn.wq,
-                &mut layer.attn.wk,
-                &mut layer.attn.wv,
-                &mut layer.attn.wo,
-                &mut layer.mlp.gate,
-                &mut layer.mlp.up,
-                &mut layer.mlp.down,
-            ] {
-                merge(be, l)?;
-            }
-        }
-        if let Some(o) = &mut self.output {
-            merge(be, o)?;
-        }
-        Ok(())
     }
 }
 
