@@ -23,8 +23,13 @@ fn lora_adapter_and_merged_weights_load_in_peft_and_transformers() {
     };
     let be = CpuBackend::new(Some(2));
     let base = fixture("models/llama31_tiny");
-    let mut m =
-        load_model(&be, &base, &LoadOptions { format: WeightFormat::F32, tokenizer: None }).unwrap().model;
+    let mut m = load_model(
+        &be,
+        &base,
+        &LoadOptions { format: WeightFormat::F32, tokenizer: None, ..Default::default() },
+    )
+    .unwrap()
+    .model;
     let targets = vec![
         LoraTarget::Q,
         LoraTarget::K,

@@ -19,7 +19,7 @@ fn ids_of(v: &Value) -> Vec<u32> {
 fn smollm2_gguf_matches_transformers() {
     let be = CpuBackend::new(None);
     let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
+    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None, ..Default::default() };
     let loaded = load_model(&be, &gguf, &opts).unwrap();
     let (model, tok) = (loaded.model, loaded.tokenizer.expect("the GGUF carries a tokenizer"));
     let vocab = model.config.vocab_size;
@@ -113,4 +113,44 @@ fn smollm2_q_rows_are_unpermuted_like_transformers() {
             .collect();
         assert_eq!(&wq[row * cols..row * cols + 4], &want[..], "q_proj row {row}");
     }
+}
+
+/// `keep_quantized` keeps the GGUF's Q4_1 matrices and Q8_0 embedding as blocks (the Q/K rows
+/// un-permuted as whole rows of blocks), with values bit-equal to the dequantized load; many-row
+/// products (prefill, all logits) then match the f32 model, and decode (one row, 8-bit
+/// activations) stays close to it.
+#[test]
+fn smollm2_keeps_quantized_blocks() {
+    use afinar::engine::{Backend, QuantFormat};
+    let be = CpuBackend::new(None);
+    let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let f32_model = load_model(&be, &gguf, &LoadOptions::default()).unwrap().model;
+    let opts = LoadOptions { keep_quantized: true, ..Default::default() };
+    let q_model = load_model(&be, &gguf, &opts).unwrap().model;
+    assert_eq!(be.weight_format(&q_model.embed), WeightFormat::Quant(QuantFormat::Q8_0));
+    for (l_f32, l_q) in f32_model.layers.iter().zip(&q_model.layers).take(3) {
+        for (a, b) in
+            [(&l_f32.attn.wq, &l_q.attn.wq), (&l_f32.attn.wk, &l_q.attn.wk), (&l_f32.mlp.down, &l_q.mlp.down)]
+        {
+            assert_eq!(be.weight_format(&b.weight), WeightFormat::Quant(QuantFormat::Q4_1));
+            let (x, y) = (be.weight_to_host(&a.weight).unwrap(), be.weight_to_host(&b.weight).unwrap());
+            assert!(x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+    // Twelve tokens: every product has more than 8 rows (dequantized tiles, f32 arithmetic).
+    let ids: Vec<u32> = vec![1, 504, 3458, 282, 4649, 314, 253, 3421, 338, 1345, 2114, 30];
+    let all = |m: &afinar::models::Llama<CpuBackend>| {
+        m.forward(&be, &ids, 1, ids.len(), None, Logits::All).unwrap()
+    };
+    let e = common::rel_err(&all(&q_model), &all(&f32_model));
+    assert!(e < 1e-4, "prefill logits: {e}");
+    // One row: the 8-bit activation path.
+    let last =
+        |m: &afinar::models::Llama<CpuBackend>| m.forward(&be, &ids[..5], 1, 5, None, Logits::Last).unwrap();
+    let (lq, lf) = (last(&q_model), last(&f32_model));
+    let e = common::rel_err(&lq, &lf);
+    eprintln!("decode logits, max |Δ| / max |logit|: {e}");
+    assert!(e < 3e-2, "decode logits: {e}");
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    assert_eq!(argmax(&lq), argmax(&lf));
 }

@@ -11,7 +11,7 @@ use common::{fixture, rel_err, Expected};
 
 fn load(dir: &str, format: WeightFormat) -> (CpuBackend, afinar::models::Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
-    let opts = LoadOptions { format, tokenizer: None };
+    let opts = LoadOptions { format, tokenizer: None, ..Default::default() };
     let loaded = load_model(&be, &fixture(&format!("models/{dir}")), &opts).unwrap();
     (be, loaded.model)
 }

@@ -13,7 +13,7 @@ use common::{fixture, rel_err, Expected};
 
 fn lora_model(exp: &Expected) -> (CpuBackend, Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
-    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None };
+    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None, ..Default::default() };
     let mut m = load_model(&be, &fixture("models/llama31_tiny"), &opts).unwrap().model;
     let targets = vec![
         LoraTarget::Q,

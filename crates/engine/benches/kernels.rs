@@ -4,7 +4,7 @@
 //!     cargo bench -p afinar-engine --bench kernels [-- filter] [--threads N]
 
 use afinar_engine::cpu::{amx, matmul};
-use afinar_engine::{AttnDims, Backend, CpuBackend, WeightFormat};
+use afinar_engine::{AttnDims, Backend, CpuBackend, QuantFormat, WeightFormat};
 use std::time::Instant;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -100,6 +100,27 @@ fn main() {
                     });
                     println!(
                         "decode {fmt:?} {r}x{name:<12} gemv {:>8.1} us {:>6.1} GB/s | gemm {:>8.1} us {:>6.1} GB/s",
+                        t * 1e6,
+                        bytes / t / 1e9,
+                        t_ref * 1e6,
+                        bytes / t_ref / 1e9
+                    );
+                }
+            }
+            // GGUF blocks kept quantized: the VNNI GEMV against the tile path (dequantize to f32
+            // tiles, then `gemm`) on the same weight.
+            for q in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
+                let w = be.weight(&randn(out * inp, 3), out, inp, WeightFormat::Quant(q)).unwrap();
+                let bytes = (out * q.row_bytes(inp).unwrap()) as f64;
+                for r in [1usize, 4] {
+                    let x = randn(r * inp, 1);
+                    let mut y = vec![0.0; r * out];
+                    let t = time(50, || be.linear(&x, &w, &mut y, r, false).unwrap());
+                    let t_ref = time(10, || {
+                        be.install(|| matmul::linear_forward(&x, w.as_ref(), &mut y, r, out, inp, false))
+                    });
+                    println!(
+                        "decode {q:?} {r}x{name:<13} gemv {:>8.1} us {:>6.1} GB/s | tiles {:>8.1} us {:>6.1} GB/s",
                         t * 1e6,
                         bytes / t / 1e9,
                         t_ref * 1e6,

@@ -15,6 +15,50 @@ pub enum WeightFormat {
     F32,
     /// bfloat16, converted to f32 tile by tile inside the matmul (frozen weights).
     BF16,
+    /// GGUF block-quantized rows (frozen weights; see [`QuantFormat`]).
+    Quant(QuantFormat),
+}
+
+/// A GGUF (GGML) block-quantized layout: each row of a `[rows, cols]` matrix is `cols / 32`
+/// consecutive blocks of 32 values, little-endian, exactly as in a GGUF file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// `d: f16`, `qs: [i8; 32]`; value `j` = `qs[j] · d` (34 bytes per block).
+    Q8_0,
+    /// `d: f16`, `qs: [u8; 16]`; value `j` = `d · (nibble_j − 8)`, element `j` in the low nibble
+    /// of byte `j` and element `j + 16` in its high nibble (18 bytes per block).
+    Q4_0,
+    /// `d: f16`, `m: f16`, `qs: [u8; 16]`; value `j` = `d · nibble_j + m`, nibbles as in
+    /// [`QuantFormat::Q4_0`] (20 bytes per block).
+    Q4_1,
+}
+
+impl QuantFormat {
+    /// Values per block (32 for every supported layout).
+    pub const BLOCK: usize = 32;
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => 34,
+            QuantFormat::Q4_0 => 18,
+            QuantFormat::Q4_1 => 20,
+        }
+    }
+
+    /// Bytes of one row of `cols` values, `None` unless `cols` is a whole number of blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        cols.is_multiple_of(Self::BLOCK).then(|| cols / Self::BLOCK * self.block_bytes())
+    }
+
+    /// The GGUF type name (`"q8_0"`, `"q4_0"`, `"q4_1"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q8_0 => "q8_0",
+            QuantFormat::Q4_0 => "q4_0",
+            QuantFormat::Q4_1 => "q4_1",
+        }
+    }
 }
 
 /// Sizes of one attention call.
@@ -100,8 +144,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// Sets the first `n` elements of `buf` to `value`.
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()>;
-    /// Uploads a `[rows, cols]` row-major matrix as a weight in `format`.
+    /// Uploads a `[rows, cols]` row-major matrix as a weight in `format` (quantized formats
+    /// round the values to their blocks, as GGUF's reference quantizers do).
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<Self::Weight>;
+    /// Uploads a `[rows, cols]` matrix stored as GGUF blocks of `format` (`blocks`: the row-major
+    /// bytes as in the file, `rows · cols / 32` blocks), keeping it quantized. Errors unless
+    /// `cols` is a multiple of 32 and `blocks` has exactly the matrix's size.
+    fn weight_quantized(
+        &self,
+        blocks: &[u8],
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::Weight>;
     /// `(rows, cols)` of a weight.
     fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
     /// How a weight is stored.

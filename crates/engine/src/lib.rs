@@ -17,7 +17,7 @@ pub mod cpu;
 pub mod error;
 pub mod rope;
 
-pub use backend::{AdamW, AttnDims, Backend, WeightFormat};
+pub use backend::{AdamW, AttnDims, Backend, QuantFormat, WeightFormat};
 pub use cpu::CpuBackend;
 pub use error::{EngineError, Result};
 pub use rope::{rope_inv_freq, RopeScaling};

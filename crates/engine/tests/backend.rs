@@ -86,7 +86,7 @@ impl DenseData for afinar_engine::cpu::CpuWeight {
     fn as_ref_dense(&self) -> Vec<f32> {
         match self.data() {
             afinar_engine::cpu::CpuWeightData::F32(d) => d.clone(),
-            afinar_engine::cpu::CpuWeightData::BF16(_) => unreachable!("f32 weight expected"),
+            _ => unreachable!("f32 weight expected"),
         }
     }
 }

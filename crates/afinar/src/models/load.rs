@@ -3,14 +3,15 @@
 //!
 //! Internally afinar uses Hugging Face's layout (`[out, in]` weights, RoPE on halves). GGUF files
 //! written by llama.cpp store Q and K rows permuted for interleaved RoPE; [`unpermute_rows`] undoes
-//! that at load time.
+//! that at load time (on f32 rows, or on whole rows of quantized blocks when
+//! [`LoadOptions::keep_quantized`] keeps a GGUF's Q8_0/Q4_0/Q4_1 matrices as they are).
 
 use std::path::{Path, PathBuf};
 
 use afinar_checkpoint::gguf::{GgufFile, MetaValue};
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
-use afinar_checkpoint::TensorView;
-use afinar_engine::{Backend, WeightFormat};
+use afinar_checkpoint::{DType, TensorView};
+use afinar_engine::{Backend, QuantFormat, WeightFormat};
 use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
 
 use super::{Llama, LlamaConfig};
@@ -24,11 +25,16 @@ pub struct LoadOptions {
     pub format: WeightFormat,
     /// Tokenizer file to use instead of the checkpoint's own.
     pub tokenizer: Option<PathBuf>,
+    /// Keep a GGUF file's Q8_0, Q4_0 and Q4_1 matrices in their blocks
+    /// ([`Backend::weight_quantized`]: frozen, 4.5 to 8.5 bits per value, fast decode) instead
+    /// of dequantizing them to `format`; every other tensor is loaded as `format`. No effect on
+    /// other checkpoints.
+    pub keep_quantized: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { format: WeightFormat::F32, tokenizer: None }
+        Self { format: WeightFormat::F32, tokenizer: None, keep_quantized: false }
     }
 }
 
@@ -49,8 +55,11 @@ pub fn load_model<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result
     if !path.exists() {
         return Err(Error::Input(format!("{}: no such file or folder", path.display())));
     }
-    let mut loaded =
-        if is_gguf(path)? { load_gguf(be, path, opts.format)? } else { load_hf(be, path, opts.format)? };
+    let mut loaded = if is_gguf(path)? {
+        load_gguf(be, path, opts.format, opts.keep_quantized)?
+    } else {
+        load_hf(be, path, opts.format)?
+    };
     if let Some(tok) = &opts.tokenizer {
         loaded.tokenizer = Some(Tokenizer::from_file(tok)?);
     }
@@ -81,6 +90,9 @@ fn is_gguf(path: &Path) -> Result<bool> {
     }
 }
 
+/// A matrix kept in GGUF blocks: its shape, block layout and row-major bytes.
+type QuantTensor = (Vec<usize>, QuantFormat, Vec<u8>);
+
 /// A tensor getter that hides the checkpoint format and its naming scheme; names are Hugging
 /// Face's.
 trait WeightSource {
@@ -88,6 +100,11 @@ trait WeightSource {
     fn has(&self, hf_name: &str) -> bool;
     /// The tensor as f32 with its row-major shape.
     fn load(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// The matrix's raw blocks with its shape, when it is stored in a block format the engine
+    /// can keep ([`QuantFormat`]) and quantized weights were asked for; `None` otherwise.
+    fn load_quantized(&self, _hf_name: &str) -> Result<Option<QuantTensor>> {
+        Ok(None)
+    }
 }
 
 fn view_to_f32(view: TensorView<'_>) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -117,6 +134,28 @@ struct GgufSource {
     path: PathBuf,
     n_heads: usize,
     n_kv_heads: usize,
+    keep_quantized: bool,
+}
+
+impl GgufSource {
+    fn gguf_name(&self, name: &str) -> Result<String> {
+        gguf_name(name).ok_or_else(|| Error::Weights {
+            file: self.path.clone(),
+            tensor: name.into(),
+            msg: "no GGUF name for this tensor".into(),
+        })
+    }
+
+    /// Heads whose rows llama.cpp permuted (Q and K projections).
+    fn permuted_heads(&self, name: &str) -> Option<usize> {
+        if name.ends_with("q_proj.weight") {
+            Some(self.n_heads)
+        } else if name.ends_with("k_proj.weight") {
+            Some(self.n_kv_heads)
+        } else {
+            None
+        }
+    }
 }
 
 /// Maps a Hugging Face Llama tensor name to its GGUF name.
@@ -153,20 +192,9 @@ impl WeightSource for GgufSource {
         gguf_name(name).is_some_and(|g| self.file.tensor_names().contains(&g.as_str()))
     }
     fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let g = gguf_name(name).ok_or_else(|| Error::Weights {
-            file: self.path.clone(),
-            tensor: name.into(),
-            msg: "no GGUF name for this tensor".into(),
-        })?;
+        let g = self.gguf_name(name)?;
         let (shape, mut data) = view_to_f32(self.file.tensor(&g)?)?;
-        let heads = if name.ends_with("q_proj.weight") {
-            Some(self.n_heads)
-        } else if name.ends_with("k_proj.weight") {
-            Some(self.n_kv_heads)
-        } else {
-            None
-        };
-        if let Some(heads) = heads {
+        if let Some(heads) = self.permuted_heads(name) {
             data = unpermute_rows(&data, &shape, heads).map_err(|msg| Error::Weights {
                 file: self.path.clone(),
                 tensor: g.clone(),
@@ -174,6 +202,40 @@ impl WeightSource for GgufSource {
             })?;
         }
         Ok((shape, data))
+    }
+
+    fn load_quantized(&self, name: &str) -> Result<Option<QuantTensor>> {
+        if !self.keep_quantized {
+            return Ok(None);
+        }
+        let g = self.gguf_name(name)?;
+        let view = self.file.tensor(&g)?;
+        let format = match view.dtype {
+            DType::Q8_0 => QuantFormat::Q8_0,
+            DType::Q4_0 => QuantFormat::Q4_0,
+            DType::Q4_1 => QuantFormat::Q4_1,
+            _ => return Ok(None),
+        };
+        let &[rows, cols] = view.shape.as_slice() else {
+            return Ok(None);
+        };
+        let Some(row_bytes) = format.row_bytes(cols) else {
+            return Ok(None);
+        };
+        let err = |msg: String| Error::Weights { file: self.path.clone(), tensor: g.clone(), msg };
+        if rows.checked_mul(row_bytes) != Some(view.data.len()) {
+            return Err(err(format!(
+                "{} bytes for a [{rows}, {cols}] {} matrix",
+                view.data.len(),
+                format.name()
+            )));
+        }
+        let blocks = match self.permuted_heads(name) {
+            // Rows are whole blocks, so the permutation moves byte ranges.
+            Some(heads) => unpermute_row_chunks(view.data, rows, row_bytes, heads).map_err(err)?,
+            None => view.data.to_vec(),
+        };
+        Ok(Some((view.shape.clone(), format, blocks)))
     }
 }
 
@@ -183,19 +245,34 @@ pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> std::resul
     let [rows, cols] = shape else {
         return Err(format!("expected a matrix, got shape {shape:?}"));
     };
-    let (rows, cols) = (*rows, *cols);
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * cols {
+    unpermute_row_chunks(data, *rows, *cols, heads)
+}
+
+/// [`unpermute_rows`] on `rows` rows of `row_len` elements each (f32 values, or the bytes of a
+/// row of quantized blocks).
+fn unpermute_row_chunks<T: Copy + Default>(
+    data: &[T],
+    rows: usize,
+    row_len: usize,
+    heads: usize,
+) -> std::result::Result<Vec<T>, String> {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || Some(data.len()) != rows.checked_mul(row_len)
+    {
         return Err(format!("{rows} rows cannot be split into {heads} heads of even size"));
     }
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
                 let src = h * head_dim + 2 * i + j;
                 let dst = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }
         }
     }
@@ -230,6 +307,18 @@ fn build<B: Backend>(
         Ok(data)
     };
     let weight = |name: &str, rows: usize, cols: usize| -> Result<B::Weight> {
+        if src.has(name) {
+            if let Some((shape, q, blocks)) = src.load_quantized(name)? {
+                if shape != [rows, cols] {
+                    return Err(Error::Weights {
+                        file: src.file().to_path_buf(),
+                        tensor: name.into(),
+                        msg: format!("shape {shape:?}, the config needs {:?}", [rows, cols]),
+                    });
+                }
+                return Ok(be.weight_quantized(&blocks, q, rows, cols)?);
+            }
+        }
         let data = load_checked(name, &[rows, cols])?;
         Ok(be.weight(&data, rows, cols, format)?)
     };
@@ -302,7 +391,12 @@ fn meta_err(path: &Path, key: &str, msg: &str) -> Error {
     Error::Config { file: path.to_path_buf(), key: key.into(), msg: msg.into() }
 }
 
-fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {
+fn load_gguf<B: Backend>(
+    be: &B,
+    path: &Path,
+    format: WeightFormat,
+    keep_quantized: bool,
+) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
     let arch = file
         .get("general.architecture")
@@ -378,8 +472,13 @@ fn load_gguf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Lo
         }
     }
     let tokenizer = gguf_tokenizer(&file, path)?;
-    let src =
-        GgufSource { file, path: path.to_path_buf(), n_heads: config.n_heads, n_kv_heads: config.n_kv_heads };
+    let src = GgufSource {
+        file,
+        path: path.to_path_buf(),
+        n_heads: config.n_heads,
+        n_kv_heads: config.n_kv_heads,
+        keep_quantized,
+    };
     let model = build(be, config, inv_freq, &src, format)?;
     Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
 }
@@ -420,6 +519,32 @@ fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Option<Tokenizer>> {
     Ok(Some(Tokenizer::from_gguf(spec)?))
 }
 
+/// Loads only the tokenizer from `path`: a GGUF file's embedded tokenizer, a checkpoint folder's
+/// `tokenizer.json`, or a `tokenizer.json` / `tokenizer.model` file.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(Error::Input(format!("{}: no such file or folder", path.display())));
+    }
+    if is_gguf(path)? {
+        let file = GgufFile::open(path)?;
+        return gguf_tokenizer(&file, path)?.ok_or_else(|| {
+            Error::Input(format!("{}: this GGUF file has no tokenizer in its metadata", path.display()))
+        });
+    }
+    if path.is_dir() {
+        for name in ["tokenizer.json", "tokenizer.model"] {
+            if path.join(name).exists() {
+                return Ok(Tokenizer::from_file(&path.join(name))?);
+            }
+        }
+        return Err(Error::Input(format!(
+            "{}: no tokenizer.json or tokenizer.model in this folder",
+            path.display()
+        )));
+    }
+    Ok(Tokenizer::from_file(path)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,31 +570,11 @@ mod tests {
         assert_ne!(gguf, hf);
         assert_eq!(unpermute_rows(&gguf, &[rows, cols], heads).unwrap(), hf);
         assert!(unpermute_rows(&gguf, &[rows, cols], 5).is_err());
+        // The same permutation on rows of bytes (quantized blocks) moves the same rows.
+        let row_bytes = 3;
+        let bytes: Vec<u8> = (0..rows).flat_map(|r| [r as u8; 3]).collect();
+        let gguf_bytes: Vec<u8> =
+            gguf.chunks(cols).flat_map(|row| [(row[0] as usize / cols) as u8; 3]).collect();
+        assert_eq!(unpermute_row_chunks(&gguf_bytes, rows, row_bytes, heads).unwrap(), bytes);
     }
-}
-
-/// Loads only the tokenizer from `path`: a GGUF file's embedded tokenizer, a checkpoint folder's
-/// `tokenizer.json`, or a `tokenizer.json` / `tokenizer.model` file.
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    if !path.exists() {
-        return Err(Error::Input(format!("{}: no such file or folder", path.display())));
-    }
-    if is_gguf(path)? {
-        let file = GgufFile::open(path)?;
-        return gguf_tokenizer(&file, path)?.ok_or_else(|| {
-            Error::Input(format!("{}: this GGUF file has no tokenizer in its metadata", path.display()))
-        });
-    }
-    if path.is_dir() {
-        for name in ["tokenizer.json", "tokenizer.model"] {
-            if path.join(name).exists() {
-                return Ok(Tokenizer::from_file(&path.join(name))?);
-            }
-        }
-        return Err(Error::Input(format!(
-            "{}: no tokenizer.json or tokenizer.model in this folder",
-            path.display()
-        )));
-    }
-    Ok(Tokenizer::from_file(path)?)
 }

@@ -126,7 +126,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
     };
     let (mut model, tokenizer, source) = match (&cfg.model.path, &cfg.model.preset) {
         (Some(path), _) => {
-            let opts = LoadOptions { format, tokenizer: cfg.tokenizer.path.clone() };
+            let opts = LoadOptions { format, tokenizer: cfg.tokenizer.path.clone(), ..Default::default() };
             let loaded = load_model(be, path, &opts)?;
             let tok = loaded.tokenizer.ok_or_else(|| {
                 Error::Input(format!("{} has no tokenizer: set tokenizer.path", path.display()))

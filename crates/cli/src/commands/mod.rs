@@ -20,8 +20,12 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 /// Weight storage on the device.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DTypeArg {
+    /// `native` for GGUF files, `f32` for Hugging Face checkpoints.
+    Auto,
+    /// Keep a GGUF file's Q8_0/Q4_0/Q4_1 matrices quantized (fast, frozen); f32 for the rest.
+    Native,
     /// 32-bit floats.
     F32,
     /// bfloat16.
@@ -41,7 +45,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Storage of the weights.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DTypeArg,
 }
 
@@ -95,10 +99,13 @@ pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, To
     let be = CpuBackend::new(args.threads);
     let opts = LoadOptions {
         format: match args.dtype {
-            DTypeArg::F32 => WeightFormat::F32,
+            DTypeArg::Auto | DTypeArg::Native | DTypeArg::F32 => WeightFormat::F32,
             DTypeArg::Bf16 => WeightFormat::BF16,
         },
         tokenizer: args.tokenizer.clone(),
+        // `auto` keeps quantized matrices only where there are some: GGUF files (a Hugging Face
+        // checkpoint has none, so the flag changes nothing there).
+        keep_quantized: matches!(args.dtype, DTypeArg::Auto | DTypeArg::Native),
     };
     let t0 = std::time::Instant::now();
     let mut loaded =

@@ -108,7 +108,7 @@ impl<'a, T: Real> Ctx<'a, T> {
         tiles: AttnTiles,
     ) -> Self {
         assert!(tiles.bq > 0 && tiles.bk > 0);
-        assert!(d.kv_heads > 0 && d.q_heads % d.kv_heads == 0);
+        assert!(d.kv_heads > 0 && d.q_heads.is_multiple_of(d.kv_heads));
         assert!(d.kv_len <= d.kv_stride);
         assert!(q.len() >= q_elems(d) && k.len() >= kv_elems(d) && v.len() >= kv_elems(d));
         if let Some(doc) = doc {
@@ -578,7 +578,7 @@ pub fn attention_backward<T: Real>(
     let single = match mode {
         AttnBwdMode::SinglePass => true,
         AttnBwdMode::TwoPass => false,
-        AttnBwdMode::Auto => pairs % threads == 0 || pairs >= 4 * threads,
+        AttnBwdMode::Auto => pairs.is_multiple_of(threads) || pairs >= 4 * threads,
     };
     let nkb = d.kv_len.div_ceil(tiles.bk);
     if single {

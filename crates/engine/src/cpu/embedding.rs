@@ -17,6 +17,8 @@ pub fn embedding_forward<T: Real>(ids: &[u32], table: WeightRef<'_, T>, out: &mu
         match table {
             WeightRef::Dense(t) => o.copy_from_slice(&t[r..r + dim]),
             WeightRef::Bf16(t) => bf16_to(&t[r..r + dim], o),
+            // Only the looked-up row is dequantized.
+            WeightRef::Quant(q) => super::quant::dequantize_rows(q, id as usize, o),
         }
     });
 }

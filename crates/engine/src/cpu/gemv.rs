@@ -41,6 +41,10 @@ pub fn linear_gemv(
     inp: usize,
     accumulate: bool,
 ) {
+    if let WeightRef::Quant(q) = w {
+        assert!(q.rows == out && q.cols == inp, "quantized weight is not [{out}, {inp}]");
+        return super::quant::linear_gemv(x, q, y, rows, accumulate);
+    }
     gemv(x, w, y, rows, out, inp, accumulate, avx512_available());
 }
 
@@ -58,6 +62,10 @@ pub fn linear_gemv_portable(
     inp: usize,
     accumulate: bool,
 ) {
+    if let WeightRef::Quant(q) = w {
+        assert!(q.rows == out && q.cols == inp, "quantized weight is not [{out}, {inp}]");
+        return super::quant::linear_gemv_portable(x, q, y, rows, accumulate);
+    }
     gemv(x, w, y, rows, out, inp, accumulate, false);
 }
 
@@ -105,6 +113,7 @@ fn gemv(
                     store(r, o0 + o, v)
                 })
             }
+            WeightRef::Quant(_) => unreachable!("quantized weights take the quant::linear_gemv path"),
         }
     });
 }

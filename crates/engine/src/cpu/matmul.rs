@@ -1,7 +1,8 @@
 //! Matrix products: the general `gemm`, and the linear layer `y = x Wᵀ` with its input and weight
-//! gradients, for dense weights and for bf16 weights converted tile by tile.
+//! gradients, for dense weights and for bf16 or block-quantized weights converted tile by tile.
 
 use super::float::Real;
+use super::quant::{self, QuantRef};
 use gemm::Parallelism;
 use half::bf16;
 use rayon::prelude::*;
@@ -17,6 +18,8 @@ pub enum WeightRef<'a, T> {
     Dense(&'a [T]),
     /// Stored as bf16, widened tile by tile.
     Bf16(&'a [bf16]),
+    /// GGUF blocks, dequantized tile by tile.
+    Quant(QuantRef<'a>),
 }
 
 impl<T> WeightRef<'_, T> {
@@ -25,6 +28,7 @@ impl<T> WeightRef<'_, T> {
         match self {
             WeightRef::Dense(d) => d.len(),
             WeightRef::Bf16(d) => d.len(),
+            WeightRef::Quant(q) => q.rows * q.cols,
         }
     }
 
@@ -141,11 +145,21 @@ fn tile_rows(cols: usize) -> usize {
     (BF16_TILE_ELEMS / cols.max(1)).max(16)
 }
 
-/// Converts rows `r0..r0 + tile.len() / cols` of a bf16 matrix in parallel.
-fn convert_tile<T: Real>(src: &[bf16], tile: &mut [T], cols: usize) {
-    tile.par_chunks_mut(cols.max(1) * 64)
-        .zip(src.par_chunks(cols.max(1) * 64))
-        .for_each(|(d, s)| bf16_to(s, d));
+/// Converts rows `r0..r0 + tile.len() / cols` of a bf16 or quantized matrix in parallel.
+///
+/// # Panics
+/// For a dense weight (which needs no conversion).
+fn convert_tile<T: Real>(w: WeightRef<'_, T>, r0: usize, tile: &mut [T], cols: usize) {
+    match w {
+        WeightRef::Bf16(w) => {
+            let src = &w[r0 * cols..r0 * cols + tile.len()];
+            tile.par_chunks_mut(cols.max(1) * 64)
+                .zip(src.par_chunks(cols.max(1) * 64))
+                .for_each(|(d, s)| bf16_to(s, d));
+        }
+        WeightRef::Quant(q) => quant::dequantize_rows(q, r0, tile),
+        WeightRef::Dense(_) => unreachable!("dense weights are not converted"),
+    }
 }
 
 /// Linear layer `y[rows, out] (+)= x[rows, inp] · Wᵀ`, `W: [out, inp]`.
@@ -168,13 +182,13 @@ pub fn linear_forward<T: Real>(
     }
     match w {
         WeightRef::Dense(w) => matmul(x, false, w, true, y, rows, out, inp, T::ONE, beta),
-        WeightRef::Bf16(w) => {
+        WeightRef::Bf16(_) | WeightRef::Quant(_) => {
             let tr = tile_rows(inp).min(out);
             let mut tile = vec![T::ZERO; tr * inp];
             let mut o0 = 0;
             while o0 < out {
                 let ob = tr.min(out - o0);
-                convert_tile(&w[o0 * inp..(o0 + ob) * inp], &mut tile[..ob * inp], inp);
+                convert_tile(w, o0, &mut tile[..ob * inp], inp);
                 // SAFETY: y[r, o0..o0+ob] for r < rows is in bounds (checked above); the tile
                 // holds ob × inp elements.
                 unsafe {
@@ -221,7 +235,7 @@ pub fn linear_backward_input<T: Real>(
     }
     match w {
         WeightRef::Dense(w) => matmul(dy, false, w, false, dx, rows, inp, out, T::ONE, beta),
-        WeightRef::Bf16(w) => {
+        WeightRef::Bf16(_) | WeightRef::Quant(_) => {
             if out == 0 {
                 if !accumulate {
                     dx[..rows * inp].fill(T::ZERO);
@@ -233,7 +247,7 @@ pub fn linear_backward_input<T: Real>(
             let mut o0 = 0;
             while o0 < out {
                 let ob = tr.min(out - o0);
-                convert_tile(&w[o0 * inp..(o0 + ob) * inp], &mut tile[..ob * inp], inp);
+                convert_tile(w, o0, &mut tile[..ob * inp], inp);
                 let b = if o0 == 0 { beta } else { T::ONE };
                 // SAFETY: dy[r, o0..o0+ob] is in bounds (checked above); the tile holds ob × inp.
                 unsafe {

@@ -1,5 +1,5 @@
-//! The CPU backend: f32 activations in `Vec<f32>`, weights in f32 or bf16, matrix products
-//! through the `gemm` crate and every other kernel parallelised with rayon on the backend's own
+//! The CPU backend: f32 activations in `Vec<f32>`, weights in f32, bf16 or GGUF blocks
+//! ([`quant`]), matrix products through the `gemm` crate and every other kernel parallelised with rayon on the backend's own
 //! thread pool.
 //!
 //! The kernels live one family per file as functions generic over [`Real`] (`f32` and `f64`),
@@ -16,6 +16,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod quant;
 pub mod rope;
 pub mod swiglu;
 pub mod vector;
@@ -23,10 +24,12 @@ pub mod vector;
 pub use float::Real;
 
 use crate::error::ensure;
-use crate::{AdamW, AttnDims, Backend, EngineError, Result, WeightFormat};
+use crate::{AdamW, AttnDims, Backend, EngineError, QuantFormat, Result, WeightFormat};
 use attention::{AttnBwdMode, AttnTiles};
 use half::bf16;
 use matmul::WeightRef;
+use quant::QuantRef;
+use rayon::prelude::*;
 
 /// Storage of a [`CpuWeight`].
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +38,13 @@ pub enum CpuWeightData {
     F32(Vec<f32>),
     /// bfloat16 (round-to-nearest-even from the uploaded f32 values).
     BF16(Vec<bf16>),
+    /// GGUF blocks of `format`, row-major (each row `cols / 32` blocks); frozen.
+    Quant {
+        /// Block layout.
+        format: QuantFormat,
+        /// The blocks.
+        blocks: Vec<u8>,
+    },
 }
 
 /// A `[rows, cols]` row-major weight matrix held by the [`CpuBackend`].
@@ -46,13 +56,28 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
-    /// Wraps stored data; fails unless it holds exactly `rows × cols` values.
+    /// Wraps stored data; fails unless it holds exactly `rows × cols` values (for blocks:
+    /// `cols` a multiple of 32 and exactly `rows` rows of blocks).
     pub fn new(data: CpuWeightData, rows: usize, cols: usize) -> Result<Self> {
-        let len = match &data {
-            CpuWeightData::F32(d) => d.len(),
-            CpuWeightData::BF16(d) => d.len(),
-        };
-        ensure(len == rows * cols, "weight", || format!("{len} values for a [{rows}, {cols}] weight"))?;
+        let n = mul("weight", &[rows, cols])?;
+        match &data {
+            CpuWeightData::F32(d) => check_len(d.len(), n, rows, cols)?,
+            CpuWeightData::BF16(d) => check_len(d.len(), n, rows, cols)?,
+            CpuWeightData::Quant { format, blocks } => {
+                let rb = format.row_bytes(cols).ok_or_else(|| EngineError::Shape {
+                    op: "weight",
+                    what: format!("{} rows need a multiple of 32 columns, got {cols}", format.name()),
+                })?;
+                let want = mul("weight", &[rows, rb])?;
+                ensure(blocks.len() == want, "weight", || {
+                    format!(
+                        "{} bytes for a [{rows}, {cols}] {} weight, which takes {want}",
+                        blocks.len(),
+                        format.name()
+                    )
+                })?;
+            }
+        }
         Ok(CpuWeight { rows, cols, data })
     }
 
@@ -71,6 +96,7 @@ impl CpuWeight {
         match self.data {
             CpuWeightData::F32(_) => WeightFormat::F32,
             CpuWeightData::BF16(_) => WeightFormat::BF16,
+            CpuWeightData::Quant { format, .. } => WeightFormat::Quant(format),
         }
     }
 
@@ -84,8 +110,15 @@ impl CpuWeight {
         match &self.data {
             CpuWeightData::F32(d) => WeightRef::Dense(d),
             CpuWeightData::BF16(d) => WeightRef::Bf16(d),
+            CpuWeightData::Quant { format, blocks } => {
+                WeightRef::Quant(QuantRef { format: *format, data: blocks, rows: self.rows, cols: self.cols })
+            }
         }
     }
+}
+
+fn check_len(len: usize, n: usize, rows: usize, cols: usize) -> Result<()> {
+    ensure(len == n, "weight", || format!("{len} values for a [{rows}, {cols}] weight"))
 }
 
 /// The CPU implementation of [`Backend`].
@@ -161,7 +194,7 @@ fn mul(op: &'static str, dims: &[usize]) -> Result<usize> {
 }
 
 fn check_attn(op: &'static str, d: &AttnDims, doc_ids: Option<&[u32]>) -> Result<()> {
-    ensure(d.kv_heads > 0 && d.q_heads % d.kv_heads == 0, op, || {
+    ensure(d.kv_heads > 0 && d.q_heads.is_multiple_of(d.kv_heads), op, || {
         format!("q_heads {} is not a multiple of kv_heads {}", d.q_heads, d.kv_heads)
     })?;
     ensure(d.kv_len <= d.kv_stride, op, || format!("kv_len {} > kv_stride {}", d.kv_len, d.kv_stride))?;
@@ -236,8 +269,34 @@ impl Backend for CpuBackend {
         let data = match format {
             WeightFormat::F32 => CpuWeightData::F32(data.to_vec()),
             WeightFormat::BF16 => CpuWeightData::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
+            WeightFormat::Quant(format) => {
+                let rb = format.row_bytes(cols).ok_or_else(|| EngineError::Shape {
+                    op: "weight",
+                    what: format!("{} rows need a multiple of 32 columns, got {cols}", format.name()),
+                })?;
+                let mut blocks = vec![0u8; rows * rb];
+                if rb > 0 {
+                    self.install(|| {
+                        blocks
+                            .par_chunks_mut(rb)
+                            .zip(data.par_chunks(cols))
+                            .for_each(|(b, x)| quant::quantize_blocks(format, x, b))
+                    });
+                }
+                CpuWeightData::Quant { format, blocks }
+            }
         };
         CpuWeight::new(data, rows, cols)
+    }
+
+    fn weight_quantized(
+        &self,
+        blocks: &[u8],
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<CpuWeight> {
+        CpuWeight::new(CpuWeightData::Quant { format, blocks: blocks.to_vec() }, rows, cols)
     }
 
     fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
@@ -248,6 +307,13 @@ impl Backend for CpuBackend {
         Ok(match &w.data {
             CpuWeightData::F32(d) => d.clone(),
             CpuWeightData::BF16(d) => d.iter().map(|x| x.to_f32()).collect(),
+            CpuWeightData::Quant { .. } => {
+                let mut v = self.zeros(w.rows * w.cols)?;
+                if let WeightRef::Quant(q) = w.as_ref() {
+                    self.install(|| quant::dequantize_rows(q, 0, &mut v));
+                }
+                v
+            }
         })
     }
 
@@ -416,7 +482,7 @@ impl Backend for CpuBackend {
         inverse: bool,
     ) -> Result<()> {
         let op = "rope";
-        ensure(head_dim % 2 == 0, op, || format!("head_dim {head_dim} is odd"))?;
+        ensure(head_dim.is_multiple_of(2), op, || format!("head_dim {head_dim} is odd"))?;
         need(op, "x", x.len(), mul(op, &[tokens, heads, head_dim])?)?;
         need(op, "positions", positions.len(), tokens)?;
         need(op, "inv_freq", inv_freq.len(), head_dim / 2)?;
@@ -627,6 +693,11 @@ impl Backend for CpuBackend {
             CpuWeightData::BF16(_) => Err(EngineError::Unsupported(
                 "training a bf16-stored weight: load trainable weights as f32".into(),
             )),
+            CpuWeightData::Quant { format, .. } => Err(EngineError::Unsupported(format!(
+                "quantized weights are frozen: cannot train a {}-stored weight (load trainable \
+                 weights as f32)",
+                format.name()
+            ))),
         }
     }
 

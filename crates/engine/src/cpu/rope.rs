@@ -19,7 +19,7 @@ pub fn rope<T: Real>(
     head_dim: usize,
     inverse: bool,
 ) {
-    assert!(head_dim % 2 == 0);
+    assert!(head_dim.is_multiple_of(2));
     let half = head_dim / 2;
     let row = heads * head_dim;
     if tokens == 0 || row == 0 {

@@ -1,0 +1,621 @@
+//! GGUF block-quantized weights ([`QuantFormat`]: Q8_0, Q4_0, Q4_1) kept quantized in memory.
+//!
+//! * **Decode** ([`linear_gemv`], few rows): each activation row is quantized once per call to
+//!   8-bit blocks of 32 with one f32 scale (`x ≈ d_x · q_x`, `d_x = max|x| / 127`), and every
+//!   weight block is multiplied with the matching activation block in integers (AVX-512 VNNI
+//!   `vpdpbusd` on 32 bytes, or a portable loop), then scaled by `d_w · d_x`. Q4_1's offset adds
+//!   `m_w · d_x · Σ q_x` per block. The weight is read once, at 4.25 to 8.5 bits per value, which
+//!   is what makes decode fast: it is bound by memory bandwidth. The outputs are split over the
+//!   rayon pool in fixed blocks and every output is computed by one thread in a fixed order, so
+//!   results do not depend on the number of threads.
+//! * **Many rows and the input gradient** go through [`super::matmul`]: weight tiles are
+//!   dequantized to f32 ([`dequantize_rows`]) and multiplied with `gemm`, never the whole matrix
+//!   at once.
+//! * **Embedding lookups** dequantize only the rows looked up.
+//!
+//! Dequantization computes every value with the same f32 operations as GGUF's reference (and
+//! `afinar_checkpoint::quant`), so it is bit-exact. The decode product is not bit-equal to an f32
+//! product on the dequantized matrix, because of the 8-bit activations: its error is that of
+//! rounding each activation to 1/254 of its block's largest magnitude.
+
+use crate::QuantFormat;
+use rayon::prelude::*;
+
+use super::float::Real;
+
+/// Values per block.
+const QK: usize = QuantFormat::BLOCK;
+
+/// Outputs (weight rows) per parallel task of the GEMV.
+const TASK_OUTPUTS: usize = 64;
+
+/// A borrowed `[rows, cols]` quantized matrix: `rows` rows of `cols / 32` blocks each.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantRef<'a> {
+    /// Block layout.
+    pub format: QuantFormat,
+    /// The blocks, row-major (exactly `rows` rows).
+    pub data: &'a [u8],
+    /// Number of rows.
+    pub rows: usize,
+    /// Values per row (a multiple of 32).
+    pub cols: usize,
+}
+
+impl<'a> QuantRef<'a> {
+    /// Wraps `data`.
+    ///
+    /// # Panics
+    /// When `cols` is not a multiple of 32 or `data` does not hold exactly `rows` rows.
+    pub fn new(format: QuantFormat, data: &'a [u8], rows: usize, cols: usize) -> Self {
+        let rb = format.row_bytes(cols).expect("columns must be a multiple of 32");
+        assert_eq!(data.len(), rows * rb, "quantized data does not hold [{rows}, {cols}]");
+        QuantRef { format, data, rows, cols }
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / QK * self.format.block_bytes()
+    }
+
+    /// The blocks of rows `r0..r1`.
+    pub fn rows_bytes(&self, r0: usize, r1: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r0 * rb..r1 * rb]
+    }
+}
+
+// ---- dequantization ----------------------------------------------------------------------------
+
+/// Converts an IEEE binary16 bit pattern to f32 exactly (subnormals, infinities, NaN payloads).
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1f;
+    let man = h & 0x03ff;
+    let magnitude = if exp == 0x1f {
+        0x7f80_0000 | (man << 13)
+    } else if exp == 0 {
+        // Zero or subnormal: man · 2⁻²⁴, exact in f32.
+        (man as f32 * (1.0 / 16_777_216.0)).to_bits()
+    } else {
+        ((exp + (127 - 15)) << 23) | (man << 13)
+    };
+    f32::from_bits(sign | magnitude)
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Dequantizes whole blocks of `src` into `dst` (32 values per block; as many blocks as both
+/// hold), with GGUF's reference arithmetic: Q8_0 `q · d`, Q4_0 `d · (q − 8)`, Q4_1 `d · q + m`.
+pub fn dequantize_blocks(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
+    let out = dst.chunks_exact_mut(QK);
+    match format {
+        QuantFormat::Q8_0 => {
+            for (b, o) in src.chunks_exact(34).zip(out) {
+                let d = f16_at(b, 0);
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = f32::from(q as i8) * d;
+                }
+            }
+        }
+        QuantFormat::Q4_0 => {
+            for (b, o) in src.chunks_exact(18).zip(out) {
+                let d = f16_at(b, 0);
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
+                    *l = d * f32::from((q & 0x0f) as i8 - 8);
+                    *h = d * f32::from((q >> 4) as i8 - 8);
+                }
+            }
+        }
+        QuantFormat::Q4_1 => {
+            for (b, o) in src.chunks_exact(20).zip(out) {
+                let d = f16_at(b, 0);
+                let m = f16_at(b, 2);
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
+                    *l = d * f32::from(q & 0x0f) + m;
+                    *h = d * f32::from(q >> 4) + m;
+                }
+            }
+        }
+    }
+}
+
+/// Dequantizes rows `r0..r0 + dst.len() / cols` of `w` into `dst` (converted to `T`), in parallel
+/// over chunks of rows when there are many.
+///
+/// # Panics
+/// When the rows are out of range.
+pub fn dequantize_rows<T: Real>(w: QuantRef<'_>, r0: usize, dst: &mut [T]) {
+    let cols = w.cols;
+    if cols == 0 {
+        return;
+    }
+    let n = dst.len() / cols;
+    let src = w.rows_bytes(r0, r0 + n);
+    let rb = w.row_bytes();
+    let convert = |s: &[u8], d: &mut [T]| {
+        let mut buf = [0.0f32; 256];
+        for (s, d) in s.chunks(rb).zip(d.chunks_mut(cols)) {
+            // Convert in runs of 8 blocks through a small f32 buffer (a no-op copy for T = f32).
+            let bb = w.format.block_bytes();
+            for (s, d) in s.chunks(8 * bb).zip(d.chunks_mut(8 * QK)) {
+                let b = &mut buf[..d.len()];
+                dequantize_blocks(w.format, s, b);
+                for (d, &v) in d.iter_mut().zip(b.iter()) {
+                    *d = T::from_f32(v);
+                }
+            }
+        }
+    };
+    const PAR_ROWS: usize = 32;
+    if n > PAR_ROWS {
+        dst[..n * cols]
+            .par_chunks_mut(PAR_ROWS * cols)
+            .zip(src.par_chunks(PAR_ROWS * rb))
+            .for_each(|(d, s)| convert(s, d));
+    } else {
+        convert(src, &mut dst[..n * cols]);
+    }
+}
+
+// ---- quantization of weights ------------------------------------------------------------------
+
+/// `round(x)` with ties away from zero (numpy's reference `np_roundf`, C's `roundf`).
+#[inline(always)]
+fn round_away(x: f32) -> f32 {
+    x.round()
+}
+
+/// Quantizes `src` (a whole number of 32-value blocks) into `dst` (the matching blocks) like the
+/// reference quantizers of GGUF's python package (`gguf.quants.quantize`): Q8_0
+/// `d = max|x| / 127`, `q = round(x / d)`; Q4_0 `d = x_absmax / −8`, `q = trunc(x / d + 8.5)`
+/// clipped to 0..=15; Q4_1 `d = (max − min) / 15`, `m = min`, `q = trunc((x − m) / d + 0.5)`
+/// clipped; scales stored as f16 (round to nearest even).
+///
+/// # Panics
+/// When the sizes do not match.
+pub fn quantize_blocks(format: QuantFormat, src: &[f32], dst: &mut [u8]) {
+    let bb = format.block_bytes();
+    assert!(src.len().is_multiple_of(QK) && dst.len() == src.len() / QK * bb);
+    let f16 = |v: f32| half::f16::from_f32(v).to_bits().to_le_bytes();
+    let inv = |d: f32| if d == 0.0 { 0.0 } else { 1.0 / d };
+    for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(bb)) {
+        match format {
+            QuantFormat::Q8_0 => {
+                let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = inv(d);
+                b[..2].copy_from_slice(&f16(d));
+                for (q, &v) in b[2..].iter_mut().zip(x) {
+                    *q = round_away(v * id) as i8 as u8;
+                }
+            }
+            QuantFormat::Q4_0 => {
+                // The value of largest magnitude (the first one on ties), with its sign.
+                let max = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -8.0;
+                let id = inv(d);
+                b[..2].copy_from_slice(&f16(d));
+                for j in 0..16 {
+                    let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+                    b[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+                }
+            }
+            QuantFormat::Q4_1 => {
+                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let min = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+                let d = (max - min) / 15.0;
+                let id = inv(d);
+                b[..2].copy_from_slice(&f16(d));
+                b[2..4].copy_from_slice(&f16(min));
+                for j in 0..16 {
+                    let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
+                    b[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+                }
+            }
+        }
+    }
+}
+
+// ---- activation quantization ------------------------------------------------------------------
+
+/// Activations quantized to 8-bit blocks: `x[r, 32 b + j] ≈ d[r, b] · q[r, 32 b + j]`.
+struct QuantizedActs {
+    /// `[rows, cols]` values in −127..=127.
+    q: Vec<i8>,
+    /// `[rows, cols / 32, 2]`: per block the scale `d` (NaN for a block holding a non-finite
+    /// value, so the outputs that read it are NaN as in the f32 path) and the block sum in
+    /// activation units `s = d · Σ q` (Q4_1's offset term), side by side so that a pair of
+    /// blocks loads as one `[d₀, s₀, d₁, s₁]` vector.
+    ds: Vec<f32>,
+}
+
+/// Rounds `v` (|v| < 2²²) to the nearest integer, ties to even, without a libm call: adding
+/// and subtracting 1.5 · 2²³ leaves no fraction bits, and f32 addition rounds to nearest even.
+#[inline(always)]
+fn round_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// Quantizes `x[rows, cols]` (`cols` a multiple of 32) to 8-bit blocks (round to nearest, like
+/// llama.cpp's SIMD `quantize_row_q8_0`/`q8_1`).
+fn quantize_acts(x: &[f32], rows: usize, cols: usize) -> QuantizedActs {
+    let nb = rows * cols / QK;
+    let mut a = QuantizedActs { q: vec![0; rows * cols], ds: vec![0.0; 2 * nb] };
+    let it = x[..rows * cols].chunks_exact(QK).zip(a.q.chunks_exact_mut(QK));
+    for ((x, q), ds) in it.zip(a.ds.chunks_exact_mut(2)) {
+        let mut amax = 0.0f32;
+        let mut finite = true;
+        for &v in x {
+            amax = amax.max(v.abs());
+            finite &= v.is_finite();
+        }
+        let scale = amax / 127.0;
+        let id = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+        let mut sum = 0i32;
+        for (q, &v) in q.iter_mut().zip(x) {
+            // |v · id| ≤ 127 (up to rounding, and `as` saturates; NaN gives 0).
+            *q = round_even_small(v * id) as i8;
+            sum += i32::from(*q);
+        }
+        let d = if finite { scale } else { f32::NAN };
+        ds[0] = d;
+        ds[1] = d * sum as f32;
+    }
+    a
+}
+
+// ---- decode GEMV ------------------------------------------------------------------------------
+
+/// A raw output pointer shared by the tasks, each of which writes a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint elements (see `gemv`), so sharing the pointer between threads
+// creates no data race.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y[rows, out] (+)= x[rows, inp] · Wᵀ` for a quantized `W: [out, inp]`, with 8-bit activations
+/// (see the module docs), for few `rows` (decode; any number works but re-reads the weight for
+/// each row). When `accumulate` is false the old contents of `y` are not read. Runs on the
+/// current rayon pool; uses AVX-512 VNNI where the CPU has it.
+///
+/// # Panics
+/// When a slice is shorter than its matrix.
+pub fn linear_gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool) {
+    gemv(x, w, y, rows, accumulate, vnni_available());
+}
+
+/// [`linear_gemv`] without SIMD intrinsics (what runs where AVX-512 VNNI is missing); public so
+/// the tests can check it on any machine.
+///
+/// # Panics
+/// When a slice is shorter than its matrix.
+pub fn linear_gemv_portable(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool) {
+    gemv(x, w, y, rows, accumulate, false);
+}
+
+/// Whether the AVX-512 VNNI kernel can run here.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool, simd: bool) {
+    let (out, inp) = (w.rows, w.cols);
+    assert!(x.len() >= rows * inp && y.len() >= rows * out);
+    assert!(inp % QK == 0 && w.data.len() == out * w.row_bytes());
+    if rows == 0 || out == 0 {
+        return;
+    }
+    if inp == 0 {
+        if !accumulate {
+            y[..rows * out].fill(0.0);
+        }
+        return;
+    }
+    let acts = quantize_acts(x, rows, inp);
+    let nb = inp / QK;
+    let rb = w.row_bytes();
+    let yp = OutPtr(y.as_mut_ptr());
+    let tasks = out.div_ceil(TASK_OUTPUTS);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let o0 = t * TASK_OUTPUTS;
+        let o1 = (o0 + TASK_OUTPUTS).min(out);
+        let mut o = o0;
+        while o < o1 {
+            let oo = (o1 - o).min(4);
+            let wb = &w.data[o * rb..(o + oo) * rb];
+            for r in 0..rows {
+                let xq = &acts.q[r * inp..(r + 1) * inp];
+                let xds = &acts.ds[2 * r * nb..2 * (r + 1) * nb];
+                let mut res = [0.0f32; 4];
+                dots(w.format, wb, rb, oo, xq, xds, simd, &mut res);
+                for (j, &v) in res.iter().enumerate().take(oo) {
+                    // SAFETY: this task writes only y[r · out + o'] for o' in o0..o1, disjoint
+                    // from the other tasks' columns; r < rows and o' < out, so the index is below
+                    // rows · out ≤ y.len() (asserted above), and `y` is exclusively borrowed for
+                    // the duration of the parallel loop.
+                    unsafe {
+                        let p = yp.get().add(r * out + o + j);
+                        *p = if accumulate { *p + v } else { v };
+                    }
+                }
+            }
+            o += oo;
+        }
+    });
+}
+
+/// `res[j] = Σ_b (d_w · d_x · Σ_i w_q · x_q + [Q4_1] m_w · s_x)` for the `oo ≤ 4` weight rows in
+/// `wb` (row stride `rb` bytes) against one quantized activation row (`xds`: `[d_x, s_x]` per
+/// block).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn dots(
+    format: QuantFormat,
+    wb: &[u8],
+    rb: usize,
+    oo: usize,
+    xq: &[i8],
+    xds: &[f32],
+    simd: bool,
+    res: &mut [f32; 4],
+) {
+    assert!(
+        wb.len() >= oo * rb && xq.len() * 2 == xds.len() * QK && rb * QK == xq.len() * format.block_bytes()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX-512F/VL/VNNI, AVX2, FMA and F16C were detected at run time (`simd` is only
+        // true after `vnni_available()`); `wb` holds `oo` rows of `xd.len()` blocks each, and the
+        // activation slices hold `xd.len()` blocks (asserted in debug builds, guaranteed by
+        // `gemv`'s slicing).
+        unsafe {
+            match (format, oo) {
+                (QuantFormat::Q8_0, 4) => vnni::dots::<4, 0>(wb, rb, xq, xds, res),
+                (QuantFormat::Q4_0, 4) => vnni::dots::<4, 1>(wb, rb, xq, xds, res),
+                (QuantFormat::Q4_1, 4) => vnni::dots::<4, 2>(wb, rb, xq, xds, res),
+                (f, _) => {
+                    for j in 0..oo {
+                        let mut one = [0.0f32; 4];
+                        let row = &wb[j * rb..(j + 1) * rb];
+                        match f {
+                            QuantFormat::Q8_0 => vnni::dots::<1, 0>(row, rb, xq, xds, &mut one),
+                            QuantFormat::Q4_0 => vnni::dots::<1, 1>(row, rb, xq, xds, &mut one),
+                            QuantFormat::Q4_1 => vnni::dots::<1, 2>(row, rb, xq, xds, &mut one),
+                        }
+                        res[j] = one[0];
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let _ = simd;
+    for (j, r) in res.iter_mut().enumerate().take(oo) {
+        *r = dot_portable(format, &wb[j * rb..(j + 1) * rb], xq, xds);
+    }
+}
+
+/// One output, portably: the integer block dots are exact, their scaled sum runs in block order.
+fn dot_portable(format: QuantFormat, w: &[u8], xq: &[i8], xds: &[f32]) -> f32 {
+    let bb = format.block_bytes();
+    let mut acc = 0.0f32;
+    let mut min_acc = 0.0f32;
+    for ((b, x), ds) in w.chunks_exact(bb).zip(xq.chunks_exact(QK)).zip(xds.chunks_exact(2)) {
+        let (dx, sx) = (ds[0], ds[1]);
+        let d = f16_at(b, 0);
+        let dot: i32 = match format {
+            QuantFormat::Q8_0 => {
+                b[2..34].iter().zip(x).map(|(&w, &x)| i32::from(w as i8) * i32::from(x)).sum()
+            }
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+                let (qs, off) = if format == QuantFormat::Q4_0 { (&b[2..18], 8) } else { (&b[4..20], 0) };
+                let mut s = 0i32;
+                for (j, &q) in qs.iter().enumerate() {
+                    s += (i32::from(q & 0x0f) - off) * i32::from(x[j]);
+                    s += (i32::from(q >> 4) - off) * i32::from(x[j + 16]);
+                }
+                s
+            }
+        };
+        acc += (d * dx) * dot as f32;
+        if format == QuantFormat::Q4_1 {
+            min_acc += f16_at(b, 2) * sx;
+        }
+    }
+    acc + min_acc
+}
+
+// The AVX-512 intrinsics used here are stable since Rust 1.89 (the workspace's MSRV).
+// Index loops over the small register arrays read better than iterator chains here.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    /// The f16 at `p` as f32 (F16C; exact).
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        // SAFETY (caller): `p` points to 2 readable bytes; F16C is enabled in the callers.
+        unsafe {
+            let h = std::ptr::read_unaligned(p.cast::<u16>());
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+        }
+    }
+
+    /// The 32 four-bit values of a Q4 block's 16 bytes at `p`, in element order (low nibbles are
+    /// elements 0..16, high nibbles 16..32), as unsigned bytes.
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY (caller): `p` points to 16 readable bytes; AVX2 is enabled in the callers.
+        unsafe {
+            let v = _mm_loadu_si128(p.cast());
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+        }
+    }
+
+    /// Horizontal sum of 8 f32 lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: register-only operations; AVX is enabled in the callers.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// `O` outputs of format `F` (0 = Q8_0, 1 = Q4_0, 2 = Q4_1). Blocks go two at a time
+    /// through 64-byte `vpdpbusd`s, which give the exact integer dots of both blocks in 8 lanes
+    /// each; the lanes are scaled by `d_w · d_x` of their block and summed in f32 lanes. An odd
+    /// last block takes the same steps on 32 bytes.
+    ///
+    /// Q8_0 multiplies `w + 128` (unsigned) by `x` starting from `−128 · x` per lane; Q4_0
+    /// multiplies the nibbles `q` by `x` starting from `−8 · x` per lane (so the lanes hold
+    /// `Σ (q − 8) x`); Q4_1 adds `m_w · s_x` per block.
+    ///
+    /// # Safety
+    /// AVX-512F/VL/VNNI, AVX2, FMA and F16C must be available; `wb` must hold `O` rows of
+    /// `xds.len() / 2` blocks at stride `rb` bytes and `xq` `16 · xds.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn dots<const O: usize, const F: u8>(
+        wb: &[u8],
+        rb: usize,
+        xq: &[i8],
+        xds: &[f32],
+        res: &mut [f32; 4],
+    ) {
+        let nb = xds.len() / 2;
+        let bb = match F {
+            0 => 34,
+            1 => 18,
+            _ => 20,
+        };
+        let wp = wb.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); O];
+        let mut acc_m = [_mm_setzero_ps(); O];
+        let zero = _mm512_setzero_si512();
+        // Lane j of the integer dots belongs to block j / 8 of the pair: the pair's scales sit in
+        // lanes 0 and 2 of `[d_a·dx_a, ·, d_b·dx_b, ·]`.
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        // Nibble bytes: [a | b] and [a >> 4 | b >> 4] to [a_lo, a_hi, b_lo, b_hi] (qwords).
+        let order = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+        let low4 = _mm512_set1_epi8(0x0f);
+        let bias = _mm512_set1_epi8(if F == 0 { -128 } else { 8 });
+        // SAFETY: block b of row j lies at wp + j · rb + b · bb, inside `wb` for b < nb and
+        // j < O; activation block b is xq[32 b..32 b + 32] and xds[2 b..2 b + 2] (see the
+        // contract). All loads are unaligned loads within those ranges.
+        unsafe {
+            let mut b = 0;
+            while b + 2 <= nb {
+                let xv = _mm512_loadu_si512(xq.as_ptr().add(b * 32).cast());
+                let xs4 = _mm_loadu_ps(xds.as_ptr().add(2 * b));
+                // Q8_0: −128 · Σ x; Q4_0: −8 · Σ x per lane (vpdpbusd reads `bias` unsigned).
+                let start =
+                    if F == 2 { zero } else { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, xv)) };
+                for j in 0..O {
+                    let pa = wp.add(j * rb + b * bb);
+                    let pb = pa.add(bb);
+                    // [d_a, m_a, d_b, m_b] (Q4_1) or [d_a, 0, d_b, 0] as f16, then f32.
+                    let h = if F == 2 {
+                        let v = _mm_cvtsi32_si128(std::ptr::read_unaligned(pa.cast::<i32>()));
+                        _mm_insert_epi32::<1>(v, std::ptr::read_unaligned(pb.cast::<i32>()))
+                    } else {
+                        let v = _mm_cvtsi32_si128(i32::from(std::ptr::read_unaligned(pa.cast::<u16>())));
+                        _mm_insert_epi16::<2>(v, i32::from(std::ptr::read_unaligned(pb.cast::<u16>())))
+                    };
+                    let sc = _mm_mul_ps(_mm_cvtph_ps(h), xs4);
+                    if F == 2 {
+                        acc_m[j] = _mm_add_ps(acc_m[j], sc);
+                    }
+                    let dot = match F {
+                        0 => {
+                            let wa = _mm256_loadu_si256(pa.add(2).cast());
+                            let wb = _mm256_loadu_si256(pb.add(2).cast());
+                            let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb);
+                            _mm512_dpbusd_epi32(start, _mm512_xor_si512(wv, bias), xv)
+                        }
+                        _ => {
+                            let off = if F == 1 { 2 } else { 4 };
+                            let ab = _mm256_loadu2_m128i(pb.add(off).cast(), pa.add(off).cast());
+                            let hi = _mm256_srli_epi16::<4>(ab);
+                            let q = _mm512_permutex2var_epi64(
+                                _mm512_castsi256_si512(ab),
+                                order,
+                                _mm512_castsi256_si512(hi),
+                            );
+                            _mm512_dpbusd_epi32(start, _mm512_and_si512(q, low4), xv)
+                        }
+                    };
+                    let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));
+                    acc[j] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[j]);
+                }
+                b += 2;
+            }
+            let mut tail = [0.0f32; O];
+            if b < nb {
+                let xv = _mm256_loadu_si256(xq.as_ptr().add(b * 32).cast());
+                let (dx, sx) = (*xds.get_unchecked(2 * b), *xds.get_unchecked(2 * b + 1));
+                let z = _mm256_setzero_si256();
+                let start = if F == 2 {
+                    z
+                } else {
+                    let bias = _mm256_set1_epi8(if F == 0 { -128 } else { 8 });
+                    _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, bias, xv))
+                };
+                for j in 0..O {
+                    let blk = wp.add(j * rb + b * bb);
+                    let dot = match F {
+                        0 => {
+                            let wv = _mm256_loadu_si256(blk.add(2).cast());
+                            _mm256_dpbusd_epi32(start, _mm256_xor_si256(wv, _mm256_set1_epi8(-128)), xv)
+                        }
+                        1 => _mm256_dpbusd_epi32(start, nibbles(blk.add(2)), xv),
+                        _ => {
+                            tail[j] = f16(blk.add(2)) * sx;
+                            _mm256_dpbusd_epi32(start, nibbles(blk.add(4)), xv)
+                        }
+                    };
+                    let v = _mm256_mul_ps(_mm256_set1_ps(f16(blk) * dx), _mm256_cvtepi32_ps(dot));
+                    tail[j] += hsum(v);
+                }
+            }
+            for j in 0..O {
+                // Q4_1's offset terms sit in lanes 1 and 3 of `acc_m`.
+                let m =
+                    _mm_add_ss(_mm_movehdup_ps(acc_m[j]), _mm_movehl_ps(acc_m[j], _mm_movehdup_ps(acc_m[j])));
+                let m = if F == 2 { _mm_cvtss_f32(m) } else { 0.0 };
+                res[j] = _mm512_reduce_add_ps(acc[j]) + m + tail[j];
+            }
+        }
+    }
+}
