@@ -35,7 +35,10 @@ fn lora_model(exp: &Expected) -> (CpuBackend, Llama<CpuBackend>) {
     (be, m)
 }
 
-fn batch_of(exp: &Expected, prefix: &str) -> (Vec<u32>, Vec<i32>, Vec<u32>, usize, usize) {
+/// ids, labels, positions, batch, seq of one micro-batch.
+type MicroBatch = (Vec<u32>, Vec<i32>, Vec<u32>, usize, usize);
+
+fn batch_of(exp: &Expected, prefix: &str) -> MicroBatch {
     let (shape, ids) = exp.ids(&format!("{prefix}input_ids"));
     let labels = exp.ids(&format!("{prefix}labels")).1.iter().map(|&l| l as i32).collect();
     let positions = (0..shape[0]).flat_map(|_| 0..shape[1] as u32).collect();
@@ -44,11 +47,7 @@ fn batch_of(exp: &Expected, prefix: &str) -> (Vec<u32>, Vec<i32>, Vec<u32>, usiz
 
 /// Runs forward/backward over micro-batches with the step's total label count; returns the
 /// mean loss.
-fn step_grads(
-    be: &CpuBackend,
-    m: &mut Llama<CpuBackend>,
-    mbs: &[(Vec<u32>, Vec<i32>, Vec<u32>, usize, usize)],
-) -> f64 {
+fn step_grads(be: &CpuBackend, m: &mut Llama<CpuBackend>, mbs: &[MicroBatch]) -> f64 {
     let total: usize = mbs.iter().map(|b| b.1.iter().filter(|&&l| l != -100).count()).sum();
     m.zero_grads(be).unwrap();
     let mut sum = 0.0;

@@ -125,6 +125,7 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Adds `attention(xn)` to the residual stream `residual`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_residual(
         &self,
         be: &B,

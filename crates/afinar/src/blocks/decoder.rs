@@ -104,6 +104,7 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// Runs the block on the residual stream `x[rows, dim]` in place. With `keep_mid`, the
     /// residual after attention is saved for the backward.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &B,

@@ -54,7 +54,7 @@ impl LlamaConfig {
                 return Err(err(key, "must be positive".into()));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(err(
                 "num_key_value_heads",
                 format!(
@@ -63,10 +63,10 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(err("head_dim", format!("{} is odd; RoPE needs pairs", self.head_dim)));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(err("rope_theta", "must be positive".into()));
         }
         Ok(())

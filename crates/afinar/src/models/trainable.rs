@@ -76,6 +76,9 @@ pub enum ParamMut<'a, B: Backend> {
     Buf(&'a mut B::Buf, &'a mut ParamState<B>),
 }
 
+/// A tensor on the host: Hugging Face (or PEFT) name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 impl<B: Backend> Llama<B> {
     /// Makes every tensor trainable (full fine-tuning). The weights must be stored as f32.
     pub fn enable_full_finetune(&mut self, be: &B) -> Result<()> {
@@ -241,7 +244,7 @@ impl<B: Backend> Llama<B> {
 
     /// Every tensor of the model as f32 with its Hugging Face name and shape (what a full
     /// checkpoint holds; LoRA adapters are not merged here, see [`Llama::merge_lora`]).
-    pub fn state_tensors(&self, be: &B) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state_tensors(&self, be: &B) -> Result<Vec<NamedTensor>> {
         let c = &self.config;
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
@@ -274,7 +277,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// LoRA matrices with their PEFT names (without the `base_model.model.` prefix) and shapes.
-    pub fn lora_tensors(&self, be: &B) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn lora_tensors(&self, be: &B) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         for (name, l) in self.linears() {
             if let Some(lora) = &l.lora {
@@ -303,7 +306,7 @@ fn host<B: Backend>(be: &B, buf: &B::Buf, n: usize) -> Result<Vec<f32>> {
 impl<B: Backend> Llama<B> {
     /// [`Llama::state_tensors`] with every LoRA adapter folded into its base weight
     /// (`W + scale · B A`), leaving the model itself unchanged.
-    pub fn merged_state_tensors(&self, be: &B) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn merged_state_tensors(&self, be: &B) -> Result<Vec<NamedTensor>> {
         let mut tensors = self.state_tensors(be)?;
         for (name, l) in self.linears() {
             let Some(lora) = &l.lora else { continue };

@@ -179,12 +179,12 @@ pub fn train<B: Backend>(
                 elapsed_secs: t_run.elapsed().as_secs_f64(),
                 peak_rss_bytes: peak_rss_bytes(),
             };
-            if m.step % plan.log_every_n_steps == 0 || m.step == total_steps {
+            if m.step.is_multiple_of(plan.log_every_n_steps) || m.step == total_steps {
                 metrics_file.write(&m)?;
             }
             reporter.step(&m);
             let epoch_done = step_in_epoch == steps_per_epoch;
-            let periodic = plan.save_every_n_steps.is_some_and(|n| m.step % n == 0);
+            let periodic = plan.save_every_n_steps.is_some_and(|n| m.step.is_multiple_of(n));
             if periodic || epoch_done {
                 let (e, s) = if epoch_done { (epoch + 1, 0) } else { (epoch, step_in_epoch) };
                 let name = if epoch_done { format!("epoch_{epoch}") } else { format!("step_{}", m.step) };

@@ -48,7 +48,7 @@ impl Reporter for Progress {
                 bar.set_position(m.step as u64);
                 bar.set_message(line(m));
             }
-            None if m.step % self.log_every == 0 || m.step == m.total_steps => {
+            None if m.step.is_multiple_of(self.log_every) || m.step == m.total_steps => {
                 eprintln!("step {}/{} (epoch {}) | {}", m.step, m.total_steps, m.epoch, line(m));
             }
             None => {}
