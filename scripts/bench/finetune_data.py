@@ -1,0 +1,80 @@
+"""Inputs of scripts/bench/finetune.sh, the same for every framework (run with the reference venv).
+
+    python finetune_data.py GGUF OUT_DIR [--docs 32] [--seq 512] [--seed 0]
+
+Writes into OUT_DIR:
+  model/      SmolLM2-135M-Instruct dequantized to f32 as a plain Hugging Face checkpoint
+              (config.json, model.safetensors, tokenizer files): transformers 5 loads the GGUF and
+              dequantizes it, but will not save a "gguf-quantized" model, so a plain
+              LlamaForCausalLM is rebuilt from its config and state dict.
+  docs.jsonl  `--docs` text documents ({"text": ...}), each a seeded random run of examples from
+              data/bilingual_instruct.jsonl ("Question: …\\nAnswer: …") long enough to exceed
+              `--seq` tokens, so that every framework trains on full rows of exactly `--seq`
+              tokens: (seq - 1) label tokens per row, nothing masked, no padding.
+  rows.json   the documents tokenized with the model's tokenizer (no BOS: the GGUF says
+              add_bos_token false) and cut to `--seq` tokens: what the Python peers train on.
+afinar reads docs.jsonl itself (dataset.kind=text), which gives the same rows.
+"""
+
+import argparse
+import json
+import os
+import random
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("gguf")
+    ap.add_argument("out")
+    ap.add_argument("--data", default="data/bilingual_instruct.jsonl")
+    ap.add_argument("--docs", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    mdir = os.path.join(a.out, "model")
+    gdir, gname = os.path.split(os.path.abspath(a.gguf))
+
+    tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+    if not os.path.exists(os.path.join(mdir, "model.safetensors")):
+        m = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32)
+        d = m.config.to_dict()
+        for k in ("quantization_config", "_name_or_path", "transformers_version"):
+            d.pop(k, None)
+        cfg = LlamaConfig(**d)
+        cfg.torch_dtype = "float32"
+        plain = LlamaForCausalLM(cfg).to(torch.float32)
+        missing, unexpected = plain.load_state_dict(m.state_dict(), strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
+        assert not missing and not unexpected, (missing, unexpected)
+        plain.save_pretrained(mdir + ".part")
+        tok.save_pretrained(mdir + ".part")
+        os.replace(mdir + ".part", mdir)
+
+    examples = [json.loads(l) for l in open(a.data, encoding="utf-8") if l.strip()]
+    rng = random.Random(a.seed)
+    docs, rows = [], []
+    for _ in range(a.docs):
+        text = ""
+        while True:
+            e = rng.choice(examples)
+            q = e["instruction"] + ("\n" + e["input"] if e.get("input") else "")
+            text += f"Question: {q}\nAnswer: {e['output']}\n\n"
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > a.seq + 8:
+                break
+        docs.append(text)
+        rows.append(ids[: a.seq])
+    with open(os.path.join(a.out, "docs.jsonl"), "w", encoding="utf-8") as f:
+        for t in docs:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    with open(os.path.join(a.out, "rows.json"), "w") as f:
+        json.dump(rows, f)
+    print(f"finetune_data: {mdir}, {len(rows)} rows of {a.seq} tokens")
+
+
+if __name__ == "__main__":
+    main()
