@@ -183,12 +183,7 @@ pub fn linear_forward<T: Real>(
     match w {
         WeightRef::Dense(w) => matmul(x, false, w, true, y, rows, out, inp, T::ONE, beta),
         WeightRef::Bf16(_) | WeightRef::Quant(_) => {
-            let tr = tile_rows(inp).min(out);
-            let mut tile = vec![T::ZERO; tr * inp];
-            let mut o0 = 0;
-            while o0 < out {
-                let ob = tr.min(out - o0);
-                convert_tile(w, o0, &mut tile[..ob * inp], inp);
+            for_each_row_tile(w, out, inp, |o0, ob, tile| {
                 // SAFETY: y[r, o0..o0+ob] for r < rows is in bounds (checked above); the tile
                 // holds ob × inp elements.
                 unsafe {
@@ -209,8 +204,7 @@ pub fn linear_forward<T: Real>(
                         true,
                     )
                 }
-                o0 += ob;
-            }
+            });
         }
     }
 }
@@ -242,12 +236,7 @@ pub fn linear_backward_input<T: Real>(
                 }
                 return;
             }
-            let tr = tile_rows(inp).min(out);
-            let mut tile = vec![T::ZERO; tr * inp];
-            let mut o0 = 0;
-            while o0 < out {
-                let ob = tr.min(out - o0);
-                convert_tile(w, o0, &mut tile[..ob * inp], inp);
+            for_each_row_tile(w, out, inp, |o0, ob, tile| {
                 let b = if o0 == 0 { beta } else { T::ONE };
                 // SAFETY: dy[r, o0..o0+ob] is in bounds (checked above); the tile holds ob × inp.
                 unsafe {
@@ -268,9 +257,28 @@ pub fn linear_backward_input<T: Real>(
                         true,
                     )
                 }
-                o0 += ob;
-            }
+            });
         }
+    }
+}
+
+/// Calls `f(o0, ob, tile)` for consecutive blocks of rows `o0..o0 + ob` of a stored (bf16 or
+/// quantized) weight, each converted to `T` into one reused `ob × inp` tile: products with such
+/// weights never hold a full-precision copy of the whole matrix.
+fn for_each_row_tile<T: Real>(
+    w: WeightRef<'_, T>,
+    out: usize,
+    inp: usize,
+    mut f: impl FnMut(usize, usize, &[T]),
+) {
+    let tr = tile_rows(inp).min(out);
+    let mut tile = vec![T::ZERO; tr * inp];
+    let mut o0 = 0;
+    while o0 < out {
+        let ob = tr.min(out - o0);
+        convert_tile(w, o0, &mut tile[..ob * inp], inp);
+        f(o0, ob, &tile[..ob * inp]);
+        o0 += ob;
     }
 }
 
