@@ -488,3 +488,21 @@ fn linear_cross_entropy_gradients_chunked() {
     );
     check_grad("linear_cross_entropy dw only", &w, &dw, |w| gs * f(&h, w, 3).0);
 }
+
+#[test]
+fn attention_decode_tiles_over_a_long_cache_match_the_reference() {
+    // One query (and then four) against 1,100 cached keys: several 512-key decode tiles.
+    for q_len in [1, 4] {
+        let d = dims(2, q_len, 1100, 1104, 1100 - q_len);
+        let tiles = AttnTiles::for_forward(&d);
+        assert_eq!((tiles.bq, tiles.bk), (q_len, 512));
+        let mut rng = Rng::new(40 + q_len as u64);
+        let (q, k, v) = (rng.normals(q_elems(&d)), rng.normals(kv_elems(&d)), rng.normals(kv_elems(&d)));
+        let mut out = vec![0.0; q_elems(&d)];
+        let mut lse = vec![0.0; lse_elems(&d)];
+        attention_forward(&q, &k, &v, &mut out, &mut lse, &d, None, tiles);
+        let (want_out, want_lse) = naive_attention(&q, &k, &v, &d, None);
+        assert!(rel_err(&out, &want_out) < 1e-12, "q_len {q_len}: out");
+        assert!(rel_err(&lse, &want_lse) < 1e-12, "q_len {q_len}: lse");
+    }
+}

@@ -28,6 +28,19 @@ impl Default for AttnTiles {
     }
 }
 
+impl AttnTiles {
+    /// Tiles for the forward of `dims`: square 64 × 64 tiles, except for a few queries against a
+    /// cache (decoding), where a query block of their size and 512 keys per tile cut the number
+    /// of small products per token eightfold.
+    pub fn for_forward(dims: &AttnDims) -> Self {
+        if dims.q_len <= 8 {
+            AttnTiles { bq: dims.q_len.max(1), bk: 512 }
+        } else {
+            AttnTiles::default()
+        }
+    }
+}
+
 /// How the backward splits its work between threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnBwdMode {

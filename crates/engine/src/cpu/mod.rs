@@ -536,7 +536,9 @@ impl Backend for CpuBackend {
         need(op, "v", v.len(), nkv)?;
         need(op, "out", out.len(), nq)?;
         need(op, "lse", lse.len(), attention::lse_elems(dims))?;
-        self.install(|| attention::attention_forward(q, k, v, out, lse, dims, doc_ids, AttnTiles::default()));
+        self.install(|| {
+            attention::attention_forward(q, k, v, out, lse, dims, doc_ids, AttnTiles::for_forward(dims))
+        });
         Ok(())
     }
 
