@@ -163,7 +163,6 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
     let loader = Loader::new(&dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
         .map_err(|e| Error::Input(format!("dataset: {e}")))?
         .drop_last(true);
-    let s = dataset.stats();
     reporter.note(&format!(
         "dataset {}: {} examples, {} tokens, {} label tokens",
         cfg.dataset.source.display(),
@@ -171,7 +170,6 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         dataset.num_tokens(),
         dataset.num_label_tokens()
     ));
-    let _ = s;
     let hf_json = match &source.1 {
         Some(dir) => {
             let p = dir.join("config.json");

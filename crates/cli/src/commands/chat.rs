@@ -3,12 +3,12 @@
 
 use std::io::{BufRead, Write};
 
-use afinar::generate::{generate, GenerateOptions};
+use afinar::generate::GenerateOptions;
 use afinar::tokenizer::{render_chat, Message};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{load, ModelArgs, SamplingArgs};
+use super::{generate_to_stdout, load, ModelArgs, SamplingArgs};
 
 /// Arguments of `afinar chat`.
 #[derive(Args, Debug)]
@@ -79,18 +79,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             sampling,
             stop_ids: tok.stop_ids(),
         };
-        let mut stream = tok.decode_stream(true);
-        let mut stdout = std::io::stdout().lock();
-        let (new, stats) = generate(&be, model, &mut cache, &ids[common..], &opts, |id| {
-            if let Some(piece) = stream.step(id)? {
-                stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush())
-                    .map_err(|e| afinar::Error::Io { path: "<stdout>".into(), source: e })?;
-            }
-            Ok(true)
-        })?;
-        writeln!(stdout)?;
+        let (new, stats) = generate_to_stdout(&be, model, &mut cache, &ids[common..], &opts, &tok)?;
         cached.extend_from_slice(&ids[common..]);
         cached.extend_from_slice(&new);
         let reply = tok.decode(&new, true)?;

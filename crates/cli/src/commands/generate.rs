@@ -1,14 +1,13 @@
 //! `afinar generate`: one prompt in, the continuation out on stdout (statistics on stderr).
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use afinar::generate::{generate, GenerateOptions};
+use afinar::generate::GenerateOptions;
 use afinar::tokenizer::{render_chat, Message, Tokenizer};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{load, ModelArgs, SamplingArgs};
+use super::{generate_to_stdout, load, ModelArgs, SamplingArgs};
 
 /// Arguments of `afinar generate`.
 #[derive(Args, Debug)]
@@ -68,18 +67,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut cache = model.new_cache(&be, 1, capacity)?;
     let opts =
         GenerateOptions { max_new_tokens: args.sampling.max_new_tokens, sampling, stop_ids: tok.stop_ids() };
-    let mut stream = tok.decode_stream(true);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let (_, stats) = generate(&be, model, &mut cache, &ids, &opts, |id| {
-        if let Some(piece) = stream.step(id)? {
-            out.write_all(piece.as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| afinar::Error::Io { path: "<stdout>".into(), source: e })?;
-        }
-        Ok(true)
-    })?;
-    writeln!(out)?;
+    let (_, stats) = generate_to_stdout(&be, model, &mut cache, &ids, &opts, &tok)?;
     eprintln!(
         "afinar: prompt {} tokens at {:.1} tokens/s; generated {} tokens at {:.1} tokens/s ({:?})",
         stats.prompt_tokens,

@@ -12,8 +12,10 @@ pub mod validate;
 
 use std::path::PathBuf;
 
+use afinar::blocks::KvCache;
 use afinar::engine::{CpuBackend, WeightFormat};
-use afinar::generate::SamplingParams;
+use afinar::generate::{generate, GenerateOptions, GenerateStats, SamplingParams};
+use afinar::models::Llama;
 use afinar::models::{load_model, LoadOptions, LoadedModel};
 use afinar::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
@@ -127,4 +129,30 @@ pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, To
         t0.elapsed().as_secs_f64()
     );
     Ok((be, loaded, tokenizer))
+}
+
+/// Feeds `prompt` after what `cache` holds and generates, writing each complete piece of text to
+/// stdout as soon as it is decoded, then a newline. Returns the new tokens and the statistics.
+pub fn generate_to_stdout(
+    be: &CpuBackend,
+    model: &Llama<CpuBackend>,
+    cache: &mut KvCache<CpuBackend>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    tok: &Tokenizer,
+) -> Result<(Vec<u32>, GenerateStats)> {
+    use std::io::Write;
+    let mut stream = tok.decode_stream(true);
+    let mut stdout = std::io::stdout().lock();
+    let result = generate(be, model, cache, prompt, opts, |id| {
+        if let Some(piece) = stream.step(id)? {
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+                .map_err(|e| afinar::Error::Io { path: "<stdout>".into(), source: e })?;
+        }
+        Ok(true)
+    })?;
+    writeln!(stdout)?;
+    Ok(result)
 }
