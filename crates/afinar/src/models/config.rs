@@ -36,6 +36,17 @@ pub struct LlamaConfig {
     pub tie_embeddings: bool,
 }
 
+/// Reads a JSON file, naming it in the error when it cannot be read or parsed.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| Error::Config {
+        file: path.to_path_buf(),
+        key: "(document)".into(),
+        msg: format!("not valid JSON: {e}"),
+    })
+}
+
 impl LlamaConfig {
     /// Checks internal consistency; `source` names the file for the error message.
     pub fn validate(&self, source: &Path) -> Result<()> {
@@ -89,14 +100,7 @@ impl LlamaConfig {
     /// Reads a Hugging Face `config.json` of a `llama` model (transformers 4.x `rope_theta` /
     /// `rope_scaling` keys or 5.x `rope_parameters`).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-            file: path.to_path_buf(),
-            key: "(document)".into(),
-            msg: format!("not valid JSON: {e}"),
-        })?;
-        Self::from_hf_value(&json, path)
+        Self::from_hf_value(&read_json(path)?, path)
     }
 
     /// Parses an already loaded HF config; `path` is used in error messages.

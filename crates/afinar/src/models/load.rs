@@ -14,6 +14,7 @@ use afinar_checkpoint::{DType, TensorView};
 use afinar_engine::{Backend, QuantFormat, WeightFormat};
 use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
 
+use super::config::read_json;
 use super::{Llama, LlamaConfig};
 use crate::blocks::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
 use crate::{Error, Result};
@@ -46,6 +47,18 @@ pub struct LoadedModel<B: Backend> {
     pub tokenizer: Option<Tokenizer>,
     /// Where it came from.
     pub source: PathBuf,
+    /// The Hugging Face folder it was read from, with its `config.json` (`None` for GGUF).
+    pub hf_folder: Option<HfFolder>,
+}
+
+/// A Hugging Face checkpoint folder and its parsed `config.json`, kept so that outputs can reuse
+/// the input's layout, configuration and tokenizer files.
+#[derive(Debug, Clone)]
+pub struct HfFolder {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its `config.json`, as written.
+    pub config_json: serde_json::Value,
 }
 
 /// Loads a model from `path`: a `.gguf` file, a folder with `config.json` and
@@ -373,7 +386,8 @@ fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Load
             dir.display()
         )));
     }
-    let mut config = LlamaConfig::from_hf_json(&config_path)?;
+    let config_json = read_json(&config_path)?;
+    let mut config = LlamaConfig::from_hf_value(&config_json, &config_path)?;
     let ckpt = SafetensorsCheckpoint::open(path)?;
     // Some checkpoints say nothing about tying but ship no lm_head.
     if !config.tie_embeddings && !ckpt.contains("lm_head.weight") {
@@ -383,8 +397,9 @@ fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Load
     let src = HfSource { ckpt, path: path.to_path_buf() };
     let model = build(be, config, inv_freq, &src, format)?;
     let tok_path = dir.join("tokenizer.json");
+    let hf_folder = Some(HfFolder { dir: dir.clone(), config_json });
     let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
-    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
+    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf(), hf_folder })
 }
 
 fn meta_err(path: &Path, key: &str, msg: &str) -> Error {
@@ -480,7 +495,7 @@ fn load_gguf<B: Backend>(
         keep_quantized,
     };
     let model = build(be, config, inv_freq, &src, format)?;
-    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf() })
+    Ok(LoadedModel { model, tokenizer, source: path.to_path_buf(), hf_folder: None })
 }
 
 /// The tokenizer embedded in GGUF metadata, if any.

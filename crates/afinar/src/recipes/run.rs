@@ -131,14 +131,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
             let tok = loaded.tokenizer.ok_or_else(|| {
                 Error::Input(format!("{} has no tokenizer: set tokenizer.path", path.display()))
             })?;
-            let hf_dir = if path.is_dir() {
-                Some(path.clone())
-            } else if path.extension().is_some_and(|e| e == "safetensors") {
-                path.parent().map(PathBuf::from)
-            } else {
-                None
-            };
-            (loaded.model, tok, (path.clone(), hf_dir))
+            (loaded.model, tok, (path.clone(), loaded.hf_folder))
         }
         (None, Some(name)) => {
             let config = presets::preset(name)
@@ -170,22 +163,14 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         dataset.num_tokens(),
         dataset.num_label_tokens()
     ));
-    let hf_json = match &source.1 {
-        Some(dir) => {
-            let p = dir.join("config.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::Io { path: p.clone(), source: e })?;
-            serde_json::from_str(&text).map_err(|e| Error::Config {
-                file: p,
-                key: "(document)".into(),
-                msg: format!("not valid JSON: {e}"),
-            })?
-        }
+    let config_json = match &source.1 {
+        Some(hf) => hf.config_json.clone(),
         None => model.config.to_hf_json(tokenizer.bos_id(), tokenizer.eos_id(), "float32"),
     };
     let source = ModelSource {
         path: source.0,
-        hf_dir: source.1,
-        config_json: hf_json,
+        hf_dir: source.1.map(|hf| hf.dir),
+        config_json,
         dtype: DType::F32,
         tokenizer: Some(std::sync::Arc::new(tokenizer)),
         max_seq_len: Some(model.config.max_seq_len),
