@@ -14,7 +14,7 @@ use afinar_checkpoint::peft::{
 };
 use afinar_checkpoint::write::{save_safetensors, TensorWrite};
 use afinar_checkpoint::{CheckpointError, DType};
-use common::TempDir;
+use common::{run_python, TempDir};
 use serde_json::{json, Value};
 
 /// What PEFT 0.21.2's `save_pretrained` wrote for `LoraConfig(r=4, lora_alpha=8,
@@ -346,28 +346,6 @@ fn load_accepts_extra_tensors_peft_saves_and_checks_lora_ones() {
     let e = load_peft_adapter(dir.path()).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains(ADAPTER_MODEL_FILE) && msg.contains("lm_head.lora_A.weight"), "{msg}");
-}
-
-/// Runs `scripts/verify/SCRIPT` with `$AFINAR_PYTHON` and returns its JSON, or `None` (with a
-/// note) when the variable is not set.
-fn run_python(script: &str, args: &[&Path]) -> Option<Value> {
-    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        eprintln!(
-            "note: AFINAR_PYTHON is not set: skipping the python check {script} (set it to a \
-             python with torch, transformers and peft, e.g. ~/.cache/afinar/venv/bin/python)"
-        );
-        return None;
-    };
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify").join(script);
-    let out = std::process::Command::new(&python).arg(&script_path).args(args).output().expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
 }
 
 /// The tiny Llama-3.1 fixture's linear layers (module, out, in), from its config.json.

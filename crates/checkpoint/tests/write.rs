@@ -15,7 +15,7 @@ use afinar_checkpoint::write::{
     write_atomic, write_dir_atomic, TensorData, TensorWrite, SIDE_FILES,
 };
 use afinar_checkpoint::{CheckpointError, DType};
-use common::TempDir;
+use common::{run_python, TempDir};
 use serde_json::Value;
 
 fn models() -> PathBuf {
@@ -540,29 +540,6 @@ fn copy_side_files_copies_what_is_there() {
     assert!(SIDE_FILES.contains(&"special_tokens_map.json"));
     let e = copy_side_files(src.path().join("missing"), &out).unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
-}
-
-/// Runs `scripts/verify/SCRIPT` with `$AFINAR_PYTHON` and returns its JSON, or `None` (with a
-/// note) when the variable is not set.
-fn run_python(script: &str, args: &[&Path]) -> Option<Value> {
-    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        eprintln!(
-            "note: AFINAR_PYTHON is not set: skipping the python check {script} (set it to a \
-             python with torch, safetensors, transformers and peft, e.g. \
-             ~/.cache/afinar/venv/bin/python)"
-        );
-        return None;
-    };
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify").join(script);
-    let out = std::process::Command::new(&python).arg(&script_path).args(args).output().expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The fast linear paths of the CPU backend (few-row GEMV, AMX bf16) against the reference
 //! `gemm` path (`cpu::matmul`), including results independent of the thread count.
 
+mod common;
+
+use common::{norm_err32, rel_err32};
+
 use afinar_engine::cpu::{amx, gemv, matmul};
 use afinar_engine::{Backend, CpuBackend, WeightFormat};
 use half::bf16;
@@ -19,20 +23,6 @@ fn randn(n: usize, seed: u64) -> Vec<f32> {
 
 fn round_bf16(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
-}
-
-/// Largest `|a - b|` relative to the largest `|b|` (a scale-aware max-error).
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-/// Relative error of the whole vector (‖a − b‖ / ‖b‖).
-fn norm_err(a: &[f32], b: &[f32]) -> f32 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / n.max(1e-300)).sqrt() as f32
 }
 
 const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::BF16];
@@ -55,7 +45,7 @@ fn gemv_matches_gemm_path() {
                     let mut portable = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
                     gemv::linear_gemv_portable(&x, w.as_ref(), &mut portable, rows, out, inp, accumulate);
                     for (name, got) in [("simd", &fast), ("portable", &portable)] {
-                        let e = rel_err(got, &reference);
+                        let e = rel_err32(got, &reference);
                         assert!(e < 1e-5, "{name} {fmt:?} rows {rows} {out}x{inp} acc {accumulate}: {e}");
                     }
                 }
@@ -119,10 +109,10 @@ fn amx_linear_matches_gemm_path() {
             let mut exact = y0.clone();
             matmul::linear_forward(&x, w.as_ref(), &mut exact, rows, out, inp, accumulate);
             let tag = format!("fwd {rows}x{inp}->{out} acc {accumulate}");
-            assert!(rel_err(&fast, &exact) < 2e-5, "{tag}: {}", rel_err(&fast, &exact));
-            assert!(norm_err(&fast, &exact) < 1e-5, "{tag}: {}", norm_err(&fast, &exact));
+            assert!(rel_err32(&fast, &exact) < 2e-5, "{tag}: {}", rel_err32(&fast, &exact));
+            assert!(norm_err32(&fast, &exact) < 1e-5, "{tag}: {}", norm_err32(&fast, &exact));
             // ... and is much closer than the reference on bf16-rounded activations.
-            assert!(norm_err(&fast, &exact) * 10.0 < norm_err(&same_input, &exact), "{tag}");
+            assert!(norm_err32(&fast, &exact) * 10.0 < norm_err32(&same_input, &exact), "{tag}");
             let mut direct = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
             amx::linear_forward(&x, &bits, &mut direct, rows, out, inp, accumulate);
             assert_eq!(direct, fast, "{tag}: backend and direct call differ");
@@ -144,10 +134,10 @@ fn amx_linear_matches_gemm_path() {
             let mut exact = dx0.clone();
             matmul::linear_backward_input(&dy, w.as_ref(), &mut exact, rows, out, inp, accumulate);
             let tag = format!("dx {rows}x{out}->{inp} acc {accumulate}");
-            assert!(rel_err(&fast, &exact) < 2e-5, "{tag}: {}", rel_err(&fast, &exact));
-            assert!(norm_err(&fast, &exact) < 1e-5, "{tag}: {}", norm_err(&fast, &exact));
+            assert!(rel_err32(&fast, &exact) < 2e-5, "{tag}: {}", rel_err32(&fast, &exact));
+            assert!(norm_err32(&fast, &exact) < 1e-5, "{tag}: {}", norm_err32(&fast, &exact));
             // ... and is much closer than the reference on bf16-rounded activations.
-            assert!(norm_err(&fast, &exact) * 10.0 < norm_err(&same_input, &exact), "{tag}");
+            assert!(norm_err32(&fast, &exact) * 10.0 < norm_err32(&same_input, &exact), "{tag}");
         }
     }
 }

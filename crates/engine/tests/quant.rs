@@ -3,6 +3,10 @@
 //! its activation rounding, the tile path (rows > 8, input gradient, fused output loss) against
 //! dequantize-then-f32, embedding lookups, and independence of the thread count.
 
+mod common;
+
+use common::{norm_err32, rel_err32};
+
 use afinar_checkpoint::{quant as ckpt, DType};
 use afinar_engine::cpu::{gemv, matmul, quant, CpuWeightData};
 use afinar_engine::{AdamW, Backend, CpuBackend, EngineError, QuantFormat, WeightFormat};
@@ -66,20 +70,6 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// Largest `|a - b|` relative to the largest `|b|`.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-/// ‖a − b‖ / ‖b‖.
-fn norm_err(a: &[f32], b: &[f32]) -> f32 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / n.max(1e-300)).sqrt() as f32
-}
-
 #[test]
 fn dequantization_is_bit_exact() {
     let be = CpuBackend::new(Some(2));
@@ -124,7 +114,7 @@ fn activation_bound(x: &[f32], w: &[f32], inp: usize) -> f32 {
 #[test]
 fn gemv_is_within_the_activation_rounding_bound() {
     let be = CpuBackend::new(Some(2));
-    let mut worst = [0.0f32; 3];
+    let mut worst = [0.0f64; 3];
     for (fi, format) in FORMATS.into_iter().enumerate() {
         for (out, inp) in [(64, 576), (17, 32), (130, 96), (1, 1536), (576, 1536), (5, 64)] {
             let blocks = random_blocks(format, out, inp, out as u64 + 7 * inp as u64, 0.02);
@@ -164,10 +154,10 @@ fn gemv_is_within_the_activation_rounding_bound() {
                     }
                     // The SIMD and portable kernels compute the same exact integer block dots and
                     // differ only in the order of the f32 sums.
-                    assert!(rel_err(&fast, &portable) < 1e-5, "{tag}: simd vs portable");
+                    assert!(rel_err32(&fast, &portable) < 1e-5, "{tag}: simd vs portable");
                     // (A norm over one or a few outputs is one noisy sample: keep the big ones.)
                     if !accumulate && out >= 64 {
-                        worst[fi] = worst[fi].max(norm_err(&fast, &reference));
+                        worst[fi] = worst[fi].max(norm_err32(&fast, &reference));
                     }
                 }
             }
@@ -235,7 +225,7 @@ fn tile_path_matches_dequantize_then_f32() {
                 be.linear(&x, &dense, &mut want, rows, accumulate).unwrap();
                 let mut got = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
                 be.linear(&x, &w, &mut got, rows, accumulate).unwrap();
-                assert!(rel_err(&got, &want) < 1e-5, "fwd {tag}: {}", rel_err(&got, &want));
+                assert!(rel_err32(&got, &want) < 1e-5, "fwd {tag}: {}", rel_err32(&got, &want));
 
                 // The input gradient takes the tile path for any number of rows.
                 for r in [rows, 1, 3] {
@@ -244,7 +234,7 @@ fn tile_path_matches_dequantize_then_f32() {
                     be.linear_backward_input(&dy, &dense, &mut want, r, accumulate).unwrap();
                     let mut got = if accumulate { dx0.clone() } else { vec![f32::NAN; r * inp] };
                     be.linear_backward_input(&dy, &w, &mut got, r, accumulate).unwrap();
-                    assert!(rel_err(&got, &want) < 1e-5, "dx {tag} rows {r}: {}", rel_err(&got, &want));
+                    assert!(rel_err32(&got, &want) < 1e-5, "dx {tag} rows {r}: {}", rel_err32(&got, &want));
                 }
             }
         }
@@ -267,7 +257,7 @@ fn fused_output_loss_on_a_quantized_table() {
             be.linear_cross_entropy(&h, &dense, &targets, rows, 0.5, Some(&mut dh_d), None).unwrap();
         assert_eq!(nq, nd);
         assert!((lq - ld).abs() < 1e-5 * ld.abs(), "{format:?}: {lq} vs {ld}");
-        assert!(rel_err(&dh_q, &dh_d) < 1e-5, "{format:?}");
+        assert!(rel_err32(&dh_q, &dh_d) < 1e-5, "{format:?}");
     }
 }
 

@@ -126,3 +126,25 @@ pub fn smollm2_asset() -> PathBuf {
     assert!(p.is_file(), "{} is missing: run scripts/fetch-assets.sh", p.display());
     p
 }
+
+/// Runs `scripts/verify/SCRIPT` with `$AFINAR_PYTHON` and returns its JSON, or `None` (with a
+/// note) when the variable is not set.
+pub fn run_python(script: &str, args: &[&Path]) -> Option<Value> {
+    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
+        eprintln!(
+            "note: AFINAR_PYTHON is not set: skipping the python check {script} (set it to a \
+             python with torch, safetensors, transformers and peft, e.g. ~/.cache/afinar/venv/bin/python)"
+        );
+        return None;
+    };
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify").join(script);
+    let out = std::process::Command::new(&python).arg(&script_path).args(args).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+}

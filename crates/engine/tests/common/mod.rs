@@ -57,6 +57,13 @@ pub fn rel_err32(a: &[f32], b: &[f32]) -> f64 {
     rel_err(&a, &b)
 }
 
+/// Relative error of the whole vector, ‖a − b‖ / ‖b‖, computed in f64.
+pub fn norm_err32(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / n.max(1e-300)).sqrt()
+}
+
 /// Central finite differences of `f` at `x`, element by element.
 pub fn numeric_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
     let h = 1e-6;
