@@ -47,7 +47,9 @@ fn main() {
         .unwrap_or_default();
     let be = CpuBackend::new(threads);
     println!("{} (amx: {})", be.name(), amx::available());
-    let run = |n: &str| n.contains(&filter);
+    // A section runs when its name contains the filter or the filter contains its name
+    // ("lm_head BF16" runs only the bf16 half of "lm_head").
+    let run = |n: &str| n.contains(&filter) || filter.contains(n);
 
     let (rows, dim, ffn, vocab) = (2048usize, 576usize, 1536usize, 49152usize);
     if run("linear") {
@@ -161,6 +163,9 @@ fn main() {
         let h = randn(rows * dim, 8);
         let targets: Vec<i32> = (0..rows).map(|i| (i * 7919 % vocab) as i32).collect();
         for fmt in [WeightFormat::F32, WeightFormat::BF16] {
+            if !run(&format!("lm_head {fmt:?}")) {
+                continue;
+            }
             let w = be.weight(&randn(vocab * dim, 9), vocab, dim, fmt).unwrap();
             let mut dh = vec![0.0; rows * dim];
             let mut dw = vec![0.0; vocab * dim];
@@ -169,6 +174,10 @@ fn main() {
                 be.linear_cross_entropy(&h, &w, &targets, rows, 1.0, None, None).unwrap();
             });
             report(&format!("linear_cross_entropy {fmt:?} 49152 loss"), t, fl);
+            let t = time(3, || {
+                be.linear_cross_entropy(&h, &w, &targets, rows, 1.0, Some(&mut dh), None).unwrap();
+            });
+            report(&format!("linear_cross_entropy {fmt:?} 49152 +dh"), t, 2.0 * fl);
             let t = time(3, || {
                 be.linear_cross_entropy(&h, &w, &targets, rows, 1.0, Some(&mut dh), Some(&mut dw)).unwrap();
             });

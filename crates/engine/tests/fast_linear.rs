@@ -98,9 +98,9 @@ fn amx_linear_matches_gemm_path() {
         let x = randn(rows * inp, 6);
         let dy = randn(rows * out, 8);
         for accumulate in [false, true] {
-            // Forward. The activations are split into two bf16 terms (16 significant bits), so
-            // the result matches the f32 path to f32-like tolerances, far closer than a single
-            // bf16 rounding of the activations would.
+            // Forward: the activations are rounded to bf16 and the products accumulate in f32,
+            // so the result equals the f32 path on bf16-rounded activations up to the order of
+            // additions, and the unrounded product to bf16 precision.
             let y0 = randn(rows * out, 9);
             let mut fast = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
             be.linear(&x, &w, &mut fast, rows, accumulate).unwrap();
@@ -109,10 +109,8 @@ fn amx_linear_matches_gemm_path() {
             let mut exact = y0.clone();
             matmul::linear_forward(&x, w.as_ref(), &mut exact, rows, out, inp, accumulate);
             let tag = format!("fwd {rows}x{inp}->{out} acc {accumulate}");
-            assert!(rel_err32(&fast, &exact) < 2e-5, "{tag}: {}", rel_err32(&fast, &exact));
-            assert!(norm_err32(&fast, &exact) < 1e-5, "{tag}: {}", norm_err32(&fast, &exact));
-            // ... and is much closer than the reference on bf16-rounded activations.
-            assert!(norm_err32(&fast, &exact) * 10.0 < norm_err32(&same_input, &exact), "{tag}");
+            assert!(rel_err32(&fast, &same_input) < 1e-5, "{tag}: {}", rel_err32(&fast, &same_input));
+            assert!(norm_err32(&fast, &exact) < 1e-2, "{tag}: {}", norm_err32(&fast, &exact));
             let mut direct = if accumulate { y0.clone() } else { vec![f32::NAN; rows * out] };
             amx::linear_forward(&x, &bits, &mut direct, rows, out, inp, accumulate);
             assert_eq!(direct, fast, "{tag}: backend and direct call differ");
@@ -134,10 +132,8 @@ fn amx_linear_matches_gemm_path() {
             let mut exact = dx0.clone();
             matmul::linear_backward_input(&dy, w.as_ref(), &mut exact, rows, out, inp, accumulate);
             let tag = format!("dx {rows}x{out}->{inp} acc {accumulate}");
-            assert!(rel_err32(&fast, &exact) < 2e-5, "{tag}: {}", rel_err32(&fast, &exact));
-            assert!(norm_err32(&fast, &exact) < 1e-5, "{tag}: {}", norm_err32(&fast, &exact));
-            // ... and is much closer than the reference on bf16-rounded activations.
-            assert!(norm_err32(&fast, &exact) * 10.0 < norm_err32(&same_input, &exact), "{tag}");
+            assert!(rel_err32(&fast, &same_input) < 1e-5, "{tag}: {}", rel_err32(&fast, &same_input));
+            assert!(norm_err32(&fast, &exact) < 1e-2, "{tag}: {}", norm_err32(&fast, &exact));
         }
     }
 }
@@ -186,4 +182,41 @@ fn amx_propagates_non_finite_inputs() {
             _ => assert!(row.iter().all(|v| v.is_finite())),
         }
     }
+}
+
+#[test]
+fn amx_linear_cross_entropy_matches_f32_path() {
+    if !amx::available() {
+        eprintln!("AMX not available here: skipping");
+        return;
+    }
+    let be = CpuBackend::new(Some(2));
+    // 300 rows: three chunks of the default 128 for this vocabulary; ragged vocab and dim.
+    let (rows, vocab, dim) = (300, 1000, 96);
+    let w_bits: Vec<f32> = round_bf16(&randn(vocab * dim, 1));
+    let h = randn(rows * dim, 2);
+    let targets: Vec<i32> =
+        (0..rows).map(|r| if r % 7 == 3 { -100 } else { (r * 37 % vocab) as i32 }).collect();
+    let w = be.weight(&w_bits, vocab, dim, WeightFormat::BF16).unwrap();
+    let (mut dh, mut dw) = (vec![0.0; rows * dim], vec![0.0; vocab * dim]);
+    let (sum, count) =
+        be.linear_cross_entropy(&h, &w, &targets, rows, 0.5, Some(&mut dh), Some(&mut dw)).unwrap();
+    // Reference: the f32 path on bf16-rounded activations (AMX rounds h to bf16).
+    let wf = be.weight(&w_bits, vocab, dim, WeightFormat::F32).unwrap();
+    let (mut dh_ref, mut dw_ref) = (vec![0.0; rows * dim], vec![0.0; vocab * dim]);
+    let (sum_ref, count_ref) = be
+        .linear_cross_entropy(&round_bf16(&h), &wf, &targets, rows, 0.5, Some(&mut dh_ref), Some(&mut dw_ref))
+        .unwrap();
+    assert_eq!(count, count_ref);
+    assert!((sum - sum_ref).abs() < 1e-5 * sum_ref.abs(), "loss {sum} vs {sum_ref}");
+    // dh rounds the logit gradients to bf16 before the product; dW uses the unrounded h.
+    assert!(norm_err32(&dh, &dh_ref) < 1e-2, "dh: {}", norm_err32(&dh, &dh_ref));
+    assert!(norm_err32(&dw, &dw_ref) < 1e-2, "dw: {}", norm_err32(&dw, &dw_ref));
+    // A packed weight serves many products: same result as packing per call.
+    let bits: Vec<bf16> = w_bits.iter().map(|&v| bf16::from_f32(v)).collect();
+    let packed = amx::pack_linear(&bits, vocab, dim);
+    let (mut y1, mut y2) = (vec![0.0; rows * vocab], vec![0.0; rows * vocab]);
+    amx::matmul_packed(&h, &packed, &mut y1, rows, false);
+    amx::linear_forward(&h, &bits, &mut y2, rows, vocab, dim, false);
+    assert_eq!(y1, y2);
 }

@@ -95,12 +95,50 @@ pub fn linear_cross_entropy<T: Real>(
     vocab: usize,
     dim: usize,
     grad_scale: T,
+    dh: Option<&mut [T]>,
+    dw: Option<&mut [T]>,
+    chunk: usize,
+) -> (f64, usize) {
+    assert!(w.len() >= vocab * dim);
+    let products = OutputProducts {
+        logits: |hc: &[T], l: &mut [T], n: usize| linear_forward(hc, w, l, n, vocab, dim, false),
+        input_grad: |dl: &[T], d: &mut [T], n: usize| linear_backward_input(dl, w, d, n, vocab, dim, false),
+    };
+    linear_cross_entropy_with(h, &products, targets, rows, vocab, dim, grad_scale, dh, dw, chunk)
+}
+
+/// The two products of an output projection `W: [vocab, dim]` that the fused cross-entropy
+/// needs, so that a backend can supply its fastest form of them (e.g. a weight packed once).
+pub struct OutputProducts<F, G> {
+    /// `logits[n, vocab] = h[n, dim] · Wᵀ`, called as `logits(h, logits, n)`.
+    pub logits: F,
+    /// `dh[n, dim] = dlogits[n, vocab] · W` (overwriting), called as `input_grad(dlogits, dh, n)`.
+    pub input_grad: G,
+}
+
+/// [`linear_cross_entropy`] over the products in `p`.
+///
+/// # Panics
+/// When a slice is too short or a target is out of range.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy_with<T: Real, F, G>(
+    h: &[T],
+    p: &OutputProducts<F, G>,
+    targets: &[i32],
+    rows: usize,
+    vocab: usize,
+    dim: usize,
+    grad_scale: T,
     mut dh: Option<&mut [T]>,
     mut dw: Option<&mut [T]>,
     chunk: usize,
-) -> (f64, usize) {
+) -> (f64, usize)
+where
+    F: Fn(&[T], &mut [T], usize),
+    G: Fn(&[T], &mut [T], usize),
+{
     assert!(chunk > 0 && vocab > 0);
-    assert!(h.len() >= rows * dim && targets.len() >= rows && w.len() >= vocab * dim);
+    assert!(h.len() >= rows * dim && targets.len() >= rows);
     assert!(targets_valid(&targets[..rows], vocab));
     let want_grad = dh.is_some() || dw.is_some();
     let mut tile = vec![T::ZERO; chunk.min(rows) * vocab];
@@ -112,7 +150,7 @@ pub fn linear_cross_entropy<T: Real>(
         let hc = &h[r0 * dim..(r0 + n) * dim];
         let tc = &targets[r0..r0 + n];
         let logits = &mut tile[..n * vocab];
-        linear_forward(hc, w, logits, n, vocab, dim, false);
+        (p.logits)(hc, logits, n);
         let (s, c) = logits
             .par_chunks_mut(vocab)
             .zip(tc.par_iter())
@@ -136,7 +174,7 @@ pub fn linear_cross_entropy<T: Real>(
         count += c;
         if want_grad {
             if let Some(dh) = dh.as_deref_mut() {
-                linear_backward_input(logits, w, &mut dh[r0 * dim..(r0 + n) * dim], n, vocab, dim, false);
+                (p.input_grad)(logits, &mut dh[r0 * dim..(r0 + n) * dim], n);
             }
             if let Some(dw) = dw.as_deref_mut() {
                 matmul(logits, true, hc, false, dw, vocab, dim, n, T::ONE, T::ONE);

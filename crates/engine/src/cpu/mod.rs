@@ -645,8 +645,25 @@ impl Backend for CpuBackend {
             need(op, "dw", d.len(), mul(op, &[vocab, dim])?)?;
         }
         check_targets(op, &targets[..rows], vocab)?;
-        Ok(self.install(|| {
-            loss::linear_cross_entropy(
+        let chunk = loss::default_chunk_rows(vocab);
+        let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
+        Ok(self.install(|| match &w.data {
+            // bf16 weight on AMX: pack it once for all chunks (and its transpose for dh).
+            CpuWeightData::BF16(d) if amx::available() => {
+                let fwd = amx::pack_linear(d, vocab, dim);
+                let bwd = dh.is_some().then(|| amx::pack_linear_transposed(d, vocab, dim));
+                let products = loss::OutputProducts {
+                    logits: |hc: &[f32], l: &mut [f32], n: usize| amx::matmul_packed(hc, &fwd, l, n, false),
+                    input_grad: |dl: &[f32], dhc: &mut [f32], n: usize| {
+                        let b = bwd.as_ref().expect("packed only when dh is wanted");
+                        amx::matmul_packed(dl, b, dhc, n, false)
+                    },
+                };
+                loss::linear_cross_entropy_with(
+                    h, &products, targets, rows, vocab, dim, grad_scale, dh, dw, chunk,
+                )
+            }
+            _ => loss::linear_cross_entropy(
                 h,
                 w.as_ref(),
                 targets,
@@ -654,10 +671,10 @@ impl Backend for CpuBackend {
                 vocab,
                 dim,
                 grad_scale,
-                dh.map(|d| d.as_mut_slice()),
-                dw.map(|d| d.as_mut_slice()),
-                loss::default_chunk_rows(vocab),
-            )
+                dh,
+                dw,
+                chunk,
+            ),
         }))
     }
 
