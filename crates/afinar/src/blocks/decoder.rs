@@ -16,20 +16,18 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-/// Every activation one layer's forward pass writes. Inference reuses one for all layers;
-/// training keeps one per layer (or one, recomputed per layer, with activation checkpointing).
+/// The activations of one layer's forward pass that its backward reads. Inference reuses one
+/// for all layers; training keeps one per layer (or one, recomputed per layer, with activation
+/// checkpointing). What is cheap to recompute (norm outputs, the MLP's hidden activation) lives
+/// in a [`LayerScratch`] shared by all layers instead.
 pub struct LayerActs<B: Backend> {
-    /// Attention-norm output `[rows, dim]`.
-    pub xn_attn: B::Buf,
-    /// Its `1/rms` per row.
+    /// `1/rms` per row of the attention norm.
     pub rstd_attn: B::Buf,
     /// Attention activations.
     pub attn: AttnActs<B>,
     /// Residual stream after attention `[rows, dim]` (kept for the backward).
     pub x_mid: B::Buf,
-    /// MLP-norm output `[rows, dim]`.
-    pub xn_mlp: B::Buf,
-    /// Its `1/rms` per row.
+    /// `1/rms` per row of the MLP norm.
     pub rstd_mlp: B::Buf,
     /// MLP activations.
     pub mlp: MlpActs<B>,
@@ -43,14 +41,37 @@ impl<B: Backend> LayerActs<B> {
         let a = &layer.attn;
         let dim = layer.attn_norm.dim;
         Ok(Self {
-            xn_attn: be.zeros(rows * dim)?,
             rstd_attn: be.zeros(rows)?,
             attn: AttnActs::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
             x_mid: be.zeros(rows * dim)?,
-            xn_mlp: be.zeros(rows * dim)?,
             rstd_mlp: be.zeros(rows)?,
             mlp: MlpActs::new(be, rows, layer.mlp.ffn_dim)?,
             rows,
+        })
+    }
+}
+
+/// Temporaries of one layer's pass, shared by all layers: the forward writes the norm outputs
+/// and the MLP's hidden activation here, and the backward recomputes them here, only when a
+/// trainable projection needs them as its input (frozen projections need only output
+/// gradients), which keeps `[rows, dim]` twice and `[rows, ffn]` once out of every layer's
+/// saved activations.
+pub struct LayerScratch<B: Backend> {
+    /// A norm output `[rows, dim]`.
+    pub xn: B::Buf,
+    /// `1/rms` of a recomputed norm `[rows]`.
+    pub rstd: B::Buf,
+    /// `silu(gate) · up` `[rows, ffn]`.
+    pub hidden: B::Buf,
+}
+
+impl<B: Backend> LayerScratch<B> {
+    /// Buffers for up to `rows` tokens of a layer shaped like `layer`.
+    pub fn new(be: &B, layer: &DecoderLayer<B>, rows: usize) -> Result<Self> {
+        Ok(Self {
+            xn: be.zeros(rows * layer.attn_norm.dim)?,
+            rstd: be.zeros(rows)?,
+            hidden: be.zeros(rows * layer.mlp.ffn_dim)?,
         })
     }
 }
@@ -110,19 +131,20 @@ impl<B: Backend> DecoderLayer<B> {
         be: &B,
         x: &mut B::Buf,
         acts: &mut LayerActs<B>,
+        s: &mut LayerScratch<B>,
         t: &Tokens<'_>,
         inv_freq: &[f32],
         kv: KvTarget<'_, B>,
         keep_mid: bool,
     ) -> Result<()> {
         let rows = t.rows();
-        self.attn_norm.forward(be, x, &mut acts.xn_attn, &mut acts.rstd_attn, rows)?;
-        self.attn.forward_residual(be, &acts.xn_attn, x, &mut acts.attn, t, inv_freq, kv)?;
+        self.attn_norm.forward(be, x, &mut s.xn, &mut acts.rstd_attn, rows)?;
+        self.attn.forward_residual(be, &s.xn, x, &mut acts.attn, t, inv_freq, kv)?;
         if keep_mid {
             be.copy(x, 0, &mut acts.x_mid, 0, rows * self.attn_norm.dim)?;
         }
-        self.mlp_norm.forward(be, x, &mut acts.xn_mlp, &mut acts.rstd_mlp, rows)?;
-        self.mlp.forward_residual(be, &acts.xn_mlp, x, &mut acts.mlp, rows)
+        self.mlp_norm.forward(be, x, &mut s.xn, &mut acts.rstd_mlp, rows)?;
+        self.mlp.forward_residual(be, &s.xn, x, &mut acts.mlp, &mut s.hidden, rows)
     }
 
     /// Backward of [`DecoderLayer::forward`]: `dx` holds the gradient of the layer's output on
@@ -134,6 +156,7 @@ impl<B: Backend> DecoderLayer<B> {
         be: &B,
         x_in: &B::Buf,
         acts: &LayerActs<B>,
+        s: &mut LayerScratch<B>,
         dx: &mut B::Buf,
         g: &mut LayerGrads<B>,
         t: &Tokens<'_>,
@@ -141,11 +164,18 @@ impl<B: Backend> DecoderLayer<B> {
         need_input_grad: bool,
     ) -> Result<()> {
         let rows = t.rows();
-        self.mlp.backward(be, &acts.xn_mlp, &acts.mlp, dx, Some(&mut g.dxn), &mut g.mlp, rows)?;
+        if self.mlp.gate.needs_input() || self.mlp.up.needs_input() {
+            self.mlp_norm.forward(be, &acts.x_mid, &mut s.xn, &mut s.rstd, rows)?;
+        }
+        self.mlp.backward(be, &s.xn, &acts.mlp, &mut s.hidden, dx, Some(&mut g.dxn), &mut g.mlp, rows)?;
         self.mlp_norm.backward_accumulate(be, &g.dxn, &acts.x_mid, &acts.rstd_mlp, dx, rows)?;
         let through_norm = need_input_grad || self.attn_norm.state.is_some();
         let dxn = if through_norm { Some(&mut g.dxn) } else { None };
-        self.attn.backward(be, &acts.xn_attn, &acts.attn, dx, dxn, &mut g.attn, t, inv_freq)?;
+        let a = &self.attn;
+        if a.wq.needs_input() || a.wk.needs_input() || a.wv.needs_input() {
+            self.attn_norm.forward(be, x_in, &mut s.xn, &mut s.rstd, rows)?;
+        }
+        self.attn.backward(be, &s.xn, &acts.attn, dx, dxn, &mut g.attn, t, inv_freq)?;
         if through_norm {
             self.attn_norm.backward_accumulate(be, &g.dxn, x_in, &acts.rstd_attn, dx, rows)?;
         }

@@ -87,6 +87,12 @@ impl<B: Backend> Linear<B> {
         Self { weight, out_features, in_features, state: None, lora: None }
     }
 
+    /// Whether [`Linear::backward`] reads its input `x` (to train the weight or an adapter);
+    /// a frozen layer needs only the output gradient.
+    pub fn needs_input(&self) -> bool {
+        self.state.is_some() || self.lora.is_some()
+    }
+
     /// `y (+)= x Wᵀ (+ LoRA)` over `rows` rows.
     pub fn forward(&self, be: &B, x: &B::Buf, y: &mut B::Buf, rows: usize, accumulate: bool) -> Result<()> {
         be.linear(x, &self.weight, y, rows, accumulate)?;

@@ -15,23 +15,18 @@ pub struct Mlp<B: Backend> {
 }
 
 /// Activations the MLP writes in its forward pass (kept for the backward), `[rows, ffn]` each.
+/// (The hidden activation `silu(gate) · up` is recomputed from them when needed.)
 pub struct MlpActs<B: Backend> {
     /// Gate projection.
     pub gate: B::Buf,
     /// Up projection.
     pub up: B::Buf,
-    /// `silu(gate) · up`.
-    pub hidden: B::Buf,
 }
 
 impl<B: Backend> MlpActs<B> {
     /// Buffers for up to `rows` tokens.
     pub fn new(be: &B, rows: usize, ffn_dim: usize) -> Result<Self> {
-        Ok(Self {
-            gate: be.zeros(rows * ffn_dim)?,
-            up: be.zeros(rows * ffn_dim)?,
-            hidden: be.zeros(rows * ffn_dim)?,
-        })
+        Ok(Self { gate: be.zeros(rows * ffn_dim)?, up: be.zeros(rows * ffn_dim)? })
     }
 }
 
@@ -67,35 +62,43 @@ impl<B: Backend> Mlp<B> {
         [&mut self.gate, &mut self.up, &mut self.down]
     }
 
-    /// Adds `mlp(xn)` to the residual stream `out`.
+    /// Adds `mlp(xn)` to the residual stream `out`; `hidden` (`[rows, ffn]`) receives
+    /// `silu(gate) · up`.
     pub fn forward_residual(
         &self,
         be: &B,
         xn: &B::Buf,
         out: &mut B::Buf,
         a: &mut MlpActs<B>,
+        hidden: &mut B::Buf,
         rows: usize,
     ) -> Result<()> {
         self.gate.forward(be, xn, &mut a.gate, rows, false)?;
         self.up.forward(be, xn, &mut a.up, rows, false)?;
-        be.swiglu(&a.gate, &a.up, &mut a.hidden, rows * self.ffn_dim)?;
-        self.down.forward(be, &a.hidden, out, rows, true)
+        be.swiglu(&a.gate, &a.up, hidden, rows * self.ffn_dim)?;
+        self.down.forward(be, hidden, out, rows, true)
     }
 
     /// Backward of [`Mlp::forward_residual`]: from the residual gradient `dy`, writes the
-    /// gradient of `xn` into `dxn` (when given) and accumulates parameter gradients.
+    /// gradient of `xn` into `dxn` (when given) and accumulates parameter gradients. `xn` is read
+    /// only when the gate or up projection is trainable; `hidden` is scratch space where
+    /// `silu(gate) · up` is recomputed when the down projection is.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         be: &B,
         xn: &B::Buf,
         a: &MlpActs<B>,
+        hidden: &mut B::Buf,
         dy: &B::Buf,
         dxn: Option<&mut B::Buf>,
         g: &mut MlpGrads<B>,
         rows: usize,
     ) -> Result<()> {
-        self.down.backward(be, &a.hidden, dy, Some(&mut g.hidden), rows, false)?;
+        if self.down.needs_input() {
+            be.swiglu(&a.gate, &a.up, hidden, rows * self.ffn_dim)?;
+        }
+        self.down.backward(be, hidden, dy, Some(&mut g.hidden), rows, false)?;
         be.swiglu_backward(&g.hidden, &a.gate, &a.up, &mut g.gate, &mut g.up, rows * self.ffn_dim)?;
         match dxn {
             Some(dxn) => {

@@ -11,7 +11,7 @@ mod mlp;
 mod norm;
 
 pub use attention::{Attention, AttnActs, AttnGrads, KvTarget, Tokens};
-pub use decoder::{DecoderLayer, LayerActs, LayerGrads, PROJECTIONS};
+pub use decoder::{DecoderLayer, LayerActs, LayerGrads, LayerScratch, PROJECTIONS};
 pub use kv_cache::KvCache;
 pub use linear::{Linear, Lora, ParamState};
 pub use mlp::{Mlp, MlpActs, MlpGrads};

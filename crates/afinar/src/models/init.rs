@@ -58,6 +58,6 @@ impl<B: Backend> Llama<B> {
         let output = if c.tie_embeddings { None } else { Some(linear(c.vocab_size, c.dim)?) };
         let norm = norm()?;
         let inv_freq = c.inv_freq();
-        Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq })
+        Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq, train_buffers: None })
     }
 }

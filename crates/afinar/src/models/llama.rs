@@ -1,7 +1,10 @@
 use afinar_engine::Backend;
 
+use super::train::TrainBuffers;
 use super::LlamaConfig;
-use crate::blocks::{DecoderLayer, KvCache, KvTarget, LayerActs, Linear, ParamState, RmsNorm, Tokens};
+use crate::blocks::{
+    DecoderLayer, KvCache, KvTarget, LayerActs, LayerScratch, Linear, ParamState, RmsNorm, Tokens,
+};
 use crate::{Error, Result};
 
 /// A Llama-3-family decoder: token embedding, `n_layers` [`DecoderLayer`]s, final norm and the
@@ -21,6 +24,9 @@ pub struct Llama<B: Backend> {
     pub output: Option<Linear<B>>,
     /// RoPE inverse frequencies (scaled for Llama-3.1+; from `rope_freqs` for such GGUFs).
     pub inv_freq: Vec<f32>,
+    /// Activation and gradient buffers of the training pass, kept from one micro-batch to the
+    /// next (see [`Llama::release_train_buffers`]).
+    pub(crate) train_buffers: Option<TrainBuffers<B>>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -106,13 +112,14 @@ impl<B: Backend> Llama<B> {
         let mut x = be.zeros(rows * c.dim)?;
         be.embedding(ids, &self.embed, &mut x)?;
         let mut acts = LayerActs::new(be, &self.layers[0], rows)?;
+        let mut scratch = LayerScratch::new(be, &self.layers[0], rows)?;
         let tokens = Tokens { batch, seq, positions: &positions, doc_ids: None };
         for (l, layer) in self.layers.iter().enumerate() {
             let kv = match cache.as_deref_mut() {
                 Some(cache) => KvTarget::Cache(cache, l),
                 None => KvTarget::None,
             };
-            layer.forward(be, &mut x, &mut acts, &tokens, &self.inv_freq, kv, false)?;
+            layer.forward(be, &mut x, &mut acts, &mut scratch, &tokens, &self.inv_freq, kv, false)?;
         }
         if let Some(cache) = cache {
             cache.len += seq;

@@ -369,7 +369,7 @@ fn build<B: Backend>(
     let embed = weight("model.embed_tokens.weight", c.vocab_size, c.dim)?;
     let output = if c.tie_embeddings { None } else { Some(matrix("lm_head.weight", c.vocab_size, c.dim)?) };
     let norm = norm("model.norm.weight")?;
-    Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq })
+    Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq, train_buffers: None })
 }
 
 fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {

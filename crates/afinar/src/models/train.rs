@@ -5,7 +5,7 @@
 use afinar_engine::Backend;
 
 use super::Llama;
-use crate::blocks::{KvTarget, LayerActs, LayerGrads, Linear, Tokens};
+use crate::blocks::{KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
 use crate::{Error, Result};
 
 /// One micro-batch: `batch` rows of `seq` tokens, row-major.
@@ -79,54 +79,83 @@ impl<B: Backend> Llama<B> {
             return Err(Error::Input(format!("label {bad} is neither -100 nor a token id")));
         }
         let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        let mut buf = match self.train_buffers.take() {
+            Some(buf) if buf.fits(rows, checkpointing) => buf,
+            old => {
+                drop(old);
+                TrainBuffers::new(be, self, rows, checkpointing)?
+            }
+        };
+        let result = self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf);
+        self.train_buffers = Some(buf);
+        let (sum, tokens) = result?;
+        Ok(LossSum { sum, tokens })
+    }
+
+    /// Frees the buffers the training pass keeps between micro-batches (about the size of all
+    /// layers' saved activations), e.g. before writing a checkpoint; the next
+    /// [`Llama::forward_backward`] allocates them again.
+    pub fn release_train_buffers(&mut self) {
+        self.train_buffers = None;
+    }
+
+    /// The body of [`Llama::forward_backward`] over its buffers.
+    fn train_pass(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        t: &Tokens<'_>,
+        grad_scale: f32,
+        checkpointing: bool,
+        buf: &mut TrainBuffers<B>,
+    ) -> Result<(f64, usize)> {
+        let dim = self.config.dim;
+        let rows = t.rows();
         let n_layers = self.layers.len();
+        let TrainBuffers { x, inputs, acts, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
 
         // ---- forward ------------------------------------------------------------------------
-        let mut x = be.zeros(rows * c.dim)?;
-        be.embedding(b.ids, &self.embed, &mut x)?;
-        let mut inputs = Vec::with_capacity(n_layers);
-        let mut acts: Vec<LayerActs<B>> = Vec::with_capacity(if checkpointing { 1 } else { n_layers });
+        be.embedding(b.ids, &self.embed, x)?;
         for l in 0..n_layers {
-            let mut x_in = be.zeros(rows * c.dim)?;
-            be.copy(&x, 0, &mut x_in, 0, rows * c.dim)?;
-            inputs.push(x_in);
-            if acts.len() <= l && (!checkpointing || acts.is_empty()) {
-                acts.push(LayerActs::new(be, &self.layers[l], rows)?);
-            }
+            be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
             let a = if checkpointing { &mut acts[0] } else { &mut acts[l] };
-            self.layers[l].forward(be, &mut x, a, &t, &self.inv_freq, KvTarget::None, true)?;
+            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, true)?;
         }
-        let mut xn = be.zeros(rows * c.dim)?;
-        let mut rstd = be.zeros(rows)?;
-        self.norm.forward(be, &x, &mut xn, &mut rstd, rows)?;
+        self.norm.forward(be, x, xn, rstd, rows)?;
 
         // ---- loss and its gradient ----------------------------------------------------------
-        let mut dxn = be.zeros(rows * c.dim)?;
         let (sum, tokens) = match &mut self.output {
             // An adapted output projection: logits chunk by chunk through the Linear block.
             Some(out) if out.lora.is_some() => {
-                output_lora_loss(be, out, &xn, b.labels, rows, grad_scale, &mut dxn)?
+                output_lora_loss(be, out, xn, b.labels, rows, grad_scale, dxn)?
             }
             Some(out) => {
                 let dw = out.state.as_mut().map(|s| &mut s.grad);
-                be.linear_cross_entropy(&xn, &out.weight, b.labels, rows, grad_scale, Some(&mut dxn), dw)?
+                be.linear_cross_entropy(xn, &out.weight, b.labels, rows, grad_scale, Some(dxn), dw)?
             }
             None => {
                 let dw = self.embed_state.as_mut().map(|s| &mut s.grad);
-                be.linear_cross_entropy(&xn, &self.embed, b.labels, rows, grad_scale, Some(&mut dxn), dw)?
+                be.linear_cross_entropy(xn, &self.embed, b.labels, rows, grad_scale, Some(dxn), dw)?
             }
         };
 
         // ---- backward -----------------------------------------------------------------------
-        let mut dx = be.zeros(rows * c.dim)?;
-        self.norm.backward_accumulate(be, &dxn, &x, &rstd, &mut dx, rows)?;
-        drop((dxn, xn, rstd));
-        let mut grads = LayerGrads::new(be, &self.layers[0], rows)?;
+        be.fill(dx, rows * dim, 0.0)?;
+        self.norm.backward_accumulate(be, dxn, x, rstd, dx, rows)?;
         let embed_trained = self.embed_state.is_some();
         for l in (0..n_layers).rev() {
             if checkpointing {
-                be.copy(&inputs[l], 0, &mut x, 0, rows * c.dim)?;
-                self.layers[l].forward(be, &mut x, &mut acts[0], &t, &self.inv_freq, KvTarget::None, true)?;
+                be.copy(&inputs[l], 0, x, 0, rows * dim)?;
+                self.layers[l].forward(
+                    be,
+                    x,
+                    &mut acts[0],
+                    scratch,
+                    t,
+                    &self.inv_freq,
+                    KvTarget::None,
+                    true,
+                )?;
             }
             let a = if checkpointing { &acts[0] } else { &acts[l] };
             let need_input_grad = l > 0 || embed_trained;
@@ -134,17 +163,66 @@ impl<B: Backend> Llama<B> {
                 be,
                 &inputs[l],
                 a,
-                &mut dx,
-                &mut grads,
-                &t,
+                scratch,
+                dx,
+                grads,
+                t,
                 &self.inv_freq,
                 need_input_grad,
             )?;
         }
         if let Some(s) = &mut self.embed_state {
-            be.embedding_backward(b.ids, &dx, &mut s.grad, c.dim)?;
+            be.embedding_backward(b.ids, dx, &mut s.grad, dim)?;
         }
-        Ok(LossSum { sum, tokens })
+        Ok((sum, tokens))
+    }
+}
+
+/// The buffers of one training pass, kept by the model between micro-batches so that a step
+/// allocates (and page-faults in) nothing: the residual stream, every layer's input and saved
+/// activations (one set with activation checkpointing), the shared per-layer scratch, the final
+/// norm's output and the gradient buffers reused by every layer.
+pub(crate) struct TrainBuffers<B: Backend> {
+    /// Rows (tokens) the buffers hold.
+    rows: usize,
+    checkpointing: bool,
+    x: B::Buf,
+    inputs: Vec<B::Buf>,
+    acts: Vec<LayerActs<B>>,
+    scratch: LayerScratch<B>,
+    xn: B::Buf,
+    rstd: B::Buf,
+    dxn: B::Buf,
+    dx: B::Buf,
+    grads: LayerGrads<B>,
+}
+
+impl<B: Backend> TrainBuffers<B> {
+    fn new(be: &B, m: &Llama<B>, rows: usize, checkpointing: bool) -> Result<Self> {
+        let (dim, first) = (m.config.dim, &m.layers[0]);
+        let n_acts = if checkpointing { 1 } else { m.layers.len() };
+        Ok(Self {
+            rows,
+            checkpointing,
+            x: be.zeros(rows * dim)?,
+            inputs: (0..m.layers.len())
+                .map(|_| be.zeros(rows * dim))
+                .collect::<std::result::Result<_, _>>()?,
+            acts: (0..n_acts)
+                .map(|l| LayerActs::new(be, &m.layers[l], rows))
+                .collect::<std::result::Result<_, _>>()?,
+            scratch: LayerScratch::new(be, first, rows)?,
+            xn: be.zeros(rows * dim)?,
+            rstd: be.zeros(rows)?,
+            dxn: be.zeros(rows * dim)?,
+            dx: be.zeros(rows * dim)?,
+            grads: LayerGrads::new(be, first, rows)?,
+        })
+    }
+
+    /// Whether these buffers serve a pass of `rows` tokens in this checkpointing mode.
+    fn fits(&self, rows: usize, checkpointing: bool) -> bool {
+        rows <= self.rows && checkpointing == self.checkpointing
     }
 }
 

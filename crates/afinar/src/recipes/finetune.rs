@@ -189,6 +189,9 @@ pub fn train<B: Backend>(
                 let (e, s) = if epoch_done { (epoch + 1, 0) } else { (epoch, step_in_epoch) };
                 let name = if epoch_done { format!("epoch_{epoch}") } else { format!("step_{}", m.step) };
                 let dir = plan.output_dir.join(&name);
+                // The training buffers are as large as all saved activations: free them while
+                // merged weights and checkpoints are built (the next step allocates them again).
+                model.release_train_buffers();
                 save.save(be, model, &dir)?;
                 RecipeState { optimizer_step: optimizer.step, epoch: e, step_in_epoch: s }.save(
                     &plan.output_dir,
