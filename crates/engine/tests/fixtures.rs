@@ -4,6 +4,7 @@
 
 mod common;
 
+use afinar_engine::cpu::{amx, gemv};
 use afinar_engine::{rope_inv_freq, AttnDims, Backend, CpuBackend, RopeScaling, WeightFormat};
 use common::rel_err32;
 use safetensors::{Dtype, SafeTensors};
@@ -77,9 +78,10 @@ fn linear_f32_and_bf16() {
     let (rows, out, inp) = (f.usize("rows"), f.usize("out"), f.usize("inp"));
     let x = f.f32("x");
     let dy = f.f32("dy");
-    for (fmt, wkey, ykey, dxkey) in
-        [(WeightFormat::F32, "w", "y", "dx"), (WeightFormat::BF16, "w", "y_bf16", "dx_bf16")]
-    {
+    // With AMX, bf16 weights over more than a GEMV's rows take bf16-rounded activations too.
+    let mixed = amx::available() && rows > gemv::GEMV_MAX_ROWS;
+    let (ybf, dxbf) = if mixed { ("y_bf16_mixed", "dx_bf16_mixed") } else { ("y_bf16", "dx_bf16") };
+    for (fmt, wkey, ykey, dxkey) in [(WeightFormat::F32, "w", "y", "dx"), (WeightFormat::BF16, "w", ybf, dxbf)] {
         let w = be.weight(&f.f32(wkey), out, inp, fmt).unwrap();
         assert_eq!(be.weight_shape(&w), (out, inp));
         if fmt == WeightFormat::BF16 {
@@ -301,7 +303,9 @@ fn linear_cross_entropy_vs_full_logits() {
     let gs = f.f64("grad_scale") as f32;
     let h = f.f32("h");
     let targets = f.i32("targets");
-    for (fmt, tag) in [(WeightFormat::F32, ""), (WeightFormat::BF16, "_bf16")] {
+    // With AMX, the bf16 products take bf16-rounded activations too.
+    let bf16_tag = if amx::available() { "_bf16_mixed" } else { "_bf16" };
+    for (fmt, tag) in [(WeightFormat::F32, ""), (WeightFormat::BF16, bf16_tag)] {
         let w = be.weight(&f.f32("w"), vocab, dim, fmt).unwrap();
         let mut dh = vec![f32::NAN; rows * dim];
         let mut dw = vec![0.0; vocab * dim];

@@ -8,7 +8,7 @@
 //! `[batch, kv_len]`.
 
 use super::float::{dot, Real, SendPtr};
-use super::matmul::gemm_raw;
+use super::small_gemm::small_gemm;
 use super::vector;
 use crate::AttnDims;
 use rayon::prelude::*;
@@ -88,6 +88,8 @@ struct Ctx<'a, T> {
 /// Per-thread scratch tiles.
 struct Scratch<T> {
     s: Vec<T>,
+    /// A transposed key or value tile `[head_dim, bk]`.
+    bt: Vec<T>,
     dp: Vec<T>,
     mask: Vec<bool>,
     acc: Vec<T>,
@@ -101,6 +103,7 @@ impl<T: Real> Scratch<T> {
         let rows = t.bq.max(t.bk);
         Scratch {
             s: vec![T::ZERO; t.bq * t.bk],
+            bt: vec![T::ZERO; hd * t.bk],
             dp: vec![T::ZERO; t.bq * t.bk],
             mask: vec![false; t.bq * t.bk],
             acc: vec![T::ZERO; rows * hd],
@@ -190,6 +193,43 @@ impl<'a, T: Real> Ctx<'a, T> {
         any
     }
 
+    /// `dst[nq, nk] = alpha · A · Bᵀ` (row stride `dst_rs`) for `A`: `nq` rows of `head_dim` at
+    /// row stride `a_rs`, and `B`: `nk` key or value rows of one kv head. With enough rows to pay
+    /// for it, `B` is first transposed into `bt`, so that the product reads it along its rows
+    /// (the fast case of [`small_gemm`]).
+    ///
+    /// # Safety
+    /// The addressed rows must be in bounds; `dst` must hold `nq` rows of `nk` at `dst_rs`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product_bt(
+        &self,
+        bt: &mut [T],
+        nq: usize,
+        nk: usize,
+        dst: *mut T,
+        dst_rs: usize,
+        a: *const T,
+        a_rs: usize,
+        b: *const T,
+        alpha: T,
+    ) {
+        let hd = self.d.head_dim;
+        // SAFETY: forwarded contract; `bt` holds head_dim × bk ≥ hd × nk elements.
+        unsafe {
+            if nq >= 16 {
+                for j in 0..nk {
+                    let row = std::slice::from_raw_parts(b.add(j * self.ks), hd);
+                    for (c, &x) in row.iter().enumerate() {
+                        bt[c * nk + j] = x;
+                    }
+                }
+                small_gemm(nq, nk, hd, dst, dst_rs, a, a_rs, 1, bt.as_ptr(), nk, 1, alpha, T::ZERO);
+            } else {
+                small_gemm(nq, nk, hd, dst, dst_rs, a, a_rs, 1, b, 1, self.ks, alpha, T::ZERO);
+            }
+        }
+    }
+
     /// `s[i * bk + j] = scale · q[t0 + i] · k[s0 + j]` for head `h` (kv head `h / grp`), masked
     /// entries set to −∞. Returns false (and computes nothing) when the tile is fully masked.
     #[allow(clippy::too_many_arguments)]
@@ -212,22 +252,9 @@ impl<'a, T: Real> Ctx<'a, T> {
         // SAFETY: rows t0..t0+nq of head h and keys s0..s0+nk of kv head g are in bounds (the
         // sizes were checked in `Ctx::new`); the tile holds bq × bk ≥ nq × nk elements.
         unsafe {
-            gemm_raw(
-                nq,
-                nk,
-                self.d.head_dim,
-                sc.s.as_mut_ptr(),
-                bk,
-                self.q.as_ptr().add(self.q_off(b, t0, h)),
-                self.qs,
-                1,
-                self.k.as_ptr().add(self.kv_off(b, s0, g)),
-                1,
-                self.ks,
-                self.scale,
-                T::ZERO,
-                false,
-            );
+            let (qp, kp) =
+                (self.q.as_ptr().add(self.q_off(b, t0, h)), self.k.as_ptr().add(self.kv_off(b, s0, g)));
+            self.product_bt(&mut sc.bt, nq, nk, sc.s.as_mut_ptr(), bk, qp, self.qs, kp, self.scale);
         }
         if !full {
             for i in 0..nq {
@@ -299,7 +326,7 @@ pub fn attention_forward<T: Real>(
                     }
                     // SAFETY: keys s0..s0+nk of kv head g are in bounds; acc holds nq × hd.
                     unsafe {
-                        gemm_raw(
+                        small_gemm(
                             nq,
                             hd,
                             nk,
@@ -313,7 +340,6 @@ pub fn attention_forward<T: Real>(
                             1,
                             T::ONE,
                             T::ONE,
-                            false,
                         );
                     }
                 }
@@ -371,22 +397,9 @@ impl<T: Real> BwdCtx<'_, T> {
         // dP = dO · Vᵀ
         // SAFETY: rows t0..t0+nq of head h, keys s0..s0+nk of kv head g are in bounds.
         unsafe {
-            gemm_raw(
-                nq,
-                nk,
-                cx.d.head_dim,
-                sc.dp.as_mut_ptr(),
-                bk,
-                self.dout.as_ptr().add(cx.q_off(b, t0, h)),
-                cx.qs,
-                1,
-                cx.v.as_ptr().add(cx.kv_off(b, s0, g)),
-                1,
-                cx.ks,
-                T::ONE,
-                T::ZERO,
-                false,
-            );
+            let (dop, vp) =
+                (self.dout.as_ptr().add(cx.q_off(b, t0, h)), cx.v.as_ptr().add(cx.kv_off(b, s0, g)));
+            cx.product_bt(&mut sc.bt, nq, nk, sc.dp.as_mut_ptr(), bk, dop, cx.qs, vp, T::ONE);
         }
         for i in 0..nq {
             let li = self.lse[cx.lse_off(b, h, t0 + i)];
@@ -434,7 +447,7 @@ impl<T: Real> BwdCtx<'_, T> {
                     // acc2 hold bk × hd ≥ nk × hd; the dq rows of head h belong to the caller.
                     unsafe {
                         // dV += Pᵀ · dO
-                        gemm_raw(
+                        small_gemm(
                             nk,
                             hd,
                             nq,
@@ -448,10 +461,9 @@ impl<T: Real> BwdCtx<'_, T> {
                             1,
                             T::ONE,
                             T::ONE,
-                            false,
                         );
                         // dK += scale · dSᵀ · Q
-                        gemm_raw(
+                        small_gemm(
                             nk,
                             hd,
                             nq,
@@ -465,11 +477,10 @@ impl<T: Real> BwdCtx<'_, T> {
                             1,
                             cx.scale,
                             T::ONE,
-                            false,
                         );
                         // dQ += scale · dS · K
                         if let Some(dq_p) = dq_p {
-                            gemm_raw(
+                            small_gemm(
                                 nq,
                                 hd,
                                 nk,
@@ -483,7 +494,6 @@ impl<T: Real> BwdCtx<'_, T> {
                                 1,
                                 cx.scale,
                                 T::ONE,
-                                false,
                             );
                         }
                     }
@@ -516,7 +526,7 @@ impl<T: Real> BwdCtx<'_, T> {
             if self.tile_grads(sc, b, h, t0, nq, s0, nk) {
                 // SAFETY: keys s0..s0+nk of kv head g are in bounds; acc holds ≥ nq × hd.
                 unsafe {
-                    gemm_raw(
+                    small_gemm(
                         nq,
                         hd,
                         nk,
@@ -530,7 +540,6 @@ impl<T: Real> BwdCtx<'_, T> {
                         1,
                         cx.scale,
                         T::ONE,
-                        false,
                     );
                 }
             }

@@ -18,6 +18,7 @@ pub mod norm;
 pub mod optim;
 pub mod quant;
 pub mod rope;
+pub mod small_gemm;
 pub mod swiglu;
 pub mod vector;
 
