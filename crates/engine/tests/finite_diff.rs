@@ -391,6 +391,15 @@ fn attention_block_causal_documents() {
 }
 
 #[test]
+fn attention_with_keys_and_values_transposed() {
+    // From 16 queries on, keys and values are transposed once per call: causal with a cache
+    // offset and padded stride, and block-causal.
+    check_attention(dims(2, 17, 20, 22, 3), None, AttnTiles { bq: 5, bk: 6 }, 16);
+    let doc: Vec<u32> = (0..2 * 18).map(|i| (i / 5) as u32).collect();
+    check_attention(dims(2, 18, 18, 18, 0), Some(&doc), AttnTiles { bq: 4, bk: 7 }, 17);
+}
+
+#[test]
 fn attention_decode_step_and_single_token() {
     // One query against a cache of 6 (stride 9).
     check_attention(dims(2, 1, 7, 9, 6), None, AttnTiles { bq: 2, bk: 3 }, 14);

@@ -81,7 +81,9 @@ fn linear_f32_and_bf16() {
     // With AMX, bf16 weights over more than a GEMV's rows take bf16-rounded activations too.
     let mixed = amx::available() && rows > gemv::GEMV_MAX_ROWS;
     let (ybf, dxbf) = if mixed { ("y_bf16_mixed", "dx_bf16_mixed") } else { ("y_bf16", "dx_bf16") };
-    for (fmt, wkey, ykey, dxkey) in [(WeightFormat::F32, "w", "y", "dx"), (WeightFormat::BF16, "w", ybf, dxbf)] {
+    for (fmt, wkey, ykey, dxkey) in
+        [(WeightFormat::F32, "w", "y", "dx"), (WeightFormat::BF16, "w", ybf, dxbf)]
+    {
         let w = be.weight(&f.f32(wkey), out, inp, fmt).unwrap();
         assert_eq!(be.weight_shape(&w), (out, inp));
         if fmt == WeightFormat::BF16 {

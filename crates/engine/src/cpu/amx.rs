@@ -223,14 +223,24 @@ fn run(a: &PackedA, b: &PackedB, c: &mut [f32], m: usize, n: usize, ldc: usize, 
             let b0 = &b.data[(2 * nb) * b.kblocks * BTILE / 2..];
             for mb in ti * bm..((ti + 1) * bm).min(mblocks) {
                 let a0 = &a.data[mb * MR * a.kp..];
+                let (m0, n0) = (mb * MR, nb * NR);
+                let (mm, nn) = ((m - m0).min(MR), (n - n0).min(NR));
+                if mm == MR && nn == NR && !accumulate {
+                    // A whole block that overwrites: the tiles go straight into `c`.
+                    // SAFETY: as below, plus rows m0..m0 + 32 and columns n0..n0 + 32 of `c`
+                    // are in bounds and belong to this task only.
+                    unsafe {
+                        let cb = cp.get().add(m0 * ldc + n0);
+                        kernel(a0.as_ptr(), a.kp * 2, b0.as_ptr(), b.kblocks, cb, ldc * 4);
+                    }
+                    continue;
+                }
                 // SAFETY: the tiles are configured (above); `a0` holds 32 rows of `kp` bf16 and
                 // `b0` two panels of `kblocks` tiles (padding guarantees both); `scratch` holds
                 // 32 × 32 f32.
                 unsafe {
-                    kernel(a0.as_ptr(), a.kp * 2, b0.as_ptr(), b.kblocks, scratch.as_mut_ptr());
+                    kernel(a0.as_ptr(), a.kp * 2, b0.as_ptr(), b.kblocks, scratch.as_mut_ptr(), NR * 4);
                 }
-                let (m0, n0) = (mb * MR, nb * NR);
-                let (mm, nn) = ((m - m0).min(MR), (n - n0).min(NR));
                 for i in 0..mm {
                     let s = &scratch[i * NR..i * NR + nn];
                     // SAFETY: row m0 + i < m and columns n0..n0 + nn < n are in bounds of `c`
@@ -281,21 +291,29 @@ unsafe fn release_tiles() {
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// One 32 × 32 block: `scratch = A[32, kblocks·32] · B`, two 16-row A tiles against two 16-column
-/// B panels, four f32 accumulator tiles.
+/// One 32 × 32 block: `c = A[32, kblocks·32] · B`, two 16-row A tiles against two 16-column B
+/// panels, four f32 accumulator tiles; `c` has a row stride of `c_stride` bytes.
 ///
 /// # Safety
 /// The tiles must be configured by [`config_tiles`] on this thread; `a` must address 32 rows of
 /// `kblocks · 32` bf16 with row stride `a_stride` bytes; `b` two consecutive panels of `kblocks`
-/// 1 KiB tiles; `c` 32 × 32 writable f32; `kblocks ≥ 1`.
+/// 1 KiB tiles; `c` 32 rows of 32 writable f32 at `c_stride` bytes; `kblocks ≥ 1`.
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
-unsafe fn kernel(a: *const u16, a_stride: usize, b: *const u16, kblocks: usize, c: *mut f32) {
+unsafe fn kernel(
+    a: *const u16,
+    a_stride: usize,
+    b: *const u16,
+    kblocks: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
     let a1 = a.wrapping_byte_add(16 * a_stride);
     let b1 = b.wrapping_byte_add(kblocks * BTILE);
+    let c1 = c.wrapping_byte_add(16 * c_stride);
     // SAFETY: see the function contract. tmm0..3 accumulate C, tmm4/5 hold A, tmm6/7 B; the
     // loop walks 64 bytes along A and one 1 KiB tile along each B panel per step and reads only
-    // inside the operands; the stores write exactly the 32 × 32 f32 of `c` (row stride 128 B).
+    // inside the operands; the stores write exactly the 32 × 32 f32 of `c`.
     // The compiler never allocates tile registers, so clobbering them is invisible to it.
     unsafe {
         std::arch::asm!(
@@ -319,11 +337,10 @@ unsafe fn kernel(a: *const u16, a_stride: usize, b: *const u16, kblocks: usize, 
             "add {b1}, 1024",
             "dec {cnt}",
             "jnz 2b",
-            "mov {s64}, 128",
-            "tilestored [{c} + {s64}*1], tmm0",
-            "tilestored [{c} + {s64}*1 + 64], tmm1",
-            "tilestored [{c} + {s64}*1 + 2048], tmm2",
-            "tilestored [{c} + {s64}*1 + 2112], tmm3",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            "tilestored [{c1} + {cs}*1], tmm2",
+            "tilestored [{c1} + {cs}*1 + 64], tmm3",
             a0 = inout(reg) a => _,
             a1 = inout(reg) a1 => _,
             b0 = inout(reg) b => _,
@@ -331,6 +348,8 @@ unsafe fn kernel(a: *const u16, a_stride: usize, b: *const u16, kblocks: usize, 
             sa = in(reg) a_stride,
             cnt = inout(reg) kblocks => _,
             c = in(reg) c,
+            c1 = in(reg) c1,
+            cs = in(reg) c_stride,
             s64 = out(reg) _,
             options(nostack),
         );
@@ -338,7 +357,7 @@ unsafe fn kernel(a: *const u16, a_stride: usize, b: *const u16, kblocks: usize, 
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32) {
+unsafe fn kernel(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
     unreachable!("AMX is never reported available off x86_64")
 }
 

@@ -83,13 +83,19 @@ struct Ctx<'a, T> {
     /// Query heads per kv head.
     grp: usize,
     tiles: AttnTiles,
+    /// Keys and values transposed per `(batch, kv_head)`, `[batch, kv_heads, head_dim, kv_len]`,
+    /// when there are enough queries per call to pay for it (see [`Ctx::transpose_kv`]).
+    kt: Vec<T>,
+    vt: Vec<T>,
 }
+
+/// Queries per call from which keys (and values, in the backward) are transposed once per call,
+/// so that the score products read them along rows (the fast case of [`small_gemm`]).
+const TRANSPOSE_MIN_Q: usize = 16;
 
 /// Per-thread scratch tiles.
 struct Scratch<T> {
     s: Vec<T>,
-    /// A transposed key or value tile `[head_dim, bk]`.
-    bt: Vec<T>,
     dp: Vec<T>,
     mask: Vec<bool>,
     acc: Vec<T>,
@@ -103,7 +109,6 @@ impl<T: Real> Scratch<T> {
         let rows = t.bq.max(t.bk);
         Scratch {
             s: vec![T::ZERO; t.bq * t.bk],
-            bt: vec![T::ZERO; hd * t.bk],
             dp: vec![T::ZERO; t.bq * t.bk],
             mask: vec![false; t.bq * t.bk],
             acc: vec![T::ZERO; rows * hd],
@@ -141,7 +146,37 @@ impl<'a, T: Real> Ctx<'a, T> {
             ks: d.kv_heads * d.head_dim,
             grp: d.q_heads / d.kv_heads,
             tiles,
+            kt: Vec::new(),
+            vt: Vec::new(),
         }
+    }
+
+    /// Fills [`Ctx::kt`] (and [`Ctx::vt`] with `values`) when the call has at least
+    /// [`TRANSPOSE_MIN_Q`] queries; decoding (a few queries against a long cache) keeps reading
+    /// the cache as it is.
+    fn transpose_kv(mut self, values: bool) -> Self {
+        let d = self.d;
+        if d.q_len < TRANSPOSE_MIN_Q || d.kv_len == 0 {
+            return self;
+        }
+        let (hd, n) = (d.head_dim, d.kv_len);
+        let transpose = |src: &[T]| {
+            let mut t = vec![T::ZERO; d.batch * d.kv_heads * hd * n];
+            t.par_chunks_mut(hd * n).enumerate().for_each(|(p, dst)| {
+                let (b, g) = (p / d.kv_heads, p % d.kv_heads);
+                for s in 0..n {
+                    let row = &src[self.kv_off(b, s, g)..self.kv_off(b, s, g) + hd];
+                    for (c, &x) in row.iter().enumerate() {
+                        dst[c * n + s] = x;
+                    }
+                }
+            });
+            t
+        };
+        let kt = transpose(self.k);
+        let vt = if values { transpose(self.v) } else { Vec::new() };
+        (self.kt, self.vt) = (kt, vt);
+        self
     }
 
     #[inline]
@@ -194,38 +229,36 @@ impl<'a, T: Real> Ctx<'a, T> {
     }
 
     /// `dst[nq, nk] = alpha · A · Bᵀ` (row stride `dst_rs`) for `A`: `nq` rows of `head_dim` at
-    /// row stride `a_rs`, and `B`: `nk` key or value rows of one kv head. With enough rows to pay
-    /// for it, `B` is first transposed into `bt`, so that the product reads it along its rows
-    /// (the fast case of [`small_gemm`]).
+    /// row stride `a_rs`, and `B`: keys `s0..s0 + nk` of kv head `g` of sequence `b`, from `t`
+    /// (keys or values transposed by [`Ctx::transpose_kv`]) when present, else from `src` (the
+    /// keys or values as they are).
     ///
     /// # Safety
     /// The addressed rows must be in bounds; `dst` must hold `nq` rows of `nk` at `dst_rs`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn product_bt(
         &self,
-        bt: &mut [T],
+        t: &[T],
+        src: &[T],
+        (b, g, s0): (usize, usize, usize),
         nq: usize,
         nk: usize,
         dst: *mut T,
         dst_rs: usize,
         a: *const T,
         a_rs: usize,
-        b: *const T,
         alpha: T,
     ) {
         let hd = self.d.head_dim;
-        // SAFETY: forwarded contract; `bt` holds head_dim × bk ≥ hd × nk elements.
+        // SAFETY: forwarded contract; the transposed copy has `kv_len` columns per row.
         unsafe {
-            if nq >= 16 {
-                for j in 0..nk {
-                    let row = std::slice::from_raw_parts(b.add(j * self.ks), hd);
-                    for (c, &x) in row.iter().enumerate() {
-                        bt[c * nk + j] = x;
-                    }
-                }
-                small_gemm(nq, nk, hd, dst, dst_rs, a, a_rs, 1, bt.as_ptr(), nk, 1, alpha, T::ZERO);
+            if t.is_empty() {
+                let bp = src.as_ptr().add(self.kv_off(b, s0, g));
+                small_gemm(nq, nk, hd, dst, dst_rs, a, a_rs, 1, bp, 1, self.ks, alpha, T::ZERO);
             } else {
-                small_gemm(nq, nk, hd, dst, dst_rs, a, a_rs, 1, b, 1, self.ks, alpha, T::ZERO);
+                let n = self.d.kv_len;
+                let bp = t.as_ptr().add((b * self.d.kv_heads + g) * hd * n + s0);
+                small_gemm(nq, nk, hd, dst, dst_rs, a, a_rs, 1, bp, n, 1, alpha, T::ZERO);
             }
         }
     }
@@ -252,9 +285,19 @@ impl<'a, T: Real> Ctx<'a, T> {
         // SAFETY: rows t0..t0+nq of head h and keys s0..s0+nk of kv head g are in bounds (the
         // sizes were checked in `Ctx::new`); the tile holds bq × bk ≥ nq × nk elements.
         unsafe {
-            let (qp, kp) =
-                (self.q.as_ptr().add(self.q_off(b, t0, h)), self.k.as_ptr().add(self.kv_off(b, s0, g)));
-            self.product_bt(&mut sc.bt, nq, nk, sc.s.as_mut_ptr(), bk, qp, self.qs, kp, self.scale);
+            let qp = self.q.as_ptr().add(self.q_off(b, t0, h));
+            self.product_bt(
+                &self.kt,
+                self.k,
+                (b, g, s0),
+                nq,
+                nk,
+                sc.s.as_mut_ptr(),
+                bk,
+                qp,
+                self.qs,
+                self.scale,
+            );
         }
         if !full {
             for i in 0..nq {
@@ -286,7 +329,7 @@ pub fn attention_forward<T: Real>(
     doc_ids: Option<&[u32]>,
     tiles: AttnTiles,
 ) {
-    let cx = Ctx::new(q, k, v, dims, doc_ids, tiles);
+    let cx = Ctx::new(q, k, v, dims, doc_ids, tiles).transpose_kv(false);
     assert!(out.len() >= q_elems(dims) && lse.len() >= lse_elems(dims));
     let d = dims;
     let hd = d.head_dim;
@@ -397,9 +440,8 @@ impl<T: Real> BwdCtx<'_, T> {
         // dP = dO · Vᵀ
         // SAFETY: rows t0..t0+nq of head h, keys s0..s0+nk of kv head g are in bounds.
         unsafe {
-            let (dop, vp) =
-                (self.dout.as_ptr().add(cx.q_off(b, t0, h)), cx.v.as_ptr().add(cx.kv_off(b, s0, g)));
-            cx.product_bt(&mut sc.bt, nq, nk, sc.dp.as_mut_ptr(), bk, dop, cx.qs, vp, T::ONE);
+            let dop = self.dout.as_ptr().add(cx.q_off(b, t0, h));
+            cx.product_bt(&cx.vt, cx.v, (b, g, s0), nq, nk, sc.dp.as_mut_ptr(), bk, dop, cx.qs, T::ONE);
         }
         for i in 0..nq {
             let li = self.lse[cx.lse_off(b, h, t0 + i)];
@@ -575,7 +617,7 @@ pub fn attention_backward<T: Real>(
     tiles: AttnTiles,
     mode: AttnBwdMode,
 ) {
-    let cx = Ctx::new(q, k, v, dims, doc_ids, tiles);
+    let cx = Ctx::new(q, k, v, dims, doc_ids, tiles).transpose_kv(true);
     let d = dims;
     let (nq_el, nkv_el) = (q_elems(d), kv_elems(d));
     assert!(dout.len() >= nq_el && out.len() >= nq_el && lse.len() >= lse_elems(d));
