@@ -122,6 +122,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Human-readable device name, e.g. `"cpu (2 threads, avx512_bf16)"`.
     fn name(&self) -> String;
 
+    /// Runs `f`, a sequence of many kernel calls, where they are cheapest to issue one after
+    /// another: the CPU backend runs it on its own thread pool, so that each kernel call does
+    /// not wake the pool from outside (which costs microseconds per call: it dominates decoding
+    /// one token). The default just calls `f`.
+    fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     // ---- memory -------------------------------------------------------------------------------
 
     /// A zero-filled buffer of `len` elements.

@@ -288,3 +288,62 @@ fn linear_cross_entropy_all_ignored() {
     let (sum, count) = be.linear_cross_entropy(&h, &w, &[], 0, 1.0, Some(&mut dh), None).unwrap();
     assert_eq!((sum, count), (0.0, 0));
 }
+
+/// The f32 attention paths (per-output dot products for few queries, transposed keys for many,
+/// head sizes that are not a multiple of 16) against the same kernels in f64.
+#[test]
+fn attention_f32_paths_match_f64() {
+    use afinar_engine::cpu::attention::{attention_backward, attention_forward, AttnBwdMode, AttnTiles};
+    let be = CpuBackend::new(Some(2));
+    for (q_len, kv_len, head_dim) in [(1, 70, 20), (3, 40, 12), (5, 5, 64), (20, 33, 24)] {
+        let d = AttnDims {
+            batch: 2,
+            q_len,
+            kv_len,
+            kv_stride: kv_len + 2,
+            q_heads: 6,
+            kv_heads: 2,
+            head_dim,
+            q_offset: kv_len - q_len,
+            scale: 0.3,
+        };
+        let nq = d.batch * d.q_len * d.q_heads * d.head_dim;
+        let nkv = d.batch * d.kv_stride * d.kv_heads * d.head_dim;
+        let mut rng = Rng::new(9 + head_dim as u64);
+        let (q, k, v, dout) =
+            (f32s(&mut rng, nq), f32s(&mut rng, nkv), f32s(&mut rng, nkv), f32s(&mut rng, nq));
+        let (mut o, mut l) = (vec![0.0; nq], vec![0.0; d.batch * d.q_heads * d.q_len]);
+        be.attention(&q, &k, &v, &mut o, &mut l, &d, None).unwrap();
+        let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        be.attention_backward(&dout, &q, &k, &v, &o, &l, &mut dq, &mut dk, &mut dv, &d, None).unwrap();
+        let w = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let (q6, k6, v6, do6) = (w(&q), w(&k), w(&v), w(&dout));
+        let (mut o6, mut l6) = (vec![0.0; nq], vec![0.0; l.len()]);
+        let tiles = AttnTiles::for_forward(&d);
+        attention_forward(&q6, &k6, &v6, &mut o6, &mut l6, &d, None, tiles);
+        let (mut dq6, mut dk6, mut dv6) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        let mode = AttnBwdMode::Auto;
+        attention_backward(
+            &do6,
+            &q6,
+            &k6,
+            &v6,
+            &o6,
+            &l6,
+            &mut dq6,
+            &mut dk6,
+            &mut dv6,
+            &d,
+            None,
+            AttnTiles::default(),
+            mode,
+        );
+        let n = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        for (name, got, want) in
+            [("out", &o, n(&o6)), ("dq", &dq, n(&dq6)), ("dk", &dk, n(&dk6)), ("dv", &dv, n(&dv6))]
+        {
+            let e = rel_err32(got, &want);
+            assert!(e < 1e-5, "q_len {q_len} kv {kv_len} hd {head_dim} {name}: {e}");
+        }
+    }
+}

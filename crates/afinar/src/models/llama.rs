@@ -64,6 +64,19 @@ impl<B: Backend> Llama<B> {
         ids: &[u32],
         batch: usize,
         seq: usize,
+        cache: Option<&mut KvCache<B>>,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        be.scoped(|| self.forward_scoped(be, ids, batch, seq, cache, which))
+    }
+
+    /// The body of [`Llama::forward`], run inside [`Backend::scoped`].
+    fn forward_scoped(
+        &self,
+        be: &B,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
         mut cache: Option<&mut KvCache<B>>,
         which: Logits,
     ) -> Result<Vec<f32>> {

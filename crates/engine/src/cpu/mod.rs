@@ -223,6 +223,10 @@ impl Backend for CpuBackend {
         )
     }
 
+    fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.install(f)
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         let mut v = Vec::new();
         v.try_reserve_exact(len)

@@ -2,8 +2,9 @@
 //! alike): `dst = beta · dst + alpha · A · B`. The `gemm` crate packs both operands on every
 //! call, which costs as much as the arithmetic at these sizes; for `f32` on AVX-512, with `B`
 //! contiguous along its columns, a register-blocked kernel (6 rows × 64 columns of
-//! accumulators, `A` broadcast from wherever it lives) runs straight off the operands instead.
-//! Everything else goes to the `gemm` crate.
+//! accumulators, `A` broadcast from wherever it lives) runs straight off the operands instead;
+//! with `A` along its rows and `B` along its columns instead (queries against the keys of a
+//! cache), one vector dot product per output. Everything else goes to the `gemm` crate.
 
 use super::float::Real;
 use super::matmul::gemm_raw;
@@ -49,6 +50,26 @@ pub(crate) unsafe fn small_gemm<T: Real>(
                 a_cs,
                 b.cast(),
                 b_rs,
+                alpha.to_f64() as f32,
+                beta != T::ZERO,
+            );
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if a_cs == 1 && b_rs == 1 && TypeId::of::<T>() == TypeId::of::<f32>() && avx512::available() {
+        // SAFETY: as above.
+        unsafe {
+            avx512::gemm_dots(
+                m,
+                n,
+                k,
+                dst.cast(),
+                dst_rs,
+                a.cast(),
+                a_rs,
+                b.cast(),
+                b_cs,
                 alpha.to_f64() as f32,
                 beta != T::ZERO,
             );
@@ -121,6 +142,53 @@ mod avx512 {
                 i0 += mr;
             }
             j0 += nn;
+        }
+    }
+
+    /// The f32 body of [`super::small_gemm`] for `A` with unit column stride and `B` with unit
+    /// row stride: `dst[i, j] (+)= alpha · A[i, :] · B[:, j]`, both read along `k`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; the operands as in [`super::small_gemm`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_dots(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        b_cs: usize,
+        alpha: f32,
+        accumulate: bool,
+    ) {
+        let tail = k % 16;
+        let tail_mask: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+        // SAFETY: rows < m of A, columns < n of B, k < k of both, and (i, j) < (m, n) of dst
+        // are in bounds by the caller's contract; the tail mask covers exactly the last k % 16.
+        unsafe {
+            for i in 0..m {
+                let ar = a.add(i * a_rs);
+                for j in 0..n {
+                    let bc = b.add(j * b_cs);
+                    let mut acc = _mm512_setzero_ps();
+                    let mut kk = 0;
+                    while kk + 16 <= k {
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(ar.add(kk)), _mm512_loadu_ps(bc.add(kk)), acc);
+                        kk += 16;
+                    }
+                    if tail > 0 {
+                        let x = _mm512_maskz_loadu_ps(tail_mask, ar.add(kk));
+                        acc = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail_mask, bc.add(kk)), acc);
+                    }
+                    let d = dst.add(i * dst_rs + j);
+                    let v = alpha * _mm512_reduce_add_ps(acc);
+                    *d = if accumulate { *d + v } else { v };
+                }
+            }
         }
     }
 
