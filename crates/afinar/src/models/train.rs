@@ -86,7 +86,7 @@ impl<B: Backend> Llama<B> {
                 TrainBuffers::new(be, self, rows, checkpointing)?
             }
         };
-        let result = self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf);
+        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf));
         self.train_buffers = Some(buf);
         let (sum, tokens) = result?;
         Ok(LossSum { sum, tokens })
