@@ -92,7 +92,7 @@ fn every_shipped_config_loads() {
     let s = Scratch::with_inputs("shipped");
     let model = format!("model.path={}", s.0.join("model.gguf").display());
     let data = format!("dataset.source={}", s.0.join("data.jsonl").display());
-    assert_eq!(BUILTIN_CONFIGS.len(), 10);
+    assert_eq!(BUILTIN_CONFIGS.len(), 15);
     for b in BUILTIN_CONFIGS {
         let mut doc = ConfigDoc::open(b.name).unwrap();
         assert_eq!(doc.origin(), format!("built-in:{}.yaml", b.name));

@@ -59,21 +59,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 15] = [
     "smollm2_135m_lora",
+    "smollm2_135m_qlora",
     "smollm2_135m_full",
     "smollm2_360m_lora",
+    "smollm2_360m_qlora",
     "smollm2_360m_full",
     "llama3_2_1b_lora",
+    "llama3_2_1b_qlora",
     "llama3_2_1b_full",
     "llama3_2_3b_lora",
+    "llama3_2_3b_qlora",
     "llama3_2_3b_full",
     "llama3_1_8b_lora",
+    "llama3_1_8b_qlora",
     "llama3_1_8b_full",
 ];
 
 #[test]
-fn ls_lists_all_ten_by_recipe() {
+fn ls_lists_every_config_by_recipe() {
     let out = afinar(&["ls"]);
     assert_ok(&out);
     let stdout = text(&out.stdout);
@@ -92,7 +97,7 @@ fn ls_lists_all_ten_by_recipe() {
             [c] => *c,
             _ => panic!("bad line {line:?}"),
         };
-        let want = if config.ends_with("_lora") { "lora_finetune" } else { "full_finetune" };
+        let want = if config.ends_with("_full") { "full_finetune" } else { "lora_finetune" };
         assert_eq!(recipe, want, "{config}");
         seen.push(config.to_string());
     }

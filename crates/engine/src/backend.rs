@@ -15,12 +15,13 @@ pub enum WeightFormat {
     F32,
     /// bfloat16, converted to f32 tile by tile inside the matmul (frozen weights).
     BF16,
-    /// GGUF block-quantized rows (frozen weights; see [`QuantFormat`]).
+    /// Block-quantized rows (frozen weights; see [`QuantFormat`]): GGUF blocks, or NF4 (QLoRA).
     Quant(QuantFormat),
 }
 
-/// A GGUF (GGML) block-quantized layout: each row of a `[rows, cols]` matrix is `cols / 32`
-/// consecutive blocks of 32 values, little-endian, exactly as in a GGUF file.
+/// A block-quantized layout. The GGUF (GGML) ones store each row of a `[rows, cols]` matrix as
+/// `cols / 32` consecutive blocks of 32 values, little-endian, exactly as in a GGUF file;
+/// [`QuantFormat::Nf4`] is QLoRA's 4-bit NormalFloat with double-quantized scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantFormat {
     /// `d: f16`, `qs: [i8; 32]`; value `j` = `qs[j] · d` (34 bytes per block).
@@ -31,32 +32,60 @@ pub enum QuantFormat {
     /// `d: f16`, `m: f16`, `qs: [u8; 16]`; value `j` = `d · nibble_j + m`, nibbles as in
     /// [`QuantFormat::Q4_0`] (20 bytes per block).
     Q4_1,
+    /// NF4 as QLoRA / bitsandbytes store it (`blocksize=64`, `compress_statistics=True`): 4-bit
+    /// indices into the NF4 code book, two per byte (high nibble first), one absmax per 64
+    /// values, the absmaxes themselves quantized to 8 bits in blocks of 256 after subtracting
+    /// their mean. Not block-local: the matrix is one buffer of packed values, scale codes,
+    /// nested scales and offset ([`crate::cpu::nf4`]); `cols` must be a multiple of 64. About
+    /// 4.13 bits per value.
+    Nf4,
 }
 
 impl QuantFormat {
-    /// Values per block (32 for every supported layout).
+    /// Values per block of the GGUF layouts (NF4's blocks have [`QuantFormat::block_len`] 64).
     pub const BLOCK: usize = 32;
 
-    /// Bytes per block.
+    /// Values per block: 32 for the GGUF layouts, 64 for NF4.
+    pub fn block_len(self) -> usize {
+        match self {
+            QuantFormat::Nf4 => 64,
+            _ => Self::BLOCK,
+        }
+    }
+
+    /// Bytes per block (for NF4, the 32 bytes of packed values; its scales are stored apart).
     pub fn block_bytes(self) -> usize {
         match self {
             QuantFormat::Q8_0 => 34,
             QuantFormat::Q4_0 => 18,
             QuantFormat::Q4_1 => 20,
+            QuantFormat::Nf4 => 32,
         }
     }
 
-    /// Bytes of one row of `cols` values, `None` unless `cols` is a whole number of blocks.
+    /// Bytes of one row of `cols` values, `None` unless `cols` is a whole number of blocks (for
+    /// NF4, the packed values only: use [`QuantFormat::matrix_bytes`] for the whole matrix).
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        cols.is_multiple_of(Self::BLOCK).then(|| cols / Self::BLOCK * self.block_bytes())
+        let b = self.block_len();
+        cols.is_multiple_of(b).then(|| cols / b * self.block_bytes())
     }
 
-    /// The GGUF type name (`"q8_0"`, `"q4_0"`, `"q4_1"`).
+    /// Bytes of a whole `[rows, cols]` matrix, `None` unless `cols` is a whole number of blocks
+    /// (or the size overflows).
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
+        match self {
+            QuantFormat::Nf4 => crate::cpu::nf4::matrix_bytes(rows, cols),
+            _ => self.row_bytes(cols)?.checked_mul(rows),
+        }
+    }
+
+    /// The type name (`"q8_0"`, `"q4_0"`, `"q4_1"` as in GGUF; `"nf4"`).
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8_0 => "q8_0",
             QuantFormat::Q4_0 => "q4_0",
             QuantFormat::Q4_1 => "q4_1",
+            QuantFormat::Nf4 => "nf4",
         }
     }
 }
@@ -156,8 +185,9 @@ pub trait Backend: Send + Sync + 'static {
     /// round the values to their blocks, as GGUF's reference quantizers do).
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<Self::Weight>;
     /// Uploads a `[rows, cols]` matrix stored as GGUF blocks of `format` (`blocks`: the row-major
-    /// bytes as in the file, `rows · cols / 32` blocks), keeping it quantized. Errors unless
-    /// `cols` is a multiple of 32 and `blocks` has exactly the matrix's size.
+    /// bytes as in the file, `rows · cols / 32` blocks), or an NF4 buffer
+    /// ([`QuantFormat::Nf4`]), keeping it quantized. Errors unless `cols` is a whole number of
+    /// blocks and `blocks` has exactly [`QuantFormat::matrix_bytes`].
     fn weight_quantized(
         &self,
         blocks: &[u8],

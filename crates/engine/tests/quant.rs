@@ -18,6 +18,7 @@ fn dtype(f: QuantFormat) -> DType {
         QuantFormat::Q8_0 => DType::Q8_0,
         QuantFormat::Q4_0 => DType::Q4_0,
         QuantFormat::Q4_1 => DType::Q4_1,
+        QuantFormat::Nf4 => unreachable!("NF4 has no GGUF type (tested in nf4.rs)"),
     }
 }
 
@@ -287,6 +288,7 @@ fn weight_quantizes_f32_values() {
                     let (lo, hi) = x.iter().fold((f32::MAX, f32::MIN), |(l, h), &a| (l.min(a), h.max(a)));
                     (hi - lo) / 15.0
                 }
+                QuantFormat::Nf4 => unreachable!("not in FORMATS"),
             };
             for (a, b) in x.iter().zip(y) {
                 let tol = if format == QuantFormat::Q4_0 { step } else { step * 0.5 };

@@ -37,14 +37,19 @@ macro_rules! builtin {
 /// Every built-in config, SmolLM2 first, then Llama by size.
 pub const BUILTIN_CONFIGS: &[BuiltinConfig] = &[
     builtin!("smollm2_135m_lora", LoraFinetune, "SmolLM2-135M-Instruct LoRA (rank 8, q/v) on the bilingual dataset: minutes on a CPU"),
+    builtin!("smollm2_135m_qlora", LoraFinetune, "SmolLM2-135M-Instruct QLoRA (NF4 base, rank 8, all linear layers) on the bilingual dataset"),
     builtin!("smollm2_135m_full", FullFinetune, "SmolLM2-135M-Instruct full fine-tune on the bilingual dataset"),
     builtin!("smollm2_360m_lora", LoraFinetune, "SmolLM2-360M-Instruct LoRA (rank 8, q/v); model folder from $SMOLLM2_DIR"),
+    builtin!("smollm2_360m_qlora", LoraFinetune, "SmolLM2-360M-Instruct QLoRA (NF4 base, rank 8, all linear layers); model folder from $SMOLLM2_DIR"),
     builtin!("smollm2_360m_full", FullFinetune, "SmolLM2-360M-Instruct full fine-tune; model folder from $SMOLLM2_DIR"),
     builtin!("llama3_2_1b_lora", LoraFinetune, "Llama-3.2-1B-Instruct LoRA (rank 64, all linear layers); model from $LLAMA_DIR"),
+    builtin!("llama3_2_1b_qlora", LoraFinetune, "Llama-3.2-1B-Instruct QLoRA (NF4 base, rank 64, all linear layers); model from $LLAMA_DIR"),
     builtin!("llama3_2_1b_full", FullFinetune, "Llama-3.2-1B-Instruct full fine-tune; model from $LLAMA_DIR"),
     builtin!("llama3_2_3b_lora", LoraFinetune, "Llama-3.2-3B-Instruct LoRA (rank 64, all linear layers); model from $LLAMA_DIR"),
+    builtin!("llama3_2_3b_qlora", LoraFinetune, "Llama-3.2-3B-Instruct QLoRA (NF4 base, rank 64, all linear layers); model from $LLAMA_DIR"),
     builtin!("llama3_2_3b_full", FullFinetune, "Llama-3.2-3B-Instruct full fine-tune; model from $LLAMA_DIR"),
     builtin!("llama3_1_8b_lora", LoraFinetune, "Llama-3.1-8B-Instruct LoRA (rank 8, attention + MLP), activation checkpointing; model from $LLAMA_DIR"),
+    builtin!("llama3_1_8b_qlora", LoraFinetune, "Llama-3.1-8B-Instruct QLoRA (NF4 base, rank 8, attention + MLP), activation checkpointing; model from $LLAMA_DIR"),
     builtin!("llama3_1_8b_full", FullFinetune, "Llama-3.1-8B-Instruct full fine-tune, activation checkpointing (~130 GB of RAM in fp32); model from $LLAMA_DIR"),
 ];
 

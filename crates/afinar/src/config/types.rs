@@ -240,7 +240,11 @@ pub struct LoraSection {
     pub dropout: f32,
     /// Layers to adapt (non-empty, no repeats).
     pub target_modules: Vec<LoraTarget>,
-    /// QLoRA: keep the frozen base weights quantized.
+    /// QLoRA (torchtune's `quantize_base`): the frozen attention and MLP projections (q, k, v,
+    /// o, gate, up, down) are quantized to NF4 as they are loaded (about 4.13 bits per value:
+    /// QLoRA's code book, absmax per 64 values, double-quantized scales) and used 4-bit in every
+    /// product; the embedding, the output projection and the norms keep `model.dtype`, as
+    /// torchtune and PEFT quantize linear layers only. Adapters and optimizer state stay f32.
     pub quantize_base: bool,
 }
 

@@ -22,12 +22,26 @@ fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
 impl<B: Backend> Llama<B> {
     /// A model with random weights (seeded), for benchmarks and tests.
     pub fn random(be: &B, config: LlamaConfig, seed: u64, format: WeightFormat) -> Result<Self> {
+        Self::random_with(be, config, seed, format, format)
+    }
+
+    /// [`Llama::random`] with the attention and MLP projections stored as `projections` (QLoRA:
+    /// NF4, each matrix quantized as it is drawn) and the embedding and output projection as
+    /// `format`. The values drawn are the same whatever the formats.
+    pub fn random_with(
+        be: &B,
+        config: LlamaConfig,
+        seed: u64,
+        format: WeightFormat,
+        projections: WeightFormat,
+    ) -> Result<Self> {
         config.validate(std::path::Path::new("(preset)"))?;
         let c = &config;
         let mut rng = Rng::new(seed);
-        let mut linear = |rows: usize, cols: usize| -> Result<Linear<B>> {
+        let mut matrix = |rows: usize, cols: usize, format: WeightFormat| -> Result<Linear<B>> {
             Ok(Linear::new(be, be.weight(&normal(&mut rng, rows * cols, 0.02), rows, cols, format)?))
         };
+        let mut linear = |rows: usize, cols: usize| matrix(rows, cols, projections);
         let norm = || -> Result<RmsNorm<B>> {
             Ok(RmsNorm { weight: be.from_host(&vec![1.0; c.dim])?, dim: c.dim, eps: c.norm_eps, state: None })
         };
@@ -54,8 +68,8 @@ impl<B: Backend> Llama<B> {
                 },
             });
         }
-        let embed = linear(c.vocab_size, c.dim)?.weight;
-        let output = if c.tie_embeddings { None } else { Some(linear(c.vocab_size, c.dim)?) };
+        let embed = matrix(c.vocab_size, c.dim, format)?.weight;
+        let output = if c.tie_embeddings { None } else { Some(matrix(c.vocab_size, c.dim, format)?) };
         let norm = norm()?;
         let inv_freq = c.inv_freq();
         Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq, train_buffers: None })

@@ -31,11 +31,16 @@ pub struct LoadOptions {
     /// of dequantizing them to `format`; every other tensor is loaded as `format`. No effect on
     /// other checkpoints.
     pub keep_quantized: bool,
+    /// Storage of the attention and MLP projections (q, k, v, o, gate, up, down) when it differs
+    /// from `format`: QLoRA loads them as NF4 (`WeightFormat::Quant(QuantFormat::Nf4)`),
+    /// quantizing each matrix as it is read, while the embedding, the output projection and the
+    /// norms keep `format`. Does not apply to matrices kept in GGUF blocks (`keep_quantized`).
+    pub projections: Option<WeightFormat>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { format: WeightFormat::F32, tokenizer: None, keep_quantized: false }
+        Self { format: WeightFormat::F32, tokenizer: None, keep_quantized: false, projections: None }
     }
 }
 
@@ -69,9 +74,9 @@ pub fn load_model<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result
         return Err(Error::Input(format!("{}: no such file or folder", path.display())));
     }
     let mut loaded = if is_gguf(path)? {
-        load_gguf(be, path, opts.format, opts.keep_quantized)?
+        load_gguf(be, path, opts, opts.keep_quantized)?
     } else {
-        load_hf(be, path, opts.format)?
+        load_hf(be, path, opts)?
     };
     if let Some(tok) = &opts.tokenizer {
         loaded.tokenizer = Some(Tokenizer::from_file(tok)?);
@@ -298,8 +303,9 @@ fn build<B: Backend>(
     config: LlamaConfig,
     inv_freq: Vec<f32>,
     src: &dyn WeightSource,
-    format: WeightFormat,
+    opts: &LoadOptions,
 ) -> Result<Llama<B>> {
+    let (format, proj_format) = (opts.format, opts.projections.unwrap_or(opts.format));
     let c = &config;
     let load_checked = |name: &str, expect: &[usize]| -> Result<Vec<f32>> {
         if !src.has(name) {
@@ -319,7 +325,7 @@ fn build<B: Backend>(
         }
         Ok(data)
     };
-    let weight = |name: &str, rows: usize, cols: usize| -> Result<B::Weight> {
+    let weight = |name: &str, rows: usize, cols: usize, format: WeightFormat| -> Result<B::Weight> {
         if src.has(name) {
             if let Some((shape, q, blocks)) = src.load_quantized(name)? {
                 if shape != [rows, cols] {
@@ -332,11 +338,24 @@ fn build<B: Backend>(
                 return Ok(be.weight_quantized(&blocks, q, rows, cols)?);
             }
         }
+        if let WeightFormat::Quant(q) = format {
+            if q.matrix_bytes(rows, cols).is_none() {
+                return Err(Error::Weights {
+                    file: src.file().to_path_buf(),
+                    tensor: name.into(),
+                    msg: format!(
+                        "[{rows}, {cols}] cannot be stored as {}: its rows need a multiple of {} values",
+                        q.name(),
+                        q.block_len()
+                    ),
+                });
+            }
+        }
         let data = load_checked(name, &[rows, cols])?;
         Ok(be.weight(&data, rows, cols, format)?)
     };
     let matrix = |name: &str, rows: usize, cols: usize| -> Result<Linear<B>> {
-        Ok(Linear::new(be, weight(name, rows, cols)?))
+        Ok(Linear::new(be, weight(name, rows, cols, proj_format)?))
     };
     let norm = |name: &str| -> Result<RmsNorm<B>> {
         let data = load_checked(name, &[c.dim])?;
@@ -366,13 +385,17 @@ fn build<B: Backend>(
             },
         });
     }
-    let embed = weight("model.embed_tokens.weight", c.vocab_size, c.dim)?;
-    let output = if c.tie_embeddings { None } else { Some(matrix("lm_head.weight", c.vocab_size, c.dim)?) };
+    let embed = weight("model.embed_tokens.weight", c.vocab_size, c.dim, format)?;
+    let output = if c.tie_embeddings {
+        None
+    } else {
+        Some(Linear::new(be, weight("lm_head.weight", c.vocab_size, c.dim, format)?))
+    };
     let norm = norm("model.norm.weight")?;
     Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq, train_buffers: None })
 }
 
-fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<LoadedModel<B>> {
+fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
@@ -395,7 +418,7 @@ fn load_hf<B: Backend>(be: &B, path: &Path, format: WeightFormat) -> Result<Load
     }
     let inv_freq = config.inv_freq();
     let src = HfSource { ckpt, path: path.to_path_buf() };
-    let model = build(be, config, inv_freq, &src, format)?;
+    let model = build(be, config, inv_freq, &src, opts)?;
     let tok_path = dir.join("tokenizer.json");
     let hf_folder = Some(HfFolder { dir: dir.clone(), config_json });
     let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
@@ -409,7 +432,7 @@ fn meta_err(path: &Path, key: &str, msg: &str) -> Error {
 fn load_gguf<B: Backend>(
     be: &B,
     path: &Path,
-    format: WeightFormat,
+    opts: &LoadOptions,
     keep_quantized: bool,
 ) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
@@ -494,7 +517,7 @@ fn load_gguf<B: Backend>(
         n_kv_heads: config.n_kv_heads,
         keep_quantized,
     };
-    let model = build(be, config, inv_freq, &src, format)?;
+    let model = build(be, config, inv_freq, &src, opts)?;
     Ok(LoadedModel { model, tokenizer, source: path.to_path_buf(), hf_folder: None })
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use afinar_checkpoint::DType;
 use afinar_data::{self as data, Dataset, DatasetSpec, Loader};
-use afinar_engine::{Backend, CpuBackend, WeightFormat};
+use afinar_engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
 
 use super::finetune::{train, Plan, Summary};
 use super::metrics::Reporter;
@@ -116,17 +116,21 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         dropout: l.dropout,
         targets: l.target_modules.iter().map(|&t| lora_target(t)).collect(),
     });
-    if cfg.lora.as_ref().is_some_and(|l| l.quantize_base) {
-        return Err(Error::Input("lora.quantize_base (QLoRA) is not supported yet".into()));
-    }
-    // Trainable weights are f32; frozen ones may be bf16.
+    // Trainable weights are f32; frozen ones may be bf16, and with QLoRA the projections NF4.
     let format = match (&lora, cfg.model.dtype) {
         (Some(_), cfgmod::Dtype::Bf16) => WeightFormat::BF16,
         _ => WeightFormat::F32,
     };
+    let qlora = cfg.lora.as_ref().is_some_and(|l| l.quantize_base);
+    let projections = if qlora { WeightFormat::Quant(QuantFormat::Nf4) } else { format };
     let (mut model, tokenizer, source) = match (&cfg.model.path, &cfg.model.preset) {
         (Some(path), _) => {
-            let opts = LoadOptions { format, tokenizer: cfg.tokenizer.path.clone(), ..Default::default() };
+            let opts = LoadOptions {
+                format,
+                tokenizer: cfg.tokenizer.path.clone(),
+                projections: Some(projections),
+                ..Default::default()
+            };
             let loaded = load_model(be, path, &opts)?;
             let tok = loaded.tokenizer.ok_or_else(|| {
                 Error::Input(format!("{} has no tokenizer: set tokenizer.path", path.display()))
@@ -141,10 +145,13 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
                     Error::Input("model.preset has no tokenizer: set tokenizer.path".into())
                 })?;
             let tok = load_tokenizer(tok_path)?;
-            (Llama::random(be, config, cfg.seed, format)?, tok, (PathBuf::from(name), None))
+            (Llama::random_with(be, config, cfg.seed, format, projections)?, tok, (PathBuf::from(name), None))
         }
         (None, None) => return Err(Error::Input("model: give `path` or `preset`".into())),
     };
+    if qlora {
+        reporter.note(&qlora_summary(be, &model));
+    }
     let mut rng = Rng::new(cfg.seed ^ 0x4C6F_5241);
     match &lora {
         Some(spec) => model.apply_lora(be, spec, &mut rng)?,
@@ -184,4 +191,42 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         None => Box::new(FullSave { source }),
     };
     train(be, &mut model, &loader, &plan(cfg), saver.as_ref(), reporter)
+}
+
+/// One line on what QLoRA quantized: how many projection values are stored as NF4, in how many
+/// bytes, and what stays in the base dtype.
+fn qlora_summary<B: Backend>(be: &B, model: &Llama<B>) -> String {
+    let (mut values, mut bytes) = (0usize, 0usize);
+    for layer in &model.layers {
+        for l in [
+            &layer.attn.wq,
+            &layer.attn.wk,
+            &layer.attn.wv,
+            &layer.attn.wo,
+            &layer.mlp.gate,
+            &layer.mlp.up,
+            &layer.mlp.down,
+        ] {
+            let (r, c) = be.weight_shape(&l.weight);
+            if let WeightFormat::Quant(q) = be.weight_format(&l.weight) {
+                values += r * c;
+                bytes += q.matrix_bytes(r, c).unwrap_or(0);
+            }
+        }
+    }
+    let (vocab, dim) = be.weight_shape(&model.embed);
+    let kept = vocab * dim + model.output.as_ref().map_or(0, |o| o.out_features * o.in_features);
+    format!(
+        "QLoRA: {:.1}M projection weights in NF4, {:.1} MiB ({:.3} bytes per value, {:.2}x smaller than f32); \
+         {:.1}M embedding/output weights and the norms kept in {}",
+        values as f64 / 1e6,
+        bytes as f64 / (1u64 << 20) as f64,
+        bytes as f64 / values.max(1) as f64,
+        (4 * values) as f64 / bytes.max(1) as f64,
+        kept as f64 / 1e6,
+        match be.weight_format(&model.embed) {
+            WeightFormat::BF16 => "bf16",
+            _ => "f32",
+        }
+    )
 }

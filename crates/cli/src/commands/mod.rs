@@ -108,6 +108,7 @@ pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, To
         // `auto` keeps quantized matrices only where there are some: GGUF files (a Hugging Face
         // checkpoint has none, so the flag changes nothing there).
         keep_quantized: matches!(args.dtype, DTypeArg::Auto | DTypeArg::Native),
+        ..Default::default()
     };
     let t0 = std::time::Instant::now();
     let mut loaded =

@@ -14,6 +14,7 @@ pub mod float;
 pub mod gemv;
 pub mod loss;
 pub mod matmul;
+pub mod nf4;
 pub mod norm;
 pub mod optim;
 pub mod quant;
@@ -39,7 +40,8 @@ pub enum CpuWeightData {
     F32(Vec<f32>),
     /// bfloat16 (round-to-nearest-even from the uploaded f32 values).
     BF16(Vec<bf16>),
-    /// GGUF blocks of `format`, row-major (each row `cols / 32` blocks); frozen.
+    /// GGUF blocks of `format`, row-major (each row `cols / 32` blocks), or an NF4 buffer
+    /// ([`nf4`]); frozen.
     Quant {
         /// Block layout.
         format: QuantFormat,
@@ -65,11 +67,7 @@ impl CpuWeight {
             CpuWeightData::F32(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::BF16(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::Quant { format, blocks } => {
-                let rb = format.row_bytes(cols).ok_or_else(|| EngineError::Shape {
-                    op: "weight",
-                    what: format!("{} rows need a multiple of 32 columns, got {cols}", format.name()),
-                })?;
-                let want = mul("weight", &[rows, rb])?;
+                let want = quant_bytes(*format, rows, cols)?;
                 ensure(blocks.len() == want, "weight", || {
                     format!(
                         "{} bytes for a [{rows}, {cols}] {} weight, which takes {want}",
@@ -116,6 +114,18 @@ impl CpuWeight {
             }
         }
     }
+}
+
+/// Bytes of a `[rows, cols]` matrix in `format`, or a shape error naming the block length.
+fn quant_bytes(format: QuantFormat, rows: usize, cols: usize) -> Result<usize> {
+    format.matrix_bytes(rows, cols).ok_or_else(|| EngineError::Shape {
+        op: "weight",
+        what: format!(
+            "{} rows need a multiple of {} columns, got {cols} (or [{rows}, {cols}] overflows)",
+            format.name(),
+            format.block_len()
+        ),
+    })
 }
 
 fn check_len(len: usize, n: usize, rows: usize, cols: usize) -> Result<()> {
@@ -274,6 +284,11 @@ impl Backend for CpuBackend {
         let data = match format {
             WeightFormat::F32 => CpuWeightData::F32(data.to_vec()),
             WeightFormat::BF16 => CpuWeightData::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
+            WeightFormat::Quant(QuantFormat::Nf4) => {
+                quant_bytes(QuantFormat::Nf4, rows, cols)?;
+                let blocks = self.install(|| nf4::quantize(data, rows, cols));
+                CpuWeightData::Quant { format: QuantFormat::Nf4, blocks }
+            }
             WeightFormat::Quant(format) => {
                 let rb = format.row_bytes(cols).ok_or_else(|| EngineError::Shape {
                     op: "weight",

@@ -1,4 +1,6 @@
 //! GGUF block-quantized weights ([`QuantFormat`]: Q8_0, Q4_0, Q4_1) kept quantized in memory.
+//! NF4 ([`QuantFormat::Nf4`]) shares [`QuantRef`] and the entry points [`dequantize_rows`] and
+//! [`linear_gemv`], which hand it to [`super::nf4`].
 //!
 //! * **Decode** ([`linear_gemv`], few rows): each activation row is quantized once per call to
 //!   8-bit blocks of 32 with one f32 scale (`x ≈ d_x · q_x`, `d_x = max|x| / 127`), and every
@@ -29,7 +31,8 @@ const QK: usize = QuantFormat::BLOCK;
 /// Outputs (weight rows) per parallel task of the GEMV.
 const TASK_OUTPUTS: usize = 64;
 
-/// A borrowed `[rows, cols]` quantized matrix: `rows` rows of `cols / 32` blocks each.
+/// A borrowed `[rows, cols]` quantized matrix: `rows` rows of `cols / 32` blocks each (for NF4,
+/// the whole buffer of [`super::nf4`]).
 #[derive(Clone, Copy, Debug)]
 pub struct QuantRef<'a> {
     /// Block layout.
@@ -46,16 +49,16 @@ impl<'a> QuantRef<'a> {
     /// Wraps `data`.
     ///
     /// # Panics
-    /// When `cols` is not a multiple of 32 or `data` does not hold exactly `rows` rows.
+    /// When `cols` is not a whole number of blocks or `data` does not hold exactly `rows` rows.
     pub fn new(format: QuantFormat, data: &'a [u8], rows: usize, cols: usize) -> Self {
-        let rb = format.row_bytes(cols).expect("columns must be a multiple of 32");
-        assert_eq!(data.len(), rows * rb, "quantized data does not hold [{rows}, {cols}]");
+        let total = format.matrix_bytes(rows, cols).expect("columns must be a whole number of blocks");
+        assert_eq!(data.len(), total, "quantized data does not hold [{rows}, {cols}]");
         QuantRef { format, data, rows, cols }
     }
 
-    /// Bytes per row.
+    /// Bytes per row (for NF4, of packed values only).
     pub fn row_bytes(&self) -> usize {
-        self.cols / QK * self.format.block_bytes()
+        self.cols / self.format.block_len() * self.format.block_bytes()
     }
 
     /// The blocks of rows `r0..r1`.
@@ -92,9 +95,13 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 /// Dequantizes whole blocks of `src` into `dst` (32 values per block; as many blocks as both
 /// hold), with GGUF's reference arithmetic: Q8_0 `q · d`, Q4_0 `d · (q − 8)`, Q4_1 `d · q + m`.
+///
+/// # Panics
+/// For NF4, whose blocks are not self-contained (use [`dequantize_rows`]).
 pub fn dequantize_blocks(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
     let out = dst.chunks_exact_mut(QK);
     match format {
+        QuantFormat::Nf4 => panic!("NF4 blocks are not self-contained: use dequantize_rows"),
         QuantFormat::Q8_0 => {
             for (b, o) in src.chunks_exact(34).zip(out) {
                 let d = f16_at(b, 0);
@@ -133,6 +140,9 @@ pub fn dequantize_blocks(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
 /// # Panics
 /// When the rows are out of range.
 pub fn dequantize_rows<T: Real>(w: QuantRef<'_>, r0: usize, dst: &mut [T]) {
+    if w.format == QuantFormat::Nf4 {
+        return super::nf4::dequantize_rows(super::nf4::Nf4Ref::from_quant(w), r0, dst);
+    }
     let cols = w.cols;
     if cols == 0 {
         return;
@@ -180,8 +190,9 @@ fn round_away(x: f32) -> f32 {
 /// clipped; scales stored as f16 (round to nearest even).
 ///
 /// # Panics
-/// When the sizes do not match.
+/// When the sizes do not match, or for NF4 (quantized per matrix: [`super::nf4::quantize`]).
 pub fn quantize_blocks(format: QuantFormat, src: &[f32], dst: &mut [u8]) {
+    assert!(format != QuantFormat::Nf4, "NF4 is quantized per matrix: use nf4::quantize");
     let bb = format.block_bytes();
     assert!(src.len().is_multiple_of(QK) && dst.len() == src.len() / QK * bb);
     let f16 = |v: f32| half::f16::from_f32(v).to_bits().to_le_bytes();
@@ -220,6 +231,7 @@ pub fn quantize_blocks(format: QuantFormat, src: &[f32], dst: &mut [u8]) {
                     b[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
                 }
             }
+            QuantFormat::Nf4 => unreachable!("checked above"),
         }
     }
 }
@@ -297,6 +309,9 @@ impl OutPtr {
 /// # Panics
 /// When a slice is shorter than its matrix.
 pub fn linear_gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool) {
+    if w.format == QuantFormat::Nf4 {
+        return super::nf4::linear_gemv(x, super::nf4::Nf4Ref::from_quant(w), y, rows, accumulate);
+    }
     gemv(x, w, y, rows, accumulate, vnni_available());
 }
 
@@ -306,6 +321,9 @@ pub fn linear_gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accum
 /// # Panics
 /// When a slice is shorter than its matrix.
 pub fn linear_gemv_portable(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool) {
+    if w.format == QuantFormat::Nf4 {
+        return super::nf4::linear_gemv(x, super::nf4::Nf4Ref::from_quant(w), y, rows, accumulate);
+    }
     gemv(x, w, y, rows, accumulate, false);
 }
 
@@ -409,6 +427,7 @@ fn dots(
                             QuantFormat::Q8_0 => vnni::dots::<1, 0>(row, rb, xq, xds, &mut one),
                             QuantFormat::Q4_0 => vnni::dots::<1, 1>(row, rb, xq, xds, &mut one),
                             QuantFormat::Q4_1 => vnni::dots::<1, 2>(row, rb, xq, xds, &mut one),
+                            QuantFormat::Nf4 => unreachable!("NF4 has its own GEMV"),
                         }
                         res[j] = one[0];
                     }
@@ -444,6 +463,7 @@ fn dot_portable(format: QuantFormat, w: &[u8], xq: &[i8], xds: &[f32]) -> f32 {
                 }
                 s
             }
+            QuantFormat::Nf4 => unreachable!("NF4 has its own GEMV"),
         };
         acc += (d * dx) * dot as f32;
         if format == QuantFormat::Q4_1 {
