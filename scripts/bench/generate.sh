@@ -9,7 +9,8 @@
 #   scripts/bench/generate.sh
 # Environment: THREADS (2), NEW_TOKENS (128), REPEATS (2), MODEL (the GGUF),
 #   AFINAR_BIN (skip `cargo build --release -p afinar-cli` and use this binary),
-#   SKIP_LLAMACPP=1 (afinar only).
+#   SKIP_LLAMACPP=1 (afinar only), DTYPES (afinar's --dtype values to run, "native f32 bf16").
+# Q8_0 / Q4_0 files of the same model: scripts/bench/requantize.py (llama.cpp's own quantizer).
 # Measure on an idle machine: llama.cpp's OpenMP threads spin at barriers and collapse under load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,7 +41,7 @@ echo "generate: $(basename "$model"), $threads threads, greedy, $new new tokens,
 results="$work/results.tsv"   # prompt engine prompt_tokens prompt_tps gen_tokens gen_tps
 fail=0
 for prompt in long short; do
-  for dtype in native f32 bf16; do
+  for dtype in ${DTYPES:-native f32 bf16}; do
     echo "generate: afinar $dtype, $prompt prompt (load $(cut -d' ' -f1 /proc/loadavg))" >&2
     best_p=0; best_g=0; np=0; ng=0
     for r in $(seq "$repeats"); do
