@@ -358,8 +358,16 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result
     Ok((ctx, cont))
 }
 
-/// Log-likelihood of each continuation after `ctx`: the context is run once into a KV cache,
-/// then each continuation from there.
+/// Context tokens per forward pass. Contexts here are short (tens of tokens), where the CPU
+/// backend's few-row path, which streams each weight once, beats one larger matrix product that
+/// repacks every weight per call.
+const PREFILL_CHUNK: usize = 8;
+
+/// The log-likelihood of each continuation after the shared context `ctx`: the sum of the
+/// log-probabilities of its tokens given the context and the tokens before it. The context is
+/// run once into a KV cache, which is then copied to one cache row per continuation, and all
+/// continuations (but their last tokens) go through one batched pass, right-padded to the
+/// longest: attention is causal, so padding after a sequence's end changes none of its logits.
 pub fn continuation_loglikelihoods<B: Backend>(
     be: &B,
     model: &Llama<B>,
@@ -367,29 +375,45 @@ pub fn continuation_loglikelihoods<B: Backend>(
     conts: &[Vec<u32>],
 ) -> Result<Vec<f64>> {
     let vocab = model.config.vocab_size;
-    let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
-    let need = ctx.len() + longest.saturating_sub(1);
-    if need > model.config.max_seq_len {
+    if ctx.is_empty() || conts.is_empty() || conts.iter().any(Vec::is_empty) {
+        return Err(Error::Input("log-likelihoods need a context and non-empty continuations".into()));
+    }
+    let longest = conts.iter().map(Vec::len).max().unwrap_or(1);
+    if ctx.len() + longest - 1 > model.config.max_seq_len {
         return Err(Error::Input(format!(
             "context and choice need {} tokens but the model's context is {} tokens",
             ctx.len() + longest,
             model.config.max_seq_len
         )));
     }
-    let mut cache = model.new_cache(be, 1, need.max(ctx.len()))?;
-    let first = model.forward(be, ctx, 1, ctx.len(), Some(&mut cache), Logits::Last)?;
-    let mut out = Vec::with_capacity(conts.len());
-    for cont in conts {
-        let mut ll = log_prob(&first, cont[0]);
-        if cont.len() > 1 {
-            cache.truncate(ctx.len());
-            let n = cont.len() - 1;
-            let logits = model.forward(be, &cont[..n], 1, n, Some(&mut cache), Logits::All)?;
-            for (t, &target) in cont[1..].iter().enumerate() {
-                ll += log_prob(&logits[t * vocab..(t + 1) * vocab], target);
-            }
+    let mut prefix = model.new_cache(be, 1, ctx.len())?;
+    let mut first = Vec::new();
+    for chunk in ctx.chunks(PREFILL_CHUNK) {
+        first = model.forward(be, chunk, 1, chunk.len(), Some(&mut prefix), Logits::Last)?;
+    }
+    let mut out: Vec<f64> = conts.iter().map(|c| log_prob(&first, c[0])).collect();
+    if longest == 1 {
+        return Ok(out);
+    }
+    let (batch, seq) = (conts.len(), longest - 1);
+    let mut cache = model.new_cache(be, batch, ctx.len() + seq)?;
+    let width = prefix.width;
+    for (src, dst) in prefix.k.iter().zip(cache.k.iter_mut()).chain(prefix.v.iter().zip(cache.v.iter_mut())) {
+        for b in 0..batch {
+            be.copy(src, 0, dst, b * cache.capacity * width, ctx.len() * width)?;
         }
-        out.push(ll);
+    }
+    cache.len = ctx.len();
+    let mut ids = vec![0u32; batch * seq];
+    for (b, c) in conts.iter().enumerate() {
+        ids[b * seq..b * seq + c.len() - 1].copy_from_slice(&c[..c.len() - 1]);
+    }
+    let logits = model.forward(be, &ids, batch, seq, Some(&mut cache), Logits::All)?;
+    for (b, c) in conts.iter().enumerate() {
+        for (t, &target) in c[1..].iter().enumerate() {
+            let r = b * seq + t;
+            out[b] += log_prob(&logits[r * vocab..(r + 1) * vocab], target);
+        }
     }
     Ok(out)
 }
@@ -438,8 +462,9 @@ pub fn score_choice_task<B: Backend>(
         return Err(Error::Input("no items to score".into()));
     }
     let mut rng = afinar_data::rng::Rng::new(opts.seed);
-    let mut items = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.iter().enumerate() {
+    // Every item's context and its choices' continuations, encoded as the harness does.
+    let mut prepared = Vec::with_capacity(docs.len());
+    for doc in docs {
         let shots: Vec<&ChoiceDoc> = match opts.sampler {
             FewshotSampler::FirstN => fewshot.iter().take(opts.num_fewshot).collect(),
             FewshotSampler::Random => {
@@ -452,8 +477,7 @@ pub fn score_choice_task<B: Backend>(
             }
         };
         let context = context_for(doc, &shots);
-        let mut ctx_ids = None;
-        let mut conts = Vec::with_capacity(doc.choices.len());
+        let mut pairs = Vec::with_capacity(doc.choices.len());
         for (c, choice) in doc.choices.iter().enumerate() {
             let (ctx, cont) = encode_pair(tok, &context, &format!(" {choice}"))?;
             if cont.is_empty() {
@@ -462,11 +486,23 @@ pub fn score_choice_task<B: Backend>(
                     doc.id
                 )));
             }
-            ctx_ids.get_or_insert(ctx);
-            conts.push(cont);
+            if ctx.len() + cont.len() > model.config.max_seq_len + 1 {
+                return Err(Error::Input(format!(
+                    "item {}: context and choice {c} are {} tokens long but the model's context is {} tokens",
+                    doc.id,
+                    ctx.len() + cont.len(),
+                    model.config.max_seq_len
+                )));
+            }
+            pairs.push((ctx, cont));
         }
-        let ctx_ids = ctx_ids.unwrap_or_default();
-        let lls = continuation_loglikelihoods(be, model, &ctx_ids, &conts)
+        prepared.push((context, pairs));
+    }
+    let mut items = Vec::with_capacity(docs.len());
+    for (doc, (context, pairs)) in docs.iter().zip(prepared) {
+        // Every choice shares the context's encoding (the same text is encoded each time).
+        let conts: Vec<Vec<u32>> = pairs.iter().map(|(_, c)| c.clone()).collect();
+        let lls = continuation_loglikelihoods(be, model, &pairs[0].0, &conts)
             .map_err(|e| Error::Input(format!("item {}: {e}", doc.id)))?;
         let pred = argmax(lls.iter().copied());
         let pred_norm =
@@ -479,7 +515,7 @@ pub fn score_choice_task<B: Backend>(
             pred_norm,
             context,
         });
-        progress(i + 1, docs.len());
+        progress(items.len(), docs.len());
     }
     let (acc, acc_stderr) = mean_stderr(&items.iter().map(|x| x.pred == x.gold).collect::<Vec<_>>());
     let (acc_norm, acc_norm_stderr) =

@@ -159,9 +159,9 @@ pub fn perplexity_of_ids<B: Backend>(
         let input: Vec<u32> = batch.iter().flat_map(|w| ids[w.begin..w.end].iter().copied()).collect();
         let logits = model.forward(be, &input, batch.len(), len, None, Logits::All)?;
         for (b, w) in batch.iter().enumerate() {
-            for t in w.first_scored..w.end {
+            for (t, &target) in ids.iter().enumerate().take(w.end).skip(w.first_scored) {
                 let row = b * len + (t - 1 - w.begin);
-                nll_sum -= log_prob(&logits[row * vocab..(row + 1) * vocab], ids[t]);
+                nll_sum -= log_prob(&logits[row * vocab..(row + 1) * vocab], target);
                 scored += 1;
             }
         }
