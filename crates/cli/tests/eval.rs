@@ -206,7 +206,7 @@ fn eval_bad_inputs_fail_cleanly() {
         &format!("{cfg}:6:5: tasks[0].strid: unknown key"),
     );
     // A text shorter than one window.
-    let short = write("short.txt", "Hola");
+    let short = write("short.txt", "A");
     assert_fails_with(
         &afinar(&["eval", "--model", &model, "--perplexity", &short]),
         "shorter than one window",
