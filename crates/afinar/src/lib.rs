@@ -8,6 +8,7 @@
 pub mod blocks;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod models;
 pub mod recipes;

@@ -31,6 +31,8 @@ enum Command {
     Cat(commands::cat::CatArgs),
     /// Check a config and its overrides without loading any weights.
     Validate(commands::validate::ValidateArgs),
+    /// Evaluate a model: perplexity, multiple-choice and exact-match tasks, per language.
+    Eval(commands::eval::EvalArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Cat(args) => commands::cat::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,7 @@ mod interp;
 mod overrides;
 mod schema;
 mod types;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::path::{Path, PathBuf};
 

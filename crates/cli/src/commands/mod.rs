@@ -3,6 +3,7 @@
 pub mod cat;
 pub mod chat;
 pub mod cp;
+pub mod eval;
 pub mod generate;
 pub mod ls;
 pub mod progress;

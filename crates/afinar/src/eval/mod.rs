@@ -1,0 +1,32 @@
+//! Evaluation: does fine-tuning help, in English and in Spanish?
+//!
+//! Three kinds of task, each reading local files only:
+//! - [`perplexity`]: token-level perplexity of a text with the sliding window of the Hugging Face
+//!   guide "Perplexity of fixed-length models";
+//! - [`choice`]: multiple-choice log-likelihood tasks scored as lm-evaluation-harness 0.4 does
+//!   (`acc`, `acc_norm` and their standard errors), in the JSONL formats of HellaSwag, ARC, PIQA
+//!   and MMLU with the harness' default prompts, zero- or few-shot;
+//! - [`generation`]: greedy generation scored by exact match after normalisation.
+//!
+//! [`config`] reads an eval YAML config that lists tasks with a language tag, [`report`] runs
+//! them and lays the results out per language, as a terminal table and as JSON.
+
+pub mod choice;
+pub mod config;
+pub mod generation;
+mod jsonl;
+pub mod perplexity;
+pub mod report;
+
+pub use choice::{
+    load_choice_docs, score_choice_task, ChoiceDoc, ChoiceFormat, ChoiceOptions, ChoiceResult, FewshotSampler,
+};
+pub use config::{EvalConfig, TaskKind, TaskSpec};
+pub use generation::{
+    exact_match_task, load_generation_docs, normalize_answer, ExactMatchOptions, ExactMatchResult,
+    GenerationDoc,
+};
+pub use perplexity::{
+    perplexity, perplexity_of_ids, plan_windows, PerplexityOptions, PerplexityResult, Window,
+};
+pub use report::{check_tasks, run_tasks, EvalReport, TaskOutcome, TaskResult};
