@@ -39,7 +39,12 @@ fn smollm2(be: &CpuBackend) -> LoadedModel<CpuBackend> {
         asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
     };
     eprintln!("evaluating {}", path.display());
-    let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None, keep_quantized: false };
+    let opts = LoadOptions {
+        format: WeightFormat::F32,
+        tokenizer: None,
+        keep_quantized: false,
+        ..Default::default()
+    };
     load_model(be, &path, &opts).unwrap()
 }
 
