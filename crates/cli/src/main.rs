@@ -33,6 +33,10 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
+    /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k).
+    Quantize(commands::quantize::QuantizeArgs),
+    /// Write a PEFT LoRA adapter as a llama.cpp LoRA adapter GGUF.
+    ExportAdapter(commands::quantize::ExportAdapterArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Cat(args) => commands::cat::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
+        Command::ExportAdapter(args) => commands::quantize::run_export_adapter(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
