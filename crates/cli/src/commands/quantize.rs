@@ -101,7 +101,7 @@ fn check_output(output: &Path, force: bool) -> Result<()> {
 fn reporter() -> impl FnMut(&Progress<'_>) {
     move |p: &Progress<'_>| {
         let step = (p.total / 10).max(1);
-        if p.index % step == 0 || p.index + 1 == p.total {
+        if p.index.is_multiple_of(step) || p.index + 1 == p.total {
             eprintln!("afinar: [{}/{}] {} {:?} → {}", p.index + 1, p.total, p.name, p.shape, p.dtype);
         }
     }
