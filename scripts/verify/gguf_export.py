@@ -27,7 +27,10 @@ any failure:
   3. the Q8_0 file's perplexity on a few hundred tokens of English/Spanish text is within 1 %
      of the F32 file's (both from llama.cpp's logits);
   4. llama.cpp with the base F32 GGUF and the adapter GGUF (`lora_path`) continues exactly as
-     afinar's merged model.
+     afinar's merged model;
+  5. llama.cpp's own quantizer (`llama_model_quantize`, as `llama-quantize` runs it, no
+     importance matrix) turns afinar's F32 file into F16, Q8_0, Q4_0 and Q4_K_M files with the
+     same type for every tensor and the same bytes in every block as afinar's own exports.
 """
 
 from __future__ import annotations
@@ -39,11 +42,15 @@ import time
 
 import numpy as np
 import llama_cpp
+from gguf import GGUFReader
+from gguf.constants import GGML_QUANT_SIZES
 
 # Largest gap (llama.cpp's top logit minus its logit for afinar's token) accepted as a near tie
 # for the quantized schemes; SmolLM2's median gap between its top two candidates is 1 to 1.8.
 NEAR_TIE = 0.5
 EXACT = {"f32", "f16"}
+# llama.cpp's `llama_ftype` of each scheme.
+FTYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k": 15}
 
 
 def open_model(path: str, n_ctx: int = 256, logits_all: bool = False, lora: str | None = None) -> llama_cpp.Llama:
@@ -116,6 +123,39 @@ def check_run(name: str, m: llama_cpp.Llama, prompts: list[dict], runs: list[lis
                             f"(need ≥ 90 % and < {NEAR_TIE})")
 
 
+def compare_with_llama_quantize(src: str, scheme: str, ours: str, failures: list[str]) -> None:
+    out = ours + ".llama-quantize.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[scheme]
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params)) != 0:
+        failures.append(f"{scheme}: llama_model_quantize failed on {src}")
+        return
+    ref = {t.name: t for t in GGUFReader(out).tensors}
+    mine = {t.name: t for t in GGUFReader(ours).tensors}
+    if set(ref) != set(mine):
+        failures.append(f"{scheme}: tensor names differ from llama-quantize's: {sorted(set(ref) ^ set(mine))[:5]}")
+        return
+    counts: dict[str, list[int]] = {}
+    for name, r in ref.items():
+        m = mine[name]
+        if r.tensor_type != m.tensor_type:
+            failures.append(f"{scheme}: {name} is {m.tensor_type.name}, llama-quantize makes it {r.tensor_type.name}")
+            continue
+        type_size = GGML_QUANT_SIZES[r.tensor_type][1]
+        a = np.asarray(r.data).view(np.uint8).reshape(-1, type_size)
+        b = np.asarray(m.data).view(np.uint8).reshape(-1, type_size)
+        same = (a == b).all(axis=1)
+        c = counts.setdefault(r.tensor_type.name, [0, 0])
+        c[0] += int(same.sum())
+        c[1] += len(same)
+    print(f"{scheme:5} vs llama-quantize: identical blocks " +
+          ", ".join(f"{t} {s}/{n}" for t, (s, n) in sorted(counts.items())))
+    for t, (s, n) in counts.items():
+        if s != n:
+            failures.append(f"{scheme}: {n - s} of {n} {t} blocks differ from llama-quantize's")
+
+
 def main() -> int:
     spec = json.load(open(sys.argv[1], encoding="utf-8"))
     failures: list[str] = []
@@ -138,6 +178,9 @@ def main() -> int:
     print(f"perplexity over {len(ids)} tokens: F32 {ppl['f32']:.4f}, Q8_0 {ppl['q8_0']:.4f} ({rel * 100:+.3f} %)")
     if abs(rel) >= 0.01:
         failures.append(f"Q8_0 perplexity {ppl['q8_0']:.4f} is not within 1 % of F32's {ppl['f32']:.4f}")
+
+    for scheme in FTYPES:
+        compare_with_llama_quantize(spec["runs"]["f32"]["file"], scheme, spec["runs"][scheme]["file"], failures)
 
     for f in failures:
         print("FAIL:", f)

@@ -190,12 +190,13 @@ fn llama3_tokenizer_survives_gguf_metadata() {
     assert_same_tokenizer(&tok, &Tokenizer::from_gguf(spec).unwrap(), "Llama-3 via GGUF metadata");
 }
 
-/// A LoRA on every projection with a non-zero `B`, as after some training.
+/// A LoRA on every projection with a non-zero `B` (uniform in ±`b_range`/2), as after training.
 fn add_random_lora(
     be: &CpuBackend,
     m: &mut afinar::models::Llama<CpuBackend>,
     rank: usize,
     alpha: f32,
+    b_range: f32,
 ) -> LoraSpec {
     let targets = vec![
         LoraTarget::Q,
@@ -211,7 +212,7 @@ fn add_random_lora(
     let mut rng = Rng::new(2);
     m.visit_params_mut(&mut |name, p| {
         if let (true, ParamMut::Buf(b, s)) = (name.ends_with("lora_B.weight"), p) {
-            let v: Vec<f32> = (0..s.len).map(|_| (rng.next_f64() as f32 - 0.5) * 0.1).collect();
+            let v: Vec<f32> = (0..s.len).map(|_| (rng.next_f64() as f32 - 0.5) * b_range).collect();
             *b = be.from_host(&v).unwrap();
         }
         Ok(())
@@ -242,7 +243,7 @@ fn lora_adapters_export_with_llama_cpp_layout() {
     let dir = Tmp::new("lora");
     let base_path = fixture("models/llama31_tiny");
     let mut m = load(&be, &base_path, false);
-    let spec = add_random_lora(&be, &mut m.model, 4, 8.0);
+    let spec = add_random_lora(&be, &mut m.model, 4, 8.0, 0.1);
     let adapter = dir.0.join("run");
     save_lora(&be, &mut m, &spec, &adapter, false);
     let out = dir.0.join("adapter.gguf");
@@ -349,7 +350,7 @@ fn llama_cpp_loads_exports_and_agrees_with_afinar() {
     }
     // LoRA: afinar's merged model against llama.cpp's base f32 GGUF + adapter GGUF.
     let mut m = load(&be, &asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"), false);
-    let spec = add_random_lora(&be, &mut m.model, 8, 16.0);
+    let spec = add_random_lora(&be, &mut m.model, 8, 16.0, 0.5);
     let run = dir.0.join("lora_run");
     save_lora(&be, &mut m, &spec, &run, true);
     drop(m);
