@@ -16,7 +16,12 @@
 //!
 //! The k-quants need rows (the input dimension) that are a multiple of 256; where they are not
 //! (SmolLM2's width is 576), llama.cpp falls back and so does afinar: Q4_K → Q5_0,
-//! Q6_K → Q8_0. Rows that are not a multiple of 32 stay F16.
+//! Q6_K → Q8_0. Rows that are not a multiple of 32 stay F16. On SmolLM2-135M, every tensor's
+//! type and every block's bytes equal what llama.cpp's `llama-quantize` makes of afinar's F32
+//! export (checked by `scripts/verify/gguf_export.py`).
+//!
+//! Memory: the model is loaded (f32) and each tensor is read back, converted and written in
+//! turn, so an export needs the f32 model plus one tensor.
 //!
 //! # Layout
 //!

@@ -10,7 +10,8 @@
 //!   scales and keeping the one with the least weighted squared error; the sub-block scales are
 //!   then themselves quantized to 6 or 8 bits against one f16 super-block scale. `gguf.quants`
 //!   cannot quantize these, so the tests bound the round-trip error instead, and
-//!   `scripts/verify/gguf_export.py` checks that llama.cpp reads the files.
+//!   `scripts/verify/gguf_export.py` checks that llama.cpp reads the files and that llama.cpp's
+//!   own quantizer gives the same bytes, block for block.
 //!
 //! Every function takes whole blocks: `src.len()` a multiple of [`DType::block_size`], `dst`
 //! exactly [`DType::bytes_for`] bytes; [`quantize`] checks this and runs big tensors in parallel.
