@@ -2,7 +2,8 @@
 //!
 //! Layout: [`blocks`] are the layers a model is built from (attention, MLP, norm, decoder layer),
 //! [`models`] wire blocks with a model family's numbers and load checkpoints, [`generate`] runs
-//! them token by token. Kernels live in the `afinar-engine` crate, checkpoint formats in
+//! them token by token, [`quantize`] writes them as llama.cpp GGUF files. Kernels live in the
+//! `afinar-engine` crate, checkpoint formats in
 //! `afinar-checkpoint`, tokenizers and chat templates in `afinar-tokenizer`.
 
 pub mod blocks;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod models;
+pub mod quantize;
 pub mod recipes;
 
 pub use afinar_checkpoint as checkpoint;

@@ -9,6 +9,8 @@
 //!   [`write::write_dir_atomic`]), safetensors files ([`write::save_safetensors`]), Hugging Face
 //!   sharded folders ([`write::save_sharded`], [`write::save_like`]) and tokenizer side files
 //!   ([`write::copy_side_files`]).
+//! - [`gguf_write`]: writing GGUF files (version 3) with streamed tensor data, and
+//!   [`quant::quantize()`] to encode f32 values as F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K.
 //! - [`peft`]: LoRA adapters in the PEFT layout ([`peft::save_peft_adapter`],
 //!   [`peft::load_peft_adapter`]).
 //!
@@ -22,6 +24,7 @@
 mod dtype;
 mod error;
 pub mod gguf;
+pub mod gguf_write;
 pub mod peft;
 pub mod quant;
 pub mod safetensors;

@@ -35,6 +35,10 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
+    /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k).
+    Quantize(commands::quantize::QuantizeArgs),
+    /// Write a PEFT LoRA adapter as a llama.cpp LoRA adapter GGUF.
+    ExportAdapter(commands::quantize::ExportAdapterArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
+        Command::ExportAdapter(args) => commands::quantize::run_export_adapter(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,8 @@
 //!   `tokenizers`; [`DecodeStream`] decodes token by token for streaming output.
 //! - [`Tokenizer::save_hf`] writes `tokenizer.json` + `tokenizer_config.json` for a Hugging Face
 //!   checkpoint folder (loadable by `tokenizers`, transformers and [`Tokenizer::from_file`]).
+//! - [`Tokenizer::to_gguf_spec`] gives the GGUF metadata form (the inverse of
+//!   [`Tokenizer::from_gguf`]).
 //! - [`render_chat`] renders a conversation with the model's jinja template (like transformers'
 //!   `apply_chat_template`) or the native Llama-3 format.
 //! - [`token_stats`] measures tokens per word.
@@ -31,6 +33,7 @@ mod bpe;
 mod bytelevel;
 mod chat;
 mod error;
+mod gguf_spec;
 mod hfjson;
 mod load;
 mod pretok;

@@ -1,4 +1,5 @@
-//! Dequantization of the GGML block formats and conversion of the float formats to f32.
+//! Dequantization of the GGML block formats and conversion of the float formats to f32, and the
+//! reverse ([`quantize()`], in [`mod@quantize`]).
 //!
 //! One file per format family, each format a plain loop over its blocks:
 //! [`float`] (F32, F16, BF16), [`q8`] (Q8_0), [`q4`] (Q4_0, Q4_1), [`q5`] (Q5_0, Q5_1) and
@@ -15,12 +16,14 @@ pub mod k_quants;
 pub mod q4;
 pub mod q5;
 pub mod q8;
+pub mod quantize;
 
 use rayon::prelude::*;
 
 use crate::{CheckpointError, DType, Result};
 
 pub use float::f16_to_f32;
+pub use quantize::{can_quantize, f32_to_f16, quantize};
 
 /// Tensors with at least this many elements are dequantized in parallel.
 const PARALLEL_MIN: usize = 1 << 16;

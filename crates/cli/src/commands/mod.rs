@@ -7,6 +7,7 @@ pub mod eval;
 pub mod generate;
 pub mod ls;
 pub mod progress;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;
 pub mod validate;

@@ -1,0 +1,179 @@
+//! `afinar quantize`: a model (GGUF file or Hugging Face folder) as a llama.cpp GGUF file, and
+//! `afinar export-adapter`: a PEFT LoRA adapter as a llama.cpp LoRA adapter GGUF.
+
+use std::path::{Path, PathBuf};
+
+use afinar::checkpoint::DType;
+use afinar::engine::{CpuBackend, WeightFormat};
+use afinar::models::{load_model, LoadOptions};
+use afinar::quantize::{
+    base_config, export_gguf, export_lora_adapter, AdapterExportOptions, ExportOptions, ExportSummary,
+    Progress, Scheme,
+};
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+/// Arguments of `afinar quantize`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The model: a GGUF file or a Hugging Face checkpoint folder (e.g. a fine-tune's `merged/`).
+    #[arg(long)]
+    model: PathBuf,
+    /// f32, f16, q8_0, q4_0 or q4_k (llama.cpp's Q4_K_M mix); nf4 is not available yet.
+    #[arg(long, value_parser = parse_scheme)]
+    scheme: Scheme,
+    /// The GGUF file to write.
+    #[arg(long)]
+    output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Tokenizer file (tokenizer.json or tokenizer.model) when the checkpoint has none.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// `general.name` in the file (default: the source's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_scheme(s: &str) -> std::result::Result<Scheme, String> {
+    s.parse::<Scheme>().map_err(|e| e.to_string())
+}
+
+/// Arguments of `afinar export-adapter`.
+#[derive(Args, Debug)]
+pub struct ExportAdapterArgs {
+    /// The PEFT adapter folder (adapter_config.json + adapter_model.safetensors), as
+    /// `afinar run lora_finetune` writes it.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model the adapter was trained on (GGUF file or Hugging Face folder); only its
+    /// configuration is read.
+    #[arg(long)]
+    model: PathBuf,
+    /// The GGUF adapter file to write (llama.cpp `--lora`, llama-cpp-python `lora_path`).
+    #[arg(long)]
+    output: PathBuf,
+    /// Type of the LoRA matrices.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: AdapterDType,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Storage of exported LoRA matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AdapterDType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+}
+
+/// Refuses to start a long export whose output cannot be written: an existing file without
+/// `--force`, a missing or read-only folder.
+fn check_output(output: &Path, force: bool) -> Result<()> {
+    if output.is_dir() {
+        anyhow::bail!("--output {} is a folder; give a file name such as model.gguf", output.display());
+    }
+    if output.exists() && !force {
+        anyhow::bail!("{} already exists; pass --force to replace it", output.display());
+    }
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("the output folder {} does not exist", dir.display());
+    }
+    let probe = dir.join(format!(".afinar-write-test-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("the output folder {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Prints progress on stderr: a line every tenth of the tensors (and the last).
+fn reporter() -> impl FnMut(&Progress<'_>) {
+    move |p: &Progress<'_>| {
+        let step = (p.total / 10).max(1);
+        if p.index.is_multiple_of(step) || p.index + 1 == p.total {
+            eprintln!("afinar: [{}/{}] {} {:?} → {}", p.index + 1, p.total, p.name, p.shape, p.dtype);
+        }
+    }
+}
+
+fn summary(s: &ExportSummary, seconds: f64) {
+    let types: Vec<String> = s.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    eprintln!(
+        "afinar: wrote {} ({:.1} MB, {} tensors: {}) in {seconds:.1}s",
+        s.path.display(),
+        s.bytes as f64 / 1e6,
+        s.tensors,
+        types.join(", ")
+    );
+}
+
+/// Runs `afinar quantize`.
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    args.scheme.check_available()?;
+    check_output(&args.output, args.force)?;
+    if args.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    let t0 = std::time::Instant::now();
+    let be = CpuBackend::new(args.threads);
+    // Every matrix is read back as f32 and re-encoded, so load f32 (dequantizing a GGUF).
+    let opts = LoadOptions {
+        format: WeightFormat::F32,
+        tokenizer: args.tokenizer.clone(),
+        keep_quantized: false,
+        ..Default::default()
+    };
+    let loaded =
+        load_model(&be, &args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
+    if loaded.tokenizer.is_none() {
+        eprintln!(
+            "afinar: warning: {} has no tokenizer; the GGUF will have none (llama.cpp needs one: pass --tokenizer)",
+            args.model.display()
+        );
+    }
+    eprintln!(
+        "afinar: loaded {} in {:.1}s; writing {} as {}",
+        args.model.display(),
+        t0.elapsed().as_secs_f64(),
+        args.output.display(),
+        args.scheme
+    );
+    let opts = ExportOptions { scheme: args.scheme, name: args.name.clone(), ..Default::default() };
+    let s = export_gguf(&be, &loaded, &args.output, &opts, &mut reporter())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    summary(&s, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs `afinar export-adapter`.
+pub fn run_export_adapter(args: ExportAdapterArgs) -> Result<()> {
+    check_output(&args.output, args.force)?;
+    let t0 = std::time::Instant::now();
+    let base = base_config(&args.model)
+        .with_context(|| format!("reading the base model {}", args.model.display()))?;
+    let dtype = match args.dtype {
+        AdapterDType::F32 => DType::F32,
+        AdapterDType::F16 => DType::F16,
+    };
+    let s = export_lora_adapter(
+        &args.adapter,
+        &base,
+        &args.output,
+        &AdapterExportOptions { dtype, name: None },
+        &mut reporter(),
+    )
+    .with_context(|| format!("exporting the adapter {}", args.adapter.display()))?;
+    summary(&s, t0.elapsed().as_secs_f64());
+    Ok(())
+}
