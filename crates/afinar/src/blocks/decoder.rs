@@ -18,15 +18,13 @@ pub struct DecoderLayer<B: Backend> {
 
 /// The activations of one layer's forward pass that its backward reads. Inference reuses one
 /// for all layers; training keeps one per layer (or one, recomputed per layer, with activation
-/// checkpointing). What is cheap to recompute (norm outputs, the MLP's hidden activation) lives
-/// in a [`LayerScratch`] shared by all layers instead.
+/// checkpointing). What is cheap to recompute (norm outputs, the residual stream after attention,
+/// the MLP's hidden activation) lives in a [`LayerScratch`] shared by all layers instead.
 pub struct LayerActs<B: Backend> {
     /// `1/rms` per row of the attention norm.
     pub rstd_attn: B::Buf,
     /// Attention activations.
     pub attn: AttnActs<B>,
-    /// Residual stream after attention `[rows, dim]` (kept for the backward).
-    pub x_mid: B::Buf,
     /// `1/rms` per row of the MLP norm.
     pub rstd_mlp: B::Buf,
     /// MLP activations.
@@ -39,11 +37,9 @@ impl<B: Backend> LayerActs<B> {
     /// Buffers for up to `rows` tokens of a layer shaped like `layer`.
     pub fn new(be: &B, layer: &DecoderLayer<B>, rows: usize) -> Result<Self> {
         let a = &layer.attn;
-        let dim = layer.attn_norm.dim;
         Ok(Self {
             rstd_attn: be.zeros(rows)?,
             attn: AttnActs::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
-            x_mid: be.zeros(rows * dim)?,
             rstd_mlp: be.zeros(rows)?,
             mlp: MlpActs::new(be, rows, layer.mlp.ffn_dim)?,
             rows,
@@ -52,13 +48,17 @@ impl<B: Backend> LayerActs<B> {
 }
 
 /// Temporaries of one layer's pass, shared by all layers: the forward writes the norm outputs
-/// and the MLP's hidden activation here, and the backward recomputes them here, only when a
-/// trainable projection needs them as its input (frozen projections need only output
-/// gradients), which keeps `[rows, dim]` twice and `[rows, ffn]` once out of every layer's
-/// saved activations.
+/// and the MLP's hidden activation here, and the backward recomputes them here (the norm outputs
+/// and hidden activation only when a trainable projection needs them as its input: frozen
+/// projections need only output gradients), together with the residual stream after attention
+/// (`x_in + o_proj(attention)`: one output projection per layer, bit for bit the forward's sum).
+/// That keeps `[rows, dim]` three times and `[rows, ffn]` once out of every layer's saved
+/// activations.
 pub struct LayerScratch<B: Backend> {
     /// A norm output `[rows, dim]`.
     pub xn: B::Buf,
+    /// The residual stream after attention `[rows, dim]`, recomputed by the backward.
+    pub x_mid: B::Buf,
     /// `1/rms` of a recomputed norm `[rows]`.
     pub rstd: B::Buf,
     /// `silu(gate) · up` `[rows, ffn]`.
@@ -70,6 +70,7 @@ impl<B: Backend> LayerScratch<B> {
     pub fn new(be: &B, layer: &DecoderLayer<B>, rows: usize) -> Result<Self> {
         Ok(Self {
             xn: be.zeros(rows * layer.attn_norm.dim)?,
+            x_mid: be.zeros(rows * layer.attn_norm.dim)?,
             rstd: be.zeros(rows)?,
             hidden: be.zeros(rows * layer.mlp.ffn_dim)?,
         })
@@ -123,8 +124,7 @@ impl<B: Backend> DecoderLayer<B> {
         [q, k, v, o, g, u, d]
     }
 
-    /// Runs the block on the residual stream `x[rows, dim]` in place. With `keep_mid`, the
-    /// residual after attention is saved for the backward.
+    /// Runs the block on the residual stream `x[rows, dim]` in place.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -135,14 +135,10 @@ impl<B: Backend> DecoderLayer<B> {
         t: &Tokens<'_>,
         inv_freq: &[f32],
         kv: KvTarget<'_, B>,
-        keep_mid: bool,
     ) -> Result<()> {
         let rows = t.rows();
         self.attn_norm.forward(be, x, &mut s.xn, &mut acts.rstd_attn, rows)?;
         self.attn.forward_residual(be, &s.xn, x, &mut acts.attn, t, inv_freq, kv)?;
-        if keep_mid {
-            be.copy(x, 0, &mut acts.x_mid, 0, rows * self.attn_norm.dim)?;
-        }
         self.mlp_norm.forward(be, x, &mut s.xn, &mut acts.rstd_mlp, rows)?;
         self.mlp.forward_residual(be, &s.xn, x, &mut acts.mlp, &mut s.hidden, rows)
     }
@@ -164,11 +160,14 @@ impl<B: Backend> DecoderLayer<B> {
         need_input_grad: bool,
     ) -> Result<()> {
         let rows = t.rows();
+        // x_mid = x_in + o_proj(out): the same kernels on the same inputs as the forward.
+        be.copy(x_in, 0, &mut s.x_mid, 0, rows * self.attn_norm.dim)?;
+        self.attn.wo.forward(be, &acts.attn.out, &mut s.x_mid, rows, true)?;
         if self.mlp.gate.needs_input() || self.mlp.up.needs_input() {
-            self.mlp_norm.forward(be, &acts.x_mid, &mut s.xn, &mut s.rstd, rows)?;
+            self.mlp_norm.forward(be, &s.x_mid, &mut s.xn, &mut s.rstd, rows)?;
         }
         self.mlp.backward(be, &s.xn, &acts.mlp, &mut s.hidden, dx, Some(&mut g.dxn), &mut g.mlp, rows)?;
-        self.mlp_norm.backward_accumulate(be, &g.dxn, &acts.x_mid, &acts.rstd_mlp, dx, rows)?;
+        self.mlp_norm.backward_accumulate(be, &g.dxn, &s.x_mid, &acts.rstd_mlp, dx, rows)?;
         let through_norm = need_input_grad || self.attn_norm.state.is_some();
         let dxn = if through_norm { Some(&mut g.dxn) } else { None };
         let a = &self.attn;

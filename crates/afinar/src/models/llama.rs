@@ -132,7 +132,7 @@ impl<B: Backend> Llama<B> {
                 Some(cache) => KvTarget::Cache(cache, l),
                 None => KvTarget::None,
             };
-            layer.forward(be, &mut x, &mut acts, &mut scratch, &tokens, &self.inv_freq, kv, false)?;
+            layer.forward(be, &mut x, &mut acts, &mut scratch, &tokens, &self.inv_freq, kv)?;
         }
         if let Some(cache) = cache {
             cache.len += seq;

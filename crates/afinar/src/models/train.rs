@@ -119,7 +119,7 @@ impl<B: Backend> Llama<B> {
         for l in 0..n_layers {
             be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
             let a = if checkpointing { &mut acts[0] } else { &mut acts[l] };
-            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, true)?;
+            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None)?;
         }
         self.norm.forward(be, x, xn, rstd, rows)?;
 
@@ -146,16 +146,7 @@ impl<B: Backend> Llama<B> {
         for l in (0..n_layers).rev() {
             if checkpointing {
                 be.copy(&inputs[l], 0, x, 0, rows * dim)?;
-                self.layers[l].forward(
-                    be,
-                    x,
-                    &mut acts[0],
-                    scratch,
-                    t,
-                    &self.inv_freq,
-                    KvTarget::None,
-                    true,
-                )?;
+                self.layers[l].forward(be, x, &mut acts[0], scratch, t, &self.inv_freq, KvTarget::None)?;
             }
             let a = if checkpointing { &acts[0] } else { &acts[l] };
             let need_input_grad = l > 0 || embed_trained;
