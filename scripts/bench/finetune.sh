@@ -13,7 +13,8 @@
 #
 #   scripts/bench/finetune.sh
 # Environment: STEPS (6), THREADS (2), MODES ("lora full"), FRAMEWORKS ("afinar hf torchtune"),
-# AFINAR_DTYPE (fp32; bf16 stores the frozen LoRA base in bf16),
+# AFINAR_DTYPE (afinar's model.dtype; default bf16 for LoRA, as the shipped LoRA configs: frozen
+#   weights in bf16, bf16 matrix products with f32 sums; fp32 for full fine-tuning),
 #   WORK (folder for data, logs and checkpoints; default a temporary one, removed at the end),
 #   AFINAR_BIN (skip `cargo build --release -p afinar-cli` and use this binary).
 # Needs: scripts/reference-venv.sh (transformers, PEFT comes with it below) and
@@ -62,11 +63,13 @@ for mode in $modes; do
     case $fw in
       afinar)
         recipe=${mode}_finetune
+        dtype=${AFINAR_DTYPE:-fp32}
+        [ "$mode" = lora ] && dtype=${AFINAR_DTYPE:-bf16}
         extra=(optimizer.lr=3e-4)
         [ "$mode" = lora ] && extra+=(lora.rank=8 lora.alpha=16 lora.dropout=0.0 "lora.target_modules=[q_proj,v_proj]" \
           save_adapter_weights_only=true merge_adapter=false)
         if ! timed "$dir/time.txt" "$dir/run.log" "$AFINAR_BIN" run "$recipe" --config "smollm2_135m_$mode" \
-            output_dir="$dir/out" model.path="$work/model" model.dtype="${AFINAR_DTYPE:-fp32}" \
+            output_dir="$dir/out" model.path="$work/model" model.dtype="$dtype" \
             dataset.kind=text dataset.source="$work/docs.jsonl" dataset.packed=false tokenizer.max_seq_len=$seq \
             batch_size=$batch epochs=1 max_steps_per_epoch="$steps" gradient_accumulation_steps=1 \
             shuffle=false seed=0 threads="$threads" optimizer.weight_decay=0.01 clip_grad_norm=1.0 \
