@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Generation speed: afinar (native GGUF blocks, f32 and bf16 weights) against llama.cpp (llama-cpp-python) on the
-# same SmolLM2-135M-Instruct Q4_1 GGUF, 2 threads, greedy, 128 new tokens, two prompts:
+# same SmolLM2-135M-Instruct GGUF (the Q4_1 file of the assets, or MODEL), 2 threads, greedy, 128 new tokens, two prompts:
 # "long" (an English paragraph repeated to ~500 tokens, so prompt tokens/s means something) and
 # "short" (the start of a story, 25 tokens). Both are plain text (no chat template), so greedy
 # decoding runs the full 128 tokens. Each run is done twice and the better number of each kind kept.
@@ -63,12 +63,12 @@ for prompt in long short; do
         --threads "$threads" --repeats "$repeats" > "$work/llama.jsonl" 2> "$work/err.txt"; then
       echo "generate: llama.cpp on the $prompt prompt failed:" >&2; cat "$work/err.txt" >&2; fail=1; continue
     fi
-    python3 - "$work/llama.jsonl" "$prompt" >> "$results" <<'PY'
+    python3 - "$work/llama.jsonl" "$prompt" "$(basename "$model")" >> "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 best = lambda k: max(r[k] for r in rows)
 r = rows[0]
-print(f"{sys.argv[2]}\tllama.cpp Q4_1\t{r['prompt_tokens']}\t{best('prompt_tps')}\t{r['generated_tokens']}\t{best('gen_tps')}")
+print(f"{sys.argv[2]}\tllama.cpp ({sys.argv[3]})\t{r['prompt_tokens']}\t{best('prompt_tps')}\t{r['generated_tokens']}\t{best('gen_tps')}")
 PY
   fi
 done

@@ -274,6 +274,20 @@ fn unpermute_row_chunks<T: Copy + Default>(
     row_len: usize,
     heads: usize,
 ) -> std::result::Result<Vec<T>, String> {
+    reorder_rope_rows(data, rows, row_len, heads, false)
+}
+
+/// Moves rows between the Hugging Face and llama.cpp orders of the Q/K projections: within each
+/// head of `head_dim` rows, llama.cpp's row `2i + j` is Hugging Face's row `j · head_dim/2 + i`
+/// (RoPE pairs interleaved instead of in halves). `to_gguf` picks the direction; `data` holds
+/// `rows` rows of `row_len` elements.
+pub(crate) fn reorder_rope_rows<T: Copy + Default>(
+    data: &[T],
+    rows: usize,
+    row_len: usize,
+    heads: usize,
+    to_gguf: bool,
+) -> std::result::Result<Vec<T>, String> {
     if heads == 0
         || !rows.is_multiple_of(heads)
         || !(rows / heads).is_multiple_of(2)
@@ -287,8 +301,9 @@ fn unpermute_row_chunks<T: Copy + Default>(
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = h * head_dim + 2 * i + j;
-                let dst = h * head_dim + j * half + i;
+                let gguf = h * head_dim + 2 * i + j;
+                let hf = h * head_dim + j * half + i;
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst * row_len..(dst + 1) * row_len]
                     .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }

@@ -82,27 +82,7 @@ pub fn permute_rows(
     row_len: usize,
     heads: usize,
 ) -> std::result::Result<Vec<f32>, String> {
-    if heads == 0
-        || !rows.is_multiple_of(heads)
-        || !(rows / heads).is_multiple_of(2)
-        || Some(data.len()) != rows.checked_mul(row_len)
-    {
-        return Err(format!("{rows} rows cannot be split into {heads} heads of even size"));
-    }
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = h * head_dim + 2 * i + j;
-                let src = h * head_dim + j * half + i;
-                out[dst * row_len..(dst + 1) * row_len]
-                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-            }
-        }
-    }
-    Ok(out)
+    crate::models::load::reorder_rope_rows(data, rows, row_len, heads, true)
 }
 
 /// The f32 divisor `d` with `base / d == scaled` exactly (as the loader divides), or the nearest
