@@ -243,7 +243,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Every tensor of the model as f32 with its Hugging Face name and shape (what a full
-    /// checkpoint holds; LoRA adapters are not merged here, see [`Llama::merge_lora`]).
+    /// checkpoint holds; LoRA adapters are not merged here, see [`Llama::merged_state_tensors`]).
     pub fn state_tensors(&self, be: &B) -> Result<Vec<NamedTensor>> {
         let c = &self.config;
         let mut out = vec![(
