@@ -105,6 +105,7 @@ struct Scratch<T> {
 }
 
 impl<T: Real> Scratch<T> {
+    /// Tiles for the backward: every buffer.
     fn new(t: AttnTiles, hd: usize) -> Self {
         let rows = t.bq.max(t.bk);
         Scratch {
@@ -113,6 +114,20 @@ impl<T: Real> Scratch<T> {
             mask: vec![false; t.bq * t.bk],
             acc: vec![T::ZERO; rows * hd],
             acc2: vec![T::ZERO; rows * hd],
+            m: vec![T::ZERO; t.bq],
+            l: vec![T::ZERO; t.bq],
+        }
+    }
+
+    /// Tiles for the forward, which needs no gradient tiles and an accumulator of `bq` rows
+    /// only (a decoding step's tasks would otherwise clear 256 KiB each).
+    fn forward(t: AttnTiles, hd: usize) -> Self {
+        Scratch {
+            s: vec![T::ZERO; t.bq * t.bk],
+            dp: Vec::new(),
+            mask: vec![false; t.bq * t.bk],
+            acc: vec![T::ZERO; t.bq * hd],
+            acc2: Vec::new(),
             m: vec![T::ZERO; t.bq],
             l: vec![T::ZERO; t.bq],
         }
@@ -336,7 +351,7 @@ pub fn attention_forward<T: Real>(
     let nqb = d.q_len.div_ceil(tiles.bq);
     let (out_p, lse_p) = (SendPtr(out.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
     (0..d.batch * d.q_heads * nqb).into_par_iter().for_each_init(
-        || Scratch::<T>::new(tiles, hd),
+        || Scratch::<T>::forward(tiles, hd),
         |sc, task| {
             let (b, h, qb) = (task / (d.q_heads * nqb), (task / nqb) % d.q_heads, task % nqb);
             let g = h / cx.grp;
