@@ -199,15 +199,7 @@ fn add_random_lora(
     alpha: f32,
     b_range: f32,
 ) -> LoraSpec {
-    let targets = vec![
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
+    let targets = LoraTarget::PROJECTIONS.to_vec();
     let spec = LoraSpec { rank, alpha, dropout: 0.0, targets };
     m.apply_lora(be, &spec, &mut Rng::new(1)).unwrap();
     let mut rng = Rng::new(2);

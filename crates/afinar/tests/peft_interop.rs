@@ -30,15 +30,7 @@ fn lora_adapter_and_merged_weights_load_in_peft_and_transformers() {
     )
     .unwrap()
     .model;
-    let targets = vec![
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
+    let targets = LoraTarget::PROJECTIONS.to_vec();
     let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets };
     m.apply_lora(&be, &spec, &mut Rng::new(1)).unwrap();
     // A trained-looking adapter: B non-zero.

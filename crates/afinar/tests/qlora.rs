@@ -84,15 +84,7 @@ fn qlora_gradients_match_peft_on_the_dequantized_base() {
     let be = CpuBackend::new(Some(2));
     let mut m = qlora_model(&be);
     let exp = Expected::open(&fixture("qlora/qlora_grads.safetensors"));
-    let targets = vec![
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
+    let targets = LoraTarget::PROJECTIONS.to_vec();
     let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets };
     m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
     m.visit_params_mut(&mut |name, p| {

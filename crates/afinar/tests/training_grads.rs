@@ -127,25 +127,15 @@ fn check_lora(file: &str, targets: Vec<LoraTarget>) -> (CpuBackend, Llama<CpuBac
     (be, m, exp)
 }
 
-const ALL_PROJECTIONS: [LoraTarget; 7] = [
-    LoraTarget::Q,
-    LoraTarget::K,
-    LoraTarget::V,
-    LoraTarget::O,
-    LoraTarget::Gate,
-    LoraTarget::Up,
-    LoraTarget::Down,
-];
-
 #[test]
 fn lora_gradients_match_peft() {
-    let (be, mut m, exp) = check_lora("lora_grads.safetensors", ALL_PROJECTIONS.to_vec());
+    let (be, mut m, exp) = check_lora("lora_grads.safetensors", LoraTarget::PROJECTIONS.to_vec());
     assert_eq!(check_grads(&be, &mut m, &exp, "base_model.model."), 28);
 }
 
 #[test]
 fn lora_on_the_output_projection_matches_peft() {
-    let targets = ALL_PROJECTIONS.iter().copied().chain([LoraTarget::Output]).collect();
+    let targets = LoraTarget::PROJECTIONS.iter().copied().chain([LoraTarget::Output]).collect();
     let (be, mut m, exp) = check_lora("lora_grads_with_output.safetensors", targets);
     assert_eq!(check_grads(&be, &mut m, &exp, "base_model.model."), 30);
 }

@@ -15,15 +15,7 @@ fn lora_model(exp: &Expected) -> (CpuBackend, Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
     let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None, ..Default::default() };
     let mut m = load_model(&be, &fixture("models/llama31_tiny"), &opts).unwrap().model;
-    let targets = vec![
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
+    let targets = LoraTarget::PROJECTIONS.to_vec();
     m.apply_lora(&be, &LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets }, &mut Rng::new(0)).unwrap();
     m.visit_params_mut(&mut |name, p| {
         if let ParamMut::Buf(b, _) = p {

@@ -31,6 +31,11 @@ pub enum LoraTarget {
 }
 
 impl LoraTarget {
+    /// The seven projections of a decoder layer (every target but the output projection), in
+    /// model order.
+    pub const PROJECTIONS: [LoraTarget; 7] =
+        [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
+
     /// Every target, in model order.
     pub const ALL: [LoraTarget; 8] =
         [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down, Self::Output];
