@@ -1,54 +1,9 @@
 //! The `afinar` binary end to end on the real SmolLM2-135M-Instruct GGUF and Llama-3 tokenizer:
 //! stdout carries only the generated text, errors exit non-zero with a message and never panic.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn asset(rel: &str) -> PathBuf {
-    let base = std::env::var_os("AFINAR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/afinar"));
-    let p = base.join("assets").join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-assets.sh", p.display());
-    p
-}
-
-fn smollm2() -> PathBuf {
-    asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
-}
-
-fn afinar(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_afinar"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run afinar");
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let err = text(&out.stderr);
-    assert!(!out.status.success(), "should fail; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
-}
+use common::{afinar_with_input as afinar, assert_clean_failure, asset, fixture, smollm2, text};
 
 /// `generate` prints exactly transformers' greedy continuation on stdout, stats on stderr.
 #[test]

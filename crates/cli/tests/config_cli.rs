@@ -1,16 +1,11 @@
 //! `afinar ls / cp / cat / validate / run` end to end: the built-in configs are listed, copied,
 //! printed and checked; a broken config exits 1 naming its line, never panicking.
 
+mod common;
+
+use common::{afinar, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn afinar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afinar")).args(args).output().expect("run afinar")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use std::process::Output;
 
 fn assert_ok(out: &Output) {
     assert!(out.status.success(), "should succeed; stderr: {}", text(&out.stderr));

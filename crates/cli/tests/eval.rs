@@ -2,20 +2,13 @@
 //! stdout and the JSON report; bad input exits non-zero with a message naming the file, line or
 //! key, never a panic, and (except for texts too short to score) before the model is loaded.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn asset(rel: &str) -> PathBuf {
-    let base = std::env::var_os("AFINAR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/afinar"));
-    let p = base.join("assets").join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-assets.sh", p.display());
-    p
-}
+use common::{afinar, assert_clean_failure as assert_fails_with, text};
+use std::path::{Path, PathBuf};
 
 fn smollm2() -> String {
-    asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf").display().to_string()
+    common::smollm2().display().to_string()
 }
 
 fn data(rel: &str) -> String {
@@ -26,21 +19,6 @@ fn tmp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("afinar-eval-cli-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn afinar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afinar")).args(args).output().expect("run afinar")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_fails_with(out: &Output, needle: &str) {
-    let err = text(&out.stderr);
-    assert!(!out.status.success(), "expected a failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
 
 #[test]

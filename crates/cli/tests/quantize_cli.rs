@@ -2,26 +2,14 @@
 //! bad input (scheme, output, folder, architecture, adapter) fails with a clear message, never a
 //! panic, before any long work.
 
+mod common;
+
+use common::{afinar, assert_clean_failure, fixture, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
-}
-
-fn afinar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afinar")).args(args).output().expect("run afinar")
-}
+use std::process::Output;
 
 fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "should fail; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+    text(&out.stderr)
 }
 
 struct Tmp(PathBuf);
