@@ -15,7 +15,7 @@ use afinar::engine::cpu::CpuWeightData;
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
 use afinar::generate::Rng;
 use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, ParamMut, TrainBatch};
-use common::{fixture, rel_err, Expected};
+use common::{apply_peft_lora, fixture, rel_err, Expected};
 
 const NF4: WeightFormat = WeightFormat::Quant(QuantFormat::Nf4);
 
@@ -84,16 +84,7 @@ fn qlora_gradients_match_peft_on_the_dequantized_base() {
     let be = CpuBackend::new(Some(2));
     let mut m = qlora_model(&be);
     let exp = Expected::open(&fixture("qlora/qlora_grads.safetensors"));
-    let targets = LoraTarget::PROJECTIONS.to_vec();
-    let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets };
-    m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
-    m.visit_params_mut(&mut |name, p| {
-        if let ParamMut::Buf(b, _) = p {
-            *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
-        }
-        Ok(())
-    })
-    .unwrap();
+    apply_peft_lora(&be, &mut m, LoraTarget::PROJECTIONS.to_vec(), &exp);
     let (shape, ids) = exp.ids("input_ids");
     let labels: Vec<i32> = exp.ids("labels").1.iter().map(|&l| l as i32).collect();
     let (batch, seq) = (shape[0], shape[1]);

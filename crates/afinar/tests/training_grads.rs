@@ -7,7 +7,7 @@ mod common;
 use afinar::engine::{Backend, CpuBackend, WeightFormat};
 use afinar::generate::Rng;
 use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, ParamMut, TrainBatch};
-use common::{fixture, rel_err, Expected};
+use common::{apply_peft_lora, fixture, rel_err, Expected};
 
 fn model(dir: &str) -> (CpuBackend, Llama<CpuBackend>) {
     let be = CpuBackend::new(Some(2));
@@ -111,16 +111,8 @@ fn check_lora(file: &str, targets: Vec<LoraTarget>) -> (CpuBackend, Llama<CpuBac
     let exp = Expected::open(&fixture(&format!("training/{file}")));
     let x = inputs(&exp);
     let (be, mut m) = model("llama31_tiny");
-    let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets };
-    m.apply_lora(&be, &spec, &mut Rng::new(0)).unwrap();
     // PEFT's initial A and B (B non-zero so every gradient is informative).
-    m.visit_params_mut(&mut |name, p| {
-        if let ParamMut::Buf(b, _) = p {
-            *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
-        }
-        Ok(())
-    })
-    .unwrap();
+    apply_peft_lora(&be, &mut m, targets, &exp);
     let loss = run(&be, &mut m, &x, false);
     let (_, want) = exp.f32("loss");
     assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "{file}: loss {loss} vs {}", want[0]);

@@ -63,3 +63,25 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     diff / scale.max(1e-30)
 }
+
+/// Applies LoRA (rank 4, alpha 8, no dropout) on `targets` and sets every adapter matrix to the
+/// fixture's PEFT initial value (`init.base_model.model.<name>`), as the PEFT reference scripts
+/// build their models.
+pub fn apply_peft_lora(
+    be: &afinar::engine::CpuBackend,
+    m: &mut afinar::models::Llama<afinar::engine::CpuBackend>,
+    targets: Vec<afinar::models::LoraTarget>,
+    exp: &Expected,
+) {
+    use afinar::engine::Backend;
+    use afinar::models::{LoraSpec, ParamMut};
+    let spec = LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets };
+    m.apply_lora(be, &spec, &mut afinar::generate::Rng::new(0)).unwrap();
+    m.visit_params_mut(&mut |name, p| {
+        if let ParamMut::Buf(b, _) = p {
+            *b = be.from_host(&exp.f32(&format!("init.base_model.model.{name}")).1).unwrap();
+        }
+        Ok(())
+    })
+    .unwrap();
+}
