@@ -9,6 +9,7 @@
 
 mod common;
 
+use afinar::blocks::PROJECTIONS;
 use afinar::config::{ConfigDoc, Dtype, LoraTarget as CfgTarget, RecipeConfig, BUILTIN_CONFIGS};
 use afinar::engine::cpu::nf4::Nf4Ref;
 use afinar::engine::cpu::CpuWeightData;
@@ -24,16 +25,6 @@ fn qlora_model(be: &CpuBackend) -> Llama<CpuBackend> {
     load_model(be, &fixture("qlora/model"), &opts).unwrap().model
 }
 
-const PROJECTIONS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
 #[test]
 fn loader_quantizes_projections_like_bitsandbytes() {
     let be = CpuBackend::new(Some(2));
@@ -46,15 +37,7 @@ fn loader_quantizes_projections_like_bitsandbytes() {
     assert_eq!(be.weight_format(&m.embed), WeightFormat::F32);
     let mut checked = 0;
     for (l, layer) in m.layers.iter().enumerate() {
-        let weights = [
-            &layer.attn.wq,
-            &layer.attn.wk,
-            &layer.attn.wv,
-            &layer.attn.wo,
-            &layer.mlp.gate,
-            &layer.mlp.up,
-            &layer.mlp.down,
-        ];
+        let weights = layer.projections();
         for (name, lin) in PROJECTIONS.iter().zip(weights) {
             let key = format!("model.layers.{l}.{name}.weight.nf4");
             let CpuWeightData::Quant { format: QuantFormat::Nf4, blocks } = lin.weight.data() else {

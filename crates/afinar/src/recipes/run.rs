@@ -198,15 +198,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
 fn qlora_summary<B: Backend>(be: &B, model: &Llama<B>) -> String {
     let (mut values, mut bytes) = (0usize, 0usize);
     for layer in &model.layers {
-        for l in [
-            &layer.attn.wq,
-            &layer.attn.wk,
-            &layer.attn.wv,
-            &layer.attn.wo,
-            &layer.mlp.gate,
-            &layer.mlp.up,
-            &layer.mlp.down,
-        ] {
+        for l in layer.projections() {
             let (r, c) = be.weight_shape(&l.weight);
             if let WeightFormat::Quant(q) = be.weight_format(&l.weight) {
                 values += r * c;
