@@ -20,9 +20,12 @@ import argparse
 import json
 import os
 import random
+import sys
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
+from hf_from_gguf import write_hf_folder  # noqa: E402
 
 
 def main():
@@ -39,20 +42,7 @@ def main():
     gdir, gname = os.path.split(os.path.abspath(a.gguf))
 
     tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
-    if not os.path.exists(os.path.join(mdir, "model.safetensors")):
-        m = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32)
-        d = m.config.to_dict()
-        for k in ("quantization_config", "_name_or_path", "transformers_version"):
-            d.pop(k, None)
-        cfg = LlamaConfig(**d)
-        cfg.torch_dtype = "float32"
-        plain = LlamaForCausalLM(cfg).to(torch.float32)
-        missing, unexpected = plain.load_state_dict(m.state_dict(), strict=False)
-        missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
-        assert not missing and not unexpected, (missing, unexpected)
-        plain.save_pretrained(mdir + ".part")
-        tok.save_pretrained(mdir + ".part")
-        os.replace(mdir + ".part", mdir)
+    write_hf_folder(a.gguf, mdir)
 
     examples = [json.loads(l) for l in open(a.data, encoding="utf-8") if l.strip()]
     rng = random.Random(a.seed)
