@@ -159,6 +159,12 @@ pub trait Backend: Send + Sync + 'static {
         f()
     }
 
+    /// Peak bytes of device memory held by the backend's buffers so far, where the device keeps
+    /// such a count (the CUDA backend); `None` where process memory is the measure (CPU).
+    fn peak_memory(&self) -> Option<u64> {
+        None
+    }
+
     // ---- memory -------------------------------------------------------------------------------
 
     /// A zero-filled buffer of `len` elements.

@@ -14,10 +14,14 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod rope;
 
 pub use backend::{AdamW, AttnDims, Backend, QuantFormat, WeightFormat};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use error::{EngineError, Result};
 pub use rope::{rope_inv_freq, RopeScaling};

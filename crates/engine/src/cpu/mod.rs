@@ -117,7 +117,7 @@ impl CpuWeight {
 }
 
 /// Bytes of a `[rows, cols]` matrix in `format`, or a shape error naming the block length.
-fn quant_bytes(format: QuantFormat, rows: usize, cols: usize) -> Result<usize> {
+pub(crate) fn quant_bytes(format: QuantFormat, rows: usize, cols: usize) -> Result<usize> {
     format.matrix_bytes(rows, cols).ok_or_else(|| EngineError::Shape {
         op: "weight",
         what: format!(
@@ -193,18 +193,18 @@ fn has_avx512_bf16() -> bool {
 }
 
 /// Shape error unless `buf` holds at least `need` elements.
-fn need(op: &'static str, name: &str, buf: usize, need: usize) -> Result<()> {
+pub(crate) fn need(op: &'static str, name: &str, buf: usize, need: usize) -> Result<()> {
     ensure(buf >= need, op, || format!("{name} has {buf} elements, needs {need}"))
 }
 
 /// `a · b` for sizes, as a shape error on overflow.
-fn mul(op: &'static str, dims: &[usize]) -> Result<usize> {
+pub(crate) fn mul(op: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
         .ok_or_else(|| EngineError::Shape { op, what: format!("size {dims:?} overflows") })
 }
 
-fn check_attn(op: &'static str, d: &AttnDims, doc_ids: Option<&[u32]>) -> Result<()> {
+pub(crate) fn check_attn(op: &'static str, d: &AttnDims, doc_ids: Option<&[u32]>) -> Result<()> {
     ensure(d.kv_heads > 0 && d.q_heads.is_multiple_of(d.kv_heads), op, || {
         format!("q_heads {} is not a multiple of kv_heads {}", d.q_heads, d.kv_heads)
     })?;
@@ -755,7 +755,7 @@ impl Backend for CpuBackend {
     }
 }
 
-fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
+pub(crate) fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
     match ids.iter().find(|&&i| i as usize >= vocab) {
         Some(i) => {
             Err(EngineError::Shape { op, what: format!("token id {i} out of range for {vocab} rows") })
@@ -764,7 +764,7 @@ fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
-fn check_targets(op: &'static str, targets: &[i32], vocab: usize) -> Result<()> {
+pub(crate) fn check_targets(op: &'static str, targets: &[i32], vocab: usize) -> Result<()> {
     match targets.iter().find(|&&t| t != loss::IGNORE_INDEX && (t < 0 || t as usize >= vocab)) {
         Some(t) => Err(EngineError::Shape {
             op,
