@@ -178,6 +178,7 @@ pub fn train<B: Backend>(
                 tokens_per_sec: label_tokens as f64 / secs.max(1e-9),
                 elapsed_secs: t_run.elapsed().as_secs_f64(),
                 peak_rss_bytes: peak_rss_bytes(),
+                peak_device_bytes: be.peak_memory(),
             };
             if m.step.is_multiple_of(plan.log_every_n_steps) || m.step == total_steps {
                 metrics_file.write(&m)?;

@@ -29,12 +29,14 @@ pub struct StepMetrics {
     pub elapsed_secs: f64,
     /// Peak resident memory of the process so far, in bytes (0 when unknown).
     pub peak_rss_bytes: u64,
+    /// Peak device memory held by the backend's buffers so far, in bytes (GPU backends).
+    pub peak_device_bytes: Option<u64>,
 }
 
 impl StepMetrics {
     /// One JSON object on one line.
     pub fn to_json_line(&self) -> String {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "step": self.step,
             "total_steps": self.total_steps,
             "epoch": self.epoch,
@@ -45,8 +47,11 @@ impl StepMetrics {
             "tokens_per_sec": self.tokens_per_sec,
             "elapsed_secs": self.elapsed_secs,
             "peak_rss_mb": self.peak_rss_bytes as f64 / 1e6,
-        })
-        .to_string()
+        });
+        if let Some(b) = self.peak_device_bytes {
+            j["peak_device_mb"] = serde_json::json!(b as f64 / 1e6);
+        }
+        j.to_string()
     }
 }
 

@@ -102,6 +102,12 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
 pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
     match cfg.device.as_str() {
         "cpu" => run_on(&CpuBackend::new(cfg.threads), cfg, reporter),
+        #[cfg(feature = "cuda")]
+        other if afinar_engine::CudaBackend::parse_device(other).is_some() => {
+            let ordinal = afinar_engine::CudaBackend::parse_device(other).expect("checked");
+            let be = afinar_engine::CudaBackend::new(ordinal).map_err(|e| Error::Input(format!("device `{other}`: {e}")))?;
+            run_on(&be, cfg, reporter)
+        }
         other => Err(Error::Input(format!(
             "device `{other}`: this build of afinar has only the CPU backend (the CUDA backend needs `--features cuda`)"
         ))),

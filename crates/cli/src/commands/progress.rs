@@ -20,8 +20,10 @@ impl Progress {
 }
 
 fn line(m: &StepMetrics) -> String {
+    let device =
+        m.peak_device_bytes.map(|b| format!(" | device {:.2} GB", b as f64 / 1e9)).unwrap_or_default();
     format!(
-        "loss {:.4} | lr {:.2e} | {:.0} tok/s | grad {:.3} | {:.2} GB",
+        "loss {:.4} | lr {:.2e} | {:.0} tok/s | grad {:.3} | {:.2} GB{device}",
         m.loss,
         m.lr,
         m.tokens_per_sec,
