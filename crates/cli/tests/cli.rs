@@ -92,6 +92,18 @@ fn bad_inputs_fail_cleanly() {
         &afinar(&["tokenize", "--tokenizer", "/no/tokenizer.json", "x"], None),
         "/no/tokenizer.json",
     );
+    assert_clean_failure(
+        &afinar(&["generate", "--model", m, "--prompt", "hi", "--device", "tpu"], None),
+        "--device tpu",
+    );
+    // Without a GPU (CI), `--device cuda` says what is missing; with one, it generates.
+    let out = afinar(
+        &["generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "2", "--device", "cuda"],
+        None,
+    );
+    if !out.status.success() {
+        assert_clean_failure(&out, "--device cuda");
+    }
     // a folder of random files is no checkpoint
     let dir = std::env::temp_dir().join(format!("afinar-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

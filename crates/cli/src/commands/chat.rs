@@ -8,7 +8,9 @@ use afinar::tokenizer::{render_chat, Message};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{generate_to_stdout, load, ModelArgs, SamplingArgs};
+use afinar::engine::Backend;
+
+use super::{generate_to_stdout, load, on_device, Job, ModelArgs, SamplingArgs};
 
 /// Arguments of `afinar chat`.
 #[derive(Args, Debug)]
@@ -27,11 +29,23 @@ pub struct ChatArgs {
 
 /// Runs the command.
 pub fn run(args: ChatArgs) -> Result<()> {
+    on_device(&args.model, Chat(&args))
+}
+
+struct Chat<'a>(&'a ChatArgs);
+
+impl Job for Chat<'_> {
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        chat_on(be, self.0)
+    }
+}
+
+fn chat_on<B: Backend>(be: &B, args: &ChatArgs) -> Result<()> {
     let sampling = args.sampling.params()?;
-    let (be, loaded, tok) = load(&args.model)?;
+    let (loaded, tok) = load(be, &args.model)?;
     let model = &loaded.model;
     let capacity = args.context.unwrap_or(8192).min(model.config.max_seq_len);
-    let mut cache = model.new_cache(&be, 1, capacity)?;
+    let mut cache = model.new_cache(be, 1, capacity)?;
     let mut cached: Vec<u32> = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     let reset = |messages: &mut Vec<Message>| {
@@ -79,7 +93,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             sampling,
             stop_ids: tok.stop_ids(),
         };
-        let (new, stats) = generate_to_stdout(&be, model, &mut cache, &ids[common..], &opts, &tok)?;
+        let (new, stats) = generate_to_stdout(be, model, &mut cache, &ids[common..], &opts, &tok)?;
         cached.extend_from_slice(&ids[common..]);
         cached.extend_from_slice(&new);
         let reply = tok.decode(&new, true)?;

@@ -10,7 +10,9 @@ use afinar::eval::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{load, DTypeArg, ModelArgs};
+use afinar::engine::Backend;
+
+use super::{load, on_device, DTypeArg, Job, ModelArgs};
 
 /// Arguments of `afinar eval`.
 #[derive(Args, Debug)]
@@ -24,9 +26,12 @@ pub struct EvalArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Storage of the weights.
+    /// Storage of the weights (`auto` on a GPU: bf16).
     #[arg(long, value_enum, default_value = "auto")]
     dtype: DTypeArg,
+    /// Where to run: cpu, cuda (GPU 0) or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Eval config (YAML) listing the tasks, each with a language (see data/eval/bilingual.yaml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -200,24 +205,42 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .or_else(|| config.as_ref().and_then(|c| c.model.clone()))
         .context("no model: give --model PATH (or `model:` in the eval config)")?;
     let tokenizer = args.tokenizer.clone().or_else(|| config.as_ref().and_then(|c| c.tokenizer.clone()));
-    let margs = ModelArgs { model, tokenizer, threads: args.threads, dtype: args.dtype };
-    let (be, loaded, tok) = load(&margs)?;
+    let margs =
+        ModelArgs { model, tokenizer, threads: args.threads, dtype: args.dtype, device: args.device.clone() };
+    on_device(&margs, Eval { args: &args, margs: &margs, tasks: &tasks })
+}
 
+struct Eval<'a> {
+    args: &'a EvalArgs,
+    margs: &'a ModelArgs,
+    tasks: &'a [TaskSpec],
+}
+
+impl Job for Eval<'_> {
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        let Eval { args, margs, tasks } = self;
+        let (loaded, tok) = load(be, margs)?;
+        evaluate(be, args, margs, tasks, &loaded.model, &tok)
+    }
+}
+
+fn evaluate<B: Backend>(
+    be: &B,
+    args: &EvalArgs,
+    margs: &ModelArgs,
+    tasks: &[TaskSpec],
+    model: &afinar::models::Llama<B>,
+    tok: &afinar::tokenizer::Tokenizer,
+) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut last_line = std::time::Instant::now();
-    let report = run_tasks(
-        &be,
-        &loaded.model,
-        &tok,
-        &margs.model.display().to_string(),
-        &tasks,
-        |task, done, total| {
+    let report =
+        run_tasks(be, model, tok, &margs.model.display().to_string(), tasks, |task, done, total| {
             if done == total || last_line.elapsed().as_secs_f64() > 5.0 {
                 eprintln!("afinar: {} ({}, {}): {done}/{total}", task.name, task.language, task.kind.name());
                 last_line = std::time::Instant::now();
             }
-        },
-    )?;
+        })?;
     eprintln!("afinar: {} tasks in {:.1}s", report.tasks.len(), t0.elapsed().as_secs_f64());
     print!("{}", report.table());
     if let Some(out) = &args.output {

@@ -7,7 +7,9 @@ use afinar::tokenizer::{render_chat, Message, Tokenizer};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{generate_to_stdout, load, ModelArgs, SamplingArgs};
+use afinar::engine::Backend;
+
+use super::{generate_to_stdout, load, on_device, Job, ModelArgs, SamplingArgs};
 
 /// Arguments of `afinar generate`.
 #[derive(Args, Debug)]
@@ -48,13 +50,25 @@ pub fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool, system: Option<&str
 
 /// Runs the command.
 pub fn run(args: GenerateArgs) -> Result<()> {
+    on_device(&args.model, Generate(&args))
+}
+
+struct Generate<'a>(&'a GenerateArgs);
+
+impl Job for Generate<'_> {
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        generate_on(be, self.0)
+    }
+}
+
+fn generate_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
     let sampling = args.sampling.params()?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file FILE"),
     };
-    let (be, loaded, tok) = load(&args.model)?;
+    let (loaded, tok) = load(be, &args.model)?;
     let model = &loaded.model;
     let ids = prompt_ids(&tok, &prompt, args.chat, args.system.as_deref())?;
     let ctx = model.config.max_seq_len;
@@ -64,10 +78,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ids.len()
     );
     let capacity = (ids.len() + args.sampling.max_new_tokens).min(ctx);
-    let mut cache = model.new_cache(&be, 1, capacity)?;
+    let mut cache = model.new_cache(be, 1, capacity)?;
     let opts =
         GenerateOptions { max_new_tokens: args.sampling.max_new_tokens, sampling, stop_ids: tok.stop_ids() };
-    let (_, stats) = generate_to_stdout(&be, model, &mut cache, &ids, &opts, &tok)?;
+    let (_, stats) = generate_to_stdout(be, model, &mut cache, &ids, &opts, &tok)?;
     eprintln!(
         "afinar: prompt {} tokens at {:.1} tokens/s; generated {} tokens at {:.1} tokens/s ({:?})",
         stats.prompt_tokens,

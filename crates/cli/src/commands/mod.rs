@@ -15,7 +15,7 @@ pub mod validate;
 use std::path::PathBuf;
 
 use afinar::blocks::KvCache;
-use afinar::engine::{CpuBackend, WeightFormat};
+use afinar::engine::{Backend, CpuBackend, WeightFormat};
 use afinar::generate::{generate, GenerateOptions, GenerateStats, SamplingParams};
 use afinar::models::Llama;
 use afinar::models::{load_model, LoadOptions, LoadedModel};
@@ -48,9 +48,42 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Storage of the weights.
+    /// Storage of the weights (`auto` on a GPU: bf16).
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DTypeArg,
+    /// Where to run: cpu, cuda (GPU 0) or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A command's work, written once for any backend (see [`on_device`]).
+pub trait Job {
+    /// Runs on `be`.
+    fn run<B: Backend>(self, be: &B) -> Result<()>;
+}
+
+/// Runs `job` on the backend that `--device` names.
+pub fn on_device(args: &ModelArgs, job: impl Job) -> Result<()> {
+    if args.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    match args.device.as_str() {
+        "cpu" => job.run(&CpuBackend::new(args.threads)),
+        #[cfg(feature = "cuda")]
+        d if afinar::engine::CudaBackend::parse_device(d).is_some() => {
+            let ordinal = afinar::engine::CudaBackend::parse_device(d).expect("checked");
+            let be = afinar::engine::CudaBackend::new(ordinal).with_context(|| format!("--device {d}"))?;
+            job.run(&be)
+        }
+        d => anyhow::bail!(
+            "--device {d}: expected cpu{}",
+            if cfg!(feature = "cuda") {
+                ", cuda or cuda:N"
+            } else {
+                " (this build has no CUDA backend: build with the `cuda` feature)"
+            }
+        ),
+    }
 }
 
 /// Sampling options shared by generate and chat.
@@ -95,26 +128,30 @@ impl SamplingArgs {
     }
 }
 
-/// Loads the model and its tokenizer on the CPU backend.
-pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, Tokenizer)> {
-    if args.threads == Some(0) {
-        anyhow::bail!("--threads must be at least 1");
-    }
-    let be = CpuBackend::new(args.threads);
+/// Loads the model and its tokenizer on `be`. On the CPU, `--dtype auto` keeps a GGUF file's
+/// quantized matrices (int8 dot products) and loads the rest as f32; on a GPU it loads bf16 (the
+/// tensor cores' input type), dequantizing once at load.
+pub fn load<B: Backend>(be: &B, args: &ModelArgs) -> Result<(LoadedModel<B>, Tokenizer)> {
+    let gpu = args.device != "cpu";
     let opts = LoadOptions {
         format: match args.dtype {
+            DTypeArg::Auto if gpu => WeightFormat::BF16,
             DTypeArg::Auto | DTypeArg::Native | DTypeArg::F32 => WeightFormat::F32,
             DTypeArg::Bf16 => WeightFormat::BF16,
         },
         tokenizer: args.tokenizer.clone(),
         // `auto` keeps quantized matrices only where there are some: GGUF files (a Hugging Face
         // checkpoint has none, so the flag changes nothing there).
-        keep_quantized: matches!(args.dtype, DTypeArg::Auto | DTypeArg::Native),
+        keep_quantized: match args.dtype {
+            DTypeArg::Auto => !gpu,
+            DTypeArg::Native => true,
+            _ => false,
+        },
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
     let mut loaded =
-        load_model(&be, &args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
+        load_model(be, &args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = loaded.tokenizer.take().with_context(|| {
         format!(
             "{} has no tokenizer; pass --tokenizer PATH (tokenizer.json or tokenizer.model)",
@@ -128,18 +165,18 @@ pub fn load(args: &ModelArgs) -> Result<(CpuBackend, LoadedModel<CpuBackend>, To
         c.n_layers,
         c.dim,
         c.num_params() as f64 / 1e6,
-        afinar::engine::Backend::name(&be),
+        be.name(),
         t0.elapsed().as_secs_f64()
     );
-    Ok((be, loaded, tokenizer))
+    Ok((loaded, tokenizer))
 }
 
 /// Feeds `prompt` after what `cache` holds and generates, writing each complete piece of text to
 /// stdout as soon as it is decoded, then a newline. Returns the new tokens and the statistics.
-pub fn generate_to_stdout(
-    be: &CpuBackend,
-    model: &Llama<CpuBackend>,
-    cache: &mut KvCache<CpuBackend>,
+pub fn generate_to_stdout<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    cache: &mut KvCache<B>,
     prompt: &[u32],
     opts: &GenerateOptions,
     tok: &Tokenizer,
