@@ -112,24 +112,7 @@ impl<'a> TensorWrite<'a> {
             tensor: self.name.to_string(),
             message,
         };
-        if self.name.is_empty() || self.name == "__metadata__" {
-            return Err(bad("is not a valid tensor name (empty or \"__metadata__\")".into()));
-        }
-        let elem = match self.dtype {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            other => {
-                return Err(bad(format!(
-                    "dtype {other} cannot be stored in safetensors (F32, BF16 or F16 only): \
-                     dequantize it first"
-                )))
-            }
-        };
-        let numel = crate::checked_product(&self.shape)
-            .ok_or_else(|| bad(format!("shape {:?} overflows the element count", self.shape)))?;
-        let bytes = numel
-            .checked_mul(elem)
-            .ok_or_else(|| bad(format!("shape {:?} overflows the byte count", self.shape)))?;
+        let (numel, bytes) = stored_size(path, self.name, self.dtype, &self.shape)?;
         match self.data {
             TensorData::F32(v) if v.len() != numel => Err(bad(format!(
                 "shape {:?} has {numel} elements, the data holds {} f32 values",
@@ -145,6 +128,34 @@ impl<'a> TensorWrite<'a> {
             _ => Ok(bytes),
         }
     }
+}
+
+/// Element count and stored bytes of a tensor of `dtype` and `shape` named `name` in the
+/// safetensors file `path`: an error for a reserved name, a dtype safetensors cannot hold or a
+/// size that overflows.
+fn stored_size(path: &Path, name: &str, dtype: DType, shape: &[usize]) -> Result<(usize, usize)> {
+    let bad = |message: String| CheckpointError::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        message,
+    };
+    if name.is_empty() || name == "__metadata__" {
+        return Err(bad("is not a valid tensor name (empty or \"__metadata__\")".into()));
+    }
+    let elem = match dtype {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        other => {
+            return Err(bad(format!(
+                "dtype {other} cannot be stored in safetensors (F32, BF16 or F16 only): dequantize it first"
+            )))
+        }
+    };
+    let numel = crate::checked_product(shape)
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows the element count")))?;
+    let bytes =
+        numel.checked_mul(elem).ok_or_else(|| bad(format!("shape {shape:?} overflows the byte count")))?;
+    Ok((numel, bytes))
 }
 
 /// f32 to bfloat16 bits, rounding to nearest with ties to even (as torch and the `half` crate;
@@ -418,6 +429,30 @@ fn write_file(
         dtype_key(tb.dtype).1.cmp(&dtype_key(ta.dtype).1).then(ta.name.cmp(tb.name))
     });
 
+    let metas: Vec<(&str, DType, &[usize])> =
+        order.iter().map(|&t| (tensors[t].name, tensors[t].dtype, &tensors[t].shape[..])).collect();
+    let ordered_sizes: Vec<usize> = order.iter().map(|&t| sizes[t]).collect();
+    let header = header_text(path, &metas, &ordered_sizes, metadata)?;
+    write_atomic_with(path, |w| {
+        let io = io_err(path);
+        w.write_all(&(header.len() as u64).to_le_bytes()).map_err(&io)?;
+        w.write_all(header.as_bytes()).map_err(&io)?;
+        let mut buf = Vec::new();
+        for &t in &order {
+            write_tensor_data(w, tensors[t], &mut buf).map_err(&io)?;
+        }
+        Ok(())
+    })
+}
+
+/// The JSON header of a safetensors file holding `metas` (name, dtype, shape) laid out in that
+/// order with their byte `sizes`, padded with spaces to a multiple of 8.
+fn header_text(
+    path: &Path,
+    metas: &[(&str, DType, &[usize])],
+    sizes: &[usize],
+    metadata: &BTreeMap<String, String>,
+) -> Result<String> {
     let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let mut header = String::from("{");
     if !metadata.is_empty() {
@@ -433,17 +468,16 @@ fn write_file(
         header.push('}');
     }
     let mut offset = 0usize;
-    for (i, &t) in order.iter().enumerate() {
-        let tensor = tensors[t];
+    for (i, (&(name, dtype, shape), size)) in metas.iter().zip(sizes).enumerate() {
         if i > 0 || !metadata.is_empty() {
             header.push(',');
         }
-        let shape: Vec<String> = tensor.shape.iter().map(|d| d.to_string()).collect();
-        let end = offset + sizes[t];
+        let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let end = offset + size;
         header.push_str(&format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-            json(tensor.name),
-            dtype_key(tensor.dtype).0,
+            json(name),
+            dtype_key(dtype).0,
             shape.join(",")
         ));
         offset = end;
@@ -458,17 +492,99 @@ fn write_file(
         });
     }
     header.extend(std::iter::repeat_n(' ', padded - header.len()));
+    Ok(header)
+}
 
-    write_atomic_with(path, |w| {
+/// Name, stored dtype and shape of a tensor written by [`save_safetensors_with`].
+pub type TensorMeta = (String, DType, Vec<usize>);
+
+/// Receives the tensors of [`save_safetensors_with`] one at a time, in the announced order.
+pub struct TensorSink<'a> {
+    path: &'a Path,
+    metas: &'a [TensorMeta],
+    w: &'a mut dyn Write,
+    next: usize,
+    buf: Vec<u8>,
+}
+
+impl TensorSink<'_> {
+    /// Writes the next tensor from f32 values (converted to its stored dtype); an error if the
+    /// count does not match its shape or every announced tensor was already written.
+    pub fn write_f32(&mut self, values: &[f32]) -> Result<()> {
+        let Some((name, dtype, shape)) = self.metas.get(self.next) else {
+            return Err(CheckpointError::Format {
+                path: self.path.to_path_buf(),
+                format: "safetensors file",
+                message: format!("more tensors written than the {} announced", self.metas.len()),
+            });
+        };
+        let t = TensorWrite::from_f32(name, *dtype, shape.clone(), values);
+        t.checked_bytes(self.path)?;
+        write_tensor_data(self.w, &t, &mut self.buf).map_err(io_err(self.path))?;
+        self.next += 1;
+        Ok(())
+    }
+}
+
+/// Writes the safetensors file `path` (atomically) whose tensors `tensors` lists, letting `fill`
+/// produce their values one at a time in that order through a [`TensorSink`]: only one tensor
+/// needs to be in memory at once (saving optimizer state or a large model from a device).
+/// `metadata` as in [`save_safetensors`]. An error from `fill`, or `fill` writing fewer or more
+/// tensors than announced, leaves no file behind.
+pub fn save_safetensors_with<E, F>(
+    path: impl AsRef<Path>,
+    tensors: &[TensorMeta],
+    metadata: &BTreeMap<String, String>,
+    fill: F,
+) -> std::result::Result<(), E>
+where
+    E: From<CheckpointError>,
+    F: FnOnce(&mut TensorSink<'_>) -> std::result::Result<(), E>,
+{
+    let path = path.as_ref();
+    let mut seen = BTreeSet::new();
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape) in tensors {
+        if !seen.insert(name.as_str()) {
+            return Err(CheckpointError::Tensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                message: "appears twice in the tensors to write".into(),
+            }
+            .into());
+        }
+        sizes.push(stored_size(path, name, *dtype, shape)?.1);
+    }
+    let metas: Vec<(&str, DType, &[usize])> =
+        tensors.iter().map(|(n, d, s)| (n.as_str(), *d, &s[..])).collect();
+    let header = header_text(path, &metas, &sizes, &file_metadata(metadata))?;
+    let mut fill_err = None;
+    let result = write_atomic_with(path, |w| {
         let io = io_err(path);
-        w.write_all(&(padded as u64).to_le_bytes()).map_err(&io)?;
+        w.write_all(&(header.len() as u64).to_le_bytes()).map_err(&io)?;
         w.write_all(header.as_bytes()).map_err(&io)?;
-        let mut buf = Vec::new();
-        for &t in &order {
-            write_tensor_data(w, tensors[t], &mut buf).map_err(&io)?;
+        let mut sink = TensorSink { path, metas: tensors, w, next: 0, buf: Vec::new() };
+        if let Err(e) = fill(&mut sink) {
+            fill_err = Some(e);
+            return Err(CheckpointError::Format {
+                path: path.to_path_buf(),
+                format: "safetensors file",
+                message: "not written: producing a tensor failed".into(),
+            });
+        }
+        if sink.next != tensors.len() {
+            return Err(CheckpointError::Format {
+                path: path.to_path_buf(),
+                format: "safetensors file",
+                message: format!("{} of the {} announced tensors were written", sink.next, tensors.len()),
+            });
         }
         Ok(())
-    })
+    });
+    match (fill_err, result) {
+        (Some(e), _) => Err(e),
+        (None, r) => r.map_err(E::from),
+    }
 }
 
 /// Streams one tensor's data in its stored dtype, converting f32 in chunks through `buf`.

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
 use afinar_checkpoint::write::{
-    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, save_like, save_safetensors, save_sharded,
-    write_atomic, write_dir_atomic, TensorData, TensorWrite, SIDE_FILES,
+    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, save_like, save_safetensors, save_safetensors_with,
+    save_sharded, write_atomic, write_dir_atomic, TensorData, TensorSink, TensorWrite, SIDE_FILES,
 };
 use afinar_checkpoint::{CheckpointError, DType};
 use common::{run_python, TempDir};
@@ -594,4 +594,56 @@ fn python_safetensors_reads_what_we_write() {
         }
         assert_eq!(seen, tensors.len());
     }
+}
+
+#[test]
+fn streamed_file_holds_the_tensors_in_the_announced_order() {
+    let dir = TempDir::new("streamed");
+    let path = dir.path().join("state.safetensors");
+    let a = values(6, 1);
+    let b = values(12, 2);
+    let metas =
+        vec![("w".to_string(), DType::F32, vec![2, 3]), ("w.exp_avg".to_string(), DType::BF16, vec![3, 4])];
+    save_safetensors_with(&path, &metas, &meta(&[("k", "v")]), |sink: &mut TensorSink<'_>| {
+        sink.write_f32(&a)?;
+        sink.write_f32(&b)
+    })
+    .unwrap_or_else(|e: CheckpointError| panic!("{e}"));
+    let ckpt = SafetensorsCheckpoint::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_holds(
+        &ckpt,
+        &[
+            TensorWrite::from_f32("w", DType::F32, vec![2, 3], &a),
+            TensorWrite::from_f32("w.exp_avg", DType::BF16, vec![3, 4], &b),
+        ],
+    );
+    // Offsets follow the announced order, not the sorted one.
+    let (_, h) = header(&path);
+    assert_eq!(h["w"]["data_offsets"][0], 0);
+    assert_eq!(h["w.exp_avg"]["data_offsets"][0], 24);
+
+    // Too few tensors, a wrong count, or an error from the producer: no file is left behind.
+    let bad = dir.path().join("bad.safetensors");
+    let short =
+        save_safetensors_with(&bad, &metas, &meta(&[]), |sink: &mut TensorSink<'_>| sink.write_f32(&a));
+    assert!(matches!(short, Err(CheckpointError::Format { .. })), "{short:?}");
+    let wrong =
+        save_safetensors_with(&bad, &metas, &meta(&[]), |sink: &mut TensorSink<'_>| sink.write_f32(&b));
+    let wrong = wrong.unwrap_err();
+    assert!(matches!(&wrong, CheckpointError::Tensor { tensor, .. } if tensor == "w"), "{wrong}");
+    #[derive(Debug)]
+    enum Failure {
+        Checkpoint(#[allow(dead_code)] CheckpointError),
+        DeviceLost,
+    }
+    impl From<CheckpointError> for Failure {
+        fn from(e: CheckpointError) -> Self {
+            Failure::Checkpoint(e)
+        }
+    }
+    let failed =
+        save_safetensors_with(&bad, &metas, &meta(&[]), |_: &mut TensorSink<'_>| Err(Failure::DeviceLost));
+    assert!(matches!(failed, Err(Failure::DeviceLost)), "{failed:?}");
+    assert!(!bad.exists());
+    assert_eq!(listing(dir.path()), vec!["state.safetensors".to_string()]);
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
-use afinar_checkpoint::write::{save_safetensors, write_dir_atomic, TensorWrite};
+use afinar_checkpoint::write::{save_safetensors_with, write_dir_atomic, TensorMeta, TensorSink};
 use afinar_checkpoint::DType;
 use afinar_engine::{Backend, WeightFormat};
 
@@ -39,37 +39,49 @@ fn state_path(output_dir: &Path) -> PathBuf {
 }
 
 impl RecipeState {
-    /// Saves this state with every trainable tensor and its moments.
+    /// Saves this state with every trainable tensor and its moments, streamed one tensor at a
+    /// time (the optimizer state is twice the trainable weights: it never sits on the host whole).
     pub fn save<B: Backend>(&self, output_dir: &Path, be: &B, model: &mut Llama<B>) -> Result<()> {
-        let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        // First the names and shapes, then the values in the same order.
+        let mut metas: Vec<TensorMeta> = Vec::new();
         model.visit_params_mut(&mut |name, p| {
-            let (value, shape, s) = match p {
-                ParamMut::Weight(w, s) => {
+            let shape = match p {
+                ParamMut::Weight(w, _) => {
                     let (r, c) = be.weight_shape(w);
-                    (be.weight_to_host(w)?, vec![r, c], s)
+                    vec![r, c]
                 }
-                ParamMut::Buf(b, s) => (be.to_host(b)?, vec![s.len], s),
+                ParamMut::Buf(_, s) => vec![s.len],
             };
-            let n = s.len;
-            let take = |mut v: Vec<f32>| {
-                v.truncate(n);
-                v
-            };
-            host.push((name.to_string(), shape.clone(), take(value)));
-            host.push((format!("{name}.exp_avg"), shape.clone(), take(be.to_host(&s.m)?)));
-            host.push((format!("{name}.exp_avg_sq"), shape, take(be.to_host(&s.v)?)));
+            for suffix in ["", ".exp_avg", ".exp_avg_sq"] {
+                metas.push((format!("{name}{suffix}"), DType::F32, shape.clone()));
+            }
             Ok(())
         })?;
-        let tensors: Vec<TensorWrite> =
-            host.iter().map(|(n, s, d)| TensorWrite::from_f32(n, DType::F32, s.clone(), d)).collect();
         let mut meta = BTreeMap::new();
         meta.insert("afinar_recipe_state".to_string(), "1".to_string());
         meta.insert("optimizer_step".to_string(), self.optimizer_step.to_string());
         meta.insert("epoch".to_string(), self.epoch.to_string());
         meta.insert("step_in_epoch".to_string(), self.step_in_epoch.to_string());
         write_dir_atomic(output_dir.join(STATE_DIR), |tmp: &Path| -> Result<()> {
-            save_safetensors(tmp.join(STATE_FILE), &tensors, &meta)?;
-            Ok(())
+            save_safetensors_with(
+                tmp.join(STATE_FILE),
+                &metas,
+                &meta,
+                |sink: &mut TensorSink<'_>| -> Result<()> {
+                    model.visit_params_mut(&mut |_, p| {
+                        let (value, s) = match p {
+                            ParamMut::Weight(w, s) => (be.weight_to_host(w)?, s),
+                            ParamMut::Buf(b, s) => (be.to_host(b)?, s),
+                        };
+                        let n = s.len;
+                        sink.write_f32(&value[..n])?;
+                        drop(value);
+                        sink.write_f32(&be.to_host(&s.m)?[..n])?;
+                        sink.write_f32(&be.to_host(&s.v)?[..n])?;
+                        Ok(())
+                    })
+                },
+            )
         })
     }
 
