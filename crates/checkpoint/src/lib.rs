@@ -34,7 +34,7 @@ pub use dtype::DType;
 pub use error::{CheckpointError, Result};
 pub use peft::{load_peft_adapter, save_peft_adapter, LoraAdapterConfig};
 pub use write::{copy_side_files, save_like, save_safetensors, save_safetensors_with, save_sharded};
-pub use write::{write_atomic, write_dir_atomic, TensorData, TensorMeta, TensorSink, TensorWrite};
+pub use write::{write_atomic, write_dir_atomic, Fetch, TensorData, TensorMeta, TensorSink, TensorWrite};
 
 /// A borrowed tensor: its name, dtype, shape in row-major order (outermost dimension first; the
 /// Hugging Face convention, so a linear weight is `[out, in]`: GGUF's reversed dimensions are

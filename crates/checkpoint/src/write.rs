@@ -51,13 +51,21 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     /// Raw little-endian bytes, already in the tensor's dtype; written unchanged.
     Bytes(&'a [u8]),
+    /// f32 values produced only when the tensor is written (and dropped right after), so that a
+    /// whole model never needs to sit on the host at once (weights read back from a device,
+    /// merged adapters). An error from the producer aborts the file.
+    Fetch(&'a Fetch<'a>),
 }
+
+/// The producer of a [`TensorData::Fetch`] tensor: its f32 values, or what went wrong.
+pub type Fetch<'a> = dyn Fn() -> std::result::Result<Vec<f32>, String> + Sync + 'a;
 
 impl fmt::Debug for TensorData<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TensorData::F32(v) => write!(f, "F32([{} values])", v.len()),
             TensorData::Bytes(b) => write!(f, "Bytes([{} bytes])", b.len()),
+            TensorData::Fetch(_) => write!(f, "Fetch(..)"),
         }
     }
 }
@@ -81,6 +89,11 @@ impl<'a> TensorWrite<'a> {
     /// A tensor stored as `dtype` from f32 values (converted on the way out).
     pub fn from_f32(name: &'a str, dtype: DType, shape: Vec<usize>, data: &'a [f32]) -> Self {
         TensorWrite { name, dtype, shape, data: TensorData::F32(data) }
+    }
+
+    /// A tensor stored as `dtype` whose f32 values `fetch` produces when it is written.
+    pub fn from_fetch(name: &'a str, dtype: DType, shape: Vec<usize>, fetch: &'a Fetch<'a>) -> Self {
+        TensorWrite { name, dtype, shape, data: TensorData::Fetch(fetch) }
     }
 
     /// A tensor from raw little-endian bytes already in `dtype`.
@@ -589,9 +602,23 @@ where
 
 /// Streams one tensor's data in its stored dtype, converting f32 in chunks through `buf`.
 fn write_tensor_data(w: &mut dyn Write, t: &TensorWrite, buf: &mut Vec<u8>) -> io::Result<()> {
+    let fetched;
     let values = match t.data {
         TensorData::Bytes(b) => return w.write_all(b),
         TensorData::F32(v) => v,
+        TensorData::Fetch(f) => {
+            fetched = f().map_err(|e| io::Error::other(format!("tensor '{}': {e}", t.name)))?;
+            let numel = t.numel();
+            if fetched.len() != numel {
+                return Err(io::Error::other(format!(
+                    "tensor '{}': shape {:?} has {numel} elements, its producer gave {}",
+                    t.name,
+                    t.shape,
+                    fetched.len()
+                )));
+            }
+            &fetched[..]
+        }
     };
     let elem = if t.dtype == DType::F32 { 4 } else { 2 };
     for chunk in values.chunks(CHUNK) {

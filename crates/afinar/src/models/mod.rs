@@ -13,4 +13,4 @@ pub use config::LlamaConfig;
 pub use llama::{Llama, Logits};
 pub use load::{load_model, load_tokenizer, LoadOptions, LoadedModel};
 pub use train::{LossSum, TrainBatch};
-pub use trainable::{LoraSpec, LoraTarget, ParamMut};
+pub use trainable::{LazyTensor, LoraSpec, LoraTarget, NamedTensor, ParamMut};

@@ -84,6 +84,17 @@ pub enum ParamMut<'a, B: Backend> {
 /// A tensor on the host: Hugging Face (or PEFT) name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
+/// A tensor whose values are read from the backend only when asked for ([`LazyTensor::fetch`]):
+/// checkpoints are written one tensor at a time instead of holding a host copy of the model.
+pub struct LazyTensor<'a> {
+    /// Hugging Face name.
+    pub name: String,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Produces the values (f32), or a message saying what failed.
+    pub fetch: Box<afinar_checkpoint::write::Fetch<'a>>,
+}
+
 impl<B: Backend> Llama<B> {
     /// Makes every tensor trainable (full fine-tuning). The weights must be stored as f32.
     pub fn enable_full_finetune(&mut self, be: &B) -> Result<()> {
@@ -250,35 +261,67 @@ impl<B: Backend> Llama<B> {
     /// Every tensor of the model as f32 with its Hugging Face name and shape (what a full
     /// checkpoint holds; LoRA adapters are not merged here, see [`Llama::merged_state_tensors`]).
     pub fn state_tensors(&self, be: &B) -> Result<Vec<NamedTensor>> {
+        collect(self.lazy_state_tensors(be, false))
+    }
+
+    /// [`Llama::state_tensors`] without reading anything yet: each tensor is read from the
+    /// backend when its `fetch` runs; with `merged`, every LoRA adapter is folded into its base
+    /// weight then (`W + scale · B A`), leaving the model itself unchanged. Sorted by name.
+    pub fn lazy_state_tensors<'a>(&'a self, be: &'a B, merged: bool) -> Vec<LazyTensor<'a>> {
         let c = &self.config;
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            vec![c.vocab_size, c.dim],
-            be.weight_to_host(&self.embed)?,
-        )];
+        let buf = |buf: &'a B::Buf, n: usize| -> Box<afinar_checkpoint::write::Fetch<'a>> {
+            Box::new(move || host(be, buf, n).map_err(|e| e.to_string()))
+        };
+        let embed = &self.embed;
+        let mut out = vec![LazyTensor {
+            name: "model.embed_tokens.weight".to_string(),
+            shape: vec![c.vocab_size, c.dim],
+            fetch: Box::new(move || be.weight_to_host(embed).map_err(|e| e.to_string())),
+        }];
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                vec![c.dim],
-                host(be, &layer.attn_norm.weight, c.dim)?,
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                vec![c.dim],
-                host(be, &layer.mlp_norm.weight, c.dim)?,
-            ));
+            out.push(LazyTensor {
+                name: format!("{p}.input_layernorm.weight"),
+                shape: vec![c.dim],
+                fetch: buf(&layer.attn_norm.weight, c.dim),
+            });
+            out.push(LazyTensor {
+                name: format!("{p}.post_attention_layernorm.weight"),
+                shape: vec![c.dim],
+                fetch: buf(&layer.mlp_norm.weight, c.dim),
+            });
         }
         for (name, l) in self.linears() {
-            out.push((
-                format!("{name}.weight"),
-                vec![l.out_features, l.in_features],
-                be.weight_to_host(&l.weight)?,
-            ));
+            out.push(LazyTensor {
+                name: format!("{name}.weight"),
+                shape: vec![l.out_features, l.in_features],
+                fetch: Box::new(move || {
+                    let mut w = be.weight_to_host(&l.weight).map_err(|e| e.to_string())?;
+                    if let (true, Some(lora)) = (merged, &l.lora) {
+                        let (o, i) = (l.out_features, l.in_features);
+                        let delta = (|| -> Result<Vec<f32>> {
+                            let mut delta = be.zeros(o * i)?;
+                            be.matmul(
+                                &lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0,
+                            )?;
+                            Ok(be.to_host(&delta)?)
+                        })()
+                        .map_err(|e| e.to_string())?;
+                        for (w, d) in w.iter_mut().zip(&delta) {
+                            *w += d;
+                        }
+                    }
+                    Ok(w)
+                }),
+            });
         }
-        out.push(("model.norm.weight".into(), vec![c.dim], host(be, &self.norm.weight, c.dim)?));
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        out.push(LazyTensor {
+            name: "model.norm.weight".into(),
+            shape: vec![c.dim],
+            fetch: buf(&self.norm.weight, c.dim),
+        });
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// LoRA matrices with their PEFT names (without the `base_model.model.` prefix) and shapes.
@@ -312,19 +355,16 @@ impl<B: Backend> Llama<B> {
     /// [`Llama::state_tensors`] with every LoRA adapter folded into its base weight
     /// (`W + scale · B A`), leaving the model itself unchanged.
     pub fn merged_state_tensors(&self, be: &B) -> Result<Vec<NamedTensor>> {
-        let mut tensors = self.state_tensors(be)?;
-        for (name, l) in self.linears() {
-            let Some(lora) = &l.lora else { continue };
-            let (o, i) = (l.out_features, l.in_features);
-            let mut delta = be.zeros(o * i)?;
-            be.matmul(&lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0)?;
-            let delta = be.to_host(&delta)?;
-            let key = format!("{name}.weight");
-            let t = tensors.iter_mut().find(|t| t.0 == key).expect("every linear is in the state");
-            for (w, d) in t.2.iter_mut().zip(&delta) {
-                *w += d;
-            }
-        }
-        Ok(tensors)
+        collect(self.lazy_state_tensors(be, true))
     }
+}
+
+/// Reads every lazy tensor.
+fn collect(lazy: Vec<LazyTensor<'_>>) -> Result<Vec<NamedTensor>> {
+    lazy.into_iter()
+        .map(|t| {
+            let v = (t.fetch)().map_err(|e| crate::Error::Input(format!("reading {}: {e}", t.name)))?;
+            Ok((t.name, t.shape, v))
+        })
+        .collect()
 }

@@ -16,7 +16,7 @@ use afinar_engine::Backend;
 use afinar_tokenizer::Tokenizer;
 
 use super::state::SaveTarget;
-use crate::models::{Llama, LoraSpec};
+use crate::models::{LazyTensor, Llama, LoraSpec};
 use crate::{Error, Result};
 
 /// Largest shard `save_sharded` writes when the input had no layout to copy (transformers'
@@ -43,9 +43,12 @@ pub struct ModelSource {
 }
 
 impl ModelSource {
-    fn write_full(&self, be_tensors: &[(String, Vec<usize>, Vec<f32>)], dir: &Path) -> Result<()> {
-        let tensors: Vec<TensorWrite> =
-            be_tensors.iter().map(|(n, s, d)| TensorWrite::from_f32(n, self.dtype, s.clone(), d)).collect();
+    /// Writes full weights into `dir`, reading one tensor at a time from the backend.
+    fn write_full(&self, lazy: &[LazyTensor<'_>], dir: &Path) -> Result<()> {
+        let tensors: Vec<TensorWrite> = lazy
+            .iter()
+            .map(|t| TensorWrite::from_fetch(&t.name, self.dtype, t.shape.clone(), &*t.fetch))
+            .collect();
         match &self.hf_dir {
             Some(src) => {
                 let reference = SafetensorsCheckpoint::open(src)?;
@@ -74,7 +77,7 @@ pub struct FullSave {
 
 impl<B: Backend> SaveTarget<B> for FullSave {
     fn save(&self, be: &B, model: &Llama<B>, dir: &Path) -> Result<()> {
-        let tensors = model.state_tensors(be)?;
+        let tensors = model.lazy_state_tensors(be, false);
         write_dir_atomic(dir, |tmp: &Path| self.source.write_full(&tensors, tmp))
     }
 }
@@ -103,7 +106,7 @@ impl<B: Backend> SaveTarget<B> for LoraSave {
             base_model_name_or_path: Some(self.source.path.display().to_string()),
             ..LoraAdapterConfig::default()
         };
-        let merged = if self.merged { Some(model.merged_state_tensors(be)?) } else { None };
+        let merged = self.merged.then(|| model.lazy_state_tensors(be, true));
         write_dir_atomic(dir, |tmp: &Path| -> Result<()> {
             save_peft_adapter(tmp, &cfg, &tensors)?;
             if let Some(m) = &merged {
