@@ -145,8 +145,12 @@ fn source() -> ModelSource {
     }
 }
 
-fn check_exact_resume(name: &str, lora: Option<LoraSpec>) {
+/// Runs 6 steps straight and 4 + resume + 2, checks they agree bit for bit, and returns the
+/// straight run's losses. `mixed`: bf16 products for the f32 weights (full fine-tuning with
+/// `model.dtype: bf16`).
+fn check_exact_resume(name: &str, lora: Option<LoraSpec>, mixed: bool) -> Vec<f64> {
     let s = setup(name);
+    s.be.set_bf16_products(mixed);
     let saver: Box<dyn SaveTarget<CpuBackend>> = match &lora {
         Some(spec) => Box::new(LoraSave { source: source(), spec: spec.clone(), merged: true }),
         None => Box::new(FullSave { source: source() }),
@@ -193,6 +197,7 @@ fn check_exact_resume(name: &str, lora: Option<LoraSpec>) {
         assert!(straight_dir.join("epoch_1/model.safetensors").exists());
         assert!(straight_dir.join("epoch_1/config.json").exists());
     }
+    straight.losses
 }
 
 #[test]
@@ -203,12 +208,12 @@ fn lora_run_resumes_bit_for_bit() {
         dropout: 0.1,
         targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
     };
-    check_exact_resume("lora", Some(spec));
+    check_exact_resume("lora", Some(spec), false);
 }
 
 #[test]
 fn full_run_resumes_bit_for_bit() {
-    check_exact_resume("full", None);
+    check_exact_resume("full", None, false);
 }
 
 #[test]
@@ -232,4 +237,13 @@ fn resume_without_state_is_a_clear_error() {
     .unwrap()
     .to_string();
     assert!(err.contains("nothing to resume"), "{err}");
+}
+
+#[test]
+fn mixed_precision_full_run_resumes_exactly_and_tracks_fp32() {
+    let fp32 = check_exact_resume("full-fp32-ref", None, false);
+    let mixed = check_exact_resume("full-mixed", None, true);
+    for (i, (a, b)) in fp32.iter().zip(&mixed).enumerate() {
+        assert!(((a - b) / a).abs() < 2e-2, "step {}: fp32 {a} vs mixed {b}", i + 1);
+    }
 }

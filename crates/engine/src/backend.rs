@@ -159,6 +159,13 @@ pub trait Backend: Send + Sync + 'static {
         f()
     }
 
+    /// Mixed precision: with `on`, products with f32 weights (and weight gradients) take their
+    /// operands rounded to bf16 with f32 accumulation, as `torch.autocast(bfloat16)` does, while
+    /// the weights, gradients and optimizer state stay f32 (full fine-tuning with
+    /// `model.dtype: bf16`). The CPU backend does this on AMX where the processor has it (and
+    /// stays f32 elsewhere); the CUDA backend already runs f32 products in TF32 and ignores it.
+    fn set_bf16_products(&self, _on: bool) {}
+
     /// Peak bytes of device memory held by the backend's buffers so far, where the device keeps
     /// such a count (the CUDA backend); `None` where process memory is the measure (CPU).
     fn peak_memory(&self) -> Option<u64> {

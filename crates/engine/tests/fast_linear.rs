@@ -220,3 +220,56 @@ fn amx_linear_cross_entropy_matches_f32_path() {
     amx::linear_forward(&h, &bits, &mut y2, rows, vocab, dim, false);
     assert_eq!(y1, y2);
 }
+
+/// Mixed precision (`set_bf16_products`): products with f32 weights, weight gradients and the
+/// fused output projection take bf16-rounded operands with f32 sums, so they equal the f32 path
+/// on operands rounded to bf16 beforehand (up to summation order). Without AMX the flag changes
+/// nothing.
+#[test]
+fn mixed_precision_products_match_f32_on_rounded_operands() {
+    let be = CpuBackend::new(Some(2));
+    let reference = CpuBackend::new(Some(2));
+    be.set_bf16_products(true);
+    let (rows, out, inp) = (70, 96, 160);
+    let (x, wv, dy) = (randn(rows * inp, 1), randn(out * inp, 2), randn(rows * out, 3));
+    let amx = amx::available();
+    let r = |v: &[f32]| if amx { round_bf16(v) } else { v.to_vec() };
+    let w = be.weight(&wv, out, inp, WeightFormat::F32).unwrap();
+    let wr = reference.weight(&r(&wv), out, inp, WeightFormat::F32).unwrap();
+
+    let y0 = randn(rows * out, 4);
+    let (mut y, mut y_ref) = (y0.clone(), y0.clone());
+    be.linear(&x, &w, &mut y, rows, true).unwrap();
+    reference.linear(&r(&x), &wr, &mut y_ref, rows, true).unwrap();
+    assert!(rel_err32(&y, &y_ref) < 1e-5, "linear: {}", rel_err32(&y, &y_ref));
+
+    let (mut dx, mut dx_ref) = (vec![f32::NAN; rows * inp], vec![0.0; rows * inp]);
+    be.linear_backward_input(&dy, &w, &mut dx, rows, false).unwrap();
+    reference.linear_backward_input(&r(&dy), &wr, &mut dx_ref, rows, false).unwrap();
+    assert!(rel_err32(&dx, &dx_ref) < 1e-5, "input grad: {}", rel_err32(&dx, &dx_ref));
+
+    let dw0 = randn(out * inp, 5);
+    let (mut dw, mut dw_ref) = (dw0.clone(), dw0.clone());
+    be.matmul(&dy, true, &x, false, &mut dw, out, inp, rows, 1.0, 1.0).unwrap();
+    reference.matmul(&r(&dy), true, &r(&x), false, &mut dw_ref, out, inp, rows, 1.0, 1.0).unwrap();
+    assert!(rel_err32(&dw, &dw_ref) < 1e-5, "weight grad: {}", rel_err32(&dw, &dw_ref));
+
+    // Fused output projection: loss and dh as the f32 path on rounded operands; dW within bf16
+    // rounding of the logits' gradient (which the f32 path keeps in f32).
+    let (vocab, dim, n) = (300, 64, 40);
+    let (h, ov) = (randn(n * dim, 6), randn(vocab * dim, 7));
+    let targets: Vec<i32> =
+        (0..n as i32).map(|i| if i % 9 == 4 { -100 } else { (i * 37) % vocab as i32 }).collect();
+    let ow = be.weight(&ov, vocab, dim, WeightFormat::F32).unwrap();
+    let owr = reference.weight(&r(&ov), vocab, dim, WeightFormat::F32).unwrap();
+    let (mut dh, mut dh_ref) = (vec![0.0; n * dim], vec![0.0; n * dim]);
+    let (mut gw, mut gw_ref) = (vec![0.0; vocab * dim], vec![0.0; vocab * dim]);
+    let (l, c) = be.linear_cross_entropy(&h, &ow, &targets, n, 0.5, Some(&mut dh), Some(&mut gw)).unwrap();
+    let (l_ref, c_ref) = reference
+        .linear_cross_entropy(&r(&h), &owr, &targets, n, 0.5, Some(&mut dh_ref), Some(&mut gw_ref))
+        .unwrap();
+    assert_eq!(c, c_ref);
+    assert!(((l - l_ref) / l_ref).abs() < 1e-5, "loss {l} vs {l_ref}");
+    assert!(norm_err32(&dh, &dh_ref) < 1e-2, "dh: {}", norm_err32(&dh, &dh_ref));
+    assert!(norm_err32(&gw, &gw_ref) < 1e-2, "dW: {}", norm_err32(&gw, &gw_ref));
+}

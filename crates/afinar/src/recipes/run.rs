@@ -163,6 +163,13 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         Some(spec) => model.apply_lora(be, spec, &mut rng)?,
         None => model.enable_full_finetune(be)?,
     }
+    // Full fine-tuning with `model.dtype: bf16`: f32 weights, gradients and AdamW state, products
+    // in bf16 with f32 sums (mixed precision, as torch.autocast).
+    let mixed = lora.is_none() && cfg.model.dtype == cfgmod::Dtype::Bf16;
+    be.set_bf16_products(mixed);
+    if mixed {
+        reporter.note("mixed precision: f32 weights and optimizer state, bf16 matrix products");
+    }
     let dataset =
         Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
     let pad = tokenizer.eos_id().unwrap_or(0);

@@ -183,6 +183,70 @@ pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> Packe
     })
 }
 
+/// [`pack_linear`] from f32 weights, rounded to bf16 (nearest even) on the way in: the products
+/// of trainable f32 weights in mixed precision (full fine-tuning with bf16 products).
+///
+/// # Panics
+/// When `w` holds fewer than `out · inp` values.
+pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
+    assert!(w.len() >= out * inp);
+    pack_b(inp, out, |panel, n0, ncols| {
+        for j in 0..ncols {
+            let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
+            for (k, &v) in row.iter().enumerate() {
+                panel[vnni(k, j)] = half::bf16::from_f32(v).to_bits();
+            }
+        }
+    })
+}
+
+/// [`pack_linear_transposed`] from f32 values, rounded to bf16 on the way in.
+///
+/// # Panics
+/// When `w` holds fewer than `out · inp` values.
+pub fn pack_linear_transposed_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
+    assert!(w.len() >= out * inp);
+    pack_b(out, inp, |panel, n0, ncols| {
+        for k in 0..out {
+            let row = &w[k * inp + n0..k * inp + n0 + ncols];
+            let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
+            for (j, &v) in row.iter().enumerate() {
+                dst[2 * j + (k & 1)] = half::bf16::from_f32(v).to_bits();
+            }
+        }
+    })
+}
+
+/// The weight gradient `dw[out, inp] (+)= dyᵀ · x` of a linear layer (`dy: [rows, out]`,
+/// `x: [rows, inp]`) on AMX: both rounded to bf16, f32 accumulation. When `accumulate` is
+/// false the old contents of `dw` are not read.
+///
+/// # Panics
+/// When a slice is shorter than its matrix, or when [`available`] is false.
+pub fn weight_grad(
+    dy: &[f32],
+    x: &[f32],
+    dw: &mut [f32],
+    rows: usize,
+    out: usize,
+    inp: usize,
+    accumulate: bool,
+) {
+    assert!(available(), "AMX is not available");
+    assert!(dy.len() >= rows * out && x.len() >= rows * inp && dw.len() >= out * inp);
+    if out == 0 || inp == 0 {
+        return;
+    }
+    // dyᵀ as the row-major A operand; x is B = x ([rows, inp], k = rows).
+    let mut dyt = vec![0f32; out * rows];
+    dyt.par_chunks_mut(rows).enumerate().for_each(|(o, col)| {
+        for (r, v) in col.iter_mut().enumerate() {
+            *v = dy[r * out + o];
+        }
+    });
+    matmul_packed(&dyt, &pack_linear_transposed_f32(x, rows, inp), dw, out, accumulate);
+}
+
 /// Index of `(k, j)` in a packed panel.
 #[inline(always)]
 fn vnni(k: usize, j: usize) -> usize {

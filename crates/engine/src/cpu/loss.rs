@@ -103,17 +103,23 @@ pub fn linear_cross_entropy<T: Real>(
     let products = OutputProducts {
         logits: |hc: &[T], l: &mut [T], n: usize| linear_forward(hc, w, l, n, vocab, dim, false),
         input_grad: |dl: &[T], d: &mut [T], n: usize| linear_backward_input(dl, w, d, n, vocab, dim, false),
+        weight_grad: |dl: &[T], hc: &[T], dw: &mut [T], n: usize| {
+            matmul(dl, true, hc, false, dw, vocab, dim, n, T::ONE, T::ONE)
+        },
     };
     linear_cross_entropy_with(h, &products, targets, rows, vocab, dim, grad_scale, dh, dw, chunk)
 }
 
 /// The two products of an output projection `W: [vocab, dim]` that the fused cross-entropy
 /// needs, so that a backend can supply its fastest form of them (e.g. a weight packed once).
-pub struct OutputProducts<F, G> {
+pub struct OutputProducts<F, G, H> {
     /// `logits[n, vocab] = h[n, dim] · Wᵀ`, called as `logits(h, logits, n)`.
     pub logits: F,
     /// `dh[n, dim] = dlogits[n, vocab] · W` (overwriting), called as `input_grad(dlogits, dh, n)`.
     pub input_grad: G,
+    /// `dw[vocab, dim] += dlogits[n, vocab]ᵀ · h[n, dim]`, called as `weight_grad(dlogits, h, dw,
+    /// n)`.
+    pub weight_grad: H,
 }
 
 /// [`linear_cross_entropy`] over the products in `p`.
@@ -121,9 +127,9 @@ pub struct OutputProducts<F, G> {
 /// # Panics
 /// When a slice is too short or a target is out of range.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_cross_entropy_with<T: Real, F, G>(
+pub fn linear_cross_entropy_with<T: Real, F, G, H>(
     h: &[T],
-    p: &OutputProducts<F, G>,
+    p: &OutputProducts<F, G, H>,
     targets: &[i32],
     rows: usize,
     vocab: usize,
@@ -136,6 +142,7 @@ pub fn linear_cross_entropy_with<T: Real, F, G>(
 where
     F: Fn(&[T], &mut [T], usize),
     G: Fn(&[T], &mut [T], usize),
+    H: Fn(&[T], &[T], &mut [T], usize),
 {
     assert!(chunk > 0 && vocab > 0);
     assert!(h.len() >= rows * dim && targets.len() >= rows);
@@ -177,7 +184,7 @@ where
                 (p.input_grad)(logits, &mut dh[r0 * dim..(r0 + n) * dim], n);
             }
             if let Some(dw) = dw.as_deref_mut() {
-                matmul(logits, true, hc, false, dw, vocab, dim, n, T::ONE, T::ONE);
+                (p.weight_grad)(logits, hc, dw, n);
             }
         }
         r0 += n;

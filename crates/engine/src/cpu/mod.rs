@@ -137,6 +137,8 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     avx512_bf16: bool,
+    /// Mixed precision: products with f32 weights in bf16 on AMX ([`Backend::set_bf16_products`]).
+    bf16_products: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -155,7 +157,17 @@ impl Default for CpuBackend {
     }
 }
 
+/// Smallest product (`m · n · k`) a weight gradient takes to AMX in mixed precision; smaller ones
+/// (LoRA ranks, norms) stay in f32.
+const MIXED_MIN_WORK: usize = 1 << 20;
+
 impl CpuBackend {
+    /// Whether products with f32 weights (and weight gradients) run in bf16 (see
+    /// [`Backend::set_bf16_products`]).
+    fn bf16_products(&self) -> bool {
+        self.bf16_products.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A backend running on its own pool of `threads` threads (`None`: one per available core).
     ///
     /// # Panics
@@ -168,7 +180,12 @@ impl CpuBackend {
             .thread_name(|i| format!("afinar-cpu-{i}"))
             .build()
             .expect("failed to start the CPU backend's threads");
-        CpuBackend { pool, threads, avx512_bf16: has_avx512_bf16() }
+        CpuBackend {
+            pool,
+            threads,
+            avx512_bf16: has_avx512_bf16(),
+            bf16_products: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Number of worker threads.
@@ -235,6 +252,10 @@ impl Backend for CpuBackend {
 
     fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.install(f)
+    }
+
+    fn set_bf16_products(&self, on: bool) {
+        self.bf16_products.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -357,6 +378,9 @@ impl Backend for CpuBackend {
             CpuWeightData::BF16(d) if amx::available() => {
                 amx::linear_forward(x, d, y, rows, out, inp, accumulate)
             }
+            CpuWeightData::F32(d) if amx::available() && self.bf16_products() => {
+                amx::matmul_packed(x, &amx::pack_linear_f32(d, out, inp), y, rows, accumulate)
+            }
             _ => matmul::linear_forward(x, w.as_ref(), y, rows, out, inp, accumulate),
         });
         Ok(())
@@ -377,6 +401,9 @@ impl Backend for CpuBackend {
         self.install(|| match &w.data {
             CpuWeightData::BF16(d) if amx::available() => {
                 amx::linear_backward_input(dy, d, dx, rows, out, inp, accumulate)
+            }
+            CpuWeightData::F32(d) if amx::available() && self.bf16_products() && rows > 0 && inp > 0 => {
+                amx::matmul_packed(dy, &amx::pack_linear_transposed_f32(d, out, inp), dx, rows, accumulate)
             }
             _ => matmul::linear_backward_input(dy, w.as_ref(), dx, rows, out, inp, accumulate),
         });
@@ -400,7 +427,13 @@ impl Backend for CpuBackend {
         need(op, "a", a.len(), mul(op, &[m, k])?)?;
         need(op, "b", b.len(), mul(op, &[k, n])?)?;
         need(op, "c", c.len(), mul(op, &[m, n])?)?;
-        self.install(|| matmul::matmul(a, ta, b, tb, c, m, n, k, alpha, beta));
+        // A weight gradient (`aᵀ b`, summed or overwritten) in mixed precision: on AMX.
+        let weight_grad = ta && !tb && alpha == 1.0 && (beta == 1.0 || beta == 0.0);
+        if weight_grad && self.bf16_products() && amx::available() && m * n * k >= MIXED_MIN_WORK {
+            self.install(|| amx::weight_grad(a, b, c, k, m, n, beta == 1.0));
+        } else {
+            self.install(|| matmul::matmul(a, ta, b, tb, c, m, n, k, alpha, beta));
+        }
         Ok(())
     }
 
@@ -667,16 +700,36 @@ impl Backend for CpuBackend {
         check_targets(op, &targets[..rows], vocab)?;
         let chunk = loss::default_chunk_rows(vocab);
         let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
+        let mixed = self.bf16_products();
         Ok(self.install(|| match &w.data {
-            // bf16 weight on AMX: pack it once for all chunks (and its transpose for dh).
-            CpuWeightData::BF16(d) if amx::available() => {
-                let fwd = amx::pack_linear(d, vocab, dim);
-                let bwd = dh.is_some().then(|| amx::pack_linear_transposed(d, vocab, dim));
+            // bf16 weight on AMX (or an f32 one with bf16 products): pack it once for all chunks
+            // (and its transpose for dh).
+            CpuWeightData::BF16(_) | CpuWeightData::F32(_)
+                if amx::available() && (mixed || matches!(w.data, CpuWeightData::BF16(_))) =>
+            {
+                let (fwd, bwd) = match &w.data {
+                    CpuWeightData::BF16(d) => (
+                        amx::pack_linear(d, vocab, dim),
+                        dh.is_some().then(|| amx::pack_linear_transposed(d, vocab, dim)),
+                    ),
+                    CpuWeightData::F32(d) => (
+                        amx::pack_linear_f32(d, vocab, dim),
+                        dh.is_some().then(|| amx::pack_linear_transposed_f32(d, vocab, dim)),
+                    ),
+                    CpuWeightData::Quant { .. } => unreachable!("matched float weights"),
+                };
                 let products = loss::OutputProducts {
                     logits: |hc: &[f32], l: &mut [f32], n: usize| amx::matmul_packed(hc, &fwd, l, n, false),
                     input_grad: |dl: &[f32], dhc: &mut [f32], n: usize| {
                         let b = bwd.as_ref().expect("packed only when dh is wanted");
                         amx::matmul_packed(dl, b, dhc, n, false)
+                    },
+                    weight_grad: |dl: &[f32], hc: &[f32], dwc: &mut [f32], n: usize| {
+                        if mixed {
+                            amx::weight_grad(dl, hc, dwc, n, vocab, dim, true)
+                        } else {
+                            matmul::matmul(dl, true, hc, false, dwc, vocab, dim, n, 1.0, 1.0)
+                        }
                     },
                 };
                 loss::linear_cross_entropy_with(
