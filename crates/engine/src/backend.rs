@@ -137,6 +137,32 @@ pub struct AdamW {
     pub step: u64,
 }
 
+/// The per-step scalars of an AdamW update, computed once on the host so that every backend
+/// applies the same ones: `p ← p · decay − step_size · m / (√v / bc2_sqrt + eps)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWScalars {
+    /// `1 − lr · weight_decay`.
+    pub decay: f32,
+    /// `lr / (1 − β₁ᵗ)` (computed in f64).
+    pub step_size: f32,
+    /// `√(1 − β₂ᵗ)` (computed in f64).
+    pub bc2_sqrt: f32,
+}
+
+impl AdamW {
+    /// This step's scalars, in the order `torch.optim.AdamW` computes them.
+    pub fn scalars(&self) -> AdamWScalars {
+        let step = self.step.max(1) as i32;
+        let bc1 = 1.0 - (self.beta1 as f64).powi(step);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(step);
+        AdamWScalars {
+            decay: 1.0 - self.lr * self.weight_decay,
+            step_size: (self.lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+        }
+    }
+}
+
 /// Everything model code needs from a device: memory, and a forward and a backward kernel for
 /// each operation of a Llama-style decoder.
 ///

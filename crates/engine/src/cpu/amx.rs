@@ -155,15 +155,7 @@ fn pack_b(k: usize, n: usize, fill: impl Fn(&mut [u16], usize, usize) + Sync) ->
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear(w: &[half::bf16], out: usize, inp: usize) -> PackedB {
-    assert!(w.len() >= out * inp);
-    pack_b(inp, out, |panel, n0, ncols| {
-        for j in 0..ncols {
-            let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
-            for (k, v) in row.iter().enumerate() {
-                panel[vnni(k, j)] = v.to_bits();
-            }
-        }
-    })
+    pack_rows(w, out, inp, |v| v.to_bits())
 }
 
 /// `W: [out, inp]` (bf16) packed as the `B = W` of `dx = dy W`.
@@ -171,16 +163,7 @@ pub fn pack_linear(w: &[half::bf16], out: usize, inp: usize) -> PackedB {
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> PackedB {
-    assert!(w.len() >= out * inp);
-    pack_b(out, inp, |panel, n0, ncols| {
-        for k in 0..out {
-            let row = &w[k * inp + n0..k * inp + n0 + ncols];
-            let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
-            for (j, v) in row.iter().enumerate() {
-                dst[2 * j + (k & 1)] = v.to_bits();
-            }
-        }
-    })
+    pack_cols(w, out, inp, |v| v.to_bits())
 }
 
 /// [`pack_linear`] from f32 weights, rounded to bf16 (nearest even) on the way in: the products
@@ -189,15 +172,7 @@ pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> Packe
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    assert!(w.len() >= out * inp);
-    pack_b(inp, out, |panel, n0, ncols| {
-        for j in 0..ncols {
-            let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
-            for (k, &v) in row.iter().enumerate() {
-                panel[vnni(k, j)] = half::bf16::from_f32(v).to_bits();
-            }
-        }
-    })
+    pack_rows(w, out, inp, |v| half::bf16::from_f32(v).to_bits())
 }
 
 /// [`pack_linear_transposed`] from f32 values, rounded to bf16 on the way in.
@@ -205,13 +180,31 @@ pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_transposed_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
+    pack_cols(w, out, inp, |v| half::bf16::from_f32(v).to_bits())
+}
+
+/// `w: [out, inp]` as `B = wᵀ` (`k = inp`, `n = out`), each value through `bits`.
+fn pack_rows<T: Copy + Sync>(w: &[T], out: usize, inp: usize, bits: impl Fn(T) -> u16 + Sync) -> PackedB {
+    assert!(w.len() >= out * inp);
+    pack_b(inp, out, |panel, n0, ncols| {
+        for j in 0..ncols {
+            let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
+            for (k, &v) in row.iter().enumerate() {
+                panel[vnni(k, j)] = bits(v);
+            }
+        }
+    })
+}
+
+/// `w: [out, inp]` as `B = w` (`k = out`, `n = inp`), each value through `bits`.
+fn pack_cols<T: Copy + Sync>(w: &[T], out: usize, inp: usize, bits: impl Fn(T) -> u16 + Sync) -> PackedB {
     assert!(w.len() >= out * inp);
     pack_b(out, inp, |panel, n0, ncols| {
         for k in 0..out {
             let row = &w[k * inp + n0..k * inp + n0 + ncols];
             let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
             for (j, &v) in row.iter().enumerate() {
-                dst[2 * j + (k & 1)] = half::bf16::from_f32(v).to_bits();
+                dst[2 * j + (k & 1)] = bits(v);
             }
         }
     })

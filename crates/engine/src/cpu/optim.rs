@@ -9,12 +9,7 @@ const CHUNK: usize = 1 << 14;
 
 /// One AdamW step, in the order `torch.optim.AdamW` computes it.
 pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW) {
-    let step = hp.step.max(1) as i32;
-    let bc1 = 1.0 - (hp.beta1 as f64).powi(step);
-    let bc2 = 1.0 - (hp.beta2 as f64).powi(step);
-    let step_size = (hp.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - hp.lr * hp.weight_decay;
+    let crate::backend::AdamWScalars { decay, step_size, bc2_sqrt } = hp.scalars();
     let (b1, b2, eps) = (hp.beta1, hp.beta2, hp.eps);
     param
         .par_chunks_mut(CHUNK)

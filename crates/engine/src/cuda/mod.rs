@@ -27,6 +27,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 
+use crate::backend::AdamWScalars;
 use crate::cpu::{self, CpuBackend, CpuWeight, CpuWeightData};
 use crate::error::ensure;
 use crate::{AdamW, AttnDims, Backend, EngineError, QuantFormat, Result, WeightFormat};
@@ -463,6 +464,32 @@ impl CudaBackend {
         gemm(&self.blas, a, ta, b, tb, Operand { ptr: c, dt: Dt::F32, ld: ldc }, m, n, k, alpha, beta, None)
     }
 
+    /// `y (+)= x · Wᵀ` (`transposed`, a linear layer) or `y (+)= x · W` (its input gradient).
+    #[allow(clippy::too_many_arguments)]
+    fn weight_product(
+        &self,
+        op: &'static str,
+        x: &CudaBuf,
+        w: &CudaWeight,
+        y: &mut CudaBuf,
+        rows: usize,
+        accumulate: bool,
+        transposed: bool,
+    ) -> Result<()> {
+        let (k, n) = if transposed { (w.cols, w.rows) } else { (w.rows, w.cols) };
+        Self::check_buf(op, "input", x, cpu::mul(op, &[rows, k])?)?;
+        Self::check_buf(op, "output", y, cpu::mul(op, &[rows, n])?)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut sc = self.lock();
+        let sc = &mut *sc;
+        let wop = self.weight_operand(w, &mut sc.weight)?;
+        let xop = self.act_operand(self.bptr(x), rows * k, k, wop.dt, &mut sc.act)?;
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.product(xop, false, wop, transposed, self.bptr(y), n, rows, n, k, 1.0, beta)
+    }
+
     pub(crate) fn blas(&self) -> &CudaBlas {
         &self.blas
     }
@@ -625,18 +652,7 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         let _t = self.timer("linear");
-        let (out, inn) = (w.rows, w.cols);
-        Self::check_buf("linear", "x", x, cpu::mul("linear", &[rows, inn])?)?;
-        Self::check_buf("linear", "y", y, cpu::mul("linear", &[rows, out])?)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let mut sc = self.lock();
-        let sc = &mut *sc;
-        let wop = self.weight_operand(w, &mut sc.weight)?;
-        let xop = self.act_operand(self.bptr(x), rows * inn, inn, wop.dt, &mut sc.act)?;
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        self.product(xop, false, wop, true, self.bptr(y), out, rows, out, inn, 1.0, beta)
+        self.weight_product("linear", x, w, y, rows, accumulate, true)
     }
 
     fn linear_backward_input(
@@ -648,18 +664,7 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         let _t = self.timer("linear_backward_input");
-        let (out, inn) = (w.rows, w.cols);
-        Self::check_buf("linear_backward_input", "dy", dy, cpu::mul("linear", &[rows, out])?)?;
-        Self::check_buf("linear_backward_input", "dx", dx, cpu::mul("linear", &[rows, inn])?)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let mut sc = self.lock();
-        let sc = &mut *sc;
-        let wop = self.weight_operand(w, &mut sc.weight)?;
-        let dyop = self.act_operand(self.bptr(dy), rows * out, out, wop.dt, &mut sc.act)?;
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        self.product(dyop, false, wop, false, self.bptr(dx), inn, rows, inn, out, 1.0, beta)
+        self.weight_product("linear_backward_input", dy, w, dx, rows, accumulate, false)
     }
 
     fn matmul(
@@ -1213,13 +1218,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        // The same scalar arithmetic as the CPU backend (cpu::optim::adamw).
-        let step = hp.step.max(1) as i32;
-        let bc1 = 1.0 - (hp.beta1 as f64).powi(step);
-        let bc2 = 1.0 - (hp.beta2 as f64).powi(step);
-        let step_size = (hp.lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = 1.0 - hp.lr * hp.weight_decay;
+        let AdamWScalars { decay, step_size, bc2_sqrt } = hp.scalars();
         self.launch(
             "adamw_k",
             self.elems(n),
