@@ -3,8 +3,8 @@
 //! Face folder.
 //!
 //! Files come out as the python `safetensors` library writes them (`save_file`): the header JSON
-//! holds `__metadata__` first, then the tensors ordered by dtype (F32, then BF16, then F16) and
-//! name, in that same order in the data section, and is padded with spaces to a multiple of 8
+//! holds `__metadata__` first, then the tensors ordered by dtype (F32, then BF16, then F16, then
+//! U8) and name, in that same order in the data section, and is padded with spaces to a multiple of 8
 //! bytes. For the same tensors and a one-key metadata map the bytes are identical to python's.
 //!
 //! Tensors are streamed to disk one by one (f32 data converted in bounded chunks), so writing a
@@ -51,6 +51,10 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     /// Raw little-endian bytes, already in the tensor's dtype; written unchanged.
     Bytes(&'a [u8]),
+    /// Unsigned bytes stored as a safetensors `U8` tensor, one element per byte (bitsandbytes'
+    /// packed 4-bit weights, 8-bit scale codes and quant-state JSON); the tensor's `dtype` is
+    /// not used (see [`TensorWrite::from_u8`]).
+    U8(&'a [u8]),
 }
 
 impl fmt::Debug for TensorData<'_> {
@@ -58,6 +62,7 @@ impl fmt::Debug for TensorData<'_> {
         match self {
             TensorData::F32(v) => write!(f, "F32([{} values])", v.len()),
             TensorData::Bytes(b) => write!(f, "Bytes([{} bytes])", b.len()),
+            TensorData::U8(b) => write!(f, "U8([{} bytes])", b.len()),
         }
     }
 }
@@ -88,6 +93,12 @@ impl<'a> TensorWrite<'a> {
         TensorWrite { name, dtype, shape, data: TensorData::Bytes(data) }
     }
 
+    /// A safetensors `U8` tensor of `shape` holding `data` (one element per byte). Its `dtype`
+    /// field is set to [`DType::F32`] and ignored: safetensors' `U8` has no [`DType`].
+    pub fn from_u8(name: &'a str, shape: Vec<usize>, data: &'a [u8]) -> Self {
+        TensorWrite { name, dtype: DType::F32, shape, data: TensorData::U8(data) }
+    }
+
     /// The same tensor as a view read from a checkpoint: name, dtype, shape and bytes copied
     /// through unchanged (a quantized GGUF view is rejected when written: dequantize it first).
     pub fn from_view(view: &TensorView<'a>) -> Self {
@@ -115,10 +126,11 @@ impl<'a> TensorWrite<'a> {
         if self.name.is_empty() || self.name == "__metadata__" {
             return Err(bad("is not a valid tensor name (empty or \"__metadata__\")".into()));
         }
-        let elem = match self.dtype {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            other => {
+        let elem = match (self.data, self.dtype) {
+            (TensorData::U8(_), _) => 1,
+            (_, DType::F32) => 4,
+            (_, DType::F16 | DType::BF16) => 2,
+            (_, other) => {
                 return Err(bad(format!(
                     "dtype {other} cannot be stored in safetensors (F32, BF16 or F16 only): \
                      dequantize it first"
@@ -136,10 +148,10 @@ impl<'a> TensorWrite<'a> {
                 self.shape,
                 v.len()
             ))),
-            TensorData::Bytes(b) if b.len() != bytes => Err(bad(format!(
+            TensorData::Bytes(b) | TensorData::U8(b) if b.len() != bytes => Err(bad(format!(
                 "shape {:?} of {} needs {bytes} bytes, the data holds {}",
                 self.shape,
-                self.dtype,
+                dtype_key(self).0,
                 b.len()
             ))),
             _ => Ok(bytes),
@@ -369,13 +381,14 @@ where
 // ---------------------------------------------------------------------------------------------
 // Safetensors.
 
-/// The safetensors dtype name and the sort rank of the python library (descending: F32, BF16,
-/// F16).
-fn dtype_key(d: DType) -> (&'static str, u8) {
-    match d {
-        DType::F32 => ("F32", 2),
-        DType::BF16 => ("BF16", 1),
-        _ => ("F16", 0),
+/// The safetensors dtype name of a tensor and its sort rank in the python library (descending:
+/// F32, BF16, F16, U8).
+fn dtype_key(t: &TensorWrite) -> (&'static str, u8) {
+    match (t.data, t.dtype) {
+        (TensorData::U8(_), _) => ("U8", 0),
+        (_, DType::F32) => ("F32", 3),
+        (_, DType::BF16) => ("BF16", 2),
+        _ => ("F16", 1),
     }
 }
 
@@ -415,7 +428,7 @@ fn write_file(
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| {
         let (ta, tb) = (tensors[a], tensors[b]);
-        dtype_key(tb.dtype).1.cmp(&dtype_key(ta.dtype).1).then(ta.name.cmp(tb.name))
+        dtype_key(tb).1.cmp(&dtype_key(ta).1).then(ta.name.cmp(tb.name))
     });
 
     let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
@@ -443,7 +456,7 @@ fn write_file(
         header.push_str(&format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
             json(tensor.name),
-            dtype_key(tensor.dtype).0,
+            dtype_key(tensor).0,
             shape.join(",")
         ));
         offset = end;
@@ -474,7 +487,7 @@ fn write_file(
 /// Streams one tensor's data in its stored dtype, converting f32 in chunks through `buf`.
 fn write_tensor_data(w: &mut dyn Write, t: &TensorWrite, buf: &mut Vec<u8>) -> io::Result<()> {
     let values = match t.data {
-        TensorData::Bytes(b) => return w.write_all(b),
+        TensorData::Bytes(b) | TensorData::U8(b) => return w.write_all(b),
         TensorData::F32(v) => v,
     };
     let elem = if t.dtype == DType::F32 { 4 } else { 2 };
