@@ -1,7 +1,8 @@
 //! NF4 export (`afinar::quantize::export_bnb_nf4`, `afinar quantize --scheme nf4`): a bitsandbytes
 //! Hugging Face folder that loads back with its NF4 matrices kept as they are, whose values are
-//! exactly afinar's NF4 of the dtype-rounded weights, and which re-exports byte for byte; bad
-//! bitsandbytes folders fail with errors naming file and tensor; and, with the reference venv
+//! exactly afinar's NF4 of the dtype-rounded weights, and which re-exports byte for byte; folders
+//! transformers wrote (NF4, and FP4 without double quantization) load with bitsandbytes' values;
+//! bad bitsandbytes folders fail with errors naming file and tensor; and, with the reference venv
 //! (`AFINAR_PYTHON`), transformers + bitsandbytes load the SmolLM2 export, agree with afinar's
 //! logits and write the same bytes themselves (`scripts/verify/nf4_export.py`).
 
@@ -156,6 +157,49 @@ fn nf4_folders_load_back_exactly_and_re_export_byte_for_byte() {
             std::fs::read(again.join("model.safetensors")).unwrap(),
         );
         assert!(a == b, "{what}: re-export differs");
+    }
+}
+
+/// Folders transformers wrote (`scripts/fixtures/bnb_folders.py`): the NF4 one (double
+/// quantization, bf16) loads as NF4, the FP4 one without double quantization is dequantized; both
+/// give bitsandbytes' own dequantized values bit for bit, and re-export as afinar's NF4.
+#[test]
+fn transformers_bitsandbytes_folders_load_with_bitsandbytes_values() {
+    let be = CpuBackend::new(Some(2));
+    let dir = Tmp::new("fixtures");
+    for (name, kept_nf4) in [("nf4", true), ("fp4_plain", false)] {
+        let folder = fixture(&format!("bnb/{name}"));
+        let expected = common::Expected::open(&folder.join("expected.safetensors"));
+        let m = load(&be, &folder, kept());
+        let c = &m.model.config;
+        assert!(!c.tie_embeddings, "{name}");
+        for (l, layer) in m.model.layers.iter().enumerate() {
+            for (p, lin) in PROJECTIONS.iter().zip(layer.projections()) {
+                let key = format!("model.layers.{l}.{p}.weight");
+                let (_, want) = expected.f32(&key);
+                let got = be.weight_to_host(&lin.weight).unwrap();
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} {key}");
+                assert_eq!(be.weight_format(&lin.weight) == NF4, kept_nf4, "{name} {key}");
+            }
+        }
+        // Without keep_quantized everything is f32, with the same values.
+        let f = load(&be, &folder, LoadOptions::default());
+        let w = &f.model.layers[0].mlp.down;
+        assert_eq!(be.weight_format(&w.weight), WeightFormat::F32);
+        assert_eq!(
+            be.weight_to_host(&w.weight).unwrap(),
+            expected.f32("model.layers.0.mlp.down_proj.weight").1
+        );
+        // The NF4 folder re-exports to the same model.safetensors.
+        if kept_nf4 {
+            let out = dir.0.join(name);
+            export(&be, &m, &out, DType::BF16);
+            let (a, b) = (
+                std::fs::read(folder.join("model.safetensors")).unwrap(),
+                std::fs::read(out.join("model.safetensors")).unwrap(),
+            );
+            assert!(a == b, "{name}: afinar's re-export differs from transformers' file");
+        }
     }
 }
 
