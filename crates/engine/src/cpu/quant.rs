@@ -483,7 +483,7 @@ mod vnni {
     /// How far ahead of the block being multiplied each weight row is prefetched (8 cache lines:
     /// 15 Q8_0 or 28 Q4_0 blocks). On a model's worth of Q8_0 weights (`cargo bench -p
     /// afinar-engine --bench kernels stream`, one thread) 256 to 1024 bytes were all faster than
-    /// no prefetch, 512 among the best; measured on a loaded machine, see BENCHMARKS.md.
+    /// no prefetch, 512 among the best (measured on a busy 2-core VM, so only roughly).
     const PREFETCH_BYTES: usize = 512;
 
     /// The f16 at `p` as f32 (F16C; exact).
