@@ -302,7 +302,7 @@ fn lora_adapters_export_with_llama_cpp_layout() {
         &mut |_| {},
     )
     .unwrap_err();
-    assert!(err.to_string().contains("not available yet"), "{err}");
+    assert!(err.to_string().contains("GGUF has no NF4 type"), "{err}");
 }
 
 /// Greedy continuation of `prompt` (exactly `n` tokens, no stop token).

@@ -49,13 +49,9 @@ fn loader_quantizes_projections_like_bitsandbytes() {
             assert_eq!(ours.codes, &u8s(&format!("{key}.absmax_codes"))[..], "{key}: scale codes");
             let nested = exp.f32(&format!("{key}.nested_scales")).1;
             let got: Vec<f32> = (0..nested.len()).map(|j| ours.nested_scale(j)).collect();
-            assert!(rel_err(&got, &nested) <= 1e-6, "{key}: nested scales {got:?} vs {nested:?}");
+            assert_eq!(got, nested, "{key}: nested scales");
             let offset = exp.f32(&format!("{key}.offset")).1[0];
-            assert!(
-                (ours.offset - offset).abs() <= offset.abs() * 2e-7,
-                "{key}: offset {} vs {offset}",
-                ours.offset
-            );
+            assert_eq!(ours.offset.to_bits(), offset.to_bits(), "{key}: offset {} vs {offset}", ours.offset);
             checked += 1;
         }
     }

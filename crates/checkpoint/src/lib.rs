@@ -11,6 +11,8 @@
 //!   ([`write::copy_side_files`]).
 //! - [`gguf_write`]: writing GGUF files (version 3) with streamed tensor data, and
 //!   [`quant::quantize()`] to encode f32 values as F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K.
+//! - [`bnb`]: bitsandbytes 4-bit weights in a Hugging Face checkpoint (reading them, and the
+//!   tensors and quant-state JSON to write them as `transformers` does).
 //! - [`peft`]: LoRA adapters in the PEFT layout ([`peft::save_peft_adapter`],
 //!   [`peft::load_peft_adapter`]).
 //!
@@ -21,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bnb;
 mod dtype;
 mod error;
 pub mod gguf;

@@ -195,6 +195,21 @@ impl SafetensorsCheckpoint {
     /// A view of one tensor (F32, F16 or BF16; other dtypes give an error naming file and
     /// tensor).
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
+        let raw = self.raw_tensor(name)?;
+        let entry = self.entry(name).map(|(_, e)| e);
+        let dtype = entry.and_then(|e| e.dtype).ok_or_else(|| CheckpointError::UnsupportedDType {
+            path: raw.path.to_path_buf(),
+            tensor: name.to_string(),
+            dtype: raw.dtype.to_string(),
+            supported: SUPPORTED,
+        })?;
+        Ok(TensorView { name: raw.name, dtype, shape: raw.shape.to_vec(), data: raw.data })
+    }
+
+    /// One tensor's bytes as stored, in any dtype (also those [`SafetensorsCheckpoint::tensor`]
+    /// does not convert, such as the `U8` tensors of a bitsandbytes checkpoint). The size was
+    /// checked against shape and dtype when the file was opened.
+    pub fn raw_tensor(&self, name: &str) -> Result<RawTensor<'_>> {
         let (shard, entry) = self.entry(name).ok_or_else(|| CheckpointError::TensorNotFound {
             path: self.source.clone(),
             tensor: name.to_string(),
@@ -203,19 +218,28 @@ impl SafetensorsCheckpoint {
             path: shard.path.clone(),
             tensor: name.to_string(),
         })?;
-        let dtype = entry.dtype.ok_or_else(|| CheckpointError::UnsupportedDType {
-            path: shard.path.clone(),
-            tensor: name.to_string(),
-            dtype: entry.dtype_name.clone(),
-            supported: SUPPORTED,
-        })?;
         let data = shard.mmap.get(entry.start..entry.end).ok_or_else(|| CheckpointError::Tensor {
             path: shard.path.clone(),
             tensor: name.to_string(),
             message: format!("data {}..{} is outside the file", entry.start, entry.end),
         })?;
-        Ok(TensorView { name: key, dtype, shape: entry.shape.clone(), data })
+        Ok(RawTensor { name: key, dtype: &entry.dtype_name, shape: &entry.shape, data, path: &shard.path })
     }
+}
+
+/// A tensor as stored in a safetensors file ([`SafetensorsCheckpoint::raw_tensor`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RawTensor<'a> {
+    /// The tensor's name.
+    pub name: &'a str,
+    /// The dtype as the header spells it (`"U8"`, `"F32"`, ...).
+    pub dtype: &'a str,
+    /// Dimensions, outermost first.
+    pub shape: &'a [usize],
+    /// The stored bytes (little-endian).
+    pub data: &'a [u8],
+    /// The file holding it (for errors).
+    pub path: &'a Path,
 }
 
 impl Shard {

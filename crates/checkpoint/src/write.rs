@@ -3,8 +3,8 @@
 //! Face folder.
 //!
 //! Files come out as the python `safetensors` library writes them (`save_file`): the header JSON
-//! holds `__metadata__` first, then the tensors ordered by dtype (F32, then BF16, then F16) and
-//! name, in that same order in the data section, and is padded with spaces to a multiple of 8
+//! holds `__metadata__` first, then the tensors ordered by dtype (F32, then BF16, then F16, then
+//! U8) and name, in that same order in the data section, and is padded with spaces to a multiple of 8
 //! bytes. For the same tensors and a one-key metadata map the bytes are identical to python's.
 //!
 //! Tensors are streamed to disk one by one (f32 data converted in bounded chunks), so writing a
@@ -55,6 +55,10 @@ pub enum TensorData<'a> {
     /// whole model never needs to sit on the host at once (weights read back from a device,
     /// merged adapters). An error from the producer aborts the file.
     Fetch(&'a Fetch<'a>),
+    /// Unsigned bytes stored as a safetensors `U8` tensor, one element per byte (bitsandbytes'
+    /// packed 4-bit weights, 8-bit scale codes and quant-state JSON); the tensor's `dtype` is
+    /// not used (see [`TensorWrite::from_u8`]).
+    U8(&'a [u8]),
 }
 
 /// The producer of a [`TensorData::Fetch`] tensor: its f32 values, or what went wrong.
@@ -66,6 +70,7 @@ impl fmt::Debug for TensorData<'_> {
             TensorData::F32(v) => write!(f, "F32([{} values])", v.len()),
             TensorData::Bytes(b) => write!(f, "Bytes([{} bytes])", b.len()),
             TensorData::Fetch(_) => write!(f, "Fetch(..)"),
+            TensorData::U8(b) => write!(f, "U8([{} bytes])", b.len()),
         }
     }
 }
@@ -101,6 +106,12 @@ impl<'a> TensorWrite<'a> {
         TensorWrite { name, dtype, shape, data: TensorData::Bytes(data) }
     }
 
+    /// A safetensors `U8` tensor of `shape` holding `data` (one element per byte). Its `dtype`
+    /// field is set to [`DType::F32`] and ignored: safetensors' `U8` has no [`DType`].
+    pub fn from_u8(name: &'a str, shape: Vec<usize>, data: &'a [u8]) -> Self {
+        TensorWrite { name, dtype: DType::F32, shape, data: TensorData::U8(data) }
+    }
+
     /// The same tensor as a view read from a checkpoint: name, dtype, shape and bytes copied
     /// through unchanged (a quantized GGUF view is rejected when written: dequantize it first).
     pub fn from_view(view: &TensorView<'a>) -> Self {
@@ -125,17 +136,23 @@ impl<'a> TensorWrite<'a> {
             tensor: self.name.to_string(),
             message,
         };
-        let (numel, bytes) = stored_size(path, self.name, self.dtype, &self.shape)?;
+        let (numel, bytes) = match self.data {
+            TensorData::U8(_) => {
+                let (numel, _) = stored_size(path, self.name, DType::F32, &self.shape)?;
+                (numel, numel)
+            }
+            _ => stored_size(path, self.name, self.dtype, &self.shape)?,
+        };
         match self.data {
             TensorData::F32(v) if v.len() != numel => Err(bad(format!(
                 "shape {:?} has {numel} elements, the data holds {} f32 values",
                 self.shape,
                 v.len()
             ))),
-            TensorData::Bytes(b) if b.len() != bytes => Err(bad(format!(
+            TensorData::Bytes(b) | TensorData::U8(b) if b.len() != bytes => Err(bad(format!(
                 "shape {:?} of {} needs {bytes} bytes, the data holds {}",
                 self.shape,
-                self.dtype,
+                dtype_key(self).0,
                 b.len()
             ))),
             _ => Ok(bytes),
@@ -393,13 +410,14 @@ where
 // ---------------------------------------------------------------------------------------------
 // Safetensors.
 
-/// The safetensors dtype name and the sort rank of the python library (descending: F32, BF16,
-/// F16).
-fn dtype_key(d: DType) -> (&'static str, u8) {
-    match d {
-        DType::F32 => ("F32", 2),
-        DType::BF16 => ("BF16", 1),
-        _ => ("F16", 0),
+/// The safetensors dtype name of a tensor and its sort rank in the python library (descending:
+/// F32, BF16, F16, U8).
+fn dtype_key(t: &TensorWrite) -> (&'static str, u8) {
+    match (t.data, t.dtype) {
+        (TensorData::U8(_), _) => ("U8", 0),
+        (_, DType::F32) => ("F32", 3),
+        (_, DType::BF16) => ("BF16", 2),
+        _ => ("F16", 1),
     }
 }
 
@@ -439,11 +457,11 @@ fn write_file(
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| {
         let (ta, tb) = (tensors[a], tensors[b]);
-        dtype_key(tb.dtype).1.cmp(&dtype_key(ta.dtype).1).then(ta.name.cmp(tb.name))
+        dtype_key(tb).1.cmp(&dtype_key(ta).1).then(ta.name.cmp(tb.name))
     });
 
-    let metas: Vec<(&str, DType, &[usize])> =
-        order.iter().map(|&t| (tensors[t].name, tensors[t].dtype, &tensors[t].shape[..])).collect();
+    let metas: Vec<(&str, &str, &[usize])> =
+        order.iter().map(|&t| (tensors[t].name, dtype_key(tensors[t]).0, &tensors[t].shape[..])).collect();
     let ordered_sizes: Vec<usize> = order.iter().map(|&t| sizes[t]).collect();
     let header = header_text(path, &metas, &ordered_sizes, metadata)?;
     write_atomic_with(path, |w| {
@@ -458,11 +476,11 @@ fn write_file(
     })
 }
 
-/// The JSON header of a safetensors file holding `metas` (name, dtype, shape) laid out in that
-/// order with their byte `sizes`, padded with spaces to a multiple of 8.
+/// The JSON header of a safetensors file holding `metas` (name, safetensors dtype name, shape)
+/// laid out in that order with their byte `sizes`, padded with spaces to a multiple of 8.
 fn header_text(
     path: &Path,
-    metas: &[(&str, DType, &[usize])],
+    metas: &[(&str, &str, &[usize])],
     sizes: &[usize],
     metadata: &BTreeMap<String, String>,
 ) -> Result<String> {
@@ -490,7 +508,7 @@ fn header_text(
         header.push_str(&format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
             json(name),
-            dtype_key(dtype).0,
+            dtype,
             shape.join(",")
         ));
         offset = end;
@@ -568,8 +586,10 @@ where
         }
         sizes.push(stored_size(path, name, *dtype, shape)?.1);
     }
-    let metas: Vec<(&str, DType, &[usize])> =
-        tensors.iter().map(|(n, d, s)| (n.as_str(), *d, &s[..])).collect();
+    let metas: Vec<(&str, &str, &[usize])> = tensors
+        .iter()
+        .map(|(n, d, s)| (n.as_str(), dtype_key(&TensorWrite::from_bytes(n, *d, Vec::new(), &[])).0, &s[..]))
+        .collect();
     let header = header_text(path, &metas, &sizes, &file_metadata(metadata))?;
     let mut fill_err = None;
     let result = write_atomic_with(path, |w| {
@@ -604,7 +624,7 @@ where
 fn write_tensor_data(w: &mut dyn Write, t: &TensorWrite, buf: &mut Vec<u8>) -> io::Result<()> {
     let fetched;
     let values = match t.data {
-        TensorData::Bytes(b) => return w.write_all(b),
+        TensorData::Bytes(b) | TensorData::U8(b) => return w.write_all(b),
         TensorData::F32(v) => v,
         TensorData::Fetch(f) => {
             fetched = f().map_err(|e| io::Error::other(format!("tensor '{}': {e}", t.name)))?;

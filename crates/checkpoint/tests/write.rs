@@ -182,6 +182,46 @@ fn single_file_round_trip_layout_and_metadata() {
     assert_eq!(listing(dir.path()), vec!["out.safetensors"]);
 }
 
+/// bitsandbytes' `U8` tensors (packed 4-bit weights, codes, JSON) come after the floats, as the
+/// python library orders dtypes, and read back unchanged through `raw_tensor`.
+#[test]
+fn u8_tensors_follow_the_floats_and_read_back_raw() {
+    let dir = TempDir::new("u8");
+    let path = dir.path().join("model.safetensors");
+    let (w, packed, json) = (values(6, 1), vec![0x12u8, 0x34, 0xff, 0], br#"{"a": 1}"#.to_vec());
+    let tensors = vec![
+        TensorWrite::from_u8("a.weight", vec![4, 1], &packed),
+        TensorWrite::from_u8("a.weight.quant_state.bitsandbytes__nf4", vec![json.len()], &json),
+        TensorWrite::from_f32("b.weight", DType::BF16, vec![6], &w),
+        TensorWrite::from_f32("a.weight.quant_map", DType::F32, vec![6], &w),
+    ];
+    save_safetensors(&path, &tensors, &BTreeMap::new()).unwrap();
+    let (_, h) = header(&path);
+    let mut order: Vec<(&str, u64)> = h
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| (k.as_str(), v["data_offsets"][0].as_u64().unwrap()))
+        .collect();
+    order.sort_by_key(|&(_, o)| o);
+    let names: Vec<&str> = order.iter().map(|&(k, _)| k).collect();
+    assert_eq!(
+        names,
+        ["a.weight.quant_map", "b.weight", "a.weight", "a.weight.quant_state.bitsandbytes__nf4"]
+    );
+    assert_eq!(h["a.weight"]["dtype"], "U8");
+    let ckpt = SafetensorsCheckpoint::open(&path).unwrap();
+    let raw = ckpt.raw_tensor("a.weight").unwrap();
+    assert_eq!((raw.dtype, raw.shape, raw.data), ("U8", &[4usize, 1][..], &packed[..]));
+    let err = ckpt.tensor("a.weight").unwrap_err().to_string();
+    assert!(err.contains("a.weight") && err.contains("U8"), "{err}");
+    // A length that does not match the shape is refused, naming the U8 dtype.
+    let bad = [TensorWrite::from_u8("x", vec![3], &packed)];
+    let err = save_safetensors(dir.path().join("bad.safetensors"), &bad, &BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("of U8 needs 3 bytes"), "{err}");
+}
+
 #[test]
 fn conversions_match_half_round_to_nearest_even() {
     let check = |bits: u32| {

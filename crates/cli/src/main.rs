@@ -35,7 +35,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
-    /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k).
+    /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k) or a bitsandbytes NF4
+    /// Hugging Face folder (nf4).
     Quantize(commands::quantize::QuantizeArgs),
     /// Write a PEFT LoRA adapter as a llama.cpp LoRA adapter GGUF.
     ExportAdapter(commands::quantize::ExportAdapterArgs),

@@ -132,6 +132,53 @@ fn main() {
             }
         }
     }
+    if run("stream") {
+        // One decoding step's products over a whole model's weights in Q8_0 (30 layers of q, k, v,
+        // o, gate, up, down and the 49152-row output: 143 MB, more than the caches hold), so the
+        // weights stream from L3 or memory as in generation, not from L2 as above. Minimum and
+        // median of 20 steps (the minimum is the least disturbed by other processes).
+        let q = QuantFormat::Q8_0;
+        let shapes = [(dim, dim), (192, dim), (192, dim), (dim, dim), (ffn, dim), (ffn, dim), (dim, ffn)];
+        let mut ws = Vec::new();
+        for l in 0..30 {
+            for (i, &(o, n)) in shapes.iter().enumerate() {
+                let w = be.weight(&randn(o * n, (l * 7 + i) as u64), o, n, WeightFormat::Quant(q)).unwrap();
+                ws.push((w, o, n));
+            }
+        }
+        ws.push((
+            be.weight(&randn(vocab * dim, 99), vocab, dim, WeightFormat::Quant(q)).unwrap(),
+            vocab,
+            dim,
+        ));
+        let bytes: usize = ws.iter().map(|&(_, o, n)| o * q.row_bytes(n).unwrap()).sum();
+        let x = randn(ffn, 5);
+        let mut y = vec![0.0; vocab];
+        let mut step = || {
+            be.scoped(|| {
+                for (w, _, _) in &ws {
+                    be.linear(&x, w, &mut y, 1, false).unwrap();
+                }
+            })
+        };
+        step();
+        let mut t: Vec<f64> = (0..20)
+            .map(|_| {
+                let s = Instant::now();
+                step();
+                s.elapsed().as_secs_f64()
+            })
+            .collect();
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "stream Q8_0 model step ({:.0} MB)            min {:>7.2} ms {:>6.1} GB/s | median {:>7.2} ms {:>6.1} GB/s",
+            bytes as f64 / 1e6,
+            t[0] * 1e3,
+            bytes as f64 / t[0] / 1e9,
+            t[10] * 1e3,
+            bytes as f64 / t[10] / 1e9
+        );
+    }
     if run("attention") {
         let d = AttnDims {
             batch: 4,

@@ -240,6 +240,13 @@ pub trait Backend: Send + Sync + 'static {
     fn weight_format(&self, w: &Self::Weight) -> WeightFormat;
     /// A weight's values as f32 (after its format's rounding).
     fn weight_to_host(&self, w: &Self::Weight) -> Result<Vec<f32>>;
+    /// The stored bytes of a weight kept quantized ([`WeightFormat::Quant`]), in the layout
+    /// [`Backend::weight_quantized`] takes, so that an export can copy them instead of
+    /// quantizing its f32 values again; `None` for float weights, or where the backend cannot
+    /// give them (the default).
+    fn weight_quantized_data(&self, _w: &Self::Weight) -> Result<Option<(QuantFormat, Vec<u8>)>> {
+        Ok(None)
+    }
 
     // ---- matrix products ----------------------------------------------------------------------
 

@@ -1,6 +1,15 @@
 //! Loading a [`Llama`] from a Hugging Face checkpoint folder (safetensors, single or sharded) or a
 //! GGUF file, with its tokenizer when the checkpoint carries one.
 //!
+//! A Hugging Face folder may hold bitsandbytes 4-bit weights (`config.json` with a
+//! `quantization_config` of `quant_method: bitsandbytes`, `load_in_4bit: true`, as
+//! `transformers` saves a `BitsAndBytesConfig` model and `afinar quantize --scheme nf4` writes
+//! it): NF4 matrices with double-quantized scales in blocks of 64 (QLoRA's layout) are handed to
+//! the engine as they are ([`QuantFormat::Nf4`], no requantization) when quantized weights are
+//! kept ([`LoadOptions::keep_quantized`]) or NF4 is asked for ([`LoadOptions::projections`]);
+//! otherwise, and for other 4-bit layouts (FP4, plain scales), they are dequantized exactly as
+//! bitsandbytes does.
+//!
 //! Internally afinar uses Hugging Face's layout (`[out, in]` weights, RoPE on halves). GGUF files
 //! written by llama.cpp store Q and K rows permuted for interleaved RoPE; [`unpermute_rows`] undoes
 //! that at load time (on f32 rows, or on whole rows of quantized blocks when
@@ -8,9 +17,11 @@
 
 use std::path::{Path, PathBuf};
 
+use afinar_checkpoint::bnb::{read_bnb_4bit, Bnb4bit, BnbScales};
 use afinar_checkpoint::gguf::{GgufFile, MetaValue};
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
 use afinar_checkpoint::{DType, TensorView};
+use afinar_engine::cpu::nf4;
 use afinar_engine::{Backend, QuantFormat, WeightFormat};
 use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
 
@@ -26,15 +37,16 @@ pub struct LoadOptions {
     pub format: WeightFormat,
     /// Tokenizer file to use instead of the checkpoint's own.
     pub tokenizer: Option<PathBuf>,
-    /// Keep a GGUF file's Q8_0, Q4_0 and Q4_1 matrices in their blocks
-    /// ([`Backend::weight_quantized`]: frozen, 4.5 to 8.5 bits per value, fast decode) instead
-    /// of dequantizing them to `format`; every other tensor is loaded as `format`. No effect on
-    /// other checkpoints.
+    /// Keep a GGUF file's Q8_0, Q4_0 and Q4_1 matrices in their blocks, and a bitsandbytes
+    /// checkpoint's NF4 matrices as NF4 ([`Backend::weight_quantized`]: frozen, 4.1 to 8.5 bits
+    /// per value) instead of dequantizing them to `format`; every other tensor is loaded as
+    /// `format`. No effect on checkpoints without quantized matrices.
     pub keep_quantized: bool,
     /// Storage of the attention and MLP projections (q, k, v, o, gate, up, down) when it differs
     /// from `format`: QLoRA loads them as NF4 (`WeightFormat::Quant(QuantFormat::Nf4)`),
-    /// quantizing each matrix as it is read, while the embedding, the output projection and the
-    /// norms keep `format`. Does not apply to matrices kept in GGUF blocks (`keep_quantized`).
+    /// quantizing each matrix as it is read (a bitsandbytes checkpoint's NF4 matrices are taken
+    /// as they are), while the embedding, the output projection and the norms keep `format`.
+    /// Does not apply to matrices kept in GGUF blocks (`keep_quantized`).
     pub projections: Option<WeightFormat>,
 }
 
@@ -62,7 +74,9 @@ pub struct LoadedModel<B: Backend> {
 pub struct HfFolder {
     /// The folder.
     pub dir: PathBuf,
-    /// Its `config.json`, as written.
+    /// Its `config.json`, as written, except that a bitsandbytes `quantization_config` is
+    /// removed: the loaded weights are no longer in that layout, and what is saved from them
+    /// (fine-tuned or merged weights) is plain.
     pub config_json: serde_json::Value,
 }
 
@@ -93,7 +107,8 @@ pub fn load_model<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result
     Ok(loaded)
 }
 
-fn is_gguf(path: &Path) -> Result<bool> {
+/// Whether `path` is a GGUF file (by its magic bytes); `false` for a folder.
+pub fn is_gguf(path: &Path) -> Result<bool> {
     if path.is_dir() {
         return Ok(false);
     }
@@ -119,8 +134,9 @@ trait WeightSource {
     /// The tensor as f32 with its row-major shape.
     fn load(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
     /// The matrix's raw blocks with its shape, when it is stored in a block format the engine
-    /// can keep ([`QuantFormat`]) and quantized weights were asked for; `None` otherwise.
-    fn load_quantized(&self, _hf_name: &str) -> Result<Option<QuantTensor>> {
+    /// can keep ([`QuantFormat`]) and quantized weights were asked for (`keep_quantized`, or
+    /// `format`, the storage wanted for this matrix, is that block format); `None` otherwise.
+    fn load_quantized(&self, _hf_name: &str, _format: WeightFormat) -> Result<Option<QuantTensor>> {
         Ok(None)
     }
 }
@@ -133,6 +149,7 @@ fn view_to_f32(view: TensorView<'_>) -> Result<(Vec<usize>, Vec<f32>)> {
 struct HfSource {
     ckpt: SafetensorsCheckpoint,
     path: PathBuf,
+    keep_quantized: bool,
 }
 
 impl WeightSource for HfSource {
@@ -143,8 +160,50 @@ impl WeightSource for HfSource {
         self.ckpt.contains(name)
     }
     fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        view_to_f32(self.ckpt.tensor(name)?)
+        match read_bnb_4bit(&self.ckpt, name)? {
+            Some(w) => Ok((w.state.shape.clone(), w.dequantize())),
+            None => view_to_f32(self.ckpt.tensor(name)?),
+        }
     }
+
+    fn load_quantized(&self, name: &str, format: WeightFormat) -> Result<Option<QuantTensor>> {
+        let wanted = self.keep_quantized || format == WeightFormat::Quant(QuantFormat::Nf4);
+        if !wanted {
+            return Ok(None);
+        }
+        let Some(w) = read_bnb_4bit(&self.ckpt, name)? else {
+            return Ok(None);
+        };
+        Ok(nf4_buffer(&w).map(|data| (w.state.shape.clone(), QuantFormat::Nf4, data)))
+    }
+}
+
+/// A bitsandbytes 4-bit weight as the engine's NF4 buffer (packed values, scale codes, nested
+/// scales, offset: [`afinar_engine::cpu::nf4`]), when it is in QLoRA's layout: NF4 with
+/// bitsandbytes' code book, blocks of 64 that do not straddle rows, scales double-quantized in
+/// blocks of 256 with bitsandbytes' dynamic map. `None` for any other layout (it is then
+/// dequantized instead).
+fn nf4_buffer(w: &Bnb4bit<'_>) -> Option<Vec<u8>> {
+    let same =
+        |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    let BnbScales::Nested { codes, nested_absmax, nested_quant_map, nested } = &w.scales else {
+        return None;
+    };
+    let &[rows, cols] = w.state.shape.as_slice() else {
+        return None;
+    };
+    let fits = w.state.quant_type == "nf4"
+        && w.state.blocksize == nf4::BLOCK
+        && nested.blocksize == nf4::STATS_BLOCK
+        && same(&w.quant_map, &nf4::NF4_CODE)
+        && same(nested_quant_map, nf4::dynamic_map());
+    let total = nf4::matrix_bytes(rows, cols).filter(|_| fits)?;
+    let mut data = Vec::with_capacity(total);
+    data.extend_from_slice(w.packed);
+    data.extend_from_slice(codes);
+    data.extend(nested_absmax.iter().flat_map(|x| x.to_le_bytes()));
+    data.extend_from_slice(&nested.offset.to_le_bytes());
+    (data.len() == total).then_some(data)
 }
 
 struct GgufSource {
@@ -222,7 +281,7 @@ impl WeightSource for GgufSource {
         Ok((shape, data))
     }
 
-    fn load_quantized(&self, name: &str) -> Result<Option<QuantTensor>> {
+    fn load_quantized(&self, name: &str, _format: WeightFormat) -> Result<Option<QuantTensor>> {
         if !self.keep_quantized {
             return Ok(None);
         }
@@ -342,7 +401,7 @@ fn build<B: Backend>(
     };
     let weight = |name: &str, rows: usize, cols: usize, format: WeightFormat| -> Result<B::Weight> {
         if src.has(name) {
-            if let Some((shape, q, blocks)) = src.load_quantized(name)? {
+            if let Some((shape, q, blocks)) = src.load_quantized(name, format)? {
                 if shape != [rows, cols] {
                     return Err(Error::Weights {
                         file: src.file().to_path_buf(),
@@ -424,20 +483,47 @@ fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<Loaded
             dir.display()
         )));
     }
-    let config_json = read_json(&config_path)?;
+    let mut config_json = read_json(&config_path)?;
     let mut config = LlamaConfig::from_hf_value(&config_json, &config_path)?;
+    check_quantization_config(&config_json, &config_path)?;
+    if let Some(obj) = config_json.as_object_mut() {
+        obj.remove("quantization_config");
+    }
     let ckpt = SafetensorsCheckpoint::open(path)?;
     // Some checkpoints say nothing about tying but ship no lm_head.
     if !config.tie_embeddings && !ckpt.contains("lm_head.weight") {
         config.tie_embeddings = true;
     }
     let inv_freq = config.inv_freq();
-    let src = HfSource { ckpt, path: path.to_path_buf() };
+    let src = HfSource { ckpt, path: path.to_path_buf(), keep_quantized: opts.keep_quantized };
     let model = build(be, config, inv_freq, &src, opts)?;
     let tok_path = dir.join("tokenizer.json");
     let hf_folder = Some(HfFolder { dir: dir.clone(), config_json });
     let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
     Ok(LoadedModel { model, tokenizer, source: path.to_path_buf(), hf_folder })
+}
+
+/// Accepts a `config.json` without `quantization_config`, or with bitsandbytes 4-bit; refuses
+/// the other methods (GPTQ, AWQ, bitsandbytes 8-bit, ...), whose tensors afinar cannot read.
+fn check_quantization_config(config: &serde_json::Value, path: &Path) -> Result<()> {
+    let Some(q) = config.get("quantization_config") else {
+        return Ok(());
+    };
+    let method = q.get("quant_method").and_then(serde_json::Value::as_str).unwrap_or("(none)");
+    let four_bit = q.get("load_in_4bit").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    if method == "bitsandbytes" && four_bit {
+        return Ok(());
+    }
+    let what =
+        if method == "bitsandbytes" { "bitsandbytes 8-bit".to_string() } else { format!("`{method}`") };
+    Err(meta_err(
+        path,
+        "quantization_config",
+        &format!(
+            "{what} quantization is not supported; afinar reads plain checkpoints and bitsandbytes 4-bit \
+             (load_in_4bit) ones"
+        ),
+    ))
 }
 
 fn meta_err(path: &Path, key: &str, msg: &str) -> Error {

@@ -135,7 +135,13 @@ pub fn export_lora_adapter(
     let specs: Vec<GgufTensorSpec> = items.iter().map(|i| i.0.clone()).collect();
     let total = specs.len();
     write_gguf(out, &meta, &specs, afinar_checkpoint::gguf::DEFAULT_ALIGNMENT, |i, spec| {
-        progress(&Progress { index: i, total, name: &spec.name, shape: &spec.shape, dtype: spec.dtype });
+        progress(&Progress {
+            index: i,
+            total,
+            name: &spec.name,
+            shape: &spec.shape,
+            dtype: spec.dtype.name(),
+        });
         let (_, src, heads) = &items[i];
         let mut values = ckpt.tensor(src)?.to_f32()?;
         if let Some(h) = heads {

@@ -42,18 +42,19 @@ pub struct Progress<'a> {
     pub name: &'a str,
     /// Row-major shape.
     pub shape: &'a [usize],
-    /// Type written.
-    pub dtype: DType,
+    /// Type written, as GGUF and safetensors name it (`"Q4_K"`, `"BF16"`; `"NF4"` for a
+    /// bitsandbytes weight).
+    pub dtype: &'static str,
 }
 
-/// What an export wrote.
+/// What an export wrote (a GGUF file, or the folder of [`super::export_bnb_nf4`]).
 #[derive(Debug, Clone)]
 pub struct ExportSummary {
     /// The file.
     pub path: PathBuf,
     /// Number of tensors.
     pub tensors: usize,
-    /// Size of the file in bytes.
+    /// Size of the file in bytes (of a folder: its safetensors files).
     pub bytes: u64,
     /// How many tensors of each type.
     pub types: BTreeMap<&'static str, usize>,
@@ -206,7 +207,13 @@ pub fn export_gguf<B: Backend>(
     opts: &ExportOptions,
     progress: &mut dyn FnMut(&Progress<'_>),
 ) -> Result<ExportSummary> {
-    opts.scheme.check_available()?;
+    if opts.scheme == Scheme::Nf4 {
+        return Err(Error::Input(
+            "GGUF has no NF4 type: NF4 is written as a bitsandbytes Hugging Face folder \
+             (`export_bnb_nf4`, `afinar quantize --scheme nf4 --output DIR`)"
+                .into(),
+        ));
+    }
     let model = &loaded.model;
     let c = &model.config;
     if model.linears().iter().any(|(_, l)| l.lora.is_some()) {
@@ -270,7 +277,13 @@ pub fn export_gguf<B: Backend>(
     let total = items.len();
     let source = loaded.source.clone();
     write_gguf(out, &meta, &specs, opts.alignment, |i, spec| {
-        progress(&Progress { index: i, total, name: &spec.name, shape: &spec.shape, dtype: spec.dtype });
+        progress(&Progress {
+            index: i,
+            total,
+            name: &spec.name,
+            shape: &spec.shape,
+            dtype: spec.dtype.name(),
+        });
         let it = &items[i];
         let fail = |msg: String| afinar_checkpoint::CheckpointError::Tensor {
             path: source.clone(),

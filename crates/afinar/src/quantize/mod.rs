@@ -1,5 +1,6 @@
-//! Quantization and GGUF export: a model as a llama.cpp GGUF file ([`export_gguf`]), a LoRA
-//! adapter as a llama.cpp LoRA adapter GGUF ([`export_lora_adapter`]).
+//! Quantization and export: a model as a llama.cpp GGUF file ([`export_gguf`]) or as a
+//! bitsandbytes NF4 Hugging Face folder ([`export_bnb_nf4`], the `nf4` scheme: GGUF has no NF4
+//! type), a LoRA adapter as a llama.cpp LoRA adapter GGUF ([`export_lora_adapter`]).
 //!
 //! # Which tensor gets which type
 //!
@@ -23,6 +24,17 @@
 //! Memory: the model is loaded (f32) and each tensor is read back, converted and written in
 //! turn, so an export needs the f32 model plus one tensor.
 //!
+//! # NF4
+//!
+//! [`export_bnb_nf4`] writes what `transformers` `save_pretrained` writes for a model loaded in
+//! dtype `D` (bf16 by default) with `BitsAndBytesConfig(load_in_4bit=True,
+//! bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=D)`: the
+//! attention and MLP projections in bitsandbytes' NF4 layout (4-bit values, one absmax per 64
+//! values double-quantized to 8 bits, ≈ 4.13 bits per value), the embedding, the norms and an
+//! untied output projection in `D`. On SmolLM2-135M every tensor is byte-identical to
+//! transformers' own (checked by `scripts/verify/nf4_export.py`), and [`crate::models::load_model`]
+//! reads such a folder back with the NF4 matrices kept as they are.
+//!
 //! # Layout
 //!
 //! Tensor names and metadata follow llama.cpp's converter (`convert_hf_to_gguf.py`): `token_embd`,
@@ -32,6 +44,7 @@
 //! `tokenizer.ggml.*` (a `gpt2` byte-level BPE vocabulary) with the chat template.
 
 mod adapter;
+mod bnb;
 mod export;
 
 use std::fmt;
@@ -40,6 +53,7 @@ use std::str::FromStr;
 use afinar_checkpoint::DType;
 
 pub use adapter::{base_config, export_lora_adapter, AdapterExportOptions};
+pub use bnb::{bnb_quantization_config, export_bnb_nf4, BnbExportOptions};
 pub use export::{export_gguf, permute_rows, ExportOptions, ExportSummary, Progress};
 
 use crate::{Error, Result};
@@ -59,7 +73,8 @@ pub enum Scheme {
     /// llama.cpp's Q4_K_M mix: Q4_K (4.5 bits) with Q6_K for the output and some `attn_v` /
     /// `ffn_down` layers.
     Q4_K,
-    /// QLoRA's 4-bit NormalFloat: accepted by the parser, not available yet.
+    /// QLoRA's 4-bit NormalFloat with double-quantized scales (≈ 4.13 bits), written as a
+    /// bitsandbytes Hugging Face folder ([`export_bnb_nf4`]) since GGUF has no NF4 type.
     Nf4,
 }
 
@@ -80,6 +95,12 @@ impl Scheme {
         }
     }
 
+    /// Whether the scheme is written as a GGUF file (all but [`Scheme::Nf4`], which is a
+    /// Hugging Face folder).
+    pub fn is_gguf(self) -> bool {
+        self != Scheme::Nf4
+    }
+
     /// llama.cpp's `general.file_type` (`llama_ftype`) for the scheme.
     pub fn file_type(self) -> u32 {
         match self {
@@ -89,18 +110,6 @@ impl Scheme {
             Scheme::Q8_0 => 7,
             Scheme::Q4_K => 15,
             Scheme::Nf4 => 0,
-        }
-    }
-
-    /// Errors unless the scheme can be written today.
-    pub fn check_available(self) -> Result<()> {
-        match self {
-            Scheme::Nf4 => Err(Error::Input(
-                "--scheme nf4 is not available yet (NF4 is QLoRA's in-memory format and GGUF has no NF4 \
-                 type); for llama.cpp use q4_k or q4_0"
-                    .into(),
-            )),
-            _ => Ok(()),
         }
     }
 }
@@ -197,7 +206,7 @@ mod tests {
         assert_eq!("q8_0".parse::<Scheme>().unwrap(), Scheme::Q8_0);
         let err = "q3_k".parse::<Scheme>().unwrap_err().to_string();
         assert!(err.contains("unknown quantization scheme `q3_k`") && err.contains("q4_k"), "{err}");
-        assert!(Scheme::Nf4.check_available().unwrap_err().to_string().contains("not available yet"));
+        assert!(!Scheme::Nf4.is_gguf() && Scheme::Q4_K.is_gguf());
     }
 
     #[test]

@@ -26,9 +26,11 @@ use clap::{Args, ValueEnum};
 /// Weight storage on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DTypeArg {
-    /// `native` for GGUF files, `f32` for Hugging Face checkpoints.
+    /// `native` for GGUF files and bitsandbytes 4-bit folders, `f32` for other Hugging Face
+    /// checkpoints.
     Auto,
-    /// Keep a GGUF file's Q8_0/Q4_0/Q4_1 matrices quantized (fast, frozen); f32 for the rest.
+    /// Keep a GGUF file's Q8_0/Q4_0/Q4_1 matrices and a bitsandbytes folder's NF4 matrices
+    /// quantized (frozen); f32 for the rest.
     Native,
     /// 32-bit floats.
     F32,
@@ -140,8 +142,9 @@ pub fn load<B: Backend>(be: &B, args: &ModelArgs) -> Result<(LoadedModel<B>, Tok
             DTypeArg::Bf16 => WeightFormat::BF16,
         },
         tokenizer: args.tokenizer.clone(),
-        // `auto` keeps quantized matrices only where there are some: GGUF files (a Hugging Face
-        // checkpoint has none, so the flag changes nothing there).
+        // `auto` keeps quantized matrices only where there are some: GGUF files and bitsandbytes
+        // NF4 folders (a plain Hugging Face checkpoint has none, so the flag changes nothing there);
+        // on a GPU it loads bf16 instead.
         keep_quantized: match args.dtype {
             DTypeArg::Auto => !gpu,
             DTypeArg::Native => true,

@@ -358,6 +358,13 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn weight_quantized_data(&self, w: &CpuWeight) -> Result<Option<(QuantFormat, Vec<u8>)>> {
+        Ok(match &w.data {
+            CpuWeightData::Quant { format, blocks } => Some((*format, blocks.clone())),
+            _ => None,
+        })
+    }
+
     fn linear(
         &self,
         x: &Vec<f32>,

@@ -7,7 +7,8 @@
 //!   `value / absmax` (ties to the lower index, as bitsandbytes' `bucketize` over midpoints).
 //! * Two indices per byte: value `2i` in the **high** nibble of byte `i`, value `2i + 1` in the
 //!   low nibble (bitsandbytes' packing).
-//! * **Double quantization** of the scales: `offset = mean(absmax)` over the whole matrix, and the
+//! * **Double quantization** of the scales: `offset = mean(absmax)` over the whole matrix (in f32
+//!   as `torch.mean` sums on the CPU, so that it is bitsandbytes' offset bit for bit), and the
 //!   centred scales `absmax − offset` are quantized in blocks of [`STATS_BLOCK`] = 256 with
 //!   bitsandbytes' blockwise 8-bit dynamic quantization: per block an f32 `absmax₂ = max |·|`,
 //!   and per scale an index (0..256) into the [`dynamic_map`] for `(absmax − offset) / absmax₂`,
@@ -258,12 +259,122 @@ fn quantize_block(x: &[f32], packed: &mut [u8], bounds: &[f32; 15]) -> f32 {
     absmax
 }
 
-/// The mean of `v` rounded to f32 (summed in f64).
+/// `torch.mean` of an f32 vector as PyTorch computes it on the CPU, which is how bitsandbytes
+/// takes the offset of the scales: the f32 sum of its `cascade_sum` kernel divided by the count
+/// in f32. Matching it bit for bit makes the offset, the nested scales and the scale codes
+/// byte-identical to bitsandbytes'. PyTorch sums on one thread below 32768 values (matrices up
+/// to 2M values) or when it runs on one thread; above that, it splits the sum across its threads,
+/// so its own result depends on its thread count and may differ from this one by an ulp.
 fn mean_f32(v: &[f32]) -> f32 {
     if v.is_empty() {
         return 0.0;
     }
-    (v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64) as f32
+    torch_sum_f32(v) / v.len() as f32
+}
+
+/// Lanes of PyTorch's float vectors in its CPU sum kernel: 8 (AVX2, and AVX512 machines, whose
+/// sum kernel PyTorch dispatches to AVX2; NEON).
+const TORCH_LANES: usize = 8;
+
+/// An f32 accumulator of PyTorch's cascade sum: a scalar or a vector of lanes.
+trait SumAcc: Copy {
+    const ZERO: Self;
+    fn add(self, other: Self) -> Self;
+}
+
+impl SumAcc for f32 {
+    const ZERO: Self = 0.0;
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+}
+
+impl SumAcc for [f32; TORCH_LANES] {
+    const ZERO: Self = [0.0; TORCH_LANES];
+    fn add(mut self, other: Self) -> Self {
+        for (a, b) in self.iter_mut().zip(other) {
+            *a += b;
+        }
+        self
+    }
+}
+
+/// PyTorch's `multi_row_sum`: four interleaved running sums over `size` rows, folded into
+/// coarser levels every 16 (or more) rows so that only similar magnitudes are added.
+fn multi_row_sum<A: SumAcc>(size: usize, load: impl Fn(usize, usize) -> A) -> [A; 4] {
+    const LEVELS: usize = 4;
+    let ceil_log2 = if size <= 2 { 1 } else { (usize::BITS - (size - 1).leading_zeros()) as usize };
+    let level_power = 4.max(ceil_log2 / LEVELS);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[A::ZERO; 4]; LEVELS];
+    let mut i = 0;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            for (k, a) in acc[0].iter_mut().enumerate() {
+                *a = a.add(load(i, k));
+            }
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            let lower = std::mem::replace(&mut acc[j - 1], [A::ZERO; 4]);
+            for (a, l) in acc[j].iter_mut().zip(lower) {
+                *a = a.add(l);
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        for (k, a) in acc[0].iter_mut().enumerate() {
+            *a = a.add(load(i, k));
+        }
+        i += 1;
+    }
+    let [mut total, rest @ ..] = acc;
+    for level in rest {
+        for (a, l) in total.iter_mut().zip(level) {
+            *a = a.add(l);
+        }
+    }
+    total
+}
+
+/// PyTorch's `row_sum`: `size` items as rows of four, the leftovers, then the four sums.
+fn row_sum<A: SumAcc>(size: usize, load: impl Fn(usize) -> A) -> A {
+    let rows = size / 4;
+    let mut p = multi_row_sum(rows, |i, k| load(4 * i + k));
+    for i in 4 * rows..size {
+        p[0] = p[0].add(load(i));
+    }
+    let [mut s, a, b, c] = p;
+    for x in [a, b, c] {
+        s = s.add(x);
+    }
+    s
+}
+
+/// `torch.sum` of a contiguous f32 vector on one CPU thread (`cascade_sum`): vectors of 8
+/// summed by [`row_sum`], then the values left over, then the 8 lanes, in f32.
+fn torch_sum_f32(x: &[f32]) -> f32 {
+    if x.len() < TORCH_LANES {
+        return row_sum(x.len(), |i| x[i]);
+    }
+    let vecs = x.len() / TORCH_LANES;
+    let lanes = row_sum(vecs, |i| {
+        let mut v = [0.0f32; TORCH_LANES];
+        v.copy_from_slice(&x[i * TORCH_LANES..(i + 1) * TORCH_LANES]);
+        v
+    });
+    let mut total = 0.0f32;
+    for &v in &x[vecs * TORCH_LANES..] {
+        total += v;
+    }
+    for l in lanes {
+        total += l;
+    }
+    total
 }
 
 /// Entries of the lookup table of the 8-bit quantizer.
@@ -425,4 +536,28 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `torch.sum` / `torch.mean` of `1/(i+1) + 0.37·(i mod 7)` (f32, one thread, torch 2.15),
+    /// as bit patterns; for 5 and 100 values the f64 mean would round differently.
+    #[test]
+    fn sums_and_means_match_torch() {
+        let cases = [
+            (5, 0x40bf_7777u32, 0x3f99_2c5fu32),
+            (8, 0x4127_ce43, 0x3fa7_ce43),
+            (100, 0x42e4_acbd, 0x3f92_5a13),
+            (1000, 0x448b_8c04, 0x3f8e_e564),
+            (13824, 0x466f_e690, 0x3f8e_29d1),
+            (32767, 0x470e_1e58, 0x3f8e_1f74),
+        ];
+        for (n, sum, mean) in cases {
+            let x: Vec<f32> = (0..n).map(|i| (1.0 / (i + 1) as f64 + (i % 7) as f64 * 0.37) as f32).collect();
+            assert_eq!(torch_sum_f32(&x).to_bits(), sum, "sum of {n}");
+            assert_eq!(mean_f32(&x).to_bits(), mean, "mean of {n}");
+        }
+    }
 }

@@ -641,6 +641,14 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn weight_quantized_data(&self, w: &CudaWeight) -> Result<Option<(QuantFormat, Vec<u8>)>> {
+        let _t = self.timer("weight_quantized_data");
+        Ok(match &w.data {
+            WeightData::Quant(format, d) => Some((*format, self.dtoh(d)?)),
+            _ => None,
+        })
+    }
+
     // ---- matrix products ----------------------------------------------------------------------
 
     fn linear(
