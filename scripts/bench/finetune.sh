@@ -66,6 +66,9 @@ for mode in $modes; do
         dtype=${AFINAR_DTYPE:-fp32}
         [ "$mode" = lora ] && dtype=${AFINAR_DTYPE:-bf16}
         extra=(optimizer.lr=3e-4)
+        # AFINAR_EXTRA: more key=value overrides for afinar (e.g. enable_activation_checkpointing=true)
+        read -r -a more <<< "${AFINAR_EXTRA:-}"
+        extra+=("${more[@]}")
         [ "$mode" = lora ] && extra+=(lora.rank=8 lora.alpha=16 lora.dropout=0.0 "lora.target_modules=[q_proj,v_proj]" \
           save_adapter_weights_only=true merge_adapter=false)
         if ! timed "$dir/time.txt" "$dir/run.log" "$AFINAR_BIN" run "$recipe" --config "smollm2_135m_$mode" \
