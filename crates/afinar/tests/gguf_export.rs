@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use afinar::checkpoint::gguf::{GgufFile, MetaValue};
 use afinar::checkpoint::peft::parse_lora_name;
@@ -22,25 +22,7 @@ use afinar::quantize::{
 use afinar::recipes::save::{LoraSave, ModelSource};
 use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::{render_chat, Message, Tokenizer};
-use common::{asset, fixture, rel_err};
-
-/// A fresh temporary folder, removed when dropped.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("afinar-gguf-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{asset, fixture, rel_err, Tmp};
 
 fn load(be: &CpuBackend, path: &Path, keep_quantized: bool) -> LoadedModel<CpuBackend> {
     let opts =
@@ -64,7 +46,7 @@ fn test_ids(vocab: usize, n: usize) -> Vec<u32> {
 #[test]
 fn f32_export_round_trips_tiny_models_bit_for_bit() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("tiny");
+    let dir = Tmp::new("gguf-tiny");
     // llama31_tiny: untied output, Llama-3.1 RoPE scaling; llama32_tiny: tied embeddings.
     for name in ["llama31_tiny", "llama32_tiny"] {
         let src = load(&be, &fixture(&format!("models/{name}")), false);
@@ -93,7 +75,7 @@ fn f32_export_round_trips_tiny_models_bit_for_bit() {
 #[test]
 fn quantized_exports_use_llama_cpp_types_and_stay_close() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("quant");
+    let dir = Tmp::new("gguf-quant");
     let src = load(&be, &fixture("models/llama31_tiny"), false);
     let c = &src.model.config;
     let ids = test_ids(c.vocab_size, 24);
@@ -154,7 +136,7 @@ fn assert_same_tokenizer(a: &Tokenizer, b: &Tokenizer, what: &str) {
 #[test]
 fn smollm2_f32_round_trip_keeps_logits_tokenizer_and_chat_template() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("smollm2");
+    let dir = Tmp::new("gguf-smollm2");
     let src = load(&be, &asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"), false);
     let out = dir.0.join("smollm2_f32.gguf");
     export(&be, &src, &out, Scheme::F32);
@@ -233,7 +215,7 @@ fn save_lora(be: &CpuBackend, m: &mut LoadedModel<CpuBackend>, spec: &LoraSpec, 
 #[test]
 fn lora_adapters_export_with_llama_cpp_layout() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("lora");
+    let dir = Tmp::new("gguf-lora");
     let base_path = fixture("models/llama31_tiny");
     let mut m = load(&be, &base_path, false);
     let spec = add_random_lora(&be, &mut m.model, 4, 8.0, 0.1);
@@ -324,7 +306,7 @@ fn llama_cpp_loads_exports_and_agrees_with_afinar() {
     };
     let t0 = std::time::Instant::now();
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("llamacpp");
+    let dir = Tmp::new("gguf-llamacpp");
     let src = load(&be, &asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"), false);
     let tok = src.tokenizer.as_ref().unwrap();
     let chat = render_chat(tok, &[Message::new("user", "¿Cuál es la capital de España?")], true).unwrap();

@@ -20,27 +20,9 @@ use afinar::engine::cpu::nf4::{self, Nf4Ref};
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
 use afinar::models::{load_model, LoadOptions, LoadedModel, Logits};
 use afinar::quantize::{export_bnb_nf4, export_gguf, BnbExportOptions, ExportOptions, Scheme};
-use common::{asset, fixture};
+use common::{asset, fixture, Tmp};
 
 const NF4: WeightFormat = WeightFormat::Quant(QuantFormat::Nf4);
-
-/// A fresh temporary folder, removed when dropped.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("afinar-nf4-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn load(be: &CpuBackend, path: &Path, opts: LoadOptions) -> LoadedModel<CpuBackend> {
     load_model(be, path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -74,7 +56,7 @@ fn round(v: &[f32], dtype: DType) -> Vec<f32> {
 #[test]
 fn nf4_folders_load_back_exactly_and_re_export_byte_for_byte() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("tiny");
+    let dir = Tmp::new("nf4-tiny");
     // llama31_tiny: untied output, Llama-3.1 RoPE scaling, down_proj rows of 160 (NF4 blocks
     // straddle rows: loaded dequantized); llama32_tiny: tied embeddings, every row a multiple
     // of 64 (loaded as NF4).
@@ -166,7 +148,7 @@ fn nf4_folders_load_back_exactly_and_re_export_byte_for_byte() {
 #[test]
 fn transformers_bitsandbytes_folders_load_with_bitsandbytes_values() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("fixtures");
+    let dir = Tmp::new("nf4-fixtures");
     for (name, kept_nf4) in [("nf4", true), ("fp4_plain", false)] {
         let folder = fixture(&format!("bnb/{name}"));
         let expected = common::Expected::open(&folder.join("expected.safetensors"));
@@ -206,7 +188,7 @@ fn transformers_bitsandbytes_folders_load_with_bitsandbytes_values() {
 #[test]
 fn nf4_export_from_gguf_writes_tokenizer_and_reports_its_size() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("smollm2");
+    let dir = Tmp::new("nf4-smollm2");
     let src =
         load(&be, &asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"), LoadOptions::default());
     let out = dir.0.join("nf4");
@@ -265,7 +247,7 @@ fn rewrite(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, (String, Vec<usiz
 #[test]
 fn bad_bitsandbytes_folders_fail_clearly() {
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("bad");
+    let dir = Tmp::new("nf4-bad");
     let src = load(&be, &fixture("models/llama32_tiny"), LoadOptions::default());
     let good = dir.0.join("good");
     export(&be, &src, &good, DType::BF16);
@@ -351,7 +333,7 @@ fn transformers_loads_nf4_exports_and_agrees_with_afinar() {
     };
     let t0 = std::time::Instant::now();
     let be = CpuBackend::new(Some(2));
-    let dir = Tmp::new("transformers");
+    let dir = Tmp::new("nf4-transformers");
     let gguf = asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     let src = load(&be, &gguf, LoadOptions::default());
     let tok = src.tokenizer.as_ref().unwrap();

@@ -85,3 +85,21 @@ pub fn apply_peft_lora(
     })
     .unwrap();
 }
+
+/// A fresh temporary folder (`afinar-TAG-PID` under the system's), removed when dropped.
+pub struct Tmp(pub PathBuf);
+
+impl Tmp {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("afinar-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
