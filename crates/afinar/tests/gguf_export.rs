@@ -22,7 +22,7 @@ use afinar::quantize::{
 use afinar::recipes::save::{LoraSave, ModelSource};
 use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::{render_chat, Message, Tokenizer};
-use common::{asset, fixture, rel_err, Tmp};
+use common::{asset, fixture, rel_err, run_verify_script, Tmp};
 
 fn load(be: &CpuBackend, path: &Path, keep_quantized: bool) -> LoadedModel<CpuBackend> {
     let opts =
@@ -343,15 +343,6 @@ fn llama_cpp_loads_exports_and_agrees_with_afinar() {
         "lora": {"base": dir.0.join("smollm2_f32.gguf"), "adapter": adapter, "tokens": lora_tokens},
         "perplexity_text": Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/bilingual_instruct.jsonl"),
     });
-    let spec_path = dir.0.join("afinar.json");
-    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify/gguf_export.py");
     eprintln!("afinar side done in {:.1}s", t0.elapsed().as_secs_f64());
-    let res = std::process::Command::new(python).arg(script).arg(&spec_path).output().unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    eprintln!(
-        "{stdout}{}",
-        String::from_utf8_lossy(&res.stderr).lines().rev().take(8).collect::<Vec<_>>().join("\n")
-    );
-    assert!(res.status.success(), "llama.cpp disagrees with afinar:\n{stdout}");
+    run_verify_script(&python, "gguf_export.py", &spec, &dir.0, "llama.cpp");
 }

@@ -20,7 +20,7 @@ use afinar::engine::cpu::nf4::{self, Nf4Ref};
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
 use afinar::models::{load_model, LoadOptions, LoadedModel, Logits};
 use afinar::quantize::{export_bnb_nf4, export_gguf, BnbExportOptions, ExportOptions, Scheme};
-use common::{asset, fixture, Tmp};
+use common::{asset, fixture, run_verify_script, Tmp};
 
 const NF4: WeightFormat = WeightFormat::Quant(QuantFormat::Nf4);
 
@@ -371,15 +371,6 @@ fn transformers_loads_nf4_exports_and_agrees_with_afinar() {
         "prompts": prompts.iter().zip(&ids).map(|(t, i)| serde_json::json!({"text": t, "ids": i})).collect::<Vec<_>>(),
         "logits": logits_path,
     });
-    let spec_path = dir.0.join("afinar.json");
-    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify/nf4_export.py");
     eprintln!("afinar side done in {:.1}s", t0.elapsed().as_secs_f64());
-    let res = std::process::Command::new(python).arg(script).arg(&spec_path).output().unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    eprintln!(
-        "{stdout}{}",
-        String::from_utf8_lossy(&res.stderr).lines().rev().take(8).collect::<Vec<_>>().join("\n")
-    );
-    assert!(res.status.success(), "transformers disagrees with afinar:\n{stdout}");
+    run_verify_script(&python, "nf4_export.py", &spec, &dir.0, "transformers");
 }

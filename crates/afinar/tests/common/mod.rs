@@ -103,3 +103,24 @@ impl Drop for Tmp {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Writes `spec` as `afinar.json` in `dir` and runs `scripts/verify/SCRIPT` on it with `python`;
+/// fails the test (naming `peer`) unless the script succeeds. Prints its output.
+pub fn run_verify_script(
+    python: &std::ffi::OsStr,
+    script: &str,
+    spec: &serde_json::Value,
+    dir: &Path,
+    peer: &str,
+) {
+    let spec_path = dir.join("afinar.json");
+    std::fs::write(&spec_path, serde_json::to_string_pretty(spec).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify").join(script);
+    let res = std::process::Command::new(python).arg(script).arg(&spec_path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    eprintln!(
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr).lines().rev().take(8).collect::<Vec<_>>().join("\n")
+    );
+    assert!(res.status.success(), "{peer} disagrees with afinar:\n{stdout}");
+}

@@ -67,14 +67,7 @@ impl CpuWeight {
             CpuWeightData::F32(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::BF16(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::Quant { format, blocks } => {
-                let want = quant_bytes(*format, rows, cols)?;
-                ensure(blocks.len() == want, "weight", || {
-                    format!(
-                        "{} bytes for a [{rows}, {cols}] {} weight, which takes {want}",
-                        blocks.len(),
-                        format.name()
-                    )
-                })?;
+                check_quant_len(*format, rows, cols, blocks.len())?;
             }
         }
         Ok(CpuWeight { rows, cols, data })
@@ -117,6 +110,15 @@ impl CpuWeight {
 }
 
 /// Bytes of a `[rows, cols]` matrix in `format`, or a shape error naming the block length.
+/// Checks that `len` bytes are exactly a `[rows, cols]` matrix of `format` and returns that size.
+pub(crate) fn check_quant_len(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<usize> {
+    let want = quant_bytes(format, rows, cols)?;
+    ensure(len == want, "weight", || {
+        format!("{len} bytes for a [{rows}, {cols}] {} weight, which takes {want}", format.name())
+    })?;
+    Ok(want)
+}
+
 pub(crate) fn quant_bytes(format: QuantFormat, rows: usize, cols: usize) -> Result<usize> {
     format.matrix_bytes(rows, cols).ok_or_else(|| EngineError::Shape {
         op: "weight",

@@ -609,14 +609,7 @@ impl Backend for CudaBackend {
         cols: usize,
     ) -> Result<CudaWeight> {
         let _t = self.timer("weight_quantized");
-        let want = cpu::quant_bytes(format, rows, cols)?;
-        ensure(blocks.len() == want, "weight", || {
-            format!(
-                "{} bytes for a [{rows}, {cols}] {} weight, which takes {want}",
-                blocks.len(),
-                format.name()
-            )
-        })?;
+        let want = cpu::check_quant_len(format, rows, cols, blocks.len())?;
         let d = self.stream.clone_htod(blocks).map_err(|e| self.oom(e, want, 1))?;
         Ok(CudaWeight { rows, cols, data: WeightData::Quant(format, d) })
     }
