@@ -6,17 +6,19 @@
 #   ./scripts/gpu-check.sh                 # builds afinar and the GPU tests with --features cuda
 #   AFINAR_BIN=… CUDA_TESTS=… ./scripts/gpu-check.sh   # prebuilt binaries (e.g. carried to a GPU box)
 #
-# Phases (PHASES, default "tests bench peer losses"): tests = every kernel against the CPU backend;
+# Phases (PHASES, default "tests bench peer losses infer"): tests = every kernel against the CPU backend;
 # bench = afinar LoRA and full fine-tuning, Llama-3.2-1B shape, batch 4 × 2048; profile = the same
 # runs with AFINAR_CUDA_PROFILE=1 (time per backend call); bench8b = afinar LoRA of a
 # Llama-3.1-8B shape, batch 2 × 2048, activation checkpointing; peer = HF transformers + PEFT on
 # the same work (PEER_COMPILE=1: under torch.compile; PEER_8B=1: also the 8B run); losses = the
-# first 20 losses of LoRA, QLoRA and full fine-tuning on the CPU and the CUDA backend.
+# first 20 losses of LoRA, QLoRA and full fine-tuning on the CPU and the CUDA backend;
+# infer = `afinar generate` and `afinar eval --perplexity` on a random SmolLM2-shaped model, CPU
+# backend against CUDA backend (same greedy tokens, same perplexity) with their speeds.
 # Other knobs: STEPS (timed steps, default 5, after 2 warm-up), MODES ("lora full"), TOKENIZER (a
 # Llama-3 tokenizer.json; default: the test asset), OUT (folder for logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phases=${PHASES:-tests bench peer losses}
+phases=${PHASES:-tests bench peer losses infer}
 steps=${STEPS:-5}
 warm=2
 modes=${MODES:-lora full}
@@ -29,8 +31,9 @@ for d in /usr/local/lib/python3*/dist-packages/nvidia/*/lib /opt/torch/.venv/lib
          /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib; do
   [ -d "$d" ] && libdirs+=("$d")
 done
-LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export LD_LIBRARY_PATH
+# Only afinar's processes get them (a global LD_LIBRARY_PATH can hand Python another libpython).
+cuda_ld=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+gpu() { LD_LIBRARY_PATH="$cuda_ld" "$@"; }
 [ -d /usr/local/cuda ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export AFINAR_CACHE=${AFINAR_CACHE:-$out/cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
@@ -50,7 +53,7 @@ has() { case " $phases " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if has tests; then
   echo "== GPU tests: every kernel against the CPU backend"
-  if "$CUDA_TESTS" --test-threads 1 --nocapture 2>&1 | tee "$out/tests.log"; then
+  if gpu "$CUDA_TESTS" --test-threads 1 --nocapture 2>&1 | tee "$out/tests.log"; then
     row "kernels vs CPU backend" "pass ($(grep -c ' ok$' "$out/tests.log") checks)"
   else
     row "kernels vs CPU backend" "FAIL: $(grep -c 'FAIL$' "$out/tests.log") checks (see tests.log)"
@@ -81,7 +84,7 @@ afinar_run() { # mode batch seq steps device tag extra... → metrics in $out/af
       "lora.target_modules=[q_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
       save_adapter_weights_only=true merge_adapter=false) ;;
   esac
-  "$AFINAR_BIN" run "$recipe" --config "$config" output_dir="$dir/out" '~model.path' model.preset="$preset" \
+  gpu "$AFINAR_BIN" run "$recipe" --config "$config" output_dir="$dir/out" '~model.path' model.preset="$preset" \
     tokenizer.path="$TOKENIZER" tokenizer.max_seq_len="$seq" device="$device" \
     dataset.kind=text dataset.source="$data" dataset.packed=false '~dataset.train_on' \
     batch_size="$batch" epochs=1 max_steps_per_epoch="$n" gradient_accumulation_steps=1 shuffle=false seed=0 \
@@ -177,6 +180,38 @@ EOF
 )
     row "losses cpu vs gpu $mode" "$res"
   done
+fi
+
+if has infer; then
+  echo "== generation and perplexity, CPU backend vs CUDA backend (random SmolLM2-shaped model, f32 weights)"
+  model=$out/random_smollm2
+  "$py" scripts/bench/gpu_random_model.py "$TOKENIZER" "$model" > /dev/null 2> "$out/random_model.err" ||
+    tail -3 "$out/random_model.err"
+  for dev in cpu cuda; do
+    gpu "$AFINAR_BIN" generate --model "$model" --prompt "Hola, ¿cómo estás? Hello" --max-new-tokens 48 \
+      --dtype f32 --device "$dev" > "$out/gen_$dev.txt" 2> "$out/gen_$dev.err"
+    gpu "$AFINAR_BIN" eval --model "$model" --perplexity "es=data/eval/text_es.txt" --dtype f32 --device "$dev" \
+      --output "$out/ppl_$dev.json" > /dev/null 2> "$out/ppl_$dev.err"
+  done
+  res=$("$py" - "$out" <<'EOF'
+import json, pathlib, re, sys
+o = pathlib.Path(sys.argv[1])
+def rate(dev):
+    m = re.search(r"generated (\d+) tokens at ([\d.]+) tokens/s", (o / f"gen_{dev}.err").read_text())
+    return f"{m.group(2)} tok/s" if m else "failed"
+same = (o / "gen_cpu.txt").read_text() == (o / "gen_cuda.txt").read_text()
+def ppl(dev):
+    try:
+        r = json.loads((o / f"ppl_{dev}.json").read_text())
+        return r["tasks"][0]["result"]["perplexity"]
+    except Exception:
+        return float("nan")
+a, b = ppl("cpu"), ppl("cuda")
+print(f"greedy text {'identical' if same else 'DIFFERS'}; decode cpu {rate('cpu')}, cuda {rate('cuda')}; "
+      f"perplexity cpu {a:.4f} cuda {b:.4f} (rel {abs(a - b) / a:.1e})")
+EOF
+)
+  row "generate/eval cpu vs cuda" "$res"
 fi
 
 echo
