@@ -1,7 +1,7 @@
 //! Evaluation: does fine-tuning help, in English and in Spanish?
 //!
 //! Three kinds of task, each reading local files only:
-//! - [`perplexity`]: token-level perplexity of a text with the sliding window of the Hugging Face
+//! - [`perplexity`](mod@perplexity): token-level perplexity of a text with the sliding window of the Hugging Face
 //!   guide "Perplexity of fixed-length models";
 //! - [`choice`]: multiple-choice log-likelihood tasks scored as lm-evaluation-harness 0.4 does
 //!   (`acc`, `acc_norm` and their standard errors), in the JSONL formats of HellaSwag, ARC, PIQA
