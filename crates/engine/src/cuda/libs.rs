@@ -93,19 +93,6 @@ fn python_wheel_dirs() -> Vec<PathBuf> {
     out
 }
 
-/// The CUDA include folder for NVRTC, if one exists (afinar's kernels need no header; kept for
-/// messages and for kernels that would).
-pub fn include_dir() -> Option<PathBuf> {
-    let mut cands = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
-        if let Some(v) = std::env::var_os(var) {
-            cands.push(PathBuf::from(v).join("include"));
-        }
-    }
-    cands.push(PathBuf::from("/usr/local/cuda/include"));
-    cands.into_iter().find(|d| d.join("cuda_bf16.h").is_file())
-}
-
 /// Where each library was found.
 #[derive(Debug, Clone)]
 pub struct Found {
