@@ -19,6 +19,16 @@ pub enum WeightFormat {
     Quant(QuantFormat),
 }
 
+/// A 16-bit floating-point storage format for [`Backend::Half`] buffers: activations kept for
+/// the backward in mixed precision, caches, optimizer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HalfFormat {
+    /// bfloat16: f32's exponent range, 8 significant bits.
+    Bf16,
+    /// IEEE binary16: 11 significant bits, magnitudes up to 65504.
+    F16,
+}
+
 /// A block-quantized layout. The GGUF (GGML) ones store each row of a `[rows, cols]` matrix as
 /// `cols / 32` consecutive blocks of 32 values, little-endian, exactly as in a GGUF file;
 /// [`QuantFormat::Nf4`] is QLoRA's 4-bit NormalFloat with double-quantized scales.
@@ -173,6 +183,10 @@ pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
     /// A weight matrix `[rows, cols]` in some [`WeightFormat`].
     type Weight: Send + Sync;
+    /// A device buffer of 16-bit floats in one [`HalfFormat`] (storage only: kernels take
+    /// [`Backend::Buf`]s; values move between the two with [`Backend::to_half`] and
+    /// [`Backend::from_half`]).
+    type Half: Send + Sync;
 
     /// Human-readable device name, e.g. `"cpu (2 threads, avx512_bf16)"`.
     fn name(&self) -> String;
@@ -220,6 +234,30 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// Sets the first `n` elements of `buf` to `value`.
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()>;
+    /// A zero-filled 16-bit buffer of `len` elements in `format`.
+    fn zeros_half(&self, len: usize, format: HalfFormat) -> Result<Self::Half>;
+    /// Number of elements and format of a 16-bit buffer.
+    fn half_shape(&self, buf: &Self::Half) -> (usize, HalfFormat);
+    /// `dst[dst_off..dst_off + n] = round(src[src_off..src_off + n])`, rounding to nearest even
+    /// (as PyTorch's `.to(bfloat16 | float16)`; f16 overflows to ±∞).
+    fn to_half(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Half,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()>;
+    /// `dst[dst_off..dst_off + n] = src[src_off..src_off + n]` widened to f32 (exact).
+    #[allow(clippy::wrong_self_convention)]
+    fn from_half(
+        &self,
+        src: &Self::Half,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()>;
     /// Uploads a `[rows, cols]` row-major matrix as a weight in `format` (quantized formats
     /// round the values to their blocks, as GGUF's reference quantizers do).
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<Self::Weight>;

@@ -19,7 +19,7 @@ pub mod cuda;
 pub mod error;
 pub mod rope;
 
-pub use backend::{AdamW, AttnDims, Backend, QuantFormat, WeightFormat};
+pub use backend::{AdamW, AttnDims, Backend, HalfFormat, QuantFormat, WeightFormat};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;

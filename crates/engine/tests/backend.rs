@@ -3,7 +3,7 @@
 
 mod common;
 
-use afinar_engine::{AttnDims, Backend, CpuBackend, EngineError, Result, WeightFormat};
+use afinar_engine::{AttnDims, Backend, CpuBackend, EngineError, HalfFormat, Result, WeightFormat};
 use common::{rel_err32, Rng};
 
 fn f32s(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -51,6 +51,43 @@ fn memory_operations() {
     }
     shape_err(be.weight(&data, 2, 2, WeightFormat::F32));
     shape_err(be.weight(&data, 4, 2, WeightFormat::BF16));
+}
+
+#[test]
+fn half_buffers_round_to_nearest_even() {
+    let be = CpuBackend::new(Some(2));
+    let mut rng = Rng::new(16);
+    // Long enough to be split over the threads; special values at both ends.
+    let n = 300_001;
+    let mut x = f32s(&mut rng, n);
+    let special = [7.0e4, -1.0e5, 3.0e-6, 1.0e-8, f32::INFINITY, -0.0, 1.0 + 1.0 / 512.0];
+    x[..special.len()].copy_from_slice(&special);
+    x[n - special.len()..].copy_from_slice(&special);
+    for format in [HalfFormat::Bf16, HalfFormat::F16] {
+        let mut h = be.zeros_half(n + 2, format).unwrap();
+        assert_eq!(be.half_shape(&h), (n + 2, format));
+        be.to_half(&x, 0, &mut h, 1, n).unwrap();
+        let mut back = be.zeros(n + 2).unwrap();
+        be.from_half(&h, 0, &mut back, 0, n + 2).unwrap();
+        assert_eq!((back[0], back[n + 1]), (0.0, 0.0), "{format:?}: outside the written range");
+        for (i, (&y, &v)) in back[1..=n].iter().zip(&x).enumerate() {
+            let want = match format {
+                HalfFormat::Bf16 => half::bf16::from_f32(v).to_f32(),
+                HalfFormat::F16 => half::f16::from_f32(v).to_f32(),
+            };
+            assert_eq!(y.to_bits(), want.to_bits(), "{format:?} element {i}: {v} -> {y}, want {want}");
+        }
+        // Ties go to even: 1 + 2^-9 is halfway between two bf16 values.
+        if format == HalfFormat::Bf16 {
+            assert_eq!(back[special.len()], 1.0);
+        } else {
+            assert_eq!(back[1], f32::INFINITY);
+        }
+        shape_err(be.to_half(&x, 1, &mut h, 0, n));
+        shape_err(be.to_half(&x, 0, &mut h, 3, n));
+        shape_err(be.from_half(&h, 3, &mut back, 0, n));
+        shape_err(be.from_half(&h, 0, &mut back, 3, n));
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod common;
 use std::io::Write;
 
 use afinar_engine::cuda::{libs, module, CudaBackend};
-use afinar_engine::{AdamW, AttnDims, Backend, CpuBackend, QuantFormat, WeightFormat};
+use afinar_engine::{AdamW, AttnDims, Backend, CpuBackend, HalfFormat, QuantFormat, WeightFormat};
 use common::{rel_err32, Rng};
 
 const F32_TOL: f64 = 1e-5;
@@ -162,6 +162,20 @@ fn elementwise(g: &CudaBackend, c: &CpuBackend, rng: &mut Rng, r: &mut Report) {
     g.dropout(&gx, &mut go, n, 0.3, 77).unwrap();
     c.dropout(&cx, &mut co, n, 0.3, 77).unwrap();
     r.exact("dropout (same mask)", g.to_host(&go).unwrap() == co);
+    for format in [HalfFormat::Bf16, HalfFormat::F16] {
+        // Values past f16's range and below its normal range round as on the CPU.
+        let mut x = randn(rng, n, 1.0);
+        x[..4].copy_from_slice(&[7.0e4, -1.0e5, 3.0e-6, 1.0e-8]);
+        let (gs, cs) = both(g, c, &x);
+        let (mut gh, mut ch) = (g.zeros_half(n + 3, format).unwrap(), c.zeros_half(n + 3, format).unwrap());
+        g.to_half(&gs, 1, &mut gh, 3, n - 1).unwrap();
+        c.to_half(&cs, 1, &mut ch, 3, n - 1).unwrap();
+        let (mut gw, mut cw) = (g.zeros(n + 3).unwrap(), vec![0.0; n + 3]);
+        g.from_half(&gh, 0, &mut gw, 0, n + 3).unwrap();
+        c.from_half(&ch, 0, &mut cw, 0, n + 3).unwrap();
+        let same = g.to_host(&gw).unwrap().iter().zip(&cw).all(|(a, b)| a.to_bits() == b.to_bits());
+        r.exact(&format!("to_half / from_half {format:?} (bit for bit)"), same);
+    }
     let (sg, sc) = (g.sum_squares(&gx, n).unwrap(), c.sum_squares(&cx, n).unwrap());
     r.f32("sum_squares", &[sg as f32], &[sc as f32]);
 

@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod float;
 pub mod gemv;
+pub mod half_buf;
 pub mod loss;
 pub mod matmul;
 pub mod nf4;
@@ -26,9 +27,10 @@ pub mod vector;
 pub use float::Real;
 
 use crate::error::ensure;
-use crate::{AdamW, AttnDims, Backend, EngineError, QuantFormat, Result, WeightFormat};
+use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
 use attention::{AttnBwdMode, AttnTiles};
 use half::bf16;
+use half_buf::CpuHalf;
 use matmul::WeightRef;
 use quant::QuantRef;
 use rayon::prelude::*;
@@ -242,6 +244,7 @@ pub(crate) fn check_attn(op: &'static str, d: &AttnDims, doc_ids: Option<&[u32]>
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
+    type Half = CpuHalf;
 
     fn name(&self) -> String {
         format!(
@@ -298,6 +301,58 @@ impl Backend for CpuBackend {
     fn fill(&self, buf: &mut Vec<f32>, n: usize, value: f32) -> Result<()> {
         need("fill", "buf", buf.len(), n)?;
         buf[..n].fill(value);
+        Ok(())
+    }
+
+    fn zeros_half(&self, len: usize, format: HalfFormat) -> Result<CpuHalf> {
+        let oom = |_| EngineError::OutOfMemory { bytes: len.saturating_mul(2), device: self.name() };
+        Ok(match format {
+            HalfFormat::Bf16 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(len).map_err(oom)?;
+                v.resize(len, bf16::ZERO);
+                CpuHalf::Bf16(v)
+            }
+            HalfFormat::F16 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(len).map_err(oom)?;
+                v.resize(len, ::half::f16::ZERO);
+                CpuHalf::F16(v)
+            }
+        })
+    }
+
+    fn half_shape(&self, buf: &CpuHalf) -> (usize, HalfFormat) {
+        (buf.len(), buf.format())
+    }
+
+    fn to_half(
+        &self,
+        src: &Vec<f32>,
+        src_off: usize,
+        dst: &mut CpuHalf,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        let op = "to_half";
+        need(op, "src", src.len(), src_off.saturating_add(n))?;
+        need(op, "dst", dst.len(), dst_off.saturating_add(n))?;
+        self.install(|| half_buf::narrow(&src[src_off..src_off + n], dst, dst_off));
+        Ok(())
+    }
+
+    fn from_half(
+        &self,
+        src: &CpuHalf,
+        src_off: usize,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        let op = "from_half";
+        need(op, "src", src.len(), src_off.saturating_add(n))?;
+        need(op, "dst", dst.len(), dst_off.saturating_add(n))?;
+        self.install(|| half_buf::widen(src, src_off, &mut dst[dst_off..dst_off + n]));
         Ok(())
     }
 

@@ -31,6 +31,13 @@ __device__ __forceinline__ float f16_to_f32(unsigned short h) {
     return f;
 }
 
+// Round to nearest even; overflow gives ±inf, as a conversion to torch.float16 does.
+__device__ __forceinline__ unsigned short f32_to_f16(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_t* p, float v) { *p = f32_to_bf16(v); }
 
@@ -91,6 +98,14 @@ extern "C" __global__ void f32_to_bf16_k(const float* x, bf16_t* y, i64 n) {
 
 extern "C" __global__ void bf16_to_f32_k(const bf16_t* x, float* y, i64 n) {
     GRID_STRIDE(i, n) y[i] = bf16_to_f32(x[i]);
+}
+
+extern "C" __global__ void f32_to_f16_k(const float* x, unsigned short* y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = f32_to_f16(x[i]);
+}
+
+extern "C" __global__ void f16_to_f32_k(const unsigned short* x, float* y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = f16_to_f32(x[i]);
 }
 
 extern "C" __global__ void swiglu_fwd(const float* gate, const float* up, float* out, i64 n) {

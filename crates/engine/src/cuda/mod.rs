@@ -30,7 +30,7 @@ use half::bf16;
 use crate::backend::AdamWScalars;
 use crate::cpu::{self, CpuBackend, CpuWeight, CpuWeightData};
 use crate::error::ensure;
-use crate::{AdamW, AttnDims, Backend, EngineError, QuantFormat, Result, WeightFormat};
+use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
 use blas::{gemm, Dt, Operand};
 use module::{drv, Kernels};
 
@@ -38,6 +38,13 @@ use module::{drv, Kernels};
 pub struct CudaBuf {
     data: CudaSlice<f32>,
     len: usize,
+}
+
+/// A device buffer of 16-bit floats (bf16 or f16 bits).
+pub struct CudaHalf {
+    data: CudaSlice<u16>,
+    len: usize,
+    format: HalfFormat,
 }
 
 /// Storage of a [`CudaWeight`].
@@ -521,6 +528,7 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Weight = CudaWeight;
+    type Half = CudaHalf;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -579,6 +587,60 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         self.launch("fill_f32", self.elems(n), &[self.bptr(buf).into(), (n as i64).into(), value.into()])
+    }
+
+    fn zeros_half(&self, len: usize, format: HalfFormat) -> Result<CudaHalf> {
+        let _t = self.timer("zeros_half");
+        let data = self.stream.alloc_zeros::<u16>(len.max(1)).map_err(|e| self.oom(e, len, 2))?;
+        Ok(CudaHalf { data, len, format })
+    }
+
+    fn half_shape(&self, buf: &CudaHalf) -> (usize, HalfFormat) {
+        (buf.len, buf.format)
+    }
+
+    fn to_half(
+        &self,
+        src: &CudaBuf,
+        src_off: usize,
+        dst: &mut CudaHalf,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        let _t = self.timer("to_half");
+        Self::check_buf("to_half", "src", src, src_off.saturating_add(n))?;
+        cpu::need("to_half", "dst", dst.len, dst_off.saturating_add(n))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = match dst.format {
+            HalfFormat::Bf16 => "f32_to_bf16_k",
+            HalfFormat::F16 => "f32_to_f16_k",
+        };
+        let (s, d) = (self.bptr(src) + 4 * src_off as u64, self.ptr(&dst.data) + 2 * dst_off as u64);
+        self.launch(kernel, self.elems(n), &[s.into(), d.into(), (n as i64).into()])
+    }
+
+    fn from_half(
+        &self,
+        src: &CudaHalf,
+        src_off: usize,
+        dst: &mut CudaBuf,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        let _t = self.timer("from_half");
+        cpu::need("from_half", "src", src.len, src_off.saturating_add(n))?;
+        Self::check_buf("from_half", "dst", dst, dst_off.saturating_add(n))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = match src.format {
+            HalfFormat::Bf16 => "bf16_to_f32_k",
+            HalfFormat::F16 => "f16_to_f32_k",
+        };
+        let (s, d) = (self.ptr(&src.data) + 2 * src_off as u64, self.bptr(dst) + 4 * dst_off as u64);
+        self.launch(kernel, self.elems(n), &[s.into(), d.into(), (n as i64).into()])
     }
 
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<CudaWeight> {

@@ -22,6 +22,8 @@ pub const KERNELS: &[&str] = &[
     "scale_f32",
     "f32_to_bf16_k",
     "bf16_to_f32_k",
+    "f32_to_f16_k",
+    "f16_to_f32_k",
     "swiglu_fwd",
     "swiglu_bwd",
     "dropout_k",
