@@ -12,7 +12,7 @@ mod norm;
 
 pub use attention::{Attention, AttnActs, AttnGrads, KvTarget, Tokens};
 pub use decoder::{DecoderLayer, LayerActs, LayerGrads, LayerScratch, PROJECTIONS};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvDtype, KvStore};
 pub use linear::{Linear, Lora, ParamState};
 pub use mlp::{Mlp, MlpActs, MlpGrads};
 pub use norm::RmsNorm;
