@@ -82,6 +82,9 @@ fn decode_matches_f32_kernel_gqa_odd_lengths() {
     check(&dims(2, 1, 150, 161, 9, 3, 64), None, 21);
     check(&dims(2, 3, 133, 140, 9, 3, 64), None, 22);
     check(&dims(1, 8, 8, 8, 4, 4, 32), None, 23);
+    // Head size 128 (Llama 3): two rows per pass of the value kernel, an odd row last.
+    check(&dims(1, 3, 200, 210, 8, 2, 128), None, 26);
+    check(&dims(1, 1, 65, 65, 1, 1, 128), None, 27);
     // Head sizes that are not a multiple of 16 (the SIMD kernel's step) take the portable loops.
     check(&dims(1, 1, 41, 45, 6, 2, 24), None, 24);
     check(&dims(2, 2, 19, 19, 2, 1, 8), None, 25);

@@ -965,17 +965,26 @@ fn accumulate_f16(p: &[f32], v: &[u16], ks: usize, n: usize, hd: usize, acc: &mu
     assert!(p.len() >= rows * n);
     #[cfg(target_arch = "x86_64")]
     if simd && hd.is_multiple_of(16) {
+        // Rows per pass: as many as keep the accumulators in registers.
+        let per_pass = if hd == 128 { 2 } else { 4 };
         let mut r = 0;
         while r < rows {
-            let take = (rows - r).min(4);
+            let take = (rows - r).min(per_pass);
             let (pp, ap) = (p[r * n..].as_ptr(), acc[r * hd..].as_mut_ptr());
             // SAFETY: AVX-512F and F16C were detected (`simd`); the value rows are in bounds
             // (asserted above), `pp` holds `take` rows of `n` and `ap` `take` rows of `hd`.
             unsafe {
-                match take {
-                    4 => f16x::accumulate::<4>(pp, n, v.as_ptr(), ks, hd, ap),
-                    3 => f16x::accumulate::<3>(pp, n, v.as_ptr(), ks, hd, ap),
-                    2 => f16x::accumulate::<2>(pp, n, v.as_ptr(), ks, hd, ap),
+                match (hd, take) {
+                    // Head sizes 64 and 128 (SmolLM2, Llama 3): accumulators in registers.
+                    (64, 4) => f16x::accumulate_regs::<4, 4>(pp, n, v.as_ptr(), ks, ap),
+                    (64, 3) => f16x::accumulate_regs::<3, 4>(pp, n, v.as_ptr(), ks, ap),
+                    (64, 2) => f16x::accumulate_regs::<2, 4>(pp, n, v.as_ptr(), ks, ap),
+                    (64, _) => f16x::accumulate_regs::<1, 4>(pp, n, v.as_ptr(), ks, ap),
+                    (128, 1) => f16x::accumulate_regs::<1, 8>(pp, n, v.as_ptr(), ks, ap),
+                    (128, _) => f16x::accumulate_regs::<2, 8>(pp, n, v.as_ptr(), ks, ap),
+                    (_, 4) => f16x::accumulate::<4>(pp, n, v.as_ptr(), ks, hd, ap),
+                    (_, 3) => f16x::accumulate::<3>(pp, n, v.as_ptr(), ks, hd, ap),
+                    (_, 2) => f16x::accumulate::<2>(pp, n, v.as_ptr(), ks, hd, ap),
                     _ => f16x::accumulate::<1>(pp, n, v.as_ptr(), ks, hd, ap),
                 }
             }
@@ -1003,6 +1012,65 @@ fn accumulate_f16(p: &[f32], v: &[u16], ks: usize, n: usize, hd: usize, acc: &mu
 #[cfg(target_arch = "x86_64")]
 mod f16x {
     use std::arch::x86_64::*;
+
+    /// How many rows ahead the kernels prefetch: the cache streams from memory (it is read once
+    /// per token), at a stride of `kv_heads` rows, which the hardware prefetchers follow poorly.
+    const PREFETCH_ROWS: usize = 8;
+
+    /// Prefetches the cache lines of the `hd` f16 values at `p` (which may lie outside any
+    /// buffer: prefetches never fault).
+    #[inline(always)]
+    unsafe fn prefetch_row(p: *const u16, hd: usize) {
+        let b = p.cast::<i8>();
+        let mut off = 0;
+        while off < 2 * hd {
+            // SAFETY: a prefetch reads nothing and never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(off)) };
+            off += 64;
+        }
+        // SAFETY: as above (the row's last byte, in case the row straddles one more line).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(2 * hd - 1)) };
+    }
+
+    /// `acc[r · hd + c] += Σ_j p[r · n + j] · v_j[c]` for `R` rows and `n` value rows of
+    /// `hd = 16 · NC` f16 values at stride `vs`, with all `R · NC` accumulators in registers:
+    /// each value row is loaded and converted once.
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be available; `p` must hold `R` rows of `n`, `v` `n` rows of
+    /// `16 · NC` at stride `vs`, `acc` `R` rows of `16 · NC`.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn accumulate_regs<const R: usize, const NC: usize>(
+        p: *const f32,
+        n: usize,
+        v: *const u16,
+        vs: usize,
+        acc: *mut f32,
+    ) {
+        let hd = 16 * NC;
+        // SAFETY: the accesses stay within the rows of the contract (prefetches never fault).
+        unsafe {
+            let mut a: [[__m512; NC]; R] =
+                std::array::from_fn(|r| std::array::from_fn(|c| _mm512_loadu_ps(acc.add(r * hd + 16 * c))));
+            for j in 0..n {
+                prefetch_row(v.wrapping_add((j + PREFETCH_ROWS) * vs), hd);
+                let vp = v.add(j * vs);
+                let vv: [__m512; NC] =
+                    std::array::from_fn(|c| _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(16 * c).cast())));
+                for r in 0..R {
+                    let pr = _mm512_set1_ps(*p.add(r * n + j));
+                    for c in 0..NC {
+                        a[r][c] = _mm512_fmadd_ps(pr, vv[c], a[r][c]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for c in 0..NC {
+                    _mm512_storeu_ps(acc.add(r * hd + 16 * c), a[r][c]);
+                }
+            }
+        }
+    }
 
     /// Widens `n` f16 values at `src` to f32 at `dst`.
     ///
@@ -1041,9 +1109,10 @@ mod f16x {
         dst: *mut f32,
     ) {
         let qp: [*const f32; R] = std::array::from_fn(|r| q[r].as_ptr());
-        // SAFETY: the accesses stay within the rows of the contract.
+        // SAFETY: the accesses stay within the rows of the contract (prefetches never fault).
         unsafe {
             for j in 0..n {
+                prefetch_row(k.wrapping_add((j + PREFETCH_ROWS) * ks), hd);
                 let kp = k.add(j * ks);
                 let mut acc = [_mm512_setzero_ps(); R];
                 let mut c = 0;

@@ -28,8 +28,19 @@ use super::float::Real;
 /// Values per block.
 const QK: usize = QuantFormat::BLOCK;
 
-/// Outputs (weight rows) per parallel task of the GEMV.
+/// Outputs (weight rows) per parallel task of the GEMV, roughly (see [`task_outputs`]).
 const TASK_OUTPUTS: usize = 64;
+
+/// Outputs per task for `out` outputs on `threads` threads: about [`TASK_OUTPUTS`], a multiple
+/// of 4 (the kernel's row group), and a task count that divides evenly over the threads where
+/// it can: fixed blocks of 64 leave one thread a whole extra block on SmolLM2's 192-row k/v
+/// (3 tasks on 2 threads) and 576-row projections (9 tasks). Each output is still computed by one
+/// thread in a fixed order, so the split does not change the results.
+fn task_outputs(out: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let rounds = out.div_ceil(threads * TASK_OUTPUTS).max(1);
+    out.div_ceil(threads * rounds).next_multiple_of(4).max(4)
+}
 
 /// A borrowed `[rows, cols]` quantized matrix: `rows` rows of `cols / 32` blocks each (for NF4,
 /// the whole buffer of [`super::nf4`]).
@@ -361,10 +372,11 @@ fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool
     let nb = inp / QK;
     let rb = w.row_bytes();
     let yp = OutPtr(y.as_mut_ptr());
-    let tasks = out.div_ceil(TASK_OUTPUTS);
+    let per_task = task_outputs(out, rayon::current_num_threads());
+    let tasks = out.div_ceil(per_task);
     (0..tasks).into_par_iter().for_each(|t| {
-        let o0 = t * TASK_OUTPUTS;
-        let o1 = (o0 + TASK_OUTPUTS).min(out);
+        let o0 = t * per_task;
+        let o1 = (o0 + per_task).min(out);
         let mut o = o0;
         while o < o1 {
             let oo = (o1 - o).min(4);
