@@ -706,9 +706,10 @@ pub const F16_DIRECT_MAX_Q: usize = 8;
 
 /// Keys per task of the direct f16 kernel: each `(sequence, kv head)` is split into runs of this
 /// many keys whose partial softmax results are merged afterwards, so that a single sequence
-/// still gives the pool several tasks. Fixed (not derived from the thread count), so the result
-/// does not depend on the number of threads.
-const F16_KEYS_PER_TASK: usize = 128;
+/// still gives the pool several tasks (SmolLM2's 3 kv heads alone would leave one of 2 threads
+/// idle a third of the time). Fixed (not derived from the thread count), so the result does not
+/// depend on the number of threads.
+const F16_KEYS_PER_TASK: usize = 64;
 
 /// Forward attention of f32 queries against keys and values stored as IEEE binary16 bit patterns
 /// (a KV cache in f16), in the layouts of [`attention_forward`]: writes `out` and `lse`.
@@ -882,15 +883,15 @@ fn decode_f16(q: &[f32], k: &[u16], v: &[u16], out: &mut [f32], lse: &mut [f32],
             },
         )
         .collect();
-    let (out_p, lse_p) = (SendPtr(out.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
-    (0..pairs).into_par_iter().for_each(|p| {
+    // The merge is a few thousand multiply-adds per call (pairs × rows × runs × head_dim): on
+    // the calling thread, which saves the pool a second fork-join per layer and token.
+    for p in 0..pairs {
         let (b, g) = (p / d.kv_heads, p % d.kv_heads);
         let parts = &partials[p * nch..(p + 1) * nch];
         for r in 0..rows {
             let (t, h) = (r / grp, g * grp + r % grp);
-            // SAFETY: each (b, h, t) output row and lse entry belongs to this task only.
-            let o = unsafe { out_p.slice(q_off(b, t, h), hd) };
-            let le = unsafe { lse_p.slice((b * d.q_heads + h) * d.q_len + t, 1) };
+            let o = &mut out[q_off(b, t, h)..q_off(b, t, h) + hd];
+            let le = &mut lse[(b * d.q_heads + h) * d.q_len + t..][..1];
             let m = parts.iter().fold(f32::NEG_INFINITY, |m, pt| m.max(pt.m[r]));
             if m == f32::NEG_INFINITY {
                 o.fill(0.0);
@@ -910,7 +911,7 @@ fn decode_f16(q: &[f32], k: &[u16], v: &[u16], out: &mut [f32], lse: &mut [f32],
             o.iter_mut().for_each(|x| *x *= inv);
             le[0] = m + l.ln();
         }
-    });
+    }
 }
 
 /// `s[r · n + j] = scale · qrows[r] · k_j` for the `n` f16 key rows at `k` (row stride `ks`).
