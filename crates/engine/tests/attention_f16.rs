@@ -1,7 +1,8 @@
 //! Attention against an f16 KV cache (`cpu::attention::attention_forward_f16`, its portable
 //! variant and `Backend::attention_half`) against the f32 kernel on the same values widened to
 //! f32: grouped-query heads, odd cache lengths, caches longer than their valid part, several
-//! sequences, a few queries at an offset (decoding) and a prompt pass (the widening path).
+//! sequences, a few queries at an offset (decoding) and a prompt pass (the widening path); and
+//! the CUDA backend against the CPU one where a GPU is present.
 
 mod common;
 
@@ -146,5 +147,48 @@ fn backend_attention_half_matches_attention_on_widened_values() {
         // A cache shorter than the dims ask for is a shape error, not a panic.
         let short = be.zeros_half(n - 1, format).unwrap();
         assert!(be.attention_half(&q, &short, &vh, &mut out, &mut lse, &d, None).is_err());
+    }
+}
+
+/// The CUDA backend's `attention_half` (the trait's default: widen, then its f32 attention)
+/// against the CPU backend's on the same f16 caches: decoding with GQA and spare capacity, and a
+/// prompt pass. Skips without a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_attention_half_matches_cpu() {
+    use afinar_engine::{Backend, CpuBackend, CudaBackend, HalfFormat};
+    let g = match CudaBackend::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("SKIPPED: the CUDA attention_half check needs a GPU: {e}");
+            return;
+        }
+    };
+    let c = CpuBackend::new(Some(2));
+    for (i, d) in
+        [dims(1, 1, 300, 320, 9, 3, 64), dims(2, 3, 70, 80, 9, 3, 64), dims(1, 20, 20, 32, 4, 2, 32)]
+            .into_iter()
+            .enumerate()
+    {
+        let mut rng = Rng::new(70 + i as u64);
+        let mut f32s = |n: usize| -> Vec<f32> { rng.normals(n).into_iter().map(|x| x as f32).collect() };
+        let (q, k, v) = (f32s(q_elems(&d)), f32s(kv_elems(&d)), f32s(kv_elems(&d)));
+        let n = kv_elems(&d);
+        let half = |x: &[f32]| {
+            let (gs, mut gh) = (g.from_host(x).unwrap(), g.zeros_half(n, HalfFormat::F16).unwrap());
+            g.to_half(&gs, 0, &mut gh, 0, n).unwrap();
+            let mut ch = c.zeros_half(n, HalfFormat::F16).unwrap();
+            c.to_half(&x.to_vec(), 0, &mut ch, 0, n).unwrap();
+            (gh, ch)
+        };
+        let ((gk, ck), (gv, cv)) = (half(&k), half(&v));
+        let gq = g.from_host(&q).unwrap();
+        let (mut go, mut gl) = (g.zeros(q_elems(&d)).unwrap(), g.zeros(lse_elems(&d)).unwrap());
+        g.attention_half(&gq, &gk, &gv, &mut go, &mut gl, &d, None).unwrap();
+        let (mut co, mut cl) = (vec![0.0; q_elems(&d)], vec![0.0; lse_elems(&d)]);
+        c.attention_half(&q, &ck, &cv, &mut co, &mut cl, &d, None).unwrap();
+        // The GPU's attention takes bf16 operands (see tests/cuda.rs): a product's tolerance.
+        let (eo, el) = (rel(&g.to_host(&go).unwrap(), &co), rel(&g.to_host(&gl).unwrap(), &cl));
+        assert!(eo < 2e-2 && el < 2e-2, "{d:?}: out error {eo}, lse error {el}");
     }
 }
