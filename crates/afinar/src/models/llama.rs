@@ -27,6 +27,10 @@ pub struct Llama<B: Backend> {
     /// Activation and gradient buffers of the training pass, kept from one micro-batch to the
     /// next (see [`Llama::release_train_buffers`]).
     pub(crate) train_buffers: Option<TrainBuffers<B>>,
+    /// With the optimizer step in the backward: gradient buffers shaped like one decoder
+    /// layer's trainable tensors, lent to each layer during its backward (see
+    /// [`Llama::share_layer_gradients`]).
+    pub(crate) lent_grads: Option<Vec<B::Buf>>,
 }
 
 /// Which positions' logits a forward pass returns.

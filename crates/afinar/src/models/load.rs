@@ -466,7 +466,17 @@ fn build<B: Backend>(
         Some(Linear::new(be, weight("lm_head.weight", c.vocab_size, c.dim, format)?))
     };
     let norm = norm("model.norm.weight")?;
-    Ok(Llama { config, embed, embed_state: None, layers, norm, output, inv_freq, train_buffers: None })
+    Ok(Llama {
+        config,
+        embed,
+        embed_state: None,
+        layers,
+        norm,
+        output,
+        inv_freq,
+        train_buffers: None,
+        lent_grads: None,
+    })
 }
 
 fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {

@@ -4,7 +4,8 @@
 
 use afinar_engine::Backend;
 
-use super::Llama;
+use super::trainable::visit_layer_params_mut;
+use super::{Llama, ParamMut};
 use crate::blocks::{KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
 use crate::{Error, Result};
 
@@ -23,6 +24,10 @@ pub struct TrainBatch<'a> {
     /// Tokens per row.
     pub seq: usize,
 }
+
+/// The optimizer's update of one trainable tensor (its name and gradient state), run by
+/// [`Llama::forward_backward_stepping`] as soon as the tensor's gradient is complete.
+pub type Update<'a, B> = dyn FnMut(&str, &mut ParamMut<'_, B>) -> Result<()> + Send + 'a;
 
 /// Loss of one micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +50,35 @@ impl<B: Backend> Llama<B> {
         b: &TrainBatch<'_>,
         grad_scale: f32,
         checkpointing: bool,
+    ) -> Result<LossSum> {
+        self.pass(be, b, grad_scale, checkpointing, None)
+    }
+
+    /// [`Llama::forward_backward`] with the optimizer step inside the backward, as torchtune's
+    /// `optimizer_in_bwd`: `update` runs on each decoder layer's trainable tensors right after
+    /// that layer's backward, and on the embedding, final norm and output projection at the end;
+    /// every gradient is zeroed after its update. The result equals a pass followed by an
+    /// optimizer step over all tensors (no layer's backward reads another layer's weights), but
+    /// with [`Llama::share_layer_gradients`] only one layer's gradients exist at a time. Leaves
+    /// no room for gradient accumulation or clipping by the global norm.
+    pub fn forward_backward_stepping(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        grad_scale: f32,
+        checkpointing: bool,
+        update: &mut Update<'_, B>,
+    ) -> Result<LossSum> {
+        self.pass(be, b, grad_scale, checkpointing, Some(update))
+    }
+
+    fn pass(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        grad_scale: f32,
+        checkpointing: bool,
+        update: Option<&mut Update<'_, B>>,
     ) -> Result<LossSum> {
         let c = self.config.clone();
         let rows = b.batch * b.seq;
@@ -86,7 +120,7 @@ impl<B: Backend> Llama<B> {
                 TrainBuffers::new(be, self, rows, checkpointing)?
             }
         };
-        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf));
+        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf, update));
         self.train_buffers = Some(buf);
         let (sum, tokens) = result?;
         Ok(LossSum { sum, tokens })
@@ -100,6 +134,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The body of [`Llama::forward_backward`] over its buffers.
+    #[allow(clippy::too_many_arguments)]
     fn train_pass(
         &mut self,
         be: &B,
@@ -108,6 +143,7 @@ impl<B: Backend> Llama<B> {
         grad_scale: f32,
         checkpointing: bool,
         buf: &mut TrainBuffers<B>,
+        mut update: Option<&mut Update<'_, B>>,
     ) -> Result<(f64, usize)> {
         let dim = self.config.dim;
         let rows = t.rows();
@@ -150,6 +186,10 @@ impl<B: Backend> Llama<B> {
             }
             let a = if checkpointing { &acts[0] } else { &acts[l] };
             let need_input_grad = l > 0 || embed_trained;
+            let lend = update.is_some() && self.lent_grads.is_some();
+            if lend {
+                self.swap_lent_grads(l)?;
+            }
             self.layers[l].backward(
                 be,
                 &inputs[l],
@@ -161,12 +201,45 @@ impl<B: Backend> Llama<B> {
                 &self.inv_freq,
                 need_input_grad,
             )?;
+            if let Some(update) = update.as_deref_mut() {
+                visit_layer_params_mut(&mut self.layers[l], l, &mut |name, p| {
+                    step_and_zero(be, update, name, p)
+                })?;
+            }
+            if lend {
+                self.swap_lent_grads(l)?;
+            }
         }
         if let Some(s) = &mut self.embed_state {
             be.embedding_backward(b.ids, dx, &mut s.grad, dim)?;
         }
+        if let Some(update) = update {
+            self.visit_outer_params_mut(&mut |name, p| step_and_zero(be, update, name, p))?;
+        }
         Ok((sum, tokens))
     }
+
+    /// Exchanges layer `l`'s (empty) gradient buffers with the shared ones, in and out.
+    fn swap_lent_grads(&mut self, l: usize) -> Result<()> {
+        let Some(pool) = self.lent_grads.as_mut() else { return Ok(()) };
+        let mut k = 0;
+        visit_layer_params_mut(&mut self.layers[l], l, &mut |_, mut p| {
+            std::mem::swap(&mut p.state().grad, &mut pool[k]);
+            k += 1;
+            Ok(())
+        })
+    }
+}
+
+/// Runs `update` on a tensor whose gradient is complete, then zeroes the gradient.
+fn step_and_zero<B: Backend>(
+    be: &B,
+    update: &mut Update<'_, B>,
+    name: &str,
+    mut p: ParamMut<'_, B>,
+) -> Result<()> {
+    update(name, &mut p)?;
+    Ok(p.state().zero_grad(be)?)
 }
 
 /// The buffers of one training pass, kept by the model between micro-batches so that a step

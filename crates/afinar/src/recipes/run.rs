@@ -89,6 +89,7 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
             min_lr_ratio: cfg.lr_scheduler.min_lr_ratio,
         },
         clip_grad_norm: cfg.clip_grad_norm,
+        optimizer_in_backward: cfg.optimizer_in_bwd,
         activation_checkpointing: cfg.enable_activation_checkpointing,
         save_every_n_steps: cfg.save_every_n_steps,
         resume: cfg.resume_from_checkpoint,
