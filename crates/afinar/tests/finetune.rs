@@ -96,17 +96,20 @@ struct Setup {
     be: CpuBackend,
     tok: Tokenizer,
     data: PathBuf,
+    mixed: bool,
 }
 
 fn setup(name: &str) -> Setup {
     let be = CpuBackend::new(Some(2));
     let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
     let data = dataset_file(&tmp(name));
-    Setup { be, tok, data }
+    Setup { be, tok, data, mixed: false }
 }
 
 fn model(s: &Setup, lora: Option<&LoraSpec>) -> Llama<CpuBackend> {
     let mut m = Llama::random(&s.be, config(), 11, WeightFormat::F32).unwrap();
+    // Mixed precision (bf16 products) keeps the saved activations in bf16, as the recipe does.
+    m.keep_activations_in_bf16(s.mixed);
     match lora {
         Some(spec) => m.apply_lora(&s.be, spec, &mut afinar::generate::Rng::new(3)).unwrap(),
         None => m.enable_full_finetune(&s.be).unwrap(),
@@ -166,7 +169,7 @@ fn check_exact_resume_with(
     mixed: bool,
     plan: impl Fn(&Path) -> Plan,
 ) -> Vec<f64> {
-    let s = setup(name);
+    let s = Setup { mixed, ..setup(name) };
     s.be.set_bf16_products(mixed);
     let saver: Box<dyn SaveTarget<CpuBackend>> = match &lora {
         Some(spec) => Box::new(LoraSave { source: source(), spec: spec.clone(), merged: true }),

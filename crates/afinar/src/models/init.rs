@@ -93,16 +93,6 @@ impl<B: Backend> Llama<B> {
         let output = if c.tie_embeddings { None } else { Some(matrix(c.vocab_size, c.dim, format)?) };
         let norm = norm()?;
         let inv_freq = c.inv_freq();
-        Ok(Llama {
-            config,
-            embed,
-            embed_state: None,
-            layers,
-            norm,
-            output,
-            inv_freq,
-            train_buffers: None,
-            lent_grads: None,
-        })
+        Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
     }
 }

@@ -466,17 +466,7 @@ fn build<B: Backend>(
         Some(Linear::new(be, weight("lm_head.weight", c.vocab_size, c.dim, format)?))
     };
     let norm = norm("model.norm.weight")?;
-    Ok(Llama {
-        config,
-        embed,
-        embed_state: None,
-        layers,
-        norm,
-        output,
-        inv_freq,
-        train_buffers: None,
-        lent_grads: None,
-    })
+    Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
 }
 
 fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {

@@ -6,7 +6,7 @@ use afinar_engine::Backend;
 
 use super::trainable::visit_layer_params_mut;
 use super::{Llama, ParamMut};
-use crate::blocks::{KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
+use crate::blocks::{HalfLayerActs, KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
 use crate::{Error, Result};
 
 /// One micro-batch: `batch` rows of `seq` tokens, row-major.
@@ -113,17 +113,27 @@ impl<B: Backend> Llama<B> {
             return Err(Error::Input(format!("label {bad} is neither -100 nor a token id")));
         }
         let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        let mode = BufferMode { checkpointing, bf16: self.bf16_activations };
         let mut buf = match self.train_buffers.take() {
-            Some(buf) if buf.fits(rows, checkpointing) => buf,
+            Some(buf) if buf.fits(rows, mode) => buf,
             old => {
                 drop(old);
-                TrainBuffers::new(be, self, rows, checkpointing)?
+                TrainBuffers::new(be, self, rows, mode)?
             }
         };
         let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf, update));
         self.train_buffers = Some(buf);
         let (sum, tokens) = result?;
         Ok(LossSum { sum, tokens })
+    }
+
+    /// Mixed precision: with `on`, the training pass rounds the activations its backward reads
+    /// (queries, keys, values, attention output, gate and up projections) to bf16 as they are
+    /// made and keeps them in 16 bits, as `torch.autocast(bfloat16)` keeps product outputs:
+    /// about half the memory of saved activations. The residual stream, norms and gradients
+    /// stay f32.
+    pub fn keep_activations_in_bf16(&mut self, on: bool) {
+        self.bf16_activations = on;
     }
 
     /// Frees the buffers the training pass keeps between micro-batches (about the size of all
@@ -148,14 +158,19 @@ impl<B: Backend> Llama<B> {
         let dim = self.config.dim;
         let rows = t.rows();
         let n_layers = self.layers.len();
-        let TrainBuffers { x, inputs, acts, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
+        let TrainBuffers { x, inputs, acts, halves, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
+        // Per-layer activations: f32 in `acts[l]`, or (bf16) in `halves[l]` with `acts[0]` as
+        // working space; with checkpointing, one set recomputed per layer.
+        let per_layer = |l: usize| if checkpointing { 0 } else { l };
+        let compact = !halves.is_empty();
 
         // ---- forward ------------------------------------------------------------------------
         be.embedding(b.ids, &self.embed, x)?;
         for l in 0..n_layers {
             be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
-            let a = if checkpointing { &mut acts[0] } else { &mut acts[l] };
-            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None)?;
+            let a = &mut acts[if compact { 0 } else { per_layer(l) }];
+            let keep = halves.get_mut(per_layer(l));
+            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, keep)?;
         }
         self.norm.forward(be, x, xn, rstd, rows)?;
 
@@ -182,9 +197,21 @@ impl<B: Backend> Llama<B> {
         for l in (0..n_layers).rev() {
             if checkpointing {
                 be.copy(&inputs[l], 0, x, 0, rows * dim)?;
-                self.layers[l].forward(be, x, &mut acts[0], scratch, t, &self.inv_freq, KvTarget::None)?;
+                let keep = halves.get_mut(0);
+                self.layers[l].forward(
+                    be,
+                    x,
+                    &mut acts[0],
+                    scratch,
+                    t,
+                    &self.inv_freq,
+                    KvTarget::None,
+                    keep,
+                )?;
+            } else if compact {
+                halves[l].load(be, &self.layers[l], &mut acts[0], rows)?;
             }
-            let a = if checkpointing { &acts[0] } else { &acts[l] };
+            let a = &acts[if compact { 0 } else { per_layer(l) }];
             let need_input_grad = l > 0 || embed_trained;
             let lend = update.is_some() && self.lent_grads.is_some();
             if lend {
@@ -249,10 +276,11 @@ fn step_and_zero<B: Backend>(
 pub(crate) struct TrainBuffers<B: Backend> {
     /// Rows (tokens) the buffers hold.
     rows: usize,
-    checkpointing: bool,
+    mode: BufferMode,
     x: B::Buf,
     inputs: Vec<B::Buf>,
     acts: Vec<LayerActs<B>>,
+    halves: Vec<HalfLayerActs<B>>,
     scratch: LayerScratch<B>,
     xn: B::Buf,
     rstd: B::Buf,
@@ -261,19 +289,32 @@ pub(crate) struct TrainBuffers<B: Backend> {
     grads: LayerGrads<B>,
 }
 
+/// How a training pass keeps its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BufferMode {
+    /// Per-layer recompute: one layer's activations at a time.
+    checkpointing: bool,
+    /// Activations kept in bf16.
+    bf16: bool,
+}
+
 impl<B: Backend> TrainBuffers<B> {
-    fn new(be: &B, m: &Llama<B>, rows: usize, checkpointing: bool) -> Result<Self> {
+    fn new(be: &B, m: &Llama<B>, rows: usize, mode: BufferMode) -> Result<Self> {
         let (dim, first) = (m.config.dim, &m.layers[0]);
-        let n_acts = if checkpointing { 1 } else { m.layers.len() };
+        let n_saved = if mode.checkpointing { 1 } else { m.layers.len() };
+        let (n_acts, n_halves) = if mode.bf16 { (1, n_saved) } else { (n_saved, 0) };
         Ok(Self {
             rows,
-            checkpointing,
+            mode,
             x: be.zeros(rows * dim)?,
             inputs: (0..m.layers.len())
                 .map(|_| be.zeros(rows * dim))
                 .collect::<std::result::Result<_, _>>()?,
             acts: (0..n_acts)
                 .map(|l| LayerActs::new(be, &m.layers[l], rows))
+                .collect::<std::result::Result<_, _>>()?,
+            halves: (0..n_halves)
+                .map(|l| HalfLayerActs::new(be, &m.layers[l], rows))
                 .collect::<std::result::Result<_, _>>()?,
             scratch: LayerScratch::new(be, first, rows)?,
             xn: be.zeros(rows * dim)?,
@@ -284,9 +325,9 @@ impl<B: Backend> TrainBuffers<B> {
         })
     }
 
-    /// Whether these buffers serve a pass of `rows` tokens in this checkpointing mode.
-    fn fits(&self, rows: usize, checkpointing: bool) -> bool {
-        rows <= self.rows && checkpointing == self.checkpointing
+    /// Whether these buffers serve a pass of `rows` tokens in this mode.
+    fn fits(&self, rows: usize, mode: BufferMode) -> bool {
+        rows <= self.rows && mode == self.mode
     }
 }
 

@@ -165,11 +165,16 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         None => model.enable_full_finetune(be)?,
     }
     // Full fine-tuning with `model.dtype: bf16`: f32 weights, gradients and AdamW state, products
-    // in bf16 with f32 sums (mixed precision, as torch.autocast).
-    let mixed = lora.is_none() && cfg.model.dtype == cfgmod::Dtype::Bf16;
+    // in bf16 with f32 sums (mixed precision, as torch.autocast). With bf16 (frozen or mixed),
+    // the activations saved for the backward are kept in bf16 too.
+    let bf16 = cfg.model.dtype == cfgmod::Dtype::Bf16;
+    let mixed = lora.is_none() && bf16;
     be.set_bf16_products(mixed);
+    model.keep_activations_in_bf16(bf16);
     if mixed {
-        reporter.note("mixed precision: f32 weights and optimizer state, bf16 matrix products");
+        reporter.note(
+            "mixed precision: f32 weights and optimizer state, bf16 matrix products and saved activations",
+        );
     }
     let dataset =
         Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
