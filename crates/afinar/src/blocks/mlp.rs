@@ -89,6 +89,7 @@ impl<B: Backend> Mlp<B> {
 
     /// Adds `mlp(xn)` to the residual stream `out`; `hidden` (`[rows, ffn]`) receives
     /// `silu(gate) · up`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_residual(
         &self,
         be: &B,

@@ -362,10 +362,7 @@ fn text_of(n: &Node) -> Option<String> {
 }
 
 fn check_device(d: &str) -> bool {
-    match d {
-        "cpu" | "cuda" => true,
-        _ => d.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
-    }
+    afinar_engine::device::parse_device(d).is_some()
 }
 
 /// Reads and checks the whole config. `raw` is the document before interpolation (for hints);

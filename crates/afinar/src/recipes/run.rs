@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use afinar_checkpoint::DType;
 use afinar_data::{self as data, Dataset, DatasetSpec, Loader};
-use afinar_engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
+use afinar_engine::{run_on_device, Backend, DeviceJob, QuantFormat, WeightFormat};
 
 use super::finetune::{train, Plan, Summary};
 use super::metrics::Reporter;
@@ -101,18 +101,18 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
 
 /// Runs the recipe on the device the config names.
 pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
-    match cfg.device.as_str() {
-        "cpu" => run_on(&CpuBackend::new(cfg.threads), cfg, reporter),
-        #[cfg(feature = "cuda")]
-        other if afinar_engine::CudaBackend::parse_device(other).is_some() => {
-            let ordinal = afinar_engine::CudaBackend::parse_device(other).expect("checked");
-            let be = afinar_engine::CudaBackend::new(ordinal).map_err(|e| Error::Input(format!("device `{other}`: {e}")))?;
-            run_on(&be, cfg, reporter)
-        }
-        other => Err(Error::Input(format!(
-            "device `{other}`: this build of afinar has only the CPU backend (the CUDA backend needs `--features cuda`)"
-        ))),
+    struct Recipe<'a> {
+        cfg: &'a RecipeConfig,
+        reporter: &'a mut dyn Reporter,
     }
+    impl DeviceJob for Recipe<'_> {
+        type Output = Result<Summary>;
+        fn run<B: Backend>(self, be: &B) -> Result<Summary> {
+            run_on(be, self.cfg, self.reporter)
+        }
+    }
+    run_on_device(&cfg.device, cfg.threads, Recipe { cfg, reporter })
+        .map_err(|e| Error::Input(e.to_string()))?
 }
 
 /// Runs the recipe on `be`.

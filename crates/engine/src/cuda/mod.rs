@@ -225,14 +225,6 @@ impl CudaBackend {
         })
     }
 
-    /// Parses a device name: `cuda` (GPU 0) or `cuda:N`; `None` for anything else.
-    pub fn parse_device(name: &str) -> Option<usize> {
-        match name {
-            "cuda" => Some(0),
-            _ => name.strip_prefix("cuda:")?.parse().ok(),
-        }
-    }
-
     /// Waits until every queued kernel has finished.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv)
