@@ -66,7 +66,7 @@ pub fn on_device<J: Job<Output = Result<()>>>(args: &ModelArgs, job: J) -> Resul
     if args.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
-    run_on_device(&args.device, args.threads, job).context("--device")?
+    run_on_device(&args.device, args.threads, job)?
 }
 
 /// Sampling options shared by generate and chat.
