@@ -3,6 +3,7 @@ through llama-cpp-python on a GGUF file.
 
     python llamacpp_generate.py MODEL.gguf PROMPT_FILE [--new 128] [--threads 2] [--repeats 2]
 
+scripts/bench/generate.sh runs it with `--repeats 1`, once per round, alternating with afinar.
 Prints one JSON line per repeat: prompt tokens, prompt tokens/s, generated tokens, generated
 tokens/s. The prompt is timed as one `eval` of all its tokens (batches of n_batch = 512); then
 each new token is the argmax of the last logits, fed back with `eval`, exactly `--new` times (no

@@ -434,6 +434,45 @@ pub trait Backend: Send + Sync + 'static {
         doc_ids: Option<&[u32]>,
     ) -> Result<()>;
 
+    /// [`Backend::attention`] with the keys and values in 16-bit buffers (a KV cache stored in a
+    /// [`HalfFormat`]), laid out as there (`[batch, kv_stride, kv_heads, head_dim]`). Writes `out`
+    /// and `lse` as [`Backend::attention`] does on the same values widened to f32. The default
+    /// widens the `kv_len` valid positions of each sequence into f32 buffers and calls
+    /// [`Backend::attention`]; the CPU backend reads f16 caches directly when decoding.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_half(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Half,
+        v: &Self::Half,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()> {
+        let w = dims.kv_heads.checked_mul(dims.head_dim).ok_or_else(|| crate::EngineError::Shape {
+            op: "attention_half",
+            what: format!("{} kv heads of {} overflow", dims.kv_heads, dims.head_dim),
+        })?;
+        if dims.kv_len > dims.kv_stride {
+            return Err(crate::EngineError::Shape {
+                op: "attention_half",
+                what: format!("kv_len {} > kv_stride {}", dims.kv_len, dims.kv_stride),
+            });
+        }
+        let n = dims.kv_len * w;
+        let mut kf = self.zeros((dims.batch * n).max(1))?;
+        let mut vf = self.zeros((dims.batch * n).max(1))?;
+        for b in 0..dims.batch {
+            if n > 0 {
+                self.from_half(k, b * dims.kv_stride * w, &mut kf, b * n, n)?;
+                self.from_half(v, b * dims.kv_stride * w, &mut vf, b * n, n)?;
+            }
+        }
+        let dense = AttnDims { kv_stride: dims.kv_len, ..*dims };
+        self.attention(q, &kf, &vf, out, lse, &dense, doc_ids)
+    }
+
     /// Softmax cross-entropy of `logits[rows, vocab]` against `targets` (-100 = ignored, loss 0).
     /// Writes per-row losses; when `dlogits` is given, writes `grad_scale · (softmax − onehot)`
     /// there (zero rows for ignored targets). `dlogits` may not alias `logits`.

@@ -203,25 +203,12 @@ impl<B: Backend> Attention<B> {
                 be.attention(&a.q, &a.k, &a.v, &mut a.out, &mut a.lse, &dims, t.doc_ids)?;
             }
             KvTarget::Cache(cache, layer) => {
-                let width = hkv * hd;
                 let past = cache.len;
-                for b in 0..t.batch {
-                    let dst = (b * cache.capacity + past) * width;
-                    be.copy(&a.k, b * t.seq * width, &mut cache.k[layer], dst, t.seq * width)?;
-                    be.copy(&a.v, b * t.seq * width, &mut cache.v[layer], dst, t.seq * width)?;
-                }
+                cache.append(be, layer, &a.k, &a.v, t.seq)?;
                 dims.kv_len = past + t.seq;
                 dims.kv_stride = cache.capacity;
                 dims.q_offset = past;
-                be.attention(
-                    &a.q,
-                    &cache.k[layer],
-                    &cache.v[layer],
-                    &mut a.out,
-                    &mut a.lse,
-                    &dims,
-                    t.doc_ids,
-                )?;
+                cache.attention(be, layer, &a.q, &mut a.out, &mut a.lse, &dims, t.doc_ids)?;
             }
         }
         if let Some(h) = keep {

@@ -1,12 +1,50 @@
-use afinar_engine::{Backend, Result};
+use afinar_engine::{AttnDims, Backend, HalfFormat, Result};
+
+/// How a [`KvCache`] stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// IEEE binary16, as llama.cpp's default cache: half the memory and memory traffic of f32
+    /// (decoding reads the whole cache once per token); keys and values are rounded to 11
+    /// significant bits when stored.
+    #[default]
+    F16,
+    /// 32-bit floats: the exact values of the forward pass (reference comparisons).
+    F32,
+}
+
+impl KvDtype {
+    /// `"f16"` or `"f32"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+        }
+    }
+}
+
+/// The per-layer key and value buffers of a [`KvCache`].
+pub enum KvStore<B: Backend> {
+    /// f32 buffers.
+    F32 {
+        /// Per-layer keys.
+        k: Vec<B::Buf>,
+        /// Per-layer values.
+        v: Vec<B::Buf>,
+    },
+    /// 16-bit buffers ([`HalfFormat::F16`]).
+    Half {
+        /// Per-layer keys.
+        k: Vec<B::Half>,
+        /// Per-layer values.
+        v: Vec<B::Half>,
+    },
+}
 
 /// Keys and values of past positions, per layer `[batch, capacity, kv_heads, head_dim]`, so that
 /// generation computes each new token's attention without recomputing the prompt.
 pub struct KvCache<B: Backend> {
-    /// Per-layer keys.
-    pub k: Vec<B::Buf>,
-    /// Per-layer values.
-    pub v: Vec<B::Buf>,
+    /// The buffers.
+    pub store: KvStore<B>,
     /// Sequences in the batch.
     pub batch: usize,
     /// Positions allocated per sequence.
@@ -18,15 +56,43 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `n_layers` layers.
-    pub fn new(be: &B, n_layers: usize, batch: usize, capacity: usize, width: usize) -> Result<Self> {
-        let mut k = Vec::with_capacity(n_layers);
-        let mut v = Vec::with_capacity(n_layers);
-        for _ in 0..n_layers {
-            k.push(be.zeros(batch * capacity * width)?);
-            v.push(be.zeros(batch * capacity * width)?);
+    /// An empty cache for `n_layers` layers, storing keys and values as `dtype`.
+    pub fn new(
+        be: &B,
+        n_layers: usize,
+        batch: usize,
+        capacity: usize,
+        width: usize,
+        dtype: KvDtype,
+    ) -> Result<Self> {
+        let n = batch * capacity * width;
+        let store = match dtype {
+            KvDtype::F32 => KvStore::F32 {
+                k: (0..n_layers).map(|_| be.zeros(n)).collect::<Result<_>>()?,
+                v: (0..n_layers).map(|_| be.zeros(n)).collect::<Result<_>>()?,
+            },
+            KvDtype::F16 => KvStore::Half {
+                k: (0..n_layers).map(|_| be.zeros_half(n, HalfFormat::F16)).collect::<Result<_>>()?,
+                v: (0..n_layers).map(|_| be.zeros_half(n, HalfFormat::F16)).collect::<Result<_>>()?,
+            },
+        };
+        Ok(Self { store, batch, capacity, len: 0, width })
+    }
+
+    /// How keys and values are stored.
+    pub fn dtype(&self) -> KvDtype {
+        match self.store {
+            KvStore::F32 { .. } => KvDtype::F32,
+            KvStore::Half { .. } => KvDtype::F16,
         }
-        Ok(Self { k, v, batch, capacity, len: 0, width })
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        match &self.store {
+            KvStore::F32 { k, .. } => k.len(),
+            KvStore::Half { k, .. } => k.len(),
+        }
     }
 
     /// Forgets every position (keeps the memory).
@@ -37,5 +103,93 @@ impl<B: Backend> KvCache<B> {
     /// Drops positions from `len` on, e.g. to rewind a chat to a shared prefix.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// Stores `seq` positions of keys `k` and values `v` (`[batch, seq, width]`) of layer `layer`
+    /// after the [`KvCache::len`] positions already held (which it does not change: the model
+    /// advances it once all layers are written).
+    pub fn append(&mut self, be: &B, layer: usize, k: &B::Buf, v: &B::Buf, seq: usize) -> Result<()> {
+        let w = self.width;
+        for b in 0..self.batch {
+            let (src, dst) = (b * seq * w, (b * self.capacity + self.len) * w);
+            match &mut self.store {
+                KvStore::F32 { k: ck, v: cv } => {
+                    be.copy(k, src, &mut ck[layer], dst, seq * w)?;
+                    be.copy(v, src, &mut cv[layer], dst, seq * w)?;
+                }
+                KvStore::Half { k: ck, v: cv } => {
+                    be.to_half(k, src, &mut ck[layer], dst, seq * w)?;
+                    be.to_half(v, src, &mut cv[layer], dst, seq * w)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attention of `q` against layer `layer`'s keys and values ([`Backend::attention`] or
+    /// [`Backend::attention_half`]); `dims` gives the cache's layout and valid length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        be: &B,
+        layer: usize,
+        q: &B::Buf,
+        out: &mut B::Buf,
+        lse: &mut B::Buf,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()> {
+        match &self.store {
+            KvStore::F32 { k, v } => be.attention(q, &k[layer], &v[layer], out, lse, dims, doc_ids),
+            KvStore::Half { k, v } => be.attention_half(q, &k[layer], &v[layer], out, lse, dims, doc_ids),
+        }
+    }
+
+    /// Copies the first `self.len` positions of sequence 0 into every sequence of `dst` (which
+    /// must have as many layers, the same width and room for them) and sets `dst.len` to match:
+    /// a shared prompt prefix for a batch of continuations. Values pass through f32 where the
+    /// two caches store different types (exact from f16 to f32; rounded the other way).
+    pub fn broadcast_prefix(&self, be: &B, dst: &mut KvCache<B>) -> Result<()> {
+        let (n, w) = (self.len * self.width, self.width);
+        if dst.n_layers() != self.n_layers() || dst.width != w || dst.capacity < self.len {
+            return Err(afinar_engine::EngineError::Shape {
+                op: "broadcast_prefix",
+                what: format!(
+                    "{} positions of {} layers × {w} into a cache of {} layers × {} with {} positions",
+                    self.len,
+                    self.n_layers(),
+                    dst.n_layers(),
+                    dst.width,
+                    dst.capacity
+                ),
+            });
+        }
+        let mut tmp = be.zeros(n.max(1))?;
+        for layer in 0..self.n_layers() {
+            for values in [false, true] {
+                // Sequence 0's prefix as f32 (a copy, or widened).
+                match &self.store {
+                    KvStore::F32 { k, v } => {
+                        be.copy(if values { &v[layer] } else { &k[layer] }, 0, &mut tmp, 0, n)?
+                    }
+                    KvStore::Half { k, v } => {
+                        be.from_half(if values { &v[layer] } else { &k[layer] }, 0, &mut tmp, 0, n)?
+                    }
+                }
+                for b in 0..dst.batch {
+                    let off = b * dst.capacity * w;
+                    match &mut dst.store {
+                        KvStore::F32 { k, v } => {
+                            be.copy(&tmp, 0, if values { &mut v[layer] } else { &mut k[layer] }, off, n)?
+                        }
+                        KvStore::Half { k, v } => {
+                            be.to_half(&tmp, 0, if values { &mut v[layer] } else { &mut k[layer] }, off, n)?
+                        }
+                    }
+                }
+            }
+        }
+        dst.len = self.len;
+        Ok(())
     }
 }

@@ -12,7 +12,7 @@ mod norm;
 
 pub use attention::{Attention, AttnActs, AttnGrads, HalfAttnActs, KvTarget, Tokens};
 pub use decoder::{DecoderLayer, HalfLayerActs, LayerActs, LayerGrads, LayerScratch, PROJECTIONS};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvDtype, KvStore};
 pub use linear::{Linear, Lora, ParamState};
 pub use mlp::{HalfMlpActs, Mlp, MlpActs, MlpGrads};
 pub use norm::RmsNorm;

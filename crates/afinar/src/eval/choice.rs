@@ -397,13 +397,7 @@ pub fn continuation_loglikelihoods<B: Backend>(
     }
     let (batch, seq) = (conts.len(), longest - 1);
     let mut cache = model.new_cache(be, batch, ctx.len() + seq)?;
-    let width = prefix.width;
-    for (src, dst) in prefix.k.iter().zip(cache.k.iter_mut()).chain(prefix.v.iter().zip(cache.v.iter_mut())) {
-        for b in 0..batch {
-            be.copy(src, 0, dst, b * cache.capacity * width, ctx.len() * width)?;
-        }
-    }
-    cache.len = ctx.len();
+    prefix.broadcast_prefix(be, &mut cache)?;
     let mut ids = vec![0u32; batch * seq];
     for (b, c) in conts.iter().enumerate() {
         ids[b * seq..b * seq + c.len() - 1].copy_from_slice(&c[..c.len() - 1]);

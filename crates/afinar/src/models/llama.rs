@@ -3,7 +3,7 @@ use afinar_engine::Backend;
 use super::train::TrainBuffers;
 use super::LlamaConfig;
 use crate::blocks::{
-    DecoderLayer, KvCache, KvTarget, LayerActs, LayerScratch, Linear, ParamState, RmsNorm, Tokens,
+    DecoderLayer, KvCache, KvDtype, KvTarget, LayerActs, LayerScratch, Linear, ParamState, RmsNorm, Tokens,
 };
 use crate::{Error, Result};
 
@@ -24,6 +24,8 @@ pub struct Llama<B: Backend> {
     pub output: Option<Linear<B>>,
     /// RoPE inverse frequencies (scaled for Llama-3.1+; from `rope_freqs` for such GGUFs).
     pub inv_freq: Vec<f32>,
+    /// How [`Llama::new_cache`] stores keys and values (f16 unless set otherwise).
+    pub kv_cache: KvDtype,
     /// Activation and gradient buffers of the training pass, kept from one micro-batch to the
     /// next (see [`Llama::release_train_buffers`]).
     pub(crate) train_buffers: Option<TrainBuffers<B>>,
@@ -63,6 +65,7 @@ impl<B: Backend> Llama<B> {
             norm,
             output,
             inv_freq,
+            kv_cache: KvDtype::default(),
             train_buffers: None,
             lent_grads: None,
             bf16_activations: false,
@@ -74,8 +77,14 @@ impl<B: Backend> Llama<B> {
         self.output.as_ref().map_or(&self.embed, |o| &o.weight)
     }
 
-    /// An empty KV cache for `batch` sequences of up to `capacity` positions.
+    /// An empty KV cache for `batch` sequences of up to `capacity` positions, storing keys and
+    /// values as [`Llama::kv_cache`] says.
     pub fn new_cache(&self, be: &B, batch: usize, capacity: usize) -> Result<KvCache<B>> {
+        self.new_cache_as(be, batch, capacity, self.kv_cache)
+    }
+
+    /// [`Llama::new_cache`] with keys and values stored as `dtype`.
+    pub fn new_cache_as(&self, be: &B, batch: usize, capacity: usize, dtype: KvDtype) -> Result<KvCache<B>> {
         let c = &self.config;
         if capacity > c.max_seq_len {
             return Err(Error::Input(format!(
@@ -83,7 +92,7 @@ impl<B: Backend> Llama<B> {
                 c.max_seq_len
             )));
         }
-        Ok(KvCache::new(be, c.n_layers, batch, capacity, c.n_kv_heads * c.head_dim)?)
+        Ok(KvCache::new(be, c.n_layers, batch, capacity, c.n_kv_heads * c.head_dim, dtype)?)
     }
 
     /// Runs `batch` sequences of `seq` tokens (`ids` is `[batch · seq]`) and returns logits on

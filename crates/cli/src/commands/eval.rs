@@ -12,7 +12,7 @@ use clap::Args;
 
 use afinar::engine::Backend;
 
-use super::{load, on_device, DTypeArg, Job, ModelArgs};
+use super::{load, on_device, DTypeArg, Job, KvCacheArg, ModelArgs};
 
 /// Arguments of `afinar eval`.
 #[derive(Args, Debug)]
@@ -32,6 +32,11 @@ pub struct EvalArgs {
     /// Where to run: cpu, cuda (GPU 0) or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Storage of the KV cache of the multiple-choice and exact-match tasks: f32 (exact
+    /// log-likelihoods, as lm-evaluation-harness in f32) or f16 (half the memory traffic; keys
+    /// and values rounded to 11 significant bits, which moves log-likelihoods by ~1e-3).
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_cache: KvCacheArg,
     /// Eval config (YAML) listing the tasks, each with a language (see data/eval/bilingual.yaml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -205,8 +210,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .or_else(|| config.as_ref().and_then(|c| c.model.clone()))
         .context("no model: give --model PATH (or `model:` in the eval config)")?;
     let tokenizer = args.tokenizer.clone().or_else(|| config.as_ref().and_then(|c| c.tokenizer.clone()));
-    let margs =
-        ModelArgs { model, tokenizer, threads: args.threads, dtype: args.dtype, device: args.device.clone() };
+    let margs = ModelArgs {
+        model,
+        tokenizer,
+        threads: args.threads,
+        dtype: args.dtype,
+        device: args.device.clone(),
+        kv_cache: args.kv_cache,
+    };
     on_device(&margs, Eval { args: &args, margs: &margs, tasks: &tasks })
 }
 

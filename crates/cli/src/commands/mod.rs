@@ -14,7 +14,7 @@ pub mod validate;
 
 use std::path::PathBuf;
 
-use afinar::blocks::KvCache;
+use afinar::blocks::{KvCache, KvDtype};
 /// A command's work, written once for any backend (see [`on_device`]).
 pub use afinar::engine::DeviceJob as Job;
 use afinar::engine::{run_on_device, Backend, WeightFormat};
@@ -58,6 +58,28 @@ pub struct ModelArgs {
     /// Where to run: cpu, cuda (GPU 0) or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Storage of the KV cache: f16 (half the memory and memory traffic; keys and values rounded
+    /// to 11 significant bits) or f32 (exact).
+    #[arg(long, value_enum, default_value = "f16")]
+    pub kv_cache: KvCacheArg,
+}
+
+/// Storage of the KV cache (`--kv-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheArg {
+    /// IEEE binary16.
+    F16,
+    /// 32-bit floats.
+    F32,
+}
+
+impl From<KvCacheArg> for KvDtype {
+    fn from(a: KvCacheArg) -> Self {
+        match a {
+            KvCacheArg::F16 => KvDtype::F16,
+            KvCacheArg::F32 => KvDtype::F32,
+        }
+    }
 }
 
 /// Runs `job` (a command's work, written once for any backend) on the backend that
@@ -136,6 +158,7 @@ pub fn load<B: Backend>(be: &B, args: &ModelArgs) -> Result<(LoadedModel<B>, Tok
     let t0 = std::time::Instant::now();
     let mut loaded =
         load_model(be, &args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
+    loaded.model.kv_cache = args.kv_cache.into();
     let tokenizer = loaded.tokenizer.take().with_context(|| {
         format!(
             "{} has no tokenizer; pass --tokenizer PATH (tokenizer.json or tokenizer.model)",

@@ -696,3 +696,403 @@ pub fn attention_backward<T: Real>(
         );
     }
 }
+
+// ---- forward against an f16 KV cache ------------------------------------------------------------
+
+/// Most queries per call that [`attention_forward_f16`] computes directly from the f16 keys and
+/// values (decoding); longer calls (prompt passes) widen the keys and values they read to f32
+/// once and run [`attention_forward`].
+pub const F16_DIRECT_MAX_Q: usize = 8;
+
+/// Keys per task of the direct f16 kernel: each `(sequence, kv head)` is split into runs of this
+/// many keys whose partial softmax results are merged afterwards, so that a single sequence
+/// still gives the pool several tasks. Fixed (not derived from the thread count), so the result
+/// does not depend on the number of threads.
+const F16_KEYS_PER_TASK: usize = 128;
+
+/// Forward attention of f32 queries against keys and values stored as IEEE binary16 bit patterns
+/// (a KV cache in f16), in the layouts of [`attention_forward`]: writes `out` and `lse`.
+///
+/// Up to [`F16_DIRECT_MAX_Q`] queries without `doc_ids` (decoding) run a kernel that reads the
+/// f16 rows directly, converting them in registers (AVX-512 where the CPU has it, else a portable
+/// loop) and reading each key and value row once for all the query heads of its group
+/// (grouped-query attention); other calls widen the keys and values to f32 first.
+///
+/// # Panics
+/// When a slice is too short or the dims are inconsistent.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_f16(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    out: &mut [f32],
+    lse: &mut [f32],
+    dims: &AttnDims,
+    doc_ids: Option<&[u32]>,
+) {
+    attention_forward_f16_with(q, k, v, out, lse, dims, doc_ids, f16_simd_available());
+}
+
+/// [`attention_forward_f16`] without SIMD intrinsics (what runs on CPUs without AVX-512); public
+/// so that the tests can check it on any machine.
+///
+/// # Panics
+/// When a slice is too short or the dims are inconsistent.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_f16_portable(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    out: &mut [f32],
+    lse: &mut [f32],
+    dims: &AttnDims,
+    doc_ids: Option<&[u32]>,
+) {
+    attention_forward_f16_with(q, k, v, out, lse, dims, doc_ids, false);
+}
+
+/// Whether the AVX-512 f16 kernels can run here (AVX-512F includes the 16-wide f16 → f32
+/// conversion).
+pub fn f16_simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Widens f16 bit patterns to f32 (`dst.len()` values), with AVX-512 when `simd`.
+pub fn f16_to_f32_slice(src: &[u16], dst: &mut [f32], simd: bool) {
+    assert!(src.len() >= dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true after `f16_simd_available()`; the lengths were checked.
+        unsafe { f16x::widen(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        return;
+    }
+    let _ = simd;
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = super::quant::f16_to_f32(s);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_forward_f16_with(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    out: &mut [f32],
+    lse: &mut [f32],
+    dims: &AttnDims,
+    doc_ids: Option<&[u32]>,
+    simd: bool,
+) {
+    let d = dims;
+    assert!(d.kv_heads > 0 && d.q_heads.is_multiple_of(d.kv_heads));
+    assert!(d.kv_len <= d.kv_stride);
+    assert!(q.len() >= q_elems(d) && k.len() >= kv_elems(d) && v.len() >= kv_elems(d));
+    assert!(out.len() >= q_elems(d) && lse.len() >= lse_elems(d));
+    if d.q_len > F16_DIRECT_MAX_Q || doc_ids.is_some() {
+        // Widen the valid positions of each sequence into a dense [batch, kv_len] copy.
+        let w = d.kv_heads * d.head_dim;
+        let (mut kf, mut vf) = (vec![0.0f32; d.batch * d.kv_len * w], vec![0.0f32; d.batch * d.kv_len * w]);
+        for (src, dst) in [(k, &mut kf), (v, &mut vf)] {
+            if d.kv_len * w > 0 {
+                dst.par_chunks_mut(d.kv_len * w).enumerate().for_each(|(b, dst)| {
+                    let s = &src[b * d.kv_stride * w..];
+                    dst.par_chunks_mut(4096).enumerate().for_each(|(i, c)| {
+                        f16_to_f32_slice(&s[i * 4096..], c, simd);
+                    });
+                });
+            }
+        }
+        let dense = AttnDims { kv_stride: d.kv_len, ..*d };
+        attention_forward(q, &kf, &vf, out, lse, &dense, doc_ids, AttnTiles::for_forward(&dense));
+        return;
+    }
+    decode_f16(q, k, v, out, lse, d, simd);
+}
+
+/// Partial softmax results of one run of keys for the `rows` queries of a `(sequence, kv head)`
+/// group: per row the running maximum, the sum of exponentials and the unnormalised output.
+struct Partial {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// The direct kernel of [`attention_forward_f16`]: tasks over `(sequence, kv head, run of
+/// [`F16_KEYS_PER_TASK`] keys)`, each computing the scores, probabilities and value sums of
+/// every query head of the group and query of the call, then a merge per `(sequence, kv head)`.
+fn decode_f16(q: &[f32], k: &[u16], v: &[u16], out: &mut [f32], lse: &mut [f32], d: &AttnDims, simd: bool) {
+    let hd = d.head_dim;
+    let grp = d.q_heads / d.kv_heads;
+    let rows = grp * d.q_len;
+    let ks = d.kv_heads * hd;
+    let s_hi = d.kv_len.min(d.q_offset + d.q_len);
+    let nch = s_hi.div_ceil(F16_KEYS_PER_TASK);
+    let pairs = d.batch * d.kv_heads;
+    let q_off = |b: usize, t: usize, h: usize| ((b * d.q_len + t) * d.q_heads + h) * hd;
+    // Row r of a group is query t = r / grp of head g · grp + r % grp.
+    let partials: Vec<Partial> = (0..pairs * nch)
+        .into_par_iter()
+        .map_init(
+            || vec![0.0f32; rows * F16_KEYS_PER_TASK],
+            |s, task| {
+                let (p, c) = (task / nch, task % nch);
+                let (b, g) = (p / d.kv_heads, p % d.kv_heads);
+                let s0 = c * F16_KEYS_PER_TASK;
+                let n = F16_KEYS_PER_TASK.min(s_hi - s0);
+                let kp = &k[(b * d.kv_stride + s0) * ks + g * hd..];
+                let vp = &v[(b * d.kv_stride + s0) * ks + g * hd..];
+                let qrows: Vec<&[f32]> = (0..rows)
+                    .map(|r| {
+                        let o = q_off(b, r / grp, g * grp + r % grp);
+                        &q[o..o + hd]
+                    })
+                    .collect();
+                let s = &mut s[..rows * n];
+                scores_f16(&qrows, kp, ks, n, hd, d.scale, s, simd);
+                let mut part = Partial {
+                    m: vec![f32::NEG_INFINITY; rows],
+                    l: vec![0.0; rows],
+                    acc: vec![0.0; rows * hd],
+                };
+                for r in 0..rows {
+                    // Keys s0 + j visible to query t: s0 + j <= q_offset + t.
+                    let vis = (d.q_offset + r / grp + 1).saturating_sub(s0).min(n);
+                    let row = &mut s[r * n..(r + 1) * n];
+                    row[vis..].fill(0.0);
+                    if vis == 0 {
+                        continue;
+                    }
+                    let m = vector::max(&row[..vis]);
+                    if m == f32::NEG_INFINITY {
+                        row[..vis].fill(0.0);
+                        continue;
+                    }
+                    part.l[r] = vector::exp_sub_sum(&mut row[..vis], m);
+                    part.m[r] = m;
+                }
+                accumulate_f16(s, vp, ks, n, hd, &mut part.acc, simd);
+                part
+            },
+        )
+        .collect();
+    let (out_p, lse_p) = (SendPtr(out.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
+    (0..pairs).into_par_iter().for_each(|p| {
+        let (b, g) = (p / d.kv_heads, p % d.kv_heads);
+        let parts = &partials[p * nch..(p + 1) * nch];
+        for r in 0..rows {
+            let (t, h) = (r / grp, g * grp + r % grp);
+            // SAFETY: each (b, h, t) output row and lse entry belongs to this task only.
+            let o = unsafe { out_p.slice(q_off(b, t, h), hd) };
+            let le = unsafe { lse_p.slice((b * d.q_heads + h) * d.q_len + t, 1) };
+            let m = parts.iter().fold(f32::NEG_INFINITY, |m, pt| m.max(pt.m[r]));
+            if m == f32::NEG_INFINITY {
+                o.fill(0.0);
+                le[0] = f32::NEG_INFINITY;
+                continue;
+            }
+            o.fill(0.0);
+            let mut l = 0.0f32;
+            for pt in parts.iter().filter(|pt| pt.m[r] != f32::NEG_INFINITY) {
+                let w = (pt.m[r] - m).exp();
+                l += w * pt.l[r];
+                for (o, &a) in o.iter_mut().zip(&pt.acc[r * hd..(r + 1) * hd]) {
+                    *o += w * a;
+                }
+            }
+            let inv = 1.0 / l;
+            o.iter_mut().for_each(|x| *x *= inv);
+            le[0] = m + l.ln();
+        }
+    });
+}
+
+/// `s[r · n + j] = scale · qrows[r] · k_j` for the `n` f16 key rows at `k` (row stride `ks`).
+#[allow(clippy::too_many_arguments)]
+fn scores_f16(
+    qrows: &[&[f32]],
+    k: &[u16],
+    ks: usize,
+    n: usize,
+    hd: usize,
+    scale: f32,
+    s: &mut [f32],
+    simd: bool,
+) {
+    assert!(n == 0 || k.len() >= (n - 1) * ks + hd);
+    assert!(s.len() >= qrows.len() * n && qrows.iter().all(|q| q.len() >= hd));
+    #[cfg(target_arch = "x86_64")]
+    if simd && hd.is_multiple_of(16) {
+        let mut r = 0;
+        while r < qrows.len() {
+            let take = (qrows.len() - r).min(4);
+            let dst = s[r * n..].as_mut_ptr();
+            // SAFETY: AVX-512F and F16C were detected (`simd`); the key rows and the query rows
+            // are in bounds (asserted above), and `dst` holds `take` rows of `n`.
+            unsafe {
+                match take {
+                    4 => f16x::scores::<4>(&qrows[r..r + 4], k.as_ptr(), ks, n, hd, scale, dst),
+                    3 => f16x::scores::<3>(&qrows[r..r + 3], k.as_ptr(), ks, n, hd, scale, dst),
+                    2 => f16x::scores::<2>(&qrows[r..r + 2], k.as_ptr(), ks, n, hd, scale, dst),
+                    _ => f16x::scores::<1>(&qrows[r..r + 1], k.as_ptr(), ks, n, hd, scale, dst),
+                }
+            }
+            r += take;
+        }
+        return;
+    }
+    let _ = simd;
+    let mut kf = vec![0.0f32; hd];
+    for j in 0..n {
+        f16_to_f32_slice(&k[j * ks..j * ks + hd], &mut kf, false);
+        for (r, q) in qrows.iter().enumerate() {
+            s[r * n + j] = scale * dot(&q[..hd], &kf);
+        }
+    }
+}
+
+/// `acc[r · hd..] += Σ_j p[r · n + j] · v_j` for the `n` f16 value rows at `v` (row stride `ks`)
+/// and the `acc.len() / hd` rows of probabilities in `p`.
+fn accumulate_f16(p: &[f32], v: &[u16], ks: usize, n: usize, hd: usize, acc: &mut [f32], simd: bool) {
+    let rows = acc.len() / hd.max(1);
+    assert!(n == 0 || v.len() >= (n - 1) * ks + hd);
+    assert!(p.len() >= rows * n);
+    #[cfg(target_arch = "x86_64")]
+    if simd && hd.is_multiple_of(16) {
+        let mut r = 0;
+        while r < rows {
+            let take = (rows - r).min(4);
+            let (pp, ap) = (p[r * n..].as_ptr(), acc[r * hd..].as_mut_ptr());
+            // SAFETY: AVX-512F and F16C were detected (`simd`); the value rows are in bounds
+            // (asserted above), `pp` holds `take` rows of `n` and `ap` `take` rows of `hd`.
+            unsafe {
+                match take {
+                    4 => f16x::accumulate::<4>(pp, n, v.as_ptr(), ks, hd, ap),
+                    3 => f16x::accumulate::<3>(pp, n, v.as_ptr(), ks, hd, ap),
+                    2 => f16x::accumulate::<2>(pp, n, v.as_ptr(), ks, hd, ap),
+                    _ => f16x::accumulate::<1>(pp, n, v.as_ptr(), ks, hd, ap),
+                }
+            }
+            r += take;
+        }
+        return;
+    }
+    let _ = simd;
+    let mut vf = vec![0.0f32; hd];
+    for j in 0..n {
+        f16_to_f32_slice(&v[j * ks..j * ks + hd], &mut vf, false);
+        for r in 0..rows {
+            let pr = p[r * n + j];
+            if pr != 0.0 {
+                for (a, &x) in acc[r * hd..(r + 1) * hd].iter_mut().zip(&vf) {
+                    *a += pr * x;
+                }
+            }
+        }
+    }
+}
+
+// Index loops over the small register arrays read better than iterator chains here.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod f16x {
+    use std::arch::x86_64::*;
+
+    /// Widens `n` f16 values at `src` to f32 at `dst`.
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be available; `src` and `dst` must hold `n` values.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn widen(src: *const u16, dst: *mut f32, n: usize) {
+        // SAFETY: every access is below `n` (the contract).
+        unsafe {
+            let mut i = 0;
+            while i + 16 <= n {
+                _mm512_storeu_ps(dst.add(i), _mm512_cvtph_ps(_mm256_loadu_si256(src.add(i).cast())));
+                i += 16;
+            }
+            while i < n {
+                *dst.add(i) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(*src.add(i)))));
+                i += 1;
+            }
+        }
+    }
+
+    /// `dst[r · n + j] = scale · q[r] · k_j` for `R` query rows and `n` key rows of `hd` f16
+    /// values at stride `ks`: each key row is converted once, in registers, for all `R` rows.
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be available; `hd` a multiple of 16; every `q[r]` at least `hd`
+    /// long; `k` must hold `n` rows at stride `ks` and `dst` `R` rows of `n`.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn scores<const R: usize>(
+        q: &[&[f32]],
+        k: *const u16,
+        ks: usize,
+        n: usize,
+        hd: usize,
+        scale: f32,
+        dst: *mut f32,
+    ) {
+        let qp: [*const f32; R] = std::array::from_fn(|r| q[r].as_ptr());
+        // SAFETY: the accesses stay within the rows of the contract.
+        unsafe {
+            for j in 0..n {
+                let kp = k.add(j * ks);
+                let mut acc = [_mm512_setzero_ps(); R];
+                let mut c = 0;
+                while c < hd {
+                    let kv = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(c).cast()));
+                    for r in 0..R {
+                        acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(qp[r].add(c)), kv, acc[r]);
+                    }
+                    c += 16;
+                }
+                for r in 0..R {
+                    *dst.add(r * n + j) = scale * _mm512_reduce_add_ps(acc[r]);
+                }
+            }
+        }
+    }
+
+    /// `acc[r · hd + c] += Σ_j p[r · n + j] · v_j[c]` for `R` rows and `n` value rows of `hd`
+    /// f16 values at stride `vs`: per 16 columns, the `R` accumulators stay in registers over
+    /// all `n` rows.
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be available; `hd` a multiple of 16; `p` must hold `R` rows of `n`,
+    /// `v` `n` rows at stride `vs`, `acc` `R` rows of `hd`.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn accumulate<const R: usize>(
+        p: *const f32,
+        n: usize,
+        v: *const u16,
+        vs: usize,
+        hd: usize,
+        acc: *mut f32,
+    ) {
+        // SAFETY: the accesses stay within the rows of the contract.
+        unsafe {
+            let mut c = 0;
+            while c < hd {
+                let mut a: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(acc.add(r * hd + c)));
+                for j in 0..n {
+                    let vv = _mm512_cvtph_ps(_mm256_loadu_si256(v.add(j * vs + c).cast()));
+                    for r in 0..R {
+                        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(*p.add(r * n + j)), vv, a[r]);
+                    }
+                }
+                for r in 0..R {
+                    _mm512_storeu_ps(acc.add(r * hd + c), a[r]);
+                }
+                c += 16;
+            }
+        }
+    }
+}

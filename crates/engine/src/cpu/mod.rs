@@ -659,6 +659,57 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn attention_half(
+        &self,
+        q: &Vec<f32>,
+        k: &CpuHalf,
+        v: &CpuHalf,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        dims: &AttnDims,
+        doc_ids: Option<&[u32]>,
+    ) -> Result<()> {
+        let op = "attention_half";
+        check_attn(op, dims, doc_ids)?;
+        let (nq, nkv) = (attention::q_elems(dims), attention::kv_elems(dims));
+        need(op, "q", q.len(), nq)?;
+        need(op, "k", k.len(), nkv)?;
+        need(op, "v", v.len(), nkv)?;
+        need(op, "out", out.len(), nq)?;
+        need(op, "lse", lse.len(), attention::lse_elems(dims))?;
+        match (k, v) {
+            (CpuHalf::F16(k), CpuHalf::F16(v)) => {
+                use ::half::slice::HalfFloatSliceExt;
+                let (k, v): (&[u16], &[u16]) = (k.reinterpret_cast(), v.reinterpret_cast());
+                self.install(|| attention::attention_forward_f16(q, k, v, out, lse, dims, doc_ids));
+            }
+            // bf16 (or mixed) caches: widen the valid positions and run the f32 kernel.
+            _ => {
+                let w = dims.kv_heads * dims.head_dim;
+                let n = dims.kv_len * w;
+                let (mut kf, mut vf) = (self.zeros(dims.batch * n)?, self.zeros(dims.batch * n)?);
+                self.install(|| {
+                    for b in 0..dims.batch {
+                        half_buf::widen(k, b * dims.kv_stride * w, &mut kf[b * n..(b + 1) * n]);
+                        half_buf::widen(v, b * dims.kv_stride * w, &mut vf[b * n..(b + 1) * n]);
+                    }
+                    let dense = AttnDims { kv_stride: dims.kv_len, ..*dims };
+                    attention::attention_forward(
+                        q,
+                        &kf,
+                        &vf,
+                        out,
+                        lse,
+                        &dense,
+                        doc_ids,
+                        AttnTiles::for_forward(&dense),
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn attention_backward(
         &self,
         dout: &Vec<f32>,
