@@ -44,17 +44,17 @@ pub fn parse_device(name: &str) -> Option<Device> {
 }
 
 /// Builds the backend `device` names (`threads`: CPU threads, `None` for all cores) and runs
-/// `job` on it. An unknown name, or a GPU that cannot be used, is an error naming the device.
+/// `job` on it. An unknown name, or a GPU that cannot be used, is an error (which the caller
+/// prefixes with where the name came from: a config key, a flag).
 pub fn run_on_device<J: DeviceJob>(device: &str, threads: Option<usize>, job: J) -> Result<J::Output> {
     match parse_device(device) {
         Some(Device::Cpu) => Ok(job.run(&CpuBackend::new(threads))),
         #[cfg(feature = "cuda")]
         Some(Device::Cuda(ordinal)) => {
-            let be = crate::CudaBackend::new(ordinal)
-                .map_err(|e| EngineError::Device(format!("device `{device}`: {e}")))?;
+            let be = crate::CudaBackend::new(ordinal)?;
             Ok(job.run(&be))
         }
-        _ => Err(EngineError::Unsupported(format!("device `{device}`: expected {}", device_names()))),
+        _ => Err(EngineError::Unsupported(format!("expected {}", device_names()))),
     }
 }
 

@@ -112,7 +112,7 @@ pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
         }
     }
     run_on_device(&cfg.device, cfg.threads, Recipe { cfg, reporter })
-        .map_err(|e| Error::Input(e.to_string()))?
+        .map_err(|e| Error::Input(format!("device `{}`: {e}", cfg.device)))?
 }
 
 /// Runs the recipe on `be`.

@@ -88,7 +88,7 @@ pub fn on_device<J: Job<Output = Result<()>>>(args: &ModelArgs, job: J) -> Resul
     if args.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
-    run_on_device(&args.device, args.threads, job)?
+    run_on_device(&args.device, args.threads, job).with_context(|| format!("--device {}", args.device))?
 }
 
 /// Sampling options shared by generate and chat.
