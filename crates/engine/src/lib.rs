@@ -13,6 +13,7 @@
 //!   gradients unless their doc says otherwise.
 
 pub mod backend;
+mod checks;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
