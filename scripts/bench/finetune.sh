@@ -13,6 +13,7 @@
 #
 #   scripts/bench/finetune.sh
 # Environment: STEPS (6), THREADS (2), MODES ("lora full"), FRAMEWORKS ("afinar hf torchtune"),
+#   AFINAR_EXTRA / TT_EXTRA (key=value overrides for afinar / torchtune),
 # AFINAR_DTYPE (afinar's model.dtype; default bf16 for LoRA, as the shipped LoRA configs: frozen
 #   weights in bf16, bf16 matrix products with f32 sums; fp32 for full fine-tuning),
 #   WORK (folder for data, logs and checkpoints; default a temporary one, removed at the end),
@@ -91,8 +92,10 @@ for mode in $modes; do
         recipe=lora_finetune_single_device; [ "$mode" = full ] && recipe=full_finetune_single_device
         rm -rf "$work/tt_$mode"
         cfg=$("$ttpy" scripts/bench/tt_bench.py config "$work" --mode "$mode" --steps "$steps" --batch "$batch")
+        # TT_EXTRA: key=value overrides for torchtune (e.g. optimizer_in_bwd=True clip_grad_norm=null)
+        read -r -a tt_more <<< "${TT_EXTRA:-}"
         if ! timed "$dir/time.txt" "$dir/run.log" env PYTHONPATH="$PWD/scripts/bench" \
-            "$(dirname "$ttpy")/tune" run "$recipe" --config "$cfg"; then
+            "$(dirname "$ttpy")/tune" run "$recipe" --config "$cfg" "${tt_more[@]}"; then
           echo "finetune: torchtune $mode failed:" >&2; tail -5 "$dir/run.log" >&2; fail=1
         fi
         runs+=("$mode|torchtune|torchtune|$work/tt_$mode/logs/log_*.txt|$dir/time.txt") ;;

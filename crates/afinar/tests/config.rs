@@ -611,6 +611,26 @@ fn recipe_mismatch_and_inconsistent_sections() {
 }
 
 #[test]
+fn optimizer_in_bwd_excludes_accumulation_and_clipping() {
+    let (_s, _, r) = load("inbwd-ok", BASE, &["optimizer_in_bwd=true"]);
+    assert!(r.unwrap().optimizer_in_bwd);
+    expect_err(
+        "inbwd-accum",
+        BASE,
+        &["optimizer_in_bwd=true", "gradient_accumulation_steps=4"],
+        ConfigErrorKind::Inconsistent,
+        "override `optimizer_in_bwd=true`: optimizer_in_bwd: the optimizer steps inside the backward, so gradients cannot accumulate over micro-batches: set gradient_accumulation_steps to 1 (it is 4) or optimizer_in_bwd to false",
+    );
+    expect_err(
+        "inbwd-clip",
+        &format!("{BASE}optimizer_in_bwd: true\nclip_grad_norm: 1.0\n"),
+        &[],
+        ConfigErrorKind::Inconsistent,
+        "@:16:19: optimizer_in_bwd: the optimizer steps inside the backward, before the global gradient norm is known: remove clip_grad_norm (`~clip_grad_norm` on the command line) or set optimizer_in_bwd to false",
+    );
+}
+
+#[test]
 fn syntax_errors_name_the_line() {
     let text = BASE.replace("  lr: 3e-4", "  lr: [3e-4");
     let (_s, path, r) = load("syntax", &text, &[]);

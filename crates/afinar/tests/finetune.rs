@@ -82,6 +82,7 @@ fn plan(out: &Path) -> Plan {
             min_lr_ratio: 0.0,
         },
         clip_grad_norm: Some(1.0),
+        optimizer_in_backward: false,
         activation_checkpointing: false,
         save_every_n_steps: Some(2),
         resume: false,
@@ -95,17 +96,20 @@ struct Setup {
     be: CpuBackend,
     tok: Tokenizer,
     data: PathBuf,
+    mixed: bool,
 }
 
 fn setup(name: &str) -> Setup {
     let be = CpuBackend::new(Some(2));
     let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
     let data = dataset_file(&tmp(name));
-    Setup { be, tok, data }
+    Setup { be, tok, data, mixed: false }
 }
 
 fn model(s: &Setup, lora: Option<&LoraSpec>) -> Llama<CpuBackend> {
     let mut m = Llama::random(&s.be, config(), 11, WeightFormat::F32).unwrap();
+    // Mixed precision (bf16 products) keeps the saved activations in bf16, as the recipe does.
+    m.keep_activations_in_bf16(s.mixed);
     match lora {
         Some(spec) => m.apply_lora(&s.be, spec, &mut afinar::generate::Rng::new(3)).unwrap(),
         None => m.enable_full_finetune(&s.be).unwrap(),
@@ -145,11 +149,27 @@ fn source() -> ModelSource {
     }
 }
 
+/// [`plan`] with the optimizer stepping inside the backward: one micro-batch per step, no
+/// clipping (what `optimizer_in_bwd` allows).
+fn in_backward(p: Plan) -> Plan {
+    Plan { grad_accum: 1, clip_grad_norm: None, optimizer_in_backward: true, ..p }
+}
+
 /// Runs 6 steps straight and 4 + resume + 2, checks they agree bit for bit, and returns the
 /// straight run's losses. `mixed`: bf16 products for the f32 weights (full fine-tuning with
 /// `model.dtype: bf16`).
 fn check_exact_resume(name: &str, lora: Option<LoraSpec>, mixed: bool) -> Vec<f64> {
-    let s = setup(name);
+    check_exact_resume_with(name, lora, mixed, plan)
+}
+
+/// [`check_exact_resume`] with the plan made by `plan`.
+fn check_exact_resume_with(
+    name: &str,
+    lora: Option<LoraSpec>,
+    mixed: bool,
+    plan: impl Fn(&Path) -> Plan,
+) -> Vec<f64> {
+    let s = Setup { mixed, ..setup(name) };
     s.be.set_bf16_products(mixed);
     let saver: Box<dyn SaveTarget<CpuBackend>> = match &lora {
         Some(spec) => Box::new(LoraSave { source: source(), spec: spec.clone(), merged: true }),
@@ -245,5 +265,59 @@ fn mixed_precision_full_run_resumes_exactly_and_tracks_fp32() {
     let mixed = check_exact_resume("full-mixed", None, true);
     for (i, (a, b)) in fp32.iter().zip(&mixed).enumerate() {
         assert!(((a - b) / a).abs() < 2e-2, "step {}: fp32 {a} vs mixed {b}", i + 1);
+    }
+}
+
+#[test]
+fn optimizer_in_backward_equals_the_step_after_the_pass() {
+    // The same run with the optimizer after the pass and inside the backward (layer gradients
+    // shared): the same losses and weights bit for bit, with and without activation
+    // checkpointing; and it resumes exactly.
+    let s = setup("inbwd");
+    let saver = FullSave { source: source() };
+    for checkpointing in [false, true] {
+        let after = |d: &Path| Plan {
+            optimizer_in_backward: false,
+            activation_checkpointing: checkpointing,
+            ..in_backward(plan(d))
+        };
+        let inside = |d: &Path| Plan { activation_checkpointing: checkpointing, ..in_backward(plan(d)) };
+        let mut a = model(&s, None);
+        let ra = run(&s, &mut a, &after(&tmp(&format!("inbwd-after-{checkpointing}"))), &saver);
+        let mut b = model(&s, None);
+        let rb = run(&s, &mut b, &inside(&tmp(&format!("inbwd-inside-{checkpointing}"))), &saver);
+        assert_eq!(ra.losses.len(), 6);
+        for (i, (x, y)) in ra.losses.iter().zip(&rb.losses).enumerate() {
+            assert_eq!(
+                x.to_bits(),
+                y.to_bits(),
+                "checkpointing {checkpointing}: step {} loss {x} vs {y}",
+                i + 1
+            );
+        }
+        assert_eq!(
+            params(&s.be, &mut a),
+            params(&s.be, &mut b),
+            "checkpointing {checkpointing}: weights differ"
+        );
+    }
+    check_exact_resume_with("inbwd-resume", None, false, |d| in_backward(plan(d)));
+}
+
+#[test]
+fn optimizer_in_backward_refuses_accumulation_and_clipping() {
+    let s = setup("inbwd-refuse");
+    let mut spec = DatasetSpec::new(DatasetKind::Instruct, &s.data);
+    spec.max_seq_len = 64;
+    let ds = Dataset::load(&spec, &s.tok).unwrap();
+    let loader = Loader::new(&ds, 2, true, 5, 0).unwrap();
+    for bad in [
+        Plan { grad_accum: 2, ..in_backward(plan(&tmp("inbwd-refuse-a"))) },
+        Plan { clip_grad_norm: Some(1.0), ..in_backward(plan(&tmp("inbwd-refuse-c"))) },
+    ] {
+        let mut m = model(&s, None);
+        let err =
+            train(&s.be, &mut m, &loader, &bad, &FullSave { source: source() }, &mut Silent).err().unwrap();
+        assert!(err.to_string().contains("optimizer_in_bwd"), "{err}");
     }
 }

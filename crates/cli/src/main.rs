@@ -42,7 +42,24 @@ enum Command {
     ExportAdapter(commands::quantize::ExportAdapterArgs),
 }
 
+/// glibc's malloc raises its mmap threshold whenever a large block is freed (up to 32 MiB), after
+/// which blocks below it come from the heap, where freed ones keep their pages: loading a model
+/// tensor by tensor and then allocating the training buffers left about 0.27 GB of such pages in
+/// a full fine-tuning of SmolLM2-135M. A fixed threshold keeps every large tensor in its own
+/// mapping, returned to the system when freed (measured: no change in speed).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_malloc_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_malloc_mmap_threshold() {}
+
 fn main() -> ExitCode {
+    fix_malloc_mmap_threshold();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),

@@ -13,9 +13,11 @@
 //!   gradients unless their doc says otherwise.
 
 pub mod backend;
+mod checks;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod rope;
 
@@ -23,5 +25,6 @@ pub use backend::{AdamW, AttnDims, Backend, HalfFormat, QuantFormat, WeightForma
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
+pub use device::{run_on_device, DeviceJob};
 pub use error::{EngineError, Result};
 pub use rope::{rope_inv_freq, RopeScaling};

@@ -1,4 +1,4 @@
-use afinar_engine::{AttnDims, Backend, Result};
+use afinar_engine::{AttnDims, Backend, HalfFormat, Result};
 
 use super::{KvCache, Linear};
 
@@ -45,6 +45,52 @@ impl<B: Backend> AttnActs<B> {
             lse: be.zeros(rows * n_heads)?,
         })
     }
+}
+
+/// [`AttnActs`] kept in bf16 between a layer's forward and its backward (mixed precision): the
+/// queries, keys, values and attention output, 16 bits each, and the log-sum-exp in f32.
+pub struct HalfAttnActs<B: Backend> {
+    /// Queries after RoPE.
+    pub q: B::Half,
+    /// Keys after RoPE.
+    pub k: B::Half,
+    /// Values.
+    pub v: B::Half,
+    /// Attention output.
+    pub out: B::Half,
+    /// Softmax log-sum-exp per query and head (f32).
+    pub lse: B::Buf,
+}
+
+impl<B: Backend> HalfAttnActs<B> {
+    /// Buffers for up to `rows` tokens.
+    pub fn new(be: &B, rows: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
+        let (q, kv) = (rows * n_heads * head_dim, rows * n_kv_heads * head_dim);
+        Ok(Self {
+            q: be.zeros_half(q, HalfFormat::Bf16)?,
+            k: be.zeros_half(kv, HalfFormat::Bf16)?,
+            v: be.zeros_half(kv, HalfFormat::Bf16)?,
+            out: be.zeros_half(q, HalfFormat::Bf16)?,
+            lse: be.zeros(rows * n_heads)?,
+        })
+    }
+
+    /// Writes these activations of `rows` tokens back into `a` (f32) for the backward.
+    pub fn load(&self, be: &B, a: &mut AttnActs<B>, rows: usize, dims: [usize; 3]) -> Result<()> {
+        let [hq, hkv, hd] = dims;
+        be.from_half(&self.q, 0, &mut a.q, 0, rows * hq * hd)?;
+        be.from_half(&self.k, 0, &mut a.k, 0, rows * hkv * hd)?;
+        be.from_half(&self.v, 0, &mut a.v, 0, rows * hkv * hd)?;
+        be.from_half(&self.out, 0, &mut a.out, 0, rows * hq * hd)?;
+        be.copy(&self.lse, 0, &mut a.lse, 0, rows * hq)
+    }
+}
+
+/// Rounds `x[..n]` to bf16 in place, keeping the 16-bit copy in `half`: the forward then
+/// computes with exactly the values its backward reads back.
+pub fn keep_bf16<B: Backend>(be: &B, x: &mut B::Buf, half: &mut B::Half, n: usize) -> Result<()> {
+    be.to_half(x, 0, half, 0, n)?;
+    be.from_half(half, 0, x, 0, n)
 }
 
 /// Gradient buffers of the attention backward, reused across layers.
@@ -124,7 +170,9 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// Adds `attention(xn)` to the residual stream `residual`.
+    /// Adds `attention(xn)` to the residual stream `residual`. With `keep` (training in mixed
+    /// precision), the queries, keys, values and output are rounded to bf16 as they are made and
+    /// kept there too (see [`HalfAttnActs::load`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_residual(
         &self,
@@ -135,6 +183,7 @@ impl<B: Backend> Attention<B> {
         t: &Tokens<'_>,
         inv_freq: &[f32],
         kv: KvTarget<'_, B>,
+        mut keep: Option<&mut HalfAttnActs<B>>,
     ) -> Result<()> {
         let rows = t.rows();
         let (hq, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -143,6 +192,11 @@ impl<B: Backend> Attention<B> {
         self.wv.forward(be, xn, &mut a.v, rows, false)?;
         be.rope(&mut a.q, t.positions, inv_freq, rows, hq, hd, false)?;
         be.rope(&mut a.k, t.positions, inv_freq, rows, hkv, hd, false)?;
+        if let Some(h) = keep.as_deref_mut() {
+            keep_bf16(be, &mut a.q, &mut h.q, rows * hq * hd)?;
+            keep_bf16(be, &mut a.k, &mut h.k, rows * hkv * hd)?;
+            keep_bf16(be, &mut a.v, &mut h.v, rows * hkv * hd)?;
+        }
         let mut dims = self.dims(t);
         match kv {
             KvTarget::None => {
@@ -156,6 +210,10 @@ impl<B: Backend> Attention<B> {
                 dims.q_offset = past;
                 cache.attention(be, layer, &a.q, &mut a.out, &mut a.lse, &dims, t.doc_ids)?;
             }
+        }
+        if let Some(h) = keep {
+            keep_bf16(be, &mut a.out, &mut h.out, rows * hq * hd)?;
+            be.copy(&a.lse, 0, &mut h.lse, 0, rows * hq)?;
         }
         self.wo.forward(be, &a.out, residual, rows, true)
     }

@@ -1,7 +1,7 @@
 use afinar_engine::{Backend, Result};
 
-use super::attention::{AttnActs, AttnGrads, KvTarget, Tokens};
-use super::mlp::{MlpActs, MlpGrads};
+use super::attention::{AttnActs, AttnGrads, HalfAttnActs, KvTarget, Tokens};
+use super::mlp::{HalfMlpActs, MlpActs, MlpGrads};
 use super::{Attention, Linear, Mlp, RmsNorm};
 
 /// One pre-norm residual block: `x += attn(norm(x)); x += mlp(norm(x))`.
@@ -44,6 +44,44 @@ impl<B: Backend> LayerActs<B> {
             mlp: MlpActs::new(be, rows, layer.mlp.ffn_dim)?,
             rows,
         })
+    }
+}
+
+/// A layer's [`LayerActs`] kept between its forward and its backward in mixed precision: the
+/// large activations in bf16 (half of f32's memory), the per-row norm statistics in f32. The
+/// forward rounds those activations to bf16 as it makes them (as `torch.autocast(bfloat16)`
+/// stores product outputs in bf16), so forward and backward see the same values; one f32
+/// [`LayerActs`] serves every layer as working space.
+pub struct HalfLayerActs<B: Backend> {
+    /// `1/rms` per row of the attention norm.
+    pub rstd_attn: B::Buf,
+    /// Attention activations.
+    pub attn: HalfAttnActs<B>,
+    /// `1/rms` per row of the MLP norm.
+    pub rstd_mlp: B::Buf,
+    /// MLP activations.
+    pub mlp: HalfMlpActs<B>,
+}
+
+impl<B: Backend> HalfLayerActs<B> {
+    /// Buffers for up to `rows` tokens of a layer shaped like `layer`.
+    pub fn new(be: &B, layer: &DecoderLayer<B>, rows: usize) -> Result<Self> {
+        let a = &layer.attn;
+        Ok(Self {
+            rstd_attn: be.zeros(rows)?,
+            attn: HalfAttnActs::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
+            rstd_mlp: be.zeros(rows)?,
+            mlp: HalfMlpActs::new(be, rows, layer.mlp.ffn_dim)?,
+        })
+    }
+
+    /// Writes the activations of `rows` tokens back into `acts` (f32) for `layer`'s backward.
+    pub fn load(&self, be: &B, layer: &DecoderLayer<B>, acts: &mut LayerActs<B>, rows: usize) -> Result<()> {
+        let a = &layer.attn;
+        be.copy(&self.rstd_attn, 0, &mut acts.rstd_attn, 0, rows)?;
+        self.attn.load(be, &mut acts.attn, rows, [a.n_heads, a.n_kv_heads, a.head_dim])?;
+        be.copy(&self.rstd_mlp, 0, &mut acts.rstd_mlp, 0, rows)?;
+        self.mlp.load(be, &mut acts.mlp, rows * layer.mlp.ffn_dim)
     }
 }
 
@@ -124,7 +162,9 @@ impl<B: Backend> DecoderLayer<B> {
         [q, k, v, o, g, u, d]
     }
 
-    /// Runs the block on the residual stream `x[rows, dim]` in place.
+    /// Runs the block on the residual stream `x[rows, dim]` in place. With `keep` (training in
+    /// mixed precision) the activations the backward needs are rounded to bf16 and kept there
+    /// too (see [`HalfLayerActs`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -135,12 +175,22 @@ impl<B: Backend> DecoderLayer<B> {
         t: &Tokens<'_>,
         inv_freq: &[f32],
         kv: KvTarget<'_, B>,
+        mut keep: Option<&mut HalfLayerActs<B>>,
     ) -> Result<()> {
         let rows = t.rows();
         self.attn_norm.forward(be, x, &mut s.xn, &mut acts.rstd_attn, rows)?;
-        self.attn.forward_residual(be, &s.xn, x, &mut acts.attn, t, inv_freq, kv)?;
+        let keep_attn = keep.as_deref_mut().map(|h| &mut h.attn);
+        self.attn.forward_residual(be, &s.xn, x, &mut acts.attn, t, inv_freq, kv, keep_attn)?;
         self.mlp_norm.forward(be, x, &mut s.xn, &mut acts.rstd_mlp, rows)?;
-        self.mlp.forward_residual(be, &s.xn, x, &mut acts.mlp, &mut s.hidden, rows)
+        let keep_mlp = match keep {
+            Some(h) => {
+                be.copy(&acts.rstd_attn, 0, &mut h.rstd_attn, 0, rows)?;
+                be.copy(&acts.rstd_mlp, 0, &mut h.rstd_mlp, 0, rows)?;
+                Some(&mut h.mlp)
+            }
+            None => None,
+        };
+        self.mlp.forward_residual(be, &s.xn, x, &mut acts.mlp, &mut s.hidden, rows, keep_mlp)
     }
 
     /// Backward of [`DecoderLayer::forward`]: `dx` holds the gradient of the layer's output on

@@ -1,5 +1,6 @@
-use afinar_engine::{Backend, Result};
+use afinar_engine::{Backend, HalfFormat, Result};
 
+use super::attention::keep_bf16;
 use super::Linear;
 
 /// SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
@@ -27,6 +28,30 @@ impl<B: Backend> MlpActs<B> {
     /// Buffers for up to `rows` tokens.
     pub fn new(be: &B, rows: usize, ffn_dim: usize) -> Result<Self> {
         Ok(Self { gate: be.zeros(rows * ffn_dim)?, up: be.zeros(rows * ffn_dim)? })
+    }
+}
+
+/// [`MlpActs`] kept in bf16 between a layer's forward and its backward (mixed precision).
+pub struct HalfMlpActs<B: Backend> {
+    /// Gate projection.
+    pub gate: B::Half,
+    /// Up projection.
+    pub up: B::Half,
+}
+
+impl<B: Backend> HalfMlpActs<B> {
+    /// Buffers for up to `rows` tokens.
+    pub fn new(be: &B, rows: usize, ffn_dim: usize) -> Result<Self> {
+        Ok(Self {
+            gate: be.zeros_half(rows * ffn_dim, HalfFormat::Bf16)?,
+            up: be.zeros_half(rows * ffn_dim, HalfFormat::Bf16)?,
+        })
+    }
+
+    /// Writes these activations of `n = rows · ffn` values back into `a` (f32).
+    pub fn load(&self, be: &B, a: &mut MlpActs<B>, n: usize) -> Result<()> {
+        be.from_half(&self.gate, 0, &mut a.gate, 0, n)?;
+        be.from_half(&self.up, 0, &mut a.up, 0, n)
     }
 }
 
@@ -64,6 +89,7 @@ impl<B: Backend> Mlp<B> {
 
     /// Adds `mlp(xn)` to the residual stream `out`; `hidden` (`[rows, ffn]`) receives
     /// `silu(gate) · up`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_residual(
         &self,
         be: &B,
@@ -72,9 +98,14 @@ impl<B: Backend> Mlp<B> {
         a: &mut MlpActs<B>,
         hidden: &mut B::Buf,
         rows: usize,
+        keep: Option<&mut HalfMlpActs<B>>,
     ) -> Result<()> {
         self.gate.forward(be, xn, &mut a.gate, rows, false)?;
         self.up.forward(be, xn, &mut a.up, rows, false)?;
+        if let Some(h) = keep {
+            keep_bf16(be, &mut a.gate, &mut h.gate, rows * self.ffn_dim)?;
+            keep_bf16(be, &mut a.up, &mut h.up, rows * self.ffn_dim)?;
+        }
         be.swiglu(&a.gate, &a.up, hidden, rows * self.ffn_dim)?;
         self.down.forward(be, hidden, out, rows, true)
     }

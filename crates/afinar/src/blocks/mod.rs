@@ -10,9 +10,9 @@ mod linear;
 mod mlp;
 mod norm;
 
-pub use attention::{Attention, AttnActs, AttnGrads, KvTarget, Tokens};
-pub use decoder::{DecoderLayer, LayerActs, LayerGrads, LayerScratch, PROJECTIONS};
+pub use attention::{Attention, AttnActs, AttnGrads, HalfAttnActs, KvTarget, Tokens};
+pub use decoder::{DecoderLayer, HalfLayerActs, LayerActs, LayerGrads, LayerScratch, PROJECTIONS};
 pub use kv_cache::{KvCache, KvDtype, KvStore};
 pub use linear::{Linear, Lora, ParamState};
-pub use mlp::{Mlp, MlpActs, MlpGrads};
+pub use mlp::{HalfMlpActs, Mlp, MlpActs, MlpGrads};
 pub use norm::RmsNorm;

@@ -27,6 +27,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "optimizer",
     "lr_scheduler",
     "clip_grad_norm",
+    "optimizer_in_bwd",
     "enable_activation_checkpointing",
     "device",
     "threads",
@@ -361,10 +362,7 @@ fn text_of(n: &Node) -> Option<String> {
 }
 
 fn check_device(d: &str) -> bool {
-    match d {
-        "cpu" | "cuda" => true,
-        _ => d.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
-    }
+    afinar_engine::device::parse_device(d).is_some()
 }
 
 /// Reads and checks the whole config. `raw` is the document before interpolation (for hints);
@@ -525,6 +523,32 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
     };
 
     let clip_grad_norm = top.num("clip_grad_norm", "a number > 0", |v| v > 0.0 && v.is_finite())?;
+    let optimizer_in_bwd = top.bool_or("optimizer_in_bwd", false)?;
+    if optimizer_in_bwd {
+        let node = top.node("optimizer_in_bwd").expect("present");
+        if gradient_accumulation_steps > 1 {
+            return Err(cx.err(
+                K::Inconsistent,
+                &node.pos,
+                "optimizer_in_bwd",
+                format!(
+                    "the optimizer steps inside the backward, so gradients cannot accumulate over \
+                     micro-batches: set gradient_accumulation_steps to 1 (it is {gradient_accumulation_steps}) \
+                     or optimizer_in_bwd to false"
+                ),
+            ));
+        }
+        if clip_grad_norm.is_some() {
+            return Err(cx.err(
+                K::Inconsistent,
+                &node.pos,
+                "optimizer_in_bwd",
+                "the optimizer steps inside the backward, before the global gradient norm is known: \
+                 remove clip_grad_norm (`~clip_grad_norm` on the command line) or set optimizer_in_bwd \
+                 to false",
+            ));
+        }
+    }
     let enable_activation_checkpointing = top.bool_or("enable_activation_checkpointing", false)?;
     let device = top
         .opt("device", "cpu, cuda or cuda:N", text_of, |d| check_device(d))?
@@ -561,6 +585,7 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         optimizer,
         lr_scheduler,
         clip_grad_norm,
+        optimizer_in_bwd,
         enable_activation_checkpointing,
         device,
         threads,
@@ -811,6 +836,7 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
             ]),
         ),
         ("clip_grad_norm", opt_node(&c.clip_grad_norm, f64n)),
+        ("optimizer_in_bwd", raw_node(c.optimizer_in_bwd)),
         ("enable_activation_checkpointing", raw_node(c.enable_activation_checkpointing)),
         ("device", text_node(&c.device)),
         ("threads", opt_node(&c.threads, usizen)),

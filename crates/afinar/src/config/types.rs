@@ -190,6 +190,10 @@ pub struct RecipeConfig {
     pub lr_scheduler: SchedulerSection,
     /// Clip the global gradient norm to this value (> 0).
     pub clip_grad_norm: Option<f64>,
+    /// Step the optimizer inside the backward, one layer at a time, so that only one layer's
+    /// gradients exist at once (torchtune's `optimizer_in_bwd`; excludes gradient accumulation
+    /// and clipping).
+    pub optimizer_in_bwd: bool,
     /// Recompute activations in the backward pass to save memory.
     pub enable_activation_checkpointing: bool,
     /// `cpu`, `cuda` or `cuda:N` (only the syntax is checked here).

@@ -4,7 +4,7 @@
 use afinar_engine::{Backend, WeightFormat};
 
 use super::{Llama, LlamaConfig};
-use crate::blocks::{Attention, DecoderLayer, KvDtype, Linear, Mlp, RmsNorm};
+use crate::blocks::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
 use crate::generate::Rng;
 use crate::Result;
 
@@ -93,16 +93,6 @@ impl<B: Backend> Llama<B> {
         let output = if c.tie_embeddings { None } else { Some(matrix(c.vocab_size, c.dim, format)?) };
         let norm = norm()?;
         let inv_freq = c.inv_freq();
-        Ok(Llama {
-            config,
-            embed,
-            embed_state: None,
-            layers,
-            norm,
-            output,
-            inv_freq,
-            kv_cache: KvDtype::default(),
-            train_buffers: None,
-        })
+        Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
     }
 }

@@ -29,6 +29,13 @@ pub struct Llama<B: Backend> {
     /// Activation and gradient buffers of the training pass, kept from one micro-batch to the
     /// next (see [`Llama::release_train_buffers`]).
     pub(crate) train_buffers: Option<TrainBuffers<B>>,
+    /// With the optimizer step in the backward: gradient buffers shaped like one decoder
+    /// layer's trainable tensors, lent to each layer during its backward (see
+    /// [`Llama::share_layer_gradients`]).
+    pub(crate) lent_grads: Option<Vec<B::Buf>>,
+    /// Training keeps the activations for the backward in bf16 (see
+    /// [`Llama::keep_activations_in_bf16`]).
+    pub(crate) bf16_activations: bool,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -41,6 +48,30 @@ pub enum Logits {
 }
 
 impl<B: Backend> Llama<B> {
+    /// A model of these parts, nothing trainable yet.
+    pub(crate) fn from_parts(
+        config: LlamaConfig,
+        embed: B::Weight,
+        layers: Vec<DecoderLayer<B>>,
+        norm: RmsNorm<B>,
+        output: Option<Linear<B>>,
+        inv_freq: Vec<f32>,
+    ) -> Self {
+        Llama {
+            config,
+            embed,
+            embed_state: None,
+            layers,
+            norm,
+            output,
+            inv_freq,
+            kv_cache: KvDtype::default(),
+            train_buffers: None,
+            lent_grads: None,
+            bf16_activations: false,
+        }
+    }
+
     /// The matrix that maps hidden states to logits.
     pub fn output_weight(&self) -> &B::Weight {
         self.output.as_ref().map_or(&self.embed, |o| &o.weight)
@@ -140,7 +171,7 @@ impl<B: Backend> Llama<B> {
                 Some(cache) => KvTarget::Cache(cache, l),
                 None => KvTarget::None,
             };
-            layer.forward(be, &mut x, &mut acts, &mut scratch, &tokens, &self.inv_freq, kv)?;
+            layer.forward(be, &mut x, &mut acts, &mut scratch, &tokens, &self.inv_freq, kv, None)?;
         }
         if let Some(cache) = cache {
             cache.len += seq;

@@ -27,7 +27,7 @@ use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
 
 use super::config::read_json;
 use super::{Llama, LlamaConfig};
-use crate::blocks::{Attention, DecoderLayer, KvDtype, Linear, Mlp, RmsNorm};
+use crate::blocks::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
 use crate::{Error, Result};
 
 /// How to load a model.
@@ -466,17 +466,7 @@ fn build<B: Backend>(
         Some(Linear::new(be, weight("lm_head.weight", c.vocab_size, c.dim, format)?))
     };
     let norm = norm("model.norm.weight")?;
-    Ok(Llama {
-        config,
-        embed,
-        embed_state: None,
-        layers,
-        norm,
-        output,
-        inv_freq,
-        kv_cache: KvDtype::default(),
-        train_buffers: None,
-    })
+    Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
 }
 
 fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {

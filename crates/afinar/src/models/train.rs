@@ -4,8 +4,9 @@
 
 use afinar_engine::Backend;
 
-use super::Llama;
-use crate::blocks::{KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
+use super::trainable::visit_layer_params_mut;
+use super::{Llama, ParamMut};
+use crate::blocks::{HalfLayerActs, KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
 use crate::{Error, Result};
 
 /// One micro-batch: `batch` rows of `seq` tokens, row-major.
@@ -23,6 +24,10 @@ pub struct TrainBatch<'a> {
     /// Tokens per row.
     pub seq: usize,
 }
+
+/// The optimizer's update of one trainable tensor (its name and gradient state), run by
+/// [`Llama::forward_backward_stepping`] as soon as the tensor's gradient is complete.
+pub type Update<'a, B> = dyn FnMut(&str, &mut ParamMut<'_, B>) -> Result<()> + Send + 'a;
 
 /// Loss of one micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +50,35 @@ impl<B: Backend> Llama<B> {
         b: &TrainBatch<'_>,
         grad_scale: f32,
         checkpointing: bool,
+    ) -> Result<LossSum> {
+        self.pass(be, b, grad_scale, checkpointing, None)
+    }
+
+    /// [`Llama::forward_backward`] with the optimizer step inside the backward, as torchtune's
+    /// `optimizer_in_bwd`: `update` runs on each decoder layer's trainable tensors right after
+    /// that layer's backward, and on the embedding, final norm and output projection at the end;
+    /// every gradient is zeroed after its update. The result equals a pass followed by an
+    /// optimizer step over all tensors (no layer's backward reads another layer's weights), but
+    /// with [`Llama::share_layer_gradients`] only one layer's gradients exist at a time. Leaves
+    /// no room for gradient accumulation or clipping by the global norm.
+    pub fn forward_backward_stepping(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        grad_scale: f32,
+        checkpointing: bool,
+        update: &mut Update<'_, B>,
+    ) -> Result<LossSum> {
+        self.pass(be, b, grad_scale, checkpointing, Some(update))
+    }
+
+    fn pass(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        grad_scale: f32,
+        checkpointing: bool,
+        update: Option<&mut Update<'_, B>>,
     ) -> Result<LossSum> {
         let c = self.config.clone();
         let rows = b.batch * b.seq;
@@ -79,17 +113,27 @@ impl<B: Backend> Llama<B> {
             return Err(Error::Input(format!("label {bad} is neither -100 nor a token id")));
         }
         let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        let mode = BufferMode { checkpointing, bf16: self.bf16_activations };
         let mut buf = match self.train_buffers.take() {
-            Some(buf) if buf.fits(rows, checkpointing) => buf,
+            Some(buf) if buf.fits(rows, mode) => buf,
             old => {
                 drop(old);
-                TrainBuffers::new(be, self, rows, checkpointing)?
+                TrainBuffers::new(be, self, rows, mode)?
             }
         };
-        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf));
+        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf, update));
         self.train_buffers = Some(buf);
         let (sum, tokens) = result?;
         Ok(LossSum { sum, tokens })
+    }
+
+    /// Mixed precision: with `on`, the training pass rounds the activations its backward reads
+    /// (queries, keys, values, attention output, gate and up projections) to bf16 as they are
+    /// made and keeps them in 16 bits, as `torch.autocast(bfloat16)` keeps product outputs:
+    /// about half the memory of saved activations. The residual stream, norms and gradients
+    /// stay f32.
+    pub fn keep_activations_in_bf16(&mut self, on: bool) {
+        self.bf16_activations = on;
     }
 
     /// Frees the buffers the training pass keeps between micro-batches (about the size of all
@@ -100,6 +144,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The body of [`Llama::forward_backward`] over its buffers.
+    #[allow(clippy::too_many_arguments)]
     fn train_pass(
         &mut self,
         be: &B,
@@ -108,18 +153,24 @@ impl<B: Backend> Llama<B> {
         grad_scale: f32,
         checkpointing: bool,
         buf: &mut TrainBuffers<B>,
+        mut update: Option<&mut Update<'_, B>>,
     ) -> Result<(f64, usize)> {
         let dim = self.config.dim;
         let rows = t.rows();
         let n_layers = self.layers.len();
-        let TrainBuffers { x, inputs, acts, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
+        let TrainBuffers { x, inputs, acts, halves, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
+        // Per-layer activations: f32 in `acts[l]`, or (bf16) in `halves[l]` with `acts[0]` as
+        // working space; with checkpointing, one set recomputed per layer.
+        let per_layer = |l: usize| if checkpointing { 0 } else { l };
+        let compact = !halves.is_empty();
 
         // ---- forward ------------------------------------------------------------------------
         be.embedding(b.ids, &self.embed, x)?;
         for l in 0..n_layers {
             be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
-            let a = if checkpointing { &mut acts[0] } else { &mut acts[l] };
-            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None)?;
+            let a = &mut acts[if compact { 0 } else { per_layer(l) }];
+            let keep = halves.get_mut(per_layer(l));
+            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, keep)?;
         }
         self.norm.forward(be, x, xn, rstd, rows)?;
 
@@ -146,10 +197,26 @@ impl<B: Backend> Llama<B> {
         for l in (0..n_layers).rev() {
             if checkpointing {
                 be.copy(&inputs[l], 0, x, 0, rows * dim)?;
-                self.layers[l].forward(be, x, &mut acts[0], scratch, t, &self.inv_freq, KvTarget::None)?;
+                let keep = halves.get_mut(0);
+                self.layers[l].forward(
+                    be,
+                    x,
+                    &mut acts[0],
+                    scratch,
+                    t,
+                    &self.inv_freq,
+                    KvTarget::None,
+                    keep,
+                )?;
+            } else if compact {
+                halves[l].load(be, &self.layers[l], &mut acts[0], rows)?;
             }
-            let a = if checkpointing { &acts[0] } else { &acts[l] };
+            let a = &acts[if compact { 0 } else { per_layer(l) }];
             let need_input_grad = l > 0 || embed_trained;
+            let lend = update.is_some() && self.lent_grads.is_some();
+            if lend {
+                self.swap_lent_grads(l)?;
+            }
             self.layers[l].backward(
                 be,
                 &inputs[l],
@@ -161,12 +228,45 @@ impl<B: Backend> Llama<B> {
                 &self.inv_freq,
                 need_input_grad,
             )?;
+            if let Some(update) = update.as_deref_mut() {
+                visit_layer_params_mut(&mut self.layers[l], l, &mut |name, p| {
+                    step_and_zero(be, update, name, p)
+                })?;
+            }
+            if lend {
+                self.swap_lent_grads(l)?;
+            }
         }
         if let Some(s) = &mut self.embed_state {
             be.embedding_backward(b.ids, dx, &mut s.grad, dim)?;
         }
+        if let Some(update) = update {
+            self.visit_outer_params_mut(&mut |name, p| step_and_zero(be, update, name, p))?;
+        }
         Ok((sum, tokens))
     }
+
+    /// Exchanges layer `l`'s (empty) gradient buffers with the shared ones, in and out.
+    fn swap_lent_grads(&mut self, l: usize) -> Result<()> {
+        let Some(pool) = self.lent_grads.as_mut() else { return Ok(()) };
+        let mut k = 0;
+        visit_layer_params_mut(&mut self.layers[l], l, &mut |_, mut p| {
+            std::mem::swap(&mut p.state().grad, &mut pool[k]);
+            k += 1;
+            Ok(())
+        })
+    }
+}
+
+/// Runs `update` on a tensor whose gradient is complete, then zeroes the gradient.
+fn step_and_zero<B: Backend>(
+    be: &B,
+    update: &mut Update<'_, B>,
+    name: &str,
+    mut p: ParamMut<'_, B>,
+) -> Result<()> {
+    update(name, &mut p)?;
+    Ok(p.state().zero_grad(be)?)
 }
 
 /// The buffers of one training pass, kept by the model between micro-batches so that a step
@@ -176,10 +276,11 @@ impl<B: Backend> Llama<B> {
 pub(crate) struct TrainBuffers<B: Backend> {
     /// Rows (tokens) the buffers hold.
     rows: usize,
-    checkpointing: bool,
+    mode: BufferMode,
     x: B::Buf,
     inputs: Vec<B::Buf>,
     acts: Vec<LayerActs<B>>,
+    halves: Vec<HalfLayerActs<B>>,
     scratch: LayerScratch<B>,
     xn: B::Buf,
     rstd: B::Buf,
@@ -188,19 +289,32 @@ pub(crate) struct TrainBuffers<B: Backend> {
     grads: LayerGrads<B>,
 }
 
+/// How a training pass keeps its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BufferMode {
+    /// Per-layer recompute: one layer's activations at a time.
+    checkpointing: bool,
+    /// Activations kept in bf16.
+    bf16: bool,
+}
+
 impl<B: Backend> TrainBuffers<B> {
-    fn new(be: &B, m: &Llama<B>, rows: usize, checkpointing: bool) -> Result<Self> {
+    fn new(be: &B, m: &Llama<B>, rows: usize, mode: BufferMode) -> Result<Self> {
         let (dim, first) = (m.config.dim, &m.layers[0]);
-        let n_acts = if checkpointing { 1 } else { m.layers.len() };
+        let n_saved = if mode.checkpointing { 1 } else { m.layers.len() };
+        let (n_acts, n_halves) = if mode.bf16 { (1, n_saved) } else { (n_saved, 0) };
         Ok(Self {
             rows,
-            checkpointing,
+            mode,
             x: be.zeros(rows * dim)?,
             inputs: (0..m.layers.len())
                 .map(|_| be.zeros(rows * dim))
                 .collect::<std::result::Result<_, _>>()?,
             acts: (0..n_acts)
                 .map(|l| LayerActs::new(be, &m.layers[l], rows))
+                .collect::<std::result::Result<_, _>>()?,
+            halves: (0..n_halves)
+                .map(|l| HalfLayerActs::new(be, &m.layers[l], rows))
                 .collect::<std::result::Result<_, _>>()?,
             scratch: LayerScratch::new(be, first, rows)?,
             xn: be.zeros(rows * dim)?,
@@ -211,9 +325,9 @@ impl<B: Backend> TrainBuffers<B> {
         })
     }
 
-    /// Whether these buffers serve a pass of `rows` tokens in this checkpointing mode.
-    fn fits(&self, rows: usize, checkpointing: bool) -> bool {
-        rows <= self.rows && checkpointing == self.checkpointing
+    /// Whether these buffers serve a pass of `rows` tokens in this mode.
+    fn fits(&self, rows: usize, mode: BufferMode) -> bool {
+        rows <= self.rows && mode == self.mode
     }
 }
 

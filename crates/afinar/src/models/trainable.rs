@@ -5,7 +5,7 @@
 use afinar_engine::Backend;
 
 use super::Llama;
-use crate::blocks::{Linear, Lora, ParamState, PROJECTIONS};
+use crate::blocks::{DecoderLayer, Linear, Lora, ParamState, PROJECTIONS};
 use crate::generate::Rng;
 use crate::{Error, Result};
 
@@ -81,6 +81,15 @@ pub enum ParamMut<'a, B: Backend> {
     Buf(&'a mut B::Buf, &'a mut ParamState<B>),
 }
 
+impl<B: Backend> ParamMut<'_, B> {
+    /// The tensor's gradient and moments.
+    pub fn state(&mut self) -> &mut ParamState<B> {
+        match self {
+            ParamMut::Weight(_, s) | ParamMut::Buf(_, s) => s,
+        }
+    }
+}
+
 /// A tensor on the host: Hugging Face (or PEFT) name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -118,6 +127,40 @@ impl<B: Backend> Llama<B> {
         if let Some(out) = &mut self.output {
             trainable(be, out)?;
         }
+        Ok(())
+    }
+
+    /// Prepares the optimizer step in the backward ([`Llama::forward_backward_stepping`]): the
+    /// decoder layers' trainable tensors give up their own gradient buffers and borrow one
+    /// shared set, shaped like a layer's tensors, during their layer's backward, so that the
+    /// gradients of all layers never exist at once (torchtune's `optimizer_in_bwd`). The
+    /// embedding, final norm and output projection keep theirs (the tied embedding gathers its
+    /// gradient from both ends of the pass). Call after making tensors trainable.
+    pub fn share_layer_gradients(&mut self, be: &B) -> Result<()> {
+        if self.lent_grads.is_some() || self.layers.is_empty() {
+            return Ok(());
+        }
+        let mut pool = Vec::new();
+        visit_layer_params_mut(&mut self.layers[0], 0, &mut |_, mut p| {
+            pool.push(be.zeros(p.state().len)?);
+            Ok(())
+        })?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let mut k = 0;
+            visit_layer_params_mut(layer, i, &mut |name, mut p| {
+                let s = p.state();
+                if pool.get(k).is_none_or(|g| be.len(g) != s.len) {
+                    return Err(Error::Input(format!(
+                        "{name}: decoder layers differ in their trainable tensors, so they cannot share \
+                         gradient buffers"
+                    )));
+                }
+                s.grad = be.zeros(0)?;
+                k += 1;
+                Ok(())
+            })?;
+        }
+        self.lent_grads = Some(pool);
         Ok(())
     }
 
@@ -185,45 +228,42 @@ impl<B: Backend> Llama<B> {
     /// Calls `f` with each trainable tensor's Hugging Face (or PEFT, for LoRA) name, in a fixed
     /// order.
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>) -> Result<()> {
-        let linear = |name: &str,
-                      l: &mut Linear<B>,
-                      f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>|
-         -> Result<()> {
-            if let Some(s) = &mut l.state {
-                f(&format!("{name}.weight"), ParamMut::Weight(&mut l.weight, s))?;
-            }
-            if let Some(lora) = &mut l.lora {
-                f(&format!("{name}.lora_A.weight"), ParamMut::Buf(&mut lora.a, &mut lora.a_state))?;
-                f(&format!("{name}.lora_B.weight"), ParamMut::Buf(&mut lora.b, &mut lora.b_state))?;
-            }
-            Ok(())
-        };
-        if let Some(s) = &mut self.embed_state {
-            f("model.embed_tokens.weight", ParamMut::Weight(&mut self.embed, s))?;
-        }
+        self.visit_embed_params_mut(f)?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            if let Some(s) = &mut layer.attn_norm.state {
-                f(&format!("{p}.input_layernorm.weight"), ParamMut::Buf(&mut layer.attn_norm.weight, s))?;
-            }
-            for (name, l) in PROJECTIONS[..4].iter().zip(layer.attn.projections_mut()) {
-                linear(&format!("{p}.{name}"), l, f)?;
-            }
-            if let Some(s) = &mut layer.mlp_norm.state {
-                f(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    ParamMut::Buf(&mut layer.mlp_norm.weight, s),
-                )?;
-            }
-            for (name, l) in PROJECTIONS[4..].iter().zip(layer.mlp.projections_mut()) {
-                linear(&format!("{p}.{name}"), l, f)?;
-            }
+            visit_layer_params_mut(layer, i, f)?;
         }
+        self.visit_head_params_mut(f)
+    }
+
+    /// [`Llama::visit_params_mut`] for the tensors outside the decoder layers: the embedding,
+    /// the final norm and the output projection.
+    pub fn visit_outer_params_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
+    ) -> Result<()> {
+        self.visit_embed_params_mut(f)?;
+        self.visit_head_params_mut(f)
+    }
+
+    fn visit_embed_params_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
+    ) -> Result<()> {
+        match &mut self.embed_state {
+            Some(s) => f("model.embed_tokens.weight", ParamMut::Weight(&mut self.embed, s)),
+            None => Ok(()),
+        }
+    }
+
+    fn visit_head_params_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
+    ) -> Result<()> {
         if let Some(s) = &mut self.norm.state {
             f("model.norm.weight", ParamMut::Buf(&mut self.norm.weight, s))?;
         }
         if let Some(o) = &mut self.output {
-            linear("lm_head", o, f)?;
+            visit_linear_params_mut("lm_head", o, f)?;
         }
         Ok(())
     }
@@ -250,12 +290,7 @@ impl<B: Backend> Llama<B> {
 
     /// Sets every trainable tensor's gradient to zero.
     pub fn zero_grads(&mut self, be: &B) -> Result<()> {
-        self.visit_params_mut(&mut |_, p| {
-            let s = match p {
-                ParamMut::Weight(_, s) | ParamMut::Buf(_, s) => s,
-            };
-            Ok(s.zero_grad(be)?)
-        })
+        self.visit_params_mut(&mut |_, mut p| Ok(p.state().zero_grad(be)?))
     }
 
     /// Every tensor of the model as f32 with its Hugging Face name and shape (what a full
@@ -367,4 +402,43 @@ fn collect(lazy: Vec<LazyTensor<'_>>) -> Result<Vec<NamedTensor>> {
             Ok((t.name, t.shape, v))
         })
         .collect()
+}
+
+/// Calls `f` with each trainable tensor of a linear layer named `name`.
+fn visit_linear_params_mut<B: Backend>(
+    name: &str,
+    l: &mut Linear<B>,
+    f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
+) -> Result<()> {
+    if let Some(s) = &mut l.state {
+        f(&format!("{name}.weight"), ParamMut::Weight(&mut l.weight, s))?;
+    }
+    if let Some(lora) = &mut l.lora {
+        f(&format!("{name}.lora_A.weight"), ParamMut::Buf(&mut lora.a, &mut lora.a_state))?;
+        f(&format!("{name}.lora_B.weight"), ParamMut::Buf(&mut lora.b, &mut lora.b_state))?;
+    }
+    Ok(())
+}
+
+/// Calls `f` with each trainable tensor of decoder layer `i`, in [`Llama::visit_params_mut`]'s
+/// order.
+pub(crate) fn visit_layer_params_mut<B: Backend>(
+    layer: &mut DecoderLayer<B>,
+    i: usize,
+    f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
+) -> Result<()> {
+    let p = format!("model.layers.{i}");
+    if let Some(s) = &mut layer.attn_norm.state {
+        f(&format!("{p}.input_layernorm.weight"), ParamMut::Buf(&mut layer.attn_norm.weight, s))?;
+    }
+    for (name, l) in PROJECTIONS[..4].iter().zip(layer.attn.projections_mut()) {
+        visit_linear_params_mut(&format!("{p}.{name}"), l, f)?;
+    }
+    if let Some(s) = &mut layer.mlp_norm.state {
+        f(&format!("{p}.post_attention_layernorm.weight"), ParamMut::Buf(&mut layer.mlp_norm.weight, s))?;
+    }
+    for (name, l) in PROJECTIONS[4..].iter().zip(layer.mlp.projections_mut()) {
+        visit_linear_params_mut(&format!("{p}.{name}"), l, f)?;
+    }
+    Ok(())
 }

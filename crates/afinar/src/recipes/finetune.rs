@@ -11,7 +11,7 @@ use afinar_data::{Batch, Loader};
 use afinar_engine::Backend;
 
 use super::metrics::{peak_rss_bytes, MetricsFile, Reporter, StepMetrics};
-use super::optim::{clip_grad_norm, grad_norm, AdamWConfig, Optimizer};
+use super::optim::{clip_grad_norm, grad_norm, update, AdamWConfig, Optimizer};
 use super::schedule::Schedule;
 use super::state::{RecipeState, SaveTarget};
 use crate::models::{Llama, TrainBatch};
@@ -34,6 +34,9 @@ pub struct Plan {
     pub schedule: Schedule,
     /// Gradient-norm clipping.
     pub clip_grad_norm: Option<f64>,
+    /// Step the optimizer inside the backward ([`Llama::forward_backward_stepping`]); needs
+    /// `grad_accum == 1` and no clipping.
+    pub optimizer_in_backward: bool,
     /// Per-layer recompute in the backward.
     pub activation_checkpointing: bool,
     /// Save a checkpoint every this many optimizer steps (besides every epoch end).
@@ -96,6 +99,14 @@ pub fn train<B: Backend>(
             plan.grad_accum
         )));
     }
+    if plan.optimizer_in_backward && (plan.grad_accum != 1 || plan.clip_grad_norm.is_some()) {
+        return Err(Error::Input(
+            "optimizer_in_bwd needs gradient_accumulation_steps = 1 and no clip_grad_norm".into(),
+        ));
+    }
+    if plan.optimizer_in_backward {
+        model.share_layer_gradients(be)?;
+    }
     let total_steps = steps_per_epoch * plan.epochs;
     let schedule = Schedule { total_steps, ..plan.schedule };
     let mut optimizer = Optimizer::new(plan.adamw);
@@ -137,25 +148,52 @@ pub fn train<B: Backend>(
                 break;
             }
             let label_tokens: usize = group.iter().map(|b| b.label_tokens).sum();
-            model.zero_grads(be)?;
-            let mut loss_sum = 0.0;
-            if label_tokens > 0 {
-                let scale = 1.0 / label_tokens as f32;
-                for (k, b) in group.iter().enumerate() {
-                    let mix = (optimizer.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64) << 48;
-                    model.set_dropout_seed(Some(plan.seed ^ mix));
-                    loss_sum += model
-                        .forward_backward(be, &train_batch(b), scale, plan.activation_checkpointing)?
-                        .sum;
-                }
-            }
-            model.set_dropout_seed(None);
-            let norm = match plan.clip_grad_norm {
-                Some(max) => clip_grad_norm(be, model, max)?,
-                None => grad_norm(be, model)?,
-            };
             let lr = schedule.lr(optimizer.step as usize);
-            optimizer.step(be, model, lr)?;
+            let mut loss_sum = 0.0;
+            let norm;
+            if plan.optimizer_in_backward {
+                // Gradients are zero here (each is zeroed after its update); a step without
+                // label tokens still counts, as in the other branch, with zero gradients.
+                let hp = optimizer.begin_step(lr);
+                let mut squares = 0.0;
+                let scale = 1.0 / label_tokens.max(1) as f32;
+                let b = &group[0];
+                let mix = optimizer.step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                model.set_dropout_seed(Some(plan.seed ^ mix));
+                loss_sum = model
+                    .forward_backward_stepping(
+                        be,
+                        &train_batch(b),
+                        scale,
+                        plan.activation_checkpointing,
+                        &mut |_, p| {
+                            let s = p.state();
+                            squares += be.sum_squares(&s.grad, s.len)?;
+                            update(be, p, &hp)
+                        },
+                    )?
+                    .sum;
+                model.set_dropout_seed(None);
+                norm = squares.sqrt();
+            } else {
+                model.zero_grads(be)?;
+                if label_tokens > 0 {
+                    let scale = 1.0 / label_tokens as f32;
+                    for (k, b) in group.iter().enumerate() {
+                        let mix = (optimizer.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64) << 48;
+                        model.set_dropout_seed(Some(plan.seed ^ mix));
+                        loss_sum += model
+                            .forward_backward(be, &train_batch(b), scale, plan.activation_checkpointing)?
+                            .sum;
+                    }
+                }
+                model.set_dropout_seed(None);
+                norm = match plan.clip_grad_norm {
+                    Some(max) => clip_grad_norm(be, model, max)?,
+                    None => grad_norm(be, model)?,
+                };
+                optimizer.step(be, model, lr)?;
+            }
             step_in_epoch += 1;
             steps_this_process += 1;
             let loss = if label_tokens > 0 { loss_sum / label_tokens as f64 } else { 0.0 };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use afinar_checkpoint::DType;
 use afinar_data::{self as data, Dataset, DatasetSpec, Loader};
-use afinar_engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
+use afinar_engine::{run_on_device, Backend, DeviceJob, QuantFormat, WeightFormat};
 
 use super::finetune::{train, Plan, Summary};
 use super::metrics::Reporter;
@@ -89,6 +89,7 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
             min_lr_ratio: cfg.lr_scheduler.min_lr_ratio,
         },
         clip_grad_norm: cfg.clip_grad_norm,
+        optimizer_in_backward: cfg.optimizer_in_bwd,
         activation_checkpointing: cfg.enable_activation_checkpointing,
         save_every_n_steps: cfg.save_every_n_steps,
         resume: cfg.resume_from_checkpoint,
@@ -100,18 +101,18 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
 
 /// Runs the recipe on the device the config names.
 pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
-    match cfg.device.as_str() {
-        "cpu" => run_on(&CpuBackend::new(cfg.threads), cfg, reporter),
-        #[cfg(feature = "cuda")]
-        other if afinar_engine::CudaBackend::parse_device(other).is_some() => {
-            let ordinal = afinar_engine::CudaBackend::parse_device(other).expect("checked");
-            let be = afinar_engine::CudaBackend::new(ordinal).map_err(|e| Error::Input(format!("device `{other}`: {e}")))?;
-            run_on(&be, cfg, reporter)
-        }
-        other => Err(Error::Input(format!(
-            "device `{other}`: this build of afinar has only the CPU backend (the CUDA backend needs `--features cuda`)"
-        ))),
+    struct Recipe<'a> {
+        cfg: &'a RecipeConfig,
+        reporter: &'a mut dyn Reporter,
     }
+    impl DeviceJob for Recipe<'_> {
+        type Output = Result<Summary>;
+        fn run<B: Backend>(self, be: &B) -> Result<Summary> {
+            run_on(be, self.cfg, self.reporter)
+        }
+    }
+    run_on_device(&cfg.device, cfg.threads, Recipe { cfg, reporter })
+        .map_err(|e| Error::Input(format!("device `{}`: {e}", cfg.device)))?
 }
 
 /// Runs the recipe on `be`.
@@ -164,11 +165,16 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         None => model.enable_full_finetune(be)?,
     }
     // Full fine-tuning with `model.dtype: bf16`: f32 weights, gradients and AdamW state, products
-    // in bf16 with f32 sums (mixed precision, as torch.autocast).
-    let mixed = lora.is_none() && cfg.model.dtype == cfgmod::Dtype::Bf16;
+    // in bf16 with f32 sums (mixed precision, as torch.autocast). With bf16 (frozen or mixed),
+    // the activations saved for the backward are kept in bf16 too.
+    let bf16 = cfg.model.dtype == cfgmod::Dtype::Bf16;
+    let mixed = lora.is_none() && bf16;
     be.set_bf16_products(mixed);
+    model.keep_activations_in_bf16(bf16);
     if mixed {
-        reporter.note("mixed precision: f32 weights and optimizer state, bf16 matrix products");
+        reporter.note(
+            "mixed precision: f32 weights and optimizer state, bf16 matrix products and saved activations",
+        );
     }
     let dataset =
         Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;

@@ -35,6 +35,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
 struct Chat<'a>(&'a ChatArgs);
 
 impl Job for Chat<'_> {
+    type Output = Result<()>;
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         chat_on(be, self.0)
     }

@@ -228,6 +228,7 @@ struct Eval<'a> {
 }
 
 impl Job for Eval<'_> {
+    type Output = Result<()>;
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let Eval { args, margs, tasks } = self;
         let (loaded, tok) = load(be, margs)?;

@@ -56,6 +56,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 struct Generate<'a>(&'a GenerateArgs);
 
 impl Job for Generate<'_> {
+    type Output = Result<()>;
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         generate_on(be, self.0)
     }

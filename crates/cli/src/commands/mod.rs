@@ -15,7 +15,9 @@ pub mod validate;
 use std::path::PathBuf;
 
 use afinar::blocks::{KvCache, KvDtype};
-use afinar::engine::{Backend, CpuBackend, WeightFormat};
+/// A command's work, written once for any backend (see [`on_device`]).
+pub use afinar::engine::DeviceJob as Job;
+use afinar::engine::{run_on_device, Backend, WeightFormat};
 use afinar::generate::{generate, GenerateOptions, GenerateStats, SamplingParams};
 use afinar::models::Llama;
 use afinar::models::{load_model, LoadOptions, LoadedModel};
@@ -80,34 +82,13 @@ impl From<KvCacheArg> for KvDtype {
     }
 }
 
-/// A command's work, written once for any backend (see [`on_device`]).
-pub trait Job {
-    /// Runs on `be`.
-    fn run<B: Backend>(self, be: &B) -> Result<()>;
-}
-
-/// Runs `job` on the backend that `--device` names.
-pub fn on_device(args: &ModelArgs, job: impl Job) -> Result<()> {
+/// Runs `job` (a command's work, written once for any backend) on the backend that
+/// `--device` names.
+pub fn on_device<J: Job<Output = Result<()>>>(args: &ModelArgs, job: J) -> Result<()> {
     if args.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
-    match args.device.as_str() {
-        "cpu" => job.run(&CpuBackend::new(args.threads)),
-        #[cfg(feature = "cuda")]
-        d if afinar::engine::CudaBackend::parse_device(d).is_some() => {
-            let ordinal = afinar::engine::CudaBackend::parse_device(d).expect("checked");
-            let be = afinar::engine::CudaBackend::new(ordinal).with_context(|| format!("--device {d}"))?;
-            job.run(&be)
-        }
-        d => anyhow::bail!(
-            "--device {d}: expected cpu{}",
-            if cfg!(feature = "cuda") {
-                ", cuda or cuda:N"
-            } else {
-                " (this build has no CUDA backend: build with the `cuda` feature)"
-            }
-        ),
-    }
+    run_on_device(&args.device, args.threads, job).with_context(|| format!("--device {}", args.device))?
 }
 
 /// Sampling options shared by generate and chat.

@@ -26,6 +26,7 @@ pub mod vector;
 
 pub use float::Real;
 
+use crate::checks::{self, each, mul, need};
 use crate::error::ensure;
 use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
 use attention::{AttnBwdMode, AttnTiles};
@@ -213,34 +214,6 @@ fn has_avx512_bf16() -> bool {
     false
 }
 
-/// Shape error unless `buf` holds at least `need` elements.
-pub(crate) fn need(op: &'static str, name: &str, buf: usize, need: usize) -> Result<()> {
-    ensure(buf >= need, op, || format!("{name} has {buf} elements, needs {need}"))
-}
-
-/// `a · b` for sizes, as a shape error on overflow.
-pub(crate) fn mul(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &b| a.checked_mul(b))
-        .ok_or_else(|| EngineError::Shape { op, what: format!("size {dims:?} overflows") })
-}
-
-pub(crate) fn check_attn(op: &'static str, d: &AttnDims, doc_ids: Option<&[u32]>) -> Result<()> {
-    ensure(d.kv_heads > 0 && d.q_heads.is_multiple_of(d.kv_heads), op, || {
-        format!("q_heads {} is not a multiple of kv_heads {}", d.q_heads, d.kv_heads)
-    })?;
-    ensure(d.kv_len <= d.kv_stride, op, || format!("kv_len {} > kv_stride {}", d.kv_len, d.kv_stride))?;
-    mul(op, &[d.batch, d.q_len, d.q_heads, d.head_dim])?;
-    mul(op, &[d.batch, d.kv_stride, d.kv_heads, d.head_dim])?;
-    if let Some(doc) = doc_ids {
-        ensure(d.q_offset + d.q_len <= d.kv_len, op, || {
-            format!("doc_ids need q_offset + q_len ({}) <= kv_len ({})", d.q_offset + d.q_len, d.kv_len)
-        })?;
-        need(op, "doc_ids", doc.len(), d.batch * d.kv_len)?;
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
@@ -291,9 +264,7 @@ impl Backend for CpuBackend {
         dst_off: usize,
         n: usize,
     ) -> Result<()> {
-        let op = "copy";
-        need(op, "src", src.len(), src_off.saturating_add(n))?;
-        need(op, "dst", dst.len(), dst_off.saturating_add(n))?;
+        checks::ranges("copy", src.len(), src_off, dst.len(), dst_off, n)?;
         dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
         Ok(())
     }
@@ -334,9 +305,7 @@ impl Backend for CpuBackend {
         dst_off: usize,
         n: usize,
     ) -> Result<()> {
-        let op = "to_half";
-        need(op, "src", src.len(), src_off.saturating_add(n))?;
-        need(op, "dst", dst.len(), dst_off.saturating_add(n))?;
+        checks::ranges("to_half", src.len(), src_off, dst.len(), dst_off, n)?;
         self.install(|| half_buf::narrow(&src[src_off..src_off + n], dst, dst_off));
         Ok(())
     }
@@ -349,9 +318,7 @@ impl Backend for CpuBackend {
         dst_off: usize,
         n: usize,
     ) -> Result<()> {
-        let op = "from_half";
-        need(op, "src", src.len(), src_off.saturating_add(n))?;
-        need(op, "dst", dst.len(), dst_off.saturating_add(n))?;
+        checks::ranges("from_half", src.len(), src_off, dst.len(), dst_off, n)?;
         self.install(|| half_buf::widen(src, src_off, &mut dst[dst_off..dst_off + n]));
         Ok(())
     }
@@ -430,9 +397,7 @@ impl Backend for CpuBackend {
         rows: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let op = "linear";
-        need(op, "x", x.len(), mul(op, &[rows, w.cols])?)?;
-        need(op, "y", y.len(), mul(op, &[rows, w.rows])?)?;
+        checks::product("linear", ("x", x.len()), ("y", y.len()), rows, w.cols, w.rows)?;
         let (out, inp) = (w.rows, w.cols);
         self.install(|| match &w.data {
             // Few rows (decode): stream the weight once.
@@ -458,9 +423,7 @@ impl Backend for CpuBackend {
         rows: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let op = "linear_backward_input";
-        need(op, "dy", dy.len(), mul(op, &[rows, w.rows])?)?;
-        need(op, "dx", dx.len(), mul(op, &[rows, w.cols])?)?;
+        checks::product("linear_backward_input", ("dy", dy.len()), ("dx", dx.len()), rows, w.rows, w.cols)?;
         let (out, inp) = (w.rows, w.cols);
         self.install(|| match &w.data {
             CpuWeightData::BF16(d) if amx::available() => {
@@ -487,10 +450,7 @@ impl Backend for CpuBackend {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        let op = "matmul";
-        need(op, "a", a.len(), mul(op, &[m, k])?)?;
-        need(op, "b", b.len(), mul(op, &[k, n])?)?;
-        need(op, "c", c.len(), mul(op, &[m, n])?)?;
+        checks::matmul(a.len(), b.len(), c.len(), m, n, k)?;
         // A weight gradient (`aᵀ b`, summed or overwritten) in mixed precision: on AMX.
         let weight_grad = ta && !tb && alpha == 1.0 && (beta == 1.0 || beta == 0.0);
         if weight_grad && self.bf16_products() && amx::available() && m * n * k >= MIXED_MIN_WORK {
@@ -502,8 +462,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>, n: usize) -> Result<()> {
-        need("add_assign", "y", y.len(), n)?;
-        need("add_assign", "x", x.len(), n)?;
+        each("add_assign", n, &[("y", y.len()), ("x", x.len())])?;
         self.install(|| elementwise::add_assign(y, x, n));
         Ok(())
     }
@@ -515,10 +474,8 @@ impl Backend for CpuBackend {
     }
 
     fn embedding(&self, ids: &[u32], table: &CpuWeight, out: &mut Vec<f32>) -> Result<()> {
-        let op = "embedding";
         let dim = table.cols;
-        need(op, "out", out.len(), mul(op, &[ids.len(), dim])?)?;
-        check_ids(op, ids, table.rows)?;
+        checks::embedding(ids, table.rows, dim, out.len())?;
         self.install(|| embedding::embedding_forward(ids, table.as_ref(), out, dim));
         Ok(())
     }
@@ -530,12 +487,7 @@ impl Backend for CpuBackend {
         dtable: &mut Vec<f32>,
         dim: usize,
     ) -> Result<()> {
-        let op = "embedding_backward";
-        ensure(dim > 0 || ids.is_empty(), op, || "dim is 0".into())?;
-        need(op, "dout", dout.len(), mul(op, &[ids.len(), dim])?)?;
-        if let Some(vocab) = dtable.len().checked_div(dim) {
-            check_ids(op, ids, vocab)?;
-        }
+        checks::embedding_backward(ids, dout.len(), dtable.len(), dim)?;
         self.install(|| embedding::embedding_backward(ids, dout, dtable, dim));
         Ok(())
     }
@@ -550,12 +502,7 @@ impl Backend for CpuBackend {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let op = "rmsnorm";
-        let n = mul(op, &[rows, dim])?;
-        need(op, "x", x.len(), n)?;
-        need(op, "w", w.len(), dim)?;
-        need(op, "out", out.len(), n)?;
-        need(op, "rstd", rstd.len(), rows)?;
+        checks::rmsnorm(x.len(), w.len(), out.len(), rstd.len(), rows, dim)?;
         self.install(|| norm::rmsnorm_forward(x, w, out, rstd, rows, dim, eps));
         Ok(())
     }
@@ -572,16 +519,8 @@ impl Backend for CpuBackend {
         dim: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let op = "rmsnorm_backward";
-        let n = mul(op, &[rows, dim])?;
-        need(op, "dout", dout.len(), n)?;
-        need(op, "x", x.len(), n)?;
-        need(op, "w", w.len(), dim)?;
-        need(op, "rstd", rstd.len(), rows)?;
-        need(op, "dx", dx.len(), n)?;
-        if let Some(dw) = dw.as_deref() {
-            need(op, "dw", dw.len(), dim)?;
-        }
+        let dw_len = dw.as_deref().map(Vec::len);
+        checks::rmsnorm_backward(dout.len(), x.len(), w.len(), rstd.len(), dx.len(), dw_len, rows, dim)?;
         self.install(|| {
             norm::rmsnorm_backward(dout, x, w, rstd, dx, dw.map(|d| d.as_mut_slice()), rows, dim, accumulate)
         });
@@ -598,20 +537,13 @@ impl Backend for CpuBackend {
         head_dim: usize,
         inverse: bool,
     ) -> Result<()> {
-        let op = "rope";
-        ensure(head_dim.is_multiple_of(2), op, || format!("head_dim {head_dim} is odd"))?;
-        need(op, "x", x.len(), mul(op, &[tokens, heads, head_dim])?)?;
-        need(op, "positions", positions.len(), tokens)?;
-        need(op, "inv_freq", inv_freq.len(), head_dim / 2)?;
+        checks::rope(x.len(), positions.len(), inv_freq.len(), tokens, heads, head_dim)?;
         self.install(|| rope::rope(x, positions, inv_freq, tokens, heads, head_dim, inverse));
         Ok(())
     }
 
     fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>, out: &mut Vec<f32>, n: usize) -> Result<()> {
-        let op = "swiglu";
-        need(op, "gate", gate.len(), n)?;
-        need(op, "up", up.len(), n)?;
-        need(op, "out", out.len(), n)?;
+        each("swiglu", n, &[("gate", gate.len()), ("up", up.len()), ("out", out.len())])?;
         self.install(|| swiglu::swiglu_forward(gate, up, out, n));
         Ok(())
     }
@@ -625,12 +557,9 @@ impl Backend for CpuBackend {
         dup: &mut Vec<f32>,
         n: usize,
     ) -> Result<()> {
-        let op = "swiglu_backward";
-        need(op, "dout", dout.len(), n)?;
-        need(op, "gate", gate.len(), n)?;
-        need(op, "up", up.len(), n)?;
-        need(op, "dgate", dgate.len(), n)?;
-        need(op, "dup", dup.len(), n)?;
+        let bufs = [("dout", dout.len()), ("gate", gate.len()), ("up", up.len())];
+        each("swiglu_backward", n, &bufs)?;
+        each("swiglu_backward", n, &[("dgate", dgate.len()), ("dup", dup.len())])?;
         self.install(|| swiglu::swiglu_backward(dout, gate, up, dgate, dup, n));
         Ok(())
     }
@@ -645,14 +574,8 @@ impl Backend for CpuBackend {
         dims: &AttnDims,
         doc_ids: Option<&[u32]>,
     ) -> Result<()> {
-        let op = "attention";
-        check_attn(op, dims, doc_ids)?;
-        let (nq, nkv) = (attention::q_elems(dims), attention::kv_elems(dims));
-        need(op, "q", q.len(), nq)?;
-        need(op, "k", k.len(), nkv)?;
-        need(op, "v", v.len(), nkv)?;
-        need(op, "out", out.len(), nq)?;
-        need(op, "lse", lse.len(), attention::lse_elems(dims))?;
+        let (q_like, kv_like) = ([("q", q.len()), ("out", out.len())], [("k", k.len()), ("v", v.len())]);
+        checks::attention("attention", dims, doc_ids, &q_like, &kv_like, lse.len())?;
         self.install(|| {
             attention::attention_forward(q, k, v, out, lse, dims, doc_ids, AttnTiles::for_forward(dims))
         });
@@ -669,14 +592,8 @@ impl Backend for CpuBackend {
         dims: &AttnDims,
         doc_ids: Option<&[u32]>,
     ) -> Result<()> {
-        let op = "attention_half";
-        check_attn(op, dims, doc_ids)?;
-        let (nq, nkv) = (attention::q_elems(dims), attention::kv_elems(dims));
-        need(op, "q", q.len(), nq)?;
-        need(op, "k", k.len(), nkv)?;
-        need(op, "v", v.len(), nkv)?;
-        need(op, "out", out.len(), nq)?;
-        need(op, "lse", lse.len(), attention::lse_elems(dims))?;
+        let (q_like, kv_like) = ([("q", q.len()), ("out", out.len())], [("k", k.len()), ("v", v.len())]);
+        checks::attention("attention_half", dims, doc_ids, &q_like, &kv_like, lse.len())?;
         match (k, v) {
             (CpuHalf::F16(k), CpuHalf::F16(v)) => {
                 use ::half::slice::HalfFloatSliceExt;
@@ -724,18 +641,9 @@ impl Backend for CpuBackend {
         dims: &AttnDims,
         doc_ids: Option<&[u32]>,
     ) -> Result<()> {
-        let op = "attention_backward";
-        check_attn(op, dims, doc_ids)?;
-        let (nq, nkv) = (attention::q_elems(dims), attention::kv_elems(dims));
-        need(op, "dout", dout.len(), nq)?;
-        need(op, "q", q.len(), nq)?;
-        need(op, "k", k.len(), nkv)?;
-        need(op, "v", v.len(), nkv)?;
-        need(op, "out", out.len(), nq)?;
-        need(op, "lse", lse.len(), attention::lse_elems(dims))?;
-        need(op, "dq", dq.len(), nq)?;
-        need(op, "dk", dk.len(), nkv)?;
-        need(op, "dv", dv.len(), nkv)?;
+        let q_like = [("dout", dout.len()), ("q", q.len()), ("out", out.len()), ("dq", dq.len())];
+        let kv_like = [("k", k.len()), ("v", v.len()), ("dk", dk.len()), ("dv", dv.len())];
+        checks::attention("attention_backward", dims, doc_ids, &q_like, &kv_like, lse.len())?;
         self.install(|| {
             attention::attention_backward(
                 dout,
@@ -766,16 +674,8 @@ impl Backend for CpuBackend {
         vocab: usize,
         grad_scale: f32,
     ) -> Result<()> {
-        let op = "cross_entropy";
-        ensure(vocab > 0 || rows == 0, op, || "vocab is 0".into())?;
-        let n = mul(op, &[rows, vocab])?;
-        need(op, "logits", logits.len(), n)?;
-        need(op, "targets", targets.len(), rows)?;
-        need(op, "losses", losses.len(), rows)?;
-        if let Some(d) = dlogits.as_deref() {
-            need(op, "dlogits", d.len(), n)?;
-        }
-        check_targets(op, &targets[..rows], vocab)?;
+        let dlogits_len = dlogits.as_deref().map(Vec::len);
+        checks::cross_entropy(logits.len(), targets, losses.len(), dlogits_len, rows, vocab)?;
         self.install(|| {
             loss::cross_entropy(
                 logits,
@@ -800,19 +700,9 @@ impl Backend for CpuBackend {
         dh: Option<&mut Vec<f32>>,
         dw: Option<&mut Vec<f32>>,
     ) -> Result<(f64, usize)> {
-        let op = "linear_cross_entropy";
         let (vocab, dim) = (w.rows, w.cols);
-        ensure(vocab > 0, op, || "vocab is 0".into())?;
-        let n = mul(op, &[rows, dim])?;
-        need(op, "h", h.len(), n)?;
-        need(op, "targets", targets.len(), rows)?;
-        if let Some(d) = dh.as_deref() {
-            need(op, "dh", d.len(), n)?;
-        }
-        if let Some(d) = dw.as_deref() {
-            need(op, "dw", d.len(), mul(op, &[vocab, dim])?)?;
-        }
-        check_targets(op, &targets[..rows], vocab)?;
+        let (dh_len, dw_len) = (dh.as_deref().map(Vec::len), dw.as_deref().map(Vec::len));
+        checks::linear_cross_entropy(h.len(), targets, dh_len, dw_len, rows, dim, vocab)?;
         let chunk = loss::default_chunk_rows(vocab);
         let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
         let mixed = self.bf16_products();
@@ -879,9 +769,7 @@ impl Backend for CpuBackend {
         n: usize,
         hp: &AdamW,
     ) -> Result<()> {
-        for (name, len) in [("param", param.len()), ("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-            ensure(len >= n, "adamw", || format!("{name} holds {len} values, need {n}"))?;
-        }
+        each("adamw", n, &[("param", param.len()), ("grad", grad.len()), ("m", m.len()), ("v", v.len())])?;
         optim::adamw(&mut param[..n], &grad[..n], &mut m[..n], &mut v[..n], hp);
         Ok(())
     }
@@ -909,35 +797,13 @@ impl Backend for CpuBackend {
     }
 
     fn sum_squares(&self, x: &Self::Buf, n: usize) -> Result<f64> {
-        ensure(x.len() >= n, "sum_squares", || format!("{} values, need {n}", x.len()))?;
+        need("sum_squares", "x", x.len(), n)?;
         Ok(self.pool.install(|| optim::sum_squares(&x[..n])))
     }
 
     fn dropout(&self, x: &Self::Buf, out: &mut Self::Buf, n: usize, p: f32, seed: u64) -> Result<()> {
-        ensure(x.len() >= n && out.len() >= n, "dropout", || {
-            format!("{} and {} values, need {n}", x.len(), out.len())
-        })?;
-        ensure((0.0..1.0).contains(&p), "dropout", || format!("probability {p} is not in [0, 1)"))?;
+        checks::dropout(x.len(), out.len(), n, p)?;
         self.pool.install(|| optim::dropout(&x[..n], &mut out[..n], p, seed));
         Ok(())
-    }
-}
-
-pub(crate) fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
-    match ids.iter().find(|&&i| i as usize >= vocab) {
-        Some(i) => {
-            Err(EngineError::Shape { op, what: format!("token id {i} out of range for {vocab} rows") })
-        }
-        None => Ok(()),
-    }
-}
-
-pub(crate) fn check_targets(op: &'static str, targets: &[i32], vocab: usize) -> Result<()> {
-    match targets.iter().find(|&&t| t != loss::IGNORE_INDEX && (t < 0 || t as usize >= vocab)) {
-        Some(t) => Err(EngineError::Shape {
-            op,
-            what: format!("target {t} out of range for vocab {vocab} (ignore index is -100)"),
-        }),
-        None => Ok(()),
     }
 }

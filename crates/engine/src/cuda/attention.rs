@@ -15,7 +15,7 @@ use cudarc::driver::CudaSlice;
 
 use super::blas::{gemm, Batch, Dt, Operand};
 use super::{Arg, CudaBackend, CudaBuf};
-use crate::cpu;
+use crate::checks;
 use crate::{AttnDims, Backend, Result};
 
 /// Scores per chunk (all pairs together), at most.
@@ -150,21 +150,6 @@ fn permute_kv(be: &CudaBackend, p: &Plan, kernel: &str, src: u64, dst: u64, back
     }
 }
 
-fn check(
-    op: &'static str,
-    d: &AttnDims,
-    doc_ids: Option<&[u32]>,
-    bufs: &[(&str, &CudaBuf, bool)],
-) -> Result<Plan> {
-    cpu::check_attn(op, d, doc_ids)?;
-    let p = Plan::new(d);
-    let (nq, nk) = p.sizes();
-    for (name, b, is_q) in bufs {
-        cpu::need(op, name, b.len, if *is_q { nq } else { nk })?;
-    }
-    Ok(p)
-}
-
 /// Batched product over the (sequence, kv head) pairs; element offsets are in elements of each
 /// operand's type.
 #[allow(clippy::too_many_arguments)]
@@ -218,8 +203,15 @@ pub fn forward(
     doc_ids: Option<&[u32]>,
 ) -> Result<()> {
     let op = "attention";
-    let p = check(op, d, doc_ids, &[("q", q, true), ("k", k, false), ("v", v, false), ("out", out, true)])?;
-    cpu::need(op, "lse", lse.len, p.b * p.h * p.t)?;
+    checks::attention(
+        op,
+        d,
+        doc_ids,
+        &[("q", q.len), ("out", out.len)],
+        &[("k", k.len), ("v", v.len)],
+        lse.len,
+    )?;
+    let p = Plan::new(d);
     if p.b * p.t * p.h == 0 || p.hd == 0 {
         return Ok(());
     }
@@ -302,22 +294,10 @@ pub fn backward(
     doc_ids: Option<&[u32]>,
 ) -> Result<()> {
     let op = "attention_backward";
-    let p = check(
-        op,
-        d,
-        doc_ids,
-        &[
-            ("dout", dout, true),
-            ("q", q, true),
-            ("k", k, false),
-            ("v", v, false),
-            ("out", out, true),
-            ("dq", dq, true),
-            ("dk", dk, false),
-            ("dv", dv, false),
-        ],
-    )?;
-    cpu::need(op, "lse", lse.len, p.b * p.h * p.t)?;
+    let q_like = [("dout", dout.len), ("q", q.len), ("out", out.len), ("dq", dq.len)];
+    let kv_like = [("k", k.len), ("v", v.len), ("dk", dk.len), ("dv", dv.len)];
+    checks::attention(op, d, doc_ids, &q_like, &kv_like, lse.len)?;
+    let p = Plan::new(d);
     let (nq, nk) = p.sizes();
     if p.kv_stride > p.kv_len || p.t == 0 {
         be.fill(dk, nk, 0.0)?;

@@ -28,6 +28,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::backend::AdamWScalars;
+use crate::checks;
 use crate::cpu::{self, CpuBackend, CpuWeight, CpuWeightData};
 use crate::error::ensure;
 use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
@@ -223,14 +224,6 @@ impl CudaBackend {
                 .is_ok_and(|v| v == "1")
                 .then(|| Mutex::new(Vec::new())),
         })
-    }
-
-    /// Parses a device name: `cuda` (GPU 0) or `cuda:N`; `None` for anything else.
-    pub fn parse_device(name: &str) -> Option<usize> {
-        match name {
-            "cuda" => Some(0),
-            _ => name.strip_prefix("cuda:")?.parse().ok(),
-        }
     }
 
     /// Waits until every queued kernel has finished.
@@ -429,10 +422,6 @@ impl CudaBackend {
         )
     }
 
-    fn check_buf(op: &'static str, name: &str, b: &CudaBuf, need: usize) -> Result<()> {
-        cpu::need(op, name, b.len, need)
-    }
-
     /// The CPU backend's weight for the same data (quantization and host read-back).
     fn host_weight(&self, w: &CudaWeight) -> Result<CpuWeight> {
         let data = match &w.data {
@@ -484,8 +473,8 @@ impl CudaBackend {
         transposed: bool,
     ) -> Result<()> {
         let (k, n) = if transposed { (w.cols, w.rows) } else { (w.rows, w.cols) };
-        Self::check_buf(op, "input", x, cpu::mul(op, &[rows, k])?)?;
-        Self::check_buf(op, "output", y, cpu::mul(op, &[rows, n])?)?;
+        let names = if transposed { ("x", "y") } else { ("dy", "dx") };
+        checks::product(op, (names.0, x.len), (names.1, y.len), rows, k, n)?;
         if rows == 0 {
             return Ok(());
         }
@@ -568,9 +557,7 @@ impl Backend for CudaBackend {
 
     fn copy(&self, src: &CudaBuf, src_off: usize, dst: &mut CudaBuf, dst_off: usize, n: usize) -> Result<()> {
         let _t = self.timer("copy");
-        ensure(src_off + n <= src.len && dst_off + n <= dst.len, "copy", || {
-            format!("{n} values from {src_off} of {} into {dst_off} of {}", src.len, dst.len)
-        })?;
+        checks::ranges("copy", src.len, src_off, dst.len, dst_off, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -582,7 +569,7 @@ impl Backend for CudaBackend {
 
     fn fill(&self, buf: &mut CudaBuf, n: usize, value: f32) -> Result<()> {
         let _t = self.timer("fill");
-        Self::check_buf("fill", "buf", buf, n)?;
+        checks::need("fill", "buf", buf.len, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -608,8 +595,7 @@ impl Backend for CudaBackend {
         n: usize,
     ) -> Result<()> {
         let _t = self.timer("to_half");
-        Self::check_buf("to_half", "src", src, src_off.saturating_add(n))?;
-        cpu::need("to_half", "dst", dst.len, dst_off.saturating_add(n))?;
+        checks::ranges("to_half", src.len, src_off, dst.len, dst_off, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -630,8 +616,7 @@ impl Backend for CudaBackend {
         n: usize,
     ) -> Result<()> {
         let _t = self.timer("from_half");
-        cpu::need("from_half", "src", src.len, src_off.saturating_add(n))?;
-        Self::check_buf("from_half", "dst", dst, dst_off.saturating_add(n))?;
+        checks::ranges("from_half", src.len, src_off, dst.len, dst_off, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -645,7 +630,7 @@ impl Backend for CudaBackend {
 
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<CudaWeight> {
         let _t = self.timer("weight");
-        let n = cpu::mul("weight", &[rows, cols])?;
+        let n = checks::mul("weight", &[rows, cols])?;
         ensure(data.len() == n, "weight", || format!("{} values for a [{rows}, {cols}] weight", data.len()))?;
         let up = |e| self.oom(e, n, 4);
         let data = match format {
@@ -744,9 +729,7 @@ impl Backend for CudaBackend {
         beta: f32,
     ) -> Result<()> {
         let _t = self.timer("matmul");
-        Self::check_buf("matmul", "a", a, cpu::mul("matmul", &[m, k])?)?;
-        Self::check_buf("matmul", "b", b, cpu::mul("matmul", &[k, n])?)?;
-        Self::check_buf("matmul", "c", c, cpu::mul("matmul", &[m, n])?)?;
+        checks::matmul(a.len, b.len, c.len, m, n, k)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -762,8 +745,7 @@ impl Backend for CudaBackend {
 
     fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf, n: usize) -> Result<()> {
         let _t = self.timer("add_assign");
-        Self::check_buf("add_assign", "y", y, n)?;
-        Self::check_buf("add_assign", "x", x, n)?;
+        checks::each("add_assign", n, &[("y", y.len), ("x", x.len)])?;
         if n == 0 {
             return Ok(());
         }
@@ -772,7 +754,7 @@ impl Backend for CudaBackend {
 
     fn scale(&self, y: &mut CudaBuf, n: usize, s: f32) -> Result<()> {
         let _t = self.timer("scale");
-        Self::check_buf("scale", "y", y, n)?;
+        checks::need("scale", "y", y.len, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -784,8 +766,7 @@ impl Backend for CudaBackend {
     fn embedding(&self, ids: &[u32], table: &CudaWeight, out: &mut CudaBuf) -> Result<()> {
         let _t = self.timer("embedding");
         let (vocab, dim) = (table.rows, table.cols);
-        cpu::check_ids("embedding", ids, vocab)?;
-        Self::check_buf("embedding", "out", out, cpu::mul("embedding", &[ids.len(), dim])?)?;
+        checks::embedding(ids, vocab, dim, out.len)?;
         if ids.is_empty() || dim == 0 {
             return Ok(());
         }
@@ -818,15 +799,7 @@ impl Backend for CudaBackend {
         dim: usize,
     ) -> Result<()> {
         let _t = self.timer("embedding_backward");
-        ensure(dim > 0 || ids.is_empty(), "embedding_backward", || "dim is 0".into())?;
-        let vocab = dtable.len.checked_div(dim).unwrap_or(0);
-        cpu::check_ids("embedding_backward", ids, vocab)?;
-        Self::check_buf(
-            "embedding_backward",
-            "dout",
-            dout,
-            cpu::mul("embedding_backward", &[ids.len(), dim])?,
-        )?;
+        checks::embedding_backward(ids, dout.len, dtable.len, dim)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -855,11 +828,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         let _t = self.timer("rmsnorm");
-        let n = cpu::mul("rmsnorm", &[rows, dim])?;
-        Self::check_buf("rmsnorm", "x", x, n)?;
-        Self::check_buf("rmsnorm", "out", out, n)?;
-        Self::check_buf("rmsnorm", "w", w, dim)?;
-        Self::check_buf("rmsnorm", "rstd", rstd, rows)?;
+        checks::rmsnorm(x.len, w.len, out.len, rstd.len, rows, dim)?;
         if rows == 0 {
             return Ok(());
         }
@@ -891,13 +860,8 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         let _t = self.timer("rmsnorm_backward");
-        let n = cpu::mul("rmsnorm_backward", &[rows, dim])?;
-        for (name, b) in [("dout", dout), ("x", x)] {
-            Self::check_buf("rmsnorm_backward", name, b, n)?;
-        }
-        Self::check_buf("rmsnorm_backward", "dx", dx, n)?;
-        Self::check_buf("rmsnorm_backward", "w", w, dim)?;
-        Self::check_buf("rmsnorm_backward", "rstd", rstd, rows)?;
+        let dw_len = dw.as_deref().map(|d| d.len);
+        checks::rmsnorm_backward(dout.len, x.len, w.len, rstd.len, dx.len, dw_len, rows, dim)?;
         if rows == 0 {
             return Ok(());
         }
@@ -917,7 +881,6 @@ impl Backend for CudaBackend {
             ],
         )?;
         if let Some(dw) = dw {
-            Self::check_buf("rmsnorm_backward", "dw", dw, dim)?;
             let rows_per = 64usize;
             let cfg = LaunchConfig {
                 grid_dim: (dim.div_ceil(256) as u32, rows.div_ceil(rows_per) as u32, 1),
@@ -952,10 +915,7 @@ impl Backend for CudaBackend {
         inverse: bool,
     ) -> Result<()> {
         let _t = self.timer("rope");
-        ensure(head_dim.is_multiple_of(2), "rope", || format!("head_dim {head_dim} is odd"))?;
-        Self::check_buf("rope", "x", x, cpu::mul("rope", &[tokens, heads, head_dim])?)?;
-        cpu::need("rope", "positions", positions.len(), tokens)?;
-        cpu::need("rope", "inv_freq", inv_freq.len(), head_dim / 2)?;
+        checks::rope(x.len, positions.len(), inv_freq.len(), tokens, heads, head_dim)?;
         let n = tokens * heads * (head_dim / 2);
         if n == 0 {
             return Ok(());
@@ -979,10 +939,7 @@ impl Backend for CudaBackend {
 
     fn swiglu(&self, gate: &CudaBuf, up: &CudaBuf, out: &mut CudaBuf, n: usize) -> Result<()> {
         let _t = self.timer("swiglu");
-        for (name, b) in [("gate", gate), ("up", up)] {
-            Self::check_buf("swiglu", name, b, n)?;
-        }
-        Self::check_buf("swiglu", "out", out, n)?;
+        checks::each("swiglu", n, &[("gate", gate.len), ("up", up.len), ("out", out.len)])?;
         if n == 0 {
             return Ok(());
         }
@@ -1003,11 +960,8 @@ impl Backend for CudaBackend {
         n: usize,
     ) -> Result<()> {
         let _t = self.timer("swiglu_backward");
-        for (name, b) in [("dout", dout), ("gate", gate), ("up", up)] {
-            Self::check_buf("swiglu_backward", name, b, n)?;
-        }
-        Self::check_buf("swiglu_backward", "dgate", dgate, n)?;
-        Self::check_buf("swiglu_backward", "dup", dup, n)?;
+        checks::each("swiglu_backward", n, &[("dout", dout.len), ("gate", gate.len), ("up", up.len)])?;
+        checks::each("swiglu_backward", n, &[("dgate", dgate.len), ("dup", dup.len)])?;
         if n == 0 {
             return Ok(());
         }
@@ -1068,19 +1022,13 @@ impl Backend for CudaBackend {
         grad_scale: f32,
     ) -> Result<()> {
         let _t = self.timer("cross_entropy");
-        let n = cpu::mul("cross_entropy", &[rows, vocab])?;
-        Self::check_buf("cross_entropy", "logits", logits, n)?;
-        Self::check_buf("cross_entropy", "losses", losses, rows)?;
-        cpu::need("cross_entropy", "targets", targets.len(), rows)?;
-        cpu::check_targets("cross_entropy", &targets[..rows], vocab)?;
+        let dlogits_len = dlogits.as_deref().map(|d| d.len);
+        checks::cross_entropy(logits.len, targets, losses.len, dlogits_len, rows, vocab)?;
         if rows == 0 {
             return Ok(());
         }
         let dl = match dlogits {
-            Some(d) => {
-                Self::check_buf("cross_entropy", "dlogits", d, n)?;
-                self.bptr(d)
-            }
+            Some(d) => self.bptr(d),
             None => 0,
         };
         let t = self.upload(&targets[..rows])?;
@@ -1111,16 +1059,8 @@ impl Backend for CudaBackend {
     ) -> Result<(f64, usize)> {
         let _t = self.timer("linear_cross_entropy");
         let (vocab, dim) = (w.rows, w.cols);
-        let op = "linear_cross_entropy";
-        Self::check_buf(op, "h", h, cpu::mul(op, &[rows, dim])?)?;
-        cpu::need(op, "targets", targets.len(), rows)?;
-        cpu::check_targets(op, &targets[..rows], vocab)?;
-        if let Some(d) = &dh {
-            Self::check_buf(op, "dh", d, rows * dim)?;
-        }
-        if let Some(d) = &dw {
-            Self::check_buf(op, "dw", d, vocab * dim)?;
-        }
+        let (dh_len, dw_len) = (dh.as_deref().map(|d| d.len), dw.as_deref().map(|d| d.len));
+        checks::linear_cross_entropy(h.len, targets, dh_len, dw_len, rows, dim, vocab)?;
         let count = targets[..rows].iter().filter(|&&t| t != cpu::loss::IGNORE_INDEX).count();
         if rows == 0 || count == 0 && dh.is_none() && dw.is_none() {
             return Ok((0.0, count));
@@ -1212,10 +1152,7 @@ impl Backend for CudaBackend {
         hp: &AdamW,
     ) -> Result<()> {
         let _t = self.timer("adamw");
-        Self::check_buf("adamw", "param", param, n)?;
-        Self::check_buf("adamw", "grad", grad, n)?;
-        Self::check_buf("adamw", "m", m, n)?;
-        Self::check_buf("adamw", "v", v, n)?;
+        checks::each("adamw", n, &[("param", param.len), ("grad", grad.len), ("m", m.len), ("v", v.len)])?;
         self.adamw_raw(self.bptr(param), self.bptr(grad), self.bptr(m), self.bptr(v), n, hp)
     }
 
@@ -1239,15 +1176,13 @@ impl Backend for CudaBackend {
                 }
             )));
         };
-        Self::check_buf("adamw_weight", "grad", grad, n)?;
-        Self::check_buf("adamw_weight", "m", m, n)?;
-        Self::check_buf("adamw_weight", "v", v, n)?;
+        checks::each("adamw_weight", n, &[("grad", grad.len), ("m", m.len), ("v", v.len)])?;
         self.adamw_raw(self.ptr(p), self.bptr(grad), self.bptr(m), self.bptr(v), n, hp)
     }
 
     fn sum_squares(&self, x: &CudaBuf, n: usize) -> Result<f64> {
         let _t = self.timer("sum_squares");
-        Self::check_buf("sum_squares", "x", x, n)?;
+        checks::need("sum_squares", "x", x.len, n)?;
         if n == 0 {
             return Ok(0.0);
         }
@@ -1262,9 +1197,7 @@ impl Backend for CudaBackend {
 
     fn dropout(&self, x: &CudaBuf, out: &mut CudaBuf, n: usize, p: f32, seed: u64) -> Result<()> {
         let _t = self.timer("dropout");
-        Self::check_buf("dropout", "x", x, n)?;
-        Self::check_buf("dropout", "out", out, n)?;
-        ensure((0.0..1.0).contains(&p), "dropout", || format!("probability {p} is not in [0, 1)"))?;
+        checks::dropout(x.len, out.len, n, p)?;
         if n == 0 {
             return Ok(());
         }
