@@ -6,7 +6,7 @@ use std::path::Path;
 
 use afinar::engine::CpuBackend;
 use afinar::models::{load_model, LoadOptions, Logits};
-use common::fixture;
+use common::{fixture, Tmp};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -24,10 +24,9 @@ fn load_err(path: &Path) -> String {
     }
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("afinar-bad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh folder, removed when the guard drops.
+fn tmp(name: &str) -> Tmp {
+    Tmp::new(&format!("bad-{name}"))
 }
 
 #[test]

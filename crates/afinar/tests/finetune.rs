@@ -17,7 +17,7 @@ use afinar::recipes::save::{FullSave, LoraSave, ModelSource};
 use afinar::recipes::schedule::{Schedule, ScheduleKind};
 use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::Tokenizer;
-use common::asset;
+use common::{asset, Tmp};
 
 fn config() -> LlamaConfig {
     LlamaConfig {
@@ -41,11 +41,9 @@ fn config() -> LlamaConfig {
     }
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("afinar-ft-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for this test, removed when the guard drops (runs write ~0.2 GB).
+fn tmp(name: &str) -> Tmp {
+    Tmp::new(&format!("ft-{name}"))
 }
 
 fn dataset_file(dir: &Path) -> PathBuf {
@@ -97,13 +95,15 @@ struct Setup {
     tok: Tokenizer,
     data: PathBuf,
     mixed: bool,
+    _dir: Tmp,
 }
 
 fn setup(name: &str) -> Setup {
     let be = CpuBackend::new(Some(2));
     let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
-    let data = dataset_file(&tmp(name));
-    Setup { be, tok, data, mixed: false }
+    let dir = tmp(name);
+    let data = dataset_file(&dir);
+    Setup { be, tok, data, mixed: false, _dir: dir }
 }
 
 fn model(s: &Setup, lora: Option<&LoraSpec>) -> Llama<CpuBackend> {
@@ -176,16 +176,16 @@ fn check_exact_resume_with(
         None => Box::new(FullSave { source: source() }),
     };
     // One uninterrupted run of 6 steps (2 epochs × 3).
-    let straight_dir = tmp(&format!("{name}-straight"));
+    let straight_dir = &tmp(&format!("{name}-straight"));
     let mut a = model(&s, lora.as_ref());
-    let straight = run(&s, &mut a, &plan(&straight_dir), saver.as_ref());
+    let straight = run(&s, &mut a, &plan(straight_dir), saver.as_ref());
     assert_eq!(straight.losses.len(), 6);
     // The same run killed after 4 steps (its last save), then resumed in a fresh model.
-    let resumed_dir = tmp(&format!("{name}-resumed"));
+    let resumed_dir = &tmp(&format!("{name}-resumed"));
     let mut b = model(&s, lora.as_ref());
-    let first = run(&s, &mut b, &Plan { stop_after_steps: Some(4), ..plan(&resumed_dir) }, saver.as_ref());
+    let first = run(&s, &mut b, &Plan { stop_after_steps: Some(4), ..plan(resumed_dir) }, saver.as_ref());
     let mut c = model(&s, lora.as_ref());
-    let second = run(&s, &mut c, &Plan { resume: true, ..plan(&resumed_dir) }, saver.as_ref());
+    let second = run(&s, &mut c, &Plan { resume: true, ..plan(resumed_dir) }, saver.as_ref());
     let joined: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
     assert_eq!(joined.len(), 6);
     for (i, (x, y)) in straight.losses.iter().zip(&joined).enumerate() {
@@ -283,9 +283,11 @@ fn optimizer_in_backward_equals_the_step_after_the_pass() {
         };
         let inside = |d: &Path| Plan { activation_checkpointing: checkpointing, ..in_backward(plan(d)) };
         let mut a = model(&s, None);
-        let ra = run(&s, &mut a, &after(&tmp(&format!("inbwd-after-{checkpointing}"))), &saver);
+        let (dir_a, dir_b) =
+            (tmp(&format!("inbwd-after-{checkpointing}")), tmp(&format!("inbwd-inside-{checkpointing}")));
+        let ra = run(&s, &mut a, &after(&dir_a), &saver);
         let mut b = model(&s, None);
-        let rb = run(&s, &mut b, &inside(&tmp(&format!("inbwd-inside-{checkpointing}"))), &saver);
+        let rb = run(&s, &mut b, &inside(&dir_b), &saver);
         assert_eq!(ra.losses.len(), 6);
         for (i, (x, y)) in ra.losses.iter().zip(&rb.losses).enumerate() {
             assert_eq!(
@@ -311,9 +313,10 @@ fn optimizer_in_backward_refuses_accumulation_and_clipping() {
     spec.max_seq_len = 64;
     let ds = Dataset::load(&spec, &s.tok).unwrap();
     let loader = Loader::new(&ds, 2, true, 5, 0).unwrap();
+    let dir = tmp("inbwd-refuse-out");
     for bad in [
-        Plan { grad_accum: 2, ..in_backward(plan(&tmp("inbwd-refuse-a"))) },
-        Plan { clip_grad_norm: Some(1.0), ..in_backward(plan(&tmp("inbwd-refuse-c"))) },
+        Plan { grad_accum: 2, ..in_backward(plan(&dir)) },
+        Plan { clip_grad_norm: Some(1.0), ..in_backward(plan(&dir)) },
     ] {
         let mut m = model(&s, None);
         let err =
