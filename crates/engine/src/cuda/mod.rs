@@ -339,10 +339,16 @@ impl CudaBackend {
 
     /// `dst[..n] = bf16(src[..n])` for a device address `src`.
     pub(crate) fn to_bf16(&self, src: u64, dst: u64, n: usize) -> Result<()> {
+        self.convert("f32_to_bf16_k", src, dst, n)
+    }
+
+    /// Runs the elementwise conversion `kernel` over `n` values from device address `src` to
+    /// `dst`.
+    fn convert(&self, kernel: &str, src: u64, dst: u64, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        self.launch("f32_to_bf16_k", self.elems(n), &[src.into(), dst.into(), (n as i64).into()])
+        self.launch(kernel, self.elems(n), &[src.into(), dst.into(), (n as i64).into()])
     }
 
     /// An f32 activation matrix as a product operand of type `dt` (rounded to bf16 into
@@ -596,15 +602,12 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _t = self.timer("to_half");
         checks::ranges("to_half", src.len, src_off, dst.len, dst_off, n)?;
-        if n == 0 {
-            return Ok(());
-        }
         let kernel = match dst.format {
             HalfFormat::Bf16 => "f32_to_bf16_k",
             HalfFormat::F16 => "f32_to_f16_k",
         };
         let (s, d) = (self.bptr(src) + 4 * src_off as u64, self.ptr(&dst.data) + 2 * dst_off as u64);
-        self.launch(kernel, self.elems(n), &[s.into(), d.into(), (n as i64).into()])
+        self.convert(kernel, s, d, n)
     }
 
     fn from_half(
@@ -617,15 +620,12 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _t = self.timer("from_half");
         checks::ranges("from_half", src.len, src_off, dst.len, dst_off, n)?;
-        if n == 0 {
-            return Ok(());
-        }
         let kernel = match src.format {
             HalfFormat::Bf16 => "bf16_to_f32_k",
             HalfFormat::F16 => "f16_to_f32_k",
         };
         let (s, d) = (self.ptr(&src.data) + 2 * src_off as u64, self.bptr(dst) + 4 * dst_off as u64);
-        self.launch(kernel, self.elems(n), &[s.into(), d.into(), (n as i64).into()])
+        self.convert(kernel, s, d, n)
     }
 
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<CudaWeight> {
