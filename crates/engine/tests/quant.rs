@@ -121,7 +121,8 @@ fn gemv_is_within_the_activation_rounding_bound() {
             let blocks = random_blocks(format, out, inp, out as u64 + 7 * inp as u64, 0.02);
             let w = be.weight_quantized(&blocks, format, out, inp).unwrap();
             let wd = be.weight_to_host(&w).unwrap();
-            for rows in [1, 2, 3, 4, 5, 8] {
+            // Up to GEMV_MAX_ROWS, and the short prompts that take this path for GGUF blocks.
+            for rows in [1, 2, 3, 4, 5, 8, 9, 25, gemv::QUANT_GEMV_MAX_ROWS] {
                 let mut rng = Rng::new(rows as u64);
                 let x = rng.vec(rows * inp);
                 for accumulate in [false, true] {
@@ -211,7 +212,8 @@ fn gemv_propagates_non_finite_activations() {
 fn tile_path_matches_dequantize_then_f32() {
     let be = CpuBackend::new(Some(2));
     for format in FORMATS {
-        for (rows, out, inp) in [(9, 17, 32), (40, 576, 576), (100, 300, 1536), (12, 1, 64)] {
+        // Past QUANT_GEMV_MAX_ROWS (fewer rows take the int8 GEMV path, tested above).
+        for (rows, out, inp) in [(33, 17, 32), (40, 576, 576), (100, 300, 1536), (35, 1, 64)] {
             let blocks = random_blocks(format, out, inp, rows as u64, 0.02);
             let w = be.weight_quantized(&blocks, format, out, inp).unwrap();
             let wd = be.weight_to_host(&w).unwrap();

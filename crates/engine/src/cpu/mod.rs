@@ -404,6 +404,12 @@ impl Backend for CpuBackend {
             _ if rows <= gemv::GEMV_MAX_ROWS => {
                 gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate)
             }
+            // A short prompt on GGUF blocks: int8 dot products beat dequantizing the weight.
+            CpuWeightData::Quant { format, .. }
+                if *format != QuantFormat::Nf4 && rows <= gemv::QUANT_GEMV_MAX_ROWS =>
+            {
+                gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate)
+            }
             CpuWeightData::BF16(d) if amx::available() => {
                 amx::linear_forward(x, d, y, rows, out, inp, accumulate)
             }
