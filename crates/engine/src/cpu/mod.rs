@@ -399,17 +399,14 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         checks::product("linear", ("x", x.len()), ("y", y.len()), rows, w.cols, w.rows)?;
         let (out, inp) = (w.rows, w.cols);
+        // Few rows (decode) stream the weight once; on GGUF blocks a short prompt too, where int8
+        // dot products beat dequantizing the weight.
+        let gemv_rows = match &w.data {
+            CpuWeightData::Quant { format, .. } if *format != QuantFormat::Nf4 => gemv::QUANT_GEMV_MAX_ROWS,
+            _ => gemv::GEMV_MAX_ROWS,
+        };
         self.install(|| match &w.data {
-            // Few rows (decode): stream the weight once.
-            _ if rows <= gemv::GEMV_MAX_ROWS => {
-                gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate)
-            }
-            // A short prompt on GGUF blocks: int8 dot products beat dequantizing the weight.
-            CpuWeightData::Quant { format, .. }
-                if *format != QuantFormat::Nf4 && rows <= gemv::QUANT_GEMV_MAX_ROWS =>
-            {
-                gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate)
-            }
+            _ if rows <= gemv_rows => gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate),
             CpuWeightData::BF16(d) if amx::available() => {
                 amx::linear_forward(x, d, y, rows, out, inp, accumulate)
             }
