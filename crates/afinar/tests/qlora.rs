@@ -15,7 +15,7 @@ use afinar::engine::cpu::nf4::Nf4Ref;
 use afinar::engine::cpu::CpuWeightData;
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
 use afinar::generate::Rng;
-use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, ParamMut, TrainBatch};
+use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, TrainBatch};
 use common::{apply_peft_lora, fixture, rel_err, Expected};
 
 const NF4: WeightFormat = WeightFormat::Quant(QuantFormat::Nf4);
@@ -77,10 +77,8 @@ fn qlora_gradients_match_peft_on_the_dequantized_base() {
     assert!((loss - want).abs() / want < 1e-5, "loss {loss} vs PEFT {want}");
     let mut n = 0;
     let mut worst = 0.0f64;
-    m.visit_params_mut(&mut |name, p| {
-        let s = match p {
-            ParamMut::Weight(_, s) | ParamMut::Buf(_, s) => s,
-        };
+    m.visit_params_mut(&mut |name, mut p| {
+        let s = p.state();
         let got = be.to_host(&s.grad).unwrap();
         let (_, want) = exp.f32(&format!("grad.base_model.model.{name}"));
         let err = rel_err(&got[..s.len], &want);
