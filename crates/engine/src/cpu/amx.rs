@@ -11,7 +11,7 @@
 //! asks for it once per process.
 
 use rayon::prelude::*;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Output rows per micro-kernel (two 16-row tiles).
 const MR: usize = 32;
@@ -86,11 +86,64 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// Packing buffers kept for the next product: a training step packs thousands of operands of a
+/// few MiB each, and fresh allocations of that size come from `mmap` and are faulted in page by
+/// page every time (a tenth of a step's time). Up to [`POOL_BUFFERS`] buffers of at most
+/// [`POOL_MAX_LEN`] elements are kept; larger ones (an output projection's vocabulary) are
+/// allocated and freed as before. Buffers come back with stale contents: every packing function
+/// writes all the elements of its buffer, padding included.
+static POOL: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
+/// Buffers [`POOL`] keeps.
+const POOL_BUFFERS: usize = 4;
+/// Largest buffer (in bf16 elements, 8 MiB) that [`POOL`] keeps.
+const POOL_MAX_LEN: usize = 4 << 20;
+
+/// A buffer of `len` elements whose contents are unspecified: the smallest pooled one that
+/// fits, or a new one.
+fn take_buffer(len: usize) -> Vec<u16> {
+    let reused = (len <= POOL_MAX_LEN)
+        .then(|| {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            let best =
+                (0..pool.len()).filter(|&i| pool[i].capacity() >= len).min_by_key(|&i| pool[i].capacity());
+            best.map(|i| pool.swap_remove(i))
+        })
+        .flatten();
+    match reused {
+        Some(mut v) => {
+            v.resize(len, 0);
+            v
+        }
+        None => vec![0u16; len],
+    }
+}
+
+/// Returns a buffer to [`POOL`] (or frees it): a full pool keeps its largest buffers.
+fn give_buffer(v: Vec<u16>) {
+    if v.capacity() == 0 || v.capacity() > POOL_MAX_LEN {
+        return;
+    }
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_BUFFERS {
+        pool.push(v);
+    } else if let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].capacity()) {
+        if pool[i].capacity() < v.capacity() {
+            pool[i] = v;
+        }
+    }
+}
+
 /// Activations rounded to bf16 (nearest even), zero-padded to `kp` (a multiple of 32) columns
 /// and a multiple of 32 rows; row stride `kp`.
 struct PackedA {
     data: Vec<u16>,
     kp: usize,
+}
+
+impl Drop for PackedA {
+    fn drop(&mut self) {
+        give_buffer(std::mem::take(&mut self.data));
+    }
 }
 
 /// The `B` operand (`[k, n]`) of a product in VNNI tiles: for each 16-column panel and each
@@ -102,6 +155,12 @@ pub struct PackedB {
     kblocks: usize,
     k: usize,
     n: usize,
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        give_buffer(std::mem::take(&mut self.data));
+    }
 }
 
 impl PackedB {
@@ -120,14 +179,47 @@ impl PackedB {
 fn pack_a(src: &[f32], m: usize, k: usize) -> PackedA {
     let mp = m.div_ceil(MR) * MR;
     let kp = k.div_ceil(KB) * KB;
-    let mut data = vec![0u16; mp * kp];
+    let mut data = take_buffer(mp * kp);
     data.par_chunks_mut(kp * 16).enumerate().for_each(|(c, dst)| {
         for (i, d) in dst.chunks_mut(kp).enumerate() {
             let r = c * 16 + i;
             if r < m {
                 // SAFETY: `available()` checked AVX512-BF16 before any AMX path runs.
-                unsafe { simd::round_row(&src[r * k..(r + 1) * k], d) };
+                unsafe { simd::round_row(&src[r * k..(r + 1) * k], &mut d[..k]) };
+                d[k..].fill(0);
+            } else {
+                d.fill(0);
             }
+        }
+    });
+    PackedA { data, kp }
+}
+
+/// Rounds `srcᵀ` to bf16 for `src[k, m]` (f32, row-major), i.e. packs the `m × k` matrix whose
+/// row `i` is column `i` of `src` (see [`PackedA`]), 16 × 16 blocks at a time.
+fn pack_a_transposed(src: &[f32], k: usize, m: usize) -> PackedA {
+    assert!(src.len() >= k * m);
+    let mp = m.div_ceil(MR) * MR;
+    let kp = k.div_ceil(KB) * KB;
+    let mut data = take_buffer(mp * kp);
+    data.par_chunks_mut(kp * 16).enumerate().for_each(|(c, dst)| {
+        let r0 = c * 16;
+        let nr = m.saturating_sub(r0).min(16);
+        let mut block = [[0f32; 16]; 16];
+        for j0 in (0..k).step_by(16).filter(|_| nr > 0) {
+            let nj = (k - j0).min(16);
+            for (jj, row) in src[j0 * m..].chunks(m).take(nj).enumerate() {
+                for (ii, &v) in row[r0..r0 + nr].iter().enumerate() {
+                    block[ii][jj] = v;
+                }
+            }
+            for (ii, b) in block.iter().take(nr).enumerate() {
+                // SAFETY: `available()` checked AVX512-BF16 before any AMX path runs.
+                unsafe { simd::round_row(&b[..nj], &mut dst[ii * kp + j0..ii * kp + j0 + nj]) };
+            }
+        }
+        for (ii, d) in dst.chunks_mut(kp).enumerate() {
+            d[if ii < nr { k } else { 0 }..].fill(0);
         }
     });
     PackedA { data, kp }
@@ -139,10 +231,14 @@ fn pack_a(src: &[f32], m: usize, k: usize) -> PackedA {
 fn pack_b(k: usize, n: usize, fill: impl Fn(&mut [u16], usize, usize) + Sync) -> PackedB {
     let kblocks = k.div_ceil(KB);
     let panels = n.div_ceil(NR) * 2;
-    let mut data = vec![0u16; panels * kblocks * BTILE / 2];
+    let mut data = take_buffer(panels * kblocks * BTILE / 2);
     data.par_chunks_mut(kblocks * BTILE / 2).enumerate().for_each(|(nb, panel)| {
         let n0 = nb * 16;
         let ncols = n.saturating_sub(n0).min(16);
+        // `fill` writes every element of a whole panel; padding is zero.
+        if ncols < 16 || !k.is_multiple_of(KB) {
+            panel.fill(0);
+        }
         if ncols > 0 {
             fill(panel, n0, ncols);
         }
@@ -230,14 +326,9 @@ pub fn weight_grad(
     if out == 0 || inp == 0 {
         return;
     }
-    // dyᵀ as the row-major A operand; x is B = x ([rows, inp], k = rows).
-    let mut dyt = vec![0f32; out * rows];
-    dyt.par_chunks_mut(rows).enumerate().for_each(|(o, col)| {
-        for (r, v) in col.iter_mut().enumerate() {
-            *v = dy[r * out + o];
-        }
-    });
-    matmul_packed(&dyt, &pack_linear_transposed_f32(x, rows, inp), dw, out, accumulate);
+    // dyᵀ as the A operand; x is B = x ([rows, inp], k = rows).
+    let a = pack_a_transposed(dy, rows, out);
+    run(&a, &pack_linear_transposed_f32(x, rows, inp), dw, out, inp, inp, accumulate);
 }
 
 /// Index of `(k, j)` in a packed panel.
