@@ -631,6 +631,28 @@ fn optimizer_in_bwd_excludes_accumulation_and_clipping() {
 }
 
 #[test]
+fn partial_activation_checkpointing_needs_checkpointing_on() {
+    let on = ["enable_activation_checkpointing=true", "activation_checkpointing_every_n_layers=3"];
+    let (_s, _, r) = load("ac-every", BASE, &on);
+    let c = r.unwrap();
+    assert_eq!((c.enable_activation_checkpointing, c.activation_checkpointing_every_n_layers), (true, Some(3)));
+    expect_err(
+        "ac-every-off",
+        BASE,
+        &["activation_checkpointing_every_n_layers=2"],
+        ConfigErrorKind::Inconsistent,
+        "override `activation_checkpointing_every_n_layers=2`: activation_checkpointing_every_n_layers: chooses which layers activation checkpointing recomputes, but enable_activation_checkpointing is false: set it to true or remove this key",
+    );
+    expect_err(
+        "ac-every-zero",
+        BASE,
+        &["enable_activation_checkpointing=true", "activation_checkpointing_every_n_layers=0"],
+        ConfigErrorKind::OutOfRange,
+        "override `activation_checkpointing_every_n_layers=0`: activation_checkpointing_every_n_layers: expected an integer ≥ 1, got 0",
+    );
+}
+
+#[test]
 fn syntax_errors_name_the_line() {
     let text = BASE.replace("  lr: 3e-4", "  lr: [3e-4");
     let (_s, path, r) = load("syntax", &text, &[]);

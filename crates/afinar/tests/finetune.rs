@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use afinar::checkpoint::DType;
 use afinar::data::{Dataset, DatasetKind, DatasetSpec, Loader};
 use afinar::engine::{Backend, CpuBackend, RopeScaling, WeightFormat};
+use afinar::models::ActivationCheckpointing::{self, Every, Off};
 use afinar::models::{Llama, LlamaConfig, LoraSpec, LoraTarget, ParamMut};
 use afinar::recipes::finetune::{train, Plan, Summary};
 use afinar::recipes::metrics::Silent;
@@ -81,7 +82,7 @@ fn plan(out: &Path) -> Plan {
         },
         clip_grad_norm: Some(1.0),
         optimizer_in_backward: false,
-        activation_checkpointing: false,
+        activation_checkpointing: ActivationCheckpointing::Off,
         save_every_n_steps: Some(2),
         resume: false,
         log_every_n_steps: 1,
@@ -275,7 +276,7 @@ fn optimizer_in_backward_equals_the_step_after_the_pass() {
     // checkpointing; and it resumes exactly.
     let s = setup("inbwd");
     let saver = FullSave { source: source() };
-    for checkpointing in [false, true] {
+    for checkpointing in [Off, Every(1), Every(2)] {
         let after = |d: &Path| Plan {
             optimizer_in_backward: false,
             activation_checkpointing: checkpointing,
@@ -284,7 +285,7 @@ fn optimizer_in_backward_equals_the_step_after_the_pass() {
         let inside = |d: &Path| Plan { activation_checkpointing: checkpointing, ..in_backward(plan(d)) };
         let mut a = model(&s, None);
         let (dir_a, dir_b) =
-            (tmp(&format!("inbwd-after-{checkpointing}")), tmp(&format!("inbwd-inside-{checkpointing}")));
+            (tmp(&format!("inbwd-after-{checkpointing:?}")), tmp(&format!("inbwd-inside-{checkpointing:?}")));
         let ra = run(&s, &mut a, &after(&dir_a), &saver);
         let mut b = model(&s, None);
         let rb = run(&s, &mut b, &inside(&dir_b), &saver);
@@ -293,14 +294,14 @@ fn optimizer_in_backward_equals_the_step_after_the_pass() {
             assert_eq!(
                 x.to_bits(),
                 y.to_bits(),
-                "checkpointing {checkpointing}: step {} loss {x} vs {y}",
+                "checkpointing {checkpointing:?}: step {} loss {x} vs {y}",
                 i + 1
             );
         }
         assert_eq!(
             params(&s.be, &mut a),
             params(&s.be, &mut b),
-            "checkpointing {checkpointing}: weights differ"
+            "checkpointing {checkpointing:?}: weights differ"
         );
     }
     check_exact_resume_with("inbwd-resume", None, false, |d| in_backward(plan(d)));

@@ -6,6 +6,7 @@ mod common;
 
 use afinar::engine::{Backend, CpuBackend, WeightFormat};
 use afinar::generate::Rng;
+use afinar::models::ActivationCheckpointing::{self, Every, Off};
 use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, TrainBatch};
 use common::{apply_peft_lora, fixture, rel_err, Expected};
 
@@ -38,7 +39,12 @@ fn inputs(exp: &Expected) -> Inputs {
     Inputs { ids, labels, positions, doc_ids, batch, seq }
 }
 
-fn run(be: &CpuBackend, m: &mut Llama<CpuBackend>, x: &Inputs, checkpointing: bool) -> f64 {
+fn run(
+    be: &CpuBackend,
+    m: &mut Llama<CpuBackend>,
+    x: &Inputs,
+    checkpointing: ActivationCheckpointing,
+) -> f64 {
     let tokens = x.labels.iter().filter(|&&l| l != -100).count();
     let b = TrainBatch {
         ids: &x.ids,
@@ -68,7 +74,7 @@ fn check_grads(be: &CpuBackend, m: &mut Llama<CpuBackend>, exp: &Expected, prefi
 fn check_full(model_dir: &str, file: &str) {
     let exp = Expected::open(&fixture(&format!("training/{file}")));
     let x = inputs(&exp);
-    for checkpointing in [false, true] {
+    for checkpointing in [Off, Every(1), Every(2)] {
         let (be, mut m) = model(model_dir);
         m.enable_full_finetune(&be).unwrap();
         let loss = run(&be, &mut m, &x, checkpointing);
@@ -101,7 +107,7 @@ fn bf16_saved_activations_track_pytorch_and_recompute_exactly() {
     // back), different from the f32 pass, and within bf16 rounding of PyTorch's f32 gradients.
     let exp = Expected::open(&fixture("training/full_grads_packed.safetensors"));
     let x = inputs(&exp);
-    let pass = |bf16: bool, checkpointing: bool| {
+    let pass = |bf16: bool, checkpointing: ActivationCheckpointing| {
         let (be, mut m) = model("llama31_tiny");
         m.enable_full_finetune(&be).unwrap();
         m.keep_activations_in_bf16(bf16);
@@ -111,11 +117,13 @@ fn bf16_saved_activations_track_pytorch_and_recompute_exactly() {
         assert_eq!(loss.to_bits(), again.to_bits());
         (loss, grads(&be, &mut m))
     };
-    let (loss, g) = pass(true, false);
-    let (loss_ck, g_ck) = pass(true, true);
-    let (loss32, g32) = pass(false, false);
-    assert_eq!(loss.to_bits(), loss_ck.to_bits());
-    assert_eq!(g, g_ck, "bf16 activations: checkpointing changes the gradients");
+    let (loss, g) = pass(true, Off);
+    let (loss32, g32) = pass(false, Off);
+    for checkpointing in [Every(1), Every(2)] {
+        let (loss_ck, g_ck) = pass(true, checkpointing);
+        assert_eq!(loss.to_bits(), loss_ck.to_bits());
+        assert_eq!(g, g_ck, "bf16 activations: {checkpointing:?} changes the gradients");
+    }
     assert_ne!(g, g32, "bf16 activations made no difference");
     let (_, want) = exp.f32("loss");
     assert!(
@@ -153,7 +161,7 @@ fn check_lora(file: &str, targets: Vec<LoraTarget>) -> (CpuBackend, Llama<CpuBac
     let (be, mut m) = model("llama31_tiny");
     // PEFT's initial A and B (B non-zero so every gradient is informative).
     apply_peft_lora(&be, &mut m, targets, &exp);
-    let loss = run(&be, &mut m, &x, false);
+    let loss = run(&be, &mut m, &x, Off);
     let (_, want) = exp.f32("loss");
     assert!((loss - want[0] as f64).abs() / (want[0] as f64) < 1e-5, "{file}: loss {loss} vs {}", want[0]);
     (be, m, exp)

@@ -29,6 +29,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "clip_grad_norm",
     "optimizer_in_bwd",
     "enable_activation_checkpointing",
+    "activation_checkpointing_every_n_layers",
     "device",
     "threads",
     "save_every_n_steps",
@@ -550,6 +551,18 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         }
     }
     let enable_activation_checkpointing = top.bool_or("enable_activation_checkpointing", false)?;
+    let activation_checkpointing_every_n_layers = top.int("activation_checkpointing_every_n_layers", 1)?;
+    if activation_checkpointing_every_n_layers.is_some() && !enable_activation_checkpointing {
+        let key = "activation_checkpointing_every_n_layers";
+        let node = top.node(key).expect("present");
+        return Err(cx.err(
+            K::Inconsistent,
+            &node.pos,
+            key,
+            "chooses which layers activation checkpointing recomputes, but \
+             enable_activation_checkpointing is false: set it to true or remove this key",
+        ));
+    }
     let device = top
         .opt("device", "cpu, cuda or cuda:N", text_of, |d| check_device(d))?
         .unwrap_or_else(|| "cpu".into());
@@ -587,6 +600,7 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         clip_grad_norm,
         optimizer_in_bwd,
         enable_activation_checkpointing,
+        activation_checkpointing_every_n_layers,
         device,
         threads,
         save_every_n_steps,
@@ -838,6 +852,10 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
         ("clip_grad_norm", opt_node(&c.clip_grad_norm, f64n)),
         ("optimizer_in_bwd", raw_node(c.optimizer_in_bwd)),
         ("enable_activation_checkpointing", raw_node(c.enable_activation_checkpointing)),
+        (
+            "activation_checkpointing_every_n_layers",
+            opt_node(&c.activation_checkpointing_every_n_layers, usizen),
+        ),
         ("device", text_node(&c.device)),
         ("threads", opt_node(&c.threads, usizen)),
         ("save_every_n_steps", opt_node(&c.save_every_n_steps, usizen)),

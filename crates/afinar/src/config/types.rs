@@ -196,6 +196,9 @@ pub struct RecipeConfig {
     pub optimizer_in_bwd: bool,
     /// Recompute activations in the backward pass to save memory.
     pub enable_activation_checkpointing: bool,
+    /// With activation checkpointing, recompute only layers `0, k, 2k, …` (default 1: every
+    /// layer); the others keep their activations: a trade between memory and speed.
+    pub activation_checkpointing_every_n_layers: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N` (only the syntax is checked here).
     pub device: String,
     /// CPU threads (default: all cores).

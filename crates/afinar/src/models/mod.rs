@@ -12,5 +12,5 @@ mod trainable;
 pub use config::LlamaConfig;
 pub use llama::{Llama, Logits};
 pub use load::{is_gguf, load_model, load_tokenizer, LoadOptions, LoadedModel};
-pub use train::{LossSum, TrainBatch};
+pub use train::{ActivationCheckpointing, LossSum, TrainBatch};
 pub use trainable::{LazyTensor, LoraSpec, LoraTarget, NamedTensor, ParamMut};

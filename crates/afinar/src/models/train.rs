@@ -29,6 +29,39 @@ pub struct TrainBatch<'a> {
 /// [`Llama::forward_backward_stepping`] as soon as the tensor's gradient is complete.
 pub type Update<'a, B> = dyn FnMut(&str, &mut ParamMut<'_, B>) -> Result<()> + Send + 'a;
 
+/// Which decoder layers a training pass recomputes in its backward instead of keeping their
+/// activations from the forward (activation checkpointing): each recomputed layer keeps only
+/// its input, at the cost of running its forward twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationCheckpointing {
+    /// Every layer keeps its activations.
+    #[default]
+    Off,
+    /// Layers `0, k, 2k, …` are recomputed (`Every(1)`: all of them).
+    Every(usize),
+}
+
+impl From<bool> for ActivationCheckpointing {
+    /// `true`: every layer is recomputed.
+    fn from(on: bool) -> Self {
+        if on {
+            Self::Every(1)
+        } else {
+            Self::Off
+        }
+    }
+}
+
+impl ActivationCheckpointing {
+    /// Whether layer `l` is recomputed.
+    pub fn recomputes(self, l: usize) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Every(k) => l.is_multiple_of(k.max(1)),
+        }
+    }
+}
+
 /// Loss of one micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossSum {
@@ -41,17 +74,17 @@ pub struct LossSum {
 impl<B: Backend> Llama<B> {
     /// Forward and backward of one micro-batch. Gradients of trainable tensors accumulate,
     /// scaled by `grad_scale` (1 / label tokens of the whole optimizer step, so that
-    /// accumulated micro-batches give the gradient of the step's mean token loss). With
-    /// `checkpointing`, only each layer's input is kept and the layer is recomputed in the
-    /// backward.
+    /// accumulated micro-batches give the gradient of the step's mean token loss). The layers
+    /// `checkpointing` selects keep only their input and are recomputed in the backward (`true`:
+    /// all of them).
     pub fn forward_backward(
         &mut self,
         be: &B,
         b: &TrainBatch<'_>,
         grad_scale: f32,
-        checkpointing: bool,
+        checkpointing: impl Into<ActivationCheckpointing>,
     ) -> Result<LossSum> {
-        self.pass(be, b, grad_scale, checkpointing, None)
+        self.pass(be, b, grad_scale, checkpointing.into(), None)
     }
 
     /// [`Llama::forward_backward`] with the optimizer step inside the backward, as torchtune's
@@ -66,10 +99,10 @@ impl<B: Backend> Llama<B> {
         be: &B,
         b: &TrainBatch<'_>,
         grad_scale: f32,
-        checkpointing: bool,
+        checkpointing: impl Into<ActivationCheckpointing>,
         update: &mut Update<'_, B>,
     ) -> Result<LossSum> {
-        self.pass(be, b, grad_scale, checkpointing, Some(update))
+        self.pass(be, b, grad_scale, checkpointing.into(), Some(update))
     }
 
     fn pass(
@@ -77,7 +110,7 @@ impl<B: Backend> Llama<B> {
         be: &B,
         b: &TrainBatch<'_>,
         grad_scale: f32,
-        checkpointing: bool,
+        checkpointing: ActivationCheckpointing,
         update: Option<&mut Update<'_, B>>,
     ) -> Result<LossSum> {
         let c = self.config.clone();
@@ -151,7 +184,7 @@ impl<B: Backend> Llama<B> {
         b: &TrainBatch<'_>,
         t: &Tokens<'_>,
         grad_scale: f32,
-        checkpointing: bool,
+        checkpointing: ActivationCheckpointing,
         buf: &mut TrainBuffers<B>,
         mut update: Option<&mut Update<'_, B>>,
     ) -> Result<(f64, usize)> {
@@ -159,17 +192,17 @@ impl<B: Backend> Llama<B> {
         let rows = t.rows();
         let n_layers = self.layers.len();
         let TrainBuffers { x, inputs, acts, halves, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
-        // Per-layer activations: f32 in `acts[l]`, or (bf16) in `halves[l]` with `acts[0]` as
-        // working space; with checkpointing, one set recomputed per layer.
-        let per_layer = |l: usize| if checkpointing { 0 } else { l };
+        // Per-layer activations: f32 in `acts[slot]`, or (bf16) in `halves[slot]` with `acts[0]`
+        // as working space; the layers recomputed in the backward share one slot.
+        let slot = |l: usize| slot_of(checkpointing, n_layers, l);
         let compact = !halves.is_empty();
 
         // ---- forward ------------------------------------------------------------------------
         be.embedding(b.ids, &self.embed, x)?;
         for l in 0..n_layers {
             be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
-            let a = &mut acts[if compact { 0 } else { per_layer(l) }];
-            let keep = halves.get_mut(per_layer(l));
+            let a = &mut acts[if compact { 0 } else { slot(l) }];
+            let keep = halves.get_mut(slot(l));
             self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, keep)?;
         }
         self.norm.forward(be, x, xn, rstd, rows)?;
@@ -195,23 +228,15 @@ impl<B: Backend> Llama<B> {
         self.norm.backward_accumulate(be, dxn, x, rstd, dx, rows)?;
         let embed_trained = self.embed_state.is_some();
         for l in (0..n_layers).rev() {
-            if checkpointing {
+            let a = &mut acts[if compact { 0 } else { slot(l) }];
+            if checkpointing.recomputes(l) {
                 be.copy(&inputs[l], 0, x, 0, rows * dim)?;
-                let keep = halves.get_mut(0);
-                self.layers[l].forward(
-                    be,
-                    x,
-                    &mut acts[0],
-                    scratch,
-                    t,
-                    &self.inv_freq,
-                    KvTarget::None,
-                    keep,
-                )?;
+                let keep = halves.get_mut(slot(l));
+                self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, keep)?;
             } else if compact {
-                halves[l].load(be, &self.layers[l], &mut acts[0], rows)?;
+                halves[slot(l)].load(be, &self.layers[l], a, rows)?;
             }
-            let a = &acts[if compact { 0 } else { per_layer(l) }];
+            let a = &*a;
             let need_input_grad = l > 0 || embed_trained;
             let lend = update.is_some() && self.lent_grads.is_some();
             if lend {
@@ -258,6 +283,21 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+/// Layers of `n_layers` whose activations a pass keeps.
+fn saved_layers(c: ActivationCheckpointing, n_layers: usize) -> usize {
+    (0..n_layers).filter(|&l| !c.recomputes(l)).count()
+}
+
+/// The activation slot of layer `l` of `n_layers`: saved layers count up from 0 in order, and
+/// all recomputed layers share the slot after the last saved one.
+fn slot_of(c: ActivationCheckpointing, n_layers: usize, l: usize) -> usize {
+    if c.recomputes(l) {
+        saved_layers(c, n_layers)
+    } else {
+        saved_layers(c, l)
+    }
+}
+
 /// Runs `update` on a tensor whose gradient is complete, then zeroes the gradient.
 fn step_and_zero<B: Backend>(
     be: &B,
@@ -292,17 +332,18 @@ pub(crate) struct TrainBuffers<B: Backend> {
 /// How a training pass keeps its activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BufferMode {
-    /// Per-layer recompute: one layer's activations at a time.
-    checkpointing: bool,
+    /// Which layers are recomputed (they share one set of activation buffers).
+    checkpointing: ActivationCheckpointing,
     /// Activations kept in bf16.
     bf16: bool,
 }
 
 impl<B: Backend> TrainBuffers<B> {
     fn new(be: &B, m: &Llama<B>, rows: usize, mode: BufferMode) -> Result<Self> {
-        let (dim, first) = (m.config.dim, &m.layers[0]);
-        let n_saved = if mode.checkpointing { 1 } else { m.layers.len() };
-        let (n_acts, n_halves) = if mode.bf16 { (1, n_saved) } else { (n_saved, 0) };
+        let (dim, first, n_layers) = (m.config.dim, &m.layers[0], m.layers.len());
+        let saved = saved_layers(mode.checkpointing, n_layers);
+        let slots = saved + usize::from(saved < n_layers);
+        let (n_acts, n_halves) = if mode.bf16 { (1, slots) } else { (slots, 0) };
         Ok(Self {
             rows,
             mode,
@@ -311,10 +352,10 @@ impl<B: Backend> TrainBuffers<B> {
                 .map(|_| be.zeros(rows * dim))
                 .collect::<std::result::Result<_, _>>()?,
             acts: (0..n_acts)
-                .map(|l| LayerActs::new(be, &m.layers[l], rows))
+                .map(|_| LayerActs::new(be, first, rows))
                 .collect::<std::result::Result<_, _>>()?,
             halves: (0..n_halves)
-                .map(|l| HalfLayerActs::new(be, &m.layers[l], rows))
+                .map(|_| HalfLayerActs::new(be, first, rows))
                 .collect::<std::result::Result<_, _>>()?,
             scratch: LayerScratch::new(be, first, rows)?,
             xn: be.zeros(rows * dim)?,

@@ -14,7 +14,7 @@ use super::metrics::{peak_rss_bytes, MetricsFile, Reporter, StepMetrics};
 use super::optim::{clip_grad_norm, grad_norm, update, AdamWConfig, Optimizer};
 use super::schedule::Schedule;
 use super::state::{RecipeState, SaveTarget};
-use crate::models::{Llama, TrainBatch};
+use crate::models::{ActivationCheckpointing, Llama, TrainBatch};
 use crate::{Error, Result};
 
 /// Everything the loop needs to know, independent of how it was configured.
@@ -37,8 +37,8 @@ pub struct Plan {
     /// Step the optimizer inside the backward ([`Llama::forward_backward_stepping`]); needs
     /// `grad_accum == 1` and no clipping.
     pub optimizer_in_backward: bool,
-    /// Per-layer recompute in the backward.
-    pub activation_checkpointing: bool,
+    /// Which layers are recomputed in the backward.
+    pub activation_checkpointing: ActivationCheckpointing,
     /// Save a checkpoint every this many optimizer steps (besides every epoch end).
     pub save_every_n_steps: Option<usize>,
     /// Continue from the recipe state in `output_dir`.

@@ -15,7 +15,9 @@ use super::schedule::{Schedule, ScheduleKind};
 use super::state::SaveTarget;
 use crate::config::{self as cfgmod, RecipeConfig};
 use crate::generate::Rng;
-use crate::models::{load_model, load_tokenizer, presets, Llama, LoadOptions, LoraSpec, LoraTarget};
+use crate::models::{
+    load_model, load_tokenizer, presets, ActivationCheckpointing, Llama, LoadOptions, LoraSpec, LoraTarget,
+};
 use crate::{Error, Result};
 
 fn lora_target(t: cfgmod::LoraTarget) -> LoraTarget {
@@ -90,7 +92,13 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
         },
         clip_grad_norm: cfg.clip_grad_norm,
         optimizer_in_backward: cfg.optimizer_in_bwd,
-        activation_checkpointing: cfg.enable_activation_checkpointing,
+        activation_checkpointing: match (
+            cfg.enable_activation_checkpointing,
+            cfg.activation_checkpointing_every_n_layers,
+        ) {
+            (false, _) => ActivationCheckpointing::Off,
+            (true, every) => ActivationCheckpointing::Every(every.unwrap_or(1)),
+        },
         save_every_n_steps: cfg.save_every_n_steps,
         resume: cfg.resume_from_checkpoint,
         log_every_n_steps: cfg.log_every_n_steps,
