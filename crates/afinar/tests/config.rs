@@ -635,7 +635,10 @@ fn partial_activation_checkpointing_needs_checkpointing_on() {
     let on = ["enable_activation_checkpointing=true", "activation_checkpointing_every_n_layers=3"];
     let (_s, _, r) = load("ac-every", BASE, &on);
     let c = r.unwrap();
-    assert_eq!((c.enable_activation_checkpointing, c.activation_checkpointing_every_n_layers), (true, Some(3)));
+    assert_eq!(
+        (c.enable_activation_checkpointing, c.activation_checkpointing_every_n_layers),
+        (true, Some(3))
+    );
     expect_err(
         "ac-every-off",
         BASE,

@@ -191,27 +191,43 @@ fn amx_linear_cross_entropy_matches_f32_path() {
         return;
     }
     let be = CpuBackend::new(Some(2));
-    // 300 rows: three chunks of the default 128 for this vocabulary; ragged vocab and dim.
+    // Ragged vocab and dim; 300 rows fit one block of the vocabulary, 4100 rows take two row
+    // chunks, the first in three vocabulary blocks (the last one short).
+    for (rows, vocab, dim) in [(300, 1000, 96), (4100, 1500, 64)] {
+        let w_bits: Vec<f32> = round_bf16(&randn(vocab * dim, 1));
+        let h = randn(rows * dim, 2);
+        let targets: Vec<i32> =
+            (0..rows).map(|r| if r % 7 == 3 { -100 } else { (r * 37 % vocab) as i32 }).collect();
+        let w = be.weight(&w_bits, vocab, dim, WeightFormat::BF16).unwrap();
+        let (mut dh, mut dw) = (vec![f32::NAN; rows * dim], vec![0.0; vocab * dim]);
+        let (sum, count) =
+            be.linear_cross_entropy(&h, &w, &targets, rows, 0.5, Some(&mut dh), Some(&mut dw)).unwrap();
+        // Reference: the f32 path on bf16-rounded activations (AMX rounds h to bf16).
+        let wf = be.weight(&w_bits, vocab, dim, WeightFormat::F32).unwrap();
+        let (mut dh_ref, mut dw_ref) = (vec![0.0; rows * dim], vec![0.0; vocab * dim]);
+        let (sum_ref, count_ref) = be
+            .linear_cross_entropy(
+                &round_bf16(&h),
+                &wf,
+                &targets,
+                rows,
+                0.5,
+                Some(&mut dh_ref),
+                Some(&mut dw_ref),
+            )
+            .unwrap();
+        assert_eq!(count, count_ref);
+        assert!((sum - sum_ref).abs() < 1e-5 * sum_ref.abs(), "{rows} rows: loss {sum} vs {sum_ref}");
+        // dh rounds the logit gradients to bf16 before the product; dW (of a bf16 weight) does not.
+        assert!(norm_err32(&dh, &dh_ref) < 1e-2, "{rows} rows: dh: {}", norm_err32(&dh, &dh_ref));
+        assert!(norm_err32(&dw, &dw_ref) < 1e-2, "{rows} rows: dw: {}", norm_err32(&dw, &dw_ref));
+        // The loss alone (no gradients) is the same sum.
+        let (alone, _) = be.linear_cross_entropy(&h, &w, &targets, rows, 0.5, None, None).unwrap();
+        assert_eq!(alone.to_bits(), sum.to_bits());
+    }
     let (rows, vocab, dim) = (300, 1000, 96);
     let w_bits: Vec<f32> = round_bf16(&randn(vocab * dim, 1));
     let h = randn(rows * dim, 2);
-    let targets: Vec<i32> =
-        (0..rows).map(|r| if r % 7 == 3 { -100 } else { (r * 37 % vocab) as i32 }).collect();
-    let w = be.weight(&w_bits, vocab, dim, WeightFormat::BF16).unwrap();
-    let (mut dh, mut dw) = (vec![0.0; rows * dim], vec![0.0; vocab * dim]);
-    let (sum, count) =
-        be.linear_cross_entropy(&h, &w, &targets, rows, 0.5, Some(&mut dh), Some(&mut dw)).unwrap();
-    // Reference: the f32 path on bf16-rounded activations (AMX rounds h to bf16).
-    let wf = be.weight(&w_bits, vocab, dim, WeightFormat::F32).unwrap();
-    let (mut dh_ref, mut dw_ref) = (vec![0.0; rows * dim], vec![0.0; vocab * dim]);
-    let (sum_ref, count_ref) = be
-        .linear_cross_entropy(&round_bf16(&h), &wf, &targets, rows, 0.5, Some(&mut dh_ref), Some(&mut dw_ref))
-        .unwrap();
-    assert_eq!(count, count_ref);
-    assert!((sum - sum_ref).abs() < 1e-5 * sum_ref.abs(), "loss {sum} vs {sum_ref}");
-    // dh rounds the logit gradients to bf16 before the product; dW uses the unrounded h.
-    assert!(norm_err32(&dh, &dh_ref) < 1e-2, "dh: {}", norm_err32(&dh, &dh_ref));
-    assert!(norm_err32(&dw, &dw_ref) < 1e-2, "dw: {}", norm_err32(&dw, &dw_ref));
     // A packed weight serves many products: same result as packing per call.
     let bits: Vec<bf16> = w_bits.iter().map(|&v| bf16::from_f32(v)).collect();
     let packed = amx::pack_linear(&bits, vocab, dim);
@@ -272,4 +288,27 @@ fn mixed_precision_products_match_f32_on_rounded_operands() {
     assert!(((l - l_ref) / l_ref).abs() < 1e-5, "loss {l} vs {l_ref}");
     assert!(norm_err32(&dh, &dh_ref) < 1e-2, "dh: {}", norm_err32(&dh, &dh_ref));
     assert!(norm_err32(&gw, &gw_ref) < 1e-2, "dW: {}", norm_err32(&gw, &gw_ref));
+}
+
+#[test]
+fn f32_weights_pack_as_their_bf16_rounding() {
+    // Packing f32 values (vector conversion, ragged panels, odd row counts, inner sizes off
+    // multiples of 32) gives the same products as packing their bf16 rounding.
+    if !amx::available() {
+        eprintln!("AMX not available here: skipping");
+        return;
+    }
+    for (rows, out, inp) in [(33, 37, 100), (40, 50, 45), (64, 96, 160), (5, 17, 31)] {
+        let (w, x) = (randn(out * inp, 11), randn(rows * inp, 12));
+        let bits: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let (mut y, mut y_ref) = (vec![0.0; rows * out], vec![0.0; rows * out]);
+        amx::matmul_packed(&x, &amx::pack_linear_f32(&w, out, inp), &mut y, rows, false);
+        amx::matmul_packed(&x, &amx::pack_linear(&bits, out, inp), &mut y_ref, rows, false);
+        assert_eq!(y, y_ref, "{out}×{inp} weight");
+        let dy = randn(rows * out, 13);
+        let (mut dx, mut dx_ref) = (vec![0.0; rows * inp], vec![0.0; rows * inp]);
+        amx::matmul_packed(&dy, &amx::pack_linear_transposed_f32(&w, out, inp), &mut dx, rows, false);
+        amx::matmul_packed(&dy, &amx::pack_linear_transposed(&bits, out, inp), &mut dx_ref, rows, false);
+        assert_eq!(dx, dx_ref, "{out}×{inp} weight, transposed");
+    }
 }

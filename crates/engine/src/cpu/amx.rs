@@ -268,7 +268,23 @@ pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> Packe
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    pack_rows(w, out, inp, |v| half::bf16::from_f32(v).to_bits())
+    if !available() {
+        return pack_rows(w, out, inp, |v| half::bf16::from_f32(v).to_bits());
+    }
+    assert!(w.len() >= out * inp);
+    pack_b(inp, out, |panel, n0, ncols| {
+        if ncols == 16 {
+            // SAFETY: AVX512-BF16 is available (checked above); rows n0..n0 + 16 of `w` exist
+            // and the panel holds every k of them.
+            unsafe { simd::pack_rows_panel(w, inp, n0, panel) }
+        } else {
+            for j in 0..ncols {
+                for (k, &v) in w[(n0 + j) * inp..(n0 + j + 1) * inp].iter().enumerate() {
+                    panel[vnni(k, j)] = half::bf16::from_f32(v).to_bits();
+                }
+            }
+        }
+    })
 }
 
 /// [`pack_linear_transposed`] from f32 values, rounded to bf16 on the way in.
@@ -276,7 +292,24 @@ pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_transposed_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    pack_cols(w, out, inp, |v| half::bf16::from_f32(v).to_bits())
+    if !available() {
+        return pack_cols(w, out, inp, |v| half::bf16::from_f32(v).to_bits());
+    }
+    assert!(w.len() >= out * inp);
+    pack_b(out, inp, |panel, n0, ncols| {
+        if ncols == 16 {
+            // SAFETY: AVX512-BF16 is available (checked above); columns n0..n0 + 16 of every row
+            // of `w` exist and the panel holds every k.
+            unsafe { simd::pack_cols_panel(w, out, inp, n0, panel) }
+        } else {
+            for k in 0..out {
+                let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
+                for (j, &v) in w[k * inp + n0..k * inp + n0 + ncols].iter().enumerate() {
+                    dst[2 * j + (k & 1)] = half::bf16::from_f32(v).to_bits();
+                }
+            }
+        }
+    })
 }
 
 /// `w: [out, inp]` as `B = wᵀ` (`k = inp`, `n = out`), each value through `bits`.
@@ -586,6 +619,144 @@ pub fn linear_backward_input(
     matmul_packed(dy, &pack_linear_transposed(w, out, inp), dx, rows, accumulate);
 }
 
+/// The weight `W: [vocab, dim]` of [`linear_cross_entropy`]: f32 (rounded to bf16 as it is
+/// packed) or bf16.
+#[derive(Clone, Copy)]
+pub enum OutputWeight<'a> {
+    /// f32 values (mixed precision).
+    F32(&'a [f32]),
+    /// bf16 values.
+    Bf16(&'a [half::bf16]),
+}
+
+impl OutputWeight<'_> {
+    /// Rows `v0..v0 + nb` of `W` packed as the `B = W_bᵀ` of `logits = h W_bᵀ`.
+    fn pack(self, v0: usize, nb: usize, dim: usize) -> PackedB {
+        match self {
+            Self::F32(w) => pack_linear_f32(&w[v0 * dim..(v0 + nb) * dim], nb, dim),
+            Self::Bf16(w) => pack_linear(&w[v0 * dim..(v0 + nb) * dim], nb, dim),
+        }
+    }
+
+    /// Rows `v0..v0 + nb` of `W` packed as the `B = W_b` of `dh = dlogits W_b`.
+    fn pack_transposed(self, v0: usize, nb: usize, dim: usize) -> PackedB {
+        match self {
+            Self::F32(w) => pack_linear_transposed_f32(&w[v0 * dim..(v0 + nb) * dim], nb, dim),
+            Self::Bf16(w) => pack_linear_transposed(&w[v0 * dim..(v0 + nb) * dim], nb, dim),
+        }
+    }
+}
+
+/// Logits kept at once by [`linear_cross_entropy`] (f32 elements: 8 MiB).
+const CE_TILE: usize = 1 << 21;
+/// Rows [`linear_cross_entropy`] takes at once.
+const CE_ROWS: usize = 4096;
+
+/// Output projection fused with cross-entropy on AMX (`h` and `W` rounded to bf16, f32 sums):
+/// `logits = h[rows, dim] · Wᵀ` is made one block of vocabulary columns at a time for all rows,
+/// twice: the first pass gathers each row's maximum, sum of exponentials and target logit (the
+/// loss); the second makes the same logits again, turns them into `grad_scale · (softmax −
+/// onehot)` and adds their products to `dh` (overwritten) and `dw` (accumulated; on AMX for an
+/// f32 weight as mixed precision trains it, in f32 for a bf16 one). Only one
+/// block of logits and of `W` (packed) exists at a time: a few MiB instead of the whole packed
+/// `W` twice, for one more product of the size of the logits. Returns the sum of the losses
+/// of non-ignored rows (in f64, in row order) and their count.
+///
+/// # Panics
+/// When a slice is shorter than its matrix, a target is out of range, or [`available`] is false.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy(
+    h: &[f32],
+    w: OutputWeight<'_>,
+    targets: &[i32],
+    rows: usize,
+    vocab: usize,
+    dim: usize,
+    grad_scale: f32,
+    mut dh: Option<&mut [f32]>,
+    mut dw: Option<&mut [f32]>,
+) -> (f64, usize) {
+    use super::loss::{targets_valid, IGNORE_INDEX};
+    use super::vector;
+    assert!(available(), "AMX is not available");
+    let wlen = match w {
+        OutputWeight::F32(w) => w.len(),
+        OutputWeight::Bf16(w) => w.len(),
+    };
+    assert!(vocab > 0 && dim > 0 && wlen >= vocab * dim && h.len() >= rows * dim);
+    assert!(targets.len() >= rows && targets_valid(&targets[..rows], vocab));
+    assert!(dh.as_deref().is_none_or(|d| d.len() >= rows * dim));
+    assert!(dw.as_deref().is_none_or(|d| d.len() >= vocab * dim));
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for r0 in (0..rows).step_by(CE_ROWS) {
+        let n = (rows - r0).min(CE_ROWS);
+        let (hc, tc) = (&h[r0 * dim..(r0 + n) * dim], &targets[r0..r0 + n]);
+        let vb = (CE_TILE / n / NR * NR).clamp(NR, vocab.div_ceil(NR) * NR);
+        let a = pack_a(hc, n, dim);
+        let mut tile = vec![0f32; n * vb];
+        let blocks = || (0..vocab).step_by(vb).map(|v0| (v0, (vocab - v0).min(vb)));
+        // Pass 1: per row, the running maximum and sum of exp(logit − maximum), and the target
+        // logit.
+        let mut stats = vec![(f32::NEG_INFINITY, 0.0f32, 0.0f32); n];
+        for (v0, nb) in blocks() {
+            let t = &mut tile[..n * nb];
+            run(&a, &w.pack(v0, nb, dim), t, n, nb, nb, false);
+            t.par_chunks(nb).zip(stats.par_iter_mut()).zip(tc.par_iter()).for_each(|((l, st), &tg)| {
+                if tg == IGNORE_INDEX {
+                    return;
+                }
+                let m = st.0.max(vector::max(l));
+                st.1 = st.1 * (st.0 - m).exp() + vector::exp_sub_sum_ro(l, m);
+                st.0 = m;
+                if let Some(&lt) = (tg as usize).checked_sub(v0).and_then(|j| l.get(j)) {
+                    st.2 = lt;
+                }
+            });
+        }
+        for (&(m, s, lt), &tg) in stats.iter().zip(tc) {
+            if tg != IGNORE_INDEX {
+                total += (m + s.ln() - lt) as f64;
+                count += 1;
+            }
+        }
+        if dh.is_none() && dw.is_none() {
+            continue;
+        }
+        // Pass 2: the same logits again, now as gradients, into both products.
+        // dW on AMX for an f32 (trained, mixed-precision) weight; for a bf16 one in f32, from the
+        // unrounded logit gradients.
+        let amx_dw = matches!(w, OutputWeight::F32(_));
+        let hb = (dw.is_some() && amx_dw).then(|| pack_linear_transposed_f32(hc, n, dim));
+        let mut dhc = dh.as_deref_mut().map(|d| &mut d[r0 * dim..(r0 + n) * dim]);
+        for (i, (v0, nb)) in blocks().enumerate() {
+            let t = &mut tile[..n * nb];
+            run(&a, &w.pack(v0, nb, dim), t, n, nb, nb, false);
+            t.par_chunks_mut(nb).zip(stats.par_iter()).zip(tc.par_iter()).for_each(|((l, st), &tg)| {
+                if tg == IGNORE_INDEX {
+                    l.fill(0.0);
+                    return;
+                }
+                vector::exp_sub_sum(l, st.0);
+                vector::scale(l, grad_scale / st.1);
+                if let Some(g) = (tg as usize).checked_sub(v0).and_then(|j| l.get_mut(j)) {
+                    *g -= grad_scale;
+                }
+            });
+            if let Some(d) = dhc.as_deref_mut() {
+                run(&pack_a(t, n, nb), &w.pack_transposed(v0, nb, dim), d, n, dim, dim, i > 0);
+            }
+            if let Some(dw) = dw.as_deref_mut() {
+                let rows_b = &mut dw[v0 * dim..(v0 + nb) * dim];
+                match &hb {
+                    Some(hb) => run(&pack_a_transposed(t, n, nb), hb, rows_b, nb, dim, dim, true),
+                    None => super::matmul::matmul(t, true, hc, false, rows_b, nb, dim, n, 1.0, 1.0),
+                }
+            }
+        }
+    }
+    (total, count)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -614,11 +785,89 @@ mod simd {
             }
         }
     }
+
+    /// The 16-column panel of `B = wᵀ` (`w: [·, inp]` rows `n0..n0 + 16`, see `pack_b`) in
+    /// bf16: 32 values of a row at a time converted in registers and scattered to their 16
+    /// column slots, the last `inp % 32` one by one.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available.
+    ///
+    /// # Panics
+    /// When `w` lacks rows `n0..n0 + 16` or `panel` is shorter than `inp` rounded up to pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn pack_rows_panel(w: &[f32], inp: usize, n0: usize, panel: &mut [u16]) {
+        assert!(w.len() >= (n0 + 16) * inp && panel.len() >= inp.div_ceil(2) * 32);
+        // The u32 (bf16 pair) `i` of a converted row goes to pair slot `i · 16` of the panel.
+        let slots = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+        for j in 0..16 {
+            let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
+            let mut k = 0;
+            // SAFETY: loads read row[k..k + 32] with k + 32 ≤ inp; the scatter writes pair slots
+            // (k/2 + i) · 16 + j < inp/2 · 16 ≤ panel.len() / 2 u32 for i < 16.
+            unsafe {
+                while k + 32 <= inp {
+                    let lo = _mm512_loadu_ps(row.as_ptr().add(k));
+                    let hi = _mm512_loadu_ps(row.as_ptr().add(k + 16));
+                    let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                    let base = panel.as_mut_ptr().cast::<i32>().add((k / 2) * 16 + j);
+                    _mm512_i32scatter_epi32::<4>(base, slots, pairs);
+                    k += 32;
+                }
+            }
+            for (kk, &v) in row.iter().enumerate().skip(k) {
+                panel[(kk >> 1) * 32 + 2 * j + (kk & 1)] = half::bf16::from_f32(v).to_bits();
+            }
+        }
+    }
+
+    /// The 16-column panel of `B = w` (`w: [out, inp]`, columns `n0..n0 + 16`, see `pack_b`)
+    /// in bf16: for each pair of rows `k, k + 1`, both 16-value pieces converted and
+    /// interleaved in registers (a missing last row counts as zeros).
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available.
+    ///
+    /// # Panics
+    /// When `w` lacks columns `n0..n0 + 16` or `panel` is shorter than `out` rounded up to pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn pack_cols_panel(w: &[f32], out: usize, inp: usize, n0: usize, panel: &mut [u16]) {
+        assert!(n0 + 16 <= inp && w.len() >= out * inp && panel.len() >= out.div_ceil(2) * 32);
+        let mut k = 0;
+        // SAFETY: loads read w[k · inp + n0..+16] for rows k < out; each store writes the 32
+        // values at (k/2) · 32 < out.div_ceil(2) · 32 ≤ panel.len().
+        unsafe {
+            while k < out {
+                let a = _mm512_loadu_ps(w.as_ptr().add(k * inp + n0));
+                let b = if k + 1 < out {
+                    _mm512_loadu_ps(w.as_ptr().add((k + 1) * inp + n0))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let ha: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(a));
+                let hb: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(b));
+                let pairs = _mm512_or_si512(
+                    _mm512_cvtepu16_epi32(ha),
+                    _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hb)),
+                );
+                _mm512_storeu_si512(panel.as_mut_ptr().add((k >> 1) * 32).cast(), pairs);
+                k += 2;
+            }
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod simd {
     pub unsafe fn round_row(_: &[f32], _: &mut [u16]) {
+        unreachable!("AMX is never reported available off x86_64")
+    }
+
+    pub unsafe fn pack_rows_panel(_: &[f32], _: usize, _: usize, _: &mut [u16]) {
+        unreachable!("AMX is never reported available off x86_64")
+    }
+
+    pub unsafe fn pack_cols_panel(_: &[f32], _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("AMX is never reported available off x86_64")
     }
 }

@@ -710,39 +710,16 @@ impl Backend for CpuBackend {
         let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
         let mixed = self.bf16_products();
         Ok(self.install(|| match &w.data {
-            // bf16 weight on AMX (or an f32 one with bf16 products): pack it once for all chunks
-            // (and its transpose for dh).
+            // bf16 weight on AMX (or an f32 one with bf16 products): blocks of the vocabulary.
             CpuWeightData::BF16(_) | CpuWeightData::F32(_)
                 if amx::available() && (mixed || matches!(w.data, CpuWeightData::BF16(_))) =>
             {
-                let (fwd, bwd) = match &w.data {
-                    CpuWeightData::BF16(d) => (
-                        amx::pack_linear(d, vocab, dim),
-                        dh.is_some().then(|| amx::pack_linear_transposed(d, vocab, dim)),
-                    ),
-                    CpuWeightData::F32(d) => (
-                        amx::pack_linear_f32(d, vocab, dim),
-                        dh.is_some().then(|| amx::pack_linear_transposed_f32(d, vocab, dim)),
-                    ),
+                let weight = match &w.data {
+                    CpuWeightData::BF16(d) => amx::OutputWeight::Bf16(d),
+                    CpuWeightData::F32(d) => amx::OutputWeight::F32(d),
                     CpuWeightData::Quant { .. } => unreachable!("matched float weights"),
                 };
-                let products = loss::OutputProducts {
-                    logits: |hc: &[f32], l: &mut [f32], n: usize| amx::matmul_packed(hc, &fwd, l, n, false),
-                    input_grad: |dl: &[f32], dhc: &mut [f32], n: usize| {
-                        let b = bwd.as_ref().expect("packed only when dh is wanted");
-                        amx::matmul_packed(dl, b, dhc, n, false)
-                    },
-                    weight_grad: |dl: &[f32], hc: &[f32], dwc: &mut [f32], n: usize| {
-                        if mixed {
-                            amx::weight_grad(dl, hc, dwc, n, vocab, dim, true)
-                        } else {
-                            matmul::matmul(dl, true, hc, false, dwc, vocab, dim, n, 1.0, 1.0)
-                        }
-                    },
-                };
-                loss::linear_cross_entropy_with(
-                    h, &products, targets, rows, vocab, dim, grad_scale, dh, dw, chunk,
-                )
+                amx::linear_cross_entropy(h, weight, targets, rows, vocab, dim, grad_scale, dh, dw)
             }
             _ => loss::linear_cross_entropy(
                 h,
