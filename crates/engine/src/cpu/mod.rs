@@ -36,6 +36,25 @@ use matmul::WeightRef;
 use quant::QuantRef;
 use rayon::prelude::*;
 
+/// `len` zeros from the allocator's zeroed memory (`calloc`): large buffers arrive as fresh
+/// pages that become resident only when written, so a buffer that is allocated but never used
+/// (or freed before use) costs no memory. `None` when the allocation fails.
+///
+/// # Safety
+/// The all-zero bit pattern must be a valid `T` (the float types here).
+unsafe fn zeroed_vec<T>(len: usize) -> Option<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(len).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size; the memory is zeroed, which the caller promises is
+    // a valid `T`, and `Vec` frees it with the same layout (capacity `len` of `T`).
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, len, len))
+    }
+}
+
 /// Storage of a [`CpuWeight`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum CpuWeightData {
@@ -237,11 +256,9 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(len)
-            .map_err(|_| EngineError::OutOfMemory { bytes: len.saturating_mul(4), device: self.name() })?;
-        v.resize(len, 0.0);
-        Ok(v)
+        // SAFETY: all-zero bytes are the f32 value 0.0.
+        unsafe { zeroed_vec(len) }
+            .ok_or_else(|| EngineError::OutOfMemory { bytes: len.saturating_mul(4), device: self.name() })
     }
 
     fn from_host(&self, data: &[f32]) -> Result<Vec<f32>> {
@@ -276,20 +293,11 @@ impl Backend for CpuBackend {
     }
 
     fn zeros_half(&self, len: usize, format: HalfFormat) -> Result<CpuHalf> {
-        let oom = |_| EngineError::OutOfMemory { bytes: len.saturating_mul(2), device: self.name() };
+        let oom = || EngineError::OutOfMemory { bytes: len.saturating_mul(2), device: self.name() };
+        // SAFETY: all-zero bytes are the value 0 in both formats.
         Ok(match format {
-            HalfFormat::Bf16 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(len).map_err(oom)?;
-                v.resize(len, bf16::ZERO);
-                CpuHalf::Bf16(v)
-            }
-            HalfFormat::F16 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(len).map_err(oom)?;
-                v.resize(len, ::half::f16::ZERO);
-                CpuHalf::F16(v)
-            }
+            HalfFormat::Bf16 => CpuHalf::Bf16(unsafe { zeroed_vec(len) }.ok_or_else(oom)?),
+            HalfFormat::F16 => CpuHalf::F16(unsafe { zeroed_vec(len) }.ok_or_else(oom)?),
         })
     }
 
