@@ -17,12 +17,16 @@
 # AFINAR_DTYPE (afinar's model.dtype; default bf16 for LoRA, as the shipped LoRA configs: frozen
 #   weights in bf16, bf16 matrix products with f32 sums; fp32 for full fine-tuning),
 #   WORK (folder for data, logs and checkpoints; default a temporary one, removed at the end),
-#   AFINAR_BIN (skip `cargo build --release -p afinar-cli` and use this binary).
+#   AFINAR_BIN (skip `cargo build --release -p afinar-cli` and use this binary),
+#   REPEATS (1): rounds; each round runs every framework once, in turn, so that the machine's
+#   slow and fast minutes fall on all of them; with more than one the report adds medians and
+#   the range of the per-round ratios.
 # Needs: scripts/reference-venv.sh (transformers, PEFT comes with it below) and
 # scripts/bench/torchtune-venv.sh (separate venv: torchtune 0.6.1 pins torch 2.7.1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${STEPS:-6}
+repeats=${REPEATS:-1}
 threads=${THREADS:-2}
 modes=${MODES:-lora full}
 frameworks=${FRAMEWORKS:-afinar hf torchtune}
@@ -56,11 +60,12 @@ timed() { # time_file log command...: runs the command under /usr/bin/time -v
   local tf=$1 log=$2; shift 2
   /usr/bin/time -v -o "$tf" "$@" > "$log" 2>&1
 }
+for round in $(seq "$repeats"); do
 for mode in $modes; do
   for fw in $frameworks; do
-    dir=$work/${fw}_$mode
+    dir=$work/${fw}_${mode}_r$round
     rm -rf "$dir"; mkdir -p "$dir"
-    echo "finetune: $fw $mode (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    echo "finetune: round $round, $fw $mode (load $(cut -d' ' -f1 /proc/loadavg))" >&2
     case $fw in
       afinar)
         recipe=${mode}_finetune
@@ -80,14 +85,14 @@ for mode in $modes; do
             enable_activation_checkpointing=false log_every_n_steps=1 "${extra[@]}"; then
           echo "finetune: afinar $mode failed:" >&2; tail -5 "$dir/run.log" >&2; fail=1
         fi
-        runs+=("$mode|afinar|afinar|$dir/out/metrics.jsonl|$dir/time.txt") ;;
+        runs+=("$mode|afinar|afinar|$dir/out/metrics.jsonl|$dir/time.txt|$round") ;;
       hf)
         name="transformers"; [ "$mode" = lora ] && name="transformers + PEFT"
         if ! timed "$dir/time.txt" "$dir/run.log" "$py" scripts/bench/hf_finetune.py "$work" --mode "$mode" \
             --steps "$steps" --batch "$batch" --threads "$threads"; then
           echo "finetune: transformers $mode failed:" >&2; tail -5 "$dir/run.log" >&2; fail=1
         fi
-        runs+=("$mode|$name|hf|$dir/run.log|$dir/time.txt") ;;
+        runs+=("$mode|$name|hf|$dir/run.log|$dir/time.txt|$round") ;;
       torchtune)
         recipe=lora_finetune_single_device; [ "$mode" = full ] && recipe=full_finetune_single_device
         rm -rf "$work/tt_$mode"
@@ -98,10 +103,12 @@ for mode in $modes; do
             "$(dirname "$ttpy")/tune" run "$recipe" --config "$cfg" "${tt_more[@]}"; then
           echo "finetune: torchtune $mode failed:" >&2; tail -5 "$dir/run.log" >&2; fail=1
         fi
-        runs+=("$mode|torchtune|torchtune|$work/tt_$mode/logs/log_*.txt|$dir/time.txt") ;;
+        cp "$work"/tt_$mode/logs/log_*.txt "$dir/" 2>/dev/null || true
+        runs+=("$mode|torchtune|torchtune|$dir/log_*.txt|$dir/time.txt|$round") ;;
       *) echo "finetune: unknown framework $fw" >&2; exit 2 ;;
     esac
   done
+done
 done
 python3 scripts/bench/finetune_report.py $batch $seq "${runs[@]}" || fail=1
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

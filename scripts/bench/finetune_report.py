@@ -1,14 +1,16 @@
 """Table of scripts/bench/finetune.sh from the runs' own logs.
 
-    python finetune_report.py RUN...     RUN = mode|framework|kind|log|time_file
+    python finetune_report.py RUN...     RUN = mode|framework|kind|log|time_file[|round]
 
 kind: afinar (OUTPUT_DIR/metrics.jsonl: label_tokens, tokens_per_sec, per step), hf (the JSON
 lines of hf_finetune.py), torchtune (its DiskLogger file: tokens_per_second_per_gpu counts the
 unshifted labels, seq per row, so the step time is batch*seq / that; the label tokens trained per
 step are batch*(seq-1), as for the others). time_file: the output of /usr/bin/time -v (peak RSS of
 the whole process). The first step is warm-up and left out; tokens/s = label tokens of the other
-steps / their seconds. Ratios are against the fastest peer (not afinar) of the same mode.
-Exits 1 if a run has no usable steps.
+steps / their seconds. Ratios are against the fastest peer (not afinar) of the same mode and
+round. With several rounds, a second table gives each framework's median tokens/s and peak RSS
+over the rounds, the ratios of those medians to the fastest peer's, and the range of the
+per-round ratios. Exits 1 if a run has no usable steps.
 """
 
 import glob
@@ -50,11 +52,19 @@ def peak_rss_gb(time_file):
     return None
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
 def main():
     batch, seq = int(sys.argv[1]), int(sys.argv[2])
     rows, bad = [], False
     for spec in sys.argv[3:]:
-        mode, name, kind, log, tfile = spec.split("|")
+        parts = spec.split("|")
+        mode, name, kind, log, tfile = parts[:5]
+        rnd = int(parts[5]) if len(parts) > 5 else 1
         try:
             st = steps_of(kind, log, batch, seq)
         except (OSError, ValueError, KeyError):
@@ -62,20 +72,63 @@ def main():
         timed = [s for s in st if s[0] > 1]
         if not timed:
             bad = True
-            rows.append((mode, name, None, None, None, None, None))
+            rows.append((rnd, mode, name, None, None, None, None, None))
             continue
         tps = sum(s[1] for s in timed) / sum(s[2] for s in timed)
-        rows.append((mode, name, len(timed), timed[0][1], tps, peak_rss_gb(tfile), st[0][3]))
-    print(f"| mode | framework | steps timed | label tokens/step | tokens/s | vs fastest peer | peak RSS GB | step-1 loss |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for mode, name, n, lt, tps, rss, loss in rows:
+        rows.append((rnd, mode, name, len(timed), timed[0][1], tps, peak_rss_gb(tfile), st[0][3]))
+    rounds = sorted({r[0] for r in rows})
+    many = len(rounds) > 1
+
+    def fastest_peer(rnd, mode, col):
+        vals = [r[col] for r in rows if r[0] == rnd and r[1] == mode and r[5] and not r[2].startswith("afinar")]
+        return max(vals) if vals else None
+
+    head = "| round " if many else ""
+    print(f"{head}| mode | framework | steps timed | label tokens/step | tokens/s | vs fastest peer | peak RSS GB | step-1 loss |")
+    print(("|---:" if many else "") + "|---|---|---:|---:|---:|---:|---:|---:|")
+    for rnd, mode, name, n, lt, tps, rss, loss in rows:
+        lead = f"| {rnd} " if many else ""
         if tps is None:
-            print(f"| {mode} | {name} | — | — | failed / not measured | — | — | — |")
+            print(f"{lead}| {mode} | {name} | — | — | failed / not measured | — | — | — |")
             continue
-        peers = [r[4] for r in rows if r[0] == mode and r[4] and not r[1].startswith("afinar")]
-        ratio = f"{tps / max(peers):.2f}" if peers else "—"
+        best = fastest_peer(rnd, mode, 5)
+        ratio = f"{tps / best:.2f}" if best else "—"
         rss_s = f"{rss:.2f}" if rss else "—"
-        print(f"| {mode} | {name} | {n} | {lt} | {tps:.1f} | {ratio} | {rss_s} | {loss:.4f} |")
+        print(f"{lead}| {mode} | {name} | {n} | {lt} | {tps:.1f} | {ratio} | {rss_s} | {loss:.4f} |")
+    if many:
+        print()
+        print("| mode | framework | rounds | median tokens/s | vs fastest peer (medians) | per-round ratios "
+              "| median peak RSS GB | RSS vs fastest peer |")
+        print("|---|---|---:|---:|---:|---|---:|---:|")
+        keys = []
+        for r in rows:
+            if (r[1], r[2]) not in keys:
+                keys.append((r[1], r[2]))
+        med = {}
+        for mode, name in keys:
+            ok = [r for r in rows if (r[1], r[2]) == (mode, name) and r[5]]
+            if ok:
+                rss = [r[6] for r in ok if r[6]]
+                med[(mode, name)] = (median([r[5] for r in ok]), median(rss) if rss else None)
+        for mode, name in keys:
+            if (mode, name) not in med:
+                print(f"| {mode} | {name} | 0 | failed | — | — | — | — |")
+                continue
+            tps, rss = med[(mode, name)]
+            peers = [(v, k[1]) for k, v in med.items() if k[0] == mode and not k[1].startswith("afinar")]
+            best = max(peers, key=lambda p: p[0][0]) if peers else None
+            per_round = []
+            for r in rows:
+                if (r[1], r[2]) == (mode, name) and r[5]:
+                    b = fastest_peer(r[0], mode, 5)
+                    if b:
+                        per_round.append(r[5] / b)
+            n = len([r for r in rows if (r[1], r[2]) == (mode, name) and r[5]])
+            ratio = f"{tps / best[0][0]:.2f}" if best else "—"
+            rng = f"{min(per_round):.2f}–{max(per_round):.2f}" if per_round else "—"
+            rss_s = f"{rss:.2f}" if rss else "—"
+            rss_r = f"{rss / best[0][1]:.2f}" if best and rss and best[0][1] else "—"
+            print(f"| {mode} | {name} | {n} | {tps:.1f} | {ratio} | {rng} | {rss_s} | {rss_r} |")
     sys.exit(1 if bad else 0)
 
 
