@@ -251,7 +251,7 @@ fn pack_b(k: usize, n: usize, fill: impl Fn(&mut [u16], usize, usize) + Sync) ->
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear(w: &[half::bf16], out: usize, inp: usize) -> PackedB {
-    pack_rows(w, out, inp, |v| v.to_bits())
+    pack_rows(w, out, inp, |v| v.to_bits(), |_, _| false)
 }
 
 /// `W: [out, inp]` (bf16) packed as the `B = W` of `dx = dy W`.
@@ -259,7 +259,7 @@ pub fn pack_linear(w: &[half::bf16], out: usize, inp: usize) -> PackedB {
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> PackedB {
-    pack_cols(w, out, inp, |v| v.to_bits())
+    pack_cols(w, out, inp, |v| v.to_bits(), |_, _| false)
 }
 
 /// [`pack_linear`] from f32 weights, rounded to bf16 (nearest even) on the way in: the products
@@ -268,23 +268,18 @@ pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> Packe
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    if !available() {
-        return pack_rows(w, out, inp, |v| half::bf16::from_f32(v).to_bits());
-    }
-    assert!(w.len() >= out * inp);
-    pack_b(inp, out, |panel, n0, ncols| {
-        if ncols == 16 {
-            // SAFETY: AVX512-BF16 is available (checked above); rows n0..n0 + 16 of `w` exist
-            // and the panel holds every k of them.
-            unsafe { simd::pack_rows_panel(w, inp, n0, panel) }
-        } else {
-            for j in 0..ncols {
-                for (k, &v) in w[(n0 + j) * inp..(n0 + j + 1) * inp].iter().enumerate() {
-                    panel[vnni(k, j)] = half::bf16::from_f32(v).to_bits();
-                }
-            }
-        }
-    })
+    let simd = available();
+    pack_rows(
+        w,
+        out,
+        inp,
+        |v| half::bf16::from_f32(v).to_bits(),
+        |panel, n0| {
+            // SAFETY: AVX512-BF16 is available (`simd`); rows n0..n0 + 16 of `w` exist (a whole
+            // panel) and the panel holds every k of them.
+            simd && unsafe { simd::pack_rows_panel(w, inp, n0, panel) }
+        },
+    )
 }
 
 /// [`pack_linear_transposed`] from f32 values, rounded to bf16 on the way in.
@@ -292,30 +287,35 @@ pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_transposed_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    if !available() {
-        return pack_cols(w, out, inp, |v| half::bf16::from_f32(v).to_bits());
-    }
-    assert!(w.len() >= out * inp);
-    pack_b(out, inp, |panel, n0, ncols| {
-        if ncols == 16 {
-            // SAFETY: AVX512-BF16 is available (checked above); columns n0..n0 + 16 of every row
-            // of `w` exist and the panel holds every k.
-            unsafe { simd::pack_cols_panel(w, out, inp, n0, panel) }
-        } else {
-            for k in 0..out {
-                let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
-                for (j, &v) in w[k * inp + n0..k * inp + n0 + ncols].iter().enumerate() {
-                    dst[2 * j + (k & 1)] = half::bf16::from_f32(v).to_bits();
-                }
-            }
-        }
-    })
+    let simd = available();
+    pack_cols(
+        w,
+        out,
+        inp,
+        |v| half::bf16::from_f32(v).to_bits(),
+        |panel, n0| {
+            // SAFETY: AVX512-BF16 is available (`simd`); columns n0..n0 + 16 of every row of `w`
+            // exist (a whole panel) and the panel holds every k.
+            simd && unsafe { simd::pack_cols_panel(w, out, inp, n0, panel) }
+        },
+    )
 }
 
-/// `w: [out, inp]` as `B = wᵀ` (`k = inp`, `n = out`), each value through `bits`.
-fn pack_rows<T: Copy + Sync>(w: &[T], out: usize, inp: usize, bits: impl Fn(T) -> u16 + Sync) -> PackedB {
+/// `w: [out, inp]` as `B = wᵀ` (`k = inp`, `n = out`), each value through `bits`; a whole
+/// 16-column panel goes to `panel16(panel, n0)` first, which returns false to leave it to the
+/// scalar loop.
+fn pack_rows<T: Copy + Sync>(
+    w: &[T],
+    out: usize,
+    inp: usize,
+    bits: impl Fn(T) -> u16 + Sync,
+    panel16: impl Fn(&mut [u16], usize) -> bool + Sync,
+) -> PackedB {
     assert!(w.len() >= out * inp);
     pack_b(inp, out, |panel, n0, ncols| {
+        if ncols == 16 && panel16(panel, n0) {
+            return;
+        }
         for j in 0..ncols {
             let row = &w[(n0 + j) * inp..(n0 + j + 1) * inp];
             for (k, &v) in row.iter().enumerate() {
@@ -325,10 +325,20 @@ fn pack_rows<T: Copy + Sync>(w: &[T], out: usize, inp: usize, bits: impl Fn(T) -
     })
 }
 
-/// `w: [out, inp]` as `B = w` (`k = out`, `n = inp`), each value through `bits`.
-fn pack_cols<T: Copy + Sync>(w: &[T], out: usize, inp: usize, bits: impl Fn(T) -> u16 + Sync) -> PackedB {
+/// `w: [out, inp]` as `B = w` (`k = out`, `n = inp`), each value through `bits`; a whole
+/// 16-column panel goes to `panel16(panel, n0)` first, as in [`pack_rows`].
+fn pack_cols<T: Copy + Sync>(
+    w: &[T],
+    out: usize,
+    inp: usize,
+    bits: impl Fn(T) -> u16 + Sync,
+    panel16: impl Fn(&mut [u16], usize) -> bool + Sync,
+) -> PackedB {
     assert!(w.len() >= out * inp);
     pack_b(out, inp, |panel, n0, ncols| {
+        if ncols == 16 && panel16(panel, n0) {
+            return;
+        }
         for k in 0..out {
             let row = &w[k * inp + n0..k * inp + n0 + ncols];
             let dst = &mut panel[(k >> 1) * 32..(k >> 1) * 32 + 32];
@@ -788,7 +798,7 @@ mod simd {
 
     /// The 16-column panel of `B = wᵀ` (`w: [·, inp]` rows `n0..n0 + 16`, see `pack_b`) in
     /// bf16: 32 values of a row at a time converted in registers and scattered to their 16
-    /// column slots, the last `inp % 32` one by one.
+    /// column slots, the last `inp % 32` one by one. Returns true (the panel is done).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available.
@@ -796,7 +806,7 @@ mod simd {
     /// # Panics
     /// When `w` lacks rows `n0..n0 + 16` or `panel` is shorter than `inp` rounded up to pairs.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub unsafe fn pack_rows_panel(w: &[f32], inp: usize, n0: usize, panel: &mut [u16]) {
+    pub unsafe fn pack_rows_panel(w: &[f32], inp: usize, n0: usize, panel: &mut [u16]) -> bool {
         assert!(w.len() >= (n0 + 16) * inp && panel.len() >= inp.div_ceil(2) * 32);
         // The u32 (bf16 pair) `i` of a converted row goes to pair slot `i · 16` of the panel.
         let slots = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
@@ -819,11 +829,13 @@ mod simd {
                 panel[(kk >> 1) * 32 + 2 * j + (kk & 1)] = half::bf16::from_f32(v).to_bits();
             }
         }
+        true
     }
 
     /// The 16-column panel of `B = w` (`w: [out, inp]`, columns `n0..n0 + 16`, see `pack_b`)
     /// in bf16: for each pair of rows `k, k + 1`, both 16-value pieces converted and
-    /// interleaved in registers (a missing last row counts as zeros).
+    /// interleaved in registers (a missing last row counts as zeros). Returns true (the panel is
+    /// done).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available.
@@ -831,7 +843,7 @@ mod simd {
     /// # Panics
     /// When `w` lacks columns `n0..n0 + 16` or `panel` is shorter than `out` rounded up to pairs.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub unsafe fn pack_cols_panel(w: &[f32], out: usize, inp: usize, n0: usize, panel: &mut [u16]) {
+    pub unsafe fn pack_cols_panel(w: &[f32], out: usize, inp: usize, n0: usize, panel: &mut [u16]) -> bool {
         assert!(n0 + 16 <= inp && w.len() >= out * inp && panel.len() >= out.div_ceil(2) * 32);
         let mut k = 0;
         // SAFETY: loads read w[k · inp + n0..+16] for rows k < out; each store writes the 32
@@ -854,6 +866,7 @@ mod simd {
                 k += 2;
             }
         }
+        true
     }
 }
 
@@ -863,11 +876,11 @@ mod simd {
         unreachable!("AMX is never reported available off x86_64")
     }
 
-    pub unsafe fn pack_rows_panel(_: &[f32], _: usize, _: usize, _: &mut [u16]) {
+    pub unsafe fn pack_rows_panel(_: &[f32], _: usize, _: usize, _: &mut [u16]) -> bool {
         unreachable!("AMX is never reported available off x86_64")
     }
 
-    pub unsafe fn pack_cols_panel(_: &[f32], _: usize, _: usize, _: usize, _: &mut [u16]) {
+    pub unsafe fn pack_cols_panel(_: &[f32], _: usize, _: usize, _: usize, _: &mut [u16]) -> bool {
         unreachable!("AMX is never reported available off x86_64")
     }
 }

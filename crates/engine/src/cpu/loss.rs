@@ -95,55 +95,11 @@ pub fn linear_cross_entropy<T: Real>(
     vocab: usize,
     dim: usize,
     grad_scale: T,
-    dh: Option<&mut [T]>,
-    dw: Option<&mut [T]>,
-    chunk: usize,
-) -> (f64, usize) {
-    assert!(w.len() >= vocab * dim);
-    let products = OutputProducts {
-        logits: |hc: &[T], l: &mut [T], n: usize| linear_forward(hc, w, l, n, vocab, dim, false),
-        input_grad: |dl: &[T], d: &mut [T], n: usize| linear_backward_input(dl, w, d, n, vocab, dim, false),
-        weight_grad: |dl: &[T], hc: &[T], dw: &mut [T], n: usize| {
-            matmul(dl, true, hc, false, dw, vocab, dim, n, T::ONE, T::ONE)
-        },
-    };
-    linear_cross_entropy_with(h, &products, targets, rows, vocab, dim, grad_scale, dh, dw, chunk)
-}
-
-/// The two products of an output projection `W: [vocab, dim]` that the fused cross-entropy
-/// needs, so that a backend can supply its fastest form of them (e.g. a weight packed once).
-pub struct OutputProducts<F, G, H> {
-    /// `logits[n, vocab] = h[n, dim] · Wᵀ`, called as `logits(h, logits, n)`.
-    pub logits: F,
-    /// `dh[n, dim] = dlogits[n, vocab] · W` (overwriting), called as `input_grad(dlogits, dh, n)`.
-    pub input_grad: G,
-    /// `dw[vocab, dim] += dlogits[n, vocab]ᵀ · h[n, dim]`, called as `weight_grad(dlogits, h, dw,
-    /// n)`.
-    pub weight_grad: H,
-}
-
-/// [`linear_cross_entropy`] over the products in `p`.
-///
-/// # Panics
-/// When a slice is too short or a target is out of range.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_cross_entropy_with<T: Real, F, G, H>(
-    h: &[T],
-    p: &OutputProducts<F, G, H>,
-    targets: &[i32],
-    rows: usize,
-    vocab: usize,
-    dim: usize,
-    grad_scale: T,
     mut dh: Option<&mut [T]>,
     mut dw: Option<&mut [T]>,
     chunk: usize,
-) -> (f64, usize)
-where
-    F: Fn(&[T], &mut [T], usize),
-    G: Fn(&[T], &mut [T], usize),
-    H: Fn(&[T], &[T], &mut [T], usize),
-{
+) -> (f64, usize) {
+    assert!(w.len() >= vocab * dim);
     assert!(chunk > 0 && vocab > 0);
     assert!(h.len() >= rows * dim && targets.len() >= rows);
     assert!(targets_valid(&targets[..rows], vocab));
@@ -157,7 +113,7 @@ where
         let hc = &h[r0 * dim..(r0 + n) * dim];
         let tc = &targets[r0..r0 + n];
         let logits = &mut tile[..n * vocab];
-        (p.logits)(hc, logits, n);
+        linear_forward(hc, w, logits, n, vocab, dim, false);
         let (s, c) = logits
             .par_chunks_mut(vocab)
             .zip(tc.par_iter())
@@ -181,10 +137,10 @@ where
         count += c;
         if want_grad {
             if let Some(dh) = dh.as_deref_mut() {
-                (p.input_grad)(logits, &mut dh[r0 * dim..(r0 + n) * dim], n);
+                linear_backward_input(logits, w, &mut dh[r0 * dim..(r0 + n) * dim], n, vocab, dim, false);
             }
             if let Some(dw) = dw.as_deref_mut() {
-                (p.weight_grad)(logits, hc, dw, n);
+                matmul(logits, true, hc, false, dw, vocab, dim, n, T::ONE, T::ONE);
             }
         }
         r0 += n;
