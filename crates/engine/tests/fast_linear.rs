@@ -312,3 +312,19 @@ fn f32_weights_pack_as_their_bf16_rounding() {
         assert_eq!(dx, dx_ref, "{out}×{inp} weight, transposed");
     }
 }
+
+#[test]
+fn amx_weight_gradient_over_no_rows_is_zero() {
+    // A weight gradient over zero rows (k = 0): zeros, or the old values when accumulating.
+    if !amx::available() {
+        eprintln!("AMX not available here: skipping");
+        return;
+    }
+    let (out, inp) = (40, 24);
+    let mut dw = vec![f32::NAN; out * inp];
+    amx::weight_grad(&[], &[], &mut dw, 0, out, inp, false);
+    assert!(dw.iter().all(|&v| v == 0.0));
+    let mut dw = vec![1.5; out * inp];
+    amx::weight_grad(&[], &[], &mut dw, 0, out, inp, true);
+    assert!(dw.iter().all(|&v| v == 1.5));
+}

@@ -369,6 +369,13 @@ pub fn weight_grad(
     if out == 0 || inp == 0 {
         return;
     }
+    if rows == 0 {
+        // An empty sum (the kernel needs at least one `k` block).
+        if !accumulate {
+            dw[..out * inp].fill(0.0);
+        }
+        return;
+    }
     // dyᵀ as the A operand; x is B = x ([rows, inp], k = rows).
     let a = pack_a_transposed(dy, rows, out);
     run(&a, &pack_linear_transposed_f32(x, rows, inp), dw, out, inp, inp, accumulate);
@@ -397,7 +404,9 @@ fn task_grid(mblocks: usize, nblocks: usize) -> (usize, usize) {
 }
 
 /// `c[m, n] (+)= A · B` over packed operands, `c` row-major with row stride `ldc`.
+/// `k` must not be 0: the kernel runs at least one `k` block.
 fn run(a: &PackedA, b: &PackedB, c: &mut [f32], m: usize, n: usize, ldc: usize, accumulate: bool) {
+    debug_assert!(b.kblocks > 0);
     let mblocks = m.div_ceil(MR);
     let nblocks = n.div_ceil(NR);
     let (bm, bn) = task_grid(mblocks, nblocks);
