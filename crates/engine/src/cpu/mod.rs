@@ -714,33 +714,34 @@ impl Backend for CpuBackend {
         let (vocab, dim) = (w.rows, w.cols);
         let (dh_len, dw_len) = (dh.as_deref().map(Vec::len), dw.as_deref().map(Vec::len));
         checks::linear_cross_entropy(h.len(), targets, dh_len, dw_len, rows, dim, vocab)?;
-        let chunk = loss::default_chunk_rows(vocab);
         let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
-        let mixed = self.bf16_products();
-        Ok(self.install(|| match &w.data {
-            // bf16 weight on AMX (or an f32 one with bf16 products): blocks of the vocabulary.
-            CpuWeightData::BF16(_) | CpuWeightData::F32(_)
-                if amx::available() && (mixed || matches!(w.data, CpuWeightData::BF16(_))) =>
-            {
-                let weight = match &w.data {
-                    CpuWeightData::BF16(d) => amx::OutputWeight::Bf16(d),
-                    CpuWeightData::F32(d) => amx::OutputWeight::F32(d),
-                    CpuWeightData::Quant { .. } => unreachable!("matched float weights"),
-                };
+        // On AMX, in blocks of the vocabulary: a bf16 weight, or an f32 one with bf16 products.
+        let on_amx = match &w.data {
+            CpuWeightData::BF16(d) if amx::available() => Some(amx::OutputWeight::Bf16(d)),
+            CpuWeightData::F32(d) if amx::available() && self.bf16_products() => {
+                Some(amx::OutputWeight::F32(d))
+            }
+            _ => None,
+        };
+        Ok(self.install(|| match on_amx {
+            Some(weight) => {
                 amx::linear_cross_entropy(h, weight, targets, rows, vocab, dim, grad_scale, dh, dw)
             }
-            _ => loss::linear_cross_entropy(
-                h,
-                w.as_ref(),
-                targets,
-                rows,
-                vocab,
-                dim,
-                grad_scale,
-                dh,
-                dw,
-                chunk,
-            ),
+            None => {
+                let chunk = loss::default_chunk_rows(vocab);
+                loss::linear_cross_entropy(
+                    h,
+                    w.as_ref(),
+                    targets,
+                    rows,
+                    vocab,
+                    dim,
+                    grad_scale,
+                    dh,
+                    dw,
+                    chunk,
+                )
+            }
         }))
     }
 
