@@ -19,8 +19,8 @@ fn randn(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median seconds of `reps` runs after one warm-up.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Minimum and median seconds of `reps` runs after one warm-up.
+fn min_median(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
     f();
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
@@ -30,7 +30,12 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
         })
         .collect();
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[reps / 2]
+    (t[0], t[reps / 2])
+}
+
+/// Median seconds of `reps` runs after one warm-up.
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    min_median(reps, f).1
 }
 
 fn report(name: &str, secs: f64, flops: f64) {
@@ -154,29 +159,20 @@ fn main() {
         let bytes: usize = ws.iter().map(|&(_, o, n)| o * q.row_bytes(n).unwrap()).sum();
         let x = randn(ffn, 5);
         let mut y = vec![0.0; vocab];
-        let mut step = || {
+        let (min, med) = min_median(20, || {
             be.scoped(|| {
                 for (w, _, _) in &ws {
                     be.linear(&x, w, &mut y, 1, false).unwrap();
                 }
             })
-        };
-        step();
-        let mut t: Vec<f64> = (0..20)
-            .map(|_| {
-                let s = Instant::now();
-                step();
-                s.elapsed().as_secs_f64()
-            })
-            .collect();
-        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        });
         println!(
             "stream Q8_0 model step ({:.0} MB)            min {:>7.2} ms {:>6.1} GB/s | median {:>7.2} ms {:>6.1} GB/s",
             bytes as f64 / 1e6,
-            t[0] * 1e3,
-            bytes as f64 / t[0] / 1e9,
-            t[10] * 1e3,
-            bytes as f64 / t[10] / 1e9
+            min * 1e3,
+            bytes as f64 / min / 1e9,
+            med * 1e3,
+            bytes as f64 / med / 1e9
         );
     }
     if run("attention") {
@@ -240,8 +236,8 @@ fn main() {
             })
             .collect();
         let (mut o, mut l) = (vec![0.0; 9 * 64], vec![0.0; 9]);
-        let mut steps = |f32_cache: bool| -> (f64, f64) {
-            let mut step = || {
+        let mut steps = |f32_cache: bool| {
+            min_median(20, || {
                 be.scoped(|| {
                     for i in 0..layers {
                         if f32_cache {
@@ -252,17 +248,7 @@ fn main() {
                         }
                     }
                 })
-            };
-            step();
-            let mut t: Vec<f64> = (0..20)
-                .map(|_| {
-                    let s = Instant::now();
-                    step();
-                    s.elapsed().as_secs_f64()
-                })
-                .collect();
-            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            (t[0], t[10])
+            })
         };
         for (name, f32_cache) in [("f32", true), ("f16", false)] {
             let (min, med) = steps(f32_cache);
