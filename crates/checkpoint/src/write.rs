@@ -468,7 +468,8 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<Leftover>> {
         let path = entry.path();
         let bytes = size_of(&path);
         let kind = entry.file_type().map_err(io_err(&path))?;
-        if kind.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }.map_err(io_err(&path))?;
+        if kind.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }
+            .map_err(io_err(&path))?;
         removed.push(Leftover { path, bytes });
     }
     removed.sort_by(|a, b| a.path.cmp(&b.path));

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
 use afinar_checkpoint::write::{
-    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, save_like, save_safetensors, save_safetensors_with,
-    remove_leftovers, save_sharded, write_atomic, write_dir_atomic, TensorData, TensorSink, TensorWrite,
+    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, remove_leftovers, save_like, save_safetensors,
+    save_safetensors_with, save_sharded, write_atomic, write_dir_atomic, TensorData, TensorSink, TensorWrite,
     SIDE_FILES,
 };
 use afinar_checkpoint::{CheckpointError, DType};
@@ -715,7 +715,11 @@ fn leftovers_of_killed_writes_are_removed_and_nothing_else() {
         removed.iter().map(|l| l.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(
         names,
-        [format!(".metrics.jsonl.tmp-{dead}-0"), format!("epoch_0.old-{dead}-2"), format!("step_3.tmp-{dead}-7")]
+        [
+            format!(".metrics.jsonl.tmp-{dead}-0"),
+            format!("epoch_0.old-{dead}-2"),
+            format!("step_3.tmp-{dead}-7")
+        ]
     );
     assert_eq!(removed[2].bytes, 1000);
     for kept in ["step_2", "notes.tmp-abc-1", "metrics.jsonl"] {

@@ -5,8 +5,8 @@
 mod common;
 
 use afinar_data::{
-    alpaca_prompt, DataError, Dataset, DatasetKind, InstructTemplate, LongRows, PromptFormat, Sample, TrainOn,
-    IGNORE_INDEX,
+    alpaca_prompt, DataError, Dataset, DatasetKind, InstructTemplate, LongRows, PromptFormat, Sample,
+    TrainOn, IGNORE_INDEX,
 };
 use afinar_tokenizer::{render_chat, render_llama3, Message, Tokenizer};
 use common::*;
