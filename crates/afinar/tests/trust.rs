@@ -152,7 +152,7 @@ merge_adapter: false
 }
 
 fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = SafetensorsCheckpoint::open(&dir.join("adapter_model.safetensors")).unwrap();
+    let ck = SafetensorsCheckpoint::open(dir.join("adapter_model.safetensors")).unwrap();
     let mut names = ck.names();
     names.sort();
     names.into_iter().map(|n| (n.clone(), ck.tensor(&n).unwrap().to_f32().unwrap())).collect()
@@ -257,7 +257,7 @@ fn resume_with_other_settings_is_refused_unless_accepted() {
 fn a_diverged_run_stops_without_saving_its_broken_state() {
     let w = world("diverged", &rows(40));
     let (res, notes) = w.run(&["optimizer.lr=1e6", "save_every_n_steps=1", "max_steps_per_epoch=10"]);
-    let err = res.err().expect("the run should stop").to_string();
+    let err = res.expect_err("the run should stop").to_string();
     eprintln!("{err}");
     let at: u64 = err
         .strip_prefix("training diverged at step ")
