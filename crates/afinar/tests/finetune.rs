@@ -89,6 +89,7 @@ fn plan(out: &Path) -> Plan {
         stop_after_steps: None,
         seed: 5,
         recipe_config: None,
+        data_fingerprint: None,
     }
 }
 

@@ -249,6 +249,12 @@ fn resume_with_other_settings_is_refused_unless_accepted() {
     assert_eq!(res.unwrap().steps, 6);
     let note = notes.find("resume_accept_config_changes");
     assert!(note.contains("optimizer.lr: 0.01 → 0.02") && !note.contains("log_every_n_steps"), "{note}");
+
+    // Data edited in place (same path): refused too.
+    let text = std::fs::read_to_string(&w.data).unwrap();
+    std::fs::write(&w.data, text.replacen("Count to 3.", "Count to three.", 1)).unwrap();
+    let err = w.err(&["resume_from_checkpoint=true", "max_steps_per_epoch=8", "optimizer.lr=0.02"]);
+    assert!(err.contains("the data the checkpoint") && err.contains("data.jsonl as now tokenized"), "{err}");
 }
 
 /// lr = 1e6 breaks the run: it stops with the step and the quantity, and the broken state is not

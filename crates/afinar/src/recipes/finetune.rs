@@ -52,6 +52,26 @@ pub struct Plan {
     /// The run's resolved config (YAML), saved with the recipe state so that a resume can
     /// compare it with its own ([`crate::recipes::run::check_resume`]).
     pub recipe_config: Option<String>,
+    /// Fingerprint of the tokenized data ([`data_fingerprint`]), saved with the recipe state.
+    pub data_fingerprint: Option<String>,
+}
+
+/// A fingerprint of a dataset's samples (token ids, labels and sample boundaries, in order;
+/// FNV-1a, 64 bits, as hex): the same data tokenized the same way gives the same value.
+pub fn data_fingerprint(samples: &[afinar_data::Sample]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |v: u32| {
+        for b in v.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for s in samples {
+        eat(s.ids.len() as u32);
+        s.ids.iter().for_each(|&i| eat(i));
+        s.labels.iter().for_each(|&l| eat(l as u32));
+    }
+    format!("{h:016x}")
 }
 
 /// What a finished run reports.
@@ -340,7 +360,13 @@ pub fn train<B: Backend>(
                     step_in_epoch: s,
                     steps_per_epoch: Some(steps_per_epoch),
                 };
-                state.save(&plan.output_dir, be, model, plan.recipe_config.as_deref())?;
+                state.save(
+                    &plan.output_dir,
+                    be,
+                    model,
+                    plan.recipe_config.as_deref(),
+                    plan.data_fingerprint.as_deref(),
+                )?;
                 reporter.note(&format!("saved {}", dir.display()));
                 last_saved = Some(dir.clone());
                 summary.checkpoints.push(dir);

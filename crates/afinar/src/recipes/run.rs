@@ -110,6 +110,7 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
         stop_after_steps: None,
         seed: cfg.seed,
         recipe_config: Some(cfg.to_yaml()),
+        data_fingerprint: None,
     }
 }
 
@@ -168,7 +169,7 @@ pub fn check_resume(cfg: &RecipeConfig) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let state = cfg.output_dir.join("recipe_state").join("state.safetensors");
-    let Some(saved) = super::state::saved_config(&cfg.output_dir)? else {
+    let Some(saved) = super::state::saved_value(&cfg.output_dir, super::state::CONFIG_KEY)? else {
         // No state at all: the loop says there is nothing to resume.
         return Ok(if state.exists() {
             vec![format!(
@@ -228,6 +229,32 @@ pub fn check_resume(cfg: &RecipeConfig) -> Result<Vec<String>> {
         notes.push(format!("resume: the length of training changed ({}): {schedule}", length.join("; ")));
     }
     Ok(notes)
+}
+
+/// On resume, after the data is loaded: compares its fingerprint with the one saved with the
+/// recipe state, so that data edited in place (same path, other rows, or another tokenizer) is
+/// refused unless `resume_accept_config_changes` is set.
+fn check_resume_data(cfg: &RecipeConfig, fingerprint: &str, reporter: &mut dyn Reporter) -> Result<()> {
+    let Some(saved) = super::state::saved_value(&cfg.output_dir, super::state::DATA_KEY)? else {
+        return Ok(());
+    };
+    if saved == fingerprint {
+        return Ok(());
+    }
+    let what = format!(
+        "the data the checkpoint in {} was trained on differs from {} as now tokenized (fingerprint \
+         {saved} → {fingerprint}): the file, its rows or the tokenization changed",
+        cfg.output_dir.display(),
+        cfg.dataset.source.display()
+    );
+    if !cfg.resume_accept_config_changes {
+        return Err(Error::Input(format!(
+            "resume_from_checkpoint: {what}; resume with the same data, use another output_dir for a \
+             new run, or set resume_accept_config_changes=true to continue on the new data"
+        )));
+    }
+    reporter.note(&format!("resume_accept_config_changes: {what}; continuing on the new data"));
+    Ok(())
 }
 
 /// Prepares `cfg.output_dir` for a run: removes what killed saves left there (saying so),
@@ -354,7 +381,12 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         }),
         None => Box::new(FullSave { source }),
     };
-    train(be, &mut model, &loader, &plan(cfg), saver.as_ref(), reporter)
+    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
+    if cfg.resume_from_checkpoint {
+        check_resume_data(cfg, &fingerprint, reporter)?;
+    }
+    let plan = Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) };
+    train(be, &mut model, &loader, &plan, saver.as_ref(), reporter)
 }
 
 /// The statistics printed at the start of a run: rows read, examples kept, truncated and

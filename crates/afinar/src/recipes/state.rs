@@ -39,17 +39,22 @@ pub struct RecipeState {
 }
 
 /// The metadata key of the state file that holds the run's resolved config (YAML).
-const CONFIG_KEY: &str = "recipe_config";
+pub const CONFIG_KEY: &str = "recipe_config";
 
-/// The resolved config (YAML) saved with the recipe state in `output_dir`, if there is a state
-/// and it has one (states written by older versions do not).
-pub fn saved_config(output_dir: &Path) -> Result<Option<String>> {
+/// The metadata key of the state file that holds the fingerprint of the run's tokenized data
+/// ([`afinar_data::Dataset`]'s samples): a resume on edited data is caught even when the file's
+/// path is the same.
+pub const DATA_KEY: &str = "data_fingerprint";
+
+/// The value of metadata `key` of the recipe state saved in `output_dir`, if there is a state
+/// and it has that key (states written by older versions have neither config nor fingerprint).
+pub fn saved_value(output_dir: &Path, key: &str) -> Result<Option<String>> {
     let path = state_path(output_dir);
     if !path.exists() {
         return Ok(None);
     }
     let ckpt = SafetensorsCheckpoint::open(&path)?;
-    Ok(ckpt.metadata().and_then(|m| m.get(CONFIG_KEY)).cloned())
+    Ok(ckpt.metadata().and_then(|m| m.get(key)).cloned())
 }
 
 fn state_path(output_dir: &Path) -> PathBuf {
@@ -59,13 +64,15 @@ fn state_path(output_dir: &Path) -> PathBuf {
 impl RecipeState {
     /// Saves this state with every trainable tensor and its moments, streamed one tensor at a
     /// time (the optimizer state is twice the trainable weights: it never sits on the host whole),
-    /// and `config`, the run's resolved config (YAML) that a resume compares with its own.
+    /// and `config`, the run's resolved config (YAML), and `data`, the fingerprint of its
+    /// tokenized data, that a resume compares with its own.
     pub fn save<B: Backend>(
         &self,
         output_dir: &Path,
         be: &B,
         model: &mut Llama<B>,
         config: Option<&str>,
+        data: Option<&str>,
     ) -> Result<()> {
         // First the names and shapes, then the values in the same order.
         let mut metas: Vec<TensorMeta> = Vec::new();
@@ -92,6 +99,9 @@ impl RecipeState {
         }
         if let Some(c) = config {
             meta.insert(CONFIG_KEY.to_string(), c.to_string());
+        }
+        if let Some(d) = data {
+            meta.insert(DATA_KEY.to_string(), d.to_string());
         }
         write_dir_atomic(output_dir.join(STATE_DIR), |tmp: &Path| -> Result<()> {
             save_safetensors_with(
