@@ -114,3 +114,49 @@ fn prompt_longer_than_context_and_bad_ids() {
     let msg = model.forward(&be, &[1, 2, 100_000], 1, 3, None, Logits::Last).err().unwrap().to_string();
     assert!(msg.contains("100000") && msg.contains("vocabulary"), "{msg}");
 }
+
+/// A config.json with fewer layers than the weights: the extra tensors are named, not ignored.
+#[test]
+fn config_with_fewer_layers_than_the_weights_is_refused() {
+    let d = tmp("layers");
+    copy_dir(&fixture("models/llama32_tiny"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+    )
+    .unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains("model.layers.1.input_layernorm.weight")
+            && msg.contains("not used by a model of the configured shape (1 layers"),
+        "{msg}"
+    );
+}
+
+/// Numbers of the wrong type in config.json are errors naming the key, not silent defaults.
+#[test]
+fn config_numbers_of_the_wrong_type_are_refused() {
+    for (from, to, key) in [
+        (
+            "\"rms_norm_eps\": 1e-05",
+            "\"rms_norm_eps\": \"abc\"",
+            "rms_norm_eps: expected a number, got \"abc\"",
+        ),
+        ("\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": -1.0", "rms_norm_eps: expected a number > 0"),
+        ("\"rope_theta\": 500000.0", "\"rope_theta\": [1]", "rope_theta: expected a number, got [1]"),
+        (
+            "\"tie_word_embeddings\": true",
+            "\"tie_word_embeddings\": 1",
+            "tie_word_embeddings: expected true or false",
+        ),
+    ] {
+        let d = tmp("types");
+        copy_dir(&fixture("models/llama32_tiny"), &d);
+        let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+        assert!(cfg.contains(from), "{from}");
+        std::fs::write(d.join("config.json"), cfg.replace(from, to)).unwrap();
+        let msg = load_err(&d);
+        assert!(msg.contains("config.json: ") && msg.contains(key), "{to}: {msg}");
+    }
+}

@@ -88,6 +88,8 @@ fn plan(out: &Path) -> Plan {
         log_every_n_steps: 1,
         stop_after_steps: None,
         seed: 5,
+        recipe_config: None,
+        data_fingerprint: None,
     }
 }
 

@@ -407,6 +407,75 @@ where
     Ok(value)
 }
 
+/// A temporary file or folder that [`write_atomic`] (`.NAME.tmp-<pid>-<n>`) or
+/// [`write_dir_atomic`] (`NAME.tmp-<pid>-<n>`, `NAME.old-<pid>-<n>`) left in `dir` when its
+/// process was killed mid-write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// Its size in bytes (files under a folder summed).
+    pub bytes: u64,
+}
+
+/// The process id in a name written by this module (`…​.tmp-<pid>-<n>` or `…​.old-<pid>-<n>`),
+/// if it is one.
+fn temporary_pid(name: &str) -> Option<u32> {
+    let (stem, n) = name.rsplit_once('-')?;
+    let (stem, pid) = stem.rsplit_once('-')?;
+    if !(stem.ends_with(".tmp") || stem.ends_with(".old")) || stem.len() <= 4 {
+        return None;
+    }
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is running (Linux: `/proc/<pid>` exists; elsewhere: assumed not, so
+/// only this process's own writes are kept).
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn size_of(path: &Path) -> u64 {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            fs::read_dir(path).map_or(0, |rd| rd.flatten().map(|e| size_of(&e.path())).sum())
+        }
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Removes the temporary files and folders that atomic writes of a killed process left directly
+/// in `dir` (names as [`Leftover`] describes, whose process is no longer running; nothing else
+/// is touched) and returns what was removed. A missing `dir` has none.
+pub fn remove_leftovers(dir: &Path) -> Result<Vec<Leftover>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temporary_pid) else { continue };
+        if process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let bytes = size_of(&path);
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        if kind.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }
+            .map_err(io_err(&path))?;
+        removed.push(Leftover { path, bytes });
+    }
+    removed.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(removed)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Safetensors.
 

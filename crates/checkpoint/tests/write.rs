@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
 use afinar_checkpoint::write::{
-    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, save_like, save_safetensors, save_safetensors_with,
-    save_sharded, write_atomic, write_dir_atomic, TensorData, TensorSink, TensorWrite, SIDE_FILES,
+    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, remove_leftovers, save_like, save_safetensors,
+    save_safetensors_with, save_sharded, write_atomic, write_dir_atomic, TensorData, TensorSink, TensorWrite,
+    SIDE_FILES,
 };
 use afinar_checkpoint::{CheckpointError, DType};
 use common::{run_python, TempDir};
@@ -686,4 +687,44 @@ fn streamed_file_holds_the_tensors_in_the_announced_order() {
     assert!(matches!(failed, Err(Failure::DeviceLost)), "{failed:?}");
     assert!(!bad.exists());
     assert_eq!(listing(dir.path()), vec!["state.safetensors".to_string()]);
+}
+
+/// What a killed atomic write leaves (`step_3.tmp-PID-K/`, `.metrics.jsonl.tmp-PID-K`,
+/// `epoch_0.old-PID-K/`) is removed by name pattern when its process is gone; everything else,
+/// and the temporaries of a running process, stay.
+#[test]
+fn leftovers_of_killed_writes_are_removed_and_nothing_else() {
+    let dir = TempDir::new("leftovers");
+    let d = dir.path();
+    // A pid no process has (above the Linux pid_max limit of 2^22).
+    let dead = 4_999_999;
+    let mk_dir = |name: &str| {
+        std::fs::create_dir_all(d.join(name)).unwrap();
+        std::fs::write(d.join(name).join("model.safetensors"), vec![0u8; 1000]).unwrap();
+    };
+    mk_dir(&format!("step_3.tmp-{dead}-7"));
+    mk_dir(&format!("epoch_0.old-{dead}-2"));
+    std::fs::write(d.join(format!(".metrics.jsonl.tmp-{dead}-0")), b"x").unwrap();
+    // Kept: real checkpoints, a running process's temporary, names that only look similar.
+    mk_dir("step_2");
+    mk_dir(&format!("step_4.tmp-{}-1", std::process::id()));
+    mk_dir("notes.tmp-abc-1");
+    std::fs::write(d.join("metrics.jsonl"), b"{}").unwrap();
+    let removed = remove_leftovers(d).unwrap();
+    let names: Vec<String> =
+        removed.iter().map(|l| l.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        names,
+        [
+            format!(".metrics.jsonl.tmp-{dead}-0"),
+            format!("epoch_0.old-{dead}-2"),
+            format!("step_3.tmp-{dead}-7")
+        ]
+    );
+    assert_eq!(removed[2].bytes, 1000);
+    for kept in ["step_2", "notes.tmp-abc-1", "metrics.jsonl"] {
+        assert!(d.join(kept).exists(), "{kept} removed");
+    }
+    assert!(d.join(format!("step_4.tmp-{}-1", std::process::id())).exists());
+    assert!(remove_leftovers(&d.join("absent")).unwrap().is_empty());
 }

@@ -131,3 +131,38 @@ fn bad_inputs_fail_cleanly() {
     let out = afinar(&["generate", "--model", m, "--bogus"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A negative number for a numeric option names the option and what was expected (clap used to
+/// call `-1` an unexpected argument).
+#[test]
+fn negative_numbers_name_the_option() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let out = afinar(&["generate", "--model", m, "--prompt", "hi", "--temperature", "-1"], None);
+    assert_clean_failure(&out, "--temperature must be a number ≥ 0, got -1");
+    let out = afinar(&["generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "-5"], None);
+    assert_clean_failure(
+        &out,
+        "invalid value '-5' for '--max-new-tokens <MAX_NEW_TOKENS>': expected a whole number ≥ 0",
+    );
+    let out = afinar(&["generate", "--model", m, "--prompt", "hi", "--top-k", "-3"], None);
+    assert_clean_failure(&out, "'--top-k <TOP_K>': expected a whole number ≥ 0");
+    let out = afinar(&["generate", "--model", m, "--prompt", "hi", "--seed", "-1"], None);
+    assert_clean_failure(&out, "'--seed <SEED>': expected a whole number from 0");
+}
+
+/// The operating system's error is printed once, not once in the error's message and again as
+/// its cause (anyhow's chain).
+#[test]
+fn os_errors_are_printed_once() {
+    // A folder whose tokenizer.json is a folder: reading it fails with "Is a directory".
+    let dir = std::env::temp_dir().join(format!("afinar-cli-oserr-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("tokenizer.json")).unwrap();
+    let out = afinar(&["tokenize", "--tokenizer", dir.to_str().unwrap(), "x"], None);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_clean_failure(&out, "tokenizer.json: ");
+    let err = text(&out.stderr);
+    let os = err.find("(os error").map(|i| &err[i..]).unwrap_or_else(|| panic!("no OS error in {err}"));
+    let code = &os[..os.find(')').unwrap() + 1];
+    assert_eq!(err.matches(code).count(), 1, "{err}");
+}

@@ -10,7 +10,9 @@ use rayon::prelude::*;
 use crate::encode::{ChatIssue, Encoder, Tokens};
 use crate::formats::{read_rows, RawRow};
 use crate::records::{extract, Record};
-use crate::{DataError, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, RowLoc, IGNORE_INDEX};
+use crate::{
+    DataError, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, LongRows, RowLoc, IGNORE_INDEX,
+};
 
 /// One tokenized example.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,11 +93,23 @@ impl fmt::Display for PromptFormat {
 pub struct DatasetStats {
     /// Rows read from the file.
     pub rows: usize,
-    /// Rows cut to `max_seq_len`.
+    /// Rows cut to `max_seq_len` and kept.
     pub truncated: usize,
     /// Rows left out because no token of theirs carries loss (e.g. the prompt alone fills
     /// `max_seq_len`, or a chat has no assistant message).
     pub dropped_no_labels: usize,
+    /// Rows left out because they were longer than `max_seq_len` ([`crate::LongRows::Drop`]).
+    pub dropped_too_long: usize,
+    /// Where the first few truncated rows are (at most [`DatasetStats::MAX_LISTED`]).
+    pub truncated_at: Vec<RowLoc>,
+    /// Where the first few rows without a token to train on are (at most
+    /// [`DatasetStats::MAX_LISTED`]), and whether each was truncated first.
+    pub dropped_no_labels_at: Vec<(RowLoc, bool)>,
+    /// Where the first few rows dropped for their length are (at most
+    /// [`DatasetStats::MAX_LISTED`]).
+    pub dropped_too_long_at: Vec<RowLoc>,
+    /// Samples kept.
+    pub kept: usize,
     /// Tokens in all samples.
     pub tokens: usize,
     /// Positions with a target, in all samples.
@@ -106,6 +120,52 @@ pub struct DatasetStats {
     pub prompt_format: Option<PromptFormat>,
     /// Why the tokenizer's chat template was not used, if it was set aside.
     pub template_fallback: Option<String>,
+}
+
+impl DatasetStats {
+    /// How many row locations each list keeps.
+    pub const MAX_LISTED: usize = 5;
+
+    /// One line for a user: rows read, kept, truncated and dropped (with why and where).
+    pub fn summary(&self, max_seq_len: usize) -> String {
+        fn locs<'a>(n: usize, at: impl Iterator<Item = String> + 'a) -> String {
+            let list: Vec<String> = at.collect();
+            let more = if n > list.len() { ", …" } else { "" };
+            format!(" ({}{more})", list.join(", "))
+        }
+        let mut s = format!("{} rows read, {} examples kept", self.rows, self.kept);
+        if self.truncated > 0 {
+            s += &format!(
+                "; {} truncated to max_seq_len {max_seq_len}{}",
+                self.truncated,
+                locs(self.truncated, self.truncated_at.iter().map(ToString::to_string))
+            );
+        }
+        if self.dropped_too_long > 0 {
+            s += &format!(
+                "; {} dropped: longer than max_seq_len {max_seq_len}{}",
+                self.dropped_too_long,
+                locs(self.dropped_too_long, self.dropped_too_long_at.iter().map(ToString::to_string))
+            );
+        }
+        if self.dropped_no_labels > 0 {
+            s += &format!(
+                "; {} dropped: no token to train on{}",
+                self.dropped_no_labels,
+                locs(
+                    self.dropped_no_labels,
+                    self.dropped_no_labels_at.iter().map(|(at, cut)| {
+                        if *cut {
+                            format!("{at}, after truncation")
+                        } else {
+                            at.to_string()
+                        }
+                    })
+                )
+            );
+        }
+        s
+    }
 }
 
 /// A tokenized dataset: samples in file order and, when packed, the rows they are packed into.
@@ -145,22 +205,53 @@ impl Dataset {
             ..DatasetStats::default()
         };
         let mut samples = Vec::with_capacity(tokens.len());
-        for t in tokens {
+        let listed = DatasetStats::MAX_LISTED;
+        for (t, row) in tokens.into_iter().zip(&rows) {
+            let too_long = t.ids.len() > spec.max_seq_len;
+            if too_long {
+                match spec.long_rows {
+                    LongRows::Truncate => {}
+                    LongRows::Drop => {
+                        stats.dropped_too_long += 1;
+                        if stats.dropped_too_long_at.len() < listed {
+                            stats.dropped_too_long_at.push(row.at);
+                        }
+                        continue;
+                    }
+                    LongRows::Error => {
+                        return Err(DataError::TooLong {
+                            path: path.to_path_buf(),
+                            at: row.at,
+                            tokens: t.ids.len(),
+                            max_seq_len: spec.max_seq_len,
+                        })
+                    }
+                }
+            }
             let s = Sample::from_mask(t.ids, t.trained, spec.max_seq_len);
             if s.num_label_tokens() == 0 {
                 stats.dropped_no_labels += 1;
+                if stats.dropped_no_labels_at.len() < listed {
+                    stats.dropped_no_labels_at.push((row.at, s.truncated));
+                }
                 continue;
             }
-            stats.truncated += usize::from(s.truncated);
+            if s.truncated {
+                stats.truncated += 1;
+                if stats.truncated_at.len() < listed {
+                    stats.truncated_at.push(row.at);
+                }
+            }
             samples.push(s);
         }
+        stats.kept = samples.len();
         if samples.is_empty() {
             return Err(DataError::Empty {
                 path: path.to_path_buf(),
                 message: format!(
-                    "none of its {} rows has a token to train on (check train_on, and that \
-                     max_seq_len {} leaves room for the responses)",
-                    rows.len(),
+                    "no row is left to train on ({}); check train_on, dataset.long_rows, and \
+                     that max_seq_len {} leaves room for the responses",
+                    stats.summary(spec.max_seq_len),
                     spec.max_seq_len
                 ),
             });
@@ -200,6 +291,7 @@ impl Dataset {
             tokens: samples.iter().map(Sample::len).sum(),
             label_tokens: samples.iter().map(Sample::num_label_tokens).sum(),
             packs: packs.as_ref().map(Vec::len),
+            kept: samples.len(),
             ..DatasetStats::default()
         };
         Ok(Dataset { samples, packs, max_seq_len, stats })

@@ -107,6 +107,23 @@ pub enum DataError {
         /// What is wrong with the value.
         message: String,
     },
+    /// A row is longer than `max_seq_len` and the spec says to refuse such rows
+    /// ([`crate::LongRows::Error`]).
+    #[error(
+        "{}: {at}: {tokens} tokens, longer than max_seq_len {max_seq_len} (long rows are set to be an \
+         error): shorten the row, raise max_seq_len, or truncate or drop long rows",
+        path.display()
+    )]
+    TooLong {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        at: RowLoc,
+        /// Its length in tokens.
+        tokens: usize,
+        /// The limit.
+        max_seq_len: usize,
+    },
     /// The file has no data rows, or no row has a token to train on.
     #[error("{}: {message}", path.display())]
     Empty {

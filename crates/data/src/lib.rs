@@ -41,7 +41,9 @@ pub use dataset::{Dataset, DatasetStats, PromptFormat, Sample};
 pub use encode::{alpaca_prompt, render_chatml};
 pub use error::{DataError, RowLoc};
 pub use loader::{Batch, Batches, Loader};
-pub use spec::{ConversationStyle, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, TrainOn};
+pub use spec::{
+    ConversationStyle, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, LongRows, TrainOn,
+};
 
 /// The label of a position without loss (PyTorch's `CrossEntropyLoss` `ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;

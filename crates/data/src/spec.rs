@@ -132,6 +132,36 @@ names!(TrainOn {
 });
 names!(InstructTemplate { Auto => ["auto"], Alpaca => ["alpaca"], Chat => ["chat"] });
 
+/// What [`crate::Dataset::load`] does with a row longer than `max_seq_len` tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LongRows {
+    /// Keep the first `max_seq_len` tokens (a row left without a token to train on is then
+    /// dropped, and counted as such).
+    #[default]
+    Truncate,
+    /// Leave the row out.
+    Drop,
+    /// Refuse the dataset, naming the first such row.
+    Error,
+}
+
+impl LongRows {
+    /// The word for this policy, as a config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LongRows::Truncate => "truncate",
+            LongRows::Drop => "drop",
+            LongRows::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for LongRows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything [`crate::Dataset::load`] needs to know about a dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetSpec {
@@ -153,6 +183,8 @@ pub struct DatasetSpec {
     /// Samples longer than this are truncated (the start is kept); packed rows have exactly this
     /// many tokens.
     pub max_seq_len: usize,
+    /// What happens to rows longer than `max_seq_len`.
+    pub long_rows: LongRows,
     /// Pack samples into rows of `max_seq_len` tokens.
     pub packed: bool,
     /// Read only the first `max_rows` rows.
@@ -161,8 +193,8 @@ pub struct DatasetSpec {
 
 impl DatasetSpec {
     /// A spec with the defaults: format from the extension, no column renames, detected chat
-    /// style, `InstructTemplate::Auto`, `TrainOn::Assistant`, `max_seq_len` 2048, unpacked, all
-    /// rows.
+    /// style, `InstructTemplate::Auto`, `TrainOn::Assistant`, `max_seq_len` 2048 (longer rows
+    /// truncated), unpacked, all rows.
     pub fn new(kind: DatasetKind, source: impl Into<PathBuf>) -> Self {
         DatasetSpec {
             kind,
@@ -173,6 +205,7 @@ impl DatasetSpec {
             template: InstructTemplate::Auto,
             train_on: TrainOn::Assistant,
             max_seq_len: 2048,
+            long_rows: LongRows::Truncate,
             packed: false,
             max_rows: None,
         }

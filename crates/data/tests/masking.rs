@@ -5,8 +5,8 @@
 mod common;
 
 use afinar_data::{
-    alpaca_prompt, DataError, Dataset, DatasetKind, InstructTemplate, PromptFormat, Sample, TrainOn,
-    IGNORE_INDEX,
+    alpaca_prompt, DataError, Dataset, DatasetKind, InstructTemplate, LongRows, PromptFormat, Sample,
+    TrainOn, IGNORE_INDEX,
 };
 use afinar_tokenizer::{render_chat, render_llama3, Message, Tokenizer};
 use common::*;
@@ -257,4 +257,53 @@ fn truncation_keeps_the_start_and_is_counted() {
     sp.max_seq_len = 40;
     let ds = load(&sp, tok);
     assert_eq!((ds.len(), ds.stats().dropped_no_labels), (1, 1));
+}
+
+/// Rows longer than `max_seq_len`: truncated (the default), dropped or refused, each counted and
+/// located in the statistics a run prints.
+#[test]
+fn long_rows_are_truncated_dropped_or_refused_and_reported() {
+    let dir = scratch("long-rows");
+    let path = write_jsonl(
+        &dir,
+        "l.jsonl",
+        &[
+            json!({"instruction": "Hi", "output": "yes"}),
+            json!({"instruction": "Hi", "output": "word ".repeat(100)}),
+            json!({"instruction": "word ".repeat(100), "output": "yes"}),
+            json!({"instruction": "Hello", "output": "no"}),
+        ],
+    );
+    let tok = llama3();
+    let mut sp = spec(DatasetKind::Instruct, &path);
+    sp.max_seq_len = 40;
+
+    // Truncate: row 2 loses its end, row 3 keeps only its prompt and so is dropped.
+    let ds = load(&sp, tok);
+    let st = ds.stats();
+    assert_eq!((ds.len(), st.kept, st.truncated, st.dropped_no_labels), (3, 3, 1, 1));
+    let summary = st.summary(40);
+    assert_eq!(
+        summary,
+        "4 rows read, 3 examples kept; 1 truncated to max_seq_len 40 (line 2); \
+         1 dropped: no token to train on (line 3, after truncation)"
+    );
+
+    // Drop: both long rows are left out, whatever their labels.
+    sp.long_rows = LongRows::Drop;
+    let ds = load(&sp, tok);
+    assert_eq!((ds.len(), ds.stats().dropped_too_long, ds.stats().truncated), (2, 2, 0));
+    assert!(
+        ds.stats().summary(40).contains("2 dropped: longer than max_seq_len 40 (line 2, line 3)"),
+        "{}",
+        ds.stats().summary(40)
+    );
+
+    // Error: the first long row is named, with its length.
+    sp.long_rows = LongRows::Error;
+    let err = Dataset::load(&sp, tok).unwrap_err();
+    assert!(matches!(err, DataError::TooLong { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("l.jsonl: line 2: ") && msg.contains("longer than max_seq_len 40"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,6 +49,23 @@ fn shipped_dataset_has_the_style_and_balance() {
     assert!(rows.chunks(2).all(|p| !is_spanish(&p[0]) && is_spanish(&p[1])));
 }
 
+/// At max_seq_len 64 (SmolLM2's chat template) one row of the shipped data keeps only its
+/// prompt: it is dropped, and the statistics a run prints say so, with its line.
+#[test]
+fn shipped_dataset_at_64_tokens_reports_the_dropped_row() {
+    let mut sp = spec(DatasetKind::Instruct, &path());
+    sp.max_seq_len = 64;
+    let ds = load(&sp, smollm2());
+    let st = ds.stats();
+    assert_eq!((st.rows, ds.len(), st.dropped_no_labels), (240, 239, 1));
+    let summary = st.summary(64);
+    assert!(
+        summary.starts_with("240 rows read, 239 examples kept; ")
+            && summary.ends_with("1 dropped: no token to train on (line 18, after truncation)"),
+        "{summary}"
+    );
+}
+
 #[test]
 fn shipped_dataset_loads_with_both_tokenizers() {
     let rows = rows();

@@ -28,8 +28,9 @@ pub use builtin::{builtin, BuiltinConfig, BUILTIN_CONFIGS};
 pub use error::{ConfigError, ConfigErrorKind, Location};
 pub use interp::assets_dir;
 pub use types::{
-    ConversationStyle, DatasetKind, DatasetSection, Dtype, FileFormat, LoraSection, LoraTarget, ModelSection,
-    OptimizerSection, Recipe, RecipeConfig, SchedulerKind, SchedulerSection, TokenizerSection, TrainOn,
+    ConversationStyle, DatasetKind, DatasetSection, Dtype, FileFormat, LongRows, LoraSection, LoraTarget,
+    ModelSection, OptimizerSection, Recipe, RecipeConfig, SchedulerKind, SchedulerSection, TokenizerSection,
+    TrainOn,
 };
 
 use error::ConfigErrorKind as K;
@@ -145,7 +146,72 @@ impl ConfigDoc {
     }
 }
 
+/// One key whose value differs between two configs: its dotted path, the old and the new value
+/// (as YAML; `(absent)` for a key one side lacks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Dotted key path (`optimizer.lr`).
+    pub key: String,
+    /// The value in the earlier config.
+    pub old: String,
+    /// The value in this config.
+    pub new: String,
+}
+
+/// Every leaf of a YAML tree as (dotted path, value as YAML); lists are one value.
+fn flatten(node: &Node, prefix: &str, out: &mut Vec<(String, String)>) {
+    fn render(n: &Node) -> String {
+        match &n.value {
+            yaml::Value::Scalar { text, .. } => text.clone(),
+            yaml::Value::Seq(items) => {
+                format!("[{}]", items.iter().map(render).collect::<Vec<_>>().join(", "))
+            }
+            yaml::Value::Map(_) => yaml::emit(n).trim().to_string(),
+        }
+    }
+    match &node.value {
+        yaml::Value::Map(entries) if !entries.is_empty() || prefix.is_empty() => {
+            for e in entries {
+                let key = if prefix.is_empty() { e.key.clone() } else { format!("{prefix}.{}", e.key) };
+                flatten(&e.value, &key, out);
+            }
+        }
+        _ => out.push((prefix.to_string(), render(node))),
+    }
+}
+
 impl RecipeConfig {
+    /// The keys whose values differ between `earlier`, a config written by
+    /// [`RecipeConfig::to_yaml`] (e.g. the one saved with a checkpoint; `origin` names it in
+    /// errors), and this config, in this config's key order.
+    pub fn changes_since(&self, earlier: &str, origin: &Path) -> Result<Vec<ConfigChange>, ConfigError> {
+        let cx = Cx { file: origin.display().to_string(), base_dir: None };
+        let old = match yaml::parse(earlier, None) {
+            Ok(Some(root)) => root,
+            Ok(None) => Node::map(Pos::File { line: 1, col: 1 }),
+            Err(e) => return Err(ConfigError::new(K::Syntax, cx.location(&e.pos), None, e.msg)),
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        flatten(&old, "", &mut a);
+        flatten(&schema::to_node(self), "", &mut b);
+        let old: std::collections::BTreeMap<_, _> = a.into_iter().collect();
+        let mut out = Vec::new();
+        let absent = || "(absent)".to_string();
+        for (key, new) in &b {
+            let was = old.get(key).cloned().unwrap_or_else(absent);
+            if &was != new {
+                out.push(ConfigChange { key: key.clone(), old: was, new: new.clone() });
+            }
+        }
+        let here: std::collections::BTreeSet<_> = b.iter().map(|(k, _)| k.as_str()).collect();
+        for (key, was) in &old {
+            if !here.contains(key.as_str()) {
+                out.push(ConfigChange { key: key.clone(), old: was.clone(), new: absent() });
+            }
+        }
+        Ok(out)
+    }
+
     /// Loads a built-in config (by name) or a YAML file (by path), applies `overrides`
     /// (`a.b=VALUE`, `~a.b`), resolves `${...}` and checks everything, files on disk included.
     pub fn load<S: AsRef<str>>(name_or_path: &str, overrides: &[S]) -> Result<RecipeConfig, ConfigError> {

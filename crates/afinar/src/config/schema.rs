@@ -36,13 +36,23 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "save_adapter_weights_only",
     "merge_adapter",
     "resume_from_checkpoint",
+    "resume_accept_config_changes",
     "log_every_n_steps",
 ];
 const MODEL_KEYS: &[&str] = &["path", "preset", "dtype"];
 const TOKENIZER_KEYS: &[&str] = &["path", "max_seq_len"];
 const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "target_modules", "quantize_base"];
-const DATASET_KEYS: &[&str] =
-    &["kind", "source", "format", "column_map", "conversation_style", "train_on", "packed", "max_rows"];
+const DATASET_KEYS: &[&str] = &[
+    "kind",
+    "source",
+    "format",
+    "column_map",
+    "conversation_style",
+    "train_on",
+    "long_rows",
+    "packed",
+    "max_rows",
+];
 const OPTIMIZER_KEYS: &[&str] = &["lr", "weight_decay", "betas", "eps"];
 const SCHEDULER_KEYS: &[&str] = &["kind", "warmup_steps", "min_lr_ratio"];
 
@@ -580,6 +590,7 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
     }
     let merge_adapter = top.bool_or("merge_adapter", true)?;
     let resume_from_checkpoint = top.bool_or("resume_from_checkpoint", false)?;
+    let resume_accept_config_changes = top.bool_or("resume_accept_config_changes", false)?;
     let log_every_n_steps = top.int("log_every_n_steps", 1)?.unwrap_or(1);
 
     Ok(RecipeConfig {
@@ -607,6 +618,7 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         save_adapter_weights_only,
         merge_adapter,
         resume_from_checkpoint,
+        resume_accept_config_changes,
         log_every_n_steps,
     })
 }
@@ -725,6 +737,7 @@ fn dataset_section(s: &Section, raw: &Node) -> Result<DatasetSection> {
         column_map,
         conversation_style,
         train_on: s.word("train_on", TrainOn::NAMES, TrainOn::from_name)?.unwrap_or(TrainOn::Assistant),
+        long_rows: s.word("long_rows", LongRows::NAMES, LongRows::from_name)?.unwrap_or(LongRows::Truncate),
         packed: s.bool_or("packed", false)?,
         max_rows: s.int("max_rows", 1)?,
     })
@@ -822,6 +835,7 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
                 ("column_map", map(d.column_map.iter().map(|(k, v)| (k.as_str(), text_node(v))).collect())),
                 ("conversation_style", opt_node(&d.conversation_style, |s| raw_node(s))),
                 ("train_on", raw_node(d.train_on)),
+                ("long_rows", raw_node(d.long_rows)),
                 ("packed", raw_node(d.packed)),
                 ("max_rows", opt_node(&d.max_rows, usizen)),
             ]),
@@ -862,6 +876,7 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
         ("save_adapter_weights_only", raw_node(c.save_adapter_weights_only)),
         ("merge_adapter", raw_node(c.merge_adapter)),
         ("resume_from_checkpoint", raw_node(c.resume_from_checkpoint)),
+        ("resume_accept_config_changes", raw_node(c.resume_accept_config_changes)),
         ("log_every_n_steps", raw_node(c.log_every_n_steps)),
     ]);
     map(top)

@@ -131,6 +131,19 @@ word_enum! {
 }
 
 word_enum! {
+    /// What happens to a dataset row longer than `tokenizer.max_seq_len`.
+    LongRows {
+        /// Keep its first `max_seq_len` tokens (a row then left without a token to train on is
+        /// dropped); counted in the statistics a run prints.
+        Truncate = "truncate",
+        /// Leave it out; counted in the statistics a run prints.
+        Drop = "drop",
+        /// Refuse the dataset, naming the file and line (or row) of the first such row.
+        Error = "error",
+    }
+}
+
+word_enum! {
     /// Learning-rate schedule after the linear warm-up.
     SchedulerKind {
         /// Cosine decay from `lr` to `min_lr_ratio * lr`.
@@ -209,8 +222,13 @@ pub struct RecipeConfig {
     pub save_adapter_weights_only: bool,
     /// LoRA: also write the base model with the adapter merged in.
     pub merge_adapter: bool,
-    /// Continue from the latest checkpoint in `output_dir`.
+    /// Continue from the latest checkpoint in `output_dir`. The config saved with it is compared
+    /// with this one: a longer (or shorter) run — `epochs`, `max_steps_per_epoch` — continues;
+    /// any other change that alters what is computed is refused, naming each key.
     pub resume_from_checkpoint: bool,
+    /// Resume even though keys other than the length of training changed (each is printed, with
+    /// its old and new value); the result then equals no run with a single config.
+    pub resume_accept_config_changes: bool,
     /// Log the loss every this many optimizer steps (≥ 1).
     pub log_every_n_steps: usize,
 }
@@ -271,6 +289,8 @@ pub struct DatasetSection {
     pub conversation_style: Option<ConversationStyle>,
     /// Which tokens the loss is computed on.
     pub train_on: TrainOn,
+    /// Rows longer than `tokenizer.max_seq_len`: truncate (default), drop, or error.
+    pub long_rows: LongRows,
     /// Pack several samples into each `max_seq_len` sequence.
     pub packed: bool,
     /// Use only the first this many rows.

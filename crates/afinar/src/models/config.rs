@@ -142,11 +142,36 @@ impl LlamaConfig {
         };
         // transformers 5 moved rope_theta and rope_scaling into rope_parameters.
         let rope_params = json.get("rope_parameters").filter(|v| v.is_object());
-        let rope_theta = json
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
-            .unwrap_or(10_000.0);
+        // Optional keys: absent or null takes the default; anything else must be of the right type.
+        let opt_f64 = |obj: &Value, key: &str, shown: &str| -> Result<Option<f64>> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() => Ok(Some(x)),
+                    _ => Err(err(shown, &format!("expected a number, got {v}"))),
+                },
+            }
+        };
+        let opt_bool = |key: &str| -> Result<Option<bool>> {
+            match json.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(v) => Err(err(key, &format!("expected true or false, got {v}"))),
+            }
+        };
+        let rope_theta = match opt_f64(json, "rope_theta", "rope_theta")? {
+            Some(t) => Some(t),
+            None => match rope_params {
+                Some(p) => opt_f64(p, "rope_theta", "rope_parameters.rope_theta")?,
+                None => None,
+            },
+        }
+        .unwrap_or(10_000.0);
+        let norm_eps = opt_f64(json, "rms_norm_eps", "rms_norm_eps")?.unwrap_or(1e-5);
+        if norm_eps <= 0.0 {
+            return Err(err("rms_norm_eps", &format!("expected a number > 0, got {norm_eps}")));
+        }
+        let tie_embeddings = opt_bool("tie_word_embeddings")?.unwrap_or(false);
         let scaling_obj = json.get("rope_scaling").filter(|v| v.is_object()).or(rope_params);
         let rope_scaling = match scaling_obj {
             None => None,
@@ -185,11 +210,11 @@ impl LlamaConfig {
             n_kv_heads,
             head_dim,
             ffn_dim: usize_key("intermediate_size")?,
-            norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+            norm_eps: norm_eps as f32,
             rope_theta,
             rope_scaling,
             max_seq_len: usize_key("max_position_embeddings")?,
-            tie_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_embeddings,
         };
         cfg.validate(path)?;
         Ok(cfg)

@@ -15,6 +15,8 @@
 //! that at load time (on f32 rows, or on whole rows of quantized blocks when
 //! [`LoadOptions::keep_quantized`] keeps a GGUF's Q8_0/Q4_0/Q4_1 matrices as they are).
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use afinar_checkpoint::bnb::{read_bnb_4bit, Bnb4bit, BnbScales};
@@ -139,6 +141,14 @@ trait WeightSource {
     fn load_quantized(&self, _hf_name: &str, _format: WeightFormat) -> Result<Option<QuantTensor>> {
         Ok(None)
     }
+    /// The file's tensors that none of the `used` (Hugging Face) names account for.
+    fn unused(&self, used: &BTreeSet<String>) -> Vec<String>;
+}
+
+/// Whether `name` is one of `used` or belongs to one (bitsandbytes keeps a 4-bit weight's
+/// quantization state in `NAME.absmax`, `NAME.quant_map`, …).
+fn accounted_for(name: &str, used: &BTreeSet<String>) -> bool {
+    used.contains(name) || name.match_indices('.').any(|(i, _)| used.contains(&name[..i]))
 }
 
 fn view_to_f32(view: TensorView<'_>) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -155,6 +165,14 @@ struct HfSource {
 impl WeightSource for HfSource {
     fn file(&self) -> &Path {
         &self.path
+    }
+    fn unused(&self, used: &BTreeSet<String>) -> Vec<String> {
+        self.ckpt
+            .names()
+            .into_iter()
+            // Old transformers checkpoints store the RoPE frequencies, which are recomputed.
+            .filter(|n| !accounted_for(n, used) && !n.ends_with("rotary_emb.inv_freq"))
+            .collect()
     }
     fn has(&self, name: &str) -> bool {
         self.ckpt.contains(name)
@@ -264,6 +282,16 @@ fn gguf_name(hf: &str) -> Option<String> {
 impl WeightSource for GgufSource {
     fn file(&self) -> &Path {
         &self.path
+    }
+    fn unused(&self, used: &BTreeSet<String>) -> Vec<String> {
+        let used: BTreeSet<String> = used.iter().filter_map(|n| gguf_name(n)).collect();
+        self.file
+            .tensor_names()
+            .into_iter()
+            // llama.cpp's Llama-3.1 RoPE factors are read by the loader itself.
+            .filter(|n| !used.contains(*n) && *n != "rope_freqs.weight")
+            .map(str::to_string)
+            .collect()
     }
     fn has(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.file.tensor_names().contains(&g.as_str()))
@@ -381,7 +409,9 @@ fn build<B: Backend>(
 ) -> Result<Llama<B>> {
     let (format, proj_format) = (opts.format, opts.projections.unwrap_or(opts.format));
     let c = &config;
+    let used = RefCell::new(BTreeSet::new());
     let load_checked = |name: &str, expect: &[usize]| -> Result<Vec<f32>> {
+        used.borrow_mut().insert(name.to_string());
         if !src.has(name) {
             return Err(Error::Weights {
                 file: src.file().to_path_buf(),
@@ -400,6 +430,7 @@ fn build<B: Backend>(
         Ok(data)
     };
     let weight = |name: &str, rows: usize, cols: usize, format: WeightFormat| -> Result<B::Weight> {
+        used.borrow_mut().insert(name.to_string());
         if src.has(name) {
             if let Some((shape, q, blocks)) = src.load_quantized(name, format)? {
                 if shape != [rows, cols] {
@@ -466,6 +497,29 @@ fn build<B: Backend>(
         Some(Linear::new(be, weight("lm_head.weight", c.vocab_size, c.dim, format)?))
     };
     let norm = norm("model.norm.weight")?;
+    let mut used = used.into_inner();
+    if c.tie_embeddings {
+        // Tied checkpoints may still carry a copy of the embedding as lm_head (transformers
+        // ignores it too).
+        used.insert("lm_head.weight".into());
+    }
+    let unused = src.unused(&used);
+    if !unused.is_empty() {
+        const SHOWN: usize = 6;
+        let more =
+            if unused.len() > SHOWN { format!(", … ({} in all)", unused.len()) } else { String::new() };
+        return Err(Error::Weights {
+            file: src.file().to_path_buf(),
+            tensor: unused[..unused.len().min(SHOWN)].join("`, `") + &more,
+            msg: format!(
+                "not used by a model of the configured shape ({} layers, vocab {}, {}): the config \
+                 and the weights disagree; fix the config (e.g. num_hidden_layers) or the checkpoint",
+                c.n_layers,
+                c.vocab_size,
+                if c.tie_embeddings { "tied embeddings" } else { "separate lm_head" }
+            ),
+        });
+    }
     Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
 }
 
@@ -561,7 +615,16 @@ fn load_gguf<B: Backend>(
     let required = |key: &str| -> Result<usize> {
         int(key)?.ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "missing"))
     };
-    let float = |key: &str| file.get(&format!("{arch}.{key}")).and_then(MetaValue::as_f64);
+    let float = |key: &str| -> Result<Option<f64>> {
+        match file.get(&format!("{arch}.{key}")) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "not a finite number")),
+        }
+    };
     let dim = required("embedding_length")?;
     let n_heads = required("attention.head_count")?;
     let n_kv_heads = int("attention.head_count_kv")?.unwrap_or(n_heads);
@@ -579,8 +642,8 @@ fn load_gguf<B: Backend>(
         n_kv_heads,
         head_dim: int("rope.dimension_count")?.unwrap_or(dim / n_heads),
         ffn_dim: required("feed_forward_length")?,
-        norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
-        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        norm_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
+        rope_theta: float("rope.freq_base")?.unwrap_or(10_000.0),
         rope_scaling: None,
         max_seq_len: required("context_length")?,
         tie_embeddings: !names.contains(&"output.weight"),

@@ -4,7 +4,7 @@
 //! logged, and checkpoints plus the full recipe state are saved so that a killed run resumes
 //! bit for bit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use afinar_data::{Batch, Loader};
@@ -14,7 +14,7 @@ use super::metrics::{peak_rss_bytes, MetricsFile, Reporter, StepMetrics};
 use super::optim::{clip_grad_norm, grad_norm, update, AdamWConfig, Optimizer};
 use super::schedule::Schedule;
 use super::state::{RecipeState, SaveTarget};
-use crate::models::{ActivationCheckpointing, Llama, TrainBatch};
+use crate::models::{ActivationCheckpointing, Llama, ParamMut, TrainBatch};
 use crate::{Error, Result};
 
 /// Everything the loop needs to know, independent of how it was configured.
@@ -49,6 +49,29 @@ pub struct Plan {
     pub stop_after_steps: Option<usize>,
     /// Seed of the run (LoRA dropout masks derive from it and the step).
     pub seed: u64,
+    /// The run's resolved config (YAML), saved with the recipe state so that a resume can
+    /// compare it with its own ([`crate::recipes::run::check_resume`]).
+    pub recipe_config: Option<String>,
+    /// Fingerprint of the tokenized data ([`data_fingerprint`]), saved with the recipe state.
+    pub data_fingerprint: Option<String>,
+}
+
+/// A fingerprint of a dataset's samples (token ids, labels and sample boundaries, in order;
+/// FNV-1a, 64 bits, as hex): the same data tokenized the same way gives the same value.
+pub fn data_fingerprint(samples: &[afinar_data::Sample]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |v: u32| {
+        for b in v.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for s in samples {
+        eat(s.ids.len() as u32);
+        s.ids.iter().for_each(|&i| eat(i));
+        s.labels.iter().for_each(|&l| eat(l as u32));
+    }
+    format!("{h:016x}")
 }
 
 /// What a finished run reports.
@@ -71,6 +94,38 @@ fn train_batch(b: &Batch) -> TrainBatch<'_> {
         batch: b.batch,
         seq: b.seq,
     }
+}
+
+/// The error of a run that diverged at `step`: what broke, and that nothing of it was saved.
+fn diverged(plan: &Plan, step: u64, what: &str, last_saved: Option<&Path>) -> Error {
+    let kept = match last_saved {
+        Some(p) => format!("the last good checkpoint, {}, is kept", p.display()),
+        None => "no checkpoint was written by this run".to_string(),
+    };
+    Error::Input(format!(
+        "training diverged at step {step}: {what}; stopped without saving this state ({kept}). \
+         Lower optimizer.lr (it is {:e}){}",
+        plan.schedule.base_lr,
+        if plan.clip_grad_norm.is_none() { " or set clip_grad_norm" } else { "" }
+    ))
+}
+
+/// The name of the first trainable tensor holding a NaN or an infinity, if any.
+fn first_non_finite<B: Backend>(be: &B, model: &mut Llama<B>) -> Result<Option<String>> {
+    let mut bad = None;
+    model.visit_params_mut(&mut |name, p| {
+        if bad.is_none() {
+            let finite = match p {
+                ParamMut::Weight(w, _) => be.weight_to_host(w)?.iter().all(|v| v.is_finite()),
+                ParamMut::Buf(b, s) => be.sum_squares(b, s.len)?.is_finite(),
+            };
+            if !finite {
+                bad = Some(name.to_string());
+            }
+        }
+        Ok(())
+    })?;
+    Ok(bad)
 }
 
 /// Runs the loop. `save` writes the model's checkpoint (HF weights / PEFT adapter) into a
@@ -107,13 +162,13 @@ pub fn train<B: Backend>(
     if plan.optimizer_in_backward {
         model.share_layer_gradients(be)?;
     }
-    let total_steps = steps_per_epoch * plan.epochs;
-    let schedule = Schedule { total_steps, ..plan.schedule };
+    let mut total_steps = steps_per_epoch * plan.epochs;
     let mut optimizer = Optimizer::new(plan.adamw);
     std::fs::create_dir_all(&plan.output_dir)
         .map_err(|source| Error::Io { path: plan.output_dir.clone(), source })?;
 
     let (mut epoch, mut step_in_epoch) = (0usize, 0usize);
+    let mut last_saved: Option<PathBuf> = None;
     if plan.resume {
         let state = RecipeState::load(&plan.output_dir, be, model)?;
         optimizer.step = state.optimizer_step;
@@ -124,8 +179,59 @@ pub fn train<B: Backend>(
             plan.output_dir.display(),
             state.optimizer_step
         ));
+        last_saved = Some(plan.output_dir.join("recipe_state"));
+        // A longer epoch (max_steps_per_epoch raised) continues the epoch the saved run ended at
+        // its old cap; a shorter one ends the current epoch where it now ends.
+        match state.steps_per_epoch {
+            Some(old) if old < steps_per_epoch && step_in_epoch == 0 && epoch > 0 => {
+                epoch -= 1;
+                step_in_epoch = old;
+                reporter.note(&format!(
+                    "epochs now have {steps_per_epoch} optimizer steps (the saved run had {old}): \
+                     continuing epoch {epoch} from its step {old}"
+                ));
+            }
+            _ if step_in_epoch >= steps_per_epoch => {
+                reporter.note(&format!(
+                    "epochs now have {steps_per_epoch} optimizer steps and epoch {epoch} already has \
+                     {step_in_epoch}: going on with epoch {}",
+                    epoch + 1
+                ));
+                epoch += 1;
+                step_in_epoch = 0;
+            }
+            _ => {}
+        }
+        let remaining = if epoch < plan.epochs {
+            (steps_per_epoch - step_in_epoch) + steps_per_epoch * (plan.epochs - epoch - 1)
+        } else {
+            0
+        };
+        if remaining == 0 {
+            return Err(Error::Input(format!(
+                "resume_from_checkpoint: the run in {} has already taken its {} optimizer steps ({} \
+                 epochs of at most {steps_per_epoch} steps): nothing is left to train; raise epochs or \
+                 max_steps_per_epoch to train longer",
+                plan.output_dir.display(),
+                state.optimizer_step,
+                plan.epochs
+            )));
+        }
+        total_steps = state.optimizer_step as usize + remaining;
     }
-    let mut metrics_file = MetricsFile::open(&plan.output_dir)?;
+    // The learning-rate schedule spans the whole run as now configured (see
+    // `recipes::run::check_resume` for what that means when a resume lengthens it).
+    let schedule = Schedule { total_steps, ..plan.schedule };
+    let resumed_at = plan.resume.then_some(optimizer.step);
+    let (mut metrics_file, dropped) = MetricsFile::open_from(&plan.output_dir, resumed_at)?;
+    if dropped > 0 {
+        reporter.note(&match resumed_at {
+            Some(at) => format!(
+                "metrics.jsonl: dropped {dropped} rows of steps after {at}, the step this run resumes from"
+            ),
+            None => format!("metrics.jsonl: dropped {dropped} rows of an earlier run in this folder"),
+        });
+    }
     reporter.start(
         total_steps,
         &format!("{total_steps} steps ({steps_per_epoch} per epoch × {} epochs)", plan.epochs),
@@ -197,11 +303,23 @@ pub fn train<B: Backend>(
             step_in_epoch += 1;
             steps_this_process += 1;
             let loss = if label_tokens > 0 { loss_sum / label_tokens as f64 } else { 0.0 };
-            if !loss.is_finite() {
-                return Err(Error::Input(format!(
-                    "the loss became {loss} at step {}; lower the learning rate or enable clip_grad_norm",
-                    optimizer.step
-                )));
+            let broken = if !loss.is_finite() {
+                Some(format!("the loss is {loss}"))
+            } else if !norm.is_finite() {
+                Some(format!("the gradient norm is {norm}"))
+            } else if norm == 0.0 && label_tokens > 0 {
+                // A step with label tokens always has a gradient (softmax − one-hot is never
+                // zero), unless the activations overflowed: RMSNorm then divides by ∞, the model's
+                // output no longer depends on its weights, and the loss sits at ln(vocab).
+                Some(format!(
+                    "the gradient norm is exactly 0 over {label_tokens} label tokens (loss {loss:.4}): the \
+                     activations overflowed and the output no longer depends on the weights"
+                ))
+            } else {
+                None
+            };
+            if let Some(what) = broken {
+                return Err(diverged(plan, optimizer.step, &what, last_saved.as_deref()));
             }
             summary.losses.push(loss);
             let secs = t_step.elapsed().as_secs_f64();
@@ -231,13 +349,26 @@ pub fn train<B: Backend>(
                 // The training buffers are as large as all saved activations: free them while
                 // merged weights and checkpoints are built (the next step allocates them again).
                 model.release_train_buffers();
+                if let Some(name) = first_non_finite(be, model)? {
+                    let what = format!("the weights are not finite after the update (`{name}`)");
+                    return Err(diverged(plan, optimizer.step, &what, last_saved.as_deref()));
+                }
                 save.save(be, model, &dir)?;
-                RecipeState { optimizer_step: optimizer.step, epoch: e, step_in_epoch: s }.save(
+                let state = RecipeState {
+                    optimizer_step: optimizer.step,
+                    epoch: e,
+                    step_in_epoch: s,
+                    steps_per_epoch: Some(steps_per_epoch),
+                };
+                state.save(
                     &plan.output_dir,
                     be,
                     model,
+                    plan.recipe_config.as_deref(),
+                    plan.data_fingerprint.as_deref(),
                 )?;
                 reporter.note(&format!("saved {}", dir.display()));
+                last_saved = Some(dir.clone());
                 summary.checkpoints.push(dir);
             }
         }

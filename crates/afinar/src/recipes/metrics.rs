@@ -83,6 +83,11 @@ pub struct MetricsFile {
     file: std::fs::File,
 }
 
+/// The step of a `metrics.jsonl` row, if the line is one.
+fn row_step(line: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(line).ok()?.get("step")?.as_u64()
+}
+
 impl MetricsFile {
     /// Opens (appending) `dir/metrics.jsonl`.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -93,6 +98,36 @@ impl MetricsFile {
             .open(&path)
             .map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(Self { path, file })
+    }
+
+    /// Opens `dir/metrics.jsonl` for a run that continues after optimizer step `resumed_at`
+    /// (`None`: a run from the start): rows of later steps (written after the checkpoint the
+    /// run resumes from, or by an earlier run in this folder) are dropped first, so that the file
+    /// holds each step once. The file is rewritten atomically; returns it and the number of rows
+    /// dropped.
+    pub fn open_from(dir: &Path, resumed_at: Option<u64>) -> Result<(Self, usize)> {
+        let path = dir.join("metrics.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let keep = |line: &&str| match (row_step(line), resumed_at) {
+            (Some(step), Some(at)) => step <= at,
+            (Some(_), None) => false,
+            // Not a metrics row: not ours to drop.
+            (None, _) => !line.trim().is_empty(),
+        };
+        let kept: Vec<&str> = text.lines().filter(keep).collect();
+        let dropped = text.lines().filter(|l| !l.trim().is_empty()).count() - kept.len();
+        if dropped > 0 {
+            let mut out = kept.join("\n");
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            afinar_checkpoint::write::write_atomic(&path, |w| w.write_all(out.as_bytes()))?;
+        }
+        Ok((Self::open(dir)?, dropped))
     }
 
     /// Writes one step.

@@ -62,6 +62,11 @@ pub fn dataset_spec(cfg: &RecipeConfig) -> DatasetSpec {
         cfgmod::TrainOn::Last => data::TrainOn::Last,
     };
     spec.max_seq_len = cfg.tokenizer.max_seq_len;
+    spec.long_rows = match d.long_rows {
+        cfgmod::LongRows::Truncate => data::LongRows::Truncate,
+        cfgmod::LongRows::Drop => data::LongRows::Drop,
+        cfgmod::LongRows::Error => data::LongRows::Error,
+    };
     spec.packed = d.packed;
     spec.max_rows = d.max_rows;
     spec
@@ -104,6 +109,8 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
         log_every_n_steps: cfg.log_every_n_steps,
         stop_after_steps: None,
         seed: cfg.seed,
+        recipe_config: Some(cfg.to_yaml()),
+        data_fingerprint: None,
     }
 }
 
@@ -123,8 +130,160 @@ pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
         .map_err(|e| Error::Input(format!("device `{}`: {e}", cfg.device)))?
 }
 
+/// Top-level keys a resume may change freely: they change how a run is logged, saved, placed
+/// or scheduled on the machine, not what it computes (activation checkpointing recomputes
+/// exactly).
+const RESUME_FREE_KEYS: &[&str] = &[
+    "output_dir",
+    "threads",
+    "log_every_n_steps",
+    "save_every_n_steps",
+    "save_adapter_weights_only",
+    "merge_adapter",
+    "resume_from_checkpoint",
+    "resume_accept_config_changes",
+    "enable_activation_checkpointing",
+    "activation_checkpointing_every_n_layers",
+];
+
+/// Keys that only set the length of training: a resume continues with the new length.
+const RESUME_LENGTH_KEYS: &[&str] = &["epochs", "max_steps_per_epoch"];
+
+/// Before a resume: compares `cfg` with the resolved config saved with the recipe state in
+/// `cfg.output_dir` and returns the notes to print, or refuses.
+///
+/// - Keys of [`RESUME_FREE_KEYS`] may change.
+/// - A changed length (`epochs`, `max_steps_per_epoch`) continues: the extra steps are trained
+///   (or, shorter, the run ends earlier). The learning-rate schedule is the one of the new
+///   length — its total steps are those of a run configured that long from the start — so the
+///   steps after the resume are those of such a run; the steps before it were taken with the
+///   old schedule's rates. The run is therefore bit-identical to a run of the new length from
+///   the start when both schedules give the steps already taken the same rates (a constant
+///   schedule, or steps still in the warm-up), and differs by those rates otherwise. The note
+///   says which case applies.
+/// - Any other change (data, model, learning rate, batch size, seed, …) is refused, naming each
+///   key with its old and new value, unless `resume_accept_config_changes` is set; then each
+///   change is printed.
+pub fn check_resume(cfg: &RecipeConfig) -> Result<Vec<String>> {
+    if !cfg.resume_from_checkpoint {
+        return Ok(Vec::new());
+    }
+    let state = cfg.output_dir.join("recipe_state").join("state.safetensors");
+    let Some(saved) = super::state::saved_value(&cfg.output_dir, super::state::CONFIG_KEY)? else {
+        // No state at all: the loop says there is nothing to resume.
+        return Ok(if state.exists() {
+            vec![format!(
+                "{} holds no config (written by an older afinar): this config cannot be checked \
+                 against the one the checkpoint was trained with",
+                state.display()
+            )]
+        } else {
+            Vec::new()
+        });
+    };
+    let changes = cfg.changes_since(&saved, &state)?;
+    let line = |c: &cfgmod::ConfigChange| format!("{}: {} → {}", c.key, c.old, c.new);
+    let top = |c: &cfgmod::ConfigChange| c.key.split('.').next().unwrap_or_default().to_string();
+    let length: Vec<String> =
+        changes.iter().filter(|c| RESUME_LENGTH_KEYS.contains(&c.key.as_str())).map(line).collect();
+    let other: Vec<String> = changes
+        .iter()
+        .filter(|c| {
+            !RESUME_LENGTH_KEYS.contains(&c.key.as_str()) && !RESUME_FREE_KEYS.contains(&top(c).as_str())
+        })
+        .map(line)
+        .collect();
+    let mut notes = Vec::new();
+    if !other.is_empty() {
+        if !cfg.resume_accept_config_changes {
+            return Err(Error::Input(format!(
+                "resume_from_checkpoint: this config differs from the one the checkpoint in {} was \
+                 trained with (saved in {}):\n  {}\nresume with the saved values, use another \
+                 output_dir for a new run, or set resume_accept_config_changes=true to continue \
+                 with the new values",
+                cfg.output_dir.display(),
+                state.display(),
+                other.join("\n  ")
+            )));
+        }
+        notes.push(format!(
+            "resume_accept_config_changes: continuing with changed settings ({}); the result equals \
+             no run made with a single config",
+            other.join("; ")
+        ));
+    }
+    if !length.is_empty() {
+        let schedule = match cfg.lr_scheduler.kind {
+            cfgmod::SchedulerKind::Constant => {
+                "the learning rate is constant after the warm-up, so the run equals one configured \
+                 this long from the start"
+                    .to_string()
+            }
+            kind => format!(
+                "the {kind} learning-rate schedule now spans the new length, as if the run had been \
+                 configured this long from the start; the steps already taken kept the rates of the \
+                 old schedule, so the run equals one configured this long from the start only where \
+                 both schedules agree (the warm-up)"
+            ),
+        };
+        notes.push(format!("resume: the length of training changed ({}): {schedule}", length.join("; ")));
+    }
+    Ok(notes)
+}
+
+/// On resume, after the data is loaded: compares its fingerprint with the one saved with the
+/// recipe state, so that data edited in place (same path, other rows, or another tokenizer) is
+/// refused unless `resume_accept_config_changes` is set.
+fn check_resume_data(cfg: &RecipeConfig, fingerprint: &str, reporter: &mut dyn Reporter) -> Result<()> {
+    let Some(saved) = super::state::saved_value(&cfg.output_dir, super::state::DATA_KEY)? else {
+        return Ok(());
+    };
+    if saved == fingerprint {
+        return Ok(());
+    }
+    let what = format!(
+        "the data the checkpoint in {} was trained on differs from {} as now tokenized (fingerprint \
+         {saved} → {fingerprint}): the file, its rows or the tokenization changed",
+        cfg.output_dir.display(),
+        cfg.dataset.source.display()
+    );
+    if !cfg.resume_accept_config_changes {
+        return Err(Error::Input(format!(
+            "resume_from_checkpoint: {what}; resume with the same data, use another output_dir for a \
+             new run, or set resume_accept_config_changes=true to continue on the new data"
+        )));
+    }
+    reporter.note(&format!("resume_accept_config_changes: {what}; continuing on the new data"));
+    Ok(())
+}
+
+/// Prepares `cfg.output_dir` for a run: removes what killed saves left there (saying so),
+/// checks a resume against the saved config ([`check_resume`]) and saves the resolved config as
+/// `recipe_config.yaml`. Returns the notes to print.
+pub fn prepare_output(cfg: &RecipeConfig) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for l in afinar_checkpoint::write::remove_leftovers(&cfg.output_dir)? {
+        notes.push(format!(
+            "removed {} ({:.1} MB), left by an interrupted save",
+            l.path.display(),
+            l.bytes as f64 / 1e6
+        ));
+    }
+    notes.extend(check_resume(cfg)?);
+    std::fs::create_dir_all(&cfg.output_dir)
+        .map_err(|source| Error::Io { path: cfg.output_dir.clone(), source })?;
+    let yaml = cfg.to_yaml();
+    afinar_checkpoint::write::write_atomic(cfg.output_dir.join("recipe_config.yaml"), |w| {
+        w.write_all(yaml.as_bytes())
+    })?;
+    Ok(notes)
+}
+
 /// Runs the recipe on `be`.
 pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    for note in prepare_output(cfg)? {
+        reporter.note(&note);
+    }
     let lora = cfg.lora.as_ref().map(|l| LoraSpec {
         rank: l.rank,
         alpha: l.alpha,
@@ -164,6 +323,17 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         }
         (None, None) => return Err(Error::Input("model: give `path` or `preset`".into())),
     };
+    if cfg.tokenizer.max_seq_len > model.config.max_seq_len {
+        return Err(Error::Input(format!(
+            "tokenizer.max_seq_len is {}, beyond the {}-token context of {} (its \
+             max_position_embeddings / context length, RoPE scaling included): set \
+             tokenizer.max_seq_len to at most {}",
+            cfg.tokenizer.max_seq_len,
+            model.config.max_seq_len,
+            source.0.display(),
+            model.config.max_seq_len
+        )));
+    }
     if qlora {
         reporter.note(&qlora_summary(be, &model));
     }
@@ -190,13 +360,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
     let loader = Loader::new(&dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
         .map_err(|e| Error::Input(format!("dataset: {e}")))?
         .drop_last(true);
-    reporter.note(&format!(
-        "dataset {}: {} examples, {} tokens, {} label tokens",
-        cfg.dataset.source.display(),
-        dataset.len(),
-        dataset.num_tokens(),
-        dataset.num_label_tokens()
-    ));
+    reporter.note(&dataset_summary(cfg, &dataset));
     let config_json = match &source.1 {
         Some(hf) => hf.config_json.clone(),
         None => model.config.to_hf_json(tokenizer.bos_id(), tokenizer.eos_id(), "float32"),
@@ -217,7 +381,27 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         }),
         None => Box::new(FullSave { source }),
     };
-    train(be, &mut model, &loader, &plan(cfg), saver.as_ref(), reporter)
+    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
+    if cfg.resume_from_checkpoint {
+        check_resume_data(cfg, &fingerprint, reporter)?;
+    }
+    let plan = Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) };
+    train(be, &mut model, &loader, &plan, saver.as_ref(), reporter)
+}
+
+/// The statistics printed at the start of a run: rows read, examples kept, truncated and
+/// dropped (why and where), tokens.
+pub fn dataset_summary(cfg: &RecipeConfig, dataset: &Dataset) -> String {
+    let st = dataset.stats();
+    let packs = st.packs.map(|p| format!(", packed into {p} rows")).unwrap_or_default();
+    format!(
+        "dataset {}: {}{packs}; {} tokens, {} label tokens (long rows: {})",
+        cfg.dataset.source.display(),
+        st.summary(cfg.tokenizer.max_seq_len),
+        dataset.num_tokens(),
+        dataset.num_label_tokens(),
+        cfg.dataset.long_rows
+    )
 }
 
 /// One line on what QLoRA quantized: how many projection values are stored as NF4, in how many

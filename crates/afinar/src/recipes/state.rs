@@ -32,6 +32,29 @@ pub struct RecipeState {
     pub epoch: usize,
     /// Optimizer steps already done in that epoch.
     pub step_in_epoch: usize,
+    /// Optimizer steps per epoch of the run that saved this state (`None` in states written
+    /// before it was recorded): lets a resume with a longer epoch continue the epoch the saved
+    /// run ended early.
+    pub steps_per_epoch: Option<usize>,
+}
+
+/// The metadata key of the state file that holds the run's resolved config (YAML).
+pub const CONFIG_KEY: &str = "recipe_config";
+
+/// The metadata key of the state file that holds the fingerprint of the run's tokenized data
+/// ([`afinar_data::Dataset`]'s samples): a resume on edited data is caught even when the file's
+/// path is the same.
+pub const DATA_KEY: &str = "data_fingerprint";
+
+/// The value of metadata `key` of the recipe state saved in `output_dir`, if there is a state
+/// and it has that key (states written by older versions have neither config nor fingerprint).
+pub fn saved_value(output_dir: &Path, key: &str) -> Result<Option<String>> {
+    let path = state_path(output_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let ckpt = SafetensorsCheckpoint::open(&path)?;
+    Ok(ckpt.metadata().and_then(|m| m.get(key)).cloned())
 }
 
 fn state_path(output_dir: &Path) -> PathBuf {
@@ -40,8 +63,17 @@ fn state_path(output_dir: &Path) -> PathBuf {
 
 impl RecipeState {
     /// Saves this state with every trainable tensor and its moments, streamed one tensor at a
-    /// time (the optimizer state is twice the trainable weights: it never sits on the host whole).
-    pub fn save<B: Backend>(&self, output_dir: &Path, be: &B, model: &mut Llama<B>) -> Result<()> {
+    /// time (the optimizer state is twice the trainable weights: it never sits on the host whole),
+    /// and `config`, the run's resolved config (YAML), and `data`, the fingerprint of its
+    /// tokenized data, that a resume compares with its own.
+    pub fn save<B: Backend>(
+        &self,
+        output_dir: &Path,
+        be: &B,
+        model: &mut Llama<B>,
+        config: Option<&str>,
+        data: Option<&str>,
+    ) -> Result<()> {
         // First the names and shapes, then the values in the same order.
         let mut metas: Vec<TensorMeta> = Vec::new();
         model.visit_params_mut(&mut |name, p| {
@@ -62,6 +94,15 @@ impl RecipeState {
         meta.insert("optimizer_step".to_string(), self.optimizer_step.to_string());
         meta.insert("epoch".to_string(), self.epoch.to_string());
         meta.insert("step_in_epoch".to_string(), self.step_in_epoch.to_string());
+        if let Some(n) = self.steps_per_epoch {
+            meta.insert("steps_per_epoch".to_string(), n.to_string());
+        }
+        if let Some(c) = config {
+            meta.insert(CONFIG_KEY.to_string(), c.to_string());
+        }
+        if let Some(d) = data {
+            meta.insert(DATA_KEY.to_string(), d.to_string());
+        }
         write_dir_atomic(output_dir.join(STATE_DIR), |tmp: &Path| -> Result<()> {
             save_safetensors_with(
                 tmp.join(STATE_FILE),
@@ -108,6 +149,10 @@ impl RecipeState {
             optimizer_step: num("optimizer_step")?,
             epoch: num("epoch")? as usize,
             step_in_epoch: num("step_in_epoch")? as usize,
+            steps_per_epoch: match meta.get("steps_per_epoch") {
+                None => None,
+                Some(_) => Some(num("steps_per_epoch")? as usize),
+            },
         };
         let read = |name: &str, n: usize| -> Result<Vec<f32>> {
             if !ckpt.contains(name) {

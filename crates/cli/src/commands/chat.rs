@@ -21,7 +21,7 @@ pub struct ChatArgs {
     #[arg(long)]
     system: Option<String>,
     /// Context length to allocate (default: the model's, at most 8192).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     context: Option<usize>,
     #[command(flatten)]
     sampling: SamplingArgs,

@@ -24,7 +24,7 @@ pub struct EvalArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// CPU threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     threads: Option<usize>,
     /// Storage of the weights (`auto` on a GPU: bf16).
     #[arg(long, value_enum, default_value = "auto")]
@@ -53,19 +53,19 @@ pub struct EvalArgs {
     #[arg(long = "fewshot-file", value_name = "[LANG=]FILE")]
     fewshot_file: Vec<String>,
     /// Few-shot examples per item.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::count)]
     num_fewshot: usize,
     /// How few-shot examples are picked: random (seeded) or first_n.
     #[arg(long, default_value = "random", value_parser = ["random", "first_n"])]
     fewshot_sampler: String,
     /// Seed of the random few-shot sampler.
-    #[arg(long, default_value_t = 1234)]
+    #[arg(long, default_value_t = 1234, allow_negative_numbers = true, value_parser = super::seed_value)]
     seed: u64,
     /// Exact-match generation JSONL file (`prompt`, `target`), `[LANG=]FILE` (repeatable).
     #[arg(long = "exact-match", value_name = "[LANG=]FILE")]
     exact_match: Vec<String>,
     /// Most new tokens per exact-match answer.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true, value_parser = super::count)]
     max_new_tokens: usize,
     /// Stop strings of exact-match generation (repeatable; default a newline).
     #[arg(long)]
@@ -80,14 +80,14 @@ pub struct EvalArgs {
     #[arg(long)]
     ignore_punctuation: bool,
     /// Perplexity window in tokens (default: the model's context, at most 1024).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     max_length: Option<usize>,
     /// Perplexity stride in tokens (default: half the window).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     stride: Option<usize>,
     /// Score only the first N items of each multiple-choice and exact-match task (config tasks
     /// included).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     limit: Option<usize>,
     /// Also write every number (and each item's outcome) to this JSON file.
     #[arg(long, value_name = "FILE.json")]

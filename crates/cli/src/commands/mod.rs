@@ -50,7 +50,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// CPU threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub threads: Option<usize>,
     /// Storage of the weights (`auto` on a GPU: bf16).
     #[arg(long, value_enum, default_value = "auto")]
@@ -95,20 +95,32 @@ pub fn on_device<J: Job<Output = Result<()>>>(args: &ModelArgs, job: J) -> Resul
 #[derive(Args, Debug)]
 pub struct SamplingArgs {
     /// Softmax temperature; 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample only among the k most likely tokens (0 = no limit).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = count)]
     pub top_k: usize,
     /// Sample only within the smallest set of tokens whose probability reaches p.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Random seed for sampling.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = seed_value)]
     pub seed: u64,
     /// Stop after this many new tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = count)]
     pub max_new_tokens: usize,
+}
+
+/// Parses a count option (`--max-new-tokens`, `--top-k`, …): a whole number ≥ 0. Negative
+/// values reach this parser (`allow_negative_numbers`), so clap's message names the option and
+/// says what was expected instead of calling `-5` an unexpected argument.
+pub fn count(s: &str) -> std::result::Result<usize, String> {
+    s.trim().parse().map_err(|_| "expected a whole number ≥ 0".to_string())
+}
+
+/// Parses a seed: a whole number from 0 to 2^64 − 1.
+pub fn seed_value(s: &str) -> std::result::Result<u64, String> {
+    s.trim().parse().map_err(|_| "expected a whole number from 0 to 18446744073709551615".to_string())
 }
 
 impl SamplingArgs {

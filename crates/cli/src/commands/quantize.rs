@@ -42,7 +42,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     name: Option<String>,
     /// CPU threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     threads: Option<usize>,
 }
 

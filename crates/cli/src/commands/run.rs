@@ -1,7 +1,7 @@
 //! `afinar run RECIPE --config NAME|PATH [KEY=VALUE…]`: checks the config, then trains.
 
 use afinar::config::{Recipe, RecipeConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use super::progress::Progress;
@@ -34,11 +34,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         cfg.dataset.source.display(),
         cfg.output_dir.display()
     );
-    std::fs::create_dir_all(&cfg.output_dir)
-        .with_context(|| format!("creating the output folder {}", cfg.output_dir.display()))?;
-    let saved = cfg.output_dir.join("recipe_config.yaml");
-    let yaml = cfg.to_yaml();
-    afinar::checkpoint::write::write_atomic(&saved, |w| w.write_all(yaml.as_bytes()))?;
+    // The library cleans the output folder of interrupted saves, checks a resume against the
+    // saved config, and saves this one as recipe_config.yaml.
     let mut progress = Progress::new(cfg.log_every_n_steps);
     let summary = afinar::recipes::run(&cfg, &mut progress)?;
     if let Some(last) = summary.checkpoints.last() {
