@@ -168,9 +168,11 @@ pub fn parse_body(bytes: &[u8]) -> Result<CompletionBody, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let body: CompletionBody = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        // A fault in the body as a whole has no named field on its path.
+        let top = !e.path().iter().any(|s| matches!(s, serde_path_to_error::Segment::Map { .. }));
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if path != "." => {
+            serde_json::error::Category::Data if !top => {
                 ApiError::field(&path, format!("`{path}`: {inner}"))
             }
             serde_json::error::Category::Data => ApiError::new(
