@@ -34,9 +34,14 @@ fn write_adapter(dir: &Path, seed: u64, targets: &[&str], alpha: f64) {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (name, l) in model.linears() {
         if targets.iter().any(|t| name.ends_with(t)) {
-            let mut rand = |n: usize| (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect::<Vec<f32>>();
+            let mut rand =
+                |n: usize| (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect::<Vec<f32>>();
             tensors.push((format!("{name}.lora_A.weight"), vec![r, l.in_features], rand(r * l.in_features)));
-            tensors.push((format!("{name}.lora_B.weight"), vec![l.out_features, r], rand(l.out_features * r)));
+            tensors.push((
+                format!("{name}.lora_B.weight"),
+                vec![l.out_features, r],
+                rand(l.out_features * r),
+            ));
         }
     }
     let writes: Vec<TensorWrite> =
@@ -68,7 +73,8 @@ fn openai_client_against_afinar_serve() {
     write_adapter(&a2, 2, &["gate_proj", "up_proj", "down_proj"], 16.0);
     let model = smollm2();
     let model = model.to_str().unwrap();
-    let (prompt, text_prompt, max_tokens) = ("What is the capital of France?", "The three primary colors are", "20");
+    let (prompt, text_prompt, max_tokens) =
+        ("What is the capital of France?", "The three primary colors are", "20");
     let chat_for = |adapter: Option<&Path>| {
         let mut args = vec!["--chat", "--prompt", prompt, "--max-new-tokens", max_tokens];
         if let Some(a) = adapter {
@@ -77,7 +83,10 @@ fn openai_client_against_afinar_serve() {
         generate(model, &args)
     };
     let (base, one, two) = (chat_for(None), chat_for(Some(&a1)), chat_for(Some(&a2)));
-    assert!(base != one && one != two && base != two, "the adapters should change the answer: {base:?} {one:?} {two:?}");
+    assert!(
+        base != one && one != two && base != two,
+        "the adapters should change the answer: {base:?} {one:?} {two:?}"
+    );
     let plain = generate(model, &["--prompt", text_prompt, "--max-new-tokens", max_tokens]);
 
     let child = Command::new(env!("CARGO_BIN_EXE_afinar"))

@@ -172,9 +172,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<CompletionBody, ApiError> {
         let top = !e.path().iter().any(|s| matches!(s, serde_path_to_error::Segment::Map { .. }));
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if !top => {
-                ApiError::field(&path, format!("`{path}`: {inner}"))
-            }
+            serde_json::error::Category::Data if !top => ApiError::field(&path, format!("`{path}`: {inner}")),
             serde_json::error::Category::Data => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_body",
@@ -210,7 +208,9 @@ impl CompletionBody {
         if self.top_logprobs.is_some() {
             return Err(ApiError::field("top_logprobs", "log probabilities are not supported"));
         }
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (name, v) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
             if v.is_some_and(|v| v != 0.0) {
                 return Err(ApiError::field(name, format!("`{name}` is not supported (only 0)")));
             }
@@ -226,7 +226,10 @@ impl CompletionBody {
         }
         let temperature = self.temperature.unwrap_or(1.0);
         if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
-            return Err(ApiError::field("temperature", format!("must be a number from 0 to 2, got {temperature}")));
+            return Err(ApiError::field(
+                "temperature",
+                format!("must be a number from 0 to 2, got {temperature}"),
+            ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
@@ -290,35 +293,39 @@ impl CompletionBody {
                     other => {
                         return Err(ApiError::field(
                             &format!("messages[{i}].role"),
-                            format!("unknown role `{other}`; expected system, developer, user, assistant or tool"),
+                            format!(
+                                "unknown role `{other}`; expected system, developer, user, assistant or tool"
+                            ),
                         ))
                     }
                 };
-                let content = match &m.content {
-                    None | Some(Value::Null) => String::new(),
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Array(parts)) => {
-                        let mut text = String::new();
-                        for (j, p) in parts.iter().enumerate() {
-                            match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                                (Some("text"), Some(t)) => text.push_str(t),
-                                _ => {
-                                    return Err(ApiError::field(
+                let content =
+                    match &m.content {
+                        None | Some(Value::Null) => String::new(),
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Array(parts)) => {
+                            let mut text = String::new();
+                            for (j, p) in parts.iter().enumerate() {
+                                match (
+                                    p.get("type").and_then(Value::as_str),
+                                    p.get("text").and_then(Value::as_str),
+                                ) {
+                                    (Some("text"), Some(t)) => text.push_str(t),
+                                    _ => return Err(ApiError::field(
                                         &format!("messages[{i}].content[{j}]"),
                                         "only text parts ({\"type\": \"text\", \"text\": …}) are supported",
-                                    ))
+                                    )),
                                 }
                             }
+                            text
                         }
-                        text
-                    }
-                    Some(_) => {
-                        return Err(ApiError::field(
-                            &format!("messages[{i}].content"),
-                            "expected a string or a list of text parts",
-                        ))
-                    }
-                };
+                        Some(_) => {
+                            return Err(ApiError::field(
+                                &format!("messages[{i}].content"),
+                                "expected a string or a list of text parts",
+                            ))
+                        }
+                    };
                 Ok(afinar::tokenizer::Message::new(role, content))
             })
             .collect()
@@ -328,10 +335,13 @@ impl CompletionBody {
     pub fn prompt_text(&self) -> Result<String, ApiError> {
         match &self.prompt {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Array(v)) if v.len() == 1 && v[0].is_string() => Ok(v[0].as_str().unwrap_or("").to_string()),
-            Some(Value::Array(_)) => {
-                Err(ApiError::field("prompt", "only one prompt per request (a string or a list of one string)"))
+            Some(Value::Array(v)) if v.len() == 1 && v[0].is_string() => {
+                Ok(v[0].as_str().unwrap_or("").to_string())
             }
+            Some(Value::Array(_)) => Err(ApiError::field(
+                "prompt",
+                "only one prompt per request (a string or a list of one string)",
+            )),
             None => Err(ApiError::field("prompt", "required: the prompt text")),
             Some(_) => Err(ApiError::field("prompt", "expected a string")),
         }
@@ -368,7 +378,8 @@ mod tests {
         assert_eq!(check(r#"{"max_tokens": 0}"#).unwrap_err().param.as_deref(), Some("max_tokens"));
         assert_eq!(check(r#"{"stop": ["a","b","c","d","e"]}"#).unwrap_err().param.as_deref(), Some("stop"));
         assert_eq!(check(r#"{"logprobs": true}"#).unwrap_err().param.as_deref(), Some("logprobs"));
-        let ok = check(r#"{"stop": "x", "max_tokens": 5, "max_completion_tokens": 7, "seed": 3, "n": 1}"#).unwrap();
+        let ok = check(r#"{"stop": "x", "max_tokens": 5, "max_completion_tokens": 7, "seed": 3, "n": 1}"#)
+            .unwrap();
         assert_eq!((ok.stop, ok.max_tokens, ok.seed), (vec!["x".to_string()], Some(7), 3));
     }
 
@@ -381,7 +392,8 @@ mod tests {
         .unwrap();
         let m = b.chat_messages().unwrap();
         assert_eq!((m[0].role.as_str(), m[1].content.as_str()), ("system", "ab"));
-        let b = parse_body(br#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#).unwrap();
+        let b =
+            parse_body(br#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#).unwrap();
         assert_eq!(b.chat_messages().unwrap_err().param.as_deref(), Some("messages[0].content[0]"));
         let b = parse_body(br#"{"messages": [{"role": "robot", "content": "x"}]}"#).unwrap();
         assert_eq!(b.chat_messages().unwrap_err().param.as_deref(), Some("messages[0].role"));

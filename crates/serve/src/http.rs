@@ -71,7 +71,11 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{uri} does not take {method}"))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{uri} does not take {method}"),
+    )
 }
 
 fn model_entry(s: &Shared, id: &str) -> Value {
@@ -101,8 +105,9 @@ fn resolve_model(s: &Shared, model: Option<&str>) -> Result<Option<usize>, ApiEr
         Some(m) => match s.adapters.iter().position(|a| a == m) {
             Some(i) => Ok(Some(i)),
             None => {
-                let known: Vec<&str> =
-                    std::iter::once(s.opts.model_name.as_str()).chain(s.adapters.iter().map(String::as_str)).collect();
+                let known: Vec<&str> = std::iter::once(s.opts.model_name.as_str())
+                    .chain(s.adapters.iter().map(String::as_str))
+                    .collect();
                 Err(ApiError {
                     status: StatusCode::NOT_FOUND,
                     message: format!("the model `{m}` does not exist; this server has: {}", known.join(", ")),
@@ -187,7 +192,11 @@ fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-async fn complete(s: Arc<Shared>, body: Result<Bytes, BytesRejection>, kind: Kind) -> Result<Response, ApiError> {
+async fn complete(
+    s: Arc<Shared>,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
     let bytes = body_bytes(&s, body)?;
     let req = parse_body(&bytes)?;
     let adapter = resolve_model(&s, req.model.as_deref())?;
@@ -258,7 +267,9 @@ async fn complete(s: Arc<Shared>, body: Result<Bytes, BytesRejection>, kind: Kin
             Kind::Chat => format!("chatcmpl-{n:x}"),
             Kind::Text => format!("cmpl-{n:x}"),
         },
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         model: req.model.clone().unwrap_or_else(|| s.opts.model_name.clone()),
         kind,
         include_usage,
@@ -275,7 +286,9 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Respons
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Text(t) => text.push_str(&t),
-            Event::Failed(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", e)),
+            Event::Failed(e) => {
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", e))
+            }
             Event::Done { finish, prompt_tokens, completion_tokens } => {
                 let choice = match meta.kind {
                     Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
@@ -291,7 +304,11 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Respons
             }
         }
     }
-    Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", "the model thread dropped the request"))
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "model_error",
+        "the model thread dropped the request",
+    ))
 }
 
 struct StreamState {
@@ -307,7 +324,10 @@ fn data(v: &Value) -> SseEvent {
 
 /// The answer as server-sent events: a first chunk (the role, for chat), one per piece of text,
 /// one with the finish reason, the usage chunk when asked for, then `data: [DONE]`.
-fn sse(meta: Meta, rx: UnboundedReceiver<Event>) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+fn sse(
+    meta: Meta,
+    rx: UnboundedReceiver<Event>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut out = VecDeque::new();
     if meta.kind == Kind::Chat {
         out.push_back(data(&meta.chunk(Some(""), None, true)));

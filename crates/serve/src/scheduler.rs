@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use afinar::blocks::KvCache;
 use afinar::engine::Backend;
 use afinar::generate::{Sampler, SamplingParams};
-use afinar::models::{Llama, LoraAdapter, Logits};
+use afinar::models::{Llama, Logits, LoraAdapter};
 use afinar::tokenizer::{DecodeStream, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -158,9 +158,17 @@ pub fn run<B: Backend>(
         while active.len() < max_active {
             let Some(job) = queue.pop_front() else { break };
             select(model, adapters, &mut applied, job.adapter);
-            match prefill(be, model, tok, job) {
-                Ok(seq) => active.push(seq),
-                Err((job, e)) => {
+            match prefill(be, model, &job) {
+                Ok((cache, logits)) => active.push(Seq {
+                    sampler: Sampler::new(job.sampling),
+                    job,
+                    cache,
+                    logits,
+                    stream: tok.decode_stream(true),
+                    held: String::new(),
+                    generated: 0,
+                }),
+                Err(e) => {
                     let _ = job.tx.send(Event::Failed(e));
                 }
             }
@@ -203,28 +211,24 @@ fn select<B: Backend>(
     *applied = want;
 }
 
-fn prefill<'t, B: Backend>(
-    be: &B,
-    model: &Llama<B>,
-    tok: &'t Tokenizer,
-    job: Job,
-) -> Result<Seq<'t, B>, (Job, String)> {
+/// A KV cache for `job` holding its prompt, and the logits of the prompt's last position.
+fn prefill<B: Backend>(be: &B, model: &Llama<B>, job: &Job) -> Result<(KvCache<B>, Vec<f32>), String> {
     let capacity = job.prompt.len() + job.max_tokens;
-    let mut cache = match model.new_cache(be, 1, capacity) {
-        Ok(c) => c,
-        Err(e) => return Err((job, format!("allocating the KV cache: {e}"))),
-    };
-    let logits = match model.forward(be, &job.prompt, 1, job.prompt.len(), Some(&mut cache), Logits::Last) {
-        Ok(l) => l,
-        Err(e) => return Err((job, format!("prompt: {e}"))),
-    };
-    let sampler = Sampler::new(job.sampling);
-    Ok(Seq { job, cache, sampler, logits, stream: tok.decode_stream(true), held: String::new(), generated: 0 })
+    let mut cache = model.new_cache(be, 1, capacity).map_err(|e| format!("allocating the KV cache: {e}"))?;
+    let logits = model
+        .forward(be, &job.prompt, 1, job.prompt.len(), Some(&mut cache), Logits::Last)
+        .map_err(|e| format!("prompt: {e}"))?;
+    Ok((cache, logits))
 }
 
 /// Samples the next token of `seq`, sends what text is final, and runs the forward pass for the
 /// following one. `Ok(true)` when the sequence is finished (or its client gone).
-fn step<B: Backend>(be: &B, model: &Llama<B>, stop_ids: &[u32], seq: &mut Seq<'_, B>) -> Result<bool, String> {
+fn step<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    stop_ids: &[u32],
+    seq: &mut Seq<'_, B>,
+) -> Result<bool, String> {
     if seq.job.tx.is_closed() {
         return Ok(true);
     }
@@ -269,7 +273,8 @@ fn step<B: Backend>(be: &B, model: &Llama<B>, stop_ids: &[u32], seq: &mut Seq<'_
         });
         return Ok(true);
     }
-    seq.logits = model.forward(be, &[next], 1, 1, Some(&mut seq.cache), Logits::Last).map_err(|e| e.to_string())?;
+    seq.logits =
+        model.forward(be, &[next], 1, 1, Some(&mut seq.cache), Logits::Last).map_err(|e| e.to_string())?;
     Ok(false)
 }
 
@@ -283,13 +288,13 @@ mod tests {
         let mut held = "hello E".to_string();
         assert_eq!(cut_stop(&mut held, &stops), ("hello ".to_string(), false));
         assert_eq!(held, "E");
-        held.push_str("N");
+        held.push('N');
         assert_eq!(cut_stop(&mut held, &stops), (String::new(), false));
         held.push_str("D and more");
         assert_eq!(cut_stop(&mut held, &stops), (String::new(), true));
         let mut held = "a\n".to_string();
         assert_eq!(cut_stop(&mut held, &stops), ("a".to_string(), false));
-        held.push_str("b");
+        held.push('b');
         assert_eq!(cut_stop(&mut held, &stops), ("\nb".to_string(), false));
         let mut held = "x ENDy \n\n".to_string();
         assert_eq!(cut_stop(&mut held, &stops), ("x ".to_string(), true));

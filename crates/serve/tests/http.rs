@@ -38,9 +38,14 @@ fn write_adapter(dir: &Path, seed: u64) {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (name, l) in model.linears() {
         if name.ends_with("q_proj") || name.ends_with("v_proj") {
-            let mut rand = |n: usize| (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect::<Vec<f32>>();
+            let mut rand =
+                |n: usize| (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.2).collect::<Vec<f32>>();
             tensors.push((format!("{name}.lora_A.weight"), vec![r, l.in_features], rand(r * l.in_features)));
-            tensors.push((format!("{name}.lora_B.weight"), vec![l.out_features, r], rand(l.out_features * r)));
+            tensors.push((
+                format!("{name}.lora_B.weight"),
+                vec![l.out_features, r],
+                rand(l.out_features * r),
+            ));
         }
     }
     let writes: Vec<TensorWrite> =
@@ -72,7 +77,10 @@ fn start(o: Opts) -> String {
         let adapters = o
             .adapters
             .iter()
-            .map(|(name, dir)| NamedAdapter { name: name.clone(), adapter: model.load_adapter(&be, dir).unwrap() })
+            .map(|(name, dir)| NamedAdapter {
+                name: name.clone(),
+                adapter: model.load_adapter(&be, dir).unwrap(),
+            })
             .collect();
         let opts = ServeOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -139,7 +147,11 @@ fn reference(prompt: &str, chat: bool, max_tokens: usize, adapter: Option<&Path>
         tok.encode(prompt, tok.add_bos_default()).unwrap()
     };
     let mut cache = model.new_cache(&be, 1, ids.len() + max_tokens).unwrap();
-    let opts = GenerateOptions { max_new_tokens: max_tokens, sampling: SamplingParams::default(), stop_ids: tok.stop_ids() };
+    let opts = GenerateOptions {
+        max_new_tokens: max_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: tok.stop_ids(),
+    };
     let (out, _) = generate(&be, &model, &mut cache, &ids, &opts, |_| Ok(true)).unwrap();
     tok.decode(&out, true).unwrap()
 }
@@ -261,7 +273,10 @@ fn adapters_are_chosen_per_request_also_concurrently() {
     });
     let (status, v) = {
         let mut resp = agent().get(&format!("{url}/v1/models")).call().unwrap();
-        (resp.status().as_u16(), serde_json::from_str::<Value>(&resp.body_mut().read_to_string().unwrap()).unwrap())
+        (
+            resp.status().as_u16(),
+            serde_json::from_str::<Value>(&resp.body_mut().read_to_string().unwrap()).unwrap(),
+        )
     };
     assert_eq!(status, 200);
     let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -285,7 +300,8 @@ fn adapters_are_chosen_per_request_also_concurrently() {
             .map(|(p, name, _)| {
                 let url = url.clone();
                 s.spawn(move || {
-                    let (status, v) = post(&format!("{url}/v1/chat/completions"), &chat_body(name, p, 10), None);
+                    let (status, v) =
+                        post(&format!("{url}/v1/chat/completions"), &chat_body(name, p, 10), None);
                     assert_eq!(status, 200, "{v}");
                     assert_eq!(v["model"], *name);
                     v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
@@ -302,7 +318,8 @@ fn adapters_are_chosen_per_request_also_concurrently() {
 
 #[test]
 fn bad_requests_get_openai_shaped_4xx() {
-    let url = start(Opts { api_key: Some("sekrit".into()), max_active: 1, max_queue: 0, ..Default::default() });
+    let url =
+        start(Opts { api_key: Some("sekrit".into()), max_active: 1, max_queue: 0, ..Default::default() });
     let key = Some("sekrit");
     let chat = format!("{url}/v1/chat/completions");
     let ok = chat_body("smollm2", "Hi", 4);
@@ -317,12 +334,28 @@ fn bad_requests_get_openai_shaped_4xx() {
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404, "model"),
         (json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "n": 2}), 400, "n"),
-        (json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}), 400, "temperature"),
-        (json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}), 400, "max_tokens"),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
+            400,
+            "temperature",
+        ),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+            400,
+            "max_tokens",
+        ),
         (json!({"model": "smollm2"}), 400, "messages"),
         (json!({"model": "smollm2", "messages": []}), 400, "messages"),
-        (json!({"model": "smollm2", "messages": [{"role": "user"}, {"role": "x", "content": "y"}]}), 400, "messages[1].role"),
-        (json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}), 400, "messages"),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user"}, {"role": "x", "content": "y"}]}),
+            400,
+            "messages[1].role",
+        ),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}),
+            400,
+            "messages",
+        ),
         (json!({"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "stop": 3}), 400, "stop"),
     ];
     for (body, status, param) in cases {

@@ -43,13 +43,18 @@ impl<B: Backend> Llama<B> {
     pub fn load_adapter(&self, be: &B, dir: &Path) -> Result<LoraAdapter<B>> {
         let (cfg, ckpt) = load_peft_adapter(dir)?;
         let file = ckpt.path().to_path_buf();
-        let bad = |tensor: &str, msg: String| Error::Weights { file: file.clone(), tensor: tensor.into(), msg };
+        let bad =
+            |tensor: &str, msg: String| Error::Weights { file: file.clone(), tensor: tensor.into(), msg };
         let names: Vec<(String, usize, usize)> =
             self.linears().into_iter().map(|(n, l)| (n, l.out_features, l.in_features)).collect();
-        let mut parts: BTreeMap<usize, (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+        // linear index -> (lora_A, lora_B) values
+        let mut parts: BTreeMap<usize, [Option<Vec<f32>>; 2]> = BTreeMap::new();
         for name in ckpt.names() {
             let Some((module, part)) = parse_lora_name(&name) else {
-                return Err(bad(&name, "is not a LoRA matrix (lora_A / lora_B); afinar serves only those".into()));
+                return Err(bad(
+                    &name,
+                    "is not a LoRA matrix (lora_A / lora_B); afinar serves only those".into(),
+                ));
             };
             let Some(index) = names.iter().position(|(n, _, _)| n == module) else {
                 return Err(bad(&name, format!("module `{module}` is not a linear layer of the base model")));
@@ -63,14 +68,17 @@ impl<B: Backend> Llama<B> {
             if shape != expected {
                 return Err(bad(
                     &name,
-                    format!("shape {shape:?}, but the base model's `{module}` needs {expected:?} (rank {})", cfg.r),
+                    format!(
+                        "shape {shape:?}, but the base model's `{module}` needs {expected:?} (rank {})",
+                        cfg.r
+                    ),
                 ));
             }
             let values = ckpt.tensor(&name)?.to_f32()?;
             let slot = parts.entry(index).or_default();
             match part {
-                LoraPart::A => slot.0 = Some(values),
-                LoraPart::B => slot.1 = Some(values),
+                LoraPart::A => slot[0] = Some(values),
+                LoraPart::B => slot[1] = Some(values),
             }
         }
         if parts.is_empty() {
@@ -79,7 +87,7 @@ impl<B: Backend> Llama<B> {
         let scale = cfg.scaling() as f32;
         let mut slots: Vec<Option<Lora<B>>> = (0..names.len()).map(|_| None).collect();
         let modules = parts.len();
-        for (index, (a, b)) in parts {
+        for (index, [a, b]) in parts {
             // load_peft_adapter checks that the pairs are complete.
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(bad(&names[index].0, "has only one of lora_A and lora_B".into()));

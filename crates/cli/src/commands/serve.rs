@@ -77,8 +77,9 @@ fn serve_on<B: Backend>(be: &B, args: &ServeArgs) -> Result<()> {
     let model = loaded.model;
     let mut adapters = Vec::new();
     for (name, dir) in specs {
-        let adapter =
-            model.load_adapter(be, &dir).with_context(|| format!("loading the adapter {name}={}", dir.display()))?;
+        let adapter = model
+            .load_adapter(be, &dir)
+            .with_context(|| format!("loading the adapter {name}={}", dir.display()))?;
         eprintln!(
             "afinar: adapter {name}: rank {} on {} modules ({})",
             adapter.rank,
@@ -99,14 +100,20 @@ fn serve_on<B: Backend>(be: &B, args: &ServeArgs) -> Result<()> {
     let opts = ServeOptions {
         addr: SocketAddr::new(args.host, args.port),
         model_name,
-        api_key: args.api_key.clone().or_else(|| std::env::var("AFINAR_API_KEY").ok()).filter(|k| !k.is_empty()),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("AFINAR_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
         max_active: args.parallel,
         max_queue: args.queue,
         max_body_bytes: args.max_body_bytes,
         context,
     };
     let (names, parallel, queue) = (
-        std::iter::once(opts.model_name.clone()).chain(adapters.iter().map(|a| a.name.clone())).collect::<Vec<_>>(),
+        std::iter::once(opts.model_name.clone())
+            .chain(adapters.iter().map(|a| a.name.clone()))
+            .collect::<Vec<_>>(),
         args.parallel,
         args.queue,
     );
