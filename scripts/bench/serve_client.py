@@ -8,6 +8,7 @@ request's time to first token and token count, appended to OUT.
 
 Tokens are the usage counts when the server sends them (`stream_options.include_usage`), else the
 number of content chunks. Each client has its own prompt, so no server can reuse another's prefix.
+One short unmeasured request warms the server up first.
 """
 import argparse
 import concurrent.futures as cf
@@ -49,6 +50,9 @@ def one(client, model, i, max_tokens):
 
 def run(a):
     client = OpenAI(base_url=a.base_url, api_key="none", max_retries=0, timeout=900)
+    # One unmeasured request first: both servers start fresh each round.
+    client.chat.completions.create(model=a.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+                                   temperature=0)
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(a.clients) as pool:
         reqs = list(pool.map(lambda i: one(client, a.model, i, a.max_tokens), range(a.clients)))
