@@ -20,11 +20,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// A 400 about the field `param`.
+    /// A 400 about the field `param` (its message starts with the field's name).
     pub fn field(param: &str, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: message.into(),
+            message: format!("`{param}`: {}", message.into()),
             param: Some(param.to_string()),
             code: Some("invalid_value"),
         }
@@ -172,7 +172,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<CompletionBody, ApiError> {
         let top = !e.path().iter().any(|s| matches!(s, serde_path_to_error::Segment::Map { .. }));
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if !top => ApiError::field(&path, format!("`{path}`: {inner}")),
+            serde_json::error::Category::Data if !top => ApiError::field(&path, inner.to_string()),
             serde_json::error::Category::Data => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_body",
@@ -357,7 +357,7 @@ mod tests {
         let e = parse_body(br#"{"model": "m", "temperature": "hot"}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        assert!(e.message.contains("f32"), "{}", e.message);
+        assert!(e.message.starts_with("`temperature`: ") && e.message.contains("f32"), "{}", e.message);
     }
 
     #[test]
