@@ -35,6 +35,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
+    /// Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API.
+    Serve(commands::serve::ServeArgs),
     /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k) or a bitsandbytes NF4
     /// Hugging Face folder (nf4).
     Quantize(commands::quantize::QuantizeArgs),
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::ExportAdapter(args) => commands::quantize::run_export_adapter(args),
     };

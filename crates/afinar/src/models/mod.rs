@@ -1,6 +1,7 @@
 //! Llama-3-family models: configurations ([`LlamaConfig`], [`presets`]), the decoder
 //! ([`Llama`]) wired from [`crate::blocks`], and checkpoint loading ([`load`]).
 
+mod adapter;
 mod config;
 mod init;
 mod llama;
@@ -9,6 +10,7 @@ pub mod presets;
 mod train;
 mod trainable;
 
+pub use adapter::LoraAdapter;
 pub use config::LlamaConfig;
 pub use llama::{Llama, Logits};
 pub use load::{is_gguf, load_model, load_tokenizer, LoadOptions, LoadedModel};

@@ -28,6 +28,10 @@ pub struct GenerateArgs {
     /// System message (with --chat).
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// A LoRA adapter (PEFT folder: adapter_config.json + adapter_model.safetensors) applied
+    /// over the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -69,7 +73,19 @@ fn generate_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file FILE"),
     };
-    let (loaded, tok) = load(be, &args.model)?;
+    let (mut loaded, tok) = load(be, &args.model)?;
+    // The adapter's layers move into the model; what is left in `_adapter` is empty.
+    let _adapter = match &args.adapter {
+        Some(dir) => {
+            let mut a = loaded
+                .model
+                .load_adapter(be, dir)
+                .with_context(|| format!("loading the adapter {}", dir.display()))?;
+            loaded.model.swap_adapter(&mut a);
+            Some(a)
+        }
+        None => None,
+    };
     let model = &loaded.model;
     let ids = prompt_ids(&tok, &prompt, args.chat, args.system.as_deref())?;
     let ctx = model.config.max_seq_len;

@@ -9,6 +9,7 @@ pub mod ls;
 pub mod progress;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
 pub mod validate;
 
