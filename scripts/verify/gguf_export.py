@@ -18,12 +18,21 @@ any failure:
   1. llama.cpp loads every file and tokenizes each prompt into afinar's ids (tokenizer
      metadata, special tokens and chat template output included);
   2. F32, F16 and the LoRA adapter: llama.cpp's greedy continuation equals afinar's exactly.
-     Q8_0, Q4_0, Q4_K: llama.cpp multiplies with activations quantized to 8 bits (Q8_0/Q8_K)
-     and sums in another order than afinar, so on a 135M model two near-tied candidates can swap
-     and greedy paths split; there, llama.cpp's argmax must agree with afinar's token at ≥ 90 %
-     of the steps, and wherever it does not, afinar's token must be within NEAR_TIE logits of
-     llama.cpp's best (a near tie, not a different model). Where the first split happens is
-     printed;
+     Q8_0, Q4_0 (afinar keeps the blocks and multiplies with 8-bit activations, as llama.cpp):
+     llama.cpp's sums run in another order than afinar's, so on a 135M model two near-tied
+     candidates can swap and greedy paths split; there, llama.cpp's argmax must agree with
+     afinar's token at ≥ 90 % of the steps, and wherever it does not, afinar's token must be
+     within NEAR_TIE logits of llama.cpp's best (a near tie, not a different model). Where the
+     first split happens is printed.
+     Q4_K (afinar dequantizes the file's Q4_K/Q5_0/Q6_K/Q8_0 blocks and multiplies in f32):
+     llama.cpp on the same file converted to F32 by its own `llama_model_quantize`
+     (`allow_requantize`, so every weight is llama.cpp's dequantization of the file's blocks)
+     must agree with afinar's token at ≥ 90 % of the steps, within SAME_WEIGHTS_TIE logits
+     where it does not (f32 sums in another order and llama.cpp's f16 KV cache only: seen 0.035
+     on the Spanish prompt). On the Q4_K file itself llama.cpp quantizes activations to
+     8 bits (Q8_K/Q8_0), which moves logits by up to ~2.4 on SmolLM2's chat prompt even against
+     llama.cpp's own F32 result on the same weights: there its argmax must agree with afinar's at
+     ≥ 80 % of the steps (a different model agrees at a few), gaps printed only;
   3. the Q8_0 file's perplexity on a few hundred tokens of English/Spanish text is within 1 %
      of the F32 file's (both from llama.cpp's logits);
   4. llama.cpp with the base F32 GGUF and the adapter GGUF (`lora_path`) continues exactly as
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import sys
 import time
 
@@ -48,7 +58,11 @@ from gguf.constants import GGML_QUANT_SIZES
 # Largest gap (llama.cpp's top logit minus its logit for afinar's token) accepted as a near tie
 # for the quantized schemes; SmolLM2's median gap between its top two candidates is 1 to 1.8.
 NEAR_TIE = 0.5
+# Same, for llama.cpp on the very weights afinar multiplies (the Q4_K file dequantized to F32).
+SAME_WEIGHTS_TIE = 0.1
 EXACT = {"f32", "f16"}
+# Schemes that afinar runs on dequantized weights (its int8 path covers Q8_0/Q4_0/Q4_1 only).
+DEQUANTIZED = {"q4_k"}
 # llama.cpp's `llama_ftype` of each scheme.
 FTYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k": 15}
 
@@ -101,7 +115,7 @@ def text_for_perplexity(path: str, n_records: int = 6) -> str:
 
 
 def check_run(name: str, m: llama_cpp.Llama, prompts: list[dict], runs: list[list[int]], exact: bool,
-              failures: list[str]) -> None:
+              failures: list[str], min_agree: float = 0.9, max_gap: float | None = NEAR_TIE) -> None:
     for p, want in zip(prompts, runs):
         t0 = time.time()
         ids = m.tokenize(p["text"].encode(), add_bos=False, special=True)
@@ -118,9 +132,23 @@ def check_run(name: str, m: llama_cpp.Llama, prompts: list[dict], runs: list[lis
         if exact and agree != len(want):
             failures.append(f"{where}: llama.cpp's greedy path leaves afinar's at token {first} "
                             f"(llama.cpp {tops}, afinar {want})")
-        if not exact and (agree < 0.9 * len(want) or worst >= NEAR_TIE):
+        if not exact and (agree < min_agree * len(want) or (max_gap is not None and worst >= max_gap)):
+            need = f"≥ {min_agree:.0%}" + (f" and < {max_gap}" if max_gap is not None else "")
             failures.append(f"{where}: argmax agrees at {agree}/{len(want)} steps, largest gap {worst:.3f} "
-                            f"(need ≥ 90 % and < {NEAR_TIE})")
+                            f"(need {need})")
+
+
+def as_f32(src: str, failures: list[str]) -> str | None:
+    """`src` converted to an F32 GGUF by llama.cpp's own quantizer (every weight dequantized)."""
+    out = src + ".llama-f32.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 0  # LLAMA_FTYPE_ALL_F32
+    params.allow_requantize = True
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params)) != 0:
+        failures.append(f"llama_model_quantize could not convert {src} to F32")
+        return None
+    return out
 
 
 def compare_with_llama_quantize(src: str, scheme: str, ours: str, failures: list[str]) -> None:
@@ -162,8 +190,16 @@ def main() -> int:
     prompts = spec["prompts"]
     for scheme, run in spec["runs"].items():
         m = open_model(run["file"])
-        check_run(scheme, m, prompts, run["tokens"], scheme in EXACT, failures)
+        if scheme in DEQUANTIZED:
+            check_run(scheme, m, prompts, run["tokens"], False, failures, min_agree=0.8, max_gap=None)
+        else:
+            check_run(scheme, m, prompts, run["tokens"], scheme in EXACT, failures)
         m.close()
+        if scheme in DEQUANTIZED and (f32 := as_f32(run["file"], failures)):
+            m = open_model(f32)
+            check_run(f"{scheme}→f32", m, prompts, run["tokens"], False, failures, max_gap=SAME_WEIGHTS_TIE)
+            m.close()
+            os.remove(f32)
 
     lora = spec["lora"]
     m = open_model(lora["base"], lora=lora["adapter"])

@@ -300,10 +300,7 @@ fn greedy(be: &CpuBackend, m: &LoadedModel<CpuBackend>, prompt: &[u32], n: usize
 
 #[test]
 fn llama_cpp_loads_exports_and_agrees_with_afinar() {
-    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        eprintln!("SKIPPED: set AFINAR_PYTHON to the reference venv's python to run the llama.cpp check");
-        return;
-    };
+    let Some(python) = common::reference_python("the llama.cpp check") else { return };
     let t0 = std::time::Instant::now();
     let be = CpuBackend::new(Some(2));
     let dir = Tmp::new("gguf-llamacpp");

@@ -327,10 +327,7 @@ fn bad_bitsandbytes_folders_fail_clearly() {
 
 #[test]
 fn transformers_loads_nf4_exports_and_agrees_with_afinar() {
-    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        eprintln!("SKIPPED: set AFINAR_PYTHON to the reference venv's python to run the transformers check");
-        return;
-    };
+    let Some(python) = common::reference_python("the transformers check") else { return };
     let t0 = std::time::Instant::now();
     let be = CpuBackend::new(Some(2));
     let dir = Tmp::new("nf4-transformers");

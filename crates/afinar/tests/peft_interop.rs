@@ -17,10 +17,7 @@ use common::fixture;
 
 #[test]
 fn lora_adapter_and_merged_weights_load_in_peft_and_transformers() {
-    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        eprintln!("SKIPPED: set AFINAR_PYTHON to the reference venv's python to run the PEFT check");
-        return;
-    };
+    let Some(python) = common::reference_python("the PEFT check") else { return };
     let be = CpuBackend::new(Some(2));
     let base = fixture("models/llama31_tiny");
     let mut m = load_model(

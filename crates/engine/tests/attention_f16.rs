@@ -160,7 +160,7 @@ fn cuda_attention_half_matches_cpu() {
     let g = match CudaBackend::new(0) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("SKIPPED: the CUDA attention_half check needs a GPU: {e}");
+            common::skipped(&format!("needs a GPU: {e}"));
             return;
         }
     };

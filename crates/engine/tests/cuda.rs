@@ -27,7 +27,7 @@ fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(b) => Some(b),
         Err(e) => {
-            say(&format!("SKIPPED: CUDA backend checks need a GPU: {e}"));
+            common::skipped(&format!("the CUDA backend checks need a GPU: {e}"));
             None
         }
     }
@@ -81,7 +81,7 @@ fn both(g: &CudaBackend, c: &CpuBackend, x: &[f32]) -> (<CudaBackend as Backend>
 #[test]
 fn kernels_compile() {
     if let Err(e) = libs::load_nvrtc() {
-        say(&format!("SKIPPED: NVRTC compile check: {e}"));
+        common::skipped(&format!("the NVRTC compile check needs NVRTC: {e}"));
         return;
     }
     for arch in ["compute_80", "compute_90"] {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{norm_err32, rel_err32};
+use common::{norm_err32, rel_err32, skipped, tested_path};
 
 use afinar_engine::cpu::{amx, gemv, matmul};
 use afinar_engine::{Backend, CpuBackend, WeightFormat};
@@ -27,8 +27,57 @@ fn round_bf16(x: &[f32]) -> Vec<f32> {
 
 const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::BF16];
 
+/// Whether this CPU has AMX; without it, says so in a `SKIPPED` line (the test's AMX kernels
+/// cannot run here), with it, names the path tested.
+fn amx_here() -> bool {
+    if amx::available() {
+        tested_path("AMX bf16 tiles");
+        true
+    } else {
+        skipped(
+            "needs Intel AMX (bf16 tiles), which this CPU lacks; the paths that run here are \
+             checked by gemv_matches_gemm_path and mixed_precision_products_match_a_naive_reference",
+        );
+        false
+    }
+}
+
+/// The GEMV path `CpuBackend::linear` takes for few rows on this CPU.
+fn gemv_path() -> &'static str {
+    if gemv::avx512_available() {
+        "AVX-512 GEMV kernel (and the portable one, called directly)"
+    } else {
+        "portable GEMV only (no AVX-512 here: the backend runs the portable loop too)"
+    }
+}
+
+/// `x[rows, inner] · w[cols, inner]ᵀ` in f64, the plainest triple loop: the reference that
+/// shares no code with the backend.
+fn naive_abt(a: &[f32], b: &[f32], rows: usize, cols: usize, inner: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let s: f64 = (0..inner).map(|k| a[r * inner + k] as f64 * b[c * inner + k] as f64).sum();
+            y[r * cols + c] = s as f32;
+        }
+    }
+    y
+}
+
+/// `m[rows, cols]ᵀ` (row-major).
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
 #[test]
 fn gemv_matches_gemm_path() {
+    tested_path(gemv_path());
     let be = CpuBackend::new(Some(2));
     for (out, inp) in [(17, 33), (64, 576), (5, 16), (130, 7), (1, 1), (9, 100)] {
         for fmt in FORMATS {
@@ -56,6 +105,7 @@ fn gemv_matches_gemm_path() {
 
 #[test]
 fn gemv_is_independent_of_thread_count() {
+    tested_path(gemv_path());
     let (rows, out, inp) = (3, 1000, 577);
     let x = randn(rows * inp, 1);
     for fmt in FORMATS {
@@ -86,8 +136,7 @@ const AMX_SHAPES: [(usize, usize, usize); 6] =
 
 #[test]
 fn amx_linear_matches_gemm_path() {
-    if !amx::available() {
-        eprintln!("AMX not available here: skipping");
+    if !amx_here() {
         return;
     }
     let be = CpuBackend::new(Some(2));
@@ -140,8 +189,7 @@ fn amx_linear_matches_gemm_path() {
 
 #[test]
 fn amx_is_independent_of_thread_count() {
-    if !amx::available() {
-        eprintln!("AMX not available here: skipping");
+    if !amx_here() {
         return;
     }
     let (rows, out, inp) = (300, 260, 200);
@@ -163,8 +211,7 @@ fn amx_is_independent_of_thread_count() {
 
 #[test]
 fn amx_propagates_non_finite_inputs() {
-    if !amx::available() {
-        eprintln!("AMX not available here: skipping");
+    if !amx_here() {
         return;
     }
     let (rows, out, inp) = (20, 18, 40);
@@ -186,8 +233,7 @@ fn amx_propagates_non_finite_inputs() {
 
 #[test]
 fn amx_linear_cross_entropy_matches_f32_path() {
-    if !amx::available() {
-        eprintln!("AMX not available here: skipping");
+    if !amx_here() {
         return;
     }
     let be = CpuBackend::new(Some(2));
@@ -238,64 +284,92 @@ fn amx_linear_cross_entropy_matches_f32_path() {
 }
 
 /// Mixed precision (`set_bf16_products`): products with f32 weights, weight gradients and the
-/// fused output projection take bf16-rounded operands with f32 sums, so they equal the f32 path
-/// on operands rounded to bf16 beforehand (up to summation order). Without AMX the flag changes
-/// nothing.
+/// fused output projection take bf16-rounded operands with f32 sums (AMX), so they equal a naive
+/// f64 reference on operands rounded to bf16 beforehand, up to summation order. Without AMX the
+/// flag changes nothing: the f32 path must then equal the reference on the unrounded operands.
 #[test]
-fn mixed_precision_products_match_f32_on_rounded_operands() {
+fn mixed_precision_products_match_a_naive_reference() {
     let be = CpuBackend::new(Some(2));
-    let reference = CpuBackend::new(Some(2));
     be.set_bf16_products(true);
+    let amx = amx::available();
+    tested_path(if amx {
+        "AMX bf16 products on f32 weights (mixed precision)"
+    } else {
+        "f32 products (no AMX here: set_bf16_products has no effect), against the naive reference"
+    });
     let (rows, out, inp) = (70, 96, 160);
     let (x, wv, dy) = (randn(rows * inp, 1), randn(out * inp, 2), randn(rows * out, 3));
-    let amx = amx::available();
     let r = |v: &[f32]| if amx { round_bf16(v) } else { v.to_vec() };
     let w = be.weight(&wv, out, inp, WeightFormat::F32).unwrap();
-    let wr = reference.weight(&r(&wv), out, inp, WeightFormat::F32).unwrap();
 
     let y0 = randn(rows * out, 4);
-    let (mut y, mut y_ref) = (y0.clone(), y0.clone());
+    let mut y = y0.clone();
     be.linear(&x, &w, &mut y, rows, true).unwrap();
-    reference.linear(&r(&x), &wr, &mut y_ref, rows, true).unwrap();
+    let y_ref: Vec<f32> = naive_abt(&r(&x), &r(&wv), rows, out, inp).iter().zip(&y0).map(|(a, b)| a + b).collect();
     assert!(rel_err32(&y, &y_ref) < 1e-5, "linear: {}", rel_err32(&y, &y_ref));
 
-    let (mut dx, mut dx_ref) = (vec![f32::NAN; rows * inp], vec![0.0; rows * inp]);
+    let mut dx = vec![f32::NAN; rows * inp];
     be.linear_backward_input(&dy, &w, &mut dx, rows, false).unwrap();
-    reference.linear_backward_input(&r(&dy), &wr, &mut dx_ref, rows, false).unwrap();
+    let dx_ref = naive_abt(&r(&dy), &transpose(&r(&wv), out, inp), rows, inp, out);
     assert!(rel_err32(&dx, &dx_ref) < 1e-5, "input grad: {}", rel_err32(&dx, &dx_ref));
 
     let dw0 = randn(out * inp, 5);
-    let (mut dw, mut dw_ref) = (dw0.clone(), dw0.clone());
+    let mut dw = dw0.clone();
     be.matmul(&dy, true, &x, false, &mut dw, out, inp, rows, 1.0, 1.0).unwrap();
-    reference.matmul(&r(&dy), true, &r(&x), false, &mut dw_ref, out, inp, rows, 1.0, 1.0).unwrap();
+    let dw_ref: Vec<f32> = naive_abt(&transpose(&r(&dy), rows, out), &transpose(&r(&x), rows, inp), out, inp, rows)
+        .iter()
+        .zip(&dw0)
+        .map(|(a, b)| a + b)
+        .collect();
     assert!(rel_err32(&dw, &dw_ref) < 1e-5, "weight grad: {}", rel_err32(&dw, &dw_ref));
 
-    // Fused output projection: loss and dh as the f32 path on rounded operands; dW within bf16
-    // rounding of the logits' gradient (which the f32 path keeps in f32).
+    // Fused output projection against softmax cross-entropy written out: loss and dh as the
+    // reference on rounded operands; dW within bf16 rounding of the logits' gradient (which
+    // the reference keeps in f64).
     let (vocab, dim, n) = (300, 64, 40);
+    let scale = 0.5f32;
     let (h, ov) = (randn(n * dim, 6), randn(vocab * dim, 7));
     let targets: Vec<i32> =
         (0..n as i32).map(|i| if i % 9 == 4 { -100 } else { (i * 37) % vocab as i32 }).collect();
     let ow = be.weight(&ov, vocab, dim, WeightFormat::F32).unwrap();
-    let owr = reference.weight(&r(&ov), vocab, dim, WeightFormat::F32).unwrap();
-    let (mut dh, mut dh_ref) = (vec![0.0; n * dim], vec![0.0; n * dim]);
-    let (mut gw, mut gw_ref) = (vec![0.0; vocab * dim], vec![0.0; vocab * dim]);
-    let (l, c) = be.linear_cross_entropy(&h, &ow, &targets, n, 0.5, Some(&mut dh), Some(&mut gw)).unwrap();
-    let (l_ref, c_ref) = reference
-        .linear_cross_entropy(&r(&h), &owr, &targets, n, 0.5, Some(&mut dh_ref), Some(&mut gw_ref))
-        .unwrap();
+    let (mut dh, mut gw) = (vec![0.0; n * dim], vec![0.0; vocab * dim]);
+    let (l, c) = be.linear_cross_entropy(&h, &ow, &targets, n, scale, Some(&mut dh), Some(&mut gw)).unwrap();
+    let (hr, owr) = (r(&h), r(&ov));
+    let logits = naive_abt(&hr, &owr, n, vocab, dim);
+    let (mut l_ref, mut c_ref) = (0.0f64, 0usize);
+    let mut g = vec![0.0f32; n * vocab]; // ∂(scale · Σ loss)/∂logits
+    for (i, &t) in targets.iter().enumerate() {
+        if t < 0 {
+            continue;
+        }
+        let row = &logits[i * vocab..(i + 1) * vocab];
+        let m = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+        let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+        l_ref += m + z.ln() - row[t as usize] as f64;
+        c_ref += 1;
+        for (j, &v) in row.iter().enumerate() {
+            let p = (v as f64 - m).exp() / z - if j == t as usize { 1.0 } else { 0.0 };
+            g[i * vocab + j] = (scale as f64 * p) as f32;
+        }
+    }
+    let dh_ref = naive_abt(&g, &transpose(&owr, vocab, dim), n, dim, vocab);
+    let gw_ref = naive_abt(&transpose(&g, n, vocab), &transpose(&hr, n, dim), vocab, dim, n);
     assert_eq!(c, c_ref);
     assert!(((l - l_ref) / l_ref).abs() < 1e-5, "loss {l} vs {l_ref}");
     assert!(norm_err32(&dh, &dh_ref) < 1e-2, "dh: {}", norm_err32(&dh, &dh_ref));
     assert!(norm_err32(&gw, &gw_ref) < 1e-2, "dW: {}", norm_err32(&gw, &gw_ref));
+    if !amx {
+        // The f32 path keeps the logits' gradient in f32: far closer than bf16 rounding.
+        assert!(norm_err32(&dh, &dh_ref) < 1e-5, "dh: {}", norm_err32(&dh, &dh_ref));
+        assert!(norm_err32(&gw, &gw_ref) < 1e-5, "dW: {}", norm_err32(&gw, &gw_ref));
+    }
 }
 
 #[test]
 fn f32_weights_pack_as_their_bf16_rounding() {
     // Packing f32 values (vector conversion, ragged panels, odd row counts, inner sizes off
     // multiples of 32) gives the same products as packing their bf16 rounding.
-    if !amx::available() {
-        eprintln!("AMX not available here: skipping");
+    if !amx_here() {
         return;
     }
     for (rows, out, inp) in [(33, 37, 100), (40, 50, 45), (64, 96, 160), (5, 17, 31)] {
@@ -316,8 +390,7 @@ fn f32_weights_pack_as_their_bf16_rounding() {
 #[test]
 fn amx_weight_gradient_over_no_rows_is_zero() {
     // A weight gradient over zero rows (k = 0): zeros, or the old values when accumulating.
-    if !amx::available() {
-        eprintln!("AMX not available here: skipping");
+    if !amx_here() {
         return;
     }
     let (out, inp) = (40, 24);

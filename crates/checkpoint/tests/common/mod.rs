@@ -128,15 +128,9 @@ pub fn smollm2_asset() -> PathBuf {
 }
 
 /// Runs `scripts/verify/SCRIPT` with `$AFINAR_PYTHON` and returns its JSON, or `None` (with a
-/// note) when the variable is not set.
+/// `SKIPPED` line, see [`reference_python`]) when the variable is not set.
 pub fn run_python(script: &str, args: &[&Path]) -> Option<Value> {
-    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        eprintln!(
-            "note: AFINAR_PYTHON is not set: skipping the python check {script} (set it to a \
-             python with torch, safetensors, transformers and peft, e.g. ~/.cache/afinar/venv/bin/python)"
-        );
-        return None;
-    };
+    let python = reference_python(&format!("the python check scripts/verify/{script}"))?;
     let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify").join(script);
     let out = std::process::Command::new(&python).arg(&script_path).args(args).output().expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -147,4 +141,36 @@ pub fn run_python(script: &str, args: &[&Path]) -> Option<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+}
+
+/// Says that the running test did not run (all or part of it) and why, as
+/// `SKIPPED: <test>: <why>` on the process's real stderr: libtest captures only the
+/// `print!`/`eprint!` macros, so this line shows in `cargo test`'s log even when the test passes.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {test}: {why}\n").as_bytes());
+}
+
+/// The reference python (`$AFINAR_PYTHON`, the venv `scripts/reference-venv.sh` makes), or `None`
+/// after a `SKIPPED` line naming `check` when it is not set (`scripts/test.sh` sets it unless
+/// `AFINAR_SKIP_PYTHON=1`). A set but missing python fails the test.
+pub fn reference_python(check: &str) -> Option<std::ffi::OsString> {
+    match std::env::var_os("AFINAR_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => {
+            assert!(
+                std::path::Path::new(&p).is_file(),
+                "AFINAR_PYTHON={} is not a file (create the venv with scripts/reference-venv.sh)",
+                std::path::Path::new(&p).display()
+            );
+            Some(p)
+        }
+        None => {
+            skipped(&format!(
+                "{check} not run: AFINAR_PYTHON is not set (the reference venv's python, from \
+                 scripts/reference-venv.sh; ./scripts/test.sh sets it)"
+            ));
+            None
+        }
+    }
 }

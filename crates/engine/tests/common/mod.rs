@@ -111,3 +111,20 @@ pub fn check_grad_maybe_zero(name: &str, x: &[f64], analytic: &[f64], f: impl Fn
         assert!(e < 1e-6, "{name}: relative error {e:e} vs finite differences");
     }
 }
+
+/// Says that the running test did not run (all or part of it) and why, as
+/// `SKIPPED: <test>: <why>` on the process's real stderr: libtest captures only the
+/// `print!`/`eprint!` macros, so this line shows in `cargo test`'s log even when the test passes.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {test}: {why}\n").as_bytes());
+}
+
+/// Says which implementation the running test exercised (a fast path picked at run time by the
+/// CPU's features), as `PATH: <test>: <what>` on the real stderr, past libtest's capture.
+pub fn tested_path(what: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = std::io::stderr().write_all(format!("PATH: {test}: {what}\n").as_bytes());
+}
