@@ -3,7 +3,8 @@
 # fixtures, run the interop checks in the test suite (`AFINAR_PYTHON`) and run benchmarks:
 # torch, transformers, PEFT, bitsandbytes, gguf, tokenizers, lm-eval, llama.cpp's Python bindings
 # (with its OpenAI-compatible server), the official `openai` client, huggingface_hub and
-# tensorboard. Outside git: $AFINAR_VENV, default ~/.cache/afinar/venv (or $AFINAR_CACHE/venv).
+# tensorboard. Outside git: $AFINAR_VENV, default ~/.cache/afinar/venv (not under $AFINAR_CACHE, so a
+# temporary asset cache, as in .ci/run, does not start a second ~25-minute install).
 # Idempotent: a venv that imports everything is kept. Prints the venv's python path.
 #
 # A fresh install takes ~6 minutes for the wheels plus ~15-20 minutes to compile llama-cpp-python
@@ -11,7 +12,7 @@
 # venv runs on any of the project's machines; `scripts/bench/peer-venv.sh` rebuilds it for the
 # machine's widest vector units when benchmarking.
 set -euo pipefail
-venv="${AFINAR_VENV:-${AFINAR_CACHE:-$HOME/.cache/afinar}/venv}"
+venv="${AFINAR_VENV:-$HOME/.cache/afinar/venv}"
 py="$venv/bin/python"
 imports='import torch, transformers, gguf, peft, lm_eval, bitsandbytes, openai, huggingface_hub, tensorboard, llama_cpp, llama_cpp.server.app'
 if [ -x "$py" ] && "$py" -c "$imports" 2>/dev/null; then
