@@ -565,6 +565,19 @@ pub fn resolve_model_path(spec: &Path, progress: &mut dyn Progress) -> Result<Pa
     })
 }
 
+/// How a model-path value (a config key, `--model`) names a Hub repository, as `hf://…`:
+/// `hf://…` itself, or a bare `org/name[@rev]` when `local` (the value read as a path) does not
+/// exist. `None`: a local path.
+pub fn as_hub_reference(text: &str, local: &Path) -> Option<String> {
+    if text.starts_with("hf://") {
+        Some(text.to_string())
+    } else if !local.exists() && RepoRef::looks_like_repo_id(text) {
+        Some(format!("hf://{text}"))
+    } else {
+        None
+    }
+}
+
 /// Whether `s` is a full commit hash.
 pub fn is_commit_hash(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())

@@ -34,7 +34,9 @@ mod error;
 mod settings;
 mod spec;
 
-pub use client::{is_commit_hash, resolve_model_path, Filter, Hub, Progress, Quiet, Snapshot};
+pub use client::{
+    as_hub_reference, is_commit_hash, resolve_model_path, Filter, Hub, Progress, Quiet, Snapshot,
+};
 pub use error::{Error, Result};
 pub use settings::{Settings, DEFAULT_ENDPOINT};
 pub use spec::{model_files, RepoRef, DEFAULT_REVISION};

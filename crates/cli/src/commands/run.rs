@@ -39,6 +39,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let saved = cfg.output_dir.join("recipe_config.yaml");
     let yaml = cfg.to_yaml();
     afinar::checkpoint::write::write_atomic(&saved, |w| w.write_all(yaml.as_bytes()))?;
+    let mut cfg = cfg;
+    if let Some(p) = &cfg.model.path {
+        // Fetch a Hub model here, with progress bars (the saved config keeps the reference).
+        cfg.model.path = Some(super::resolve_model(p)?);
+    }
     let mut progress = Progress::new(cfg.log_every_n_steps);
     let summary = afinar::recipes::run(&cfg, &mut progress)?;
     if let Some(last) = summary.checkpoints.last() {
