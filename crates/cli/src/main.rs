@@ -37,6 +37,8 @@ enum Command {
     Download(commands::download::DownloadArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
+    /// Chart runs' loss, learning rate and throughput (PNG and SVG), one line per run.
+    Plot(commands::plot::PlotArgs),
     /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k) or a bitsandbytes NF4
     /// Hugging Face folder (nf4).
     Quantize(commands::quantize::QuantizeArgs),
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Download(args) => commands::download::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Plot(args) => commands::plot::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::ExportAdapter(args) => commands::quantize::run_export_adapter(args),
     };

@@ -7,6 +7,7 @@ pub mod download;
 pub mod eval;
 pub mod generate;
 pub mod ls;
+pub mod plot;
 pub mod progress;
 pub mod quantize;
 pub mod run;
