@@ -51,10 +51,15 @@ impl RepoRef {
         Ok(Self { repo: format!("{org}/{name}"), revision, file })
     }
 
-    /// Whether `text` has the shape of a bare repository id `org/name[@revision]` (no file part).
+    /// Whether `text` has the shape of a bare repository id `org/name[@revision]` (no file part,
+    /// and not a file name such as `models/model.gguf`, which is taken as a missing local path).
     pub fn looks_like_repo_id(text: &str) -> bool {
+        const FILE_EXTENSIONS: &[&str] =
+            &[".gguf", ".safetensors", ".json", ".bin", ".model", ".pt", ".pth", ".yaml"];
         let text = text.split_once('@').map_or(text, |(r, rev)| if rev.is_empty() { "" } else { r });
+        let lower = text.to_ascii_lowercase();
         matches!(text.split_once('/'), Some((o, n)) if valid_name(o) && valid_name(n))
+            && !FILE_EXTENSIONS.iter().any(|e| lower.ends_with(e))
     }
 }
 
@@ -148,7 +153,17 @@ mod tests {
         assert!(RepoRef::parse("o/n", true).is_ok());
         assert!(RepoRef::looks_like_repo_id("meta-llama/Llama-3.2-1B"));
         assert!(RepoRef::looks_like_repo_id("o/n@main"));
-        for not in ["model.gguf", "./o/n", "/o/n", "o/n/x", "o/", "o/n@", "~/x"] {
+        for not in [
+            "model.gguf",
+            "./o/n",
+            "/o/n",
+            "o/n/x",
+            "o/",
+            "o/n@",
+            "~/x",
+            "models/model.gguf",
+            "m/tokenizer.json",
+        ] {
             assert!(!RepoRef::looks_like_repo_id(not), "{not}");
         }
     }
