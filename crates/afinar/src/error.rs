@@ -14,6 +14,9 @@ pub enum Error {
     /// A tokenizer file or chat template is bad.
     #[error(transparent)]
     Tokenizer(#[from] afinar_tokenizer::TokenizerError),
+    /// A model could not be fetched from the Hugging Face Hub or found in its cache.
+    #[error(transparent)]
+    Hub(#[from] afinar_hub::Error),
     /// A recipe config (YAML and overrides) is invalid.
     #[error(transparent)]
     RecipeConfig(#[from] crate::config::ConfigError),

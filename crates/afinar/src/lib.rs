@@ -12,11 +12,13 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod models;
+pub mod plot;
 pub mod quantize;
 pub mod recipes;
 
 pub use afinar_checkpoint as checkpoint;
 pub use afinar_data as data;
 pub use afinar_engine as engine;
+pub use afinar_hub as hub;
 pub use afinar_tokenizer as tokenizer;
 pub use error::{Error, Result};

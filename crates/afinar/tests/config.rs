@@ -698,3 +698,29 @@ fn damaged_configs_never_panic() {
             RecipeConfig::load_str(&format!("{}{}", &yaml[..i], &yaml[i..].replacen(':', "", 1)), "cut.yaml");
     }
 }
+
+/// `model.path` takes a Hub repository: `hf://…` kept as is, a bare `org/name` that is no local
+/// path turned into `hf://org/name`, a local path preferred when it exists, a bad id refused.
+#[test]
+fn model_path_accepts_hub_repositories() {
+    let (_s, _, r) = load("hub-ref", BASE, &["model.path=hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"]);
+    assert_eq!(r.unwrap().model.path, Some(PathBuf::from("hf://HuggingFaceTB/SmolLM2-135M-Instruct@main")));
+    let (s, _, r) = load("hub-bare", BASE, &["model.path=org/name"]);
+    let c = r.unwrap();
+    assert_eq!(c.model.path, Some(PathBuf::from("hf://org/name")));
+    let saved = s.write("resolved.yaml", &c.to_yaml());
+    let reloaded = RecipeConfig::load(saved.to_str().unwrap(), &[] as &[&str]);
+    assert_eq!(
+        reloaded.unwrap().model.path,
+        Some(PathBuf::from("hf://org/name")),
+        "the saved config keeps it"
+    );
+    let s = Scratch::with_inputs("hub-local");
+    std::fs::create_dir_all(s.0.join("org/name")).unwrap();
+    let p = s.write("config.yaml", &BASE.replace("path: model.gguf", "path: org/name"));
+    let c = RecipeConfig::load(p.to_str().unwrap(), &[] as &[&str]).unwrap();
+    assert_eq!(c.model.path, Some(s.0.join("org/name")), "an existing local folder wins");
+    let (_s, _, r) = load("hub-bad", BASE, &["model.path=hf://org"]);
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("is not a Hugging Face repository reference"), "{e}");
+}

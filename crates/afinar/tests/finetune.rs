@@ -206,6 +206,7 @@ fn check_exact_resume_with(
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last["step"], 6);
     assert!(last["tokens_per_sec"].as_f64().unwrap() > 0.0 && last["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    check_tensorboard_and_charts(straight_dir, &straight.losses);
     if lora.is_some() {
         let e = straight_dir.join("epoch_1");
         for f in [
@@ -325,5 +326,60 @@ fn optimizer_in_backward_refuses_accumulation_and_clipping() {
         let err =
             train(&s.be, &mut m, &loader, &bad, &FullSave { source: source() }, &mut Silent).err().unwrap();
         assert!(err.to_string().contains("optimizer_in_bwd"), "{err}");
+    }
+}
+
+/// The run wrote TensorBoard scalars (read back with TensorBoard's own `EventAccumulator` when
+/// `AFINAR_PYTHON` names a Python with tensorboard) and its PNG/SVG chart.
+fn check_tensorboard_and_charts(dir: &Path, losses: &[f64]) {
+    let png = std::fs::read(dir.join("metrics.png")).expect("metrics.png written at the end of the run");
+    assert_eq!(&png[..4], b"\x89PNG");
+    let svg = std::fs::read_to_string(dir.join("metrics.svg")).expect("metrics.svg written");
+    assert!(svg.contains("Learning rate"));
+    let events: Vec<_> = std::fs::read_dir(dir.join("tensorboard"))
+        .expect("a tensorboard folder")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(events.len() == 1 && events[0].starts_with("events.out.tfevents."), "{events:?}");
+    let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
+        use std::io::Write;
+        let _ =
+            std::io::stderr().write_all(b"SKIPPED: AFINAR_PYTHON is not set: TensorBoard's reader not run\n");
+        return;
+    };
+    let script = r#"
+import sys, json
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1]); ea.Reload()
+tags = sorted(ea.Tags()["scalars"])
+out = {t: [[e.step, e.value] for e in ea.Scalars(t)] for t in tags}
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("tensorboard"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tensorboard reader: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tags: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(tags, ["train/grad_norm", "train/loss", "train/lr", "train/tokens_per_sec"]);
+    let loss = v["train/loss"].as_array().unwrap();
+    assert_eq!(loss.len(), losses.len());
+    for (i, (p, want)) in loss.iter().zip(losses).enumerate() {
+        assert_eq!(p[0].as_u64().unwrap(), i as u64 + 1);
+        assert_eq!(p[1].as_f64().unwrap() as f32, *want as f32, "step {}", i + 1);
+    }
+    // The other scalars equal metrics.jsonl's, step by step.
+    let jsonl = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    for (i, line) in jsonl.lines().enumerate() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (tag, key) in
+            [("train/lr", "lr"), ("train/grad_norm", "grad_norm"), ("train/tokens_per_sec", "tokens_per_sec")]
+        {
+            let got = v[tag][i][1].as_f64().unwrap() as f32;
+            assert_eq!(got, m[key].as_f64().unwrap() as f32, "{tag} at step {}", i + 1);
+        }
     }
 }

@@ -33,10 +33,14 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Evaluate a model: perplexity, multiple-choice and exact-match tasks, per language.
     Eval(commands::eval::EvalArgs),
+    /// Download a Hugging Face Hub repository into the Hugging Face cache (prints its folder).
+    Download(commands::download::DownloadArgs),
     /// Fine-tune: `afinar run RECIPE --config NAME|PATH [KEY=VALUE ~KEY …]`.
     Run(commands::run::RunArgs),
     /// Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API.
     Serve(commands::serve::ServeArgs),
+    /// Chart runs' loss, learning rate and throughput (PNG and SVG), one line per run.
+    Plot(commands::plot::PlotArgs),
     /// Write a model as a llama.cpp GGUF file (f32, f16, q8_0, q4_0, q4_k) or a bitsandbytes NF4
     /// Hugging Face folder (nf4).
     Quantize(commands::quantize::QuantizeArgs),
@@ -94,9 +98,11 @@ fn main() -> ExitCode {
         Command::Cp(args) => commands::cp::run(args),
         Command::Cat(args) => commands::cat::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Download(args) => commands::download::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Plot(args) => commands::plot::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::ExportAdapter(args) => commands::quantize::run_export_adapter(args),
     };

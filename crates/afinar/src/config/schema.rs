@@ -368,6 +368,23 @@ fn path_value(s: &Section, key: &str, raw: &Node, required: bool, expect: &str) 
     Ok(Some(path))
 }
 
+/// `model.path`: a local GGUF file or Hugging Face folder (checked to exist), or a Hub repository
+/// (`hf://org/name[@rev][/file.gguf]`, or a bare `org/name` where no such local path exists),
+/// kept as `hf://…` and fetched through the Hugging Face cache when the run starts.
+fn model_path_value(s: &Section, raw: &Node) -> Result<Option<PathBuf>> {
+    const EXPECT: &str = "a GGUF file, a Hugging Face folder or hf://org/name, or else model.preset";
+    if let Some(text) = s.text("path", EXPECT)? {
+        let node = s.node("path").expect("present");
+        let local = resolve_path(s.cx, &text, &node.pos);
+        if let Some(r) = afinar_hub::as_hub_reference(&text, &local) {
+            afinar_hub::RepoRef::parse(&r, false)
+                .map_err(|e| s.cx.err(K::WrongType, &node.pos, s.path("path"), e.to_string()))?;
+            return Ok(Some(PathBuf::from(r)));
+        }
+    }
+    path_value(s, "path", raw, true, EXPECT)
+}
+
 fn text_of(n: &Node) -> Option<String> {
     n.as_text().map(str::to_string)
 }
@@ -417,11 +434,7 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
             ));
         }
     }
-    let path = if preset.is_some() {
-        None
-    } else {
-        path_value(&model_s, "path", raw, true, "a GGUF file or Hugging Face folder, or else model.preset")?
-    };
+    let path = if preset.is_some() { None } else { model_path_value(&model_s, raw)? };
     let dtype = model_s.word("dtype", Dtype::NAMES, Dtype::from_name)?.unwrap_or(Dtype::Fp32);
     let model = ModelSection { path, preset, dtype };
 

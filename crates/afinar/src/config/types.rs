@@ -175,7 +175,9 @@ impl FileFormat {
 pub struct RecipeConfig {
     /// The recipe this config is for (`afinar run RECIPE` must agree).
     pub recipe: Recipe,
-    /// Where checkpoints and logs are written (relative paths: to the current directory).
+    /// Where checkpoints and logs are written (relative paths: to the current directory): the
+    /// checkpoints, `metrics.jsonl`, TensorBoard event files under `tensorboard/` (always, during
+    /// the run) and the chart `metrics.png`/`metrics.svg` (at the end).
     pub output_dir: PathBuf,
     /// The model to start from.
     pub model: ModelSection,
@@ -236,7 +238,9 @@ pub struct RecipeConfig {
 /// The model to fine-tune: exactly one of `path` and `preset`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelSection {
-    /// A GGUF file or a Hugging Face checkpoint folder (checked to exist).
+    /// A GGUF file or a Hugging Face checkpoint folder (checked to exist), or a Hub repository
+    /// kept as `hf://org/name[@rev][/file]` and fetched through the Hugging Face cache at the
+    /// start of the run.
     pub path: Option<PathBuf>,
     /// A name from [`crate::models::presets::PRESETS`]: random initialisation, for benchmarks.
     pub preset: Option<String>,

@@ -180,6 +180,21 @@ impl Cx<'_> {
         })
     }
 
+    /// `model:` a local path (checked to exist) or a Hub repository, kept as `hf://…`.
+    fn model_path(&self, node: &Node) -> Result<PathBuf> {
+        let text = self.non_empty(node, "model")?;
+        let p = PathBuf::from(&text);
+        let local = if p.is_absolute() { p } else { self.base.join(p) };
+        match afinar_hub::as_hub_reference(&text, &local) {
+            Some(r) => {
+                afinar_hub::RepoRef::parse(&r, false)
+                    .map_err(|e| self.err(&node.pos, "model", e.to_string()))?;
+                Ok(PathBuf::from(r))
+            }
+            None => self.path(node, "model", true),
+        }
+    }
+
     fn path(&self, node: &Node, key: &str, must_exist: bool) -> Result<PathBuf> {
         let p = PathBuf::from(self.non_empty(node, key)?);
         let p = if p.is_absolute() { p } else { self.base.join(p) };
@@ -217,7 +232,7 @@ impl EvalConfig {
         let mut tasks_node = None;
         for e in cx.map(&root, "", TOP_KEYS)? {
             match e.key.as_str() {
-                "model" => cfg.model = Some(cx.path(&e.value, "model", true)?),
+                "model" => cfg.model = Some(cx.model_path(&e.value)?),
                 "tokenizer" => cfg.tokenizer = Some(cx.path(&e.value, "tokenizer", true)?),
                 _ => tasks_node = Some(&e.value),
             }

@@ -232,6 +232,7 @@ pub fn train<B: Backend>(
             None => format!("metrics.jsonl: dropped {dropped} rows of an earlier run in this folder"),
         });
     }
+    let mut events = super::tensorboard::EventWriter::create(&plan.output_dir.join("tensorboard"))?;
     reporter.start(
         total_steps,
         &format!("{total_steps} steps ({steps_per_epoch} per epoch × {} epochs)", plan.epochs),
@@ -338,6 +339,15 @@ pub fn train<B: Backend>(
             };
             if m.step.is_multiple_of(plan.log_every_n_steps) || m.step == total_steps {
                 metrics_file.write(&m)?;
+                events.scalars(
+                    m.step as u64,
+                    &[
+                        ("train/loss", m.loss as f32),
+                        ("train/lr", m.lr as f32),
+                        ("train/grad_norm", m.grad_norm as f32),
+                        ("train/tokens_per_sec", m.tokens_per_sec as f32),
+                    ],
+                )?;
             }
             reporter.step(&m);
             let epoch_done = step_in_epoch == steps_per_epoch;
@@ -376,6 +386,12 @@ pub fn train<B: Backend>(
         step_in_epoch = 0;
     }
     summary.steps = optimizer.step as usize;
+    drop(metrics_file);
+    // The run's chart; a drawing failure is reported, not fatal to a finished run.
+    match crate::plot::plot_run_dir(&plan.output_dir) {
+        Ok((png, svg)) => reporter.note(&format!("charts: {} and {}", png.display(), svg.display())),
+        Err(e) => reporter.note(&format!("no chart drawn: {e}")),
+    }
     reporter.finish(&format!("done: {} steps", summary.steps));
     Ok(summary)
 }

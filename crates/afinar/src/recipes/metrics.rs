@@ -1,5 +1,6 @@
 //! What a training run reports: per-step metrics (also appended as JSON lines to
-//! `metrics.jsonl` in the output folder) and the events a progress display needs.
+//! `metrics.jsonl` in the output folder, and as TensorBoard scalars to its `tensorboard/` folder,
+//! see [`super::tensorboard`]) and the events a progress display needs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

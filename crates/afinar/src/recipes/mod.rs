@@ -8,5 +8,6 @@ pub mod run;
 pub mod save;
 pub mod schedule;
 pub mod state;
+pub mod tensorboard;
 
 pub use run::run;

@@ -299,6 +299,8 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
     let projections = if qlora { WeightFormat::Quant(QuantFormat::Nf4) } else { format };
     let (mut model, tokenizer, source) = match (&cfg.model.path, &cfg.model.preset) {
         (Some(path), _) => {
+            // A Hub reference (`hf://…`) through the Hugging Face cache; a local path as is.
+            let path = &afinar_hub::resolve_model_path(path, &mut afinar_hub::Quiet)?;
             let opts = LoadOptions {
                 format,
                 tokenizer: cfg.tokenizer.path.clone(),

@@ -17,7 +17,8 @@ use super::{load, on_device, DTypeArg, Job, KvCacheArg, ModelArgs};
 /// Arguments of `afinar eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A GGUF file or a Hugging Face checkpoint folder (default: the config's `model`).
+    /// A GGUF file, a Hugging Face checkpoint folder or a Hub repository (hf://org/name[@rev],
+    /// org/name) (default: the config's `model`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Tokenizer file (tokenizer.json or tokenizer.model) when the checkpoint has none.

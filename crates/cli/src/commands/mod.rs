@@ -3,9 +3,11 @@
 pub mod cat;
 pub mod chat;
 pub mod cp;
+pub mod download;
 pub mod eval;
 pub mod generate;
 pub mod ls;
+pub mod plot;
 pub mod progress;
 pub mod quantize;
 pub mod run;
@@ -13,7 +15,7 @@ pub mod serve;
 pub mod tokenize;
 pub mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use afinar::blocks::{KvCache, KvDtype};
 /// A command's work, written once for any backend (see [`on_device`]).
@@ -44,7 +46,8 @@ pub enum DTypeArg {
 /// Options shared by the commands that run a model.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// A GGUF file or a Hugging Face checkpoint folder (config.json + safetensors).
+    /// A GGUF file, a Hugging Face checkpoint folder (config.json + safetensors), or a Hub
+    /// repository: hf://org/name[@rev][/file.gguf], or org/name where no such local path exists.
     #[arg(long)]
     pub model: PathBuf,
     /// Tokenizer file (tokenizer.json or tokenizer.model) when the checkpoint has none.
@@ -146,6 +149,12 @@ impl SamplingArgs {
     }
 }
 
+/// The local path of a model argument: a Hub reference through the Hugging Face cache
+/// (downloading what is missing, with a progress bar per file), a local path as is.
+pub fn resolve_model(model: &Path) -> Result<PathBuf> {
+    Ok(afinar::hub::resolve_model_path(model, &mut progress::DownloadBars::new())?)
+}
+
 /// Loads the model and its tokenizer on `be`. On the CPU, `--dtype auto` keeps a GGUF file's
 /// quantized matrices (int8 dot products) and loads the rest as f32; on a GPU it loads bf16 (the
 /// tensor cores' input type), dequantizing once at load.
@@ -168,9 +177,10 @@ pub fn load<B: Backend>(be: &B, args: &ModelArgs) -> Result<(LoadedModel<B>, Tok
         },
         ..Default::default()
     };
+    let model = resolve_model(&args.model)?;
     let t0 = std::time::Instant::now();
     let mut loaded =
-        load_model(be, &args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
+        load_model(be, &model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
     loaded.model.kv_cache = args.kv_cache.into();
     let tokenizer = loaded.tokenizer.take().with_context(|| {
         format!(

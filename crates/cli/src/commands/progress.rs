@@ -71,3 +71,67 @@ impl Reporter for Progress {
         eprintln!("afinar: {message}");
     }
 }
+
+/// A progress bar per downloaded file on a terminal, a line per file otherwise.
+pub struct DownloadBars {
+    bar: Option<ProgressBar>,
+    terminal: bool,
+}
+
+impl DownloadBars {
+    /// Bars when stderr is a terminal.
+    pub fn new() -> Self {
+        Self { bar: None, terminal: std::io::stderr().is_terminal() }
+    }
+}
+
+impl afinar::hub::Progress for DownloadBars {
+    fn file_start(&mut self, file: &str, total: u64, done: u64) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+        if !self.terminal {
+            let resume =
+                if done > 0 { format!(", resuming at {:.1} MB", done as f64 / 1e6) } else { String::new() };
+            eprintln!("afinar: downloading {file} ({:.1} MB{resume})", total as f64 / 1e6);
+            return;
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:30!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta:>4}",
+            )
+            .expect("a valid progress template"),
+        );
+        bar.set_message(file.to_string());
+        bar.set_position(done);
+        self.bar = Some(bar);
+    }
+
+    fn file_bytes(&mut self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
+    fn file_done(&mut self, _file: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("afinar: {message}")),
+            None => eprintln!("afinar: {message}"),
+        }
+    }
+}
+
+impl Drop for DownloadBars {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+    }
+}

@@ -17,7 +17,8 @@ use clap::{Args, ValueEnum};
 /// Arguments of `afinar quantize`.
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// The model: a GGUF file or a Hugging Face checkpoint folder (e.g. a fine-tune's `merged/`).
+    /// The model: a GGUF file or a Hugging Face checkpoint folder (e.g. a fine-tune's `merged/`),
+    /// or a Hub repository (hf://org/name[@rev][/file.gguf], or org/name).
     #[arg(long)]
     model: PathBuf,
     /// f32, f16, q8_0, q4_0 or q4_k (llama.cpp's Q4_K_M mix) write a GGUF file; nf4 writes a
@@ -57,8 +58,8 @@ pub struct ExportAdapterArgs {
     /// `afinar run lora_finetune` writes it.
     #[arg(long)]
     adapter: PathBuf,
-    /// The base model the adapter was trained on (GGUF file or Hugging Face folder); only its
-    /// configuration is read.
+    /// The base model the adapter was trained on (GGUF file, Hugging Face folder or Hub
+    /// repository); only its configuration is read.
     #[arg(long)]
     model: PathBuf,
     /// The GGUF adapter file to write (llama.cpp `--lora`, llama-cpp-python `lora_path`).
@@ -173,7 +174,8 @@ fn summary(s: &ExportSummary, seconds: f64) {
 }
 
 /// Runs `afinar quantize`.
-pub fn run(args: QuantizeArgs) -> Result<()> {
+pub fn run(mut args: QuantizeArgs) -> Result<()> {
+    args.model = super::resolve_model(&args.model)?;
     if args.scheme == Scheme::Nf4 {
         return run_nf4(args);
     }
@@ -271,8 +273,9 @@ fn run_nf4(args: QuantizeArgs) -> Result<()> {
 }
 
 /// Runs `afinar export-adapter`.
-pub fn run_export_adapter(args: ExportAdapterArgs) -> Result<()> {
+pub fn run_export_adapter(mut args: ExportAdapterArgs) -> Result<()> {
     check_output(&args.output, args.force)?;
+    args.model = super::resolve_model(&args.model)?;
     let t0 = std::time::Instant::now();
     let base = base_config(&args.model)
         .with_context(|| format!("reading the base model {}", args.model.display()))?;

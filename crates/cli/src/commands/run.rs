@@ -36,6 +36,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
     // The library cleans the output folder of interrupted saves, checks a resume against the
     // saved config, and saves this one as recipe_config.yaml.
+    let mut cfg = cfg;
+    if let Some(p) = &cfg.model.path {
+        // Fetch a Hub model here, with progress bars.
+        cfg.model.path = Some(super::resolve_model(p)?);
+    }
     let mut progress = Progress::new(cfg.log_every_n_steps);
     let summary = afinar::recipes::run(&cfg, &mut progress)?;
     if let Some(last) = summary.checkpoints.last() {
