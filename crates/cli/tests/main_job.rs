@@ -165,7 +165,11 @@ fn main_job_killed_and_resumed_matches_the_uninterrupted_run_bit_for_bit() {
         if f == Path::new("metrics.jsonl") || f == Path::new("recipe_config.yaml") {
             continue;
         }
-        assert!(same_bytes(&straight.join(f), &killed.join(f)), "{} differs after kill + resume", f.display());
+        assert!(
+            same_bytes(&straight.join(f), &killed.join(f)),
+            "{} differs after kill + resume",
+            f.display()
+        );
         compared += 1;
     }
 

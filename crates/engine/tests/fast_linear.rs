@@ -305,7 +305,8 @@ fn mixed_precision_products_match_a_naive_reference() {
     let y0 = randn(rows * out, 4);
     let mut y = y0.clone();
     be.linear(&x, &w, &mut y, rows, true).unwrap();
-    let y_ref: Vec<f32> = naive_abt(&r(&x), &r(&wv), rows, out, inp).iter().zip(&y0).map(|(a, b)| a + b).collect();
+    let y_ref: Vec<f32> =
+        naive_abt(&r(&x), &r(&wv), rows, out, inp).iter().zip(&y0).map(|(a, b)| a + b).collect();
     assert!(rel_err32(&y, &y_ref) < 1e-5, "linear: {}", rel_err32(&y, &y_ref));
 
     let mut dx = vec![f32::NAN; rows * inp];
@@ -316,11 +317,12 @@ fn mixed_precision_products_match_a_naive_reference() {
     let dw0 = randn(out * inp, 5);
     let mut dw = dw0.clone();
     be.matmul(&dy, true, &x, false, &mut dw, out, inp, rows, 1.0, 1.0).unwrap();
-    let dw_ref: Vec<f32> = naive_abt(&transpose(&r(&dy), rows, out), &transpose(&r(&x), rows, inp), out, inp, rows)
-        .iter()
-        .zip(&dw0)
-        .map(|(a, b)| a + b)
-        .collect();
+    let dw_ref: Vec<f32> =
+        naive_abt(&transpose(&r(&dy), rows, out), &transpose(&r(&x), rows, inp), out, inp, rows)
+            .iter()
+            .zip(&dw0)
+            .map(|(a, b)| a + b)
+            .collect();
     assert!(rel_err32(&dw, &dw_ref) < 1e-5, "weight grad: {}", rel_err32(&dw, &dw_ref));
 
     // Fused output projection against softmax cross-entropy written out: loss and dh as the

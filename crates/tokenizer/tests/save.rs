@@ -210,8 +210,7 @@ fn model_max_length_and_missing_folder() {
 /// transformers `AutoTokenizer` must load it and give the fixture's ids and chat text.
 #[test]
 fn hugging_face_loads_the_export() {
-    let Some(python) = common::reference_python("the Hugging Face tokenizers/transformers check")
-    else {
+    let Some(python) = common::reference_python("the Hugging Face tokenizers/transformers check") else {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify/tokenizer_export.py");
