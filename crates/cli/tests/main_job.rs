@@ -99,6 +99,32 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Whether two files hold the same bytes (streamed: merged models are hundreds of MB).
+/// The recipe states `a` and `b` (safetensors) hold the same tensors bit for bit and the same
+/// metadata, but for the saved config's `output_dir` and `resume_from_checkpoint`, which name
+/// where the run was written and how it was started.
+fn same_state(a: &Path, b: &Path) {
+    let split = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        (header, bytes[8 + n..].to_vec())
+    };
+    let ((mut ha, da), (mut hb, db)) = (split(a), split(b));
+    assert!(da == db, "recipe_state/state.safetensors: the tensors differ after kill + resume");
+    let placement =
+        |line: &&str| !line.starts_with("output_dir:") && !line.starts_with("resume_from_checkpoint:");
+    let mut configs = Vec::new();
+    for h in [&mut ha, &mut hb] {
+        let meta = h["__metadata__"].as_object_mut().expect("the recipe state has metadata");
+        let yaml = meta.remove("recipe_config").expect("the recipe state holds the run's config");
+        let yaml = yaml.as_str().unwrap().to_string();
+        configs.push(yaml.lines().filter(placement).map(str::to_string).collect::<Vec<_>>());
+    }
+    assert_eq!(configs[0], configs[1], "recipe_state: the saved configs differ beyond output_dir and resume");
+    assert!(!configs[0].is_empty());
+    assert_eq!(ha, hb, "recipe_state/state.safetensors: the header differs after kill + resume");
+}
+
 fn same_bytes(a: &Path, b: &Path) -> bool {
     if std::fs::metadata(a).unwrap().len() != std::fs::metadata(b).unwrap().len() {
         return false;
@@ -155,7 +181,17 @@ fn main_job_killed_and_resumed_matches_the_uninterrupted_run_bit_for_bit() {
 
     // Checkpoints and recipe state: the same files, byte for byte. recipe_config.yaml names the
     // output folder and whether the run resumed; metrics.jsonl times and memory: compared below.
-    let (want, got) = (files(&straight), files(&killed));
+    // The logs for people (TensorBoard event files, named by process and time; the charts, with
+    // the throughput) carry wall-clock figures: they must be there, not equal.
+    let is_log = |f: &PathBuf| {
+        f.starts_with("tensorboard") || f.starts_with("metrics.png") || f.starts_with("metrics.svg")
+    };
+    for dir in [&straight, &killed] {
+        let logs = files(dir).into_iter().filter(is_log).collect::<Vec<_>>();
+        assert!(logs.len() >= 3, "{}: no TensorBoard events or charts: {logs:?}", dir.display());
+    }
+    let checkpoint_files = |dir: &Path| files(dir).into_iter().filter(|f| !is_log(f)).collect::<Vec<_>>();
+    let (want, got) = (checkpoint_files(&straight), checkpoint_files(&killed));
     assert_eq!(got, want, "the resumed run's files differ from the uninterrupted run's:\n{resumed}");
     assert!(want.iter().any(|f| f.ends_with("epoch_0/adapter_model.safetensors")), "{want:?}");
     assert!(want.iter().any(|f| f.ends_with("epoch_0/merged/model.safetensors")), "{want:?}");
@@ -163,6 +199,11 @@ fn main_job_killed_and_resumed_matches_the_uninterrupted_run_bit_for_bit() {
     let mut compared = 0;
     for f in &want {
         if f == Path::new("metrics.jsonl") || f == Path::new("recipe_config.yaml") {
+            continue;
+        }
+        if f == Path::new("recipe_state/state.safetensors") {
+            same_state(&straight.join(f), &killed.join(f));
+            compared += 1;
             continue;
         }
         assert!(
