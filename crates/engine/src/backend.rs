@@ -173,6 +173,48 @@ impl AdamW {
     }
 }
 
+/// How [`Backend::linear_distill`] compares the student's next-token distribution `pS` with the
+/// teacher's `pT` (both softmaxes of logits divided by the temperature), per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Divergence {
+    /// `−Σ pT · log pS`: the student's cross-entropy under the teacher, exactly what torchtune
+    /// 0.6.1's `ForwardKLLoss` sums (it equals `KL(pT ‖ pS)` plus the teacher's entropy, a
+    /// constant, so the gradient is the forward KL's).
+    ForwardKl,
+    /// `KL(pS ‖ pT) = Σ pS · (log pS − log pT)`, torchtune 0.6.1's `ReverseKLLoss`.
+    ReverseKl,
+    /// The generalised Jensen–Shannon divergence of TRL's GKD (`generalized_jsd_loss`) at
+    /// `β = 0.5`: with `M = ½ pS + ½ pT`, `½ KL(pT ‖ M) + ½ KL(pS ‖ M)` (the symmetric JSD).
+    Jsd,
+}
+
+/// What one [`Backend::linear_distill`] call computes and how it weights the gradient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistillSpec {
+    /// The divergence between the tempered distributions.
+    pub divergence: Divergence,
+    /// Both logits are divided by it before their softmaxes (`> 0`; 1 is torchtune's loss, which
+    /// has no temperature). The divergence is *not* multiplied by `T²` (as TRL's GKD; Hinton's
+    /// `T²` factor, if wanted, goes into `kd_grad_scale` and the caller's loss).
+    pub temperature: f32,
+    /// Weight of the summed divergence in the gradient written to `dh`/`dw`.
+    pub kd_grad_scale: f32,
+    /// Weight of the summed student cross-entropy against the targets (on the untempered
+    /// student logits) in the same gradient; 0 leaves it out (its sum is still returned).
+    pub ce_grad_scale: f32,
+}
+
+/// The sums [`Backend::linear_distill`] returns, over the rows whose target is not -100.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DistillSums {
+    /// Σ of the per-row divergences.
+    pub kd: f64,
+    /// Σ of the per-row student cross-entropies (`logsumexp(s) − s[target]`, untempered).
+    pub ce: f64,
+    /// Rows kept (target ≠ -100).
+    pub count: usize,
+}
+
 /// Everything model code needs from a device: memory, and a forward and a backward kernel for
 /// each operation of a Llama-style decoder.
 ///
@@ -504,6 +546,30 @@ pub trait Backend: Send + Sync + 'static {
         dh: Option<&mut Self::Buf>,
         dw: Option<&mut Self::Buf>,
     ) -> Result<(f64, usize)>;
+
+    /// Knowledge distillation head: the student's output projection `s = hs[rows, dim] · Wsᵀ`
+    /// (`ws: [vocab, dim]`) and the frozen teacher's `t = ht[rows, dim_t] · Wtᵀ` (`wt: [vocab,
+    /// dim_t]`, any [`WeightFormat`]; the vocabularies must match, the widths need not), fused
+    /// with the per-row [`Divergence`] of their tempered softmaxes and the student's
+    /// cross-entropy against `targets`, in chunks of rows so that no `[rows, vocab]` logits
+    /// exist at once. Rows with target -100 contribute nothing. Returns the sums over the kept
+    /// rows ([`DistillSums`]). When `dh` is given, writes `∂(kd_grad_scale · Σ kd +
+    /// ce_grad_scale · Σ ce)/∂hs` into it; when `dw` is given (`[vocab, dim]`), accumulates
+    /// that objective's gradient with respect to `Ws` (a trainable student head). The teacher
+    /// gets no gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_distill(
+        &self,
+        hs: &Self::Buf,
+        ws: &Self::Weight,
+        ht: &Self::Buf,
+        wt: &Self::Weight,
+        targets: &[i32],
+        rows: usize,
+        spec: &DistillSpec,
+        dh: Option<&mut Self::Buf>,
+        dw: Option<&mut Self::Buf>,
+    ) -> Result<DistillSums>;
 
     // ---- optimisation -------------------------------------------------------------------------
 

@@ -220,6 +220,46 @@ pub(crate) fn linear_cross_entropy(
     self::targets(op, &targets[..rows], vocab)
 }
 
+/// The distillation head: `rows × dim` student hidden states against a `[vocab, dim]` weight and
+/// `rows × dim_t` teacher hidden states against a `[vocab_t, dim_t]` one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_distill(
+    hs: usize,
+    ht: usize,
+    targets: &[i32],
+    dh: Option<usize>,
+    dw: Option<usize>,
+    rows: usize,
+    (vocab, dim): (usize, usize),
+    (vocab_t, dim_t): (usize, usize),
+    spec: &crate::DistillSpec,
+) -> Result<()> {
+    let op = "linear_distill";
+    ensure(vocab > 0, op, || "vocab is 0".into())?;
+    ensure(vocab == vocab_t, op, || {
+        format!(
+            "the teacher's output weight has {vocab_t} rows and the student's {vocab}: \
+             distillation needs the same vocabulary (tokenizer)"
+        )
+    })?;
+    let t = spec.temperature;
+    ensure(t.is_finite() && t > 0.0, op, || format!("temperature {t} is not a positive number"))?;
+    for (name, v) in [("kd_grad_scale", spec.kd_grad_scale), ("ce_grad_scale", spec.ce_grad_scale)] {
+        ensure(v.is_finite(), op, || format!("{name} {v} is not finite"))?;
+    }
+    let n = mul(op, &[rows, dim])?;
+    need(op, "hs", hs, n)?;
+    need(op, "ht", ht, mul(op, &[rows, dim_t])?)?;
+    need(op, "targets", targets.len(), rows)?;
+    if let Some(d) = dh {
+        need(op, "dh", d, n)?;
+    }
+    if let Some(d) = dw {
+        need(op, "dw", d, mul(op, &[vocab, dim])?)?;
+    }
+    self::targets(op, &targets[..rows], vocab)
+}
+
 /// Dropout of `n` values with probability `p`.
 pub(crate) fn dropout(x: usize, out: usize, n: usize, p: f32) -> Result<()> {
     let op = "dropout";

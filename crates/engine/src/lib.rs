@@ -21,7 +21,9 @@ pub mod device;
 pub mod error;
 pub mod rope;
 
-pub use backend::{AdamW, AttnDims, Backend, HalfFormat, QuantFormat, WeightFormat};
+pub use backend::{
+    AdamW, AttnDims, Backend, DistillSpec, DistillSums, Divergence, HalfFormat, QuantFormat, WeightFormat,
+};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;

@@ -12,7 +12,9 @@ mod common;
 use std::io::Write;
 
 use afinar_engine::cuda::{libs, module, CudaBackend};
-use afinar_engine::{AdamW, AttnDims, Backend, CpuBackend, HalfFormat, QuantFormat, WeightFormat};
+use afinar_engine::{
+    AdamW, AttnDims, Backend, CpuBackend, DistillSpec, Divergence, HalfFormat, QuantFormat, WeightFormat,
+};
 use common::{rel_err32, Rng};
 
 const F32_TOL: f64 = 1e-5;
@@ -104,6 +106,7 @@ fn every_kernel_matches_the_cpu_backend() {
     layers(&g, &c, &mut rng, &mut r);
     products(&g, &c, &mut rng, &mut r);
     losses(&g, &c, &mut rng, &mut r);
+    distill(&g, &c, &mut rng, &mut r);
     for (b, t, h, kvh, hd) in
         [(2, 1, 8, 2, 64), (2, 17, 8, 2, 64), (2, 512, 8, 2, 64), (1, 4096, 4, 2, 64), (1, 33, 6, 6, 96)]
     {
@@ -360,6 +363,76 @@ fn losses(g: &CudaBackend, c: &CpuBackend, rng: &mut Rng, r: &mut Report) {
         let gdw: Vec<f32> = g.to_host(&gdw).unwrap().iter().zip(&dw0).map(|(a, b)| a - b).collect();
         let cdw: Vec<f32> = cdw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
         r.product(&format!("linear_cross_entropy {name} dw (+=)"), &gdw, &cdw);
+    }
+}
+
+/// The distillation head: every divergence, a temperature, ignored rows, several chunks' worth
+/// of rows on neither side, student heads in f32 (trainable, with `dw`) and bf16, teachers in
+/// f32, bf16, NF4 and Q8_0, and a teacher wider than the student.
+fn distill(g: &CudaBackend, c: &CpuBackend, rng: &mut Rng, r: &mut Report) {
+    let (rows, dim, dim_t, vocab) = (70, 64, 128, 3000);
+    let hs = randn(rng, rows * dim, 1.0);
+    let ht = randn(rng, rows * dim_t, 1.0);
+    let ws = randn(rng, vocab * dim, 0.1);
+    let wt = randn(rng, vocab * dim_t, 0.1);
+    let targets: Vec<i32> =
+        (0..rows).map(|i| if i % 6 == 1 { -100 } else { rng.below(vocab) as i32 }).collect();
+    let (ghs, chs) = both(g, c, &hs);
+    let (ght, cht) = both(g, c, &ht);
+    let cases = [
+        (Divergence::ForwardKl, 1.0, WeightFormat::F32, WeightFormat::F32),
+        (Divergence::ForwardKl, 2.0, WeightFormat::F32, WeightFormat::BF16),
+        (Divergence::ReverseKl, 1.0, WeightFormat::F32, WeightFormat::Quant(QuantFormat::Nf4)),
+        (Divergence::ReverseKl, 0.5, WeightFormat::BF16, WeightFormat::Quant(QuantFormat::Q8_0)),
+        (Divergence::Jsd, 1.0, WeightFormat::BF16, WeightFormat::BF16),
+        (Divergence::Jsd, 1.5, WeightFormat::F32, WeightFormat::Quant(QuantFormat::Q8_0)),
+    ];
+    for (div, temperature, fs, ft) in cases {
+        let name = format!("linear_distill {div:?} T={temperature} {fs:?}/{ft:?}");
+        let spec = DistillSpec { divergence: div, temperature, kd_grad_scale: 0.3, ce_grad_scale: 0.2 };
+        let (gws, cws) = (g.weight(&ws, vocab, dim, fs).unwrap(), c.weight(&ws, vocab, dim, fs).unwrap());
+        let (gwt, cwt) = (g.weight(&wt, vocab, dim_t, ft).unwrap(), c.weight(&wt, vocab, dim_t, ft).unwrap());
+        let (mut gdh, mut cdh) = (g.zeros(rows * dim).unwrap(), vec![0.0; rows * dim]);
+        let trainable = fs == WeightFormat::F32;
+        let dw0 = randn(rng, vocab * dim, 0.01);
+        let (mut gdw, mut cdw) = both(g, c, &dw0);
+        let gs = g
+            .linear_distill(
+                &ghs,
+                &gws,
+                &ght,
+                &gwt,
+                &targets,
+                rows,
+                &spec,
+                Some(&mut gdh),
+                trainable.then_some(&mut gdw),
+            )
+            .unwrap();
+        let cs = c
+            .linear_distill(
+                &chs,
+                &cws,
+                &cht,
+                &cwt,
+                &targets,
+                rows,
+                &spec,
+                Some(&mut cdh),
+                trainable.then_some(&mut cdw),
+            )
+            .unwrap();
+        r.exact(&format!("{name} count"), gs.count == cs.count);
+        r.product(&format!("{name} kd"), &[gs.kd as f32], &[cs.kd as f32]);
+        r.product(&format!("{name} ce"), &[gs.ce as f32], &[cs.ce as f32]);
+        r.product(&format!("{name} dh"), &g.to_host(&gdh).unwrap(), &cdh);
+        if trainable {
+            let gdw: Vec<f32> = g.to_host(&gdw).unwrap().iter().zip(&dw0).map(|(a, b)| a - b).collect();
+            let cdw: Vec<f32> = cdw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+            r.product(&format!("{name} dw (+=)"), &gdw, &cdw);
+        }
+        let alone = g.linear_distill(&ghs, &gws, &ght, &gwt, &targets, rows, &spec, None, None).unwrap();
+        r.product(&format!("{name} kd without grads"), &[alone.kd as f32], &[cs.kd as f32]);
     }
 }
 

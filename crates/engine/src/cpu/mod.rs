@@ -8,6 +8,7 @@
 
 pub mod amx;
 pub mod attention;
+pub mod distill;
 pub mod elementwise;
 pub mod embedding;
 pub mod float;
@@ -28,7 +29,10 @@ pub use float::Real;
 
 use crate::checks::{self, each, mul, need};
 use crate::error::ensure;
-use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
+use crate::{
+    AdamW, AttnDims, Backend, DistillSpec, DistillSums, EngineError, HalfFormat, QuantFormat, Result,
+    WeightFormat,
+};
 use attention::{AttnBwdMode, AttnTiles};
 use half::bf16;
 use half_buf::CpuHalf;
@@ -742,6 +746,42 @@ impl Backend for CpuBackend {
                     chunk,
                 )
             }
+        }))
+    }
+
+    fn linear_distill(
+        &self,
+        hs: &Vec<f32>,
+        ws: &CpuWeight,
+        ht: &Vec<f32>,
+        wt: &CpuWeight,
+        targets: &[i32],
+        rows: usize,
+        spec: &DistillSpec,
+        dh: Option<&mut Vec<f32>>,
+        dw: Option<&mut Vec<f32>>,
+    ) -> Result<DistillSums> {
+        let (dh_len, dw_len) = (dh.as_deref().map(Vec::len), dw.as_deref().map(Vec::len));
+        let (s, t) = ((ws.rows, ws.cols), (wt.rows, wt.cols));
+        checks::linear_distill(hs.len(), ht.len(), targets, dh_len, dw_len, rows, s, t, spec)?;
+        let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
+        let chunk = distill::default_chunk_rows(ws.rows);
+        Ok(self.install(|| {
+            distill::linear_distill(
+                hs,
+                ws.as_ref(),
+                ht,
+                wt.as_ref(),
+                targets,
+                rows,
+                ws.rows,
+                ws.cols,
+                wt.cols,
+                spec,
+                dh,
+                dw,
+                chunk,
+            )
         }))
     }
 

@@ -307,6 +307,101 @@ extern "C" __global__ void ce_bf16(const float* logits, const int* targets, floa
     if ((int)blockIdx.x < rows) ce_row<bf16_t>(logits, targets, losses, dlogits, vocab, grad_scale, blockIdx.x);
 }
 
+// ---- knowledge distillation (see distill.rs) ---------------------------------------------------
+
+// log Σ e^(a·x) over a row of `vocab` values, for a > 0; every thread gets it.
+__device__ float row_lse_scaled(const float* x, int vocab, float a) {
+    float m = NEG_INF;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) m = fmaxf(m, x[c]);
+    m = block_max(m) * a;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) s += expf(a * x[c] - m);
+    return m + logf(block_sum(s));
+}
+
+// log(e^a + e^b) for finite a, b.
+__device__ __forceinline__ float log_add_exp(float a, float b) {
+    float hi = fmaxf(a, b), lo = fminf(a, b);
+    return hi + log1pf(expf(lo - hi));
+}
+
+// One block per row of student logits s and teacher logits t (both [rows, vocab], f32), as
+// cpu/distill.rs: for a kept row (target != -100) the divergence `div` (0 forward KL, 1 reverse KL,
+// 2 JSD with β = ½) between softmax(inv_t·s) and softmax(inv_t·t) into kd[r], the student's
+// cross-entropy on the untempered s into ce[r]; with dlogits, kd_scale·∂kd/∂s + ce_scale·∂ce/∂s
+// (zero rows for ignored targets).
+template <typename T>
+__device__ void distill_row(const float* s_all, const float* t_all, const int* targets, float* kd_out,
+                            float* ce_out, T* dlogits, int vocab, int div, float inv_t, float kd_scale,
+                            float ce_scale, int r) {
+    const float* s = s_all + (i64)r * vocab;
+    const float* t = t_all + (i64)r * vocab;
+    T* d = dlogits ? dlogits + (i64)r * vocab : nullptr;
+    int y = targets[r];
+    if (y < 0) {
+        if (threadIdx.x == 0) {
+            kd_out[r] = 0.0f;
+            ce_out[r] = 0.0f;
+        }
+        if (d)
+            for (int c = threadIdx.x; c < vocab; c += blockDim.x) store(d + c, 0.0f);
+        return;
+    }
+    const float ln_half = -0.693147180559945f;
+    float lse_raw = row_lse_scaled(s, vocab, 1.0f);
+    float lse_s = inv_t == 1.0f ? lse_raw : row_lse_scaled(s, vocab, inv_t);
+    float lse_t = row_lse_scaled(t, vocab, inv_t);
+    float kd = 0.0f, gm = 0.0f;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
+        float ls = inv_t * s[c] - lse_s, lt = inv_t * t[c] - lse_t;
+        if (div == 0) {
+            kd -= expf(lt) * ls;
+        } else if (div == 1) {
+            kd += expf(ls) * (ls - lt);
+        } else {
+            float ps = expf(ls), pt = expf(lt);
+            float lm = log_add_exp(ls, lt) + ln_half;
+            kd += 0.5f * (pt * (lt - lm) + ps * (ls - lm));
+            gm += ps * 0.5f * (ls - lm);
+        }
+    }
+    kd = block_sum(kd);
+    // The mean of g under pS: the divergence itself for the reverse KL.
+    if (div == 1) gm = kd;
+    else if (div == 2) gm = block_sum(gm);
+    if (threadIdx.x == 0) {
+        kd_out[r] = kd;
+        ce_out[r] = lse_raw - s[y];
+    }
+    if (!d) return;
+    float ks = kd_scale * inv_t;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
+        float ls = inv_t * s[c] - lse_s, lt = inv_t * t[c] - lse_t;
+        float ps = expf(ls);
+        float dz;
+        if (div == 0) dz = ps - expf(lt);
+        else if (div == 1) dz = ps * (ls - lt - gm);
+        else dz = ps * (0.5f * (ls - log_add_exp(ls, lt) - ln_half) - gm);
+        float v = ks * dz;
+        if (ce_scale != 0.0f) v += ce_scale * (expf(s[c] - lse_raw) - (c == y ? 1.0f : 0.0f));
+        store(d + c, v);
+    }
+}
+
+extern "C" __global__ void distill_f32(const float* s, const float* t, const int* targets, float* kd, float* ce,
+                                       float* dlogits, int rows, int vocab, int div, float inv_t, float kd_scale,
+                                       float ce_scale) {
+    if ((int)blockIdx.x < rows)
+        distill_row<float>(s, t, targets, kd, ce, dlogits, vocab, div, inv_t, kd_scale, ce_scale, blockIdx.x);
+}
+
+extern "C" __global__ void distill_bf16(const float* s, const float* t, const int* targets, float* kd, float* ce,
+                                        bf16_t* dlogits, int rows, int vocab, int div, float inv_t, float kd_scale,
+                                        float ce_scale) {
+    if ((int)blockIdx.x < rows)
+        distill_row<bf16_t>(s, t, targets, kd, ce, dlogits, vocab, div, inv_t, kd_scale, ce_scale, blockIdx.x);
+}
+
 // ---- attention (see attention.rs) -------------------------------------------------------------
 
 // Strided 4-D copy with conversion: element (a, x, y, i) of src goes to dst; i is contiguous.

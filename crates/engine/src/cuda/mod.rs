@@ -16,6 +16,7 @@
 
 pub mod attention;
 pub mod blas;
+pub mod distill;
 pub mod libs;
 pub mod module;
 
@@ -31,7 +32,10 @@ use crate::backend::AdamWScalars;
 use crate::checks;
 use crate::cpu::{self, CpuBackend, CpuWeight, CpuWeightData};
 use crate::error::ensure;
-use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
+use crate::{
+    AdamW, AttnDims, Backend, DistillSpec, DistillSums, EngineError, HalfFormat, QuantFormat, Result,
+    WeightFormat,
+};
 use blas::{gemm, Dt, Operand};
 use module::{drv, Kernels};
 
@@ -79,6 +83,8 @@ pub(crate) struct Scratch {
     losses: Option<CudaSlice<f32>>,
     /// Attention buffers ([`attention`]).
     pub(crate) attn: attention::AttnScratch,
+    /// The teacher's side of the distillation head ([`distill`]).
+    distill: distill::DistillScratch,
 }
 
 /// An argument of a kernel launch.
@@ -1138,6 +1144,22 @@ impl Backend for CudaBackend {
             .map(|(&v, _)| v as f64)
             .sum();
         Ok((sum, count))
+    }
+
+    fn linear_distill(
+        &self,
+        hs: &CudaBuf,
+        ws: &CudaWeight,
+        ht: &CudaBuf,
+        wt: &CudaWeight,
+        targets: &[i32],
+        rows: usize,
+        spec: &DistillSpec,
+        dh: Option<&mut CudaBuf>,
+        dw: Option<&mut CudaBuf>,
+    ) -> Result<DistillSums> {
+        let _t = self.timer("linear_distill");
+        distill::linear_distill(self, hs, ws, ht, wt, targets, rows, spec, dh, dw)
     }
 
     // ---- optimisation -------------------------------------------------------------------------

@@ -38,6 +38,8 @@ pub const KERNELS: &[&str] = &[
     "rope_k",
     "ce_f32",
     "ce_bf16",
+    "distill_f32",
+    "distill_bf16",
     "permute_f32_bf16",
     "permute_f32_f32",
     "attn_softmax_fwd",
