@@ -3,7 +3,9 @@
 # fixtures, run the interop checks in the test suite (`AFINAR_PYTHON`) and run benchmarks:
 # torch, transformers, PEFT, bitsandbytes, gguf, tokenizers, lm-eval, llama.cpp's Python bindings
 # (with its OpenAI-compatible server), the official `openai` client, huggingface_hub and
-# tensorboard. Outside git: $AFINAR_VENV, default ~/.cache/afinar/venv (not under $AFINAR_CACHE, so a
+# tensorboard; and torchtune 0.6.1 without its dependencies, whose loss modules (torch only) the
+# knowledge-distillation fixture script loads by path (scripts/fixtures/kd_torchtune.py).
+# Outside git: $AFINAR_VENV, default ~/.cache/afinar/venv (not under $AFINAR_CACHE, so a
 # temporary asset cache, as in .ci/run, does not start a second ~25-minute install).
 # Idempotent: a venv that imports everything is kept. Prints the venv's python path.
 #
@@ -15,7 +17,9 @@ set -euo pipefail
 venv="${AFINAR_VENV:-$HOME/.cache/afinar/venv}"
 py="$venv/bin/python"
 imports='import torch, transformers, gguf, peft, lm_eval, bitsandbytes, openai, huggingface_hub, tensorboard, llama_cpp, llama_cpp.server.app'
-if [ -x "$py" ] && "$py" -c "$imports" 2>/dev/null; then
+# Not imported: the torchtune package's __init__ needs torchao and torchdata, which the venv lacks.
+torchtune_check='import importlib.metadata as m, sys; sys.exit(m.version("torchtune") != "0.6.1")'
+if [ -x "$py" ] && "$py" -c "$imports" 2>/dev/null && "$py" -c "$torchtune_check" 2>/dev/null; then
   echo "$py"
   exit 0
 fi
@@ -32,5 +36,7 @@ if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
     CMAKE_BUILD_PARALLEL_LEVEL=2 "$py" -m pip install --quiet --no-cache-dir 'llama-cpp-python==0.3.36' >&2
 fi
 "$py" -m pip install --quiet 'llama-cpp-python[server]==0.3.36' >&2
+"$py" -m pip install --quiet --no-deps torchtune==0.6.1 >&2
 "$py" -c "$imports" >&2
+"$py" -c "$torchtune_check" >&2
 echo "$py"
