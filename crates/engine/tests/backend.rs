@@ -384,3 +384,60 @@ fn attention_f32_paths_match_f64() {
         }
     }
 }
+
+/// Per-token log-probabilities through the output projection and their backward for a per-row
+/// upstream gradient, against a naive f64 computation of the full logits (rows past one chunk,
+/// ignored rows, a bf16 weight).
+#[test]
+fn linear_log_probs_match_f64() {
+    let be = CpuBackend::new(Some(2));
+    let mut rng = Rng::new(11);
+    let (rows, vocab, dim) = (150, 37, 12);
+    let wv = f32s(&mut rng, vocab * dim);
+    let h = f32s(&mut rng, rows * dim);
+    let targets: Vec<i32> =
+        (0..rows).map(|i| if i % 6 == 2 { -100 } else { ((i * 7) % vocab) as i32 }).collect();
+    let up = f32s(&mut rng, rows);
+    for format in [WeightFormat::F32, WeightFormat::BF16] {
+        let w = be.weight(&wv, vocab, dim, format).unwrap();
+        let wr: Vec<f64> = be.weight_to_host(&w).unwrap().iter().map(|&x| x as f64).collect();
+        // f64 reference: logp = z_t − lse(z); ∂L/∂z = g (onehot − softmax).
+        let (mut lp, mut dh, mut dw) =
+            (vec![0.0f64; rows], vec![0.0f64; rows * dim], vec![0.0f64; vocab * dim]);
+        for r in 0..rows {
+            if targets[r] < 0 {
+                continue;
+            }
+            let z: Vec<f64> =
+                (0..vocab).map(|v| (0..dim).map(|k| h[r * dim + k] as f64 * wr[v * dim + k]).sum()).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let t = targets[r] as usize;
+            lp[r] = z[t] - lse;
+            for v in 0..vocab {
+                let dz = up[r] as f64 * (f64::from(u8::from(v == t)) - (z[v] - lse).exp());
+                for k in 0..dim {
+                    dh[r * dim + k] += dz * wr[v * dim + k];
+                    dw[v * dim + k] += dz * h[r * dim + k] as f64;
+                }
+            }
+        }
+        let got = be.linear_log_probs(&h, &w, &targets, rows).unwrap();
+        let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<_>>();
+        assert!(rel_err32(&got, &f(&lp)) < 1e-5, "{format:?} logp: {}", rel_err32(&got, &f(&lp)));
+        let dw0 = f32s(&mut rng, vocab * dim);
+        let (mut gdh, mut gdw) = (vec![f32::NAN; rows * dim], dw0.clone());
+        be.linear_log_probs_backward(&h, &w, &targets, rows, &up, Some(&mut gdh), Some(&mut gdw)).unwrap();
+        let gdw: Vec<f32> = gdw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+        assert!(rel_err32(&gdh, &f(&dh)) < 1e-5, "{format:?} dh: {}", rel_err32(&gdh, &f(&dh)));
+        assert!(rel_err32(&gdw, &f(&dw)) < 1e-4, "{format:?} dw: {}", rel_err32(&gdw, &f(&dw)));
+    }
+    // Bad inputs are errors, not panics.
+    let w = be.weight(&wv, vocab, dim, WeightFormat::F32).unwrap();
+    assert!(be.linear_log_probs(&h, &w, &targets[..3], rows).is_err());
+    let mut dh = vec![0.0; rows * dim];
+    assert!(be.linear_log_probs_backward(&h, &w, &targets, rows, &up[..3], Some(&mut dh), None).is_err());
+    let mut nan_up = up.clone();
+    nan_up[4] = f32::NAN;
+    assert!(be.linear_log_probs_backward(&h, &w, &targets, rows, &nan_up, Some(&mut dh), None).is_err());
+}

@@ -79,6 +79,17 @@ pub fn default_chunk_rows(vocab: usize) -> usize {
     ((1usize << 23) / vocab.max(1)).clamp(8, 128)
 }
 
+/// How [`linear_cross_entropy_rows`] scales each row's gradient `softmax − onehot`.
+#[derive(Debug, Clone, Copy)]
+pub enum RowScale<'a, T> {
+    /// No gradient: only the losses.
+    None,
+    /// The same factor for every row (`∂(s · Σ loss)`).
+    Uniform(T),
+    /// One factor per row (`∂(Σ s_r · loss_r)`), `[rows]`.
+    PerRow(&'a [T]),
+}
+
 /// Output projection fused with cross-entropy: `logits = h[rows, dim] · Wᵀ` for `W: [vocab, dim]`,
 /// computed `chunk` rows at a time into one reused tile. Returns the sum of losses over
 /// non-ignored rows (in f64) and their count. With `dh`, writes `∂(grad_scale · Σ loss)/∂h`;
@@ -95,6 +106,32 @@ pub fn linear_cross_entropy<T: Real>(
     vocab: usize,
     dim: usize,
     grad_scale: T,
+    dh: Option<&mut [T]>,
+    dw: Option<&mut [T]>,
+    chunk: usize,
+) -> (f64, usize) {
+    let scale = if dh.is_some() || dw.is_some() { RowScale::Uniform(grad_scale) } else { RowScale::None };
+    linear_cross_entropy_rows(h, w, targets, rows, vocab, dim, scale, None, dh, dw, chunk)
+}
+
+/// The general form of [`linear_cross_entropy`]: per-row losses go to `losses` when given (0 for
+/// ignored rows), and the gradient of `Σ s_r · loss_r` (with `s_r` from `scale`) is written to
+/// `dh` / accumulated into `dw`. Per-token log-probabilities are `−loss`, and their backward is
+/// this with `s_r = −∂L/∂logp_r`.
+///
+/// # Panics
+/// When a slice is too short, a target is out of range, or `scale` asks for a gradient and
+/// neither `dh` nor `dw` is given (or the reverse).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy_rows<T: Real>(
+    h: &[T],
+    w: WeightRef<'_, T>,
+    targets: &[i32],
+    rows: usize,
+    vocab: usize,
+    dim: usize,
+    scale: RowScale<'_, T>,
+    mut losses: Option<&mut [T]>,
     mut dh: Option<&mut [T]>,
     mut dw: Option<&mut [T]>,
     chunk: usize,
@@ -103,7 +140,12 @@ pub fn linear_cross_entropy<T: Real>(
     assert!(chunk > 0 && vocab > 0);
     assert!(h.len() >= rows * dim && targets.len() >= rows);
     assert!(targets_valid(&targets[..rows], vocab));
-    let want_grad = dh.is_some() || dw.is_some();
+    assert!(losses.as_deref().is_none_or(|l| l.len() >= rows));
+    if let RowScale::PerRow(s) = scale {
+        assert!(s.len() >= rows);
+    }
+    let want_grad = !matches!(scale, RowScale::None);
+    assert_eq!(want_grad, dh.is_some() || dw.is_some());
     let mut tile = vec![T::ZERO; chunk.min(rows) * vocab];
     let mut total = 0.0f64;
     let mut count = 0usize;
@@ -114,27 +156,32 @@ pub fn linear_cross_entropy<T: Real>(
         let tc = &targets[r0..r0 + n];
         let logits = &mut tile[..n * vocab];
         linear_forward(hc, w, logits, n, vocab, dim, false);
-        let (s, c) = logits
+        let row_losses = logits
             .par_chunks_mut(vocab)
             .zip(tc.par_iter())
-            .map(|(l, &t)| {
+            .enumerate()
+            .map(|(i, (l, &t))| {
                 if t == IGNORE_INDEX {
                     l.fill(T::ZERO);
-                    return (0.0, 0);
+                    return None;
                 }
-                let loss = if want_grad {
-                    loss_and_grad_in_place(l, t as usize, grad_scale)
-                } else {
-                    row_loss(l, t as usize)
-                };
-                (loss.to_f64(), 1usize)
+                Some(match scale {
+                    RowScale::None => row_loss(l, t as usize),
+                    RowScale::Uniform(s) => loss_and_grad_in_place(l, t as usize, s),
+                    RowScale::PerRow(s) => loss_and_grad_in_place(l, t as usize, s[r0 + i]),
+                })
             })
-            .collect::<Vec<_>>()
-            // Sum in row order: the loss must not depend on how rayon split the rows.
-            .into_iter()
-            .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        total += s;
-        count += c;
+            .collect::<Vec<_>>();
+        // Sum in row order: the loss must not depend on how rayon split the rows.
+        for (i, loss) in row_losses.into_iter().enumerate() {
+            if let Some(out) = losses.as_deref_mut() {
+                out[r0 + i] = loss.unwrap_or(T::ZERO);
+            }
+            if let Some(loss) = loss {
+                total += loss.to_f64();
+                count += 1;
+            }
+        }
         if want_grad {
             if let Some(dh) = dh.as_deref_mut() {
                 linear_backward_input(logits, w, &mut dh[r0 * dim..(r0 + n) * dim], n, vocab, dim, false);

@@ -745,6 +745,76 @@ impl Backend for CpuBackend {
         }))
     }
 
+    fn linear_log_probs(
+        &self,
+        h: &Vec<f32>,
+        w: &CpuWeight,
+        targets: &[i32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let (vocab, dim) = (w.rows, w.cols);
+        checks::linear_cross_entropy(h.len(), targets, None, None, rows, dim, vocab)?;
+        let mut losses = vec![0f32; rows];
+        self.install(|| {
+            let chunk = loss::default_chunk_rows(vocab);
+            let scale = loss::RowScale::None;
+            loss::linear_cross_entropy_rows(
+                h,
+                w.as_ref(),
+                targets,
+                rows,
+                vocab,
+                dim,
+                scale,
+                Some(&mut losses),
+                None,
+                None,
+                chunk,
+            )
+        });
+        Ok(losses.into_iter().map(|l| -l).collect())
+    }
+
+    fn linear_log_probs_backward(
+        &self,
+        h: &Vec<f32>,
+        w: &CpuWeight,
+        targets: &[i32],
+        rows: usize,
+        upstream: &[f32],
+        dh: Option<&mut Vec<f32>>,
+        dw: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        let (vocab, dim) = (w.rows, w.cols);
+        let (dh_len, dw_len) = (dh.as_deref().map(Vec::len), dw.as_deref().map(Vec::len));
+        checks::linear_cross_entropy(h.len(), targets, dh_len, dw_len, rows, dim, vocab)?;
+        checks::log_prob_upstream(upstream, rows)?;
+        if dh.is_none() && dw.is_none() {
+            return Ok(());
+        }
+        // ∂logp/∂logits = onehot − softmax: the cross-entropy gradient scaled by −g.
+        let scales: Vec<f32> = upstream[..rows].iter().map(|g| -g).collect();
+        let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
+        self.install(|| {
+            let chunk = loss::default_chunk_rows(vocab);
+            let scale = loss::RowScale::PerRow(&scales);
+            loss::linear_cross_entropy_rows(
+                h,
+                w.as_ref(),
+                targets,
+                rows,
+                vocab,
+                dim,
+                scale,
+                None,
+                dh,
+                dw,
+                chunk,
+            )
+        });
+        Ok(())
+    }
+
     fn weight_format(&self, w: &Self::Weight) -> WeightFormat {
         w.format()
     }

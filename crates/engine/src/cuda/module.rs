@@ -38,6 +38,8 @@ pub const KERNELS: &[&str] = &[
     "rope_k",
     "ce_f32",
     "ce_bf16",
+    "ce_rows_f32",
+    "ce_rows_bf16",
     "permute_f32_bf16",
     "permute_f32_f32",
     "attn_softmax_fwd",
