@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod models;
+pub mod objectives;
 pub mod plot;
 pub mod quantize;
 pub mod recipes;
