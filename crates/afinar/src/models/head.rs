@@ -63,14 +63,26 @@ impl<B: Backend> Llama<B> {
             )));
         }
         if let Some(bad) = upstream.iter().position(|g| !g.is_finite()) {
-            return Err(Error::Input(format!("log-probability backward: upstream gradient {bad} is not finite")));
+            return Err(Error::Input(format!(
+                "log-probability backward: upstream gradient {bad} is not finite"
+            )));
         }
         let Self { output, embed, embed_state, .. } = self;
         be.scoped(|| match output {
-            Some(out) if out.lora.is_some() => lora_head_backward(be, out, hidden, labels, rows, upstream, dhidden),
+            Some(out) if out.lora.is_some() => {
+                lora_head_backward(be, out, hidden, labels, rows, upstream, dhidden)
+            }
             Some(out) => {
                 let dw = out.state.as_mut().map(|s| &mut s.grad);
-                Ok(be.linear_log_probs_backward(hidden, &out.weight, labels, rows, upstream, Some(dhidden), dw)?)
+                Ok(be.linear_log_probs_backward(
+                    hidden,
+                    &out.weight,
+                    labels,
+                    rows,
+                    upstream,
+                    Some(dhidden),
+                    dw,
+                )?)
             }
             None => {
                 let dw = embed_state.as_mut().map(|s| &mut s.grad);
@@ -107,7 +119,10 @@ impl<B: Backend> Llama<B> {
     fn check_head_inputs(&self, be: &B, hidden: &B::Buf, labels: &[i32], rows: usize) -> Result<()> {
         self.check_hidden_len(be, hidden, rows, "hidden")?;
         if labels.len() != rows {
-            return Err(Error::Input(format!("log-probabilities: {} labels for {rows} tokens", labels.len())));
+            return Err(Error::Input(format!(
+                "log-probabilities: {} labels for {rows} tokens",
+                labels.len()
+            )));
         }
         let vocab = self.config.vocab_size;
         if let Some(&bad) = labels.iter().find(|&&l| l != -100 && (l < 0 || l as usize >= vocab)) {
@@ -168,7 +183,15 @@ fn lora_head_backward<B: Backend>(
             be.fill(&mut dh, dim, 0.0)?;
         } else {
             out.forward(be, &h, &mut logits, 1, false)?;
-            be.cross_entropy(&logits, &labels[r..r + 1], &mut loss, Some(&mut dlogits), 1, vocab, -upstream[r])?;
+            be.cross_entropy(
+                &logits,
+                &labels[r..r + 1],
+                &mut loss,
+                Some(&mut dlogits),
+                1,
+                vocab,
+                -upstream[r],
+            )?;
             out.backward(be, &h, &dlogits, Some(&mut dh), 1, false)?;
         }
         be.copy(&dh, 0, dhidden, r * dim, dim)?;

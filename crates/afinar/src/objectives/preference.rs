@@ -36,7 +36,11 @@ impl SequenceLogps {
     /// log-probabilities; `what` names the set in the error.
     fn check(&self, what: &str) -> Result<()> {
         let n = self.chosen.len();
-        if n == 0 || self.rejected.len() != n || self.chosen_tokens.len() != n || self.rejected_tokens.len() != n {
+        if n == 0
+            || self.rejected.len() != n
+            || self.chosen_tokens.len() != n
+            || self.rejected_tokens.len() != n
+        {
             return Err(Error::Input(format!(
                 "{what} log-probabilities: {} chosen, {} rejected, {} chosen token counts, {} rejected token \
                  counts; expected the same number of pairs (at least one) in each",
@@ -148,7 +152,12 @@ fn reward_metrics(rc: &[f64], rr: &[f64]) -> Vec<(&'static str, f64)> {
 /// policy's and the frozen reference's summed completion log-probabilities, its gradient with
 /// respect to the policy's, and the metrics `rewards/{chosen,rejected,accuracies,margins}`
 /// (reward = `β (ℓθ − ℓref)`) and `logps/{chosen,rejected}` (mean summed policy log-probability).
-pub fn dpo(kind: DpoLoss, beta: f64, policy: &SequenceLogps, reference: &SequenceLogps) -> Result<PreferenceOutput> {
+pub fn dpo(
+    kind: DpoLoss,
+    beta: f64,
+    policy: &SequenceLogps,
+    reference: &SequenceLogps,
+) -> Result<PreferenceOutput> {
     check_beta(beta)?;
     policy.check("policy")?;
     reference.check("reference")?;
@@ -226,10 +235,16 @@ pub fn simpo(p: &SimpoParams, policy: &SequenceLogps) -> Result<PreferenceOutput
     check_beta(p.beta)?;
     policy.check("policy")?;
     if !(0.0..0.5).contains(&p.label_smoothing) {
-        return Err(Error::Input(format!("SimPO: label_smoothing must be in [0, 0.5), got {}", p.label_smoothing)));
+        return Err(Error::Input(format!(
+            "SimPO: label_smoothing must be in [0, 0.5), got {}",
+            p.label_smoothing
+        )));
     }
     if !(p.gamma.is_finite() && p.cpo_alpha.is_finite()) {
-        return Err(Error::Input(format!("SimPO: gamma {} and cpo_alpha {} must be finite", p.gamma, p.cpo_alpha)));
+        return Err(Error::Input(format!(
+            "SimPO: gamma {} and cpo_alpha {} must be finite",
+            p.gamma, p.cpo_alpha
+        )));
     }
     let n = policy.pairs();
     let inv_n = 1.0 / n as f64;
@@ -247,15 +262,12 @@ pub fn simpo(p: &SimpoParams, policy: &SequenceLogps) -> Result<PreferenceOutput
     // The NLL term: cross-entropy over the chosen completions' tokens, as one token mean.
     let tokens: usize = policy.chosen_tokens.iter().sum();
     let nll = -policy.chosen.iter().sum::<f64>() / tokens.max(1) as f64;
-    let mut d_nll_token = 0.0;
     if p.cpo_alpha != 0.0 {
         loss += p.cpo_alpha * nll;
-        d_nll_token = -p.cpo_alpha / tokens.max(1) as f64;
         // The NLL tokens are the chosen completions: fold their gradient into the sequences'.
-        for (d, &nc) in d_chosen.iter_mut().zip(&policy.chosen_tokens) {
-            if nc > 0 {
-                *d += d_nll_token;
-            }
+        let d_nll_token = -p.cpo_alpha / tokens.max(1) as f64;
+        for d in &mut d_chosen {
+            *d += d_nll_token;
         }
     }
     let rc: Vec<f64> = mc.iter().map(|l| beta * l).collect();
@@ -372,21 +384,30 @@ mod tests {
                 };
                 let num = (at(h) - at(-h)) / (2.0 * h);
                 let ana = if chosen { out.d_chosen[i] } else { out.d_rejected[i] };
-                assert!((num - ana).abs() < 1e-6 * (1.0 + num.abs()), "pair {i} chosen {chosen}: {num} vs {ana}");
+                assert!(
+                    (num - ana).abs() < 1e-6 * (1.0 + num.abs()),
+                    "pair {i} chosen {chosen}: {num} vs {ana}"
+                );
             }
         }
     }
 
     #[test]
     fn gradients_match_finite_differences() {
-        let (p, r) = (batch(), SequenceLogps { chosen: vec![-8.0, -12.0, -4.0], rejected: vec![-8.5, -10.0, -6.0], ..batch() });
+        let (p, r) = (
+            batch(),
+            SequenceLogps { chosen: vec![-8.0, -12.0, -4.0], rejected: vec![-8.5, -10.0, -6.0], ..batch() },
+        );
         for kind in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Hinge] {
             check_grad(&|x| dpo(kind, 0.3, x, &r).unwrap(), &p);
         }
         let sp = SimpoParams { beta: 2.0, gamma: 0.4, label_smoothing: 0.1, cpo_alpha: 0.7 };
         check_grad(&|x| simpo(&sp, x).unwrap(), &p);
         // ORPO's NLL sum is a separate input: only the odds-ratio part depends on the sequences.
-        check_grad(&|x| orpo(&OrpoParams { beta: 0.25 }, x, TokenSum { logp_sum: -30.0, tokens: 17 }).unwrap(), &p);
+        check_grad(
+            &|x| orpo(&OrpoParams { beta: 0.25 }, x, TokenSum { logp_sum: -30.0, tokens: 17 }).unwrap(),
+            &p,
+        );
     }
 
     #[test]
