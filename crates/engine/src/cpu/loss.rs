@@ -3,6 +3,7 @@
 
 use super::float::Real;
 use super::matmul::{linear_backward_input, linear_forward, matmul, WeightRef};
+use super::quant::QuantRef;
 use super::vector;
 use rayon::prelude::*;
 
@@ -79,17 +80,6 @@ pub fn default_chunk_rows(vocab: usize) -> usize {
     ((1usize << 23) / vocab.max(1)).clamp(8, 128)
 }
 
-/// How [`linear_cross_entropy_rows`] scales each row's gradient `softmax − onehot`.
-#[derive(Debug, Clone, Copy)]
-pub enum RowScale<'a, T> {
-    /// No gradient: only the losses.
-    None,
-    /// The same factor for every row (`∂(s · Σ loss)`).
-    Uniform(T),
-    /// One factor per row (`∂(Σ s_r · loss_r)`), `[rows]`.
-    PerRow(&'a [T]),
-}
-
 /// Output projection fused with cross-entropy: `logits = h[rows, dim] · Wᵀ` for `W: [vocab, dim]`,
 /// computed `chunk` rows at a time into one reused tile. Returns the sum of losses over
 /// non-ignored rows (in f64) and their count. With `dh`, writes `∂(grad_scale · Σ loss)/∂h`;
@@ -106,32 +96,6 @@ pub fn linear_cross_entropy<T: Real>(
     vocab: usize,
     dim: usize,
     grad_scale: T,
-    dh: Option<&mut [T]>,
-    dw: Option<&mut [T]>,
-    chunk: usize,
-) -> (f64, usize) {
-    let scale = if dh.is_some() || dw.is_some() { RowScale::Uniform(grad_scale) } else { RowScale::None };
-    linear_cross_entropy_rows(h, w, targets, rows, vocab, dim, scale, None, dh, dw, chunk)
-}
-
-/// The general form of [`linear_cross_entropy`]: per-row losses go to `losses` when given (0 for
-/// ignored rows), and the gradient of `Σ s_r · loss_r` (with `s_r` from `scale`) is written to
-/// `dh` / accumulated into `dw`. Per-token log-probabilities are `−loss`, and their backward is
-/// this with `s_r = −∂L/∂logp_r`.
-///
-/// # Panics
-/// When a slice is too short, a target is out of range, or `scale` asks for a gradient and
-/// neither `dh` nor `dw` is given (or the reverse).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_cross_entropy_rows<T: Real>(
-    h: &[T],
-    w: WeightRef<'_, T>,
-    targets: &[i32],
-    rows: usize,
-    vocab: usize,
-    dim: usize,
-    scale: RowScale<'_, T>,
-    mut losses: Option<&mut [T]>,
     mut dh: Option<&mut [T]>,
     mut dw: Option<&mut [T]>,
     chunk: usize,
@@ -140,12 +104,7 @@ pub fn linear_cross_entropy_rows<T: Real>(
     assert!(chunk > 0 && vocab > 0);
     assert!(h.len() >= rows * dim && targets.len() >= rows);
     assert!(targets_valid(&targets[..rows], vocab));
-    assert!(losses.as_deref().is_none_or(|l| l.len() >= rows));
-    if let RowScale::PerRow(s) = scale {
-        assert!(s.len() >= rows);
-    }
-    let want_grad = !matches!(scale, RowScale::None);
-    assert_eq!(want_grad, dh.is_some() || dw.is_some());
+    let want_grad = dh.is_some() || dw.is_some();
     let mut tile = vec![T::ZERO; chunk.min(rows) * vocab];
     let mut total = 0.0f64;
     let mut count = 0usize;
@@ -156,32 +115,27 @@ pub fn linear_cross_entropy_rows<T: Real>(
         let tc = &targets[r0..r0 + n];
         let logits = &mut tile[..n * vocab];
         linear_forward(hc, w, logits, n, vocab, dim, false);
-        let row_losses = logits
+        let (s, c) = logits
             .par_chunks_mut(vocab)
             .zip(tc.par_iter())
-            .enumerate()
-            .map(|(i, (l, &t))| {
+            .map(|(l, &t)| {
                 if t == IGNORE_INDEX {
                     l.fill(T::ZERO);
-                    return None;
+                    return (0.0, 0);
                 }
-                Some(match scale {
-                    RowScale::None => row_loss(l, t as usize),
-                    RowScale::Uniform(s) => loss_and_grad_in_place(l, t as usize, s),
-                    RowScale::PerRow(s) => loss_and_grad_in_place(l, t as usize, s[r0 + i]),
-                })
+                let loss = if want_grad {
+                    loss_and_grad_in_place(l, t as usize, grad_scale)
+                } else {
+                    row_loss(l, t as usize)
+                };
+                (loss.to_f64(), 1usize)
             })
-            .collect::<Vec<_>>();
-        // Sum in row order: the loss must not depend on how rayon split the rows.
-        for (i, loss) in row_losses.into_iter().enumerate() {
-            if let Some(out) = losses.as_deref_mut() {
-                out[r0 + i] = loss.unwrap_or(T::ZERO);
-            }
-            if let Some(loss) = loss {
-                total += loss.to_f64();
-                count += 1;
-            }
-        }
+            .collect::<Vec<_>>()
+            // Sum in row order: the loss must not depend on how rayon split the rows.
+            .into_iter()
+            .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        total += s;
+        count += c;
         if want_grad {
             if let Some(dh) = dh.as_deref_mut() {
                 linear_backward_input(logits, w, &mut dh[r0 * dim..(r0 + n) * dim], n, vocab, dim, false);
@@ -193,4 +147,135 @@ pub fn linear_cross_entropy_rows<T: Real>(
         r0 += n;
     }
     (total, count)
+}
+
+/// Vocabulary entries per block of [`linear_log_probs`].
+pub const LOG_PROB_VOCAB_CHUNK: usize = 4096;
+
+/// Rows `v0..v1` of a `[vocab, dim]` weight, or `None` when its storage cannot be cut by rows
+/// (NF4 keeps its scales apart from the packed values).
+fn weight_rows<T>(w: WeightRef<'_, T>, v0: usize, v1: usize, dim: usize) -> Option<WeightRef<'_, T>> {
+    match w {
+        WeightRef::Dense(d) => Some(WeightRef::Dense(&d[v0 * dim..v1 * dim])),
+        WeightRef::Bf16(d) => Some(WeightRef::Bf16(&d[v0 * dim..v1 * dim])),
+        WeightRef::Quant(q) => {
+            let n = v1 - v0;
+            (q.format.matrix_bytes(n, q.cols) == Some(n * q.row_bytes())).then(|| {
+                WeightRef::Quant(QuantRef {
+                    format: q.format,
+                    data: q.rows_bytes(v0, v1),
+                    rows: n,
+                    cols: q.cols,
+                })
+            })
+        }
+    }
+}
+
+/// Per-token log-probabilities of `targets` under `softmax(h[rows, dim] · Wᵀ)`, `W: [vocab, dim]`,
+/// and their backward, in tiles of `row_chunk` rows × `vocab_chunk` vocabulary entries: the
+/// logsumexp of each row is accumulated online over the vocabulary blocks, so neither the full
+/// `[rows, vocab]` logits nor one full row block of them exists. Writes `logp[r] = z[r, t_r] −
+/// logsumexp(z[r])` into `logps` (0 for ignored rows). With `upstream = ∂L/∂logp` (`[rows]`), a
+/// second sweep writes `∂L/∂h` into `dh` and accumulates `∂L/∂W` into `dw`
+/// (`∂L/∂z = g (onehot − softmax)`).
+///
+/// # Panics
+/// When a slice is too short or a target is out of range.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_log_probs<T: Real>(
+    h: &[T],
+    w: WeightRef<'_, T>,
+    targets: &[i32],
+    rows: usize,
+    vocab: usize,
+    dim: usize,
+    mut logps: Option<&mut [T]>,
+    upstream: Option<&[T]>,
+    mut dh: Option<&mut [T]>,
+    mut dw: Option<&mut [T]>,
+    row_chunk: usize,
+    vocab_chunk: usize,
+) {
+    assert!(w.len() >= vocab * dim && row_chunk > 0 && vocab_chunk > 0 && vocab > 0);
+    assert!(h.len() >= rows * dim && targets.len() >= rows);
+    assert!(targets_valid(&targets[..rows], vocab));
+    assert!(logps.as_deref().is_none_or(|l| l.len() >= rows));
+    assert!(upstream.is_none_or(|u| u.len() >= rows));
+    // One block of the whole vocabulary when the weight cannot be cut by rows.
+    let vb =
+        if weight_rows(w, 0, vocab.min(vocab_chunk), dim).is_some() { vocab_chunk.min(vocab) } else { vocab };
+    let blocks: Vec<(usize, usize)> = (0..vocab).step_by(vb).map(|v0| (v0, (v0 + vb).min(vocab))).collect();
+    let block_weight =
+        |v0: usize, v1: usize| if vb == vocab { w } else { weight_rows(w, v0, v1, dim).expect("cut above") };
+    let mut tile = vec![T::ZERO; row_chunk.min(rows) * vb];
+    let mut lse = vec![T::ZERO; row_chunk.min(rows)];
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = row_chunk.min(rows - r0);
+        let hc = &h[r0 * dim..(r0 + n) * dim];
+        let tc = &targets[r0..r0 + n];
+        // Sweep 1: running max and sum of exponentials per row, and the target's logit.
+        let mut run = vec![(T::NEG_INFINITY, T::ZERO, T::ZERO); n];
+        for &(v0, v1) in &blocks {
+            let bw = v1 - v0;
+            let logits = &mut tile[..n * bw];
+            linear_forward(hc, block_weight(v0, v1), logits, n, bw, dim, false);
+            logits.par_chunks(bw).zip(run.par_iter_mut()).zip(tc.par_iter()).for_each(|((z, st), &t)| {
+                if t == IGNORE_INDEX {
+                    return;
+                }
+                let bm = vector::max(z);
+                let (m, s, zt) = st;
+                if bm > *m {
+                    *s = *s * (*m - bm).exp() + vector::exp_sub_sum_ro(z, bm);
+                    *m = bm;
+                } else {
+                    *s += vector::exp_sub_sum_ro(z, *m);
+                }
+                let t = t as usize;
+                if (v0..v1).contains(&t) {
+                    *zt = z[t - v0];
+                }
+            });
+        }
+        for (i, (&(m, s, zt), &t)) in run.iter().zip(tc).enumerate() {
+            lse[i] = m + s.ln();
+            if let Some(out) = logps.as_deref_mut() {
+                out[r0 + i] = if t == IGNORE_INDEX { T::ZERO } else { zt - lse[i] };
+            }
+        }
+        // Sweep 2: the gradient, block by block.
+        if let Some(up) = upstream {
+            let up = &up[r0..r0 + n];
+            for (b, &(v0, v1)) in blocks.iter().enumerate() {
+                let bw = v1 - v0;
+                let wb = block_weight(v0, v1);
+                let dz = &mut tile[..n * bw];
+                linear_forward(hc, wb, dz, n, bw, dim, false);
+                dz.par_chunks_mut(bw).zip(tc.par_iter()).zip(up.par_iter().zip(lse.par_iter())).for_each(
+                    |((z, &t), (&g, &lse))| {
+                        if t == IGNORE_INDEX || g == T::ZERO {
+                            z.fill(T::ZERO);
+                            return;
+                        }
+                        for v in z.iter_mut() {
+                            *v = -g * (*v - lse).exp();
+                        }
+                        let t = t as usize;
+                        if (v0..v1).contains(&t) {
+                            z[t - v0] += g;
+                        }
+                    },
+                );
+                if let Some(dh) = dh.as_deref_mut() {
+                    linear_backward_input(dz, wb, &mut dh[r0 * dim..(r0 + n) * dim], n, bw, dim, b > 0);
+                }
+                if let Some(dw) = dw.as_deref_mut() {
+                    matmul(dz, true, hc, false, &mut dw[v0 * dim..v1 * dim], bw, dim, n, T::ONE, T::ONE);
+                }
+            }
+        }
+        r0 += n;
+    }
 }

@@ -754,25 +754,26 @@ impl Backend for CpuBackend {
     ) -> Result<Vec<f32>> {
         let (vocab, dim) = (w.rows, w.cols);
         checks::linear_cross_entropy(h.len(), targets, None, None, rows, dim, vocab)?;
-        let mut losses = vec![0f32; rows];
+        let mut logps = vec![0f32; rows];
         self.install(|| {
-            let chunk = loss::default_chunk_rows(vocab);
-            let scale = loss::RowScale::None;
-            loss::linear_cross_entropy_rows(
+            let (chunk, vchunk) = (loss::default_chunk_rows(vocab), loss::LOG_PROB_VOCAB_CHUNK);
+            let out = Some(logps.as_mut_slice());
+            loss::linear_log_probs(
                 h,
                 w.as_ref(),
                 targets,
                 rows,
                 vocab,
                 dim,
-                scale,
-                Some(&mut losses),
+                out,
+                None,
                 None,
                 None,
                 chunk,
+                vchunk,
             )
         });
-        Ok(losses.into_iter().map(|l| -l).collect())
+        Ok(logps)
     }
 
     fn linear_log_probs_backward(
@@ -792,25 +793,11 @@ impl Backend for CpuBackend {
         if dh.is_none() && dw.is_none() {
             return Ok(());
         }
-        // ∂logp/∂logits = onehot − softmax: the cross-entropy gradient scaled by −g.
-        let scales: Vec<f32> = upstream[..rows].iter().map(|g| -g).collect();
         let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
         self.install(|| {
-            let chunk = loss::default_chunk_rows(vocab);
-            let scale = loss::RowScale::PerRow(&scales);
-            loss::linear_cross_entropy_rows(
-                h,
-                w.as_ref(),
-                targets,
-                rows,
-                vocab,
-                dim,
-                scale,
-                None,
-                dh,
-                dw,
-                chunk,
-            )
+            let (chunk, vchunk) = (loss::default_chunk_rows(vocab), loss::LOG_PROB_VOCAB_CHUNK);
+            let up = Some(upstream);
+            loss::linear_log_probs(h, w.as_ref(), targets, rows, vocab, dim, None, up, dh, dw, chunk, vchunk)
         });
         Ok(())
     }
