@@ -29,7 +29,7 @@ echo "reference-venv: creating or completing $venv" >&2
 "$py" -m pip install --quiet torch==2.15.0 transformers==5.23.0 gguf==0.19.0 \
   tokenizers==0.23.3 safetensors==0.8.0 numpy tiktoken==0.14.0 sentencepiece protobuf \
   accelerate==1.15.0 peft==0.21.2 lm-eval==0.4.13 bitsandbytes==0.50.2 \
-  openai==3.63.0 tensorboard==2.21.0 >&2
+  openai==3.63.0 tensorboard==2.21.0 trl==1.16.0 >&2
 if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
   echo "reference-venv: compiling llama-cpp-python 0.3.36 (portable AVX2 build, ~15-20 minutes)" >&2
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \

@@ -571,6 +571,33 @@ pub trait Backend: Send + Sync + 'static {
         dw: Option<&mut Self::Buf>,
     ) -> Result<DistillSums>;
 
+    /// Per-row log-probabilities of `targets` under `softmax(h[rows, dim] · Wᵀ)`, `W: [vocab, dim]`,
+    /// computed as [`Backend::linear_cross_entropy`] does (chunks of rows, never the full
+    /// `[rows, vocab]` logits): `logp[r] = logit[r, target_r] − logsumexp(logits[r])`, 0 for
+    /// ignored rows (-100). Returned on the host (one value per row).
+    fn linear_log_probs(
+        &self,
+        h: &Self::Buf,
+        w: &Self::Weight,
+        targets: &[i32],
+        rows: usize,
+    ) -> Result<Vec<f32>>;
+
+    /// Backward of [`Backend::linear_log_probs`] for an upstream gradient `upstream[r] = ∂L/∂logp[r]`
+    /// (host, `[rows]`; ignored rows contribute nothing): writes `∂L/∂h` into `dh` when given and
+    /// accumulates `∂L/∂W` into `dw` (`[vocab, dim]`) when given. Recomputes the logits.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_log_probs_backward(
+        &self,
+        h: &Self::Buf,
+        w: &Self::Weight,
+        targets: &[i32],
+        rows: usize,
+        upstream: &[f32],
+        dh: Option<&mut Self::Buf>,
+        dw: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
     // ---- optimisation -------------------------------------------------------------------------
 
     /// One AdamW step on `param[..n]` with gradient `grad` and moments `m`, `v` (updated).

@@ -260,6 +260,13 @@ pub(crate) fn linear_distill(
     self::targets(op, &targets[..rows], vocab)
 }
 
+/// [`crate::Backend::linear_log_probs_backward`]'s upstream gradient: one finite value per row.
+pub(crate) fn log_prob_upstream(upstream: &[f32], rows: usize) -> Result<()> {
+    let op = "linear_log_probs_backward";
+    need(op, "upstream", upstream.len(), rows)?;
+    ensure(upstream[..rows].iter().all(|g| g.is_finite()), op, || "upstream gradient is not finite".into())
+}
+
 /// Dropout of `n` values with probability `p`.
 pub(crate) fn dropout(x: usize, out: usize, n: usize, p: f32) -> Result<()> {
     let op = "dropout";

@@ -384,3 +384,172 @@ fn attention_f32_paths_match_f64() {
         }
     }
 }
+
+/// Per-token log-probabilities through the output projection and their backward for a per-row
+/// upstream gradient, against a naive f64 computation of the full logits (rows past one chunk,
+/// ignored rows, a bf16 weight, several row and vocabulary tilings).
+#[test]
+fn linear_log_probs_match_f64() {
+    let be = CpuBackend::new(Some(2));
+    let mut rng = Rng::new(11);
+    let (rows, vocab, dim) = (150, 37, 12);
+    let wv = f32s(&mut rng, vocab * dim);
+    let h = f32s(&mut rng, rows * dim);
+    let targets: Vec<i32> =
+        (0..rows).map(|i| if i % 6 == 2 { -100 } else { ((i * 7) % vocab) as i32 }).collect();
+    let up = f32s(&mut rng, rows);
+    for format in [WeightFormat::F32, WeightFormat::BF16] {
+        let w = be.weight(&wv, vocab, dim, format).unwrap();
+        let wr: Vec<f64> = be.weight_to_host(&w).unwrap().iter().map(|&x| x as f64).collect();
+        // f64 reference: logp = z_t − lse(z); ∂L/∂z = g (onehot − softmax).
+        let (mut lp, mut dh, mut dw) =
+            (vec![0.0f64; rows], vec![0.0f64; rows * dim], vec![0.0f64; vocab * dim]);
+        for r in 0..rows {
+            if targets[r] < 0 {
+                continue;
+            }
+            let z: Vec<f64> =
+                (0..vocab).map(|v| (0..dim).map(|k| h[r * dim + k] as f64 * wr[v * dim + k]).sum()).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let t = targets[r] as usize;
+            lp[r] = z[t] - lse;
+            for v in 0..vocab {
+                let dz = up[r] as f64 * (f64::from(u8::from(v == t)) - (z[v] - lse).exp());
+                for k in 0..dim {
+                    dh[r * dim + k] += dz * wr[v * dim + k];
+                    dw[v * dim + k] += dz * h[r * dim + k] as f64;
+                }
+            }
+        }
+        let got = be.linear_log_probs(&h, &w, &targets, rows).unwrap();
+        let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<_>>();
+        assert!(rel_err32(&got, &f(&lp)) < 1e-5, "{format:?} logp: {}", rel_err32(&got, &f(&lp)));
+        let dw0 = f32s(&mut rng, vocab * dim);
+        let (mut gdh, mut gdw) = (vec![f32::NAN; rows * dim], dw0.clone());
+        be.linear_log_probs_backward(&h, &w, &targets, rows, &up, Some(&mut gdh), Some(&mut gdw)).unwrap();
+        let gdw: Vec<f32> = gdw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+        assert!(rel_err32(&gdh, &f(&dh)) < 1e-5, "{format:?} dh: {}", rel_err32(&gdh, &f(&dh)));
+        assert!(rel_err32(&gdw, &f(&dw)) < 1e-4, "{format:?} dw: {}", rel_err32(&gdw, &f(&dw)));
+    }
+    // The kernel itself over other tilings: vocabulary blocks that do not divide the vocabulary,
+    // one block, row chunks of 7 (the online logsumexp must not depend on the tiling).
+    {
+        use afinar_engine::cpu::{loss, matmul::WeightRef};
+        let w = be.weight(&wv, vocab, dim, WeightFormat::F32).unwrap();
+        let want_lp = be.linear_log_probs(&h, &w, &targets, rows).unwrap();
+        let dw0 = vec![0f32; vocab * dim];
+        let (mut want_dh, mut want_dw) = (vec![0f32; rows * dim], dw0.clone());
+        be.linear_log_probs_backward(&h, &w, &targets, rows, &up, Some(&mut want_dh), Some(&mut want_dw))
+            .unwrap();
+        for (row_chunk, vocab_chunk) in [(16, 8), (7, 37), (150, 5), (1, 100)] {
+            let wr = WeightRef::Dense(&wv);
+            let mut lp = vec![f32::NAN; rows];
+            loss::linear_log_probs(
+                &h,
+                wr,
+                &targets,
+                rows,
+                vocab,
+                dim,
+                Some(&mut lp),
+                None,
+                None,
+                None,
+                row_chunk,
+                vocab_chunk,
+            );
+            let (mut dh, mut dw) = (vec![f32::NAN; rows * dim], dw0.clone());
+            let (dhs, dws) = (Some(dh.as_mut_slice()), Some(dw.as_mut_slice()));
+            loss::linear_log_probs(
+                &h,
+                wr,
+                &targets,
+                rows,
+                vocab,
+                dim,
+                None,
+                Some(&up),
+                dhs,
+                dws,
+                row_chunk,
+                vocab_chunk,
+            );
+            let tiling = format!("{row_chunk} rows × {vocab_chunk} vocabulary");
+            assert!(rel_err32(&lp, &want_lp) < 1e-5, "{tiling}: logp");
+            assert!(rel_err32(&dh, &want_dh) < 1e-5, "{tiling}: dh");
+            assert!(rel_err32(&dw, &want_dw) < 1e-5, "{tiling}: dw");
+        }
+    }
+    // Bad inputs are errors, not panics.
+    let w = be.weight(&wv, vocab, dim, WeightFormat::F32).unwrap();
+    assert!(be.linear_log_probs(&h, &w, &targets[..3], rows).is_err());
+    let mut dh = vec![0.0; rows * dim];
+    assert!(be.linear_log_probs_backward(&h, &w, &targets, rows, &up[..3], Some(&mut dh), None).is_err());
+    let mut nan_up = up.clone();
+    nan_up[4] = f32::NAN;
+    assert!(be.linear_log_probs_backward(&h, &w, &targets, rows, &nan_up, Some(&mut dh), None).is_err());
+}
+
+/// Quantized output weights are cut into vocabulary blocks by whole rows of blocks (NF4, whose
+/// scales live apart, is taken whole): every tiling gives the log-probabilities and gradients of
+/// one block over the whole vocabulary.
+#[test]
+fn linear_log_probs_quantized_tilings_agree() {
+    use afinar_engine::cpu::loss;
+    use afinar_engine::QuantFormat;
+    let be = CpuBackend::new(Some(2));
+    let mut rng = Rng::new(5);
+    let (rows, vocab, dim) = (20, 37, 64);
+    let wv = f32s(&mut rng, vocab * dim);
+    let h = f32s(&mut rng, rows * dim);
+    let targets: Vec<i32> =
+        (0..rows).map(|i| if i % 5 == 1 { -100 } else { ((i * 11) % vocab) as i32 }).collect();
+    let up = f32s(&mut rng, rows);
+    for q in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Nf4] {
+        let w = be.weight(&wv, vocab, dim, WeightFormat::Quant(q)).unwrap();
+        let run = |vocab_chunk: usize| {
+            let mut lp = vec![0f32; rows];
+            let (mut dh, mut dw) = (vec![0f32; rows * dim], vec![0f32; vocab * dim]);
+            let wr = w.as_ref();
+            loss::linear_log_probs(
+                &h,
+                wr,
+                &targets,
+                rows,
+                vocab,
+                dim,
+                Some(&mut lp),
+                None,
+                None,
+                None,
+                8,
+                vocab_chunk,
+            );
+            let (dhs, dws) = (Some(dh.as_mut_slice()), Some(dw.as_mut_slice()));
+            loss::linear_log_probs(
+                &h,
+                wr,
+                &targets,
+                rows,
+                vocab,
+                dim,
+                None,
+                Some(&up),
+                dhs,
+                dws,
+                8,
+                vocab_chunk,
+            );
+            (lp, dh, dw)
+        };
+        let (lp, dh, dw) = run(vocab);
+        for chunk in [6, 16] {
+            let (lp2, dh2, dw2) = run(chunk);
+            assert!(rel_err32(&lp2, &lp) < 1e-5, "{q:?} chunk {chunk}: logp");
+            assert!(rel_err32(&dh2, &dh) < 1e-5, "{q:?} chunk {chunk}: dh");
+            assert!(rel_err32(&dw2, &dw) < 1e-5, "{q:?} chunk {chunk}: dw");
+        }
+        assert!(lp.iter().zip(&targets).all(|(&v, &t)| if t == -100 { v == 0.0 } else { v < 0.0 }));
+    }
+}

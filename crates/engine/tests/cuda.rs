@@ -363,6 +363,20 @@ fn losses(g: &CudaBackend, c: &CpuBackend, rng: &mut Rng, r: &mut Report) {
         let gdw: Vec<f32> = g.to_host(&gdw).unwrap().iter().zip(&dw0).map(|(a, b)| a - b).collect();
         let cdw: Vec<f32> = cdw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
         r.product(&format!("linear_cross_entropy {name} dw (+=)"), &gdw, &cdw);
+
+        // Per-token log-probabilities and their backward for a per-row upstream gradient.
+        let glp = g.linear_log_probs(&gh, &gw, &targets, rows).unwrap();
+        let clp = c.linear_log_probs(&ch, &cw, &targets, rows).unwrap();
+        r.product(&format!("linear_log_probs {name}"), &glp, &clp);
+        let up = randn(rng, rows, 1.0);
+        let (mut gdh, mut cdh) = (g.zeros(rows * dim).unwrap(), vec![0.0; rows * dim]);
+        let (mut gdw, mut cdw) = both(g, c, &dw0);
+        g.linear_log_probs_backward(&gh, &gw, &targets, rows, &up, Some(&mut gdh), Some(&mut gdw)).unwrap();
+        c.linear_log_probs_backward(&ch, &cw, &targets, rows, &up, Some(&mut cdh), Some(&mut cdw)).unwrap();
+        r.product(&format!("linear_log_probs_backward {name} dh"), &g.to_host(&gdh).unwrap(), &cdh);
+        let gdw: Vec<f32> = g.to_host(&gdw).unwrap().iter().zip(&dw0).map(|(a, b)| a - b).collect();
+        let cdw: Vec<f32> = cdw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+        r.product(&format!("linear_log_probs_backward {name} dw (+=)"), &gdw, &cdw);
     }
 }
 

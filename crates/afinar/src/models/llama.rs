@@ -161,18 +161,8 @@ impl<B: Backend> Llama<B> {
         }
         let positions: Vec<u32> = (0..batch).flat_map(|_| (0..seq).map(move |t| (past + t) as u32)).collect();
 
-        let mut x = be.zeros(rows * c.dim)?;
-        be.embedding(ids, &self.embed, &mut x)?;
-        let mut acts = LayerActs::new(be, &self.layers[0], rows)?;
-        let mut scratch = LayerScratch::new(be, &self.layers[0], rows)?;
         let tokens = Tokens { batch, seq, positions: &positions, doc_ids: None };
-        for (l, layer) in self.layers.iter().enumerate() {
-            let kv = match cache.as_deref_mut() {
-                Some(cache) => KvTarget::Cache(cache, l),
-                None => KvTarget::None,
-            };
-            layer.forward(be, &mut x, &mut acts, &mut scratch, &tokens, &self.inv_freq, kv, None)?;
-        }
+        let x = self.decoder_forward(be, ids, &tokens, cache.as_deref_mut())?;
         if let Some(cache) = cache {
             cache.len += seq;
         }
@@ -198,5 +188,30 @@ impl<B: Backend> Llama<B> {
         let mut host = be.to_host(&logits)?;
         host.truncate(out_rows * c.vocab_size);
         Ok(host)
+    }
+
+    /// The residual stream after every decoder layer (before the final norm), `[rows × dim]`,
+    /// without keeping activations; with a cache, keys and values are appended to it (the
+    /// caller advances its length).
+    pub(crate) fn decoder_forward(
+        &self,
+        be: &B,
+        ids: &[u32],
+        tokens: &Tokens<'_>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<B::Buf> {
+        let rows = tokens.rows();
+        let mut x = be.zeros(rows * self.config.dim)?;
+        be.embedding(ids, &self.embed, &mut x)?;
+        let mut acts = LayerActs::new(be, &self.layers[0], rows)?;
+        let mut scratch = LayerScratch::new(be, &self.layers[0], rows)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let kv = match cache.as_deref_mut() {
+                Some(cache) => KvTarget::Cache(cache, l),
+                None => KvTarget::None,
+            };
+            layer.forward(be, &mut x, &mut acts, &mut scratch, tokens, &self.inv_freq, kv, None)?;
+        }
+        Ok(x)
     }
 }

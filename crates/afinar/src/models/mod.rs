@@ -3,6 +3,7 @@
 
 mod adapter;
 mod config;
+mod head;
 mod init;
 mod llama;
 pub mod load;

@@ -113,7 +113,19 @@ impl<B: Backend> Llama<B> {
         checkpointing: ActivationCheckpointing,
         update: Option<&mut Update<'_, B>>,
     ) -> Result<LossSum> {
-        let c = self.config.clone();
+        self.check_batch(b)?;
+        let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        let mut buf = self.take_train_buffers(be, b.batch * b.seq, checkpointing)?;
+        buf.forwarded = None;
+        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf, update));
+        self.train_buffers = Some(buf);
+        let (sum, tokens) = result?;
+        Ok(LossSum { sum, tokens })
+    }
+
+    /// Checks a training batch's shapes, length and token ids against the model.
+    pub(crate) fn check_batch(&self, b: &TrainBatch<'_>) -> Result<()> {
+        let c = &self.config;
         let rows = b.batch * b.seq;
         if rows == 0
             || b.ids.len() != rows
@@ -145,19 +157,99 @@ impl<B: Backend> Llama<B> {
         if let Some(&bad) = b.labels.iter().find(|&&l| l != -100 && (l < 0 || l as usize >= c.vocab_size)) {
             return Err(Error::Input(format!("label {bad} is neither -100 nor a token id")));
         }
-        let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        Ok(())
+    }
+
+    /// The kept training buffers when they serve `rows` tokens in this mode, else new ones.
+    fn take_train_buffers(
+        &mut self,
+        be: &B,
+        rows: usize,
+        checkpointing: ActivationCheckpointing,
+    ) -> Result<TrainBuffers<B>> {
         let mode = BufferMode { checkpointing, bf16: self.bf16_activations };
-        let mut buf = match self.train_buffers.take() {
-            Some(buf) if buf.fits(rows, mode) => buf,
+        match self.train_buffers.take() {
+            Some(buf) if buf.fits(rows, mode) => Ok(buf),
             old => {
                 drop(old);
-                TrainBuffers::new(be, self, rows, mode)?
+                TrainBuffers::new(be, self, rows, mode)
+            }
+        }
+    }
+
+    /// The first half of a training pass, for objectives that own the output head: runs the
+    /// batch through the decoder and the final norm, writes the normed hidden states
+    /// `[rows × dim]` into `hidden`, and keeps what [`Llama::backward_hidden`] needs (the
+    /// activations `checkpointing` does not drop). `b.labels` are not read.
+    pub fn forward_hidden(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        checkpointing: impl Into<ActivationCheckpointing>,
+        hidden: &mut B::Buf,
+    ) -> Result<()> {
+        let checkpointing = checkpointing.into();
+        self.check_batch(b)?;
+        let rows = b.batch * b.seq;
+        self.check_hidden_len(be, hidden, rows, "hidden")?;
+        let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        let mut buf = self.take_train_buffers(be, rows, checkpointing)?;
+        let result = be.scoped(|| -> Result<()> {
+            self.forward_part(be, b.ids, &t, checkpointing, &mut buf)?;
+            Ok(be.copy(&buf.xn, 0, hidden, 0, rows * self.config.dim)?)
+        });
+        buf.forwarded = result.is_ok().then_some((rows, checkpointing));
+        self.train_buffers = Some(buf);
+        result
+    }
+
+    /// The second half of a training pass: backward from `dhidden = ∂L/∂hidden` (`[rows × dim]`,
+    /// for the hidden states of the last [`Llama::forward_hidden`] on this same batch and
+    /// checkpointing) through the final norm and every layer, accumulating the gradients of the
+    /// trainable tensors (the output head's own gradient is the objective's, see
+    /// [`Llama::label_log_probs_backward`]).
+    pub fn backward_hidden(
+        &mut self,
+        be: &B,
+        b: &TrainBatch<'_>,
+        checkpointing: impl Into<ActivationCheckpointing>,
+        dhidden: &B::Buf,
+    ) -> Result<()> {
+        let checkpointing = checkpointing.into();
+        self.check_batch(b)?;
+        let rows = b.batch * b.seq;
+        self.check_hidden_len(be, dhidden, rows, "dhidden")?;
+        let mut buf = match self.train_buffers.take() {
+            Some(buf) if buf.forwarded == Some((rows, checkpointing)) => buf,
+            other => {
+                self.train_buffers = other;
+                return Err(Error::Input(format!(
+                    "backward_hidden of {rows} tokens needs a forward_hidden of the same batch and \
+                     activation checkpointing just before it"
+                )));
             }
         };
-        let result = be.scoped(|| self.train_pass(be, b, &t, grad_scale, checkpointing, &mut buf, update));
+        buf.forwarded = None;
+        let t = Tokens { batch: b.batch, seq: b.seq, positions: b.positions, doc_ids: b.doc_ids };
+        let result = be.scoped(|| -> Result<()> {
+            be.copy(dhidden, 0, &mut buf.dxn, 0, rows * self.config.dim)?;
+            self.backward_part(be, b.ids, &t, checkpointing, &mut buf, None)
+        });
         self.train_buffers = Some(buf);
-        let (sum, tokens) = result?;
-        Ok(LossSum { sum, tokens })
+        result
+    }
+
+    /// Errors unless `buf` holds at least `rows × dim` values.
+    pub(crate) fn check_hidden_len(&self, be: &B, buf: &B::Buf, rows: usize, what: &str) -> Result<()> {
+        let need = rows * self.config.dim;
+        if be.len(buf) < need {
+            return Err(Error::Input(format!(
+                "{what} holds {} values, {rows} tokens × {} need {need}",
+                be.len(buf),
+                self.config.dim
+            )));
+        }
+        Ok(())
     }
 
     /// Mixed precision: with `on`, the training pass rounds the activations its backward reads
@@ -176,7 +268,8 @@ impl<B: Backend> Llama<B> {
         self.train_buffers = None;
     }
 
-    /// The body of [`Llama::forward_backward`] over its buffers.
+    /// The body of [`Llama::forward_backward`] over its buffers: forward, the fused head and
+    /// cross-entropy, backward.
     #[allow(clippy::too_many_arguments)]
     fn train_pass(
         &mut self,
@@ -186,28 +279,11 @@ impl<B: Backend> Llama<B> {
         grad_scale: f32,
         checkpointing: ActivationCheckpointing,
         buf: &mut TrainBuffers<B>,
-        mut update: Option<&mut Update<'_, B>>,
+        update: Option<&mut Update<'_, B>>,
     ) -> Result<(f64, usize)> {
-        let dim = self.config.dim;
         let rows = t.rows();
-        let n_layers = self.layers.len();
-        let TrainBuffers { x, inputs, acts, halves, scratch, xn, rstd, dxn, dx, grads, .. } = buf;
-        // Per-layer activations: f32 in `acts[slot]`, or (bf16) in `halves[slot]` with `acts[0]`
-        // as working space; the layers recomputed in the backward share one slot.
-        let slot = |l: usize| slot_of(checkpointing, n_layers, l);
-        let compact = !halves.is_empty();
-
-        // ---- forward ------------------------------------------------------------------------
-        be.embedding(b.ids, &self.embed, x)?;
-        for l in 0..n_layers {
-            be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
-            let a = &mut acts[if compact { 0 } else { slot(l) }];
-            let keep = halves.get_mut(slot(l));
-            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, keep)?;
-        }
-        self.norm.forward(be, x, xn, rstd, rows)?;
-
-        // ---- loss and its gradient ----------------------------------------------------------
+        self.forward_part(be, b.ids, t, checkpointing, buf)?;
+        let TrainBuffers { xn, dxn, .. } = buf;
         let (sum, tokens) = match &mut self.output {
             // An adapted output projection: logits chunk by chunk through the Linear block.
             Some(out) if out.lora.is_some() => {
@@ -222,8 +298,57 @@ impl<B: Backend> Llama<B> {
                 be.linear_cross_entropy(xn, &self.embed, b.labels, rows, grad_scale, Some(dxn), dw)?
             }
         };
+        self.backward_part(be, b.ids, t, checkpointing, buf, update)?;
+        Ok((sum, tokens))
+    }
 
-        // ---- backward -----------------------------------------------------------------------
+    /// Forward of a training pass into `buf`: the embedding, every layer (saving what the
+    /// backward reads) and the final norm (`buf.xn`).
+    fn forward_part(
+        &self,
+        be: &B,
+        ids: &[u32],
+        t: &Tokens<'_>,
+        checkpointing: ActivationCheckpointing,
+        buf: &mut TrainBuffers<B>,
+    ) -> Result<()> {
+        let dim = self.config.dim;
+        let rows = t.rows();
+        let n_layers = self.layers.len();
+        let TrainBuffers { x, inputs, acts, halves, scratch, xn, rstd, .. } = buf;
+        // Per-layer activations: f32 in `acts[slot]`, or (bf16) in `halves[slot]` with `acts[0]`
+        // as working space; the layers recomputed in the backward share one slot.
+        let slot = |l: usize| slot_of(checkpointing, n_layers, l);
+        let compact = !halves.is_empty();
+        be.embedding(ids, &self.embed, x)?;
+        for l in 0..n_layers {
+            be.copy(x, 0, &mut inputs[l], 0, rows * dim)?;
+            let a = &mut acts[if compact { 0 } else { slot(l) }];
+            let keep = halves.get_mut(slot(l));
+            self.layers[l].forward(be, x, a, scratch, t, &self.inv_freq, KvTarget::None, keep)?;
+        }
+        self.norm.forward(be, x, xn, rstd, rows)?;
+        Ok(())
+    }
+
+    /// Backward of a training pass from `buf.dxn` (the gradient of the final norm's output)
+    /// through the norm, every layer and the embedding; with `update`, the optimizer step runs
+    /// on each tensor as soon as its gradient is complete.
+    fn backward_part(
+        &mut self,
+        be: &B,
+        ids: &[u32],
+        t: &Tokens<'_>,
+        checkpointing: ActivationCheckpointing,
+        buf: &mut TrainBuffers<B>,
+        mut update: Option<&mut Update<'_, B>>,
+    ) -> Result<()> {
+        let dim = self.config.dim;
+        let rows = t.rows();
+        let n_layers = self.layers.len();
+        let TrainBuffers { x, inputs, acts, halves, scratch, rstd, dxn, dx, grads, .. } = buf;
+        let slot = |l: usize| slot_of(checkpointing, n_layers, l);
+        let compact = !halves.is_empty();
         be.fill(dx, rows * dim, 0.0)?;
         self.norm.backward_accumulate(be, dxn, x, rstd, dx, rows)?;
         let embed_trained = self.embed_state.is_some();
@@ -263,12 +388,12 @@ impl<B: Backend> Llama<B> {
             }
         }
         if let Some(s) = &mut self.embed_state {
-            be.embedding_backward(b.ids, dx, &mut s.grad, dim)?;
+            be.embedding_backward(ids, dx, &mut s.grad, dim)?;
         }
         if let Some(update) = update {
             self.visit_outer_params_mut(&mut |name, p| step_and_zero(be, update, name, p))?;
         }
-        Ok((sum, tokens))
+        Ok(())
     }
 
     /// Exchanges layer `l`'s (empty) gradient buffers with the shared ones, in and out.
@@ -327,6 +452,9 @@ pub(crate) struct TrainBuffers<B: Backend> {
     dxn: B::Buf,
     dx: B::Buf,
     grads: LayerGrads<B>,
+    /// Rows and checkpointing of a [`Llama::forward_hidden`] whose activations these buffers
+    /// hold for [`Llama::backward_hidden`].
+    forwarded: Option<(usize, ActivationCheckpointing)>,
 }
 
 /// How a training pass keeps its activations.
@@ -363,6 +491,7 @@ impl<B: Backend> TrainBuffers<B> {
             dxn: be.zeros(rows * dim)?,
             dx: be.zeros(rows * dim)?,
             grads: LayerGrads::new(be, first, rows)?,
+            forwarded: None,
         })
     }
 

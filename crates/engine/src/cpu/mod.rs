@@ -785,6 +785,63 @@ impl Backend for CpuBackend {
         }))
     }
 
+    fn linear_log_probs(
+        &self,
+        h: &Vec<f32>,
+        w: &CpuWeight,
+        targets: &[i32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let (vocab, dim) = (w.rows, w.cols);
+        checks::linear_cross_entropy(h.len(), targets, None, None, rows, dim, vocab)?;
+        let mut logps = vec![0f32; rows];
+        self.install(|| {
+            let (chunk, vchunk) = (loss::default_chunk_rows(vocab), loss::LOG_PROB_VOCAB_CHUNK);
+            let out = Some(logps.as_mut_slice());
+            loss::linear_log_probs(
+                h,
+                w.as_ref(),
+                targets,
+                rows,
+                vocab,
+                dim,
+                out,
+                None,
+                None,
+                None,
+                chunk,
+                vchunk,
+            )
+        });
+        Ok(logps)
+    }
+
+    fn linear_log_probs_backward(
+        &self,
+        h: &Vec<f32>,
+        w: &CpuWeight,
+        targets: &[i32],
+        rows: usize,
+        upstream: &[f32],
+        dh: Option<&mut Vec<f32>>,
+        dw: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        let (vocab, dim) = (w.rows, w.cols);
+        let (dh_len, dw_len) = (dh.as_deref().map(Vec::len), dw.as_deref().map(Vec::len));
+        checks::linear_cross_entropy(h.len(), targets, dh_len, dw_len, rows, dim, vocab)?;
+        checks::log_prob_upstream(upstream, rows)?;
+        if dh.is_none() && dw.is_none() {
+            return Ok(());
+        }
+        let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
+        self.install(|| {
+            let (chunk, vchunk) = (loss::default_chunk_rows(vocab), loss::LOG_PROB_VOCAB_CHUNK);
+            let up = Some(upstream);
+            loss::linear_log_probs(h, w.as_ref(), targets, rows, vocab, dim, None, up, dh, dw, chunk, vchunk)
+        });
+        Ok(())
+    }
+
     fn weight_format(&self, w: &Self::Weight) -> WeightFormat {
         w.format()
     }

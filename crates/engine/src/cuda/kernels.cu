@@ -269,10 +269,12 @@ extern "C" __global__ void rope_k(float* x, const unsigned int* pos, const float
 // ---- cross-entropy ----------------------------------------------------------------------------
 
 // One block per row of logits[rows, vocab]: loss = logsumexp − logit[target] (0 when the target
-// is -100); with dlogits, grad_scale · (softmax − onehot) (zeros for ignored rows).
+// is -100); with dlogits, grad_scale · (softmax − onehot) (zeros for ignored rows), where
+// grad_scale is scales[r] when a per-row scale vector is given.
 template <typename T>
 __device__ void ce_row(const float* logits, const int* targets, float* losses, T* dlogits, int vocab, float grad_scale,
-                       int r) {
+                       int r, const float* scales = nullptr) {
+    if (scales) grad_scale = scales[r];
     const float* lr = logits + (i64)r * vocab;
     int t = targets[r];
     if (t < 0) {
@@ -400,6 +402,18 @@ extern "C" __global__ void distill_bf16(const float* s, const float* t, const in
                                         float ce_scale) {
     if ((int)blockIdx.x < rows)
         distill_row<bf16_t>(s, t, targets, kd, ce, dlogits, vocab, div, inv_t, kd_scale, ce_scale, blockIdx.x);
+}
+
+// ce_f32 / ce_bf16 with one gradient scale per row (`scales[rows]`): the backward of per-token
+// log-probabilities (scale = −∂L/∂logp).
+extern "C" __global__ void ce_rows_f32(const float* logits, const int* targets, float* losses, float* dlogits,
+                                       int rows, int vocab, const float* scales) {
+    if ((int)blockIdx.x < rows) ce_row<float>(logits, targets, losses, dlogits, vocab, 0.0f, blockIdx.x, scales);
+}
+
+extern "C" __global__ void ce_rows_bf16(const float* logits, const int* targets, float* losses, bf16_t* dlogits,
+                                        int rows, int vocab, const float* scales) {
+    if ((int)blockIdx.x < rows) ce_row<bf16_t>(logits, targets, losses, dlogits, vocab, 0.0f, blockIdx.x, scales);
 }
 
 // ---- attention (see attention.rs) -------------------------------------------------------------

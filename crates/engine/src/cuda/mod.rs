@@ -1064,85 +1064,9 @@ impl Backend for CudaBackend {
         dw: Option<&mut CudaBuf>,
     ) -> Result<(f64, usize)> {
         let _t = self.timer("linear_cross_entropy");
-        let (vocab, dim) = (w.rows, w.cols);
-        let (dh_len, dw_len) = (dh.as_deref().map(|d| d.len), dw.as_deref().map(|d| d.len));
-        checks::linear_cross_entropy(h.len, targets, dh_len, dw_len, rows, dim, vocab)?;
-        let count = targets[..rows].iter().filter(|&&t| t != cpu::loss::IGNORE_INDEX).count();
-        if rows == 0 || count == 0 && dh.is_none() && dw.is_none() {
-            return Ok((0.0, count));
-        }
-        let want_grad = dh.is_some() || dw.is_some();
-        let (dh_ptr, dw_ptr) = (dh.map(|d| self.bptr(d)), dw.map(|d| self.bptr(d)));
-        let mut sc = self.lock();
-        let sc = &mut *sc;
-        let wop = self.weight_operand(w, &mut sc.weight)?;
-        let bf = wop.dt == Dt::BF16;
-        // Rows per chunk: logits of a chunk stay under 256 MiB.
-        let chunk = ((64usize << 20) / vocab.max(1)).clamp(1, rows);
-        let t_all = self.upload(&targets[..rows])?;
-        let losses = self.grow(&mut sc.losses, rows)?;
-        let losses_ptr = self.ptr(losses);
-        let logits = self.ptr(self.grow(&mut sc.logits, chunk * vocab)?);
-        let dlog = if !want_grad {
-            0
-        } else if bf {
-            self.ptr(self.grow(&mut sc.dlogits, chunk * vocab)?)
-        } else {
-            self.ptr(self.grow(&mut sc.dlogits32, chunk * vocab)?)
-        };
-        let hop_all = self.act_operand(self.bptr(h), rows * dim, dim, wop.dt, &mut sc.act)?;
-        let esz = if bf { 2 } else { 4 } as u64;
-        let mut r0 = 0;
-        while r0 < rows {
-            let rc = chunk.min(rows - r0);
-            let hop = Operand { ptr: hop_all.ptr + esz * (r0 * dim) as u64, ..hop_all };
-            self.product(hop, false, wop, true, logits, vocab, rc, vocab, dim, 1.0, 0.0)?;
-            self.launch(
-                if bf { "ce_bf16" } else { "ce_f32" },
-                Self::rows_cfg(rc, 1024),
-                &[
-                    logits.into(),
-                    (self.ptr(&t_all) + 4 * r0 as u64).into(),
-                    (losses_ptr + 4 * r0 as u64).into(),
-                    dlog.into(),
-                    int(rc, "rows")?.into(),
-                    int(vocab, "vocab")?.into(),
-                    grad_scale.into(),
-                ],
-            )?;
-            if want_grad {
-                let g = Operand { ptr: dlog, dt: wop.dt, ld: vocab };
-                if let Some(dh) = dh_ptr {
-                    self.product(
-                        g,
-                        false,
-                        wop,
-                        false,
-                        dh + 4 * (r0 * dim) as u64,
-                        dim,
-                        rc,
-                        dim,
-                        vocab,
-                        1.0,
-                        0.0,
-                    )?;
-                }
-                if let Some(dw) = dw_ptr {
-                    self.product(g, true, hop, false, dw, dim, vocab, dim, rc, 1.0, 1.0)?;
-                }
-            }
-            r0 += rc;
-        }
-        let mut l = vec![0f32; rows];
-        let losses = sc.losses.as_ref().expect("grown above");
-        self.stream.memcpy_dtoh(&losses.slice(..rows), &mut l[..]).map_err(drv)?;
-        self.stream.synchronize().map_err(drv)?;
-        let sum = l
-            .iter()
-            .zip(&targets[..rows])
-            .filter(|(_, &t)| t != cpu::loss::IGNORE_INDEX)
-            .map(|(&v, _)| v as f64)
-            .sum();
+        let l = self.fused_cross_entropy(h, w, targets, rows, FusedScale::Uniform(grad_scale), dh, dw)?;
+        let kept = l.iter().zip(&targets[..rows]).filter(|(_, &t)| t != cpu::loss::IGNORE_INDEX);
+        let (sum, count) = kept.fold((0.0, 0), |(s, c), (&v, _)| (s + v as f64, c + 1));
         Ok((sum, count))
     }
 
@@ -1160,6 +1084,39 @@ impl Backend for CudaBackend {
     ) -> Result<DistillSums> {
         let _t = self.timer("linear_distill");
         distill::linear_distill(self, hs, ws, ht, wt, targets, rows, spec, dh, dw)
+    }
+
+    fn linear_log_probs(
+        &self,
+        h: &CudaBuf,
+        w: &CudaWeight,
+        targets: &[i32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let _t = self.timer("linear_log_probs");
+        let l = self.fused_cross_entropy(h, w, targets, rows, FusedScale::Uniform(0.0), None, None)?;
+        Ok(l.into_iter().map(|v| -v).collect())
+    }
+
+    fn linear_log_probs_backward(
+        &self,
+        h: &CudaBuf,
+        w: &CudaWeight,
+        targets: &[i32],
+        rows: usize,
+        upstream: &[f32],
+        dh: Option<&mut CudaBuf>,
+        dw: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        let _t = self.timer("linear_log_probs_backward");
+        checks::log_prob_upstream(upstream, rows)?;
+        if dh.is_none() && dw.is_none() {
+            return Ok(());
+        }
+        // ∂logp/∂logits = onehot − softmax: the cross-entropy gradient scaled by −g.
+        let scales: Vec<f32> = upstream[..rows].iter().map(|g| -g).collect();
+        self.fused_cross_entropy(h, w, targets, rows, FusedScale::PerRow(&scales), dh, dw)?;
+        Ok(())
     }
 
     // ---- optimisation -------------------------------------------------------------------------
@@ -1254,5 +1211,122 @@ impl CudaBackend {
                 bc2_sqrt.into(),
             ],
         )
+    }
+}
+
+/// The gradient scale of [`CudaBackend::fused_cross_entropy`]'s rows.
+#[derive(Clone, Copy)]
+enum FusedScale<'a> {
+    /// One factor for every row.
+    Uniform(f32),
+    /// One factor per row (`[rows]`, host).
+    PerRow(&'a [f32]),
+}
+
+impl CudaBackend {
+    /// The output projection fused with cross-entropy, chunk by chunk of rows: per-row losses
+    /// (0 for ignored rows), with `dh` written and `dw` accumulated for the gradient of
+    /// `Σ s_r · loss_r`. Serves [`Backend::linear_cross_entropy`] and the log-probability ops.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_cross_entropy(
+        &self,
+        h: &CudaBuf,
+        w: &CudaWeight,
+        targets: &[i32],
+        rows: usize,
+        scale: FusedScale<'_>,
+        dh: Option<&mut CudaBuf>,
+        dw: Option<&mut CudaBuf>,
+    ) -> Result<Vec<f32>> {
+        let (vocab, dim) = (w.rows, w.cols);
+        let (dh_len, dw_len) = (dh.as_deref().map(|d| d.len), dw.as_deref().map(|d| d.len));
+        checks::linear_cross_entropy(h.len, targets, dh_len, dw_len, rows, dim, vocab)?;
+        let count = targets[..rows].iter().filter(|&&t| t != cpu::loss::IGNORE_INDEX).count();
+        if rows == 0 || count == 0 && dh.is_none() && dw.is_none() {
+            return Ok(vec![0.0; rows]);
+        }
+        let want_grad = dh.is_some() || dw.is_some();
+        let scales_dev = match scale {
+            FusedScale::PerRow(s) => Some(self.upload(&s[..rows])?),
+            FusedScale::Uniform(_) => None,
+        };
+        let (dh_ptr, dw_ptr) = (dh.map(|d| self.bptr(d)), dw.map(|d| self.bptr(d)));
+        let mut sc = self.lock();
+        let sc = &mut *sc;
+        let wop = self.weight_operand(w, &mut sc.weight)?;
+        let bf = wop.dt == Dt::BF16;
+        // Rows per chunk: logits of a chunk stay under 256 MiB.
+        let chunk = ((64usize << 20) / vocab.max(1)).clamp(1, rows);
+        let t_all = self.upload(&targets[..rows])?;
+        let losses = self.grow(&mut sc.losses, rows)?;
+        let losses_ptr = self.ptr(losses);
+        let logits = self.ptr(self.grow(&mut sc.logits, chunk * vocab)?);
+        let dlog = if !want_grad {
+            0
+        } else if bf {
+            self.ptr(self.grow(&mut sc.dlogits, chunk * vocab)?)
+        } else {
+            self.ptr(self.grow(&mut sc.dlogits32, chunk * vocab)?)
+        };
+        let hop_all = self.act_operand(self.bptr(h), rows * dim, dim, wop.dt, &mut sc.act)?;
+        let esz = if bf { 2 } else { 4 } as u64;
+        let mut r0 = 0;
+        while r0 < rows {
+            let rc = chunk.min(rows - r0);
+            let hop = Operand { ptr: hop_all.ptr + esz * (r0 * dim) as u64, ..hop_all };
+            self.product(hop, false, wop, true, logits, vocab, rc, vocab, dim, 1.0, 0.0)?;
+            let (kernel, last): (&str, Arg) = match (&scales_dev, scale) {
+                (Some(s), _) => {
+                    (if bf { "ce_rows_bf16" } else { "ce_rows_f32" }, (self.ptr(s) + 4 * r0 as u64).into())
+                }
+                (None, FusedScale::Uniform(g)) => (if bf { "ce_bf16" } else { "ce_f32" }, g.into()),
+                (None, FusedScale::PerRow(_)) => unreachable!("per-row scales are uploaded above"),
+            };
+            self.launch(
+                kernel,
+                Self::rows_cfg(rc, 1024),
+                &[
+                    logits.into(),
+                    (self.ptr(&t_all) + 4 * r0 as u64).into(),
+                    (losses_ptr + 4 * r0 as u64).into(),
+                    dlog.into(),
+                    int(rc, "rows")?.into(),
+                    int(vocab, "vocab")?.into(),
+                    last,
+                ],
+            )?;
+            if want_grad {
+                let g = Operand { ptr: dlog, dt: wop.dt, ld: vocab };
+                if let Some(dh) = dh_ptr {
+                    self.product(
+                        g,
+                        false,
+                        wop,
+                        false,
+                        dh + 4 * (r0 * dim) as u64,
+                        dim,
+                        rc,
+                        dim,
+                        vocab,
+                        1.0,
+                        0.0,
+                    )?;
+                }
+                if let Some(dw) = dw_ptr {
+                    self.product(g, true, hop, false, dw, dim, vocab, dim, rc, 1.0, 1.0)?;
+                }
+            }
+            r0 += rc;
+        }
+        let mut l = vec![0f32; rows];
+        let losses = sc.losses.as_ref().expect("grown above");
+        self.stream.memcpy_dtoh(&losses.slice(..rows), &mut l[..]).map_err(drv)?;
+        self.stream.synchronize().map_err(drv)?;
+        for (v, &t) in l.iter_mut().zip(&targets[..rows]) {
+            if t == cpu::loss::IGNORE_INDEX {
+                *v = 0.0;
+            }
+        }
+        Ok(l)
     }
 }

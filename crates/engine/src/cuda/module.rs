@@ -40,6 +40,8 @@ pub const KERNELS: &[&str] = &[
     "ce_bf16",
     "distill_f32",
     "distill_bf16",
+    "ce_rows_f32",
+    "ce_rows_bf16",
     "permute_f32_bf16",
     "permute_f32_f32",
     "attn_softmax_fwd",
