@@ -414,9 +414,22 @@ pub(crate) fn extract(
 
     let names: Vec<&str> = recipes.iter().map(|r| r.name).collect();
     let expect = format!("one of {}", names.join(", "));
-    let recipe_name = top
-        .opt("recipe", &expect, text_of, |s| names.contains(&s.as_str()))?
-        .ok_or_else(|| top.missing("recipe", &expect))?;
+    let recipe_name =
+        top.opt("recipe", &expect, text_of, |_| true)?.ok_or_else(|| top.missing("recipe", &expect))?;
+    if !names.contains(&recipe_name.as_str()) {
+        let node = top.node("recipe").expect("present");
+        return Err(cx.err(
+            K::OutOfRange,
+            &node.pos,
+            "recipe",
+            format!(
+                "unknown recipe {} ({}expected one of {})",
+                node.describe(),
+                did_you_mean(&recipe_name, &names),
+                names.join(", ")
+            ),
+        ));
+    }
     let spec: &RecipeSpec = recipes.iter().find(|r| r.name == recipe_name).expect("checked");
     let recipe = spec.name;
     if let Some(want) = want.filter(|w| *w != recipe) {
@@ -1101,6 +1114,8 @@ optimizer:
             ),
             "{e}"
         );
+        let e = err(&KD.replace("recipe: test_distill", "recipe: test_distil"));
+        assert!(e.ends_with("kd.yaml:1:9: recipe: unknown recipe \"test_distil\" (did you mean `test_distill`? expected one of test_distill, lora_finetune)"), "{e}");
         let e = err(&KD.replace("kd_ratio: 0.25", "kd_rato: 0.25"));
         assert!(e.contains("kd.yaml:9:1: kd_rato: unknown key (did you mean `kd_ratio`? "), "{e}");
         let e = err(&KD.replace("kd_ratio: 0.25", "kd_ratio: 2"));
