@@ -6,8 +6,10 @@
 //! 1. parse the YAML into a tree that remembers the line and column of every value;
 //! 2. apply the overrides in order;
 //! 3. resolve `${...}` references (other keys, `env:NAME[,default]`, `assets`);
-//! 4. check it against the schema: unknown keys, types, ranges, sections that contradict the
-//!    recipe, files that do not exist. Every failure is a [`ConfigError`] naming the file, line,
+//! 4. check it against the schema — the shared keys (declared once, as [`KeyDecl`]s and
+//!    [`SectionDecl`]s, in `config/keys.rs`) plus the recipe's own sections, keys and dataset
+//!    kinds (its [`RecipeSpec`](crate::recipes::RecipeSpec) in [`crate::recipes::registry()`]):
+//!    unknown keys, types, ranges, sections that contradict the recipe, files that do not exist. Every failure is a [`ConfigError`] naming the file, line,
 //!    column and key path: `my.yaml:14:3: optimizer.lr: expected a number > 0, got "fast"`.
 //!
 //! Relative `model.path`, `tokenizer.path` and `dataset.source` written in a config file are
@@ -140,7 +142,7 @@ impl ConfigDoc {
     }
 
     /// Resolves `${...}` and checks everything against the recipes of
-    /// [`crate::recipes::registry`]; `recipe`: the recipe about to run, which the config's
+    /// [`crate::recipes::registry()`]; `recipe`: the recipe about to run, which the config's
     /// `recipe` key must name.
     pub fn to_config(&self, recipe: Option<&str>) -> Result<RecipeConfig, ConfigError> {
         self.to_config_in(crate::recipes::registry(), recipe)

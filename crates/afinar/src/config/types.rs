@@ -165,7 +165,7 @@ impl FileFormat {
 /// A checked recipe configuration.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RecipeConfig {
-    /// The recipe this config is for, a name from [`crate::recipes::registry`] (`afinar run
+    /// The recipe this config is for, a name from [`crate::recipes::registry()`] (`afinar run
     /// RECIPE` must agree).
     pub recipe: String,
     /// Where checkpoints and logs are written (relative paths: to the current directory): the

@@ -1,4 +1,4 @@
-//! `full_finetune`: every weight is trained, with the shared SFT loop ([`super::run`]).
+//! `full_finetune`: every weight is trained, with the shared SFT loop ([`run`](mod@super::run)).
 
 use super::registry::RecipeSpec;
 use super::run::SFT_DATASET_KINDS;

@@ -1,5 +1,5 @@
 //! `lora_finetune`: low-rank adapters (optionally on an NF4-quantized base, QLoRA) trained on
-//! frozen weights, with the shared SFT loop ([`super::run`]). Its configs have the typed
+//! frozen weights, with the shared SFT loop ([`run`](mod@super::run)). Its configs have the typed
 //! [`LORA`] section.
 
 use super::registry::RecipeSpec;

@@ -1,5 +1,5 @@
 //! Fine-tuning recipes: the training loop that ties a model, a dataset, the optimizer and
-//! checkpointing together, and the [`registry`] of recipes.
+//! checkpointing together, and the [`registry`](mod@registry) of recipes.
 //!
 //! A recipe is one unit: one module declares it as a [`RecipeSpec`] (name, description, the
 //! config sections and keys only it has, the dataset kinds it reads with their column roles,

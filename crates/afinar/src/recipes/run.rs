@@ -160,7 +160,7 @@ const RESUME_LENGTH_KEYS: &[&str] = &["epochs", "max_steps_per_epoch"];
 /// Before a resume: compares `cfg` with the resolved config saved with the recipe state in
 /// `cfg.output_dir` and returns the notes to print, or refuses.
 ///
-/// - Keys of [`RESUME_FREE_KEYS`] may change.
+/// - Keys of `RESUME_FREE_KEYS` may change.
 /// - A changed length (`epochs`, `max_steps_per_epoch`) continues: the extra steps are trained
 ///   (or, shorter, the run ends earlier). The learning-rate schedule is the one of the new
 ///   length — its total steps are those of a run configured that long from the start — so the
