@@ -669,7 +669,7 @@ pub(crate) fn extract(
         }
     }
 
-    Ok(RecipeConfig {
+    let config = RecipeConfig {
         recipe: recipe.to_string(),
         output_dir,
         model,
@@ -697,7 +697,12 @@ pub(crate) fn extract(
         resume_accept_config_changes,
         log_every_n_steps,
         extra,
-    })
+    };
+    if let Some(Err((path, msg))) = spec.check.map(|f| f(&config)) {
+        let pos = lookup(root, &path).map_or_else(|| root.pos.clone(), |n| n.pos.clone());
+        return Err(cx.err(K::Inconsistent, &pos, path, msg));
+    }
+    Ok(config)
 }
 
 fn lora_section(s: &Section) -> Result<LoraSection> {
@@ -1058,8 +1063,21 @@ mod tests {
         ],
         dataset_kinds: &[DatasetKindDecl { kind: DatasetKind::Text, roles: &["text", "prompt"] }],
         configs: &[],
+        check: Some(kd_check),
         run: no_run,
     };
+
+    /// The test recipe's rule across keys: jsd takes no temperature.
+    fn kd_check(c: &RecipeConfig) -> std::result::Result<(), (String, String)> {
+        let jsd = c.extra("kd_loss").and_then(KeyValue::as_text) == Some("jsd");
+        match c.extra("temperature").and_then(KeyValue::as_num) {
+            Some(t) if jsd && t != 1.0 => Err((
+                "temperature".into(),
+                "kd_loss jsd takes no temperature: remove it or set it to 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 
     const KD: &str = "\
 recipe: test_distill
@@ -1133,6 +1151,14 @@ optimizer:
         assert!(e.contains("kd.yaml:14:5: dataset.column_map.promt: unknown role for dataset kind text (did you mean `prompt`?"), "{e}");
         let e = err(&KD.replace("  kind: text", "  kind: chat"));
         assert!(e.ends_with("dataset.kind: expected one of text, got \"chat\""), "{e}");
+        let e = err(&KD.replace("kd_ratio: 0.25", "kd_loss: jsd\ntemperature: 2"));
+        assert!(
+            e.ends_with(
+                "kd.yaml:10:14: temperature: kd_loss jsd takes no temperature: remove it or set it to 1"
+            ),
+            "{e}"
+        );
+        check_kd(&KD.replace("kd_ratio: 0.25", "kd_loss: jsd")).unwrap();
         // Another recipe's section, and this recipe's keys in another recipe's config.
         let e = err(&KD.replace("teacher:", "lora:\n  rank: 2\nteacher:"));
         assert!(e.contains("kd.yaml:7:1: lora: a test_distill config has no lora section: remove it (override ~lora) or set recipe: lora_finetune"), "{e}");

@@ -13,7 +13,8 @@
 //!    sections and keys declared there as [`SectionDecl`](crate::config::SectionDecl)s and
 //!    [`KeyDecl`](crate::config::KeyDecl)s (type, range or words, default, doc line); their
 //!    checked values are in [`RecipeConfig::extra`](crate::config::RecipeConfig::extra) under
-//!    their dotted paths (`loss.beta`), read by the recipe's `run`.
+//!    their dotted paths (`loss.beta`), read by the recipe's `run`; rules across keys (a key
+//!    that only applies to one `loss.kind`) go in its `check`, whose errors point at the key.
 //! 2. `crates/afinar/src/recipes/registry.rs`: add `&<name>::SPEC` to [`registry()`], and
 //!    `pub mod <name>;` in this file.
 //! 3. `configs/<config>.yaml` for each built-in config, listed with `builtin_config!` in the

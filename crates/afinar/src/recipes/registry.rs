@@ -26,6 +26,10 @@ pub struct RecipeSpec {
     pub dataset_kinds: &'static [DatasetKindDecl],
     /// The configs shipped for it (the YAML files of `configs/`, embedded).
     pub configs: &'static [BuiltinConfig],
+    /// Checks across the recipe's keys, run once each key has been checked alone (e.g. a key
+    /// that only applies to one `loss.kind`): `Err((dotted key path, message))`, reported as an
+    /// inconsistency at that key's place in the file (or at the top, when absent).
+    pub check: Option<fn(&RecipeConfig) -> std::result::Result<(), (String, String)>>,
     /// Runs the recipe on a checked config.
     pub run: fn(&RecipeConfig, &mut dyn Reporter) -> Result<Summary>,
 }
