@@ -8,6 +8,9 @@ use crate::{Error, Result};
 use super::finetune::Summary;
 use super::metrics::Reporter;
 
+/// A recipe's check across its keys: `Err((dotted key path, message))` (see [`RecipeSpec::check`]).
+pub type RecipeCheck = fn(&RecipeConfig) -> std::result::Result<(), (String, String)>;
+
 /// One recipe: its name, what its configs may contain beyond the shared keys, its built-in
 /// configs and the function that runs it.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +32,7 @@ pub struct RecipeSpec {
     /// Checks across the recipe's keys, run once each key has been checked alone (e.g. a key
     /// that only applies to one `loss.kind`): `Err((dotted key path, message))`, reported as an
     /// inconsistency at that key's place in the file (or at the top, when absent).
-    pub check: Option<fn(&RecipeConfig) -> std::result::Result<(), (String, String)>>,
+    pub check: Option<RecipeCheck>,
     /// Runs the recipe on a checked config.
     pub run: fn(&RecipeConfig, &mut dyn Reporter) -> Result<Summary>,
 }
