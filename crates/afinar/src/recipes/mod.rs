@@ -38,5 +38,5 @@ pub mod schedule;
 pub mod state;
 pub mod tensorboard;
 
-pub use registry::{find, registry, RecipeSpec};
+pub use registry::{find, registry, RecipeCheck, RecipeSpec};
 pub use run::run;
