@@ -10,7 +10,7 @@
 mod common;
 
 use afinar::blocks::PROJECTIONS;
-use afinar::config::{ConfigDoc, Dtype, LoraTarget as CfgTarget, RecipeConfig, BUILTIN_CONFIGS};
+use afinar::config::{builtin_configs, ConfigDoc, Dtype, LoraTarget as CfgTarget, RecipeConfig};
 use afinar::engine::cpu::nf4::Nf4Ref;
 use afinar::engine::cpu::CpuWeightData;
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
@@ -130,7 +130,7 @@ fn shipped_qlora_configs_validate() {
         format!("dataset.source={}", dir.join("data.jsonl").display()),
     ];
     let ov: Vec<&str> = ov.iter().map(String::as_str).collect();
-    let names: Vec<&str> = BUILTIN_CONFIGS.iter().map(|b| b.name).filter(|n| n.ends_with("_qlora")).collect();
+    let names: Vec<&str> = builtin_configs().map(|b| b.name).filter(|n| n.ends_with("_qlora")).collect();
     assert_eq!(
         names,
         [

@@ -103,7 +103,12 @@ fn ls_lists_every_config_by_recipe() {
 
     let out = afinar(&["ls", "--verbose"]);
     assert_ok(&out);
-    assert!(text(&out.stdout).contains("DESCRIPTION"));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("DESCRIPTION"));
+    // Each recipe's line with its description, from the registry.
+    for r in afinar::recipes::registry() {
+        assert!(stdout.lines().any(|l| l.starts_with(r.name) && l.ends_with(r.description)), "{stdout}");
+    }
 }
 
 #[test]
@@ -222,6 +227,10 @@ fn run_checks_the_recipe_before_anything_else() {
     let out = afinar(&["run", "full_finetune", "--config", "smollm2_135m_lora", &model, &data]);
     assert_fails_with(&out, "built-in:smollm2_135m_lora.yaml:11:9: recipe: this config is for lora_finetune");
     assert_fails_with(&afinar(&["run", "dpo", "--config", "smollm2_135m_lora"]), "unknown recipe `dpo`");
+    assert_fails_with(
+        &afinar(&["run", "lora_fintune", "--config", "smollm2_135m_lora"]),
+        "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune)",
+    );
     assert_fails_with(
         &afinar(&["run", "lora_finetune", "--config", "smollm2_135m_lora", &model, &data, "epochs=0"]),
         "override `epochs=0`: epochs: expected an integer ≥ 1, got 0",

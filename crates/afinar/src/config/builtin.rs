@@ -1,6 +1,5 @@
-//! The recipe configs shipped inside the binary (the YAML files of the repository's `configs/`).
-
-use super::types::Recipe;
+//! The recipe configs shipped inside the binary (the YAML files of the repository's `configs/`),
+//! each listed by its recipe's module ([`crate::recipes::RecipeSpec::configs`]).
 
 /// A config shipped with afinar.
 #[derive(Clone, Copy, Debug)]
@@ -8,8 +7,8 @@ pub struct BuiltinConfig {
     /// The name to give `afinar run --config`, `cp`, `cat`, `validate` (the file name without
     /// `.yaml`).
     pub name: &'static str,
-    /// The recipe it is for.
-    pub recipe: Recipe,
+    /// The recipe it is for (a [`crate::recipes::RecipeSpec::name`]).
+    pub recipe: &'static str,
     /// One line for `afinar ls`.
     pub description: &'static str,
     /// The YAML text.
@@ -23,37 +22,26 @@ impl BuiltinConfig {
     }
 }
 
-macro_rules! builtin {
-    ($name:literal, $recipe:ident, $desc:literal) => {
-        BuiltinConfig {
+/// A [`BuiltinConfig`] embedding `configs/NAME.yaml`: `builtin_config!(NAME, RECIPE, DESCRIPTION)`
+/// (for recipe modules, which live two folders below the repository's `crates/afinar`).
+macro_rules! builtin_config {
+    ($name:literal, $recipe:literal, $desc:literal) => {
+        $crate::config::BuiltinConfig {
             name: $name,
-            recipe: Recipe::$recipe,
+            recipe: $recipe,
             description: $desc,
             yaml: include_str!(concat!("../../../../configs/", $name, ".yaml")),
         }
     };
 }
+pub(crate) use builtin_config;
 
-/// Every built-in config, SmolLM2 first, then Llama by size.
-pub const BUILTIN_CONFIGS: &[BuiltinConfig] = &[
-    builtin!("smollm2_135m_lora", LoraFinetune, "SmolLM2-135M-Instruct LoRA (rank 8, q/v) on the bilingual dataset: minutes on a CPU"),
-    builtin!("smollm2_135m_qlora", LoraFinetune, "SmolLM2-135M-Instruct QLoRA (NF4 base, rank 8, all linear layers) on the bilingual dataset"),
-    builtin!("smollm2_135m_full", FullFinetune, "SmolLM2-135M-Instruct full fine-tune on the bilingual dataset"),
-    builtin!("smollm2_360m_lora", LoraFinetune, "SmolLM2-360M-Instruct LoRA (rank 8, q/v); model folder from $SMOLLM2_DIR"),
-    builtin!("smollm2_360m_qlora", LoraFinetune, "SmolLM2-360M-Instruct QLoRA (NF4 base, rank 8, all linear layers); model folder from $SMOLLM2_DIR"),
-    builtin!("smollm2_360m_full", FullFinetune, "SmolLM2-360M-Instruct full fine-tune; model folder from $SMOLLM2_DIR"),
-    builtin!("llama3_2_1b_lora", LoraFinetune, "Llama-3.2-1B-Instruct LoRA (rank 64, all linear layers); model from $LLAMA_DIR"),
-    builtin!("llama3_2_1b_qlora", LoraFinetune, "Llama-3.2-1B-Instruct QLoRA (NF4 base, rank 64, all linear layers); model from $LLAMA_DIR"),
-    builtin!("llama3_2_1b_full", FullFinetune, "Llama-3.2-1B-Instruct full fine-tune; model from $LLAMA_DIR"),
-    builtin!("llama3_2_3b_lora", LoraFinetune, "Llama-3.2-3B-Instruct LoRA (rank 64, all linear layers); model from $LLAMA_DIR"),
-    builtin!("llama3_2_3b_qlora", LoraFinetune, "Llama-3.2-3B-Instruct QLoRA (NF4 base, rank 64, all linear layers); model from $LLAMA_DIR"),
-    builtin!("llama3_2_3b_full", FullFinetune, "Llama-3.2-3B-Instruct full fine-tune; model from $LLAMA_DIR"),
-    builtin!("llama3_1_8b_lora", LoraFinetune, "Llama-3.1-8B-Instruct LoRA (rank 8, attention + MLP), activation checkpointing; model from $LLAMA_DIR"),
-    builtin!("llama3_1_8b_qlora", LoraFinetune, "Llama-3.1-8B-Instruct QLoRA (NF4 base, rank 8, attention + MLP), activation checkpointing; model from $LLAMA_DIR"),
-    builtin!("llama3_1_8b_full", FullFinetune, "Llama-3.1-8B-Instruct full fine-tune, activation checkpointing (~130 GB of RAM in fp32); model from $LLAMA_DIR"),
-];
+/// Every built-in config, recipe by recipe (registry order).
+pub fn builtin_configs() -> impl Iterator<Item = &'static BuiltinConfig> {
+    crate::recipes::registry::builtin_configs()
+}
 
 /// The built-in config of this name (`NAME`, without `.yaml`).
 pub fn builtin(name: &str) -> Option<&'static BuiltinConfig> {
-    BUILTIN_CONFIGS.iter().find(|c| c.name == name)
+    builtin_configs().find(|c| c.name == name)
 }

@@ -1,13 +1,15 @@
 //! Recipe configuration: the YAML files that say what to fine-tune, on what, and how.
 //!
-//! A config is a YAML file (or the name of one shipped in the binary, see [`BUILTIN_CONFIGS`])
+//! A config is a YAML file (or the name of one shipped in the binary, see [`builtin_configs`])
 //! plus command-line overrides, torchtune style (`optimizer.lr=1e-4`, `~max_steps_per_epoch`).
 //! Loading it ([`RecipeConfig::load`]) goes through four steps, all before any weight is read:
 //! 1. parse the YAML into a tree that remembers the line and column of every value;
 //! 2. apply the overrides in order;
 //! 3. resolve `${...}` references (other keys, `env:NAME[,default]`, `assets`);
-//! 4. check it against the schema: unknown keys, types, ranges, sections that contradict the
-//!    recipe, files that do not exist. Every failure is a [`ConfigError`] naming the file, line,
+//! 4. check it against the schema — the shared keys (declared once, as [`KeyDecl`]s and
+//!    [`SectionDecl`]s, in `config/keys.rs`) plus the recipe's own sections, keys and dataset
+//!    kinds (its [`RecipeSpec`](crate::recipes::RecipeSpec) in [`crate::recipes::registry()`]):
+//!    unknown keys, types, ranges, sections that contradict the recipe, files that do not exist. Every failure is a [`ConfigError`] naming the file, line,
 //!    column and key path: `my.yaml:14:3: optimizer.lr: expected a number > 0, got "fast"`.
 //!
 //! Relative `model.path`, `tokenizer.path` and `dataset.source` written in a config file are
@@ -17,6 +19,7 @@
 mod builtin;
 mod error;
 mod interp;
+mod keys;
 mod overrides;
 mod schema;
 mod types;
@@ -24,13 +27,15 @@ pub(crate) mod yaml;
 
 use std::path::{Path, PathBuf};
 
-pub use builtin::{builtin, BuiltinConfig, BUILTIN_CONFIGS};
+pub(crate) use builtin::builtin_config;
+pub use builtin::{builtin, builtin_configs, BuiltinConfig};
 pub use error::{ConfigError, ConfigErrorKind, Location};
 pub use interp::assets_dir;
+pub use keys::{above, within, DatasetKindDecl, KeyDecl, KeyType, KeyValue, SectionDecl, LORA};
+pub(crate) use schema::did_you_mean;
 pub use types::{
     ConversationStyle, DatasetKind, DatasetSection, Dtype, FileFormat, LongRows, LoraSection, LoraTarget,
-    ModelSection, OptimizerSection, Recipe, RecipeConfig, SchedulerKind, SchedulerSection, TokenizerSection,
-    TrainOn,
+    ModelSection, OptimizerSection, RecipeConfig, SchedulerKind, SchedulerSection, TokenizerSection, TrainOn,
 };
 
 use error::ConfigErrorKind as K;
@@ -49,7 +54,7 @@ pub struct ConfigDoc {
 }
 
 impl ConfigDoc {
-    /// Opens a built-in config by name (see [`BUILTIN_CONFIGS`]) or a YAML file by path.
+    /// Opens a built-in config by name (see [`builtin_configs`]) or a YAML file by path.
     pub fn open(name_or_path: &str) -> Result<ConfigDoc, ConfigError> {
         if let Some(b) = builtin(name_or_path) {
             return ConfigDoc::parse_with(b.yaml, b.label(), None, Some(b));
@@ -136,13 +141,24 @@ impl ConfigDoc {
         yaml::emit(&root)
     }
 
-    /// Resolves `${...}` and checks everything; `recipe`: the recipe about to run, which the
-    /// config's `recipe` key must name.
-    pub fn to_config(&self, recipe: Option<Recipe>) -> Result<RecipeConfig, ConfigError> {
+    /// Resolves `${...}` and checks everything against the recipes of
+    /// [`crate::recipes::registry()`]; `recipe`: the recipe about to run, which the config's
+    /// `recipe` key must name.
+    pub fn to_config(&self, recipe: Option<&str>) -> Result<RecipeConfig, ConfigError> {
+        self.to_config_in(crate::recipes::registry(), recipe)
+    }
+
+    /// [`ConfigDoc::to_config`] against the given recipes instead of the registry's (tests of
+    /// recipes that are not registered).
+    pub fn to_config_in(
+        &self,
+        recipes: &[&crate::recipes::RecipeSpec],
+        recipe: Option<&str>,
+    ) -> Result<RecipeConfig, ConfigError> {
         let cx = self.cx();
         let mut root = self.root.clone();
         interp::interpolate(&mut root, &cx)?;
-        schema::extract(&root, &self.root, &cx, recipe)
+        schema::extract(&root, &self.root, &cx, recipes, recipe)
     }
 }
 
@@ -222,7 +238,7 @@ impl RecipeConfig {
 
     /// [`RecipeConfig::load`] for a given recipe: a config for another one is an error.
     pub fn load_for<S: AsRef<str>>(
-        recipe: Recipe,
+        recipe: &str,
         name_or_path: &str,
         overrides: &[S],
     ) -> Result<RecipeConfig, ConfigError> {

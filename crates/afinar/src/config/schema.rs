@@ -6,80 +6,45 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::error::{ConfigError, ConfigErrorKind as K, Location};
+use super::keys::{
+    KeyDecl, KeyType, KeyValue, SectionDecl, COMMON_SECTIONS, DATASET, LORA, MODEL, OPTIMIZER, ROOT,
+    SCHEDULER, TOKENIZER,
+};
 use super::types::*;
 use super::yaml::{Entry, Node, Pos, Value};
 use crate::models::presets;
+use crate::recipes::RecipeSpec;
 
-/// Top-level keys.
-pub(crate) const ROOT_KEYS: &[&str] = &[
-    "recipe",
-    "output_dir",
-    "model",
-    "tokenizer",
-    "lora",
-    "dataset",
-    "seed",
-    "shuffle",
-    "batch_size",
-    "epochs",
-    "max_steps_per_epoch",
-    "gradient_accumulation_steps",
-    "optimizer",
-    "lr_scheduler",
-    "clip_grad_norm",
-    "optimizer_in_bwd",
-    "enable_activation_checkpointing",
-    "activation_checkpointing_every_n_layers",
-    "device",
-    "threads",
-    "save_every_n_steps",
-    "save_adapter_weights_only",
-    "merge_adapter",
-    "resume_from_checkpoint",
-    "resume_accept_config_changes",
-    "log_every_n_steps",
-];
-const MODEL_KEYS: &[&str] = &["path", "preset", "dtype"];
-const TOKENIZER_KEYS: &[&str] = &["path", "max_seq_len"];
-const LORA_KEYS: &[&str] = &["rank", "alpha", "dropout", "target_modules", "quantize_base"];
-const DATASET_KEYS: &[&str] = &[
-    "kind",
-    "source",
-    "format",
-    "column_map",
-    "conversation_style",
-    "train_on",
-    "long_rows",
-    "packed",
-    "max_rows",
-];
-const OPTIMIZER_KEYS: &[&str] = &["lr", "weight_decay", "betas", "eps"];
-const SCHEDULER_KEYS: &[&str] = &["kind", "warmup_steps", "min_lr_ratio"];
-
-/// Sections and their keys.
-const SECTIONS: &[(&str, &[&str])] = &[
-    ("model", MODEL_KEYS),
-    ("tokenizer", TOKENIZER_KEYS),
-    ("lora", LORA_KEYS),
-    ("dataset", DATASET_KEYS),
-    ("optimizer", OPTIMIZER_KEYS),
-    ("lr_scheduler", SCHEDULER_KEYS),
-];
-
-/// `column_map` roles each dataset kind reads (the column names `afinar-data` looks for).
-fn column_roles(kind: DatasetKind) -> &'static [&'static str] {
-    match kind {
-        DatasetKind::Instruct => &["instruction", "input", "output"],
-        DatasetKind::Chat => &["conversations", "messages"],
-        DatasetKind::Text => &["text"],
+/// Every top-level key some recipe accepts: the shared keys and sections, then each recipe's
+/// own, without repeats (for the unknown-key check, its hint, and `~key`).
+fn all_root_names(recipes: &[&RecipeSpec]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = ROOT.iter().map(|k| k.name).collect();
+    out.extend(COMMON_SECTIONS.iter().map(|s| s.name));
+    for r in recipes {
+        out.extend(r.sections.iter().map(|s| s.name));
+        out.extend(r.keys.iter().map(|k| k.name));
     }
+    let mut seen = Vec::with_capacity(out.len());
+    out.retain(|n| {
+        let new = !seen.contains(n);
+        seen.push(*n);
+        new
+    });
+    out
 }
 
-/// Whether a dotted key path names something the schema has (used by `~key` deletions).
+/// The declaration of section `name`: a shared one, else the first recipe's that has it.
+fn section_decl(name: &str, recipes: &[&RecipeSpec]) -> Option<&'static SectionDecl> {
+    COMMON_SECTIONS.iter().find(|s| s.name == name).or_else(|| recipes.iter().find_map(|r| r.section(name)))
+}
+
+/// Whether a dotted key path names something the schema of some registered recipe has (used by
+/// `~key` deletions).
 pub(crate) fn is_known_path(path: &[&str]) -> bool {
+    let recipes = crate::recipes::registry();
     match path {
-        [k] => ROOT_KEYS.contains(k),
-        [s, k] => SECTIONS.iter().any(|(name, keys)| name == s && keys.contains(k)),
+        [k] => all_root_names(recipes).contains(k),
+        [s, k] => section_decl(s, recipes).is_some_and(|d| d.key(k).is_some()),
         ["dataset", "column_map", _] => true,
         _ => false,
     }
@@ -127,7 +92,8 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn did_you_mean(key: &str, allowed: &[&str]) -> String {
+/// `did you mean `NAME`? ` for the nearest of `allowed` when it is near enough, else nothing.
+pub(crate) fn did_you_mean(key: &str, allowed: &[&str]) -> String {
     let best = allowed.iter().map(|k| (distance(key, k), *k)).min();
     match best {
         Some((d, k)) if d <= 2.max(key.len() / 3) => format!("did you mean `{k}`? "),
@@ -141,11 +107,21 @@ struct Section<'a> {
     prefix: String,
     pos: Pos,
     entries: &'a [Entry],
+    /// The declarations of the keys read through [`Section::value`] and its typed forms.
+    decls: Vec<KeyDecl>,
 }
 
 impl<'a> Section<'a> {
-    /// Opens `node` as a section with these keys; unknown keys are errors.
-    fn open(cx: &'a Cx, prefix: &str, node: &'a Node, pos: Pos, allowed: &[&str]) -> Result<Section<'a>> {
+    /// Opens `node` as a section with these keys (`allowed`, of which `decls` are declared
+    /// values); unknown keys are errors.
+    fn open(
+        cx: &'a Cx,
+        prefix: &str,
+        node: &'a Node,
+        pos: Pos,
+        allowed: &[&str],
+        decls: Vec<KeyDecl>,
+    ) -> Result<Section<'a>> {
         let Some(entries) = node.entries() else {
             let what = if prefix.is_empty() { "the top level" } else { "a section" };
             return Err(cx.err(
@@ -155,7 +131,7 @@ impl<'a> Section<'a> {
                 format!("expected {what} of `key: value` lines, got {}", node.describe()),
             ));
         };
-        let s = Section { cx, prefix: prefix.to_string(), pos, entries };
+        let s = Section { cx, prefix: prefix.to_string(), pos, entries, decls };
         for e in entries {
             if !allowed.contains(&e.key.as_str()) {
                 return Err(cx.err(
@@ -174,8 +150,8 @@ impl<'a> Section<'a> {
     }
 
     /// An empty section (absent from the document), pointing at `pos` for missing keys.
-    fn empty(cx: &'a Cx, prefix: &str, pos: Pos) -> Section<'a> {
-        Section { cx, prefix: prefix.to_string(), pos, entries: &[] }
+    fn empty(cx: &'a Cx, prefix: &str, pos: Pos, decls: Vec<KeyDecl>) -> Section<'a> {
+        Section { cx, prefix: prefix.to_string(), pos, entries: &[], decls }
     }
 
     fn path(&self, key: &str) -> String {
@@ -195,26 +171,98 @@ impl<'a> Section<'a> {
         self.entry(key).map(|e| &e.value).filter(|n| !n.is_null())
     }
 
-    /// A sub-section; `None` when absent or null.
-    fn section(&self, key: &str, allowed: &[&str]) -> Result<Option<Section<'a>>> {
-        match self.entry(key) {
-            Some(e) if !e.value.is_null() => {
-                Section::open(self.cx, &self.path(key), &e.value, e.key_pos.clone(), allowed).map(Some)
-            }
+    /// A declared sub-section; `None` when absent or null.
+    fn section(&self, decl: &SectionDecl) -> Result<Option<Section<'a>>> {
+        match self.entry(decl.name) {
+            Some(e) if !e.value.is_null() => Section::open(
+                self.cx,
+                &self.path(decl.name),
+                &e.value,
+                e.key_pos.clone(),
+                &decl.names(),
+                decl.keys.to_vec(),
+            )
+            .map(Some),
             _ => Ok(None),
         }
     }
 
-    /// A sub-section that must be present.
-    fn required_section(&self, key: &str, allowed: &[&str], expect: &str) -> Result<Section<'a>> {
-        self.section(key, allowed)?.ok_or_else(|| self.missing(key, expect))
+    /// A declared sub-section that must be present.
+    fn required_section(&self, decl: &SectionDecl) -> Result<Section<'a>> {
+        self.section(decl)?.ok_or_else(|| self.missing(decl.name, decl.expect))
     }
 
-    /// A sub-section whose keys all have defaults.
-    fn optional_section(&self, key: &str, allowed: &[&str]) -> Result<Section<'a>> {
-        Ok(self
-            .section(key, allowed)?
-            .unwrap_or_else(|| Section::empty(self.cx, &self.path(key), self.pos.clone())))
+    /// A declared sub-section whose keys all have defaults or are optional.
+    fn optional_section(&self, decl: &SectionDecl) -> Result<Section<'a>> {
+        Ok(self.section(decl)?.unwrap_or_else(|| {
+            Section::empty(self.cx, &self.path(decl.name), self.pos.clone(), decl.keys.to_vec())
+        }))
+    }
+
+    /// The declaration of `key`, which the code reading it must have declared in this section
+    /// (`config/keys.rs` or the recipe's spec).
+    fn decl(&self, key: &str) -> KeyDecl {
+        *self
+            .decls
+            .iter()
+            .find(|d| d.name == key)
+            .unwrap_or_else(|| panic!("config key {} read but not declared", self.path(key)))
+    }
+
+    /// The value of a declared key: checked against its type and range, its default when absent;
+    /// a required key that is absent is an error. [`KeyType::Other`] values are read as text.
+    fn value(&self, d: &KeyDecl) -> Result<Option<KeyValue>> {
+        let expect = d.ty.expect();
+        let key = d.name;
+        let v = match d.ty {
+            KeyType::Bool { default } => {
+                Some(KeyValue::Bool(self.opt(key, &expect, Node::as_bool, |_| true)?.unwrap_or(default)))
+            }
+            KeyType::Int { min, default } => self
+                .opt(key, &expect, Node::as_int, |i| *i >= min as i128 && usize::try_from(*i).is_ok())?
+                .map(|i| i as usize)
+                .or(default)
+                .map(KeyValue::Int),
+            KeyType::Num { default, .. } => {
+                self.opt(key, &expect, Node::as_f64, |v| d.ty.num_ok(*v))?.or(default).map(KeyValue::Num)
+            }
+            KeyType::Word { names, default } => self
+                .opt(key, &expect, text_of, |s| names.contains(&s.as_str()))?
+                .or(default.map(str::to_string))
+                .map(KeyValue::Text),
+            KeyType::Text { .. } | KeyType::Other { .. } => {
+                self.opt(key, &expect, text_of, |s| !s.is_empty())?.map(KeyValue::Text)
+            }
+        };
+        match v {
+            None if d.required => Err(self.missing(key, &expect)),
+            v => Ok(v),
+        }
+    }
+
+    /// A declared [`KeyType::Bool`].
+    fn get_bool(&self, key: &str) -> Result<bool> {
+        Ok(self.value(&self.decl(key))?.and_then(|v| v.as_bool()).unwrap_or(false))
+    }
+
+    /// A declared [`KeyType::Int`].
+    fn get_int(&self, key: &str) -> Result<Option<usize>> {
+        Ok(self.value(&self.decl(key))?.and_then(|v| v.as_int()))
+    }
+
+    /// A declared [`KeyType::Num`].
+    fn get_num(&self, key: &str) -> Result<Option<f64>> {
+        Ok(self.value(&self.decl(key))?.and_then(|v| v.as_num()))
+    }
+
+    /// A declared [`KeyType::Word`], as its enum.
+    fn get_word<E>(&self, key: &str, from: impl Fn(&str) -> Option<E>) -> Result<Option<E>> {
+        Ok(self.value(&self.decl(key))?.and_then(|v| v.as_text().and_then(&from)))
+    }
+
+    /// A declared [`KeyType::Text`].
+    fn get_text(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.value(&self.decl(key))?.and_then(|v| v.as_text().map(str::to_string)))
     }
 
     fn missing(&self, key: &str, expect: &str) -> ConfigError {
@@ -247,50 +295,6 @@ impl<'a> Section<'a> {
             return Ok(None);
         };
         check(self.cx, node, &self.path(key), expect, parse, ok).map(Some)
-    }
-
-    fn req<T>(
-        &self,
-        key: &str,
-        expect: &str,
-        parse: impl Fn(&Node) -> Option<T>,
-        ok: impl Fn(&T) -> bool,
-    ) -> Result<T> {
-        self.opt(key, expect, parse, ok)?.ok_or_else(|| self.missing(key, expect))
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        Ok(self.opt(key, "true or false", Node::as_bool, |_| true)?.unwrap_or(default))
-    }
-
-    /// An integer ≥ `min`.
-    fn int(&self, key: &str, min: usize) -> Result<Option<usize>> {
-        let expect = format!("an integer ≥ {min}");
-        let v = self.opt(key, &expect, Node::as_int, |i| *i >= min as i128 && usize::try_from(*i).is_ok())?;
-        Ok(v.map(|i| i as usize))
-    }
-
-    fn int_req(&self, key: &str, min: usize) -> Result<usize> {
-        self.int(key, min)?.ok_or_else(|| self.missing(key, &format!("an integer ≥ {min}")))
-    }
-
-    fn num(&self, key: &str, expect: &str, ok: impl Fn(f64) -> bool) -> Result<Option<f64>> {
-        self.opt(key, expect, Node::as_f64, |v| ok(*v))
-    }
-
-    fn word<E: Copy>(
-        &self,
-        key: &str,
-        names: &[&str],
-        from: impl Fn(&str) -> Option<E>,
-    ) -> Result<Option<E>> {
-        let expect = format!("one of {}", names.join(", "));
-        let v = self.opt(key, &expect, |n| n.as_text().map(str::to_string), |s| from(s).is_some())?;
-        Ok(v.and_then(|s| from(&s)))
-    }
-
-    fn text(&self, key: &str, expect: &str) -> Result<Option<String>> {
-        self.opt(key, expect, |n| n.as_text().map(str::to_string), |s| !s.is_empty())
     }
 }
 
@@ -345,9 +349,13 @@ pub(crate) fn lookup<'n>(root: &'n Node, path: &str) -> Option<&'n Node> {
 }
 
 /// A path value, resolved against the config's folder and checked to exist.
-fn path_value(s: &Section, key: &str, raw: &Node, required: bool, expect: &str) -> Result<Option<PathBuf>> {
-    let text =
-        if required { Some(s.req(key, expect, text_of, |t| !t.is_empty())?) } else { s.text(key, expect)? };
+fn path_value(s: &Section, key: &str, raw: &Node, required: bool) -> Result<Option<PathBuf>> {
+    let expect = s.decl(key).ty.expect();
+    let text = s.opt(key, &expect, text_of, |t| !t.is_empty())?;
+    let text = match text {
+        None if required => return Err(s.missing(key, &expect)),
+        t => t,
+    };
     let Some(text) = text else { return Ok(None) };
     let node = s.node(key).expect("present");
     let path = resolve_path(s.cx, &text, &node.pos);
@@ -372,8 +380,8 @@ fn path_value(s: &Section, key: &str, raw: &Node, required: bool, expect: &str) 
 /// (`hf://org/name[@rev][/file.gguf]`, or a bare `org/name` where no such local path exists),
 /// kept as `hf://…` and fetched through the Hugging Face cache when the run starts.
 fn model_path_value(s: &Section, raw: &Node) -> Result<Option<PathBuf>> {
-    const EXPECT: &str = "a GGUF file, a Hugging Face folder or hf://org/name, or else model.preset";
-    if let Some(text) = s.text("path", EXPECT)? {
+    let expect = s.decl("path").ty.expect();
+    if let Some(text) = s.opt("path", &expect, text_of, |t| !t.is_empty())? {
         let node = s.node("path").expect("present");
         let local = resolve_path(s.cx, &text, &node.pos);
         if let Some(r) = afinar_hub::as_hub_reference(&text, &local) {
@@ -382,7 +390,7 @@ fn model_path_value(s: &Section, raw: &Node) -> Result<Option<PathBuf>> {
             return Ok(Some(PathBuf::from(r)));
         }
     }
-    path_value(s, "path", raw, true, EXPECT)
+    path_value(s, "path", raw, true)
 }
 
 fn text_of(n: &Node) -> Option<String> {
@@ -395,12 +403,35 @@ fn check_device(d: &str) -> bool {
 
 /// Reads and checks the whole config. `raw` is the document before interpolation (for hints);
 /// `want` is the recipe the caller runs, if any.
-pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) -> Result<RecipeConfig> {
-    let top = Section::open(cx, "", root, root.pos.clone(), ROOT_KEYS)?;
+pub(crate) fn extract(
+    root: &Node,
+    raw: &Node,
+    cx: &Cx,
+    recipes: &[&RecipeSpec],
+    want: Option<&str>,
+) -> Result<RecipeConfig> {
+    let mut top = Section::open(cx, "", root, root.pos.clone(), &all_root_names(recipes), ROOT.to_vec())?;
 
-    let recipe = top
-        .word("recipe", Recipe::NAMES, Recipe::from_name)?
-        .ok_or_else(|| top.missing("recipe", &format!("one of {}", Recipe::NAMES.join(", "))))?;
+    let names: Vec<&str> = recipes.iter().map(|r| r.name).collect();
+    let expect = format!("one of {}", names.join(", "));
+    let recipe_name =
+        top.opt("recipe", &expect, text_of, |_| true)?.ok_or_else(|| top.missing("recipe", &expect))?;
+    if !names.contains(&recipe_name.as_str()) {
+        let node = top.node("recipe").expect("present");
+        return Err(cx.err(
+            K::OutOfRange,
+            &node.pos,
+            "recipe",
+            format!(
+                "unknown recipe {} ({}expected one of {})",
+                node.describe(),
+                did_you_mean(&recipe_name, &names),
+                names.join(", ")
+            ),
+        ));
+    }
+    let spec: &RecipeSpec = recipes.iter().find(|r| r.name == recipe_name).expect("checked");
+    let recipe = spec.name;
     if let Some(want) = want.filter(|w| *w != recipe) {
         let node = top.node("recipe").expect("present");
         return Err(cx.err(
@@ -410,11 +441,39 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
             format!("this config is for {recipe}, but the recipe to run is {want}; run `afinar run {recipe}` or use a {want} config"),
         ));
     }
-    let output_dir = PathBuf::from(top.req("output_dir", "a folder path", text_of, |t| !t.is_empty())?);
+    // A key or section of another recipe.
+    for e in top.entries {
+        let k = e.key.as_str();
+        let ours = ROOT.iter().any(|d| d.name == k)
+            || COMMON_SECTIONS.iter().any(|s| s.name == k)
+            || spec.section(k).is_some()
+            || spec.keys.iter().any(|d| d.name == k);
+        if ours {
+            continue;
+        }
+        let is_section = recipes.iter().any(|r| r.section(k).is_some());
+        let owners: Vec<&str> = recipes
+            .iter()
+            .filter(|r| r.section(k).is_some() || r.keys.iter().any(|d| d.name == k))
+            .map(|r| r.name)
+            .collect();
+        return Err(cx.err(
+            K::Inconsistent,
+            &e.key_pos,
+            k,
+            format!(
+                "a {recipe} config has no {k} {}: remove it (override ~{k}) or set recipe: {}",
+                if is_section { "section" } else { "key" },
+                owners.join(" or ")
+            ),
+        ));
+    }
+    top.decls.extend_from_slice(spec.keys);
+    let output_dir = PathBuf::from(top.get_text("output_dir")?.expect("required"));
 
     // Model.
-    let model_s = top.required_section("model", MODEL_KEYS, "a section with path (or preset) and dtype")?;
-    let preset = model_s.text("preset", "a model preset name")?;
+    let model_s = top.required_section(&MODEL)?;
+    let preset = model_s.get_text("preset")?;
     if let Some(p) = &preset {
         let node = model_s.node("preset").expect("present");
         if presets::preset(p).is_none() {
@@ -435,12 +494,12 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         }
     }
     let path = if preset.is_some() { None } else { model_path_value(&model_s, raw)? };
-    let dtype = model_s.word("dtype", Dtype::NAMES, Dtype::from_name)?.unwrap_or(Dtype::Fp32);
+    let dtype = model_s.get_word("dtype", Dtype::from_name)?.expect("defaulted");
     let model = ModelSection { path, preset, dtype };
 
     // Tokenizer.
-    let tok_s = top.required_section("tokenizer", TOKENIZER_KEYS, "a section with max_seq_len")?;
-    let max_seq_len = tok_s.int_req("max_seq_len", 1)?;
+    let tok_s = top.required_section(&TOKENIZER)?;
+    let max_seq_len = tok_s.get_int("max_seq_len")?.expect("required");
     if let Some(cfg) = model.preset.as_deref().and_then(presets::preset) {
         if max_seq_len > cfg.max_seq_len {
             let node = tok_s.node("max_seq_len").expect("present");
@@ -460,55 +519,39 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
             "missing required key (a model.preset has no tokenizer of its own: give tokenizer.path)",
         ));
     }
-    let tokenizer = TokenizerSection {
-        path: path_value(&tok_s, "path", raw, false, "a tokenizer file or folder")?,
-        max_seq_len,
-    };
+    let tokenizer = TokenizerSection { path: path_value(&tok_s, "path", raw, false)?, max_seq_len };
 
     // LoRA.
-    let lora = match (recipe, top.section("lora", LORA_KEYS)?) {
-        (Recipe::FullFinetune, Some(_)) => {
-            let e = top.entry("lora").expect("present");
-            return Err(cx.err(
-                K::Inconsistent,
-                &e.key_pos,
-                "lora",
-                "a full_finetune config has no lora section: remove it (override ~lora) or set recipe: lora_finetune",
-            ));
+    // LoRA: the shared typed section, for the recipes that list it (a foreign section was
+    // refused above).
+    let lora = match (spec.sections.contains(&LORA), top.section(&LORA)?) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(top.missing("lora", &format!("{}, required by recipe {recipe}", LORA.expect)));
         }
-        (Recipe::FullFinetune, None) => None,
-        (Recipe::LoraFinetune, None) => {
-            return Err(
-                top.missing("lora", "a section with rank and alpha, required by recipe lora_finetune")
-            );
-        }
-        (Recipe::LoraFinetune, Some(s)) => Some(lora_section(&s)?),
+        (true, Some(s)) => Some(lora_section(&s)?),
     };
 
-    let dataset = dataset_section(
-        &top.required_section("dataset", DATASET_KEYS, "a section with kind and source")?,
-        raw,
-    )?;
+    let dataset = dataset_section(&top.required_section(&DATASET)?, raw, spec)?;
 
     // Training loop.
     let seed = top
-        .opt("seed", "an integer ≥ 0", Node::as_int, |i| u64::try_from(*i).is_ok())?
+        .opt("seed", &top.decl("seed").ty.expect(), Node::as_int, |i| u64::try_from(*i).is_ok())?
         .map_or(0, |i| i as u64);
-    let shuffle = top.bool_or("shuffle", true)?;
-    let batch_size = top.int_req("batch_size", 1)?;
-    let epochs = top.int("epochs", 1)?.unwrap_or(1);
-    let max_steps_per_epoch = top.int("max_steps_per_epoch", 1)?;
-    let gradient_accumulation_steps = top.int("gradient_accumulation_steps", 1)?.unwrap_or(1);
+    let shuffle = top.get_bool("shuffle")?;
+    let batch_size = top.get_int("batch_size")?.expect("required");
+    let epochs = top.get_int("epochs")?.expect("defaulted");
+    let max_steps_per_epoch = top.get_int("max_steps_per_epoch")?;
+    let gradient_accumulation_steps = top.get_int("gradient_accumulation_steps")?.expect("defaulted");
 
-    let opt_s = top.required_section("optimizer", OPTIMIZER_KEYS, "a section with lr")?;
-    let lr = opt_s.num("lr", "a number > 0", |v| v > 0.0 && v.is_finite())?;
-    let lr = lr.ok_or_else(|| opt_s.missing("lr", "a number > 0"))?;
-    let weight_decay =
-        opt_s.num("weight_decay", "a number ≥ 0", |v| v >= 0.0 && v.is_finite())?.unwrap_or(0.01);
+    let opt_s = top.required_section(&OPTIMIZER)?;
+    let lr = opt_s.get_num("lr")?.expect("required");
+    let weight_decay = opt_s.get_num("weight_decay")?.expect("defaulted");
     let betas = match opt_s.node("betas") {
         None => [0.9, 0.999],
         Some(node) => {
-            let expect = "a list of two numbers in [0, 1)";
+            let expect = opt_s.decl("betas").ty.expect();
+            let expect = expect.as_str();
             let items = list(cx, node, "optimizer.betas", expect)?;
             if items.len() != 2 {
                 return Err(cx.err(
@@ -532,22 +575,18 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
             b
         }
     };
-    let eps = opt_s.num("eps", "a number > 0", |v| v > 0.0 && v.is_finite())?.unwrap_or(1e-8);
+    let eps = opt_s.get_num("eps")?.expect("defaulted");
     let optimizer = OptimizerSection { lr, weight_decay, betas, eps };
 
-    let sched_s = top.optional_section("lr_scheduler", SCHEDULER_KEYS)?;
+    let sched_s = top.optional_section(&SCHEDULER)?;
     let lr_scheduler = SchedulerSection {
-        kind: sched_s
-            .word("kind", SchedulerKind::NAMES, SchedulerKind::from_name)?
-            .unwrap_or(SchedulerKind::Cosine),
-        warmup_steps: sched_s.int("warmup_steps", 0)?.unwrap_or(0),
-        min_lr_ratio: sched_s
-            .num("min_lr_ratio", "a number in [0, 1]", |v| (0.0..=1.0).contains(&v))?
-            .unwrap_or(0.0),
+        kind: sched_s.get_word("kind", SchedulerKind::from_name)?.expect("defaulted"),
+        warmup_steps: sched_s.get_int("warmup_steps")?.expect("defaulted"),
+        min_lr_ratio: sched_s.get_num("min_lr_ratio")?.expect("defaulted"),
     };
 
-    let clip_grad_norm = top.num("clip_grad_norm", "a number > 0", |v| v > 0.0 && v.is_finite())?;
-    let optimizer_in_bwd = top.bool_or("optimizer_in_bwd", false)?;
+    let clip_grad_norm = top.get_num("clip_grad_norm")?;
+    let optimizer_in_bwd = top.get_bool("optimizer_in_bwd")?;
     if optimizer_in_bwd {
         let node = top.node("optimizer_in_bwd").expect("present");
         if gradient_accumulation_steps > 1 {
@@ -573,8 +612,8 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
             ));
         }
     }
-    let enable_activation_checkpointing = top.bool_or("enable_activation_checkpointing", false)?;
-    let activation_checkpointing_every_n_layers = top.int("activation_checkpointing_every_n_layers", 1)?;
+    let enable_activation_checkpointing = top.get_bool("enable_activation_checkpointing")?;
+    let activation_checkpointing_every_n_layers = top.get_int("activation_checkpointing_every_n_layers")?;
     if activation_checkpointing_every_n_layers.is_some() && !enable_activation_checkpointing {
         let key = "activation_checkpointing_every_n_layers";
         let node = top.node(key).expect("present");
@@ -587,27 +626,51 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         ));
     }
     let device = top
-        .opt("device", "cpu, cuda or cuda:N", text_of, |d| check_device(d))?
+        .opt("device", &top.decl("device").ty.expect(), text_of, |d| check_device(d))?
         .unwrap_or_else(|| "cpu".into());
-    let threads = top.int("threads", 1)?;
-    let save_every_n_steps = top.int("save_every_n_steps", 1)?;
-    let save_adapter_weights_only = top.bool_or("save_adapter_weights_only", false)?;
-    if save_adapter_weights_only && recipe == Recipe::FullFinetune {
+    let threads = top.get_int("threads")?;
+    let save_every_n_steps = top.get_int("save_every_n_steps")?;
+    let save_adapter_weights_only = top.get_bool("save_adapter_weights_only")?;
+    if save_adapter_weights_only && lora.is_none() {
         let node = top.node("save_adapter_weights_only").expect("present");
+        let owners: Vec<&str> =
+            recipes.iter().filter(|r| r.sections.contains(&LORA)).map(|r| r.name).collect();
         return Err(cx.err(
             K::Inconsistent,
             &node.pos,
             "save_adapter_weights_only",
-            "only a lora_finetune has adapter weights; set it to false for full_finetune",
+            format!("only a {} has adapter weights; set it to false for {recipe}", owners.join(" or ")),
         ));
     }
-    let merge_adapter = top.bool_or("merge_adapter", true)?;
-    let resume_from_checkpoint = top.bool_or("resume_from_checkpoint", false)?;
-    let resume_accept_config_changes = top.bool_or("resume_accept_config_changes", false)?;
-    let log_every_n_steps = top.int("log_every_n_steps", 1)?.unwrap_or(1);
+    let merge_adapter = top.get_bool("merge_adapter")?;
+    let resume_from_checkpoint = top.get_bool("resume_from_checkpoint")?;
+    let resume_accept_config_changes = top.get_bool("resume_accept_config_changes")?;
+    let log_every_n_steps = top.get_int("log_every_n_steps")?.expect("defaulted");
 
-    Ok(RecipeConfig {
-        recipe,
+    // The recipe's own keys and sections, by dotted path.
+    let mut extra = BTreeMap::new();
+    for d in spec.keys {
+        if let Some(v) = top.value(d)? {
+            extra.insert(d.name.to_string(), v);
+        }
+    }
+    for sd in spec.sections.iter().filter(|s| **s != LORA) {
+        let s = match top.section(sd)? {
+            Some(s) => s,
+            None if sd.required => {
+                return Err(top.missing(sd.name, &format!("{}, required by recipe {recipe}", sd.expect)))
+            }
+            None => Section::empty(cx, sd.name, top.pos.clone(), sd.keys.to_vec()),
+        };
+        for d in sd.keys {
+            if let Some(v) = s.value(d)? {
+                extra.insert(format!("{}.{}", sd.name, d.name), v);
+            }
+        }
+    }
+
+    let config = RecipeConfig {
+        recipe: recipe.to_string(),
         output_dir,
         model,
         tokenizer,
@@ -633,15 +696,20 @@ pub(crate) fn extract(root: &Node, raw: &Node, cx: &Cx, want: Option<Recipe>) ->
         resume_from_checkpoint,
         resume_accept_config_changes,
         log_every_n_steps,
-    })
+        extra,
+    };
+    if let Some(Err((path, msg))) = spec.check.map(|f| f(&config)) {
+        let pos = lookup(root, &path).map_or_else(|| root.pos.clone(), |n| n.pos.clone());
+        return Err(cx.err(K::Inconsistent, &pos, path, msg));
+    }
+    Ok(config)
 }
 
 fn lora_section(s: &Section) -> Result<LoraSection> {
     let cx = s.cx;
-    let rank = s.int_req("rank", 1)?;
-    let alpha = s.num("alpha", "a number > 0", |v| v > 0.0 && v.is_finite())?;
-    let alpha = alpha.ok_or_else(|| s.missing("alpha", "a number > 0"))? as f32;
-    let dropout = s.num("dropout", "a number in [0, 1)", |v| (0.0..1.0).contains(&v))?.unwrap_or(0.0) as f32;
+    let rank = s.get_int("rank")?.expect("required");
+    let alpha = s.get_num("alpha")?.expect("required") as f32;
+    let dropout = s.get_num("dropout")?.expect("defaulted") as f32;
     let target_modules = match s.node("target_modules") {
         None => vec![LoraTarget::QProj, LoraTarget::VProj],
         Some(node) => {
@@ -675,17 +743,22 @@ fn lora_section(s: &Section) -> Result<LoraSection> {
             out
         }
     };
-    let quantize_base = s.bool_or("quantize_base", false)?;
+    let quantize_base = s.get_bool("quantize_base")?;
     Ok(LoraSection { rank, alpha, dropout, target_modules, quantize_base })
 }
 
-fn dataset_section(s: &Section, raw: &Node) -> Result<DatasetSection> {
+/// `dataset:`, with the dataset kinds (and their column roles) the recipe declares.
+fn dataset_section(s: &Section, raw: &Node, spec: &RecipeSpec) -> Result<DatasetSection> {
     let cx = s.cx;
-    let kind = s
-        .word("kind", DatasetKind::NAMES, DatasetKind::from_name)?
-        .ok_or_else(|| s.missing("kind", &format!("one of {}", DatasetKind::NAMES.join(", "))))?;
-    let format = s.word("format", FileFormat::NAMES, FileFormat::from_name)?;
-    let source = path_value(s, "source", raw, true, "a dataset file")?.expect("required");
+    let kinds: Vec<&str> = spec.dataset_kinds.iter().map(|k| k.kind.as_str()).collect();
+    let expect = format!("one of {}", kinds.join(", "));
+    let kind_decl = s
+        .opt("kind", &expect, text_of, |k| spec.dataset_kind(k).is_some())?
+        .and_then(|k| spec.dataset_kind(&k))
+        .ok_or_else(|| s.missing("kind", &expect))?;
+    let kind = kind_decl.kind;
+    let format = s.get_word("format", FileFormat::from_name)?;
+    let source = path_value(s, "source", raw, true)?.expect("required");
     if format.is_none() && FileFormat::from_extension(&source).is_none() {
         let node = s.node("source").expect("present");
         return Err(cx.err(
@@ -701,7 +774,7 @@ fn dataset_section(s: &Section, raw: &Node) -> Result<DatasetSection> {
     }
     let mut column_map = BTreeMap::new();
     if let Some(node) = s.node("column_map") {
-        let roles = column_roles(kind);
+        let roles = kind_decl.roles;
         let Some(entries) = node.entries() else {
             return Err(cx.err(
                 K::WrongType,
@@ -732,8 +805,7 @@ fn dataset_section(s: &Section, raw: &Node) -> Result<DatasetSection> {
             column_map.insert(e.key.clone(), col);
         }
     }
-    let conversation_style =
-        s.word("conversation_style", ConversationStyle::NAMES, ConversationStyle::from_name)?;
+    let conversation_style = s.get_word("conversation_style", ConversationStyle::from_name)?;
     if conversation_style.is_some() && kind != DatasetKind::Chat {
         let node = s.node("conversation_style").expect("present");
         return Err(cx.err(
@@ -749,10 +821,10 @@ fn dataset_section(s: &Section, raw: &Node) -> Result<DatasetSection> {
         format,
         column_map,
         conversation_style,
-        train_on: s.word("train_on", TrainOn::NAMES, TrainOn::from_name)?.unwrap_or(TrainOn::Assistant),
-        long_rows: s.word("long_rows", LongRows::NAMES, LongRows::from_name)?.unwrap_or(LongRows::Truncate),
-        packed: s.bool_or("packed", false)?,
-        max_rows: s.int("max_rows", 1)?,
+        train_on: s.get_word("train_on", TrainOn::from_name)?.expect("defaulted"),
+        long_rows: s.get_word("long_rows", LongRows::from_name)?.expect("defaulted"),
+        packed: s.get_bool("packed")?,
+        max_rows: s.get_int("max_rows")?,
     })
 }
 
@@ -807,7 +879,7 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
     let f64n = |v: &f64| raw_node(format!("{v:?}"));
     let usizen = |v: &usize| raw_node(v);
     let mut top = vec![
-        ("recipe", raw_node(c.recipe)),
+        ("recipe", raw_node(&c.recipe)),
         ("output_dir", path_node(&c.output_dir)),
         (
             "model",
@@ -892,12 +964,32 @@ pub(crate) fn to_node(c: &RecipeConfig) -> Node {
         ("resume_accept_config_changes", raw_node(c.resume_accept_config_changes)),
         ("log_every_n_steps", raw_node(c.log_every_n_steps)),
     ]);
+    // The recipe's own keys, then its sections (each key in path order).
+    let value_node = |v: &KeyValue| match v {
+        KeyValue::Bool(b) => raw_node(b),
+        KeyValue::Int(i) => raw_node(i),
+        KeyValue::Num(x) => raw_node(format!("{x:?}")),
+        KeyValue::Text(t) => text_node(t),
+    };
+    let mut sections: Vec<(&str, Vec<(&str, Node)>)> = Vec::new();
+    for (path, v) in &c.extra {
+        match path.split_once('.') {
+            None => top.push((path.as_str(), value_node(v))),
+            Some((sec, key)) => match sections.iter_mut().find(|(s, _)| *s == sec) {
+                Some((_, keys)) => keys.push((key, value_node(v))),
+                None => sections.push((sec, vec![(key, value_node(v))])),
+            },
+        }
+    }
+    top.extend(sections.into_iter().map(|(sec, keys)| (sec, map(keys))));
     map(top)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::keys::{above, within, DatasetKindDecl};
+    use crate::config::{yaml, ConfigDoc};
 
     #[test]
     fn known_paths() {
@@ -906,18 +998,171 @@ mod tests {
         assert!(is_known_path(&["dataset", "column_map", "input"]));
         assert!(!is_known_path(&["lora", "rnak"]));
         assert!(!is_known_path(&["optimizer", "lr", "x"]));
-        for (name, _) in SECTIONS {
-            assert!(ROOT_KEYS.contains(name));
+        let root = all_root_names(crate::recipes::registry());
+        for s in COMMON_SECTIONS {
+            assert!(root.contains(&s.name));
+            assert!(!ROOT.iter().any(|k| k.name == s.name), "{} both a key and a section", s.name);
+        }
+        for r in crate::recipes::registry() {
+            for sd in r.sections {
+                assert!(
+                    !sd.keys.iter().any(|k| matches!(k.ty, KeyType::Other { .. }) && *sd != LORA),
+                    "{}: recipe-declared keys need a checkable type",
+                    sd.name
+                );
+            }
         }
     }
 
     #[test]
     fn hints() {
         assert_eq!(distance("rnak", "rank"), 2);
-        assert_eq!(did_you_mean("rnak", LORA_KEYS), "did you mean `rank`? ");
-        assert_eq!(did_you_mean("zzzzzzzz", LORA_KEYS), "");
+        assert_eq!(did_you_mean("rnak", &LORA.names()), "did you mean `rank`? ");
+        assert_eq!(did_you_mean("zzzzzzzz", &LORA.names()), "");
         assert!(
             check_device("cuda:0") && check_device("cpu") && !check_device("cuda:") && !check_device("gpu")
         );
+    }
+
+    // A recipe that is not registered, declaring its own section, top-level keys and dataset
+    // kind: the extension point a new recipe (knowledge distillation here) uses.
+    const TEACHER: SectionDecl = SectionDecl {
+        name: "teacher",
+        keys: &[
+            KeyDecl::required("path", KeyType::Text { expect: "a teacher checkpoint" }, "The teacher."),
+            KeyDecl::new(
+                "dtype",
+                KeyType::Word { names: Dtype::NAMES, default: Some("bf16") },
+                "Its storage.",
+            ),
+        ],
+        required: true,
+        expect: "a section with path",
+        doc: "The teacher model.",
+    };
+
+    fn no_run(
+        _: &RecipeConfig,
+        _: &mut dyn crate::recipes::metrics::Reporter,
+    ) -> crate::Result<crate::recipes::finetune::Summary> {
+        Err(crate::Error::Input("a test recipe does not run".into()))
+    }
+
+    static TEST_KD: RecipeSpec = RecipeSpec {
+        name: "test_distill",
+        description: "test only",
+        sections: &[TEACHER],
+        keys: &[
+            KeyDecl::new("kd_ratio", within(0.0, 1.0, true, Some(0.5)), "Weight of the distillation loss."),
+            KeyDecl::new(
+                "kd_loss",
+                KeyType::Word { names: &["forward_kl", "reverse_kl", "jsd"], default: Some("forward_kl") },
+                "Distillation loss.",
+            ),
+            KeyDecl::new("temperature", above(0.0, false, Some(1.0)), "Softmax temperature."),
+        ],
+        dataset_kinds: &[DatasetKindDecl { kind: DatasetKind::Text, roles: &["text", "prompt"] }],
+        configs: &[],
+        check: Some(kd_check),
+        run: no_run,
+    };
+
+    /// The test recipe's rule across keys: jsd takes no temperature.
+    fn kd_check(c: &RecipeConfig) -> std::result::Result<(), (String, String)> {
+        let jsd = c.extra("kd_loss").and_then(KeyValue::as_text) == Some("jsd");
+        match c.extra("temperature").and_then(KeyValue::as_num) {
+            Some(t) if jsd && t != 1.0 => Err((
+                "temperature".into(),
+                "kd_loss jsd takes no temperature: remove it or set it to 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    const KD: &str = "\
+recipe: test_distill
+output_dir: out
+model:
+  path: data.jsonl
+tokenizer:
+  max_seq_len: 64
+teacher:
+  path: big
+kd_ratio: 0.25
+dataset:
+  kind: text
+  source: data.jsonl
+  column_map:
+    prompt: question
+batch_size: 1
+optimizer:
+  lr: 1e-4
+";
+
+    fn check_kd(text: &str) -> Result<RecipeConfig> {
+        let dir = std::env::temp_dir().join(format!("afinar-schema-kd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("data.jsonl"), "{}\n").unwrap();
+        let path = dir.join("kd.yaml");
+        let doc = ConfigDoc::parse(text, &path)?;
+        let recipes: [&RecipeSpec; 2] = [&TEST_KD, &crate::recipes::lora_finetune::SPEC];
+        doc.to_config_in(&recipes, None)
+    }
+
+    #[test]
+    fn a_recipe_declares_its_own_section_keys_and_dataset_kind() {
+        let c = check_kd(KD).unwrap();
+        assert_eq!(c.recipe, "test_distill");
+        assert_eq!(c.extra("teacher.path"), Some(&KeyValue::Text("big".into())));
+        assert_eq!(c.extra("teacher.dtype"), Some(&KeyValue::Text("bf16".into())));
+        assert_eq!(c.extra("kd_ratio").and_then(KeyValue::as_num), Some(0.25));
+        assert_eq!(c.extra("kd_loss").and_then(KeyValue::as_text), Some("forward_kl"));
+        assert_eq!(c.extra("temperature").and_then(KeyValue::as_num), Some(1.0));
+        assert_eq!(c.dataset.column_map.get("prompt").map(String::as_str), Some("question"));
+        assert_eq!(c.lora, None);
+        // Written out and read back: the same config.
+        let back = check_kd(&yaml::emit(&to_node(&c))).unwrap();
+        assert_eq!(back, c);
+
+        let err = |text: &str| check_kd(text).unwrap_err().to_string();
+        let e = err(&KD.replace("  path: big", "  pth: big"));
+        assert!(
+            e.ends_with(
+                "kd.yaml:8:3: teacher.pth: unknown key (did you mean `path`? expected one of: path, dtype)"
+            ),
+            "{e}"
+        );
+        let e = err(&KD.replace("recipe: test_distill", "recipe: test_distil"));
+        assert!(e.ends_with("kd.yaml:1:9: recipe: unknown recipe \"test_distil\" (did you mean `test_distill`? expected one of test_distill, lora_finetune)"), "{e}");
+        let e = err(&KD.replace("kd_ratio: 0.25", "kd_rato: 0.25"));
+        assert!(e.contains("kd.yaml:9:1: kd_rato: unknown key (did you mean `kd_ratio`? "), "{e}");
+        let e = err(&KD.replace("kd_ratio: 0.25", "kd_ratio: 2"));
+        assert!(e.ends_with("kd.yaml:9:11: kd_ratio: expected a number in [0, 1], got 2"), "{e}");
+        let e = err(&KD.replace("kd_ratio: 0.25", "kd_loss: kl"));
+        assert!(e.ends_with("kd_loss: expected one of forward_kl, reverse_kl, jsd, got \"kl\""), "{e}");
+        let e = err(&KD.replace("teacher:\n  path: big\n", ""));
+        assert!(
+            e.contains(
+                "teacher: missing required key (a section with path, required by recipe test_distill)"
+            ),
+            "{e}"
+        );
+        let e = err(&KD.replace("    prompt: question", "    promt: question"));
+        assert!(e.contains("kd.yaml:14:5: dataset.column_map.promt: unknown role for dataset kind text (did you mean `prompt`?"), "{e}");
+        let e = err(&KD.replace("  kind: text", "  kind: chat"));
+        assert!(e.ends_with("dataset.kind: expected one of text, got \"chat\""), "{e}");
+        let e = err(&KD.replace("kd_ratio: 0.25", "kd_loss: jsd\ntemperature: 2"));
+        assert!(
+            e.ends_with(
+                "kd.yaml:10:14: temperature: kd_loss jsd takes no temperature: remove it or set it to 1"
+            ),
+            "{e}"
+        );
+        check_kd(&KD.replace("kd_ratio: 0.25", "kd_loss: jsd")).unwrap();
+        // Another recipe's section, and this recipe's keys in another recipe's config.
+        let e = err(&KD.replace("teacher:", "lora:\n  rank: 2\nteacher:"));
+        assert!(e.contains("kd.yaml:7:1: lora: a test_distill config has no lora section: remove it (override ~lora) or set recipe: lora_finetune"), "{e}");
+        let e = err(&KD.replace("recipe: test_distill", "recipe: lora_finetune"));
+        assert!(e.contains("kd.yaml:7:1: teacher: a lora_finetune config has no teacher section: remove it (override ~teacher) or set recipe: test_distill"), "{e}");
     }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::keys::KeyValue;
+
 /// Declares a config enum written in YAML as one of a fixed set of lowercase words.
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
@@ -38,16 +40,6 @@ macro_rules! word_enum {
             }
         }
     };
-}
-
-word_enum! {
-    /// The training recipe a config is for.
-    Recipe {
-        /// Every weight is trained.
-        FullFinetune = "full_finetune",
-        /// Low-rank adapters are trained on frozen weights.
-        LoraFinetune = "lora_finetune",
-    }
 }
 
 word_enum! {
@@ -173,8 +165,9 @@ impl FileFormat {
 /// A checked recipe configuration.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RecipeConfig {
-    /// The recipe this config is for (`afinar run RECIPE` must agree).
-    pub recipe: Recipe,
+    /// The recipe this config is for, a name from [`crate::recipes::registry()`] (`afinar run
+    /// RECIPE` must agree).
+    pub recipe: String,
     /// Where checkpoints and logs are written (relative paths: to the current directory): the
     /// checkpoints, `metrics.jsonl`, TensorBoard event files under `tensorboard/` (always, during
     /// the run) and the chart `metrics.png`/`metrics.svg` (at the end).
@@ -183,7 +176,8 @@ pub struct RecipeConfig {
     pub model: ModelSection,
     /// The tokenizer and sequence length.
     pub tokenizer: TokenizerSection,
-    /// LoRA settings: present exactly when `recipe` is `lora_finetune`.
+    /// LoRA settings: present exactly when the recipe lists the [`super::LORA`] section
+    /// (`lora_finetune`).
     pub lora: Option<LoraSection>,
     /// The training data.
     pub dataset: DatasetSection,
@@ -233,6 +227,17 @@ pub struct RecipeConfig {
     pub resume_accept_config_changes: bool,
     /// Log the loss every this many optimizer steps (≥ 1).
     pub log_every_n_steps: usize,
+    /// The values of the keys the recipe declares for itself (its own sections and top-level
+    /// keys, see [`crate::recipes::RecipeSpec`]), checked, defaults applied, by dotted path
+    /// (`loss.beta`); absent optional keys without a default are not here.
+    pub extra: BTreeMap<String, KeyValue>,
+}
+
+impl RecipeConfig {
+    /// The value of recipe-declared key `path` (`loss.beta`), if set or defaulted.
+    pub fn extra(&self, path: &str) -> Option<&KeyValue> {
+        self.extra.get(path)
+    }
 }
 
 /// The model to fine-tune: exactly one of `path` and `preset`.

@@ -1,4 +1,4 @@
-//! `afinar run full_finetune|lora_finetune`: from a checked [`RecipeConfig`] to a trained
+//! The supervised fine-tuning runner shared by `full_finetune` and `lora_finetune`: from a checked [`RecipeConfig`] to a trained
 //! checkpoint.
 
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use super::optim::AdamWConfig;
 use super::save::{FullSave, LoraSave, ModelSource};
 use super::schedule::{Schedule, ScheduleKind};
 use super::state::SaveTarget;
-use crate::config::{self as cfgmod, RecipeConfig};
+use crate::config::{self as cfgmod, DatasetKindDecl, RecipeConfig};
 use crate::generate::Rng;
 use crate::models::{
     load_model, load_tokenizer, presets, ActivationCheckpointing, Llama, LoadOptions, LoraSpec, LoraTarget,
@@ -33,6 +33,14 @@ fn lora_target(t: cfgmod::LoraTarget) -> LoraTarget {
         C::Output => LoraTarget::Output,
     }
 }
+
+/// The dataset kinds the SFT recipes read, with the column names each reader looks for (the
+/// roles `dataset.column_map` may map).
+pub const SFT_DATASET_KINDS: &[DatasetKindDecl] = &[
+    DatasetKindDecl { kind: cfgmod::DatasetKind::Instruct, roles: &["instruction", "input", "output"] },
+    DatasetKindDecl { kind: cfgmod::DatasetKind::Chat, roles: &["conversations", "messages"] },
+    DatasetKindDecl { kind: cfgmod::DatasetKind::Text, roles: &["text"] },
+];
 
 /// The dataset description the data crate needs, from the recipe's `dataset` section.
 pub fn dataset_spec(cfg: &RecipeConfig) -> DatasetSpec {
@@ -152,7 +160,7 @@ const RESUME_LENGTH_KEYS: &[&str] = &["epochs", "max_steps_per_epoch"];
 /// Before a resume: compares `cfg` with the resolved config saved with the recipe state in
 /// `cfg.output_dir` and returns the notes to print, or refuses.
 ///
-/// - Keys of [`RESUME_FREE_KEYS`] may change.
+/// - Keys of `RESUME_FREE_KEYS` may change.
 /// - A changed length (`epochs`, `max_steps_per_epoch`) continues: the extra steps are trained
 ///   (or, shorter, the run ends earlier). The learning-rate schedule is the one of the new
 ///   length — its total steps are those of a run configured that long from the start — so the

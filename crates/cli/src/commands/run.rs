@@ -1,7 +1,7 @@
 //! `afinar run RECIPE --config NAME|PATH [KEY=VALUE…]`: checks the config, then trains.
 
-use afinar::config::{Recipe, RecipeConfig};
-use anyhow::{bail, Result};
+use afinar::config::RecipeConfig;
+use anyhow::Result;
 use clap::Args;
 
 use super::progress::Progress;
@@ -9,7 +9,7 @@ use super::progress::Progress;
 /// Arguments of `afinar run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The recipe: full_finetune or lora_finetune.
+    /// The recipe (`afinar ls` lists them).
     recipe: String,
     /// A built-in config name (see `afinar ls`) or a YAML file.
     #[arg(long, short = 'c')]
@@ -20,9 +20,8 @@ pub struct RunArgs {
 
 /// Runs the command.
 pub fn run(args: RunArgs) -> Result<()> {
-    let Some(recipe) = Recipe::from_name(&args.recipe) else {
-        bail!("unknown recipe `{}` (expected one of {})", args.recipe, Recipe::NAMES.join(", "));
-    };
+    let spec = afinar::recipes::find(&args.recipe)?;
+    let recipe = spec.name;
     let cfg = RecipeConfig::load_for(recipe, &args.config, &args.overrides)?;
     let model = match (&cfg.model.path, &cfg.model.preset) {
         (Some(p), _) => p.display().to_string(),
@@ -42,7 +41,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         cfg.model.path = Some(super::resolve_model(p)?);
     }
     let mut progress = Progress::new(cfg.log_every_n_steps);
-    let summary = afinar::recipes::run(&cfg, &mut progress)?;
+    let summary = (spec.run)(&cfg, &mut progress)?;
     if let Some(last) = summary.checkpoints.last() {
         eprintln!("afinar: final checkpoint {}", last.display());
     }
