@@ -6,6 +6,8 @@
 //! their leading elements. Host-side index data (token ids, positions, targets, document ids) is
 //! passed as plain slices; a device backend uploads it.
 
+use afinar_formats::{ggml, nf4};
+
 use crate::Result;
 
 /// How a backend stores a weight matrix.
@@ -46,19 +48,19 @@ pub enum QuantFormat {
     /// indices into the NF4 code book, two per byte (high nibble first), one absmax per 64
     /// values, the absmaxes themselves quantized to 8 bits in blocks of 256 after subtracting
     /// their mean. Not block-local: the matrix is one buffer of packed values, scale codes,
-    /// nested scales and offset ([`crate::cpu::nf4`]); `cols` must be a multiple of 64. About
+    /// nested scales and offset ([`afinar_formats::nf4`]); `cols` must be a multiple of 64. About
     /// 4.13 bits per value.
     Nf4,
 }
 
 impl QuantFormat {
     /// Values per block of the GGUF layouts (NF4's blocks have [`QuantFormat::block_len`] 64).
-    pub const BLOCK: usize = 32;
+    pub const BLOCK: usize = ggml::BLOCK;
 
     /// Values per block: 32 for the GGUF layouts, 64 for NF4.
     pub fn block_len(self) -> usize {
         match self {
-            QuantFormat::Nf4 => 64,
+            QuantFormat::Nf4 => nf4::BLOCK,
             _ => Self::BLOCK,
         }
     }
@@ -66,10 +68,10 @@ impl QuantFormat {
     /// Bytes per block (for NF4, the 32 bytes of packed values; its scales are stored apart).
     pub fn block_bytes(self) -> usize {
         match self {
-            QuantFormat::Q8_0 => 34,
-            QuantFormat::Q4_0 => 18,
-            QuantFormat::Q4_1 => 20,
-            QuantFormat::Nf4 => 32,
+            QuantFormat::Q8_0 => ggml::Q8_0_BYTES,
+            QuantFormat::Q4_0 => ggml::Q4_0_BYTES,
+            QuantFormat::Q4_1 => ggml::Q4_1_BYTES,
+            QuantFormat::Nf4 => nf4::BLOCK / 2,
         }
     }
 
@@ -84,7 +86,7 @@ impl QuantFormat {
     /// (or the size overflows).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
         match self {
-            QuantFormat::Nf4 => crate::cpu::nf4::matrix_bytes(rows, cols),
+            QuantFormat::Nf4 => afinar_formats::nf4::matrix_bytes(rows, cols),
             _ => self.row_bytes(cols)?.checked_mul(rows),
         }
     }

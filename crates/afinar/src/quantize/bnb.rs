@@ -7,7 +7,7 @@
 //! ([`afinar_checkpoint::bnb`]); the embedding, the norms and an untied output projection stay
 //! plain tensors of dtype `D`, as `transformers` keeps them. Each projection is rounded to `D`
 //! first and then quantized with afinar's NF4 quantizer, which is bit-identical to
-//! bitsandbytes' (`afinar_engine::cpu::nf4`), so the tensors are byte-identical to
+//! bitsandbytes' (`afinar_formats::nf4`), so the tensors are byte-identical to
 //! transformers' for the same weights; a projection already held as NF4 (loaded from such a
 //! folder, or QLoRA's frozen base) is copied as it is.
 
@@ -20,8 +20,8 @@ use afinar_checkpoint::write::{
     TensorWrite,
 };
 use afinar_checkpoint::DType;
-use afinar_engine::cpu::nf4;
 use afinar_engine::{rope_inv_freq, Backend, QuantFormat, RopeScaling};
+use afinar_formats::nf4;
 use serde_json::{json, Value};
 
 use super::export::{ExportSummary, Progress};

@@ -6,8 +6,8 @@ use super::matmul::{linear_backward_input, linear_forward, matmul, WeightRef};
 use super::vector;
 use rayon::prelude::*;
 
-/// The target value of ignored rows.
-pub const IGNORE_INDEX: i32 = -100;
+/// The target value of ignored rows (shared by every backend and the data pipeline).
+pub use afinar_formats::IGNORE_INDEX;
 
 /// Loss of one (non-ignored) row, `logsumexp − logit[target]`.
 #[inline]

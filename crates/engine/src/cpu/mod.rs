@@ -34,7 +34,6 @@ use half::bf16;
 use half_buf::CpuHalf;
 use matmul::WeightRef;
 use quant::QuantRef;
-use rayon::prelude::*;
 
 /// `len` zeros from the allocator's zeroed memory (`calloc`): large buffers arrive as fresh
 /// pages that become resident only when written, so a buffer that is allocated but never used
@@ -89,7 +88,7 @@ impl CpuWeight {
             CpuWeightData::F32(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::BF16(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::Quant { format, blocks } => {
-                check_quant_len(*format, rows, cols, blocks.len())?;
+                crate::quant::check_quant_len(*format, rows, cols, blocks.len())?;
             }
         }
         Ok(CpuWeight { rows, cols, data })
@@ -131,27 +130,6 @@ impl CpuWeight {
     }
 }
 
-/// Bytes of a `[rows, cols]` matrix in `format`, or a shape error naming the block length.
-/// Checks that `len` bytes are exactly a `[rows, cols]` matrix of `format` and returns that size.
-pub(crate) fn check_quant_len(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<usize> {
-    let want = quant_bytes(format, rows, cols)?;
-    ensure(len == want, "weight", || {
-        format!("{len} bytes for a [{rows}, {cols}] {} weight, which takes {want}", format.name())
-    })?;
-    Ok(want)
-}
-
-pub(crate) fn quant_bytes(format: QuantFormat, rows: usize, cols: usize) -> Result<usize> {
-    format.matrix_bytes(rows, cols).ok_or_else(|| EngineError::Shape {
-        op: "weight",
-        what: format!(
-            "{} rows need a multiple of {} columns, got {cols} (or [{rows}, {cols}] overflows)",
-            format.name(),
-            format.block_len()
-        ),
-    })
-}
-
 fn check_len(len: usize, n: usize, rows: usize, cols: usize) -> Result<()> {
     ensure(len == n, "weight", || format!("{len} values for a [{rows}, {cols}] weight"))
 }
@@ -186,6 +164,10 @@ impl Default for CpuBackend {
 const MIXED_MIN_WORK: usize = 1 << 20;
 
 impl CpuBackend {
+    /// Largest number of rows that GGUF block-quantized products take through the int8 GEMV
+    /// ([`gemv::QUANT_GEMV_MAX_ROWS`]); more rows go through dequantized tiles.
+    pub const QUANT_GEMV_MAX_ROWS: usize = gemv::QUANT_GEMV_MAX_ROWS;
+
     /// Whether products with f32 weights (and weight gradients) run in bf16 (see
     /// [`Backend::set_bf16_products`]).
     fn bf16_products(&self) -> bool {
@@ -337,25 +319,8 @@ impl Backend for CpuBackend {
         let data = match format {
             WeightFormat::F32 => CpuWeightData::F32(data.to_vec()),
             WeightFormat::BF16 => CpuWeightData::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
-            WeightFormat::Quant(QuantFormat::Nf4) => {
-                quant_bytes(QuantFormat::Nf4, rows, cols)?;
-                let blocks = self.install(|| nf4::quantize(data, rows, cols));
-                CpuWeightData::Quant { format: QuantFormat::Nf4, blocks }
-            }
             WeightFormat::Quant(format) => {
-                let rb = format.row_bytes(cols).ok_or_else(|| EngineError::Shape {
-                    op: "weight",
-                    what: format!("{} rows need a multiple of 32 columns, got {cols}", format.name()),
-                })?;
-                let mut blocks = vec![0u8; rows * rb];
-                if rb > 0 {
-                    self.install(|| {
-                        blocks
-                            .par_chunks_mut(rb)
-                            .zip(data.par_chunks(cols))
-                            .for_each(|(b, x)| quant::quantize_blocks(format, x, b))
-                    });
-                }
+                let blocks = self.install(|| crate::quant::quantize(format, data, rows, cols))?;
                 CpuWeightData::Quant { format, blocks }
             }
         };
@@ -380,12 +345,8 @@ impl Backend for CpuBackend {
         Ok(match &w.data {
             CpuWeightData::F32(d) => d.clone(),
             CpuWeightData::BF16(d) => d.iter().map(|x| x.to_f32()).collect(),
-            CpuWeightData::Quant { .. } => {
-                let mut v = self.zeros(w.rows * w.cols)?;
-                if let WeightRef::Quant(q) = w.as_ref() {
-                    self.install(|| quant::dequantize_rows(q, 0, &mut v));
-                }
-                v
+            CpuWeightData::Quant { format, blocks } => {
+                self.install(|| crate::quant::dequantize(*format, blocks, w.rows, w.cols))?
             }
         })
     }

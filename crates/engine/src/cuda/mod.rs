@@ -29,7 +29,6 @@ use half::bf16;
 
 use crate::backend::AdamWScalars;
 use crate::checks;
-use crate::cpu::{self, CpuBackend, CpuWeight, CpuWeightData};
 use crate::error::ensure;
 use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
 use blas::{gemm, Dt, Operand};
@@ -120,8 +119,6 @@ pub struct CudaBackend {
     scratch: Mutex<Scratch>,
     /// bitsandbytes' dynamic map, for NF4 scales.
     dmap: CudaSlice<f32>,
-    /// Host-side helper for quantizing and dequantizing weights exactly as the CPU backend does.
-    host: CpuBackend,
     name: String,
     sms: u32,
     /// Per-method device time (`AFINAR_CUDA_PROFILE=1`): name, seconds, calls.
@@ -204,7 +201,7 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| EngineError::Device(format!("cuBLAS could not start: {e:?}")))?;
         let kernels = module::load(&ctx)?;
-        let dmap = stream.clone_htod(&cpu::nf4::dynamic_map()[..]).map_err(drv)?;
+        let dmap = stream.clone_htod(&afinar_formats::nf4::dynamic_map()[..]).map_err(drv)?;
         let (major, minor) = ctx.compute_capability().map_err(drv)?;
         let gpu = ctx.name().map_err(drv)?;
         let sms = ctx
@@ -217,7 +214,6 @@ impl CudaBackend {
             kernels,
             scratch: Mutex::new(Scratch::default()),
             dmap,
-            host: CpuBackend::new(None),
             name: format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})"),
             sms,
             profile: std::env::var("AFINAR_CUDA_PROFILE")
@@ -428,18 +424,6 @@ impl CudaBackend {
         )
     }
 
-    /// The CPU backend's weight for the same data (quantization and host read-back).
-    fn host_weight(&self, w: &CudaWeight) -> Result<CpuWeight> {
-        let data = match &w.data {
-            WeightData::F32(d) => CpuWeightData::F32(self.dtoh(d)?),
-            WeightData::BF16(d) => {
-                CpuWeightData::BF16(self.dtoh(d)?.into_iter().map(bf16::from_bits).collect())
-            }
-            WeightData::Quant(format, d) => CpuWeightData::Quant { format: *format, blocks: self.dtoh(d)? },
-        };
-        CpuWeight::new(data, w.rows, w.cols)
-    }
-
     fn dtoh<T: DeviceRepr + Default + Clone>(&self, s: &CudaSlice<T>) -> Result<Vec<T>> {
         let mut v = vec![T::default(); s.len()];
         self.stream.memcpy_dtoh(s, &mut v[..]).map_err(drv)?;
@@ -640,8 +624,7 @@ impl Backend for CudaBackend {
                 WeightData::BF16(self.stream.clone_htod(&h[..]).map_err(up)?)
             }
             WeightFormat::Quant(q) => {
-                let hw = self.host.weight(data, rows, cols, format)?;
-                let CpuWeightData::Quant { blocks, .. } = hw.data() else { unreachable!("quantized") };
+                let blocks = crate::quant::quantize(q, data, rows, cols)?;
                 WeightData::Quant(q, self.stream.clone_htod(&blocks[..]).map_err(up)?)
             }
         };
@@ -656,7 +639,7 @@ impl Backend for CudaBackend {
         cols: usize,
     ) -> Result<CudaWeight> {
         let _t = self.timer("weight_quantized");
-        let want = cpu::check_quant_len(format, rows, cols, blocks.len())?;
+        let want = crate::quant::check_quant_len(format, rows, cols, blocks.len())?;
         let d = self.stream.clone_htod(blocks).map_err(|e| self.oom(e, want, 1))?;
         Ok(CudaWeight { rows, cols, data: WeightData::Quant(format, d) })
     }
@@ -677,7 +660,10 @@ impl Backend for CudaBackend {
         let _t = self.timer("weight_to_host");
         match &w.data {
             WeightData::F32(d) => self.dtoh(d),
-            _ => self.host.weight_to_host(&self.host_weight(w)?),
+            WeightData::BF16(d) => {
+                Ok(self.dtoh(d)?.into_iter().map(|h| bf16::from_bits(h).to_f32()).collect())
+            }
+            WeightData::Quant(format, d) => crate::quant::dequantize(*format, &self.dtoh(d)?, w.rows, w.cols),
         }
     }
 
@@ -1061,7 +1047,7 @@ impl Backend for CudaBackend {
         let (vocab, dim) = (w.rows, w.cols);
         let (dh_len, dw_len) = (dh.as_deref().map(|d| d.len), dw.as_deref().map(|d| d.len));
         checks::linear_cross_entropy(h.len, targets, dh_len, dw_len, rows, dim, vocab)?;
-        let count = targets[..rows].iter().filter(|&&t| t != cpu::loss::IGNORE_INDEX).count();
+        let count = targets[..rows].iter().filter(|&&t| t != afinar_formats::IGNORE_INDEX).count();
         if rows == 0 || count == 0 && dh.is_none() && dw.is_none() {
             return Ok((0.0, count));
         }
@@ -1134,7 +1120,7 @@ impl Backend for CudaBackend {
         let sum = l
             .iter()
             .zip(&targets[..rows])
-            .filter(|(_, &t)| t != cpu::loss::IGNORE_INDEX)
+            .filter(|(_, &t)| t != afinar_formats::IGNORE_INDEX)
             .map(|(&v, _)| v as f64)
             .sum();
         Ok((sum, count))
