@@ -31,6 +31,17 @@ pub enum HalfFormat {
     F16,
 }
 
+/// The precision of a matrix product's operands (sums are f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Products {
+    /// f32 operands (TF32 on the CUDA backend, as its f32 products always are).
+    #[default]
+    F32,
+    /// Operands rounded to bf16 with f32 accumulation, as `torch.autocast(bfloat16)` computes
+    /// them (mixed precision); where a backend has no bf16 product unit it computes in f32.
+    Bf16,
+}
+
 /// A block-quantized layout. The GGUF (GGML) ones store each row of a `[rows, cols]` matrix as
 /// `cols / 32` consecutive blocks of 32 values, little-endian, exactly as in a GGUF file;
 /// [`QuantFormat::Nf4`] is QLoRA's 4-bit NormalFloat with double-quantized scales.
@@ -201,12 +212,20 @@ pub trait Backend: Send + Sync + 'static {
         f()
     }
 
-    /// Mixed precision: with `on`, products with f32 weights (and weight gradients) take their
-    /// operands rounded to bf16 with f32 accumulation, as `torch.autocast(bfloat16)` does, while
-    /// the weights, gradients and optimizer state stay f32 (full fine-tuning with
-    /// `model.dtype: bf16`). The CPU backend does this on AMX where the processor has it (and
-    /// stays f32 elsewhere); the CUDA backend already runs f32 products in TF32 and ignores it.
-    fn set_bf16_products(&self, _on: bool) {}
+    /// Sets the precision of the products with weight `w` ([`Backend::linear`],
+    /// [`Backend::linear_backward_input`], [`Backend::linear_cross_entropy`]): a property of the
+    /// weight, [`Products::F32`] when it is created. [`Products::Bf16`] on an f32 weight is mixed
+    /// precision (full fine-tuning with `model.dtype: bf16`): the weight, its gradient and the
+    /// optimizer state stay f32. The CPU backend honours it on AMX where the processor has it
+    /// (and stays f32 elsewhere); the CUDA backend runs f32 products in TF32 either way, so the
+    /// default keeps nothing.
+    fn set_weight_products(&self, _w: &mut Self::Weight, _products: Products) {}
+
+    /// The precision set by [`Backend::set_weight_products`] (always [`Products::F32`] on a
+    /// backend that keeps none).
+    fn weight_products(&self, _w: &Self::Weight) -> Products {
+        Products::F32
+    }
 
     /// Peak bytes of device memory held by the backend's buffers so far, where the device keeps
     /// such a count (the CUDA backend); `None` where process memory is the measure (CPU).
@@ -308,9 +327,25 @@ pub trait Backend: Send + Sync + 'static {
         rows: usize,
         accumulate: bool,
     ) -> Result<()>;
+    /// `dw[out, in] (+)= dy[rows, out]ᵀ · x[rows, in]`; the weight gradient of
+    /// [`Backend::linear`], with operands in the precision `products` says (the weight's
+    /// [`Backend::weight_products`], for the layer's own gradient). When `accumulate` is false
+    /// the old contents of `dw` are not read.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_weight(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        dw: &mut Self::Buf,
+        rows: usize,
+        out: usize,
+        inp: usize,
+        products: Products,
+        accumulate: bool,
+    ) -> Result<()>;
     /// General product `c[m, n] = alpha · op(a) · op(b) + beta · c`, where `op(a)` is `[m, k]`
-    /// (stored `[k, m]` when `ta`) and `op(b)` is `[k, n]` (stored `[n, k]` when `tb`).
-    /// The weight gradient of a linear layer is `matmul(dy, true, x, false, dw, out, in, rows, 1, 1)`.
+    /// (stored `[k, m]` when `ta`) and `op(b)` is `[k, n]` (stored `[n, k]` when `tb`), in f32
+    /// (a linear layer's weight gradient is [`Backend::linear_backward_weight`]).
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,

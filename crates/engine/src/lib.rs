@@ -23,7 +23,7 @@ pub mod quant;
 pub mod rope;
 
 pub use afinar_formats::IGNORE_INDEX;
-pub use backend::{AdamW, AttnDims, Backend, HalfFormat, QuantFormat, WeightFormat};
+pub use backend::{AdamW, AttnDims, Backend, HalfFormat, Products, QuantFormat, WeightFormat};
 pub use cpu::CpuBackend;
 pub use cpu::{CpuWeight, CpuWeightData};
 #[cfg(feature = "cuda")]

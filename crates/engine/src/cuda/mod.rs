@@ -30,7 +30,7 @@ use half::bf16;
 use crate::backend::AdamWScalars;
 use crate::checks;
 use crate::error::ensure;
-use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, QuantFormat, Result, WeightFormat};
+use crate::{AdamW, AttnDims, Backend, EngineError, HalfFormat, Products, QuantFormat, Result, WeightFormat};
 use blas::{gemm, Dt, Operand};
 use module::{drv, Kernels};
 
@@ -699,6 +699,28 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _t = self.timer("linear_backward_input");
         self.weight_product("linear_backward_input", dy, w, dx, rows, accumulate, false)
+    }
+
+    fn linear_backward_weight(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        dw: &mut CudaBuf,
+        rows: usize,
+        out: usize,
+        inp: usize,
+        _products: Products,
+        accumulate: bool,
+    ) -> Result<()> {
+        let _t = self.timer("linear_backward_weight");
+        // f32 operands in TF32 on the tensor cores for either precision: the rounding bf16
+        // products would add buys no speed here (see `Products`).
+        if rows == 0 && !accumulate {
+            checks::matmul(dy.len, x.len, dw.len, out, inp, rows)?;
+            return self.fill(dw, out * inp, 0.0);
+        }
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.matmul(dy, true, x, false, dw, out, inp, rows, 1.0, beta)
     }
 
     fn matmul(

@@ -15,6 +15,7 @@
 //! Every kernel takes whole blocks and fills `min(src blocks, dst blocks)` of them; callers check
 //! the sizes (the checkpoint crate's `quant::quantize`, the engine's weight upload).
 
+use super::k_quants::scale_min_k4;
 use crate::float::{f16_to_f32, f32_to_f16};
 
 /// Below this magnitude a group is treated as all zeros (llama.cpp's `GROUP_MAX_EPS`).
@@ -247,14 +248,6 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     s
 }
 
-fn unpack_scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-    }
-}
-
 /// Q4_K (144 bytes per 256 values): per 32-value sub-block a scale and min fitted with weights
 /// `rms(x) + |x|`, both quantized to 6 bits against the f16 `d` and `dmin`; then every value is
 /// re-quantized to 4 bits with the rounded scales.
@@ -294,7 +287,7 @@ pub fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
         let d_all = f16_round_trip(max_scale / 63.0);
         let dmin_all = f16_round_trip(max_min / 63.0);
         for j in 0..8 {
-            let (sc, m) = unpack_scale_min_k4(&packed, j);
+            let (sc, m) = scale_min_k4(&packed, j);
             let d = d_all * f32::from(sc);
             if d == 0.0 {
                 continue;
