@@ -20,6 +20,7 @@ pub mod recipes;
 pub use afinar_checkpoint as checkpoint;
 pub use afinar_data as data;
 pub use afinar_engine as engine;
+pub use afinar_formats as formats;
 pub use afinar_hub as hub;
 pub use afinar_tokenizer as tokenizer;
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use afinar::checkpoint::DType;
 use afinar::data::{Dataset, DatasetKind, DatasetSpec, Loader};
-use afinar::engine::{Backend, CpuBackend, RopeScaling, WeightFormat};
+use afinar::engine::{Backend, CpuBackend, Products, RopeScaling, WeightFormat};
 use afinar::models::ActivationCheckpointing::{self, Every, Off};
 use afinar::models::{Llama, LlamaConfig, LoraSpec, LoraTarget, ParamMut};
 use afinar::recipes::finetune::{train, Plan, Summary};
@@ -117,6 +117,7 @@ fn model(s: &Setup, lora: Option<&LoraSpec>) -> Llama<CpuBackend> {
         Some(spec) => m.apply_lora(&s.be, spec, &mut afinar::generate::Rng::new(3)).unwrap(),
         None => m.enable_full_finetune(&s.be).unwrap(),
     }
+    m.set_products(&s.be, if s.mixed { Products::Bf16 } else { Products::F32 });
     m
 }
 
@@ -173,7 +174,6 @@ fn check_exact_resume_with(
     plan: impl Fn(&Path) -> Plan,
 ) -> Vec<f64> {
     let s = Setup { mixed, ..setup(name) };
-    s.be.set_bf16_products(mixed);
     let saver: Box<dyn SaveTarget<CpuBackend>> = match &lora {
         Some(spec) => Box::new(LoraSave { source: source(), spec: spec.clone(), merged: true }),
         None => Box::new(FullSave { source: source() }),

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use afinar::blocks::PROJECTIONS;
 use afinar::checkpoint::bnb::read_bnb_4bit;
 use afinar::checkpoint::safetensors::SafetensorsCheckpoint;
-use afinar::checkpoint::write::{f32_to_bf16_bits, save_safetensors, TensorWrite};
+use afinar::checkpoint::write::{save_safetensors, TensorWrite};
 use afinar::checkpoint::DType;
-use afinar::engine::cpu::nf4::{self, Nf4Ref};
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
+use afinar::formats::float;
+use afinar::formats::nf4::{self, Nf4Ref};
 use afinar::models::{load_model, LoadOptions, LoadedModel, Logits};
 use afinar::quantize::{export_bnb_nf4, export_gguf, BnbExportOptions, ExportOptions, Scheme};
 use common::{asset, fixture, run_verify_script, Tmp};
@@ -48,7 +49,7 @@ fn test_ids(vocab: usize, n: usize) -> Vec<u32> {
 
 fn round(v: &[f32], dtype: DType) -> Vec<f32> {
     match dtype {
-        DType::BF16 => v.iter().map(|&x| f32::from_bits(u32::from(f32_to_bf16_bits(x)) << 16)).collect(),
+        DType::BF16 => v.iter().map(|&x| float::bf16_to_f32(float::f32_to_bf16(x))).collect(),
         _ => v.to_vec(),
     }
 }

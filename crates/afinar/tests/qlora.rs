@@ -11,9 +11,9 @@ mod common;
 
 use afinar::blocks::PROJECTIONS;
 use afinar::config::{builtin_configs, ConfigDoc, Dtype, LoraTarget as CfgTarget, RecipeConfig};
-use afinar::engine::cpu::nf4::Nf4Ref;
-use afinar::engine::cpu::CpuWeightData;
+use afinar::engine::CpuWeightData;
 use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
+use afinar::formats::nf4::Nf4Ref;
 use afinar::generate::Rng;
 use afinar::models::{load_model, Llama, LoadOptions, LoraSpec, LoraTarget, TrainBatch};
 use common::{apply_peft_lora, fixture, rel_err, Expected};

@@ -141,7 +141,7 @@ fn smollm2_keeps_quantized_blocks() {
     // arithmetic).
     let twelve: [u32; 12] = [1, 504, 3458, 282, 4649, 314, 253, 3421, 338, 1345, 2114, 30];
     let ids: Vec<u32> = twelve.iter().cycle().take(48).copied().collect();
-    assert!(ids.len() > afinar::engine::cpu::gemv::QUANT_GEMV_MAX_ROWS);
+    assert!(ids.len() > CpuBackend::QUANT_GEMV_MAX_ROWS);
     let all = |m: &afinar::models::Llama<CpuBackend>, ids: &[u32]| {
         m.forward(&be, ids, 1, ids.len(), None, Logits::All).unwrap()
     };

@@ -19,7 +19,7 @@
 //! absmax`. Embeddings, norms and the output projection stay plain tensors in the model's dtype.
 //!
 //! This module only moves bytes and reads JSON; quantizing values is afinar's engine's
-//! business (`afinar_engine::cpu::nf4`).
+//! business (`afinar_formats::nf4`).
 
 use std::path::Path;
 

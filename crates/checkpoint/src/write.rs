@@ -188,56 +188,10 @@ fn stored_size(path: &Path, name: &str, dtype: DType, shape: &[usize]) -> Result
     Ok((numel, bytes))
 }
 
-/// f32 to bfloat16 bits, rounding to nearest with ties to even (as torch and the `half` crate;
-/// NaN stays a quiet NaN of the same sign).
-pub fn f32_to_bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if bits & 0x7FFF_FFFF > 0x7F80_0000 {
-        return ((bits >> 16) | 0x0040) as u16;
-    }
-    let round = 0x7FFF + ((bits >> 16) & 1);
-    (bits.wrapping_add(round) >> 16) as u16
-}
-
-/// f32 to IEEE binary16 bits, rounding to nearest with ties to even, with subnormals, overflow
-/// to infinity and NaN kept a quiet NaN (as torch and the `half` crate).
-pub fn f32_to_f16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xFF) as i32;
-    let man = bits & 0x007F_FFFF;
-    if exp == 0xFF {
-        // Infinity, or NaN with the top mantissa bits and the quiet bit set.
-        let nan = if man == 0 { 0 } else { 0x0200 | (man >> 13) as u16 };
-        return sign | 0x7C00 | nan;
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1F {
-        return sign | 0x7C00;
-    }
-    if e <= 0 {
-        // Subnormal half (or zero): shift the mantissa with its implicit bit into place.
-        let shift = 14 - e; // 14..: 13 for the normal case, + 1 - e.
-        if shift > 24 {
-            return sign;
-        }
-        let m = man | 0x0080_0000;
-        let mut h = m >> shift;
-        let half_bit = 1u32 << (shift - 1);
-        let rest = m & ((half_bit << 1) - 1);
-        if rest > half_bit || (rest == half_bit && h & 1 == 1) {
-            h += 1;
-        }
-        return sign | h as u16;
-    }
-    let mut h = ((e as u32) << 10) | (man >> 13);
-    let rest = man & 0x1FFF;
-    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
-        // A carry into the exponent is right: it rounds up to the next power of two (or inf).
-        h += 1;
-    }
-    sign | h as u16
-}
+/// f32 to bfloat16 / IEEE binary16 bits, rounding to nearest with ties to even (as torch and
+/// the `half` crate): [`afinar_formats::float`]'s conversions, under the names this module's
+/// callers know.
+pub use afinar_formats::float::{f32_to_bf16 as f32_to_bf16_bits, f32_to_f16 as f32_to_f16_bits};
 
 // ---------------------------------------------------------------------------------------------
 // Atomic files and folders.

@@ -45,8 +45,9 @@ pub use spec::{
     ConversationStyle, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, LongRows, TrainOn,
 };
 
-/// The label of a position without loss (PyTorch's `CrossEntropyLoss` `ignore_index`).
-pub const IGNORE_INDEX: i32 = -100;
+/// The label of a position without loss (PyTorch's `CrossEntropyLoss` `ignore_index`), the
+/// value the engine's losses skip.
+pub use afinar_formats::IGNORE_INDEX;
 
 #[cfg(test)]
 mod tests {

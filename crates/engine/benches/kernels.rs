@@ -4,7 +4,7 @@
 //!     cargo bench -p afinar-engine --bench kernels [-- filter] [--threads N]
 
 use afinar_engine::cpu::{amx, matmul};
-use afinar_engine::{AttnDims, Backend, CpuBackend, QuantFormat, WeightFormat};
+use afinar_engine::{AttnDims, Backend, CpuBackend, Products, QuantFormat, WeightFormat};
 use std::time::Instant;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -89,7 +89,9 @@ fn main() {
             report(&format!("linear {fmt:?} 2048x1536->576 fwd"), t, fl);
         }
         let mut dw = vec![0.0; ffn * dim];
-        let t = time(10, || be.matmul(&dy, true, &x, false, &mut dw, ffn, dim, rows, 1.0, 1.0).unwrap());
+        let t = time(10, || {
+            be.linear_backward_weight(&dy, &x, &mut dw, rows, ffn, dim, Products::F32, true).unwrap()
+        });
         report("linear 2048x576->1536 dw", t, 2.0 * (rows * dim * ffn) as f64);
     }
     if run("decode") {

@@ -6,6 +6,8 @@
 //! their leading elements. Host-side index data (token ids, positions, targets, document ids) is
 //! passed as plain slices; a device backend uploads it.
 
+use afinar_formats::{ggml, nf4};
+
 use crate::Result;
 
 /// How a backend stores a weight matrix.
@@ -29,6 +31,17 @@ pub enum HalfFormat {
     F16,
 }
 
+/// The precision of a matrix product's operands (sums are f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Products {
+    /// f32 operands (TF32 on the CUDA backend, as its f32 products always are).
+    #[default]
+    F32,
+    /// Operands rounded to bf16 with f32 accumulation, as `torch.autocast(bfloat16)` computes
+    /// them (mixed precision); where a backend has no bf16 product unit it computes in f32.
+    Bf16,
+}
+
 /// A block-quantized layout. The GGUF (GGML) ones store each row of a `[rows, cols]` matrix as
 /// `cols / 32` consecutive blocks of 32 values, little-endian, exactly as in a GGUF file;
 /// [`QuantFormat::Nf4`] is QLoRA's 4-bit NormalFloat with double-quantized scales.
@@ -46,19 +59,19 @@ pub enum QuantFormat {
     /// indices into the NF4 code book, two per byte (high nibble first), one absmax per 64
     /// values, the absmaxes themselves quantized to 8 bits in blocks of 256 after subtracting
     /// their mean. Not block-local: the matrix is one buffer of packed values, scale codes,
-    /// nested scales and offset ([`crate::cpu::nf4`]); `cols` must be a multiple of 64. About
+    /// nested scales and offset ([`afinar_formats::nf4`]); `cols` must be a multiple of 64. About
     /// 4.13 bits per value.
     Nf4,
 }
 
 impl QuantFormat {
     /// Values per block of the GGUF layouts (NF4's blocks have [`QuantFormat::block_len`] 64).
-    pub const BLOCK: usize = 32;
+    pub const BLOCK: usize = ggml::BLOCK;
 
     /// Values per block: 32 for the GGUF layouts, 64 for NF4.
     pub fn block_len(self) -> usize {
         match self {
-            QuantFormat::Nf4 => 64,
+            QuantFormat::Nf4 => nf4::BLOCK,
             _ => Self::BLOCK,
         }
     }
@@ -66,10 +79,10 @@ impl QuantFormat {
     /// Bytes per block (for NF4, the 32 bytes of packed values; its scales are stored apart).
     pub fn block_bytes(self) -> usize {
         match self {
-            QuantFormat::Q8_0 => 34,
-            QuantFormat::Q4_0 => 18,
-            QuantFormat::Q4_1 => 20,
-            QuantFormat::Nf4 => 32,
+            QuantFormat::Q8_0 => ggml::Q8_0_BYTES,
+            QuantFormat::Q4_0 => ggml::Q4_0_BYTES,
+            QuantFormat::Q4_1 => ggml::Q4_1_BYTES,
+            QuantFormat::Nf4 => nf4::BLOCK / 2,
         }
     }
 
@@ -84,7 +97,7 @@ impl QuantFormat {
     /// (or the size overflows).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
         match self {
-            QuantFormat::Nf4 => crate::cpu::nf4::matrix_bytes(rows, cols),
+            QuantFormat::Nf4 => afinar_formats::nf4::matrix_bytes(rows, cols),
             _ => self.row_bytes(cols)?.checked_mul(rows),
         }
     }
@@ -241,12 +254,20 @@ pub trait Backend: Send + Sync + 'static {
         f()
     }
 
-    /// Mixed precision: with `on`, products with f32 weights (and weight gradients) take their
-    /// operands rounded to bf16 with f32 accumulation, as `torch.autocast(bfloat16)` does, while
-    /// the weights, gradients and optimizer state stay f32 (full fine-tuning with
-    /// `model.dtype: bf16`). The CPU backend does this on AMX where the processor has it (and
-    /// stays f32 elsewhere); the CUDA backend already runs f32 products in TF32 and ignores it.
-    fn set_bf16_products(&self, _on: bool) {}
+    /// Sets the precision of the products with weight `w` ([`Backend::linear`],
+    /// [`Backend::linear_backward_input`], [`Backend::linear_cross_entropy`]): a property of the
+    /// weight, [`Products::F32`] when it is created. [`Products::Bf16`] on an f32 weight is mixed
+    /// precision (full fine-tuning with `model.dtype: bf16`): the weight, its gradient and the
+    /// optimizer state stay f32. The CPU backend honours it on AMX where the processor has it
+    /// (and stays f32 elsewhere); the CUDA backend runs f32 products in TF32 either way, so the
+    /// default keeps nothing.
+    fn set_weight_products(&self, _w: &mut Self::Weight, _products: Products) {}
+
+    /// The precision set by [`Backend::set_weight_products`] (always [`Products::F32`] on a
+    /// backend that keeps none).
+    fn weight_products(&self, _w: &Self::Weight) -> Products {
+        Products::F32
+    }
 
     /// Peak bytes of device memory held by the backend's buffers so far, where the device keeps
     /// such a count (the CUDA backend); `None` where process memory is the measure (CPU).
@@ -348,9 +369,25 @@ pub trait Backend: Send + Sync + 'static {
         rows: usize,
         accumulate: bool,
     ) -> Result<()>;
+    /// `dw[out, in] (+)= dy[rows, out]ᵀ · x[rows, in]`; the weight gradient of
+    /// [`Backend::linear`], with operands in the precision `products` says (the weight's
+    /// [`Backend::weight_products`], for the layer's own gradient). When `accumulate` is false
+    /// the old contents of `dw` are not read.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_weight(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        dw: &mut Self::Buf,
+        rows: usize,
+        out: usize,
+        inp: usize,
+        products: Products,
+        accumulate: bool,
+    ) -> Result<()>;
     /// General product `c[m, n] = alpha · op(a) · op(b) + beta · c`, where `op(a)` is `[m, k]`
-    /// (stored `[k, m]` when `ta`) and `op(b)` is `[k, n]` (stored `[n, k]` when `tb`).
-    /// The weight gradient of a linear layer is `matmul(dy, true, x, false, dw, out, in, rows, 1, 1)`.
+    /// (stored `[k, m]` when `ta`) and `op(b)` is `[k, n]` (stored `[n, k]` when `tb`), in f32
+    /// (a linear layer's weight gradient is [`Backend::linear_backward_weight`]).
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,

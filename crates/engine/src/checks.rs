@@ -3,9 +3,8 @@
 //! before touching memory.
 
 use crate::cpu::attention::{kv_elems, lse_elems, q_elems};
-use crate::cpu::loss::IGNORE_INDEX;
 use crate::error::ensure;
-use crate::{AttnDims, EngineError, Result};
+use crate::{AttnDims, EngineError, Result, IGNORE_INDEX};
 
 /// A buffer of `have` elements where `need` are used.
 pub(crate) fn need(op: &'static str, name: &str, have: usize, need: usize) -> Result<()> {

@@ -19,12 +19,16 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod error;
+pub mod quant;
 pub mod rope;
 
+pub use afinar_formats::IGNORE_INDEX;
 pub use backend::{
-    AdamW, AttnDims, Backend, DistillSpec, DistillSums, Divergence, HalfFormat, QuantFormat, WeightFormat,
+    AdamW, AttnDims, Backend, DistillSpec, DistillSums, Divergence, HalfFormat, Products, QuantFormat,
+    WeightFormat,
 };
 pub use cpu::CpuBackend;
+pub use cpu::{CpuWeight, CpuWeightData};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use device::{run_on_device, DeviceJob};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use afinar_engine::{AttnDims, Backend, CpuBackend, EngineError, HalfFormat, Result, WeightFormat};
+use afinar_engine::{AttnDims, Backend, CpuBackend, EngineError, HalfFormat, Products, Result, WeightFormat};
 use common::{rel_err32, Rng};
 
 fn f32s(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -112,6 +112,40 @@ fn linear_family_shape_errors() {
     shape_err(be.add_assign(&mut c, &x, 7));
     shape_err(be.add_assign(&mut vec![0.0; 9], &x, 9));
     shape_err(be.scale(&mut c, 7, 2.0));
+    let mut dw = vec![0.0; 12];
+    be.linear_backward_weight(&y, &x, &mut dw, 2, 3, 4, Products::F32, true).unwrap();
+    shape_err(be.linear_backward_weight(&y, &x, &mut vec![0.0; 11], 2, 3, 4, Products::F32, true));
+    shape_err(be.linear_backward_weight(&y, &x, &mut dw, 3, 3, 4, Products::Bf16, false));
+    shape_err(be.linear_backward_weight(&vec![0.0; 5], &x, &mut dw, 2, 3, 4, Products::F32, true));
+}
+
+/// The weight gradient `dw (+)= dyᵀ x`: overwriting ignores the old contents (NaN included),
+/// accumulating adds to them, both against a sum written out in f64; over no rows it is zero
+/// (or leaves `dw` as it was). Products::Bf16 is f32 here unless the CPU has AMX (the mixed
+/// path is checked in fast_linear).
+#[test]
+fn linear_backward_weight_overwrites_or_accumulates() {
+    let be = CpuBackend::new(Some(2));
+    let mut rng = Rng::new(17);
+    let (rows, out, inp) = (5, 3, 7);
+    let (dy, x) = (f32s(&mut rng, rows * out), f32s(&mut rng, rows * inp));
+    let want: Vec<f32> = (0..out * inp)
+        .map(|i| {
+            (0..rows).map(|r| f64::from(dy[r * out + i / inp]) * f64::from(x[r * inp + i % inp])).sum::<f64>()
+                as f32
+        })
+        .collect();
+    let mut dw = vec![f32::NAN; out * inp];
+    be.linear_backward_weight(&dy, &x, &mut dw, rows, out, inp, Products::F32, false).unwrap();
+    assert!(rel_err32(&dw, &want) < 1e-6, "overwrite: {}", rel_err32(&dw, &want));
+    be.linear_backward_weight(&dy, &x, &mut dw, rows, out, inp, Products::Bf16, true).unwrap();
+    let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+    assert!(rel_err32(&dw, &twice) < 1e-6, "accumulate: {}", rel_err32(&dw, &twice));
+    let mut nan = vec![f32::NAN; out * inp];
+    be.linear_backward_weight(&dy, &x, &mut nan, 0, out, inp, Products::F32, false).unwrap();
+    assert!(nan.iter().all(|&v| v == 0.0), "no rows, overwrite: {nan:?}");
+    be.linear_backward_weight(&dy, &x, &mut dw, 0, out, inp, Products::F32, true).unwrap();
+    assert!(rel_err32(&dw, &twice) < 1e-6, "no rows, accumulate");
 }
 
 /// Test-only access to an f32 weight's data as a buffer.

@@ -13,7 +13,8 @@ use std::io::Write;
 
 use afinar_engine::cuda::{libs, module, CudaBackend};
 use afinar_engine::{
-    AdamW, AttnDims, Backend, CpuBackend, DistillSpec, Divergence, HalfFormat, QuantFormat, WeightFormat,
+    AdamW, AttnDims, Backend, CpuBackend, DistillSpec, Divergence, HalfFormat, Products, QuantFormat,
+    WeightFormat,
 };
 use common::{rel_err32, Rng};
 
@@ -309,6 +310,17 @@ fn products(g: &CudaBackend, c: &CpuBackend, rng: &mut Rng, r: &mut Report) {
         g.linear_backward_input(&gdy, &gw, &mut gdx, rows, false).unwrap();
         c.linear_backward_input(&cdy, &cw, &mut cdx, rows, false).unwrap();
         r.product(&format!("linear_backward_input {name}"), &g.to_host(&gdx).unwrap(), &cdx);
+    }
+    for accumulate in [false, true] {
+        let dw0 = randn(rng, out * inn, 1.0);
+        let (mut gdw, mut cdw) = both(g, c, &dw0);
+        g.linear_backward_weight(&gdy, &gx, &mut gdw, rows, out, inn, Products::F32, accumulate).unwrap();
+        c.linear_backward_weight(&cdy, &cx, &mut cdw, rows, out, inn, Products::F32, accumulate).unwrap();
+        r.product(
+            &format!("linear_backward_weight accumulate={accumulate}"),
+            &g.to_host(&gdw).unwrap(),
+            &cdw,
+        );
     }
     let (m, n, k) = (65, 47, 129);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

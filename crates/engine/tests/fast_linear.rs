@@ -6,7 +6,7 @@ mod common;
 use common::{norm_err32, rel_err32, skipped, tested_path};
 
 use afinar_engine::cpu::{amx, gemv, matmul};
-use afinar_engine::{Backend, CpuBackend, WeightFormat};
+use afinar_engine::{Backend, CpuBackend, Products, WeightFormat};
 use half::bf16;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -283,24 +283,26 @@ fn amx_linear_cross_entropy_matches_f32_path() {
     assert_eq!(y1, y2);
 }
 
-/// Mixed precision (`set_bf16_products`): products with f32 weights, weight gradients and the
+/// Mixed precision ([`Products::Bf16`] on the weight and the weight-gradient call): products with
+/// f32 weights, weight gradients and the
 /// fused output projection take bf16-rounded operands with f32 sums (AMX), so they equal a naive
 /// f64 reference on operands rounded to bf16 beforehand, up to summation order. Without AMX the
 /// flag changes nothing: the f32 path must then equal the reference on the unrounded operands.
 #[test]
 fn mixed_precision_products_match_a_naive_reference() {
     let be = CpuBackend::new(Some(2));
-    be.set_bf16_products(true);
     let amx = amx::available();
     tested_path(if amx {
         "AMX bf16 products on f32 weights (mixed precision)"
     } else {
-        "f32 products (no AMX here: set_bf16_products has no effect), against the naive reference"
+        "f32 products (no AMX here: Products::Bf16 has no effect), against the naive reference"
     });
     let (rows, out, inp) = (70, 96, 160);
     let (x, wv, dy) = (randn(rows * inp, 1), randn(out * inp, 2), randn(rows * out, 3));
     let r = |v: &[f32]| if amx { round_bf16(v) } else { v.to_vec() };
-    let w = be.weight(&wv, out, inp, WeightFormat::F32).unwrap();
+    let mut w = be.weight(&wv, out, inp, WeightFormat::F32).unwrap();
+    be.set_weight_products(&mut w, Products::Bf16);
+    assert_eq!(be.weight_products(&w), Products::Bf16);
 
     let y0 = randn(rows * out, 4);
     let mut y = y0.clone();
@@ -316,7 +318,7 @@ fn mixed_precision_products_match_a_naive_reference() {
 
     let dw0 = randn(out * inp, 5);
     let mut dw = dw0.clone();
-    be.matmul(&dy, true, &x, false, &mut dw, out, inp, rows, 1.0, 1.0).unwrap();
+    be.linear_backward_weight(&dy, &x, &mut dw, rows, out, inp, Products::Bf16, true).unwrap();
     let dw_ref: Vec<f32> =
         naive_abt(&transpose(&r(&dy), rows, out), &transpose(&r(&x), rows, inp), out, inp, rows)
             .iter()
@@ -333,7 +335,8 @@ fn mixed_precision_products_match_a_naive_reference() {
     let (h, ov) = (randn(n * dim, 6), randn(vocab * dim, 7));
     let targets: Vec<i32> =
         (0..n as i32).map(|i| if i % 9 == 4 { -100 } else { (i * 37) % vocab as i32 }).collect();
-    let ow = be.weight(&ov, vocab, dim, WeightFormat::F32).unwrap();
+    let mut ow = be.weight(&ov, vocab, dim, WeightFormat::F32).unwrap();
+    be.set_weight_products(&mut ow, Products::Bf16);
     let (mut dh, mut gw) = (vec![0.0; n * dim], vec![0.0; vocab * dim]);
     let (l, c) = be.linear_cross_entropy(&h, &ow, &targets, n, scale, Some(&mut dh), Some(&mut gw)).unwrap();
     let (hr, owr) = (r(&h), r(&ov));

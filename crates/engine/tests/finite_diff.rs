@@ -64,7 +64,7 @@ fn linear_gradients() {
     linear_backward_input(&r, WeightRef::Dense(&w), &mut dx, rows, out, inp, false);
     check_grad("linear dx", &x, &dx, |x| f(x, &w));
     let mut dw = vec![0.0; out * inp];
-    linear_backward_weight(&r, &x, &mut dw, rows, out, inp);
+    linear_backward_weight(&r, &x, &mut dw, rows, out, inp, true);
     check_grad("linear dw", &w, &dw, |w| f(&x, w));
     // Accumulation adds to what is there.
     let base = rng.normals(rows * inp);
@@ -73,7 +73,7 @@ fn linear_gradients() {
     let want: Vec<f64> = base.iter().zip(&dx).map(|(a, b)| a + b).collect();
     assert!(rel_err(&acc, &want) < 1e-12);
     let mut dw2 = dw.clone();
-    linear_backward_weight(&r, &x, &mut dw2, rows, out, inp);
+    linear_backward_weight(&r, &x, &mut dw2, rows, out, inp, true);
     let want: Vec<f64> = dw.iter().map(|a| 2.0 * a).collect();
     assert!(rel_err(&dw2, &want) < 1e-12);
 }

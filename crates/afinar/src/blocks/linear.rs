@@ -121,8 +121,9 @@ impl<B: Backend> Linear<B> {
     ) -> Result<()> {
         let (out_f, in_f) = (self.out_features, self.in_features);
         if let Some(s) = &mut self.state {
-            // dW += dyᵀ x
-            be.matmul(dy, true, x, false, &mut s.grad, out_f, in_f, rows, 1.0, 1.0)?;
+            // dW += dyᵀ x, in the precision of the weight's own products.
+            let products = be.weight_products(&self.weight);
+            be.linear_backward_weight(dy, x, &mut s.grad, rows, out_f, in_f, products, true)?;
         }
         let lora_dh = match &mut self.lora {
             None => None,

@@ -23,8 +23,8 @@ use afinar_checkpoint::bnb::{read_bnb_4bit, Bnb4bit, BnbScales};
 use afinar_checkpoint::gguf::{GgufFile, MetaValue};
 use afinar_checkpoint::safetensors::SafetensorsCheckpoint;
 use afinar_checkpoint::{DType, TensorView};
-use afinar_engine::cpu::nf4;
 use afinar_engine::{Backend, QuantFormat, WeightFormat};
+use afinar_formats::nf4;
 use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
 
 use super::config::read_json;
@@ -197,7 +197,7 @@ impl WeightSource for HfSource {
 }
 
 /// A bitsandbytes 4-bit weight as the engine's NF4 buffer (packed values, scale codes, nested
-/// scales, offset: [`afinar_engine::cpu::nf4`]), when it is in QLoRA's layout: NF4 with
+/// scales, offset: [`afinar_formats::nf4`]), when it is in QLoRA's layout: NF4 with
 /// bitsandbytes' code book, blocks of 64 that do not straddle rows, scales double-quantized in
 /// blocks of 256 with bitsandbytes' dynamic map. `None` for any other layout (it is then
 /// dequantized instead).

@@ -2,7 +2,7 @@
 //! fine-tuning) or low-rank adapters on chosen projections (LoRA), and a walk over the trainable
 //! tensors for the optimizer and for saving.
 
-use afinar_engine::Backend;
+use afinar_engine::{Backend, Products};
 
 use super::Llama;
 use crate::blocks::{DecoderLayer, Linear, Lora, ParamState, PROJECTIONS};
@@ -128,6 +128,22 @@ impl<B: Backend> Llama<B> {
             trainable(be, out)?;
         }
         Ok(())
+    }
+
+    /// Sets the precision of the products with every linear weight and the embedding (the
+    /// output projection when tied): [`Products::Bf16`] is mixed precision for full fine-tuning
+    /// with `model.dtype: bf16` (f32 weights, gradients and optimizer state, bf16 products with
+    /// f32 sums, as `torch.autocast`), [`Products::F32`] the default.
+    pub fn set_products(&mut self, be: &B, products: Products) {
+        for layer in &mut self.layers {
+            for l in layer.projections_mut() {
+                be.set_weight_products(&mut l.weight, products);
+            }
+        }
+        if let Some(out) = &mut self.output {
+            be.set_weight_products(&mut out.weight, products);
+        }
+        be.set_weight_products(&mut self.embed, products);
     }
 
     /// Prepares the optimizer step in the backward ([`Llama::forward_backward_stepping`]): the

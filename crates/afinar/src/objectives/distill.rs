@@ -93,7 +93,7 @@ impl KdObjective {
         let labels = labels.get(..rows).ok_or_else(|| {
             Error::Input(format!("knowledge distillation: {} labels for {rows} positions", labels.len()))
         })?;
-        let tokens = labels.iter().filter(|&&l| l != afinar_engine::cpu::loss::IGNORE_INDEX).count();
+        let tokens = labels.iter().filter(|&&l| l != afinar_engine::IGNORE_INDEX).count();
         // Token means: every kept row's gradient is divided by the same count.
         let per_token = grad_scale / tokens.max(1) as f32;
         let spec = DistillSpec {

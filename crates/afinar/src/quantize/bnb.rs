@@ -7,7 +7,7 @@
 //! ([`afinar_checkpoint::bnb`]); the embedding, the norms and an untied output projection stay
 //! plain tensors of dtype `D`, as `transformers` keeps them. Each projection is rounded to `D`
 //! first and then quantized with afinar's NF4 quantizer, which is bit-identical to
-//! bitsandbytes' (`afinar_engine::cpu::nf4`), so the tensors are byte-identical to
+//! bitsandbytes' (`afinar_formats::nf4`), so the tensors are byte-identical to
 //! transformers' for the same weights; a projection already held as NF4 (loaded from such a
 //! folder, or QLoRA's frozen base) is copied as it is.
 
@@ -15,13 +15,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use afinar_checkpoint::bnb::{Bnb4bitParts, NestedState, QuantState};
-use afinar_checkpoint::write::{
-    copy_side_files, f32_to_bf16_bits, f32_to_f16_bits, save_sharded, write_dir_atomic, write_json,
-    TensorWrite,
-};
+use afinar_checkpoint::write::{copy_side_files, save_sharded, write_dir_atomic, write_json, TensorWrite};
 use afinar_checkpoint::DType;
-use afinar_engine::cpu::nf4;
 use afinar_engine::{rope_inv_freq, Backend, QuantFormat, RopeScaling};
+use afinar_formats::{float, nf4};
 use serde_json::{json, Value};
 
 use super::export::{ExportSummary, Progress};
@@ -82,34 +79,17 @@ pub fn bnb_quantization_config(compute_dtype: &str) -> Value {
 /// `values` rounded to `d` (round to nearest even, as torch's `.to(dtype)`), back in f32.
 fn round_to(values: &mut [f32], d: DType) {
     match d {
-        DType::BF16 => {
-            values.iter_mut().for_each(|v| *v = f32::from_bits(u32::from(f32_to_bf16_bits(*v)) << 16))
-        }
-        DType::F16 => {
-            values.iter_mut().for_each(|v| *v = half_to_f32(f32_to_f16_bits(*v)));
-        }
+        DType::BF16 => values.iter_mut().for_each(|v| *v = float::bf16_to_f32(float::f32_to_bf16(*v))),
+        DType::F16 => values.iter_mut().for_each(|v| *v = float::f16_to_f32(float::f32_to_f16(*v))),
         _ => {}
-    }
-}
-
-/// IEEE binary16 bits to f32 (exact).
-fn half_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
-    let exp = i32::from((h >> 10) & 0x1f);
-    let frac = f32::from(h & 0x3ff);
-    match exp {
-        0 => sign * frac * 2f32.powi(-24),
-        31 if frac == 0.0 => sign * f32::INFINITY,
-        31 => f32::NAN,
-        e => sign * (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
     }
 }
 
 /// `values` as the little-endian bytes of dtype `d`.
 fn float_bytes(values: &[f32], d: DType) -> Vec<u8> {
     match d {
-        DType::BF16 => values.iter().flat_map(|&v| f32_to_bf16_bits(v).to_le_bytes()).collect(),
-        DType::F16 => values.iter().flat_map(|&v| f32_to_f16_bits(v).to_le_bytes()).collect(),
+        DType::BF16 => values.iter().flat_map(|&v| float::f32_to_bf16(v).to_le_bytes()).collect(),
+        DType::F16 => values.iter().flat_map(|&v| float::f32_to_f16(v).to_le_bytes()).collect(),
         _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }
@@ -354,14 +334,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn halves_convert_exactly() {
-        for bits in [0u16, 1, 0x3c00, 0x3555, 0x7bff, 0x8001, 0xfbff, 0x0400, 0x03ff] {
-            let x = half_to_f32(bits);
-            assert_eq!(f32_to_f16_bits(x), bits, "{bits:#x} → {x}");
-        }
+    fn rounds_to_halves_to_nearest() {
         let mut v = [1.0f32 + 1e-4, 65504.0, 3.0e-8];
         round_to(&mut v, DType::F16);
-        assert_eq!(v, [1.0, 65504.0, half_to_f32(1)]);
+        // 3e-8 is nearest to the smallest subnormal half, 2^-24.
+        assert_eq!(v, [1.0, 65504.0, 2f32.powi(-24)]);
         let mut b = [1.0f32 + 1e-3];
         round_to(&mut b, DType::BF16);
         assert_eq!(b, [1.0]);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use afinar_checkpoint::DType;
 use afinar_data::{self as data, Dataset, DatasetSpec, Loader};
-use afinar_engine::{run_on_device, Backend, DeviceJob, QuantFormat, WeightFormat};
+use afinar_engine::{run_on_device, Backend, DeviceJob, Products, QuantFormat, WeightFormat};
 
 use super::finetune::{train, Plan, Summary};
 use super::metrics::Reporter;
@@ -357,7 +357,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
     // the activations saved for the backward are kept in bf16 too.
     let bf16 = cfg.model.dtype == cfgmod::Dtype::Bf16;
     let mixed = lora.is_none() && bf16;
-    be.set_bf16_products(mixed);
+    model.set_products(be, if mixed { Products::Bf16 } else { Products::F32 });
     model.keep_activations_in_bf16(bf16);
     if mixed {
         reporter.note(

@@ -1,29 +1,23 @@
 //! Dequantization of the GGML block formats and conversion of the float formats to f32, and the
-//! reverse ([`quantize()`], in [`mod@quantize`]).
+//! reverse ([`quantize()`], in [`mod@quantize`]), by [`DType`].
 //!
-//! One file per format family, each format a plain loop over its blocks:
-//! [`float`] (F32, F16, BF16), [`q8`] (Q8_0), [`q4`] (Q4_0, Q4_1), [`q5`] (Q5_0, Q5_1) and
-//! [`k_quants`] (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K). Every kernel computes each value with the same
-//! f32 operations, in the same order, as the `gguf` python package's numpy reference
-//! (`gguf.quants.dequantize`), so results are bit-identical to it (the tests check this).
-//!
-//! The kernels take `src` (whole blocks) and `dst` (`block_size` values per block) and convert
-//! as many blocks as both hold; [`dequantize`] and [`dequantize_into`] check the sizes first and
-//! split big tensors over rayon's thread pool.
+//! The block kernels themselves are [`afinar_formats`]' (one implementation, shared with the
+//! engine; re-exported here as [`float`], [`q8`], [`q4`], [`q5`] and [`k_quants`]): each computes
+//! every value with the same f32 operations, in the same order, as the `gguf` python package's
+//! numpy reference (`gguf.quants.dequantize`), so results are bit-identical to it (the tests check
+//! this). [`dequantize`] and [`dequantize_into`] check the sizes first and split big tensors over
+//! rayon's thread pool.
 
-pub mod float;
-pub mod k_quants;
-pub mod q4;
-pub mod q5;
-pub mod q8;
 pub mod quantize;
 
 use rayon::prelude::*;
 
 use crate::{CheckpointError, DType, Result};
 
-pub use float::f16_to_f32;
-pub use quantize::{can_quantize, f32_to_f16, quantize};
+pub use afinar_formats::float;
+pub use afinar_formats::float::{f16_to_f32, f32_to_f16};
+pub use afinar_formats::ggml::{k_quants, q4, q5, q8};
+pub use quantize::{can_quantize, quantize};
 
 /// Tensors with at least this many elements are dequantized in parallel.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -90,22 +84,4 @@ fn check_sizes(dtype: DType, n_bytes: usize, n: usize) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Iterates over the whole `TS`-byte blocks of `src` as arrays (bounds known to the compiler).
-#[inline(always)]
-pub(crate) fn blocks<const TS: usize>(src: &[u8]) -> impl Iterator<Item = &[u8; TS]> {
-    src.chunks_exact(TS).filter_map(|c| c.first_chunk::<TS>())
-}
-
-/// Iterates over the whole `BS`-value output blocks of `dst` as arrays.
-#[inline(always)]
-pub(crate) fn out_blocks<const BS: usize>(dst: &mut [f32]) -> impl Iterator<Item = &mut [f32; BS]> {
-    dst.chunks_exact_mut(BS).filter_map(|c| c.first_chunk_mut::<BS>())
-}
-
-/// Reads the little-endian f16 at `b[at..at + 2]` as f32.
-#[inline(always)]
-pub(crate) fn f16_at<const TS: usize>(b: &[u8; TS], at: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }

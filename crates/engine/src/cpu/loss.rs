@@ -7,8 +7,8 @@ use super::quant::QuantRef;
 use super::vector;
 use rayon::prelude::*;
 
-/// The target value of ignored rows.
-pub const IGNORE_INDEX: i32 = -100;
+/// The target value of ignored rows (shared by every backend and the data pipeline).
+pub use afinar_formats::IGNORE_INDEX;
 
 /// Loss of one (non-ignored) row, `logsumexp − logit[target]`.
 #[inline]

@@ -282,10 +282,20 @@ fn for_each_row_tile<T: Real>(
     }
 }
 
-/// Weight gradient of [`linear_forward`]: `dw[out, inp] += dy[rows, out]ᵀ · x[rows, inp]`.
+/// Weight gradient of [`linear_forward`]: `dw[out, inp] (+)= dy[rows, out]ᵀ · x[rows, inp]`
+/// (summed into `dw` with `accumulate`, else overwriting it without reading it).
 ///
 /// # Panics
 /// When a slice is shorter than its matrix.
-pub fn linear_backward_weight<T: Real>(dy: &[T], x: &[T], dw: &mut [T], rows: usize, out: usize, inp: usize) {
-    matmul(dy, true, x, false, dw, out, inp, rows, T::ONE, T::ONE);
+pub fn linear_backward_weight<T: Real>(
+    dy: &[T],
+    x: &[T],
+    dw: &mut [T],
+    rows: usize,
+    out: usize,
+    inp: usize,
+    accumulate: bool,
+) {
+    let beta = if accumulate { T::ONE } else { T::ZERO };
+    matmul(dy, true, x, false, dw, out, inp, rows, T::ONE, beta);
 }

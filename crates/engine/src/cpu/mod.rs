@@ -30,15 +30,14 @@ pub use float::Real;
 use crate::checks::{self, each, mul, need};
 use crate::error::ensure;
 use crate::{
-    AdamW, AttnDims, Backend, DistillSpec, DistillSums, EngineError, HalfFormat, QuantFormat, Result,
-    WeightFormat,
+    AdamW, AttnDims, Backend, DistillSpec, DistillSums, EngineError, HalfFormat, Products, QuantFormat,
+    Result, WeightFormat,
 };
 use attention::{AttnBwdMode, AttnTiles};
 use half::bf16;
 use half_buf::CpuHalf;
 use matmul::WeightRef;
 use quant::QuantRef;
-use rayon::prelude::*;
 
 /// `len` zeros from the allocator's zeroed memory (`calloc`): large buffers arrive as fresh
 /// pages that become resident only when written, so a buffer that is allocated but never used
@@ -82,6 +81,8 @@ pub struct CpuWeight {
     rows: usize,
     cols: usize,
     data: CpuWeightData,
+    /// Precision of the products with it ([`Backend::set_weight_products`]).
+    products: Products,
 }
 
 impl CpuWeight {
@@ -93,10 +94,10 @@ impl CpuWeight {
             CpuWeightData::F32(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::BF16(d) => check_len(d.len(), n, rows, cols)?,
             CpuWeightData::Quant { format, blocks } => {
-                check_quant_len(*format, rows, cols, blocks.len())?;
+                crate::quant::check_quant_len(*format, rows, cols, blocks.len())?;
             }
         }
-        Ok(CpuWeight { rows, cols, data })
+        Ok(CpuWeight { rows, cols, data, products: Products::F32 })
     }
 
     /// Number of rows (`out` of a linear layer, `vocab` of an embedding).
@@ -135,27 +136,6 @@ impl CpuWeight {
     }
 }
 
-/// Bytes of a `[rows, cols]` matrix in `format`, or a shape error naming the block length.
-/// Checks that `len` bytes are exactly a `[rows, cols]` matrix of `format` and returns that size.
-pub(crate) fn check_quant_len(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<usize> {
-    let want = quant_bytes(format, rows, cols)?;
-    ensure(len == want, "weight", || {
-        format!("{len} bytes for a [{rows}, {cols}] {} weight, which takes {want}", format.name())
-    })?;
-    Ok(want)
-}
-
-pub(crate) fn quant_bytes(format: QuantFormat, rows: usize, cols: usize) -> Result<usize> {
-    format.matrix_bytes(rows, cols).ok_or_else(|| EngineError::Shape {
-        op: "weight",
-        what: format!(
-            "{} rows need a multiple of {} columns, got {cols} (or [{rows}, {cols}] overflows)",
-            format.name(),
-            format.block_len()
-        ),
-    })
-}
-
 fn check_len(len: usize, n: usize, rows: usize, cols: usize) -> Result<()> {
     ensure(len == n, "weight", || format!("{len} values for a [{rows}, {cols}] weight"))
 }
@@ -165,8 +145,6 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     avx512_bf16: bool,
-    /// Mixed precision: products with f32 weights in bf16 on AMX ([`Backend::set_bf16_products`]).
-    bf16_products: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -185,16 +163,14 @@ impl Default for CpuBackend {
     }
 }
 
-/// Smallest product (`m · n · k`) a weight gradient takes to AMX in mixed precision; smaller ones
-/// (LoRA ranks, norms) stay in f32.
+/// Smallest product (`out · in · rows`) a [`Products::Bf16`] weight gradient takes to AMX;
+/// smaller ones stay in f32.
 const MIXED_MIN_WORK: usize = 1 << 20;
 
 impl CpuBackend {
-    /// Whether products with f32 weights (and weight gradients) run in bf16 (see
-    /// [`Backend::set_bf16_products`]).
-    fn bf16_products(&self) -> bool {
-        self.bf16_products.load(std::sync::atomic::Ordering::Relaxed)
-    }
+    /// Largest number of rows that GGUF block-quantized products take through the int8 GEMV
+    /// ([`gemv::QUANT_GEMV_MAX_ROWS`]); more rows go through dequantized tiles.
+    pub const QUANT_GEMV_MAX_ROWS: usize = gemv::QUANT_GEMV_MAX_ROWS;
 
     /// A backend running on its own pool of `threads` threads (`None`: one per available core).
     ///
@@ -208,12 +184,7 @@ impl CpuBackend {
             .thread_name(|i| format!("afinar-cpu-{i}"))
             .build()
             .expect("failed to start the CPU backend's threads");
-        CpuBackend {
-            pool,
-            threads,
-            avx512_bf16: has_avx512_bf16(),
-            bf16_products: std::sync::atomic::AtomicBool::new(false),
-        }
+        CpuBackend { pool, threads, avx512_bf16: has_avx512_bf16() }
     }
 
     /// Number of worker threads.
@@ -255,8 +226,12 @@ impl Backend for CpuBackend {
         self.install(f)
     }
 
-    fn set_bf16_products(&self, on: bool) {
-        self.bf16_products.store(on, std::sync::atomic::Ordering::Relaxed);
+    fn set_weight_products(&self, w: &mut CpuWeight, products: Products) {
+        w.products = products;
+    }
+
+    fn weight_products(&self, w: &CpuWeight) -> Products {
+        w.products
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -341,25 +316,8 @@ impl Backend for CpuBackend {
         let data = match format {
             WeightFormat::F32 => CpuWeightData::F32(data.to_vec()),
             WeightFormat::BF16 => CpuWeightData::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
-            WeightFormat::Quant(QuantFormat::Nf4) => {
-                quant_bytes(QuantFormat::Nf4, rows, cols)?;
-                let blocks = self.install(|| nf4::quantize(data, rows, cols));
-                CpuWeightData::Quant { format: QuantFormat::Nf4, blocks }
-            }
             WeightFormat::Quant(format) => {
-                let rb = format.row_bytes(cols).ok_or_else(|| EngineError::Shape {
-                    op: "weight",
-                    what: format!("{} rows need a multiple of 32 columns, got {cols}", format.name()),
-                })?;
-                let mut blocks = vec![0u8; rows * rb];
-                if rb > 0 {
-                    self.install(|| {
-                        blocks
-                            .par_chunks_mut(rb)
-                            .zip(data.par_chunks(cols))
-                            .for_each(|(b, x)| quant::quantize_blocks(format, x, b))
-                    });
-                }
+                let blocks = self.install(|| crate::quant::quantize(format, data, rows, cols))?;
                 CpuWeightData::Quant { format, blocks }
             }
         };
@@ -384,12 +342,8 @@ impl Backend for CpuBackend {
         Ok(match &w.data {
             CpuWeightData::F32(d) => d.clone(),
             CpuWeightData::BF16(d) => d.iter().map(|x| x.to_f32()).collect(),
-            CpuWeightData::Quant { .. } => {
-                let mut v = self.zeros(w.rows * w.cols)?;
-                if let WeightRef::Quant(q) = w.as_ref() {
-                    self.install(|| quant::dequantize_rows(q, 0, &mut v));
-                }
-                v
+            CpuWeightData::Quant { format, blocks } => {
+                self.install(|| crate::quant::dequantize(*format, blocks, w.rows, w.cols))?
             }
         })
     }
@@ -422,7 +376,7 @@ impl Backend for CpuBackend {
             CpuWeightData::BF16(d) if amx::available() => {
                 amx::linear_forward(x, d, y, rows, out, inp, accumulate)
             }
-            CpuWeightData::F32(d) if amx::available() && self.bf16_products() => {
+            CpuWeightData::F32(d) if amx::available() && w.products == Products::Bf16 => {
                 amx::matmul_packed(x, &amx::pack_linear_f32(d, out, inp), y, rows, accumulate)
             }
             _ => matmul::linear_forward(x, w.as_ref(), y, rows, out, inp, accumulate),
@@ -444,11 +398,35 @@ impl Backend for CpuBackend {
             CpuWeightData::BF16(d) if amx::available() => {
                 amx::linear_backward_input(dy, d, dx, rows, out, inp, accumulate)
             }
-            CpuWeightData::F32(d) if amx::available() && self.bf16_products() && rows > 0 && inp > 0 => {
+            CpuWeightData::F32(d)
+                if amx::available() && w.products == Products::Bf16 && rows > 0 && inp > 0 =>
+            {
                 amx::matmul_packed(dy, &amx::pack_linear_transposed_f32(d, out, inp), dx, rows, accumulate)
             }
             _ => matmul::linear_backward_input(dy, w.as_ref(), dx, rows, out, inp, accumulate),
         });
+        Ok(())
+    }
+
+    fn linear_backward_weight(
+        &self,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        rows: usize,
+        out: usize,
+        inp: usize,
+        products: Products,
+        accumulate: bool,
+    ) -> Result<()> {
+        checks::matmul(dy.len(), x.len(), dw.len(), out, inp, rows)?;
+        // Mixed precision on AMX, where the product is big enough to pay for rounding the
+        // operands (LoRA ranks, small layers stay f32).
+        if products == Products::Bf16 && amx::available() && out * inp * rows >= MIXED_MIN_WORK {
+            self.install(|| amx::weight_grad(dy, x, dw, rows, out, inp, accumulate));
+        } else {
+            self.install(|| matmul::linear_backward_weight(dy, x, dw, rows, out, inp, accumulate));
+        }
         Ok(())
     }
 
@@ -466,13 +444,7 @@ impl Backend for CpuBackend {
         beta: f32,
     ) -> Result<()> {
         checks::matmul(a.len(), b.len(), c.len(), m, n, k)?;
-        // A weight gradient (`aᵀ b`, summed or overwritten) in mixed precision: on AMX.
-        let weight_grad = ta && !tb && alpha == 1.0 && (beta == 1.0 || beta == 0.0);
-        if weight_grad && self.bf16_products() && amx::available() && m * n * k >= MIXED_MIN_WORK {
-            self.install(|| amx::weight_grad(a, b, c, k, m, n, beta == 1.0));
-        } else {
-            self.install(|| matmul::matmul(a, ta, b, tb, c, m, n, k, alpha, beta));
-        }
+        self.install(|| matmul::matmul(a, ta, b, tb, c, m, n, k, alpha, beta));
         Ok(())
     }
 
@@ -722,7 +694,7 @@ impl Backend for CpuBackend {
         // On AMX, in blocks of the vocabulary: a bf16 weight, or an f32 one with bf16 products.
         let on_amx = match &w.data {
             CpuWeightData::BF16(d) if amx::available() => Some(amx::OutputWeight::Bf16(d)),
-            CpuWeightData::F32(d) if amx::available() && self.bf16_products() => {
+            CpuWeightData::F32(d) if amx::available() && w.products == Products::Bf16 => {
                 Some(amx::OutputWeight::F32(d))
             }
             _ => None,

@@ -20,8 +20,10 @@
 //! product on the dequantized matrix, because of the 8-bit activations: its error is that of
 //! rounding each activation to 1/254 of its block's largest magnitude.
 
-use crate::QuantFormat;
+use afinar_formats::ggml;
 use rayon::prelude::*;
+
+use crate::QuantFormat;
 
 use super::float::Real;
 
@@ -81,24 +83,9 @@ impl<'a> QuantRef<'a> {
 
 // ---- dequantization ----------------------------------------------------------------------------
 
-/// Converts an IEEE binary16 bit pattern to f32 exactly (subnormals, infinities, NaN payloads).
-#[inline(always)]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let h = u32::from(h);
-    let sign = (h & 0x8000) << 16;
-    let exp = (h >> 10) & 0x1f;
-    let man = h & 0x03ff;
-    let magnitude = if exp == 0x1f {
-        0x7f80_0000 | (man << 13)
-    } else if exp == 0 {
-        // Zero or subnormal: man · 2⁻²⁴, exact in f32.
-        (man as f32 * (1.0 / 16_777_216.0)).to_bits()
-    } else {
-        ((exp + (127 - 15)) << 23) | (man << 13)
-    };
-    f32::from_bits(sign | magnitude)
-}
+pub use afinar_formats::float::f16_to_f32;
 
+/// The little-endian f16 at `b[at..at + 2]`, as f32.
 #[inline(always)]
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
@@ -110,38 +97,11 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// # Panics
 /// For NF4, whose blocks are not self-contained (use [`dequantize_rows`]).
 pub fn dequantize_blocks(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
-    let out = dst.chunks_exact_mut(QK);
     match format {
         QuantFormat::Nf4 => panic!("NF4 blocks are not self-contained: use dequantize_rows"),
-        QuantFormat::Q8_0 => {
-            for (b, o) in src.chunks_exact(34).zip(out) {
-                let d = f16_at(b, 0);
-                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
-                    *o = f32::from(q as i8) * d;
-                }
-            }
-        }
-        QuantFormat::Q4_0 => {
-            for (b, o) in src.chunks_exact(18).zip(out) {
-                let d = f16_at(b, 0);
-                let (lo, hi) = o.split_at_mut(16);
-                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
-                    *l = d * f32::from((q & 0x0f) as i8 - 8);
-                    *h = d * f32::from((q >> 4) as i8 - 8);
-                }
-            }
-        }
-        QuantFormat::Q4_1 => {
-            for (b, o) in src.chunks_exact(20).zip(out) {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                let (lo, hi) = o.split_at_mut(16);
-                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
-                    *l = d * f32::from(q & 0x0f) + m;
-                    *h = d * f32::from(q >> 4) + m;
-                }
-            }
-        }
+        QuantFormat::Q8_0 => ggml::q8::dequantize_q8_0(src, dst),
+        QuantFormat::Q4_0 => ggml::q4::dequantize_q4_0(src, dst),
+        QuantFormat::Q4_1 => ggml::q4::dequantize_q4_1(src, dst),
     }
 }
 
@@ -152,7 +112,7 @@ pub fn dequantize_blocks(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
 /// When the rows are out of range.
 pub fn dequantize_rows<T: Real>(w: QuantRef<'_>, r0: usize, dst: &mut [T]) {
     if w.format == QuantFormat::Nf4 {
-        return super::nf4::dequantize_rows(super::nf4::Nf4Ref::from_quant(w), r0, dst);
+        return super::nf4::dequantize_rows(super::nf4::from_quant(w), r0, dst);
     }
     let cols = w.cols;
     if cols == 0 {
@@ -183,67 +143,6 @@ pub fn dequantize_rows<T: Real>(w: QuantRef<'_>, r0: usize, dst: &mut [T]) {
             .for_each(|(d, s)| convert(s, d));
     } else {
         convert(src, &mut dst[..n * cols]);
-    }
-}
-
-// ---- quantization of weights ------------------------------------------------------------------
-
-/// `round(x)` with ties away from zero (numpy's reference `np_roundf`, C's `roundf`).
-#[inline(always)]
-fn round_away(x: f32) -> f32 {
-    x.round()
-}
-
-/// Quantizes `src` (a whole number of 32-value blocks) into `dst` (the matching blocks) like the
-/// reference quantizers of GGUF's python package (`gguf.quants.quantize`): Q8_0
-/// `d = max|x| / 127`, `q = round(x / d)`; Q4_0 `d = x_absmax / −8`, `q = trunc(x / d + 8.5)`
-/// clipped to 0..=15; Q4_1 `d = (max − min) / 15`, `m = min`, `q = trunc((x − m) / d + 0.5)`
-/// clipped; scales stored as f16 (round to nearest even).
-///
-/// # Panics
-/// When the sizes do not match, or for NF4 (quantized per matrix: [`super::nf4::quantize`]).
-pub fn quantize_blocks(format: QuantFormat, src: &[f32], dst: &mut [u8]) {
-    assert!(format != QuantFormat::Nf4, "NF4 is quantized per matrix: use nf4::quantize");
-    let bb = format.block_bytes();
-    assert!(src.len().is_multiple_of(QK) && dst.len() == src.len() / QK * bb);
-    let f16 = |v: f32| half::f16::from_f32(v).to_bits().to_le_bytes();
-    let inv = |d: f32| if d == 0.0 { 0.0 } else { 1.0 / d };
-    for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(bb)) {
-        match format {
-            QuantFormat::Q8_0 => {
-                let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = inv(d);
-                b[..2].copy_from_slice(&f16(d));
-                for (q, &v) in b[2..].iter_mut().zip(x) {
-                    *q = round_away(v * id) as i8 as u8;
-                }
-            }
-            QuantFormat::Q4_0 => {
-                // The value of largest magnitude (the first one on ties), with its sign.
-                let max = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                let d = max / -8.0;
-                let id = inv(d);
-                b[..2].copy_from_slice(&f16(d));
-                for j in 0..16 {
-                    let q = |v: f32| ((v * id + 8.5) as u8).min(15);
-                    b[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
-                }
-            }
-            QuantFormat::Q4_1 => {
-                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let min = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-                let d = (max - min) / 15.0;
-                let id = inv(d);
-                b[..2].copy_from_slice(&f16(d));
-                b[2..4].copy_from_slice(&f16(min));
-                for j in 0..16 {
-                    let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
-                    b[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
-                }
-            }
-            QuantFormat::Nf4 => unreachable!("checked above"),
-        }
     }
 }
 
@@ -321,7 +220,7 @@ impl OutPtr {
 /// When a slice is shorter than its matrix.
 pub fn linear_gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool) {
     if w.format == QuantFormat::Nf4 {
-        return super::nf4::linear_gemv(x, super::nf4::Nf4Ref::from_quant(w), y, rows, accumulate);
+        return super::nf4::linear_gemv(x, super::nf4::from_quant(w), y, rows, accumulate);
     }
     gemv(x, w, y, rows, accumulate, vnni_available());
 }
@@ -333,7 +232,7 @@ pub fn linear_gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accum
 /// When a slice is shorter than its matrix.
 pub fn linear_gemv_portable(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool) {
     if w.format == QuantFormat::Nf4 {
-        return super::nf4::linear_gemv(x, super::nf4::Nf4Ref::from_quant(w), y, rows, accumulate);
+        return super::nf4::linear_gemv(x, super::nf4::from_quant(w), y, rows, accumulate);
     }
     gemv(x, w, y, rows, accumulate, false);
 }

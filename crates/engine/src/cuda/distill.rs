@@ -10,7 +10,7 @@ use super::blas::{Dt, Operand};
 use super::module::drv;
 use super::{int, CudaBackend, CudaBuf, CudaWeight};
 use crate::checks;
-use crate::cpu::loss::IGNORE_INDEX;
+use afinar_formats::IGNORE_INDEX;
 use crate::{DistillSpec, DistillSums, Divergence, Result};
 
 /// Logits per tile (f32 elements: 128 MiB per tile, two tiles and a gradient tile).

@@ -30,11 +30,10 @@ use half::bf16;
 
 use crate::backend::AdamWScalars;
 use crate::checks;
-use crate::cpu::{self, CpuBackend, CpuWeight, CpuWeightData};
 use crate::error::ensure;
 use crate::{
-    AdamW, AttnDims, Backend, DistillSpec, DistillSums, EngineError, HalfFormat, QuantFormat, Result,
-    WeightFormat,
+    AdamW, AttnDims, Backend, DistillSpec, DistillSums, EngineError, HalfFormat, Products, QuantFormat,
+    Result, WeightFormat,
 };
 use blas::{gemm, Dt, Operand};
 use module::{drv, Kernels};
@@ -126,8 +125,6 @@ pub struct CudaBackend {
     scratch: Mutex<Scratch>,
     /// bitsandbytes' dynamic map, for NF4 scales.
     dmap: CudaSlice<f32>,
-    /// Host-side helper for quantizing and dequantizing weights exactly as the CPU backend does.
-    host: CpuBackend,
     name: String,
     sms: u32,
     /// Per-method device time (`AFINAR_CUDA_PROFILE=1`): name, seconds, calls.
@@ -210,7 +207,7 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| EngineError::Device(format!("cuBLAS could not start: {e:?}")))?;
         let kernels = module::load(&ctx)?;
-        let dmap = stream.clone_htod(&cpu::nf4::dynamic_map()[..]).map_err(drv)?;
+        let dmap = stream.clone_htod(&afinar_formats::nf4::dynamic_map()[..]).map_err(drv)?;
         let (major, minor) = ctx.compute_capability().map_err(drv)?;
         let gpu = ctx.name().map_err(drv)?;
         let sms = ctx
@@ -223,7 +220,6 @@ impl CudaBackend {
             kernels,
             scratch: Mutex::new(Scratch::default()),
             dmap,
-            host: CpuBackend::new(None),
             name: format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})"),
             sms,
             profile: std::env::var("AFINAR_CUDA_PROFILE")
@@ -434,18 +430,6 @@ impl CudaBackend {
         )
     }
 
-    /// The CPU backend's weight for the same data (quantization and host read-back).
-    fn host_weight(&self, w: &CudaWeight) -> Result<CpuWeight> {
-        let data = match &w.data {
-            WeightData::F32(d) => CpuWeightData::F32(self.dtoh(d)?),
-            WeightData::BF16(d) => {
-                CpuWeightData::BF16(self.dtoh(d)?.into_iter().map(bf16::from_bits).collect())
-            }
-            WeightData::Quant(format, d) => CpuWeightData::Quant { format: *format, blocks: self.dtoh(d)? },
-        };
-        CpuWeight::new(data, w.rows, w.cols)
-    }
-
     fn dtoh<T: DeviceRepr + Default + Clone>(&self, s: &CudaSlice<T>) -> Result<Vec<T>> {
         let mut v = vec![T::default(); s.len()];
         self.stream.memcpy_dtoh(s, &mut v[..]).map_err(drv)?;
@@ -646,8 +630,7 @@ impl Backend for CudaBackend {
                 WeightData::BF16(self.stream.clone_htod(&h[..]).map_err(up)?)
             }
             WeightFormat::Quant(q) => {
-                let hw = self.host.weight(data, rows, cols, format)?;
-                let CpuWeightData::Quant { blocks, .. } = hw.data() else { unreachable!("quantized") };
+                let blocks = crate::quant::quantize(q, data, rows, cols)?;
                 WeightData::Quant(q, self.stream.clone_htod(&blocks[..]).map_err(up)?)
             }
         };
@@ -662,7 +645,7 @@ impl Backend for CudaBackend {
         cols: usize,
     ) -> Result<CudaWeight> {
         let _t = self.timer("weight_quantized");
-        let want = cpu::check_quant_len(format, rows, cols, blocks.len())?;
+        let want = crate::quant::check_quant_len(format, rows, cols, blocks.len())?;
         let d = self.stream.clone_htod(blocks).map_err(|e| self.oom(e, want, 1))?;
         Ok(CudaWeight { rows, cols, data: WeightData::Quant(format, d) })
     }
@@ -683,7 +666,10 @@ impl Backend for CudaBackend {
         let _t = self.timer("weight_to_host");
         match &w.data {
             WeightData::F32(d) => self.dtoh(d),
-            _ => self.host.weight_to_host(&self.host_weight(w)?),
+            WeightData::BF16(d) => {
+                Ok(self.dtoh(d)?.into_iter().map(|h| bf16::from_bits(h).to_f32()).collect())
+            }
+            WeightData::Quant(format, d) => crate::quant::dequantize(*format, &self.dtoh(d)?, w.rows, w.cols),
         }
     }
 
@@ -719,6 +705,28 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _t = self.timer("linear_backward_input");
         self.weight_product("linear_backward_input", dy, w, dx, rows, accumulate, false)
+    }
+
+    fn linear_backward_weight(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        dw: &mut CudaBuf,
+        rows: usize,
+        out: usize,
+        inp: usize,
+        _products: Products,
+        accumulate: bool,
+    ) -> Result<()> {
+        let _t = self.timer("linear_backward_weight");
+        // f32 operands in TF32 on the tensor cores for either precision: the rounding bf16
+        // products would add buys no speed here (see `Products`).
+        if rows == 0 && !accumulate {
+            checks::matmul(dy.len, x.len, dw.len, out, inp, rows)?;
+            return self.fill(dw, out * inp, 0.0);
+        }
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.matmul(dy, true, x, false, dw, out, inp, rows, 1.0, beta)
     }
 
     fn matmul(
@@ -1065,7 +1073,7 @@ impl Backend for CudaBackend {
     ) -> Result<(f64, usize)> {
         let _t = self.timer("linear_cross_entropy");
         let l = self.fused_cross_entropy(h, w, targets, rows, FusedScale::Uniform(grad_scale), dh, dw)?;
-        let kept = l.iter().zip(&targets[..rows]).filter(|(_, &t)| t != cpu::loss::IGNORE_INDEX);
+        let kept = l.iter().zip(&targets[..rows]).filter(|(_, &t)| t != afinar_formats::IGNORE_INDEX);
         let (sum, count) = kept.fold((0.0, 0), |(s, c), (&v, _)| (s + v as f64, c + 1));
         Ok((sum, count))
     }
@@ -1241,7 +1249,7 @@ impl CudaBackend {
         let (vocab, dim) = (w.rows, w.cols);
         let (dh_len, dw_len) = (dh.as_deref().map(|d| d.len), dw.as_deref().map(|d| d.len));
         checks::linear_cross_entropy(h.len, targets, dh_len, dw_len, rows, dim, vocab)?;
-        let count = targets[..rows].iter().filter(|&&t| t != cpu::loss::IGNORE_INDEX).count();
+        let count = targets[..rows].iter().filter(|&&t| t != afinar_formats::IGNORE_INDEX).count();
         if rows == 0 || count == 0 && dh.is_none() && dw.is_none() {
             return Ok(vec![0.0; rows]);
         }
@@ -1323,7 +1331,7 @@ impl CudaBackend {
         self.stream.memcpy_dtoh(&losses.slice(..rows), &mut l[..]).map_err(drv)?;
         self.stream.synchronize().map_err(drv)?;
         for (v, &t) in l.iter_mut().zip(&targets[..rows]) {
-            if t == cpu::loss::IGNORE_INDEX {
+            if t == afinar_formats::IGNORE_INDEX {
                 *v = 0.0;
             }
         }

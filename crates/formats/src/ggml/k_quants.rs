@@ -57,7 +57,7 @@ pub fn dequantize_q3_k(src: &[u8], dst: &mut [f32]) {
 /// bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 the same
 /// for the mins; bytes 8-11 the low 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble).
 #[inline(always)]
-fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
+pub(crate) fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
