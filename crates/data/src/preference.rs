@@ -129,7 +129,8 @@ impl PreferenceDataset {
         };
         let listed = DatasetStats::MAX_LISTED;
         let mut pairs = Vec::with_capacity(encoded.len());
-        for ((prompt, chosen, rejected), (rec, &at)) in encoded.into_iter().zip(records.into_iter().zip(&ats)) {
+        for ((prompt, chosen, rejected), (rec, &at)) in encoded.into_iter().zip(records.into_iter().zip(&ats))
+        {
             for (ids, column) in [(&chosen, "chosen"), (&rejected, "rejected")] {
                 if ids.is_empty() {
                     return Err(DataError::InvalidValue {
@@ -161,7 +162,15 @@ impl PreferenceDataset {
                     }
                 }
             }
-            let pair = truncate_pair(prompt, chosen, rejected, spec.max_seq_len, spec.min_response_tokens, rec.lang, at);
+            let pair = truncate_pair(
+                prompt,
+                chosen,
+                rejected,
+                spec.max_seq_len,
+                spec.min_response_tokens,
+                rec.lang,
+                at,
+            );
             if pair.truncated {
                 stats.truncated += 1;
                 if stats.truncated_at.len() < listed {
@@ -284,7 +293,8 @@ fn encode_all(
     records: &[PrefRecord],
 ) -> Result<Encoded, DataError> {
     let enc = Encoder::new(tok, TrainOn::Assistant);
-    let tok_err = |at: RowLoc, source| DataError::Tokenizer { path: path.to_path_buf(), at, source: Box::new(source) };
+    let tok_err =
+        |at: RowLoc, source| DataError::Tokenizer { path: path.to_path_buf(), at, source: Box::new(source) };
     let use_chat = match spec.template {
         InstructTemplate::Plain => false,
         InstructTemplate::Chat => true,
@@ -339,7 +349,8 @@ fn encode_all(
                 let prompt = messages(&r.prompt, "user");
                 let prompt_text = enc.render(format, &prompt, true)?;
                 let prompt_ids = enc.encode(&prompt_text)?;
-                let chosen = chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.chosen, "assistant"))?;
+                let chosen =
+                    chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.chosen, "assistant"))?;
                 let rejected =
                     chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.rejected, "assistant"))?;
                 Ok::<_, ChatIssue>((prompt_ids, chosen, rejected))
@@ -481,7 +492,11 @@ impl<'a> PreferenceLoader<'a> {
     }
 
     /// The batches of `epoch` from batch `start` on (exact resume).
-    pub fn epoch_from(&self, epoch: usize, start: usize) -> impl ExactSizeIterator<Item = PreferenceBatch> + 'a {
+    pub fn epoch_from(
+        &self,
+        epoch: usize,
+        start: usize,
+    ) -> impl ExactSizeIterator<Item = PreferenceBatch> + 'a {
         let this = *self;
         let order = self.order(epoch);
         (start.min(self.batches_per_epoch())..self.batches_per_epoch()).map(move |i| this.build(&order, i))

@@ -31,8 +31,14 @@ fn load_err(spec: &DatasetSpec, tok: &Tokenizer) -> String {
 }
 
 fn render(tok: &Tokenizer, messages: &[Message], generation_prompt: bool) -> String {
-    render_template(tok.chat_template().unwrap(), messages, generation_prompt, tok.bos_token(), tok.eos_token())
-        .unwrap()
+    render_template(
+        tok.chat_template().unwrap(),
+        messages,
+        generation_prompt,
+        tok.bos_token(),
+        tok.eos_token(),
+    )
+    .unwrap()
 }
 
 /// The ids the chat template gives: the prompt with the generation prompt, and each response up
@@ -88,7 +94,11 @@ fn ultrafeedback_and_hh_rlhf_layouts_give_the_same_pairs_as_strings() {
     let user = json!({"role": "user", "content": q});
     let a = |t: &str| json!({"role": "assistant", "content": t});
     let strings = load_pairs(
-        &pref_spec(&write_jsonl(&dir, "s.jsonl", &[json!({"prompt": q, "chosen": "Paris.", "rejected": "Lyon."})])),
+        &pref_spec(&write_jsonl(
+            &dir,
+            "s.jsonl",
+            &[json!({"prompt": q, "chosen": "Paris.", "rejected": "Lyon."})],
+        )),
         tok,
     );
     // UltraFeedback: a prompt string, conversations repeating it; and with answers only.
@@ -102,7 +112,11 @@ fn ultrafeedback_and_hh_rlhf_layouts_give_the_same_pairs_as_strings() {
     );
     let uf = load_pairs(&pref_spec(&uf), tok);
     // HH-RLHF: two whole conversations, the prompt is their shared start.
-    let hh = write_jsonl(&dir, "hh.jsonl", &[json!({"chosen": [user, a("Paris.")], "rejected": [user, a("Lyon.")]})]);
+    let hh = write_jsonl(
+        &dir,
+        "hh.jsonl",
+        &[json!({"chosen": [user, a("Paris.")], "rejected": [user, a("Lyon.")]})],
+    );
     let hh = load_pairs(&pref_spec(&hh), tok);
     let ids = |p: &PreferencePair| (p.prompt_ids.clone(), p.chosen_ids.clone(), p.rejected_ids.clone());
     let want = ids(&strings.pairs()[0]);
@@ -121,7 +135,8 @@ fn ultrafeedback_and_hh_rlhf_layouts_give_the_same_pairs_as_strings() {
         "rejected": [turns[0], turns[1], turns[2], {"from": "gpt", "value": "Five, I think."}],
     });
     let hh = load_pairs(&pref_spec(&write_jsonl(&dir, "hh2.jsonl", &[row])), tok);
-    let prompt = [Message::new("user", "Hi!"), Message::new("assistant", "Hello."), Message::new("user", "2+2?")];
+    let prompt =
+        [Message::new("user", "Hi!"), Message::new("assistant", "Hello."), Message::new("user", "2+2?")];
     let (p, c) = expected_chat(tok, &prompt, "4.");
     let (_, r) = expected_chat(tok, &prompt, "Five, I think.");
     assert_eq!(ids(&hh.pairs()[0]), (p, c, r));
@@ -194,7 +209,8 @@ fn write_parquet(dir: &Path, rows: &[Value], cols: &[&str]) -> std::path::PathBu
     let mut rg = writer.next_row_group().unwrap();
     let mut i = 0;
     while let Some(mut col) = rg.next_column().unwrap() {
-        let values: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r[cols[i]].as_str().unwrap())).collect();
+        let values: Vec<ByteArray> =
+            rows.iter().map(|r| ByteArray::from(r[cols[i]].as_str().unwrap())).collect();
         col.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
         col.close().unwrap();
         i += 1;
@@ -208,7 +224,8 @@ fn write_parquet(dir: &Path, rows: &[Value], cols: &[&str]) -> std::path::PathBu
 fn plain_text_is_bos_prompt_then_response_and_eos() {
     let tok = llama3();
     let dir = scratch("pref-plain");
-    let path = write_jsonl(&dir, "p.jsonl", &[json!({"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"})]);
+    let path =
+        write_jsonl(&dir, "p.jsonl", &[json!({"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"})]);
     let mut spec = pref_spec(&path);
     spec.template = InstructTemplate::Plain;
     let ds = load_pairs(&spec, tok);
@@ -224,11 +241,18 @@ fn plain_text_is_bos_prompt_then_response_and_eos() {
     assert_eq!(p.chosen_ids, want_chosen);
     assert_eq!(ds.stats().prompt_format.map(|f| f.to_string()).as_deref(), Some("text"));
     // Message lists have no plain-text form.
-    let path = write_jsonl(&dir, "m.jsonl", &[json!({"prompt": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": "b"})]);
+    let path = write_jsonl(
+        &dir,
+        "m.jsonl",
+        &[json!({"prompt": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": "b"})],
+    );
     let mut spec = pref_spec(&path);
     spec.template = InstructTemplate::Plain;
     let e = load_err(&spec, tok);
-    assert!(e.contains("m.jsonl: line 1: column \"prompt\": plain-text preference data needs strings"), "{e}");
+    assert!(
+        e.contains("m.jsonl: line 1: column \"prompt\": plain-text preference data needs strings"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -377,7 +401,10 @@ fn the_pair_loader_shuffles_by_seed_and_resumes_exactly() {
     }
     let total: usize =
         b.indices.iter().map(|&i| ds.pairs()[i].chosen_ids.len() + ds.pairs()[i].rejected_ids.len()).sum();
-    assert_eq!(b.batch.label_tokens, total, "every response token is a target (the first one of the prompt's end)");
+    assert_eq!(
+        b.batch.label_tokens, total,
+        "every response token is a target (the first one of the prompt's end)"
+    );
     assert_eq!(PreferenceLoader::new(&ds, 3, false, 0, 0).unwrap().drop_last(true).batches_per_epoch(), 2);
     assert!(PreferenceLoader::new(&ds, 0, false, 0, 0).is_err());
 }

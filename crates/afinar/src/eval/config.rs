@@ -290,7 +290,9 @@ fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
             return Err(cx.err(
                 &kind_node.pos,
                 &sub("kind"),
-                format!("expected one of perplexity, multiple_choice, exact_match, preference, got {other:?}"),
+                format!(
+                    "expected one of perplexity, multiple_choice, exact_match, preference, got {other:?}"
+                ),
             ))
         }
     };

@@ -175,7 +175,11 @@ fn flag_tasks(args: &EvalArgs) -> Result<Vec<TaskSpec>> {
     for spec in &args.preference {
         let (language, file) = lang_file(spec, "--preference")?;
         let opts = PreferenceOptions { limit: args.limit, ..Default::default() };
-        tasks.push(TaskSpec { name: "preference".into(), language, kind: TaskKind::Preference { file, opts } });
+        tasks.push(TaskSpec {
+            name: "preference".into(),
+            language,
+            kind: TaskKind::Preference { file, opts },
+        });
     }
     Ok(tasks)
 }
