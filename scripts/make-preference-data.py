@@ -4,9 +4,9 @@ that teaches one measurable habit: answer in the language of the question, brief
 
 Each row is {"prompt", "chosen", "rejected", "lang", "category"}. The chosen response is a brief
 answer in the question's language ("Paris." / "París."); the rejected one carries the same content
-but breaks the habit, cycling through three ways: a full sentence in the other language, a
-long-winded answer in the same language, a brief answer in the other language (for arithmetic,
-where a number reads the same in both languages, a long-winded answer in the other language).
+but breaks the habit (see CYCLE): a full sentence in the question's language ("The capital of
+France is Paris."), a full sentence in the other language, or a brief answer in the other language
+(for arithmetic, where a number reads the same in both languages, a full sentence instead).
 
 Questions are templates x facts (arithmetic, capitals, colours, days, months, opposites); facts
 are split between train and held-out before any question is written, so no held-out question (in
@@ -133,22 +133,19 @@ def arithmetic(f, rng):
     return q, brief, full
 
 
-WORDY = {
-    "en": ("Sure! Let me answer that for you. ", " I hope this helps, and let me know if you have any other questions!"),
-    "es": ("¡Claro! Déjame responderte. ", " Espero que esto te ayude; ¡dime si tienes alguna otra pregunta!"),
-}
+# Which way the rejected response breaks the habit, cycled over the rows: a full sentence in the
+# question's language (not brief), a full sentence in the other language, a brief answer in the
+# other language. Full same-language sentences are half of all rows: a base instruct model tends
+# to prefer them, which leaves room to learn brevity in both languages.
+CYCLE = ("full_same", "full_other", "full_same", "brief_other")
 
 
-def rejected_for(kind, lang, brief, full, numeric):
+def rejected_for(how, lang, brief, full, numeric):
     other = "es" if lang == "en" else "en"
-    if kind == 0:
+    if how == "full_same":
+        return full[lang]
+    if how == "full_other" or numeric:  # a bare number reads the same in both languages
         return full[other]
-    if kind == 1:
-        pre, post = WORDY[lang]
-        return pre + full[lang] + post
-    if numeric:  # a bare number is the same in both languages
-        pre, post = WORDY[other]
-        return pre + full[other] + post
     return brief[other]
 
 
@@ -177,7 +174,7 @@ def main():
             q, brief, full = build(f, rng)
             for lang in ("en", "es"):
                 row = {"prompt": q[lang], "chosen": brief[lang],
-                       "rejected": rejected_for(kind % 3, lang, brief, full, name == "arithmetic"),
+                       "rejected": rejected_for(CYCLE[kind % len(CYCLE)], lang, brief, full, name == "arithmetic"),
                        "lang": lang, "category": name}
                 kind += 1
                 (heldout if i < n_held else train).append(row)

@@ -155,8 +155,11 @@ fn smollm2_scores_a_bilingual_preference_file_per_language() {
             "{}: chosen {:.4} (full {c:.4}), rejected {:.4} (full {j:.4})",
             item.row, item.chosen_logprob, item.rejected_logprob
         );
-        assert!((item.chosen_logprob - c).abs() < 2e-3, "{}", item.row);
-        assert!((item.rejected_logprob - j).abs() < 2e-3, "{}", item.row);
+        // f32 sums over 30 layers in another order (chunked prefill, KV cache, batched
+        // continuations): within 2e-3 plus 5e-4 of the magnitude.
+        let tol = |x: f64| 2e-3 + 5e-4 * x.abs();
+        assert!((item.chosen_logprob - c).abs() < tol(c), "{}", item.row);
+        assert!((item.rejected_logprob - j).abs() < tol(j), "{}", item.row);
     }
     // Gibberish is far less likely than the right answer.
     assert!(r.items[0].margin > 5.0, "{:?}", r.items[0]);
