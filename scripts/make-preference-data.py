@@ -133,11 +133,16 @@ def arithmetic(f, rng):
     return q, brief, full
 
 
-# Which way the rejected response breaks the habit, cycled over the rows: a full sentence in the
-# question's language (not brief), a full sentence in the other language, a brief answer in the
-# other language. Full same-language sentences are half of all rows: a base instruct model tends
-# to prefer them, which leaves room to learn brevity in both languages.
-CYCLE = ("full_same", "full_other", "full_same", "brief_other")
+# Which way the rejected response breaks the habit, cycled over each language's rows: a full
+# sentence in the question's language (not brief), a full sentence in the other language, a brief
+# answer in the other language. The mix is weighted per language towards what the base
+# SmolLM2-135M-Instruct gets wrong (measured with `afinar eval` on the held-out set): in English
+# it prefers full sentences to brief answers, in Spanish it prefers English answers, while it
+# already prefers brief Spanish to full Spanish sentences and English to Spanish answers.
+CYCLE = {
+    "en": ("full_same", "full_same", "full_same", "full_other"),
+    "es": ("brief_other", "full_other", "brief_other", "full_other", "full_same"),
+}
 
 
 def rejected_for(how, lang, brief, full, numeric):
@@ -165,7 +170,7 @@ def main():
         ("opposites", OPPOSITES, opposites), ("arithmetic", arith, arithmetic),
     ]
     train, heldout = [], []
-    kind = 0
+    kind = {"en": 0, "es": 0}  # each language cycles through every way on its own
     for name, facts, build in cats:
         facts = list(facts)
         rng.shuffle(facts)
@@ -174,9 +179,9 @@ def main():
             q, brief, full = build(f, rng)
             for lang in ("en", "es"):
                 row = {"prompt": q[lang], "chosen": brief[lang],
-                       "rejected": rejected_for(CYCLE[kind % len(CYCLE)], lang, brief, full, name == "arithmetic"),
+                       "rejected": rejected_for(CYCLE[lang][kind[lang] % len(CYCLE[lang])], lang, brief, full, name == "arithmetic"),
                        "lang": lang, "category": name}
-                kind += 1
+                kind[lang] += 1
                 (heldout if i < n_held else train).append(row)
     rng.shuffle(train)
     rng.shuffle(heldout)

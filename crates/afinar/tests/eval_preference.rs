@@ -143,6 +143,7 @@ fn smollm2_scores_a_bilingual_preference_file_per_language() {
         es.iter().map(|p| p.at).collect::<Vec<_>>(),
         [RowLoc::Line(3), RowLoc::Line(4), RowLoc::Line(5)]
     );
+    assert_eq!(load_preference_pairs(&file, tok, "-", max, &opts).unwrap().len(), 5, "`-`: every row");
     let e = load_preference_pairs(&file, tok, "fr", max, &opts).unwrap_err().to_string();
     assert!(e.contains("no row has lang \"fr\" (the file's languages: en, es)"), "{e}");
 

@@ -10,7 +10,7 @@
 //! margin, each with its standard error (sample standard deviation over √n).
 //!
 //! When rows carry a `lang` column, a task scores only the rows whose `lang` is the task's
-//! language, so one file gives one column per language in the report.
+//! language (`-`: every row), so one file gives one column per language in the report.
 
 use std::path::Path;
 
@@ -66,7 +66,8 @@ pub struct PreferenceResult {
 
 /// Reads and encodes a preference file for `tok` (the model's context is `max_seq_len`: longer
 /// pairs are cut as preference training cuts them), keeping the rows of `language` when rows
-/// carry a `lang` column.
+/// carry a `lang` column (every row for the language `-`, which a `--preference FILE` flag without
+/// `LANG=` gets).
 pub fn load_preference_pairs(
     path: &Path,
     tok: &Tokenizer,
@@ -80,7 +81,7 @@ pub fn load_preference_pairs(
     spec.long_rows = LongRows::Truncate;
     let ds = PreferenceDataset::load(&spec, tok).map_err(|e| Error::Input(e.to_string()))?;
     let pairs = ds.pairs();
-    if pairs.iter().all(|p| p.lang.is_none()) {
+    if language == "-" || pairs.iter().all(|p| p.lang.is_none()) {
         return Ok(pairs.to_vec());
     }
     let kept: Vec<PreferencePair> =
