@@ -13,7 +13,12 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p afinar-cli
 python3 scripts/make-preference-data.py
 cache=${AFINAR_CACHE:-$HOME/.cache/afinar}
-base=${BASE_MODEL:-$cache/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}
+# The f32 Hugging Face folder the eval fixtures write, when it is there (the baseline in
+# data/README.md was measured on it); else the GGUF.
+f32="$cache/eval/smollm2-135m-instruct-f32"
+if [[ -f "$f32/model.safetensors" ]]; then default_base=$f32; else
+  default_base=$cache/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf; fi
+base=${BASE_MODEL:-$default_base}
 out=${OUT:-output/prefs-quickstart}
 mkdir -p "$out"
 
