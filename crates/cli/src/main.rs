@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 /// Fine-tune, evaluate, quantize and run Llama-3 family models.
 #[derive(Parser)]
-#[command(name = "afinar", version, about, long_about = None)]
+#[command(name = "afinar", version, long_version = long_version(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +46,25 @@ enum Command {
     Quantize(commands::quantize::QuantizeArgs),
     /// Write a PEFT LoRA adapter as a llama.cpp LoRA adapter GGUF.
     ExportAdapter(commands::quantize::ExportAdapterArgs),
+}
+
+/// `afinar --version`: the version, then the CPU level the kernels run at (detected, and the
+/// `AFINAR_CPU_LEVEL` cap when one is set or invalid).
+fn long_version() -> &'static str {
+    use afinar::engine::cpu::features;
+    let cap = match features::env_cap() {
+        Ok(Some(c)) => c.name().to_string(),
+        Ok(None) => "none".to_string(),
+        Err(e) => format!("invalid ({e})"),
+    };
+    let text = format!(
+        "{}\ncpu level: {} (detected {}; {} cap: {cap})",
+        env!("CARGO_PKG_VERSION"),
+        features::level(),
+        features::detected(),
+        features::ENV_VAR,
+    );
+    Box::leak(text.into_boxed_str())
 }
 
 /// glibc's malloc raises its mmap threshold whenever a large block is freed (up to 32 MiB), after

@@ -48,7 +48,7 @@ pub fn parse_device(name: &str) -> Option<Device> {
 /// prefixes with where the name came from: a config key, a flag).
 pub fn run_on_device<J: DeviceJob>(device: &str, threads: Option<usize>, job: J) -> Result<J::Output> {
     match parse_device(device) {
-        Some(Device::Cpu) => Ok(job.run(&CpuBackend::new(threads))),
+        Some(Device::Cpu) => Ok(job.run(&CpuBackend::try_new(threads)?)),
         #[cfg(feature = "cuda")]
         Some(Device::Cuda(ordinal)) => {
             let be = crate::CudaBackend::new(ordinal)?;

@@ -190,7 +190,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
         anyhow::bail!("--threads must be at least 1");
     }
     let t0 = std::time::Instant::now();
-    let be = CpuBackend::new(args.threads);
+    let be = CpuBackend::try_new(args.threads)?;
     // Every matrix is read back as f32 and re-encoded, so load f32 (dequantizing a GGUF).
     let opts = LoadOptions {
         format: WeightFormat::F32,
@@ -235,7 +235,7 @@ fn run_nf4(args: QuantizeArgs) -> Result<()> {
         FloatDType::F32 => DType::F32,
     };
     let t0 = std::time::Instant::now();
-    let be = CpuBackend::new(args.threads);
+    let be = CpuBackend::try_new(args.threads)?;
     // f32 weights, rounded to the dtype and quantized at export; a bitsandbytes folder's NF4
     // matrices are kept (and copied unchanged) instead of being requantized.
     let gguf = args.model.is_file() && is_gguf(&args.model)?;

@@ -27,27 +27,23 @@ const TASK_MB: usize = 4;
 const TASK_NB: usize = 8;
 
 /// Whether AMX-BF16 (with AVX512-BF16 for the conversions) is usable in this process: the CPU
-/// has it and the kernel granted the tile state. Set `AFINAR_NO_AMX=1` to turn it off.
+/// has it, the cap of [`super::features`] allows it (level `amx`) and the kernel granted the tile
+/// state. Set `AFINAR_NO_AMX=1` to turn it off (as `AFINAR_CPU_LEVEL=avx512_bf16` does). Records
+/// the `amx` level as taken when it answers yes.
 pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| std::env::var_os("AFINAR_NO_AMX").is_none() && detect())
+    use super::features::{allows, note, CpuLevel};
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    let ok = allows(CpuLevel::Amx)
+        && *GRANTED.get_or_init(|| std::env::var_os("AFINAR_NO_AMX").is_none() && request_tiles());
+    if ok {
+        note(CpuLevel::Amx);
+    }
+    ok
 }
 
+/// Asks Linux for the tile state (only called where the CPU has AMX: level `amx` detected).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn detect() -> bool {
-    use std::arch::x86_64::__cpuid_count;
-    if !(std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bf16")
-        && std::arch::is_x86_feature_detected!("avx512bw"))
-    {
-        return false;
-    }
-    // CPUID.(EAX=7, ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-    // SAFETY: `cpuid` exists on every x86_64 CPU and leaf 7 is valid where AVX-512 is present.
-    let leaf7 = __cpuid_count(7, 0);
-    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
-        return false;
-    }
+fn request_tiles() -> bool {
     // arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18): ask Linux to enable the
     // tile data state for this process (all its threads). Returns 0 on success, -errno else.
     let ret: i64;
@@ -68,7 +64,7 @@ fn detect() -> bool {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn detect() -> bool {
+fn request_tiles() -> bool {
     false
 }
 

@@ -753,16 +753,9 @@ pub fn attention_forward_f16_portable(
 }
 
 /// Whether the AVX-512 f16 kernels can run here (AVX-512F includes the 16-wide f16 → f32
-/// conversion).
+/// conversion; F16C comes with the AVX2 level), within the cap of [`super::features`].
 pub fn f16_simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cfg!(target_arch = "x86_64") && super::features::allows(super::features::CpuLevel::Avx512)
 }
 
 /// Widens f16 bit patterns to f32 (`dst.len()` values), with AVX-512 when `simd`.
@@ -791,6 +784,8 @@ fn attention_forward_f16_with(
     doc_ids: Option<&[u32]>,
     simd: bool,
 ) {
+    use super::features::{note, CpuLevel};
+    note(if simd { CpuLevel::Avx512 } else { CpuLevel::Portable });
     let d = dims;
     assert!(d.kv_heads > 0 && d.q_heads.is_multiple_of(d.kv_heads));
     assert!(d.kv_len <= d.kv_stride);

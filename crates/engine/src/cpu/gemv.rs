@@ -86,6 +86,8 @@ fn gemv(
     accumulate: bool,
     simd: bool,
 ) {
+    use super::features::{note, CpuLevel};
+    note(if simd { CpuLevel::Avx512 } else { CpuLevel::Portable });
     assert!(x.len() >= rows * inp && y.len() >= rows * out && w.len() >= out * inp);
     if rows == 0 || out == 0 {
         return;
@@ -216,18 +218,10 @@ fn dot_portable<W: Copy>(x: &[f32], w: &[W], widen: impl Fn(W) -> f32) -> f32 {
     acc.iter().sum()
 }
 
-/// Whether the AVX-512 kernel can run here.
+/// Whether the AVX-512 kernel can run here (AVX-512 F/BW/VL), within the cap of
+/// [`super::features`].
 pub fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cfg!(target_arch = "x86_64") && super::features::allows(super::features::CpuLevel::Avx512)
 }
 
 // The AVX-512 intrinsics used here are stable since Rust 1.89, above the workspace's declared

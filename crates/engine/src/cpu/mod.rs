@@ -11,6 +11,7 @@ pub mod attention;
 pub mod distill;
 pub mod elementwise;
 pub mod embedding;
+pub mod features;
 pub mod float;
 pub mod gemv;
 pub mod half_buf;
@@ -144,14 +145,13 @@ fn check_len(len: usize, n: usize, rows: usize, cols: usize) -> Result<()> {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
-    avx512_bf16: bool,
 }
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuBackend")
             .field("threads", &self.threads)
-            .field("avx512_bf16", &self.avx512_bf16)
+            .field("cpu_level", &features::level())
             .finish()
     }
 }
@@ -173,18 +173,28 @@ impl CpuBackend {
     pub const QUANT_GEMV_MAX_ROWS: usize = gemv::QUANT_GEMV_MAX_ROWS;
 
     /// A backend running on its own pool of `threads` threads (`None`: one per available core).
+    /// What callers that report errors use: [`CpuBackend::try_new`].
     ///
     /// # Panics
-    /// When the operating system cannot start the threads.
+    /// When the operating system cannot start the threads, or when `AFINAR_CPU_LEVEL` holds
+    /// something else than a CPU level (see [`features`]).
     pub fn new(threads: Option<usize>) -> Self {
+        Self::try_new(threads).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`CpuBackend::new`] that reports its failures: an `AFINAR_CPU_LEVEL` that names no CPU
+    /// level (the message names the variable and the accepted values), or threads that the
+    /// operating system cannot start.
+    pub fn try_new(threads: Option<usize>) -> Result<Self> {
+        features::check_env().map_err(EngineError::Unsupported)?;
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("afinar-cpu-{i}"))
             .build()
-            .expect("failed to start the CPU backend's threads");
-        CpuBackend { pool, threads, avx512_bf16: has_avx512_bf16() }
+            .map_err(|e| EngineError::Device(format!("failed to start the CPU backend's {threads} threads: {e}")))?;
+        Ok(CpuBackend { pool, threads })
     }
 
     /// Number of worker threads.
@@ -198,28 +208,13 @@ impl CpuBackend {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx512_bf16() -> bool {
-    std::arch::is_x86_feature_detected!("avx512bf16")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn has_avx512_bf16() -> bool {
-    false
-}
-
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
     type Half = CpuHalf;
 
     fn name(&self) -> String {
-        format!(
-            "cpu ({} thread{}{})",
-            self.threads,
-            if self.threads == 1 { "" } else { "s" },
-            if self.avx512_bf16 { ", avx512_bf16" } else { "" }
-        )
+        format!("cpu ({} thread{}, {})", self.threads, if self.threads == 1 { "" } else { "s" }, features::describe())
     }
 
     fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

@@ -237,24 +237,15 @@ pub fn linear_gemv_portable(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usi
     gemv(x, w, y, rows, accumulate, false);
 }
 
-/// Whether the AVX-512 VNNI kernel can run here.
+/// Whether the AVX-512 VNNI kernel can run here (AVX-512 F/VL/VNNI with AVX2, FMA and F16C),
+/// within the cap of [`super::features`].
 pub fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cfg!(target_arch = "x86_64") && super::features::allows(super::features::CpuLevel::Avx512Vnni)
 }
 
 fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool, simd: bool) {
+    use super::features::{note, CpuLevel};
+    note(if simd { CpuLevel::Avx512Vnni } else { CpuLevel::Portable });
     let (out, inp) = (w.rows, w.cols);
     assert!(x.len() >= rows * inp && y.len() >= rows * out);
     assert!(inp % QK == 0 && w.data.len() == out * w.row_bytes());

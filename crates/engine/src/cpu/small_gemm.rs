@@ -76,6 +76,7 @@ pub(crate) unsafe fn small_gemm<T: Real>(
         }
         return;
     }
+    crate::cpu::features::note(crate::cpu::features::CpuLevel::Portable);
     // SAFETY: forwarded contract.
     unsafe { gemm_raw(m, n, k, dst, dst_rs, a, a_rs, a_cs, b, b_rs, b_cs, alpha, beta, false) }
 }
@@ -83,16 +84,16 @@ pub(crate) unsafe fn small_gemm<T: Real>(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     /// Rows of accumulators per block.
     const MR: usize = 6;
     /// Vectors of 16 columns per block.
     const NV: usize = 4;
 
+    /// Whether the AVX-512 kernels may run (within the cap of [`crate::cpu::features`]);
+    /// records it as taken when they may.
     pub fn available() -> bool {
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+        crate::cpu::features::take(crate::cpu::features::CpuLevel::Avx512)
     }
 
     /// The f32 body of [`super::small_gemm`] for `B` with unit column stride.

@@ -1,11 +1,12 @@
 //! Row primitives of the softmax-style kernels (attention, cross-entropy), compiled three times:
-//! for AVX-512, for AVX2+FMA and for the baseline target, and picked at run time. The bodies are
+//! for AVX-512, for AVX2+FMA and for the baseline target, and picked at run time by
+//! [`super::features`]. The bodies are
 //! plain loops over 16 independent lanes that the compiler vectorises for each target.
 
 use super::float::Real;
 
 /// Defines `pub fn $name<T: Real>(args) -> ret` that runs `$body` compiled for the best
-/// instruction set the CPU has.
+/// instruction set the CPU has, within the cap of [`super::features`].
 macro_rules! multiversion {
     ($(#[$m:meta])* pub fn $name:ident<T: Real>($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$m])*
@@ -27,17 +28,17 @@ macro_rules! multiversion {
                 unsafe fn v256<T: Real>($($arg: $ty),*) -> $ret {
                     imp($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                use $crate::cpu::features::{take, CpuLevel};
+                if take(CpuLevel::Avx512) {
                     // SAFETY: the CPU supports the features `v512` is compiled for.
                     return unsafe { v512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if take(CpuLevel::Avx2) {
                     // SAFETY: as above.
                     return unsafe { v256($($arg),*) };
                 }
             }
+            $crate::cpu::features::note($crate::cpu::features::CpuLevel::Portable);
             imp($($arg),*)
         }
     };
