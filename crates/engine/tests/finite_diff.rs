@@ -12,7 +12,7 @@ use afinar_engine::cpu::matmul::{
 };
 use afinar_engine::cpu::{elementwise, embedding, loss, norm, rope, swiglu};
 use afinar_engine::{rope_inv_freq, AttnDims, RopeScaling};
-use common::{check_grad, check_grad_maybe_zero, project, rel_err, Rng};
+use common::{check_grad, check_grad_maybe_zero, naive_attention, project, rel_err, Rng};
 use half::bf16;
 
 #[test]
@@ -253,50 +253,6 @@ fn elementwise_kernels() {
         let want = if i < n - 5 { want * 0.5 } else { want };
         assert_eq!(y[i], want);
     }
-}
-
-/// Plain-loop attention in f64 with an explicit mask and softmax.
-fn naive_attention(
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    d: &AttnDims,
-    doc: Option<&[u32]>,
-) -> (Vec<f64>, Vec<f64>) {
-    let hd = d.head_dim;
-    let grp = d.q_heads / d.kv_heads;
-    let mut out = vec![0.0; q_elems(d)];
-    let mut lse = vec![0.0; lse_elems(d)];
-    for b in 0..d.batch {
-        for h in 0..d.q_heads {
-            let g = h / grp;
-            for t in 0..d.q_len {
-                let ta = d.q_offset + t;
-                let qo = ((b * d.q_len + t) * d.q_heads + h) * hd;
-                let mut scores = vec![f64::NEG_INFINITY; d.kv_len];
-                for (s, sc) in scores.iter_mut().enumerate() {
-                    let visible =
-                        s <= ta && doc.is_none_or(|doc| doc[b * d.kv_len + s] == doc[b * d.kv_len + ta]);
-                    if visible {
-                        let ko = ((b * d.kv_stride + s) * d.kv_heads + g) * hd;
-                        let dot: f64 = (0..hd).map(|i| q[qo + i] * k[ko + i]).sum();
-                        *sc = dot * d.scale as f64;
-                    }
-                }
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
-                lse[(b * d.q_heads + h) * d.q_len + t] = m + z.ln();
-                for (s, sc) in scores.iter().enumerate() {
-                    let p = (sc - m).exp() / z;
-                    let vo = ((b * d.kv_stride + s) * d.kv_heads + g) * hd;
-                    for i in 0..hd {
-                        out[qo + i] += p * v[vo + i];
-                    }
-                }
-            }
-        }
-    }
-    (out, lse)
 }
 
 fn check_attention(d: AttnDims, doc: Option<&[u32]>, tiles: AttnTiles, seed: u64) {

@@ -193,7 +193,9 @@ impl CpuBackend {
             .num_threads(threads)
             .thread_name(|i| format!("afinar-cpu-{i}"))
             .build()
-            .map_err(|e| EngineError::Device(format!("failed to start the CPU backend's {threads} threads: {e}")))?;
+            .map_err(|e| {
+                EngineError::Device(format!("failed to start the CPU backend's {threads} threads: {e}"))
+            })?;
         Ok(CpuBackend { pool, threads })
     }
 
@@ -214,7 +216,12 @@ impl Backend for CpuBackend {
     type Half = CpuHalf;
 
     fn name(&self) -> String {
-        format!("cpu ({} thread{}, {})", self.threads, if self.threads == 1 { "" } else { "s" }, features::describe())
+        format!(
+            "cpu ({} thread{}, {})",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            features::describe()
+        )
     }
 
     fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
