@@ -208,6 +208,7 @@ pub(crate) fn note(l: CpuLevel) {
 /// Whether kernels compiled for `l` may run; if so, records that one is taken ([`note`]). For
 /// dispatch sites that run the kernel right after asking.
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn take(l: CpuLevel) -> bool {
     let ok = allows(l);
     if ok {

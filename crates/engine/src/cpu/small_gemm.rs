@@ -8,6 +8,7 @@
 
 use super::float::Real;
 use super::matmul::gemm_raw;
+#[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
 
 /// `dst = beta · dst + alpha · A · B` with `A: [m, k]` at strides (`a_rs`, `a_cs`), `B: [k, n]`
