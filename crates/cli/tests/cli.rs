@@ -166,3 +166,42 @@ fn os_errors_are_printed_once() {
     let code = &os[..os.find(')').unwrap() + 1];
     assert_eq!(err.matches(code).count(), 1, "{err}");
 }
+
+/// `afinar --version` shows the CPU level and the `AFINAR_CPU_LEVEL` cap, the load line says
+/// when the cap lowered the level, and a value that names no level is a clean error.
+#[test]
+fn cpu_level_cap_is_shown_and_checked() {
+    let run = |cap: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_afinar"));
+        cmd.args(args);
+        match cap {
+            Some(v) => cmd.env("AFINAR_CPU_LEVEL", v),
+            None => cmd.env_remove("AFINAR_CPU_LEVEL"),
+        };
+        cmd.output().expect("run afinar")
+    };
+    let out = run(None, &["--version"]);
+    assert!(out.status.success());
+    let version = text(&out.stdout);
+    assert!(version.contains("cpu level: ") && version.contains("AFINAR_CPU_LEVEL cap: none"), "{version}");
+    let out = run(Some("portable"), &["--version"]);
+    let capped = text(&out.stdout);
+    assert!(
+        capped.contains("cpu level: portable (detected ") && capped.contains("cap: portable"),
+        "{capped}"
+    );
+
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let gen = ["generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "1", "--threads", "1"];
+    let out = run(Some("portable"), &gen);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let detected_portable = version.contains("cpu level: portable");
+    let want = if detected_portable { "cpu (1 thread, portable)" } else { "portable; capped from " };
+    assert!(err.contains(want), "load line should say {want:?}: {err}");
+    assert_clean_failure(
+        &run(Some("avx9"), &gen),
+        "AFINAR_CPU_LEVEL=\"avx9\" is not a CPU level: expected one of portable, avx2, avx512",
+    );
+}

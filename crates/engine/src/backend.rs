@@ -243,7 +243,7 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::from_half`]).
     type Half: Send + Sync;
 
-    /// Human-readable device name, e.g. `"cpu (2 threads, avx512_bf16)"`.
+    /// Human-readable device name, e.g. `"cpu (2 threads, avx2; capped from avx512 by AFINAR_CPU_LEVEL)"`.
     fn name(&self) -> String;
 
     /// Runs `f`, a sequence of many kernel calls, where they are cheapest to issue one after
