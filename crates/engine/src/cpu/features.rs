@@ -15,7 +15,9 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-/// The environment variable that caps the level the CPU kernels run at.
+/// The environment variable that caps the level the CPU kernels run at: one of the
+/// [`CpuLevel::name`]s (surrounding spaces ignored; unset or empty: no cap). A level above the
+/// machine's caps nothing.
 pub const ENV_VAR: &str = "AFINAR_CPU_LEVEL";
 
 /// An ordered group of instruction-set features the CPU kernels use; each level includes the
@@ -175,9 +177,18 @@ pub fn level() -> CpuLevel {
     if v != UNSET {
         return CpuLevel::from_u8(v);
     }
+    first_level()
+}
+
+/// [`level`]'s first call: detects, reads the cap and stores the result.
+#[cold]
+fn first_level() -> CpuLevel {
     let v = compute();
-    CURRENT.store(v, Ordering::Relaxed);
-    CpuLevel::from_u8(v)
+    // A `set_cap` racing with this first call wins: it stores after reading its own cap.
+    match CURRENT.compare_exchange(UNSET, v, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => CpuLevel::from_u8(v),
+        Err(now) => CpuLevel::from_u8(now),
+    }
 }
 
 /// Whether kernels compiled for `l` may run (the machine has it and no cap is below it).
