@@ -8,9 +8,11 @@
 //! tests, by [`set_cap`]: a cap lets one machine run and benchmark every lower path.
 //!
 //! Every dispatch reads one atomic ([`allows`]), so a cap set at run time reaches every kernel,
-//! including those that used to cache their detection. Not covered: the large products that go
-//! to the `gemm` crate, which picks its own kernel (AVX2+FMA where present) once per process. The kernels also mark the levels whose
+//! including those that used to cache their detection. The kernels also mark the levels whose
 //! code they took ([`taken_levels`]), so a test can see that a cap really changed the path.
+//!
+//! Not covered: the large products that go to the `gemm` crate, which picks its own kernel
+//! (AVX2+FMA where present) once per process. Off x86-64 the level is always `portable`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
