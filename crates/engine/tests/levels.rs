@@ -408,7 +408,7 @@ fn families(amx_granted: bool) -> Vec<(&'static str, Family, Vec<CpuLevel>)> {
         ("swiglu", swiglu, rows.clone()),
         ("rmsnorm", rmsnorm, vec![]),
         ("gemv f32/bf16", gemv, vec![Portable, Avx512]),
-        ("gemv q8_0/q4_0/q4_1", quant_gemv, vec![Portable, Avx512Vnni]),
+        ("gemv q8_0/q4_0/q4_1", quant_gemv, vec![Portable, Avx2, Avx512Vnni]),
         ("gemv nf4", nf4_gemv, vec![]),
         ("linear + weight gradient", linear, if amx_granted { vec![Amx] } else { vec![] }),
         ("attention", attention, rows.clone()),

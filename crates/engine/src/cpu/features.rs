@@ -29,12 +29,13 @@ pub const ENV_VAR: &str = "AFINAR_CPU_LEVEL";
 pub enum CpuLevel {
     /// No SIMD intrinsics: the code compiled for the build's target (the only level off x86-64).
     Portable = 0,
-    /// AVX2, FMA and F16C: the 256-bit builds of the row primitives (softmax rows, SwiGLU).
+    /// AVX2, FMA and F16C: the 256-bit builds of the row primitives (softmax rows, SwiGLU), and
+    /// the int8 GEMV of the block-quantized (Q8_0, Q4_0, Q4_1) weights.
     Avx2 = 1,
     /// AVX-512 F, BW and VL: the bf16/f32 GEMV, the small GEMM, the f16 attention kernels and
     /// the 512-bit builds of the row primitives.
     Avx512 = 2,
-    /// AVX-512 VNNI: the int8 GEMV of the block-quantized (Q8_0, Q4_0, Q4_1) weights.
+    /// AVX-512 VNNI: the 512-bit `vpdpbusd` build of that int8 GEMV.
     Avx512Vnni = 3,
     /// AVX512-BF16: the bf16 conversions that AMX needs (no kernel of its own).
     Avx512Bf16 = 4,

@@ -5,7 +5,9 @@
 //! * **Decode** ([`linear_gemv`], few rows): each activation row is quantized once per call to
 //!   8-bit blocks of 32 with one f32 scale (`x ≈ d_x · q_x`, `d_x = max|x| / 127`), and every
 //!   weight block is multiplied with the matching activation block in integers (AVX-512 VNNI
-//!   `vpdpbusd` on 32 bytes, or a portable loop), then scaled by `d_w · d_x`. Q4_1's offset adds
+//!   `vpdpbusd` on 32 bytes; else AVX2 `vpmaddubsw` + `vpmaddwd`, as llama.cpp does on AVX2; else
+//!   a portable loop), then scaled by `d_w · d_x`. All three give the same exact integer block
+//!   dots and differ only in the order of the f32 sums. Q4_1's offset adds
 //!   `m_w · d_x · Σ q_x` per block. The weight is read once, at 4.25 to 8.5 bits per value, which
 //!   is what makes decode fast: it is bound by memory bandwidth. The outputs are split over the
 //!   rayon pool in fixed blocks and every output is computed by one thread in a fixed order, so
@@ -214,7 +216,8 @@ impl OutPtr {
 /// `y[rows, out] (+)= x[rows, inp] · Wᵀ` for a quantized `W: [out, inp]`, with 8-bit activations
 /// (see the module docs), for few `rows` (decode; any number works but re-reads the weight for
 /// each row). When `accumulate` is false the old contents of `y` are not read. Runs on the
-/// current rayon pool; uses AVX-512 VNNI where the CPU has it.
+/// current rayon pool; uses AVX-512 VNNI where the CPU level allows it, else AVX2 (with FMA and
+/// F16C), else portable code.
 ///
 /// # Panics
 /// When a slice is shorter than its matrix.
@@ -222,11 +225,18 @@ pub fn linear_gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accum
     if w.format == QuantFormat::Nf4 {
         return super::nf4::linear_gemv(x, super::nf4::from_quant(w), y, rows, accumulate);
     }
-    gemv(x, w, y, rows, accumulate, vnni_available());
+    let path = if vnni_available() {
+        Path::Vnni
+    } else if avx2_available() {
+        Path::Avx2
+    } else {
+        Path::Portable
+    };
+    gemv(x, w, y, rows, accumulate, path);
 }
 
-/// [`linear_gemv`] without SIMD intrinsics (what runs where AVX-512 VNNI is missing); public so
-/// the tests can check it on any machine.
+/// [`linear_gemv`] without SIMD intrinsics (what runs where AVX2 is missing); public so the
+/// tests can check it on any machine.
 ///
 /// # Panics
 /// When a slice is shorter than its matrix.
@@ -234,7 +244,7 @@ pub fn linear_gemv_portable(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usi
     if w.format == QuantFormat::Nf4 {
         return super::nf4::linear_gemv(x, super::nf4::from_quant(w), y, rows, accumulate);
     }
-    gemv(x, w, y, rows, accumulate, false);
+    gemv(x, w, y, rows, accumulate, Path::Portable);
 }
 
 /// Whether the AVX-512 VNNI kernel can run here (AVX-512 F/VL/VNNI with AVX2, FMA and F16C),
@@ -243,9 +253,30 @@ pub fn vnni_available() -> bool {
     cfg!(target_arch = "x86_64") && super::features::allows(super::features::CpuLevel::Avx512Vnni)
 }
 
-fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool, simd: bool) {
+/// Whether the AVX2 kernel can run here (AVX2, FMA and F16C), within the cap of
+/// [`super::features`].
+pub fn avx2_available() -> bool {
+    cfg!(target_arch = "x86_64") && super::features::allows(super::features::CpuLevel::Avx2)
+}
+
+/// Which block-dot kernel the GEMV runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// [`dot_portable`].
+    Portable,
+    /// `avx2::dots` (only chosen after [`avx2_available`]).
+    Avx2,
+    /// `vnni::dots` (only chosen after [`vnni_available`]).
+    Vnni,
+}
+
+fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool, path: Path) {
     use super::features::{note, CpuLevel};
-    note(if simd { CpuLevel::Avx512Vnni } else { CpuLevel::Portable });
+    note(match path {
+        Path::Portable => CpuLevel::Portable,
+        Path::Avx2 => CpuLevel::Avx2,
+        Path::Vnni => CpuLevel::Avx512Vnni,
+    });
     let (out, inp) = (w.rows, w.cols);
     assert!(x.len() >= rows * inp && y.len() >= rows * out);
     assert!(inp % QK == 0 && w.data.len() == out * w.row_bytes());
@@ -275,7 +306,7 @@ fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool
                 let xq = &acts.q[r * inp..(r + 1) * inp];
                 let xds = &acts.ds[2 * r * nb..2 * (r + 1) * nb];
                 let mut res = [0.0f32; 4];
-                dots(w.format, wb, rb, oo, xq, xds, simd, &mut res);
+                dots(w.format, wb, rb, oo, xq, xds, path, &mut res);
                 for (j, &v) in res.iter().enumerate().take(oo) {
                     // SAFETY: this task writes only y[r · out + o'] for o' in o0..o1, disjoint
                     // from the other tasks' columns; r < rows and o' < out, so the index is below
@@ -292,6 +323,11 @@ fn gemv(x: &[f32], w: QuantRef<'_>, y: &mut [f32], rows: usize, accumulate: bool
     });
 }
 
+/// One SIMD block-dot kernel: `res[..O]` for `O` rows of `wb` at stride `rb` bytes against one
+/// quantized activation row (see `vnni::dots` and `avx2::dots` for the contract).
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(&[u8], usize, &[i8], &[f32], &mut [f32; 4]);
+
 /// `res[j] = Σ_b (d_w · d_x · Σ_i w_q · x_q + [Q4_1] m_w · s_x)` for the `oo ≤ 4` weight rows in
 /// `wb` (row stride `rb` bytes) against one quantized activation row (`xds`: `[d_x, s_x]` per
 /// block).
@@ -304,41 +340,44 @@ fn dots(
     oo: usize,
     xq: &[i8],
     xds: &[f32],
-    simd: bool,
+    path: Path,
     res: &mut [f32; 4],
 ) {
     assert!(
         wb.len() >= oo * rb && xq.len() * 2 == xds.len() * QK && rb * QK == xq.len() * format.block_bytes()
     );
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX-512F/VL/VNNI, AVX2, FMA and F16C were detected at run time (`simd` is only
-        // true after `vnni_available()`); `wb` holds `oo` rows of `xd.len()` blocks each, and the
-        // activation slices hold `xd.len()` blocks (asserted in debug builds, guaranteed by
-        // `gemv`'s slicing).
+    if path != Path::Portable {
+        use QuantFormat::{Nf4, Q4_0, Q4_1, Q8_0};
+        // The kernel for 4 rows and the one for a single row.
+        let (four, one): (Kernel, Kernel) = match (path, format) {
+            (Path::Vnni, Q8_0) => (vnni::dots::<4, 0>, vnni::dots::<1, 0>),
+            (Path::Vnni, Q4_0) => (vnni::dots::<4, 1>, vnni::dots::<1, 1>),
+            (Path::Vnni, Q4_1) => (vnni::dots::<4, 2>, vnni::dots::<1, 2>),
+            (Path::Avx2, Q8_0) => (avx2::dots::<4, 0>, avx2::dots::<1, 0>),
+            (Path::Avx2, Q4_0) => (avx2::dots::<4, 1>, avx2::dots::<1, 1>),
+            (Path::Avx2, Q4_1) => (avx2::dots::<4, 2>, avx2::dots::<1, 2>),
+            (_, Nf4) => unreachable!("NF4 has its own GEMV"),
+            (Path::Portable, _) => unreachable!("checked above"),
+        };
+        // SAFETY: the kernel's instruction sets were detected at run time (`Path::Vnni` is only
+        // chosen after `vnni_available()`, `Path::Avx2` after `avx2_available()`); `wb` holds
+        // `oo` rows of `xds.len() / 2` blocks each at stride `rb`, and `xq` holds as many
+        // activation blocks (asserted above).
         unsafe {
-            match (format, oo) {
-                (QuantFormat::Q8_0, 4) => vnni::dots::<4, 0>(wb, rb, xq, xds, res),
-                (QuantFormat::Q4_0, 4) => vnni::dots::<4, 1>(wb, rb, xq, xds, res),
-                (QuantFormat::Q4_1, 4) => vnni::dots::<4, 2>(wb, rb, xq, xds, res),
-                (f, _) => {
-                    for j in 0..oo {
-                        let mut one = [0.0f32; 4];
-                        let row = &wb[j * rb..(j + 1) * rb];
-                        match f {
-                            QuantFormat::Q8_0 => vnni::dots::<1, 0>(row, rb, xq, xds, &mut one),
-                            QuantFormat::Q4_0 => vnni::dots::<1, 1>(row, rb, xq, xds, &mut one),
-                            QuantFormat::Q4_1 => vnni::dots::<1, 2>(row, rb, xq, xds, &mut one),
-                            QuantFormat::Nf4 => unreachable!("NF4 has its own GEMV"),
-                        }
-                        res[j] = one[0];
-                    }
+            if oo == 4 {
+                four(wb, rb, xq, xds, res);
+            } else {
+                for j in 0..oo {
+                    let mut r1 = [0.0f32; 4];
+                    one(&wb[j * rb..(j + 1) * rb], rb, xq, xds, &mut r1);
+                    res[j] = r1[0];
                 }
             }
         }
         return;
     }
-    let _ = simd;
+    let _ = path;
     for (j, r) in res.iter_mut().enumerate().take(oo) {
         *r = dot_portable(format, &wb[j * rb..(j + 1) * rb], xq, xds);
     }
@@ -386,11 +425,11 @@ mod vnni {
     /// 15 Q8_0 or 28 Q4_0 blocks). On a model's worth of Q8_0 weights (`cargo bench -p
     /// afinar-engine --bench kernels stream`, one thread) 256 to 1024 bytes were all faster than
     /// no prefetch, 512 among the best (measured on a busy 2-core VM, so only roughly).
-    const PREFETCH_BYTES: usize = 512;
+    pub(super) const PREFETCH_BYTES: usize = 512;
 
     /// The f16 at `p` as f32 (F16C; exact).
     #[inline(always)]
-    unsafe fn f16(p: *const u8) -> f32 {
+    pub(super) unsafe fn f16(p: *const u8) -> f32 {
         // SAFETY (caller): `p` points to 2 readable bytes; F16C is enabled in the callers.
         unsafe {
             let h = std::ptr::read_unaligned(p.cast::<u16>());
@@ -401,7 +440,7 @@ mod vnni {
     /// The 32 four-bit values of a Q4 block's 16 bytes at `p`, in element order (low nibbles are
     /// elements 0..16, high nibbles 16..32), as unsigned bytes.
     #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
+    pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
         // SAFETY (caller): `p` points to 16 readable bytes; AVX2 is enabled in the callers.
         unsafe {
             let v = _mm_loadu_si128(p.cast());
@@ -412,7 +451,7 @@ mod vnni {
 
     /// Horizontal sum of 8 f32 lanes.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: register-only operations; AVX is enabled in the callers.
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -552,6 +591,89 @@ mod vnni {
                     _mm_add_ss(_mm_movehdup_ps(acc_m[j]), _mm_movehl_ps(acc_m[j], _mm_movehdup_ps(acc_m[j])));
                 let m = if F == 2 { _mm_cvtss_f32(m) } else { 0.0 };
                 res[j] = _mm512_reduce_add_ps(acc[j]) + m + tail[j];
+            }
+        }
+    }
+}
+
+// Index loops over the small register arrays read better than iterator chains here.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::vnni::{f16, hsum, nibbles, PREFETCH_BYTES};
+
+    /// The exact dot of unsigned bytes `u` and signed bytes `s` in 8 i32 lanes (lane `i` holds
+    /// bytes `4i..4i + 4`): `vpmaddubsw` to i16 pairs, then `vpmaddwd` with ones. The pairs do not
+    /// saturate as long as `|u| · |s| ≤ 128 · 127` per byte, which every caller keeps.
+    #[inline(always)]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: register-only operations; AVX2 is enabled in the callers.
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+    }
+
+    /// `O` outputs of format `F` (0 = Q8_0, 1 = Q4_0, 2 = Q4_1), one 32-value block at a time, as
+    /// llama.cpp does on AVX2: the exact integer dot of a weight block with its activation block
+    /// in 8 i32 lanes, converted to f32 and accumulated with `d_w · d_x` by FMA.
+    ///
+    /// Q8_0 uses the sign trick (`|w|` unsigned times `x · sign(w)`, the same products; `w = −128`
+    /// reads as 128); Q4_0 multiplies the nibbles `q` by `x` and subtracts `8 · x` per lane,
+    /// computed once per activation block (so the lanes hold `Σ (q − 8) x`); Q4_1 adds
+    /// `m_w · s_x` per block. Activations lie in −127..=127 (see `quantize_acts`), so no `i16`
+    /// pair saturates: at most `2 · 128 · 127`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `wb` must hold `O` rows of `xds.len() / 2` blocks at
+    /// stride `rb` bytes and `xq` `16 · xds.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots<const O: usize, const F: u8>(
+        wb: &[u8],
+        rb: usize,
+        xq: &[i8],
+        xds: &[f32],
+        res: &mut [f32; 4],
+    ) {
+        let nb = xds.len() / 2;
+        let bb = match F {
+            0 => 34,
+            1 => 18,
+            _ => 20,
+        };
+        let wp = wb.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); O];
+        let mut acc_m = [0.0f32; O];
+        // SAFETY: block b of row j lies at wp + j · rb + b · bb, inside `wb` for b < nb and
+        // j < O; activation block b is xq[32 b..32 b + 32] and xds[2 b..2 b + 2] (see the
+        // contract). All loads are unaligned loads within those ranges.
+        unsafe {
+            for b in 0..nb {
+                let xv = _mm256_loadu_si256(xq.as_ptr().add(b * 32).cast());
+                let (dx, sx) = (*xds.get_unchecked(2 * b), *xds.get_unchecked(2 * b + 1));
+                // Q4_0: 8 · Σ x per lane, shared by the O rows.
+                let off = if F == 1 { dot_u8_i8(_mm256_set1_epi8(8), xv) } else { _mm256_setzero_si256() };
+                for j in 0..O {
+                    let p = wp.add(j * rb + b * bb);
+                    // Software prefetch of this row ahead, as in the VNNI kernel (a block is at
+                    // most 34 bytes, so one line per block keeps up). Prefetches never fault.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+                    let dot = match F {
+                        0 => {
+                            let w = _mm256_loadu_si256(p.add(2).cast());
+                            dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w))
+                        }
+                        1 => _mm256_sub_epi32(dot_u8_i8(nibbles(p.add(2)), xv), off),
+                        _ => {
+                            acc_m[j] += f16(p.add(2)) * sx;
+                            dot_u8_i8(nibbles(p.add(4)), xv)
+                        }
+                    };
+                    let scale = _mm256_set1_ps(f16(p) * dx);
+                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[j]);
+                }
+            }
+            for j in 0..O {
+                res[j] = hsum(acc[j]) + acc_m[j];
             }
         }
     }
