@@ -192,6 +192,79 @@ fn gemv_is_independent_of_thread_count() {
     }
 }
 
+/// Extreme blocks, where a kernel that widens byte products to `i16` pairs the wrong way would
+/// saturate: Q8_0 weights of −128 and 127, 4-bit weights of 0 and 15, against activations at the
+/// full ±127 with signs matching (row 0) or opposing (row 1) the weight signs of output 0. The
+/// activations ±1 quantize exactly (up to `d_x · 127 ≈ 1`), so every path must give the f64 dot
+/// of the dequantized weights to f32 rounding. Outputs 8 and 3 cover the 4-row and 1-row kernels.
+#[test]
+fn gemv_does_not_saturate_on_extreme_blocks() {
+    let be = CpuBackend::new(Some(2));
+    let (rows, inp) = (2, 96);
+    // Signs of output 0's weights, by column.
+    let big = |o: usize, i: usize| (i + o) % 3 == 0;
+    let x: Vec<f32> = (0..rows * inp)
+        .map(|k| {
+            let s = if big(0, k % inp) { 1.0 } else { -1.0 };
+            if k < inp {
+                s
+            } else {
+                -s
+            }
+        })
+        .collect();
+    for format in FORMATS {
+        for out in [8, 3] {
+            let bb = format.block_bytes();
+            let mut blocks = vec![0u8; out * inp / 32 * bb];
+            for (n, b) in blocks.chunks_exact_mut(bb).enumerate() {
+                let (o, c0) = (n / (inp / 32), n % (inp / 32) * 32);
+                b[..2].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+                match format {
+                    QuantFormat::Q8_0 => {
+                        for (j, q) in b[2..].iter_mut().enumerate() {
+                            *q = if big(o, c0 + j) { 0x7f } else { 0x80 };
+                        }
+                    }
+                    _ => {
+                        // Q4_1's offset m = 0 (bytes 2..4 stay zero).
+                        let qs = if format == QuantFormat::Q4_0 { &mut b[2..18] } else { &mut b[4..20] };
+                        for (j, q) in qs.iter_mut().enumerate() {
+                            let lo = if big(o, c0 + j) { 0x0f } else { 0 };
+                            let hi = if big(o, c0 + j + 16) { 0xf0 } else { 0 };
+                            *q = lo | hi;
+                        }
+                    }
+                }
+            }
+            let w = be.weight_quantized(&blocks, format, out, inp).unwrap();
+            let wd = be.weight_to_host(&w).unwrap();
+            let want: Vec<f32> = (0..rows * out)
+                .map(|k| {
+                    let (r, o) = (k / out, k % out);
+                    (0..inp).map(|i| x[r * inp + i] as f64 * wd[o * inp + i] as f64).sum::<f64>() as f32
+                })
+                .collect();
+            // Row 0 against output 0: every product has the same sign, the largest the format has.
+            let aligned: f64 = wd[..inp].iter().map(|v| v.abs() as f64).sum();
+            assert_eq!(want[0] as f64, aligned as f32 as f64, "{format:?}: the case is not extreme");
+            let mut fast = vec![f32::NAN; rows * out];
+            be.linear(&x, &w, &mut fast, rows, false).unwrap();
+            let mut portable = vec![f32::NAN; rows * out];
+            gemv::linear_gemv_portable(&x, w.as_ref(), &mut portable, rows, out, inp, false);
+            for (k, &v) in want.iter().enumerate() {
+                let tol = 1e-5 * (1.0 + v.abs());
+                assert!((fast[k] - v).abs() <= tol, "{format:?} out {out} [{k}]: {} vs {v}", fast[k]);
+                assert!(
+                    (portable[k] - v).abs() <= tol,
+                    "{format:?} out {out} [{k}] portable: {}",
+                    portable[k]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gemv_propagates_non_finite_activations() {
     let be = CpuBackend::new(Some(2));
