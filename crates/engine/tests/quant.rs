@@ -202,7 +202,7 @@ fn gemv_does_not_saturate_on_extreme_blocks() {
     let be = CpuBackend::new(Some(2));
     let (rows, inp) = (2, 96);
     // Signs of output 0's weights, by column, equal within each pair of columns (the i16 pairs).
-    let big = |o: usize, i: usize| (i / 2 + o) % 3 == 0;
+    let big = |o: usize, i: usize| (i / 2 + o).is_multiple_of(3);
     let x: Vec<f32> = (0..rows * inp)
         .map(|k| {
             let s = if big(0, k % inp) { 1.0 } else { -1.0 };
