@@ -116,8 +116,8 @@ fn main() {
                     );
                 }
             }
-            // GGUF blocks kept quantized: the VNNI GEMV against the tile path (dequantize to f32
-            // tiles, then `gemm`) on the same weight.
+            // GGUF blocks kept quantized: the int8 GEMV (AVX-512 VNNI, else AVX2) against the tile
+            // path (dequantize to f32 tiles, then `gemm`) on the same weight.
             for q in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
                 let w = be.weight(&randn(out * inp, 3), out, inp, WeightFormat::Quant(q)).unwrap();
                 let bytes = (out * q.row_bytes(inp).unwrap()) as f64;
