@@ -284,7 +284,7 @@ fn bad_settings_are_named_errors() {
     assert!(e.contains("an adapter on `output` is not supported"), "{e}");
     let e = w.config("", &["teacher.dtype=fp16"]).unwrap_err().to_string();
     assert!(e.contains("teacher.dtype: expected one of bf16, nf4, as_stored, got \"fp16\""), "{e}");
-    let e = w.config("", &["teacher.path=nowhere/teacher"]).unwrap_err().to_string();
+    let e = w.config("", &["teacher.path=./nowhere/teacher"]).unwrap_err().to_string();
     assert!(e.contains("teacher.path: no such file or folder"), "{e}");
     let e = w.config("", &["teacher.preset=llama3.2-1b"]).unwrap_err().to_string();
     assert!(e.ends_with("teacher.preset: give teacher.path or teacher.preset, not both (override ~teacher.path or ~teacher.preset)"), "{e}");
@@ -341,11 +341,9 @@ fn teachers_in_bf16_nf4_and_gguf_blocks_run_a_step() {
     let w = world("formats");
     let gguf = w.dir.join("teacher.q8_0.gguf");
     let loaded = load_model(&w.be, &w.teacher, &LoadOptions::default()).unwrap();
-    let opts = afinar::quantize::export::ExportOptions {
-        scheme: afinar::quantize::Scheme::Q8_0,
-        ..Default::default()
-    };
-    afinar::quantize::export::export_gguf(&w.be, &loaded, &gguf, &opts, &mut |_| {}).unwrap();
+    let opts =
+        afinar::quantize::ExportOptions { scheme: afinar::quantize::Scheme::Q8_0, ..Default::default() };
+    afinar::quantize::export_gguf(&w.be, &loaded, &gguf, &opts, &mut |_| {}).unwrap();
     drop(loaded);
 
     let first_kd = |overrides: &[&str], tag: &str| -> f64 {
