@@ -378,3 +378,96 @@ fn teachers_in_bf16_nf4_and_gguf_blocks_run_a_step() {
         assert!((kd - reference).abs() < 2e-3 * reference, "{tag}: {kd} vs f32 teacher {reference}");
     }
 }
+
+/// Mean next-token cross-entropy (log-perplexity) of the model in `dir` over the label tokens of
+/// `data`, from its plain forward pass.
+fn held_out_ce(w: &World, cfg: &RecipeConfig, dir: &Path, data: &Path) -> f64 {
+    let loaded = load_model(&w.be, dir, &LoadOptions::default()).unwrap();
+    let tok = loaded.tokenizer.as_ref().unwrap();
+    let mut spec = afinar::recipes::run::dataset_spec(cfg);
+    spec.source = data.to_path_buf();
+    let dataset = afinar::data::Dataset::load(&spec, tok).unwrap();
+    let loader = afinar::data::Loader::new(&dataset, 1, false, 0, 0).unwrap();
+    let (mut sum, mut n) = (0.0, 0usize);
+    for b in loader.epoch_from(0, 0) {
+        let vocab = loaded.model.config.vocab_size;
+        let logits = loaded.model.forward(&w.be, &b.ids, b.batch, b.seq, None, Logits::All).unwrap();
+        for (r, &label) in b.labels.iter().enumerate() {
+            if label != -100 {
+                sum -= log_softmax(&logits[r * vocab..(r + 1) * vocab], 1.0)[label as usize];
+                n += 1;
+            }
+        }
+    }
+    sum / n as f64
+}
+
+/// The mechanism the issue asks to see, at toy scale: a teacher fine-tuned on the data, a
+/// different (narrower, shallower) random student distilled from it with `kd_ratio: 1` (the
+/// student never sees a label), and the student's held-out log-perplexity moves most of the way
+/// toward the teacher's. (The issue's figure, SmolLM2-135M distilled from SmolLM2-360M, is not
+/// measured here: the 360M checkpoint is not available to the tests.)
+#[test]
+fn distilled_student_moves_toward_the_teacher() {
+    let w = world("effect");
+    let held_out = w.dir.join("held_out.jsonl");
+    let rows: Vec<String> = (12..18)
+        .map(|i| {
+            let (q, a) = if i % 2 == 0 {
+                (
+                    format!("Count to {i}."),
+                    format!("Sure! {}", (0..i).map(|k| k.to_string()).collect::<Vec<_>>().join(" ")),
+                )
+            } else {
+                (format!("¿Cuánto es {i} más {i}?"), format!("¡Claro! {i} más {i} es {}.", 2 * i))
+            };
+            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
+        })
+        .collect();
+    std::fs::write(&held_out, rows.join("\n")).unwrap();
+
+    // The teacher: the 64-wide model fine-tuned on the 12 training rows (full_finetune recipe).
+    let teacher_out = w.dir.join("teacher-ft");
+    let sft = w
+        .yaml("")
+        .replace("recipe: knowledge_distillation", "recipe: full_finetune")
+        .replace(
+            &format!("model: {{path: {}, dtype: fp32}}", w.student.display()),
+            &format!("model: {{path: {}, dtype: fp32}}", w.teacher.display()),
+        )
+        .replace(&format!("teacher:\n  path: {}\n  dtype: as_stored\n", w.teacher.display()), "")
+        .replace("epochs: 1", "epochs: 4")
+        .replace("max_steps_per_epoch: 4", "max_steps_per_epoch: 6")
+        .replace(&w.dir.join("out").display().to_string(), &teacher_out.display().to_string());
+    let path = w.dir.join("sft.yaml");
+    std::fs::write(&path, sft).unwrap();
+    let cfg = RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str]).unwrap();
+    afinar::recipes::run(&cfg, &mut Silent).unwrap();
+    let teacher = teacher_out.join("epoch_3");
+
+    let kd_out = w.dir.join("student-kd");
+    let cfg = w
+        .config(
+            "kd_ratio: 1.0\n",
+            &[
+                &format!("output_dir={}", kd_out.display()),
+                &format!("teacher.path={}", teacher.display()),
+                "epochs=4",
+                "max_steps_per_epoch=6",
+            ],
+        )
+        .unwrap();
+    w.run(&cfg, None).unwrap();
+
+    let t = held_out_ce(&w, &cfg, &teacher, &held_out);
+    let before = held_out_ce(&w, &cfg, &w.student, &held_out);
+    let after = held_out_ce(&w, &cfg, &kd_out.join("epoch_3"), &held_out);
+    println!(
+        "held-out log-perplexity: teacher {t:.3}, student before {before:.3}, after distillation {after:.3}"
+    );
+    assert!(t < before - 1.0, "the fine-tuned teacher is better than the random student: {t} vs {before}");
+    assert!(
+        (after - t).abs() < 0.5 * (before - t).abs(),
+        "the student moves most of the way to the teacher: teacher {t}, before {before}, after {after}"
+    );
+}
