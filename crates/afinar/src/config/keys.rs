@@ -335,13 +335,9 @@ pub const LORA: SectionDecl = SectionDecl {
     doc: "LoRA adapter settings.",
 };
 
-/// `lora:` as an optional section, for a recipe that trains LoRA adapters when the section is
-/// there and every weight when it is not (the typed [`super::LoraSection`] in both cases).
-pub const LORA_OPTIONAL: SectionDecl = SectionDecl {
-    required: false,
-    expect: "a section with rank and alpha (absent: every weight is trained)",
-    ..LORA
-};
+/// `lora:` as an optional section: a recipe that lists it trains LoRA adapters when the config
+/// has the section and every weight when it has none (the `dpo` recipe).
+pub const LORA_OPTIONAL: SectionDecl = SectionDecl { required: false, ..LORA };
 
 /// `dataset:`.
 pub(crate) const DATASET: SectionDecl = SectionDecl {

@@ -538,10 +538,10 @@ pub(crate) fn extract(
     // LoRA.
     // LoRA: the shared typed section, for the recipes that list it (a foreign section was
     // refused above).
-    // A recipe may take it as optional ([`super::keys::LORA_OPTIONAL`]: absent, every weight
-    // is trained).
-    let lora_decl = spec.sections.iter().find(|s| s.name == LORA.name);
-    let lora = match (lora_decl, top.section(&LORA)?) {
+    // A recipe lists it as required ([`LORA`]) or optional ([`super::LORA_OPTIONAL`]: without
+    // the section every weight trains).
+    let lora_decl = spec.section(LORA.name);
+    let lora = match (lora_decl, lora_decl.map(|d| top.section(d)).transpose()?.flatten()) {
         (None, _) => None,
         (Some(d), None) if d.required => {
             return Err(top.missing("lora", &format!("{}, required by recipe {recipe}", LORA.expect)));

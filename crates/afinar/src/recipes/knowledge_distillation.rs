@@ -326,16 +326,13 @@ pub fn run_on<B: Backend>(
     adjust: impl FnOnce(super::finetune::Plan) -> super::finetune::Plan,
 ) -> Result<Summary> {
     let settings = KdSettings::from_config(cfg)?;
-    for note in super::run::prepare_output(cfg)? {
-        reporter.note(&note);
-    }
-    let mut student = super::run::load_student(be, cfg, reporter)?;
+    let super::run::Prepared { mut model, tokenizer, saver } = super::run::prepare_model(be, cfg, reporter)?;
+    let student = match (&cfg.model.path, &cfg.model.preset) {
+        (Some(p), _) => p.display().to_string(),
+        (None, p) => format!("preset {}", p.as_deref().unwrap_or_default()),
+    };
     let teacher = Teacher::load(be, &settings.teacher, cfg.seed ^ 0x7EAC_4E55)?;
-    teacher.check_vocabulary(
-        &student.model,
-        &student.tokenizer,
-        &student.source.path.display().to_string(),
-    )?;
+    teacher.check_vocabulary(&model, &tokenizer, &student)?;
     reporter.note(&format!(
         "teacher {}: {} layers × {} wide, {:.1} MiB of frozen weights ({}), forward only",
         teacher.name,
@@ -344,10 +341,9 @@ pub fn run_on<B: Backend>(
         teacher.weight_bytes(be) as f64 / (1u64 << 20) as f64,
         settings.teacher.dtype.as_str()
     ));
-    let dataset = super::run::load_dataset(cfg, &student.tokenizer, reporter)?;
-    let loader = super::run::loader(cfg, &dataset, &student.tokenizer)?;
-    let saver = student.saver(cfg);
+    let dataset = super::run::load_dataset(cfg, &tokenizer, reporter)?;
+    let loader = super::run::loader(cfg, &dataset, &tokenizer)?;
     let plan = adjust(super::run::plan_for(cfg, &dataset, reporter)?);
     let mut objective = Distill::new(&loader, &teacher, settings.objective)?;
-    train_objective(be, &mut student.model, &mut objective, &plan, saver.as_ref(), reporter)
+    train_objective(be, &mut model, &mut objective, &plan, saver.as_ref(), reporter)
 }

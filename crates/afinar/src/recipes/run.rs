@@ -242,7 +242,11 @@ pub fn check_resume(cfg: &RecipeConfig) -> Result<Vec<String>> {
 /// On resume, after the data is loaded: compares its fingerprint with the one saved with the
 /// recipe state, so that data edited in place (same path, other rows, or another tokenizer) is
 /// refused unless `resume_accept_config_changes` is set.
-fn check_resume_data(cfg: &RecipeConfig, fingerprint: &str, reporter: &mut dyn Reporter) -> Result<()> {
+pub(crate) fn check_resume_data(
+    cfg: &RecipeConfig,
+    fingerprint: &str,
+    reporter: &mut dyn Reporter,
+) -> Result<()> {
     let Some(saved) = super::state::saved_value(&cfg.output_dir, super::state::DATA_KEY)? else {
         return Ok(());
     };
@@ -287,44 +291,47 @@ pub fn prepare_output(cfg: &RecipeConfig) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-/// The model a recipe trains, loaded and made trainable as its config says (LoRA adapters or
-/// every weight, bf16/NF4 storage, mixed precision), with what saving it needs.
-pub struct Student<B: Backend> {
-    /// The network, trainable.
+/// A model ready to train (adapters applied, or every weight trainable), its tokenizer, and the
+/// writer of the recipe's checkpoints (PEFT adapter and merged model, or full weights).
+pub struct Prepared<B: Backend> {
+    /// The model.
     pub model: Llama<B>,
     /// Its tokenizer.
     pub tokenizer: std::sync::Arc<afinar_tokenizer::Tokenizer>,
-    /// Where it came from (names, layout and side files of the outputs).
-    pub source: ModelSource,
-    /// The adapters, when it is a LoRA fine-tune.
-    pub lora: Option<LoraSpec>,
+    /// What writes each checkpoint.
+    pub saver: Box<dyn SaveTarget<B>>,
 }
 
-impl<B: Backend> Student<B> {
-    /// What writes its checkpoints: the PEFT adapter (and the merged model, unless
-    /// `save_adapter_weights_only` or `merge_adapter: false`) for LoRA, the full weights
-    /// otherwise.
-    pub fn saver(&self, cfg: &RecipeConfig) -> Box<dyn SaveTarget<B>> {
-        let source = self.source.clone();
-        match &self.lora {
-            Some(spec) => Box::new(LoraSave {
-                source,
-                spec: spec.clone(),
-                merged: cfg.merge_adapter && !cfg.save_adapter_weights_only,
-            }),
-            None => Box::new(FullSave { source }),
-        }
+/// Runs the recipe on `be`.
+pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    let Prepared { mut model, tokenizer, saver } = prepare_model(be, cfg, reporter)?;
+    let dataset =
+        Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
+    let pad = tokenizer.eos_id().unwrap_or(0);
+    let loader = Loader::new(&dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
+        .map_err(|e| Error::Input(format!("dataset: {e}")))?
+        .drop_last(true);
+    reporter.note(&dataset_summary(cfg, &dataset));
+    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
+    if cfg.resume_from_checkpoint {
+        check_resume_data(cfg, &fingerprint, reporter)?;
     }
+    let plan = Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) };
+    train(be, &mut model, &loader, &plan, saver.as_ref(), reporter)
 }
 
-/// Loads the model of `cfg.model` (and its tokenizer) and makes it trainable as `cfg` says:
-/// LoRA adapters from `cfg.lora` (QLoRA's NF4 projections with `quantize_base`), else every
-/// weight; `model.dtype: bf16` frozen weights, or mixed precision for a full fine-tune.
-pub fn load_student<B: Backend>(
+/// Everything a recipe's run does before its data: prepares the output folder
+/// ([`prepare_output`]), loads the model and its tokenizer as `model:`/`tokenizer:` say, checks
+/// the context length, applies LoRA (or makes every weight trainable), sets the precision, and
+/// builds the checkpoint writer.
+pub fn prepare_model<B: Backend>(
     be: &B,
     cfg: &RecipeConfig,
     reporter: &mut dyn Reporter,
-) -> Result<Student<B>> {
+) -> Result<Prepared<B>> {
+    for note in prepare_output(cfg)? {
+        reporter.note(&note);
+    }
     let lora = cfg.lora.as_ref().map(|l| LoraSpec {
         rank: l.rank,
         alpha: l.alpha,
@@ -397,11 +404,11 @@ pub fn load_student<B: Backend>(
             "mixed precision: f32 weights and optimizer state, bf16 matrix products and saved activations",
         );
     }
+    let tokenizer = std::sync::Arc::new(tokenizer);
     let config_json = match &source.1 {
         Some(hf) => hf.config_json.clone(),
         None => model.config.to_hf_json(tokenizer.bos_id(), tokenizer.eos_id(), "float32"),
     };
-    let tokenizer = std::sync::Arc::new(tokenizer);
     let source = ModelSource {
         path: source.0,
         hf_dir: source.1.map(|hf| hf.dir),
@@ -410,55 +417,15 @@ pub fn load_student<B: Backend>(
         tokenizer: Some(tokenizer.clone()),
         max_seq_len: Some(model.config.max_seq_len),
     };
-    Ok(Student { model, tokenizer, source, lora })
-}
-
-/// Loads and tokenizes `cfg.dataset` with `tokenizer` (the summary line goes to `reporter`).
-pub fn load_dataset(
-    cfg: &RecipeConfig,
-    tokenizer: &afinar_tokenizer::Tokenizer,
-    reporter: &mut dyn Reporter,
-) -> Result<Dataset> {
-    let dataset =
-        Dataset::load(&dataset_spec(cfg), tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
-    reporter.note(&dataset_summary(cfg, &dataset));
-    Ok(dataset)
-}
-
-/// The batches of `dataset` as `cfg` asks (batch size, shuffle, seed; the last partial batch
-/// dropped), padded with `tokenizer`'s end-of-sequence token.
-pub fn loader<'a>(
-    cfg: &RecipeConfig,
-    dataset: &'a Dataset,
-    tokenizer: &afinar_tokenizer::Tokenizer,
-) -> Result<Loader<'a>> {
-    let pad = tokenizer.eos_id().unwrap_or(0);
-    Ok(Loader::new(dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
-        .map_err(|e| Error::Input(format!("dataset: {e}")))?
-        .drop_last(true))
-}
-
-/// The loop's plan for a run of `cfg` on `dataset`: [`plan`], with the data's fingerprint, after
-/// checking it against the saved one on a resume.
-pub fn plan_for(cfg: &RecipeConfig, dataset: &Dataset, reporter: &mut dyn Reporter) -> Result<Plan> {
-    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
-    if cfg.resume_from_checkpoint {
-        check_resume_data(cfg, &fingerprint, reporter)?;
-    }
-    Ok(Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) })
-}
-
-/// Runs the recipe on `be`.
-pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
-    for note in prepare_output(cfg)? {
-        reporter.note(&note);
-    }
-    let mut student = load_student(be, cfg, reporter)?;
-    let dataset = load_dataset(cfg, &student.tokenizer, reporter)?;
-    let loader = loader(cfg, &dataset, &student.tokenizer)?;
-    let saver = student.saver(cfg);
-    let plan = plan_for(cfg, &dataset, reporter)?;
-    train(be, &mut student.model, &loader, &plan, saver.as_ref(), reporter)
+    let saver: Box<dyn SaveTarget<B>> = match &lora {
+        Some(spec) => Box::new(LoraSave {
+            source,
+            spec: spec.clone(),
+            merged: cfg.merge_adapter && !cfg.save_adapter_weights_only,
+        }),
+        None => Box::new(FullSave { source }),
+    };
+    Ok(Prepared { model, tokenizer, saver })
 }
 
 /// The statistics printed at the start of a run: rows read, examples kept, truncated and
@@ -504,4 +471,39 @@ fn qlora_summary<B: Backend>(be: &B, model: &Llama<B>) -> String {
             _ => "f32",
         }
     )
+}
+
+/// Loads and tokenizes `cfg.dataset` with `tokenizer` (the summary line goes to `reporter`).
+pub fn load_dataset(
+    cfg: &RecipeConfig,
+    tokenizer: &afinar_tokenizer::Tokenizer,
+    reporter: &mut dyn Reporter,
+) -> Result<Dataset> {
+    let dataset =
+        Dataset::load(&dataset_spec(cfg), tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
+    reporter.note(&dataset_summary(cfg, &dataset));
+    Ok(dataset)
+}
+
+/// The batches of `dataset` as `cfg` asks (batch size, shuffle, seed; the last partial batch
+/// dropped), padded with `tokenizer`'s end-of-sequence token.
+pub fn loader<'a>(
+    cfg: &RecipeConfig,
+    dataset: &'a Dataset,
+    tokenizer: &afinar_tokenizer::Tokenizer,
+) -> Result<Loader<'a>> {
+    let pad = tokenizer.eos_id().unwrap_or(0);
+    Ok(Loader::new(dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
+        .map_err(|e| Error::Input(format!("dataset: {e}")))?
+        .drop_last(true))
+}
+
+/// The loop's plan for a run of `cfg` on `dataset`: [`plan`], with the data's fingerprint, after
+/// checking it against the saved one on a resume.
+pub fn plan_for(cfg: &RecipeConfig, dataset: &Dataset, reporter: &mut dyn Reporter) -> Result<Plan> {
+    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
+    if cfg.resume_from_checkpoint {
+        check_resume_data(cfg, &fingerprint, reporter)?;
+    }
+    Ok(Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) })
 }
