@@ -92,14 +92,26 @@ fn every_shipped_config_loads() {
     let s = Scratch::with_inputs("shipped");
     let model = format!("model.path={}", s.0.join("model.gguf").display());
     let data = format!("dataset.source={}", s.0.join("data.jsonl").display());
-    assert_eq!(builtin_configs().count(), 15);
+    // A distillation config's teacher is a model path too (checked to exist like model.path).
+    let teacher = format!("teacher.path={}", s.0.join("model.gguf").display());
+    assert_eq!(builtin_configs().count(), 17);
     for b in builtin_configs() {
         let mut doc = ConfigDoc::open(b.name).unwrap();
         assert_eq!(doc.origin(), format!("built-in:{}.yaml", b.name));
-        doc.apply_overrides(&[model.as_str(), data.as_str()]).unwrap();
+        let kd = b.recipe == "knowledge_distillation";
+        let overrides: Vec<&str> = if kd {
+            vec![model.as_str(), data.as_str(), teacher.as_str()]
+        } else {
+            vec![model.as_str(), data.as_str()]
+        };
+        doc.apply_overrides(&overrides).unwrap();
         let cfg = doc.to_config(Some(b.recipe)).unwrap_or_else(|e| panic!("{}: {e}", b.name));
         assert_eq!(cfg.recipe, b.recipe, "{}", b.name);
-        assert_eq!(cfg.lora.is_some(), b.recipe == "lora_finetune", "{}", b.name);
+        assert_eq!(cfg.lora.is_some(), b.recipe != "full_finetune", "{}", b.name);
+        if kd {
+            let path = cfg.extra("teacher.path").and_then(afinar::config::KeyValue::as_text);
+            assert_eq!(path, Some(s.0.join("model.gguf").to_str().unwrap()), "{}", b.name);
+        }
         assert_eq!(cfg.model.path.as_deref(), Some(s.0.join("model.gguf").as_path()));
         assert_eq!(cfg.dataset.file_format(), Some(FileFormat::Jsonl));
         // The YAML shipped in the binary is the file in configs/.
@@ -591,7 +603,8 @@ fn recipe_mismatch_and_inconsistent_sections() {
         &text,
         &[],
         ConfigErrorKind::Inconsistent,
-        "@:7:1: lora: a full_finetune config has no lora section: remove it (override ~lora) or set recipe: lora_finetune",
+        "@:7:1: lora: a full_finetune config has no lora section: remove it (override ~lora) or set recipe: lora_finetune \
+         or knowledge_distillation",
     );
     expect_err(
         "inconsistent-model",
@@ -675,7 +688,7 @@ fn syntax_errors_name_the_line() {
     let e = RecipeConfig::load_str("", Path::new("empty.yaml")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "empty.yaml:1:1: recipe: missing required key (one of full_finetune, lora_finetune)"
+        "empty.yaml:1:1: recipe: missing required key (one of full_finetune, lora_finetune, knowledge_distillation)"
     );
 }
 

@@ -54,7 +54,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const ALL: [&str; 15] = [
+const ALL: [&str; 17] = [
     "smollm2_135m_lora",
     "smollm2_135m_qlora",
     "smollm2_135m_full",
@@ -70,6 +70,8 @@ const ALL: [&str; 15] = [
     "llama3_1_8b_lora",
     "llama3_1_8b_qlora",
     "llama3_1_8b_full",
+    "smollm2_360m_to_135m_kd_lora",
+    "llama3_1_8b_to_3_2_1b_kd_lora",
 ];
 
 #[test]
@@ -92,7 +94,13 @@ fn ls_lists_every_config_by_recipe() {
             [c] => *c,
             _ => panic!("bad line {line:?}"),
         };
-        let want = if config.ends_with("_full") { "full_finetune" } else { "lora_finetune" };
+        let want = if config.ends_with("_full") {
+            "full_finetune"
+        } else if config.contains("_kd_") {
+            "knowledge_distillation"
+        } else {
+            "lora_finetune"
+        };
         assert_eq!(recipe, want, "{config}");
         seen.push(config.to_string());
     }
@@ -229,7 +237,8 @@ fn run_checks_the_recipe_before_anything_else() {
     assert_fails_with(&afinar(&["run", "dpo", "--config", "smollm2_135m_lora"]), "unknown recipe `dpo`");
     assert_fails_with(
         &afinar(&["run", "lora_fintune", "--config", "smollm2_135m_lora"]),
-        "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune)",
+        "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune, \
+         knowledge_distillation)",
     );
     assert_fails_with(
         &afinar(&["run", "lora_finetune", "--config", "smollm2_135m_lora", &model, &data, "epochs=0"]),

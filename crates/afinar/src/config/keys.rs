@@ -53,6 +53,11 @@ pub enum KeyType {
         /// What the string is, for messages ("a folder path").
         expect: &'static str,
     },
+    /// A model to load, written as `model.path` is: a local GGUF file or Hugging Face folder
+    /// (relative to the config file's folder, checked to exist when the config is loaded; its
+    /// value is the resolved path) or a Hub repository (`hf://org/name[@rev]`, or a bare
+    /// `org/name` where no such local path exists, kept as `hf://…`).
+    ModelPath,
     /// A value with structure of its own (a list, a mapping, a path checked on disk), checked by
     /// hand-written code in the schema; `expect` says what it is.
     Other {
@@ -83,6 +88,7 @@ impl KeyType {
                 }
             }
             KeyType::Word { names, .. } => format!("one of {}", names.join(", ")),
+            KeyType::ModelPath => MODEL_PATH_EXPECT.into(),
             KeyType::Text { expect } | KeyType::Other { expect } => expect.into(),
         }
     }
@@ -273,6 +279,9 @@ pub(crate) const ROOT: &[KeyDecl] = &[
     KeyDecl::new("log_every_n_steps", int(1, Some(1)), "Log the loss every this many optimizer steps."),
 ];
 
+/// What a [`KeyType::ModelPath`] must be, for messages.
+const MODEL_PATH_EXPECT: &str = "a GGUF file, a Hugging Face folder or hf://org/name";
+
 /// `model:`.
 pub(crate) const MODEL: SectionDecl = SectionDecl {
     name: "model",
@@ -325,6 +334,10 @@ pub const LORA: SectionDecl = SectionDecl {
     expect: "a section with rank and alpha",
     doc: "LoRA adapter settings.",
 };
+
+/// `lora:` as an optional section: a recipe that lists it trains LoRA adapters when the config
+/// has the section and every weight when it has none (the `dpo` recipe).
+pub const LORA_OPTIONAL: SectionDecl = SectionDecl { required: false, ..LORA };
 
 /// `dataset:`.
 pub(crate) const DATASET: SectionDecl = SectionDecl {

@@ -233,6 +233,9 @@ impl<'a> Section<'a> {
             KeyType::Text { .. } | KeyType::Other { .. } => {
                 self.opt(key, &expect, text_of, |s| !s.is_empty())?.map(KeyValue::Text)
             }
+            KeyType::ModelPath => {
+                panic!("config key {} is a model path: read it with model_path_value", self.path(key))
+            }
         };
         match v {
             None if d.required => Err(self.missing(key, &expect)),
@@ -376,21 +379,32 @@ fn path_value(s: &Section, key: &str, raw: &Node, required: bool) -> Result<Opti
     Ok(Some(path))
 }
 
-/// `model.path`: a local GGUF file or Hugging Face folder (checked to exist), or a Hub repository
-/// (`hf://org/name[@rev][/file.gguf]`, or a bare `org/name` where no such local path exists),
-/// kept as `hf://…` and fetched through the Hugging Face cache when the run starts.
-fn model_path_value(s: &Section, raw: &Node) -> Result<Option<PathBuf>> {
-    let expect = s.decl("path").ty.expect();
-    if let Some(text) = s.opt("path", &expect, text_of, |t| !t.is_empty())? {
-        let node = s.node("path").expect("present");
+/// `model.path` (and any [`KeyType::ModelPath`] key, such as a teacher's): a local GGUF file or
+/// Hugging Face folder (checked to exist), or a Hub repository (`hf://org/name[@rev][/file.gguf]`,
+/// or a bare `org/name` where no such local path exists), kept as `hf://…` and fetched through
+/// the Hugging Face cache when the run starts. Absent: an error when `required`, else `None`.
+fn model_path_value(s: &Section, key: &str, raw: &Node, required: bool) -> Result<Option<PathBuf>> {
+    let expect = s.decl(key).ty.expect();
+    if let Some(text) = s.opt(key, &expect, text_of, |t| !t.is_empty())? {
+        let node = s.node(key).expect("present");
         let local = resolve_path(s.cx, &text, &node.pos);
         if let Some(r) = afinar_hub::as_hub_reference(&text, &local) {
             afinar_hub::RepoRef::parse(&r, false)
-                .map_err(|e| s.cx.err(K::WrongType, &node.pos, s.path("path"), e.to_string()))?;
+                .map_err(|e| s.cx.err(K::WrongType, &node.pos, s.path(key), e.to_string()))?;
             return Ok(Some(PathBuf::from(r)));
         }
     }
-    path_value(s, "path", raw, true)
+    path_value(s, key, raw, required)
+}
+
+/// The checked value of a key a recipe declares (see [`Section::value`]); a
+/// [`KeyType::ModelPath`] is resolved and checked on disk, its value the path as text.
+fn recipe_value(s: &Section, d: &KeyDecl, raw: &Node) -> Result<Option<KeyValue>> {
+    match d.ty {
+        KeyType::ModelPath => Ok(model_path_value(s, d.name, raw, d.required)?
+            .map(|p| KeyValue::Text(p.to_string_lossy().into_owned()))),
+        _ => s.value(d),
+    }
 }
 
 fn text_of(n: &Node) -> Option<String> {
@@ -493,7 +507,7 @@ pub(crate) fn extract(
             ));
         }
     }
-    let path = if preset.is_some() { None } else { model_path_value(&model_s, raw)? };
+    let path = if preset.is_some() { None } else { model_path_value(&model_s, "path", raw, true)? };
     let dtype = model_s.get_word("dtype", Dtype::from_name)?.expect("defaulted");
     let model = ModelSection { path, preset, dtype };
 
@@ -524,12 +538,16 @@ pub(crate) fn extract(
     // LoRA.
     // LoRA: the shared typed section, for the recipes that list it (a foreign section was
     // refused above).
-    let lora = match (spec.sections.contains(&LORA), top.section(&LORA)?) {
-        (false, _) => None,
-        (true, None) => {
+    // A recipe lists it as required ([`LORA`]) or optional ([`super::LORA_OPTIONAL`]: without
+    // the section every weight trains).
+    let lora_decl = spec.section(LORA.name);
+    let lora = match (lora_decl, lora_decl.map(|d| top.section(d)).transpose()?.flatten()) {
+        (None, _) => None,
+        (Some(d), None) if d.required => {
             return Err(top.missing("lora", &format!("{}, required by recipe {recipe}", LORA.expect)));
         }
-        (true, Some(s)) => Some(lora_section(&s)?),
+        (Some(_), None) => None,
+        (Some(_), Some(s)) => Some(lora_section(&s)?),
     };
 
     let dataset = dataset_section(&top.required_section(&DATASET)?, raw, spec)?;
@@ -634,7 +652,7 @@ pub(crate) fn extract(
     if save_adapter_weights_only && lora.is_none() {
         let node = top.node("save_adapter_weights_only").expect("present");
         let owners: Vec<&str> =
-            recipes.iter().filter(|r| r.sections.contains(&LORA)).map(|r| r.name).collect();
+            recipes.iter().filter(|r| r.section(LORA.name).is_some()).map(|r| r.name).collect();
         return Err(cx.err(
             K::Inconsistent,
             &node.pos,
@@ -650,11 +668,11 @@ pub(crate) fn extract(
     // The recipe's own keys and sections, by dotted path.
     let mut extra = BTreeMap::new();
     for d in spec.keys {
-        if let Some(v) = top.value(d)? {
+        if let Some(v) = recipe_value(&top, d, raw)? {
             extra.insert(d.name.to_string(), v);
         }
     }
-    for sd in spec.sections.iter().filter(|s| **s != LORA) {
+    for sd in spec.sections.iter().filter(|s| s.name != LORA.name) {
         let s = match top.section(sd)? {
             Some(s) => s,
             None if sd.required => {
@@ -663,7 +681,7 @@ pub(crate) fn extract(
             None => Section::empty(cx, sd.name, top.pos.clone(), sd.keys.to_vec()),
         };
         for d in sd.keys {
-            if let Some(v) = s.value(d)? {
+            if let Some(v) = recipe_value(&s, d, raw)? {
                 extra.insert(format!("{}.{}", sd.name, d.name), v);
             }
         }
@@ -1006,7 +1024,7 @@ mod tests {
         for r in crate::recipes::registry() {
             for sd in r.sections {
                 assert!(
-                    !sd.keys.iter().any(|k| matches!(k.ty, KeyType::Other { .. }) && *sd != LORA),
+                    !sd.keys.iter().any(|k| matches!(k.ty, KeyType::Other { .. }) && sd.name != LORA.name),
                     "{}: recipe-declared keys need a checkable type",
                     sd.name
                 );

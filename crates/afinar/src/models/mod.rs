@@ -15,5 +15,5 @@ pub use adapter::LoraAdapter;
 pub use config::LlamaConfig;
 pub use llama::{Llama, Logits};
 pub use load::{is_gguf, load_model, load_tokenizer, LoadOptions, LoadedModel};
-pub use train::{ActivationCheckpointing, LossSum, TrainBatch};
+pub use train::{ActivationCheckpointing, LossSum, TrainBatch, Update};
 pub use trainable::{LazyTensor, LoraSpec, LoraTarget, NamedTensor, ParamMut};

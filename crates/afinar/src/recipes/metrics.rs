@@ -32,6 +32,10 @@ pub struct StepMetrics {
     pub peak_rss_bytes: u64,
     /// Peak device memory held by the backend's buffers so far, in bytes (GPU backends).
     pub peak_device_bytes: Option<u64>,
+    /// The objective's own metrics for the step, by name (`rewards/chosen`, `kd_loss`, …; empty
+    /// for SFT), each a mean over the step's units (see
+    /// [`TrainObjective`](super::finetune::TrainObjective)).
+    pub extra: Vec<(&'static str, f64)>,
 }
 
 impl StepMetrics {
@@ -51,6 +55,9 @@ impl StepMetrics {
         });
         if let Some(b) = self.peak_device_bytes {
             j["peak_device_mb"] = serde_json::json!(b as f64 / 1e6);
+        }
+        for &(name, v) in &self.extra {
+            j[name] = serde_json::json!(v);
         }
         j.to_string()
     }

@@ -28,6 +28,7 @@
 
 pub mod finetune;
 pub mod full_finetune;
+pub mod knowledge_distillation;
 pub mod lora_finetune;
 pub mod metrics;
 pub mod optim;
@@ -36,6 +37,7 @@ pub mod run;
 pub mod save;
 pub mod schedule;
 pub mod state;
+pub mod teacher;
 pub mod tensorboard;
 
 pub use registry::{find, registry, RecipeCheck, RecipeSpec};

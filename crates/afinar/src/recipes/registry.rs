@@ -51,7 +51,8 @@ impl RecipeSpec {
 
 /// Every recipe, in the order `afinar ls` shows them.
 pub fn registry() -> &'static [&'static RecipeSpec] {
-    static REGISTRY: &[&RecipeSpec] = &[&super::full_finetune::SPEC, &super::lora_finetune::SPEC];
+    static REGISTRY: &[&RecipeSpec] =
+        &[&super::full_finetune::SPEC, &super::lora_finetune::SPEC, &super::knowledge_distillation::SPEC];
     REGISTRY
 }
 
@@ -109,6 +110,11 @@ mod tests {
             "{e}"
         );
         let e = find("dpo").unwrap_err().to_string();
-        assert!(e.contains("unknown recipe `dpo` (expected one of full_finetune, lora_finetune)"), "{e}");
+        assert!(
+            e.contains(
+                "unknown recipe `dpo` (expected one of full_finetune, lora_finetune, knowledge_distillation)"
+            ),
+            "{e}"
+        );
     }
 }

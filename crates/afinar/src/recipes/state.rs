@@ -57,6 +57,29 @@ pub fn saved_value(output_dir: &Path, key: &str) -> Result<Option<String>> {
     Ok(ckpt.metadata().and_then(|m| m.get(key)).cloned())
 }
 
+/// The prefix of an objective's own tensors in the state file.
+const OBJECTIVE_PREFIX: &str = "objective.";
+
+/// The objective's own resume state saved by [`RecipeState::save_with`] in `output_dir`, as
+/// `(name, values)` in name order; empty when there is no state or it has none.
+pub fn load_objective_state(output_dir: &Path) -> Result<Vec<(String, Vec<f32>)>> {
+    let path = state_path(output_dir);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let ckpt = SafetensorsCheckpoint::open(&path)?;
+    let mut names: Vec<String> =
+        ckpt.names().into_iter().filter(|n| n.starts_with(OBJECTIVE_PREFIX)).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let v = ckpt.tensor(&n)?.to_f32()?;
+            Ok((n[OBJECTIVE_PREFIX.len()..].to_string(), v))
+        })
+        .collect()
+}
+
 fn state_path(output_dir: &Path) -> PathBuf {
     output_dir.join(STATE_DIR).join(STATE_FILE)
 }
@@ -74,6 +97,21 @@ impl RecipeState {
         config: Option<&str>,
         data: Option<&str>,
     ) -> Result<()> {
+        self.save_with(output_dir, be, model, config, data, &[])
+    }
+
+    /// [`RecipeState::save`] with an objective's own resume state (e.g. DPO's cached reference
+    /// log-probabilities): each `(name, values)` is stored as tensor `objective.<name>`, read
+    /// back by [`load_objective_state`].
+    pub fn save_with<B: Backend>(
+        &self,
+        output_dir: &Path,
+        be: &B,
+        model: &mut Llama<B>,
+        config: Option<&str>,
+        data: Option<&str>,
+        objective: &[(String, Vec<f32>)],
+    ) -> Result<()> {
         // First the names and shapes, then the values in the same order.
         let mut metas: Vec<TensorMeta> = Vec::new();
         model.visit_params_mut(&mut |name, p| {
@@ -89,6 +127,9 @@ impl RecipeState {
             }
             Ok(())
         })?;
+        for (name, values) in objective {
+            metas.push((format!("{OBJECTIVE_PREFIX}{name}"), DType::F32, vec![values.len()]));
+        }
         let mut meta = BTreeMap::new();
         meta.insert("afinar_recipe_state".to_string(), "1".to_string());
         meta.insert("optimizer_step".to_string(), self.optimizer_step.to_string());
@@ -120,7 +161,11 @@ impl RecipeState {
                         sink.write_f32(&be.to_host(&s.m)?[..n])?;
                         sink.write_f32(&be.to_host(&s.v)?[..n])?;
                         Ok(())
-                    })
+                    })?;
+                    for (_, values) in objective {
+                        sink.write_f32(values)?;
+                    }
+                    Ok(())
                 },
             )
         })

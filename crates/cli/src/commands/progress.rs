@@ -22,8 +22,9 @@ impl Progress {
 fn line(m: &StepMetrics) -> String {
     let device =
         m.peak_device_bytes.map(|b| format!(" | device {:.2} GB", b as f64 / 1e9)).unwrap_or_default();
+    let extra: String = m.extra.iter().map(|(k, v)| format!(" | {k} {v:.4}")).collect();
     format!(
-        "loss {:.4} | lr {:.2e} | {:.0} tok/s | grad {:.3} | {:.2} GB{device}",
+        "loss {:.4}{extra} | lr {:.2e} | {:.0} tok/s | grad {:.3} | {:.2} GB{device}",
         m.loss,
         m.lr,
         m.tokens_per_sec,
