@@ -10,8 +10,8 @@ use super::blas::{Dt, Operand};
 use super::module::drv;
 use super::{int, CudaBackend, CudaBuf, CudaWeight};
 use crate::checks;
-use afinar_formats::IGNORE_INDEX;
 use crate::{DistillSpec, DistillSums, Divergence, Result};
+use afinar_formats::IGNORE_INDEX;
 
 /// Logits per tile (f32 elements: 128 MiB per tile, two tiles and a gradient tile).
 const TILE: usize = 32 << 20;
