@@ -184,6 +184,11 @@ impl Dataset {
     /// row has a token to train on, is an error too.
     pub fn load(spec: &DatasetSpec, tok: &Tokenizer) -> Result<Dataset, DataError> {
         spec.validate()?;
+        if spec.kind == DatasetKind::Preference {
+            return Err(DataError::Config(
+                "preference datasets are pairs: load them with PreferenceDataset::load".into(),
+            ));
+        }
         let path = spec.source.as_path();
         let format = match spec.format {
             Some(f) => f,
@@ -398,9 +403,9 @@ fn tokenize(
     };
     let use_chat = match spec.kind {
         DatasetKind::Text => false,
-        DatasetKind::Chat => true,
+        DatasetKind::Chat | DatasetKind::Preference => true,
         DatasetKind::Instruct => match spec.template {
-            InstructTemplate::Alpaca => false,
+            InstructTemplate::Alpaca | InstructTemplate::Plain => false,
             InstructTemplate::Chat => true,
             InstructTemplate::Auto => tok.chat_template().is_some(),
         },
@@ -471,7 +476,7 @@ fn tokenize(
     }
 }
 
-fn native_format(tok: &Tokenizer) -> Option<PromptFormat> {
+pub(crate) fn native_format(tok: &Tokenizer) -> Option<PromptFormat> {
     if tok.token_to_id("<|start_header_id|>").is_some() {
         Some(PromptFormat::NativeLlama3)
     } else if tok.token_to_id("<|im_start|>").is_some() {

@@ -92,7 +92,7 @@ impl<'t> Encoder<'t> {
         }
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         self.tok.encode(text, false)
     }
 
@@ -134,7 +134,7 @@ impl<'t> Encoder<'t> {
         Ok(out)
     }
 
-    fn render(
+    pub(crate) fn render(
         &self,
         format: PromptFormat,
         messages: &[Message],

@@ -8,6 +8,11 @@
 //! truncates to `max_seq_len` and optionally packs samples into full rows. A [`Loader`] then
 //! serves [`Batch`]es, shuffled per epoch from `(seed, epoch)` and resumable at any batch.
 //!
+//! Preference data (`prompt` / `chosen` / `rejected`, for DPO-style training and evaluation)
+//! loads with [`PreferenceDataset::load`] into [`PreferencePair`]s and batches with a
+//! [`PreferenceLoader`]; its layouts, encoding and truncation rules are on
+//! [`PreferenceDataset`]'s module (`preference.rs`) and in `docs/`.
+//!
 //! ```no_run
 //! use afinar_data::{Dataset, DatasetKind, DatasetSpec, Loader};
 //! use afinar_tokenizer::Tokenizer;
@@ -33,6 +38,7 @@ mod formats;
 mod loader;
 #[cfg(feature = "parquet")]
 mod parquet_rows;
+mod preference;
 mod records;
 pub mod rng;
 mod spec;
@@ -41,6 +47,7 @@ pub use dataset::{Dataset, DatasetStats, PromptFormat, Sample};
 pub use encode::{alpaca_prompt, render_chatml};
 pub use error::{DataError, RowLoc};
 pub use loader::{Batch, Batches, Loader};
+pub use preference::{PreferenceBatch, PreferenceDataset, PreferenceLoader, PreferencePair};
 pub use spec::{
     ConversationStyle, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, LongRows, TrainOn,
 };

@@ -128,7 +128,7 @@ impl<'a> Loader<'a> {
 }
 
 /// Unpacked: one sample per row, right-padded to the longest.
-fn padded_batch(rows: &[&[Sample]], pad_id: u32) -> Batch {
+pub(crate) fn padded_batch(rows: &[&[Sample]], pad_id: u32) -> Batch {
     let seq = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
     let n = rows.len() * seq;
     let (mut ids, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));

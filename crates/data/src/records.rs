@@ -37,6 +37,9 @@ pub(crate) fn extract(spec: &DatasetSpec, path: &Path, rows: &[RawRow]) -> Resul
             let c = spec.column("text");
             rows.iter().map(|r| Ok(Record::Text(ctx.string(r, c)?))).collect()
         }
+        DatasetKind::Preference => {
+            Err(DataError::Config("preference rows are read by PreferenceDataset::load".into()))
+        }
         DatasetKind::Chat => {
             let Some(first) = rows.first() else {
                 return Ok(Vec::new());
@@ -163,6 +166,17 @@ impl Ctx<'_> {
     ) -> Result<Vec<Message>, DataError> {
         let v = row.fields.get(column).ok_or_else(|| self.missing(row, column))?;
         let items = self.message_list(row, column, v)?;
+        self.messages(row, column, &items, style)
+    }
+
+    /// Parses a non-empty list of message objects in `style`.
+    fn messages(
+        &self,
+        row: &RawRow,
+        column: &str,
+        items: &[Value],
+        style: ConversationStyle,
+    ) -> Result<Vec<Message>, DataError> {
         if items.is_empty() {
             return Err(self.invalid(row.at, column, "the conversation has no messages".into()));
         }
@@ -254,5 +268,201 @@ fn normalize_role(role: &str, style: ConversationStyle) -> Option<&'static str> 
             "ipython" => Some("ipython"),
             _ => None,
         },
+    }
+}
+
+/// A preference row's text: a string, or messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+/// One preference row: the prompt and the two responses. From message lists, `chosen` and
+/// `rejected` hold only the answer (assistant messages); from strings, the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PrefRecord {
+    pub prompt: Part,
+    pub chosen: Part,
+    pub rejected: Part,
+    pub lang: Option<String>,
+}
+
+/// Checks every preference row and splits it into prompt and responses (layouts: see
+/// [`crate::PreferenceDataset`]); the first bad row is the error. `csv`: string cells holding a
+/// JSON list are message lists.
+pub(crate) fn extract_preference(
+    spec: &DatasetSpec,
+    path: &Path,
+    rows: &[RawRow],
+    csv: bool,
+) -> Result<Vec<PrefRecord>, DataError> {
+    let ctx = Ctx { path };
+    let cols = [spec.column("prompt"), spec.column("chosen"), spec.column("rejected")];
+    let lang = spec.column("lang");
+    rows.iter().map(|r| ctx.preference(spec, r, cols, lang, csv)).collect()
+}
+
+impl Ctx<'_> {
+    /// A string or message-list column; `None` when absent or null and not `required`.
+    fn part(
+        &self,
+        spec: &DatasetSpec,
+        row: &RawRow,
+        column: &str,
+        required: bool,
+        csv: bool,
+    ) -> Result<Option<Part>, DataError> {
+        let items = match row.fields.get(column) {
+            None | Some(Value::Null) if !required => return Ok(None),
+            None => return Err(self.missing(row, column)),
+            Some(Value::String(s)) => {
+                let list = if csv && s.trim_start().starts_with('[') {
+                    match serde_json::from_str::<Value>(s) {
+                        Ok(Value::Array(items)) => Some(items),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                match list {
+                    Some(items) => items,
+                    None => return Ok(Some(Part::Text(s.clone()))),
+                }
+            }
+            Some(Value::Array(items)) => items.clone(),
+            Some(other) => return Err(self.wrong(row.at, column, "a string or a list of messages", other)),
+        };
+        let style = spec.conversation_style.unwrap_or(match items.first() {
+            Some(Value::Object(m)) if m.contains_key("from") => ConversationStyle::ShareGpt,
+            _ => ConversationStyle::OpenAi,
+        });
+        Ok(Some(Part::Messages(self.messages(row, column, &items, style)?)))
+    }
+
+    fn preference(
+        &self,
+        spec: &DatasetSpec,
+        row: &RawRow,
+        [pc, cc, rc]: [&str; 3],
+        lang_col: &str,
+        csv: bool,
+    ) -> Result<PrefRecord, DataError> {
+        let prompt = self.part(spec, row, pc, false, csv)?;
+        let chosen = self.part(spec, row, cc, true, csv)?.expect("required");
+        let rejected = self.part(spec, row, rc, true, csv)?.expect("required");
+        let lang = match row.fields.get(lang_col) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => return Err(self.wrong(row.at, lang_col, "a string", other)),
+        };
+        let (prompt, chosen, rejected) = match (prompt, chosen, rejected) {
+            (Some(p), c @ Part::Text(_), r @ Part::Text(_)) => (p, c, r),
+            // UltraFeedback: a prompt, and conversations whose last message is the answer.
+            (Some(p), Part::Messages(c), Part::Messages(r)) => {
+                let turns = match &p {
+                    Part::Text(t) => vec![Message::new("user", t.clone())],
+                    Part::Messages(m) => m.clone(),
+                };
+                let c = self.answer_after_prompt(row, cc, &turns, c)?;
+                let r = self.answer_after_prompt(row, rc, &turns, r)?;
+                (p, Part::Messages(c), Part::Messages(r))
+            }
+            // HH-RLHF: two whole conversations; the prompt is what they share.
+            (None, Part::Messages(c), Part::Messages(r)) => {
+                let shared = c.iter().zip(&r).take_while(|(a, b)| a == b).count();
+                if shared == 0 {
+                    return Err(self.invalid(
+                        row.at,
+                        cc,
+                        format!(
+                            "without a \"{pc}\" column, \"{cc}\" and \"{rc}\" must be conversations \
+                             that share their first messages (the prompt), but their first messages differ"
+                        ),
+                    ));
+                }
+                let c_ans = self.answer_tail(row, cc, rc, &c[shared..])?;
+                let r_ans = self.answer_tail(row, rc, cc, &r[shared..])?;
+                (Part::Messages(c[..shared].to_vec()), Part::Messages(c_ans), Part::Messages(r_ans))
+            }
+            (None, Part::Text(_), Part::Text(_)) => return Err(self.missing(row, pc)),
+            (_, c, _) => {
+                let what = |p: &Part| if matches!(p, Part::Text(_)) { "a string" } else { "a message list" };
+                let other = if matches!(c, Part::Text(_)) { "a message list" } else { "a string" };
+                return Err(self.invalid(
+                    row.at,
+                    rc,
+                    format!(
+                        "is {other} but \"{cc}\" is {}: both responses must be strings or both \
+                         message lists",
+                        what(&c)
+                    ),
+                ));
+            }
+        };
+        if let Part::Messages(m) = &prompt {
+            if m.is_empty() {
+                return Err(self.invalid(row.at, pc, "the prompt has no messages".into()));
+            }
+        }
+        Ok(PrefRecord { prompt, chosen, rejected, lang })
+    }
+
+    /// The answer of an UltraFeedback-style response: the last message, from the assistant; the
+    /// messages before it, if any, must repeat the prompt.
+    fn answer_after_prompt(
+        &self,
+        row: &RawRow,
+        column: &str,
+        prompt: &[Message],
+        mut list: Vec<Message>,
+    ) -> Result<Vec<Message>, DataError> {
+        let last = list.pop().expect("message lists are not empty");
+        if last.role != "assistant" {
+            return Err(self.invalid(
+                row.at,
+                &format!("{column}[{}]", list.len()),
+                format!("the last message must be the assistant's answer, found role {:?}", last.role),
+            ));
+        }
+        if !list.is_empty() && list != prompt {
+            return Err(self.invalid(
+                row.at,
+                column,
+                "the messages before the answer must be the prompt's messages (or be left out)".into(),
+            ));
+        }
+        Ok(vec![last])
+    }
+
+    /// The answer of an HH-RLHF-style response: what follows the shared prefix, all from the
+    /// assistant.
+    fn answer_tail(
+        &self,
+        row: &RawRow,
+        column: &str,
+        other: &str,
+        tail: &[Message],
+    ) -> Result<Vec<Message>, DataError> {
+        if tail.is_empty() {
+            return Err(self.invalid(
+                row.at,
+                column,
+                format!("the conversation is all prefix shared with \"{other}\": no answer is left"),
+            ));
+        }
+        if let Some(m) = tail.iter().find(|m| m.role != "assistant") {
+            return Err(self.invalid(
+                row.at,
+                column,
+                format!(
+                    "after the prefix shared with \"{other}\", expected only assistant messages (the \
+                     answer), found a {:?} message; the conversations must differ only in the final \
+                     answer",
+                    m.role
+                ),
+            ));
+        }
+        Ok(tail.to_vec())
     }
 }

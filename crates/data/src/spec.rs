@@ -50,6 +50,11 @@ pub enum DatasetKind {
     Chat,
     /// Plain text in a `text` column, trained on every token.
     Text,
+    /// Preference pairs for DPO-style training and evaluation: `prompt` + `chosen` + `rejected`
+    /// (strings, or a message-list prompt), UltraFeedback's `prompt` with `chosen`/`rejected`
+    /// conversations ending in the answer, or HH-RLHF's two full conversations sharing a prefix.
+    /// Loaded with [`crate::PreferenceDataset::load`], not [`crate::Dataset::load`].
+    Preference,
 }
 
 /// How a chat row spells its messages.
@@ -96,6 +101,9 @@ pub enum InstructTemplate {
     /// A user message (the instruction, then the input after a blank line) and an assistant
     /// message (the output), rendered like a chat.
     Chat,
+    /// Preference datasets only: no template, BOS + the prompt text, then the response text and
+    /// EOS.
+    Plain,
 }
 
 macro_rules! names {
@@ -123,14 +131,19 @@ macro_rules! names {
 }
 
 names!(FileFormat { Json => ["json"], Jsonl => ["jsonl", "ndjson"], Csv => ["csv"], Parquet => ["parquet", "pq"] });
-names!(DatasetKind { Instruct => ["instruct", "alpaca"], Chat => ["chat"], Text => ["text", "text_completion"] });
+names!(DatasetKind {
+    Instruct => ["instruct", "alpaca"],
+    Chat => ["chat"],
+    Text => ["text", "text_completion"],
+    Preference => ["preference", "dpo"],
+});
 names!(ConversationStyle { ShareGpt => ["sharegpt"], OpenAi => ["openai"] });
 names!(TrainOn {
     All => ["all", "train_on_all"],
     Assistant => ["assistant", "train_on_assistant", "responses"],
     Last => ["last", "train_on_last"],
 });
-names!(InstructTemplate { Auto => ["auto"], Alpaca => ["alpaca"], Chat => ["chat"] });
+names!(InstructTemplate { Auto => ["auto"], Alpaca => ["alpaca"], Chat => ["chat"], Plain => ["plain"] });
 
 /// What [`crate::Dataset::load`] does with a row longer than `max_seq_len` tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -172,11 +185,13 @@ pub struct DatasetSpec {
     /// The file format; `None`: from the extension.
     pub format: Option<FileFormat>,
     /// Renames columns: the crate's name (`instruction`, `input`, `output`, `text`,
-    /// `conversations`, `messages`) → the file's column name.
+    /// `conversations`, `messages`; `prompt`, `chosen`, `rejected`, `lang` for preference data)
+    /// → the file's column name.
     pub column_map: BTreeMap<String, String>,
     /// The chat style; `None`: detected from the first row.
     pub conversation_style: Option<ConversationStyle>,
-    /// How instruct rows become prompts.
+    /// How instruct rows become prompts; for preference rows, `Auto` / `Chat` render through the
+    /// chat template and `Plain` uses the raw text (`Alpaca` is refused).
     pub template: InstructTemplate,
     /// Which tokens carry loss (ignored for `Text`, which trains on everything).
     pub train_on: TrainOn,
@@ -189,6 +204,9 @@ pub struct DatasetSpec {
     pub packed: bool,
     /// Read only the first `max_rows` rows.
     pub max_rows: Option<usize>,
+    /// Preference data: how many response tokens a long pair keeps room for before its prompt
+    /// is cut from the left (see [`crate::PreferenceDataset::load`]).
+    pub min_response_tokens: usize,
 }
 
 impl DatasetSpec {
@@ -208,6 +226,7 @@ impl DatasetSpec {
             long_rows: LongRows::Truncate,
             packed: false,
             max_rows: None,
+            min_response_tokens: 64,
         }
     }
 
@@ -217,15 +236,36 @@ impl DatasetSpec {
     }
 
     /// Checks the settings that do not need the file: `max_seq_len` > 0, `column_map` keys known
-    /// for this kind.
+    /// for this kind, a template this kind can use, no packing of preference pairs.
     pub fn validate(&self) -> Result<(), DataError> {
         if self.max_seq_len == 0 {
             return Err(DataError::Config("max_seq_len must be at least 1".into()));
+        }
+        match (self.kind, self.template) {
+            (DatasetKind::Preference, InstructTemplate::Alpaca) => {
+                return Err(DataError::Config(
+                    "template alpaca is for instruct datasets; preference datasets take auto, chat \
+                     or plain"
+                        .into(),
+                ))
+            }
+            (DatasetKind::Instruct, InstructTemplate::Plain) => {
+                return Err(DataError::Config(
+                    "template plain is for preference datasets; instruct datasets take auto, \
+                     alpaca or chat"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.kind == DatasetKind::Preference && self.packed {
+            return Err(DataError::Config("preference pairs cannot be packed; set packed to false".into()));
         }
         let known: &[&str] = match self.kind {
             DatasetKind::Instruct => &["instruction", "input", "output"],
             DatasetKind::Chat => &["conversations", "messages"],
             DatasetKind::Text => &["text"],
+            DatasetKind::Preference => &["prompt", "chosen", "rejected", "lang"],
         };
         for key in self.column_map.keys() {
             if !known.contains(&key.as_str()) {

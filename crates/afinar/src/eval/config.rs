@@ -28,6 +28,11 @@
 //!     chat: true
 //!     ignore_case: true
 //!     ignore_punctuation: true
+//!   - name: answers_in_kind           # one file, one task per language: rows with a `lang`
+//!     language: es                    # column are filtered to the task's language
+//!     kind: preference
+//!     file: ../prefs_bilingual/heldout.jsonl
+//!     template: auto                  # auto | chat | plain
 //! ```
 //!
 //! Relative paths are relative to the config file's folder. Every task also takes `limit`
@@ -38,6 +43,7 @@ use std::path::{Path, PathBuf};
 use super::choice::{ChoiceFormat, ChoiceOptions, FewshotSampler};
 use super::generation::ExactMatchOptions;
 use super::perplexity::PerplexityOptions;
+use super::preference::PreferenceOptions;
 use crate::config::yaml::{self, Entry, Node, Pos, Value};
 use crate::{Error, Result};
 
@@ -91,6 +97,13 @@ pub enum TaskKind {
         /// Generation and normalisation settings.
         opts: ExactMatchOptions,
     },
+    /// A preference file (prompt, chosen, rejected) scored by log-probability margins.
+    Preference {
+        /// The pairs.
+        file: PathBuf,
+        /// Template and limit.
+        opts: PreferenceOptions,
+    },
 }
 
 impl TaskKind {
@@ -100,6 +113,7 @@ impl TaskKind {
             TaskKind::Perplexity { .. } => "perplexity",
             TaskKind::MultipleChoice { .. } => "multiple_choice",
             TaskKind::ExactMatch { .. } => "exact_match",
+            TaskKind::Preference { .. } => "preference",
         }
     }
 
@@ -108,7 +122,8 @@ impl TaskKind {
         match self {
             TaskKind::Perplexity { file, .. }
             | TaskKind::MultipleChoice { file, .. }
-            | TaskKind::ExactMatch { file, .. } => file,
+            | TaskKind::ExactMatch { file, .. }
+            | TaskKind::Preference { file, .. } => file,
         }
     }
 }
@@ -118,6 +133,7 @@ const COMMON_KEYS: &[&str] = &["name", "language", "kind", "file", "limit"];
 const PPL_KEYS: &[&str] = &["max_length", "stride", "add_bos"];
 const MC_KEYS: &[&str] = &["format", "fewshot_file", "num_fewshot", "fewshot_sampler", "seed"];
 const EM_KEYS: &[&str] = &["max_new_tokens", "stop", "chat", "ignore_case", "ignore_punctuation"];
+const PREF_KEYS: &[&str] = &["template"];
 
 struct Cx<'a> {
     file: &'a str,
@@ -257,7 +273,7 @@ impl EvalConfig {
 }
 
 fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
-    let all: Vec<&str> = [COMMON_KEYS, PPL_KEYS, MC_KEYS, EM_KEYS].concat();
+    let all: Vec<&str> = [COMMON_KEYS, PPL_KEYS, MC_KEYS, EM_KEYS, PREF_KEYS].concat();
     let entries = cx.map(node, key, &all)?;
     let get = |k: &str| entries.iter().find(|e| e.key == k).map(|e| &e.value);
     let need = |k: &str| get(k).ok_or_else(|| cx.err(&node.pos, key, format!("missing `{k}`")));
@@ -269,11 +285,14 @@ fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
         "perplexity" => PPL_KEYS,
         "multiple_choice" => MC_KEYS,
         "exact_match" => EM_KEYS,
+        "preference" => PREF_KEYS,
         other => {
             return Err(cx.err(
                 &kind_node.pos,
                 &sub("kind"),
-                format!("expected one of perplexity, multiple_choice, exact_match, got {other:?}"),
+                format!(
+                    "expected one of perplexity, multiple_choice, exact_match, preference, got {other:?}"
+                ),
             ))
         }
     };
@@ -338,6 +357,27 @@ fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
                 fewshot_file,
                 opts: ChoiceOptions { num_fewshot, sampler, seed, limit },
             }
+        }
+        "preference" => {
+            let template = match get("template") {
+                None => afinar_data::InstructTemplate::Auto,
+                Some(t) => {
+                    let text = cx.text(t, &sub("template"))?;
+                    match text.as_str() {
+                        "auto" => afinar_data::InstructTemplate::Auto,
+                        "chat" => afinar_data::InstructTemplate::Chat,
+                        "plain" => afinar_data::InstructTemplate::Plain,
+                        _ => {
+                            return Err(cx.err(
+                                &t.pos,
+                                &sub("template"),
+                                format!("expected auto, chat or plain, got {text:?}"),
+                            ))
+                        }
+                    }
+                }
+            };
+            TaskKind::Preference { file, opts: PreferenceOptions { template, limit } }
         }
         _ => {
             let mut opts = ExactMatchOptions { limit, ..Default::default() };

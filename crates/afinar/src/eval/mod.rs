@@ -6,7 +6,9 @@
 //! - [`choice`]: multiple-choice log-likelihood tasks scored as lm-evaluation-harness 0.4 does
 //!   (`acc`, `acc_norm` and their standard errors), in the JSONL formats of HellaSwag, ARC, PIQA
 //!   and MMLU with the harness' default prompts, zero- or few-shot;
-//! - [`generation`]: greedy generation scored by exact match after normalisation.
+//! - [`generation`]: greedy generation scored by exact match after normalisation;
+//! - [`preference`]: preference pairs scored by the log-probability margin of the chosen over
+//!   the rejected response (accuracy and mean margin).
 //!
 //! [`config`] reads an eval YAML config that lists tasks with a language tag, [`report`] runs
 //! them and lays the results out per language, as a terminal table and as JSON.
@@ -16,6 +18,7 @@ pub mod config;
 pub mod generation;
 mod jsonl;
 pub mod perplexity;
+pub mod preference;
 pub mod report;
 
 pub use choice::{
@@ -28,5 +31,8 @@ pub use generation::{
 };
 pub use perplexity::{
     perplexity, perplexity_of_ids, plan_windows, PerplexityOptions, PerplexityResult, Window,
+};
+pub use preference::{
+    load_preference_pairs, score_preference_task, PreferenceItem, PreferenceOptions, PreferenceResult,
 };
 pub use report::{check_tasks, run_tasks, EvalReport, TaskOutcome, TaskResult};

@@ -13,6 +13,7 @@ use super::config::{TaskKind, TaskSpec};
 use super::generation::{exact_match_task, load_generation_docs, ExactMatchResult};
 use super::jsonl::read_text;
 use super::perplexity::{perplexity, PerplexityResult};
+use super::preference::{load_preference_pairs, score_preference_task, PreferenceResult};
 use crate::models::Llama;
 use crate::{Error, Result};
 
@@ -26,6 +27,8 @@ pub enum TaskResult {
     MultipleChoice(ChoiceResult),
     /// Exact-match accuracy.
     ExactMatch(ExactMatchResult),
+    /// Preference accuracy and mean margin.
+    Preference(PreferenceResult),
 }
 
 /// One task's result with what it was.
@@ -35,7 +38,7 @@ pub struct TaskOutcome {
     pub name: String,
     /// Language tag.
     pub language: String,
-    /// `perplexity`, `multiple_choice` or `exact_match`.
+    /// `perplexity`, `multiple_choice`, `exact_match` or `preference`.
     pub kind: &'static str,
     /// The task's file.
     pub file: PathBuf,
@@ -78,6 +81,12 @@ pub fn check_tasks(tasks: &[TaskSpec]) -> Result<()> {
             }
             TaskKind::ExactMatch { file, .. } => {
                 load_generation_docs(file)?;
+            }
+            // Encoding needs the model's tokenizer: rows are checked when the task runs.
+            TaskKind::Preference { file, .. } => {
+                if !file.is_file() {
+                    return Err(Error::Input(format!("{}: no such file", file.display())));
+                }
             }
         }
     }
@@ -124,6 +133,13 @@ pub fn run_tasks<B: Backend>(
                     .map_err(with_label)?;
                 TaskResult::ExactMatch(r)
             }
+            TaskKind::Preference { file, opts } => {
+                let pairs = load_preference_pairs(file, tok, &task.language, model.config.max_seq_len, opts)
+                    .map_err(with_label)?;
+                let r = score_preference_task(be, model, &pairs, opts, |d, n| progress(task, d, n))
+                    .map_err(with_label)?;
+                TaskResult::Preference(r)
+            }
         };
         out.push(TaskOutcome {
             name: task.name.clone(),
@@ -157,6 +173,11 @@ impl TaskOutcome {
                 ("acc", with_stderr(r.acc, r.acc_stderr)),
                 ("acc_norm", with_stderr(r.acc_norm, r.acc_norm_stderr)),
                 ("items", r.items_scored.to_string()),
+            ],
+            TaskResult::Preference(r) => vec![
+                ("accuracy", with_stderr(r.accuracy, r.accuracy_stderr)),
+                ("mean margin", with_stderr(r.mean_margin, r.mean_margin_stderr)),
+                ("pairs", r.pairs_scored.to_string()),
             ],
             TaskResult::ExactMatch(r) => {
                 vec![

@@ -1,11 +1,11 @@
-//! `afinar eval`: perplexity, multiple-choice and exact-match tasks, per language; the table on
+//! `afinar eval`: perplexity, multiple-choice, exact-match and preference tasks, per language; the table on
 //! stdout, progress on stderr, everything in `--output FILE.json`.
 
 use std::path::{Path, PathBuf};
 
 use afinar::eval::{
     check_tasks, run_tasks, ChoiceFormat, ChoiceOptions, EvalConfig, ExactMatchOptions, FewshotSampler,
-    PerplexityOptions, TaskKind, TaskSpec,
+    PerplexityOptions, PreferenceOptions, TaskKind, TaskSpec,
 };
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -80,14 +80,18 @@ pub struct EvalArgs {
     /// Exact match ignores punctuation.
     #[arg(long)]
     ignore_punctuation: bool,
+    /// Preference file (`prompt`/`chosen`/`rejected`, or chosen/rejected message lists),
+    /// `[LANG=]FILE` (repeatable); rows with a `lang` column are filtered to LANG.
+    #[arg(long = "preference", value_name = "[LANG=]FILE")]
+    preference: Vec<String>,
     /// Perplexity window in tokens (default: the model's context, at most 1024).
     #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     max_length: Option<usize>,
     /// Perplexity stride in tokens (default: half the window).
     #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     stride: Option<usize>,
-    /// Score only the first N items of each multiple-choice and exact-match task (config tasks
-    /// included).
+    /// Score only the first N items of each multiple-choice, exact-match and preference task
+    /// (config tasks included).
     #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     limit: Option<usize>,
     /// Also write every number (and each item's outcome) to this JSON file.
@@ -168,6 +172,15 @@ fn flag_tasks(args: &EvalArgs) -> Result<Vec<TaskSpec>> {
             kind: TaskKind::ExactMatch { file, opts },
         });
     }
+    for spec in &args.preference {
+        let (language, file) = lang_file(spec, "--preference")?;
+        let opts = PreferenceOptions { limit: args.limit, ..Default::default() };
+        tasks.push(TaskSpec {
+            name: "preference".into(),
+            language,
+            kind: TaskKind::Preference { file, opts },
+        });
+    }
     Ok(tasks)
 }
 
@@ -189,7 +202,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     tasks.extend(flag_tasks(&args)?);
     if tasks.is_empty() {
         bail!(
-            "nothing to evaluate: give --config FILE.yaml, or --perplexity, --choice or --exact-match files"
+            "nothing to evaluate: give --config FILE.yaml, or --perplexity, --choice, --exact-match or --preference files"
         );
     }
     if let Some(limit) = args.limit {
@@ -197,6 +210,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             match &mut t.kind {
                 TaskKind::MultipleChoice { opts, .. } => opts.limit = Some(limit),
                 TaskKind::ExactMatch { opts, .. } => opts.limit = Some(limit),
+                TaskKind::Preference { opts, .. } => opts.limit = Some(limit),
                 TaskKind::Perplexity { .. } => {}
             }
         }
