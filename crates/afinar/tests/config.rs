@@ -92,14 +92,14 @@ fn every_shipped_config_loads() {
     let s = Scratch::with_inputs("shipped");
     let model = format!("model.path={}", s.0.join("model.gguf").display());
     let data = format!("dataset.source={}", s.0.join("data.jsonl").display());
-    assert_eq!(builtin_configs().count(), 15);
+    assert_eq!(builtin_configs().count(), 23);
     for b in builtin_configs() {
         let mut doc = ConfigDoc::open(b.name).unwrap();
         assert_eq!(doc.origin(), format!("built-in:{}.yaml", b.name));
         doc.apply_overrides(&[model.as_str(), data.as_str()]).unwrap();
         let cfg = doc.to_config(Some(b.recipe)).unwrap_or_else(|e| panic!("{}: {e}", b.name));
         assert_eq!(cfg.recipe, b.recipe, "{}", b.name);
-        assert_eq!(cfg.lora.is_some(), b.recipe == "lora_finetune", "{}", b.name);
+        assert_eq!(cfg.lora.is_some(), b.recipe != "full_finetune", "{}", b.name);
         assert_eq!(cfg.model.path.as_deref(), Some(s.0.join("model.gguf").as_path()));
         assert_eq!(cfg.dataset.file_format(), Some(FileFormat::Jsonl));
         // The YAML shipped in the binary is the file in configs/.

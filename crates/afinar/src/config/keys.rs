@@ -326,6 +326,10 @@ pub const LORA: SectionDecl = SectionDecl {
     doc: "LoRA adapter settings.",
 };
 
+/// `lora:` as an optional section: a recipe that lists it trains LoRA adapters when the config
+/// has the section and every weight when it has none (the `dpo` recipe).
+pub const LORA_OPTIONAL: SectionDecl = SectionDecl { required: false, ..LORA };
+
 /// `dataset:`.
 pub(crate) const DATASET: SectionDecl = SectionDecl {
     name: "dataset",

@@ -31,7 +31,9 @@ pub(crate) use builtin::builtin_config;
 pub use builtin::{builtin, builtin_configs, BuiltinConfig};
 pub use error::{ConfigError, ConfigErrorKind, Location};
 pub use interp::assets_dir;
-pub use keys::{above, within, DatasetKindDecl, KeyDecl, KeyType, KeyValue, SectionDecl, LORA};
+pub use keys::{
+    above, within, DatasetKindDecl, KeyDecl, KeyType, KeyValue, SectionDecl, LORA, LORA_OPTIONAL,
+};
 pub(crate) use schema::did_you_mean;
 pub use types::{
     ConversationStyle, DatasetKind, DatasetSection, Dtype, FileFormat, LongRows, LoraSection, LoraTarget,

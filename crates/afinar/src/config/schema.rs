@@ -524,12 +524,16 @@ pub(crate) fn extract(
     // LoRA.
     // LoRA: the shared typed section, for the recipes that list it (a foreign section was
     // refused above).
-    let lora = match (spec.sections.contains(&LORA), top.section(&LORA)?) {
-        (false, _) => None,
-        (true, None) => {
+    // A recipe lists it as required ([`LORA`]) or optional ([`super::LORA_OPTIONAL`]: without
+    // the section every weight trains).
+    let lora_decl = spec.section(LORA.name);
+    let lora = match (lora_decl, lora_decl.map(|d| top.section(d)).transpose()?.flatten()) {
+        (None, _) => None,
+        (Some(d), None) if d.required => {
             return Err(top.missing("lora", &format!("{}, required by recipe {recipe}", LORA.expect)));
         }
-        (true, Some(s)) => Some(lora_section(&s)?),
+        (Some(_), None) => None,
+        (Some(_), Some(s)) => Some(lora_section(&s)?),
     };
 
     let dataset = dataset_section(&top.required_section(&DATASET)?, raw, spec)?;
@@ -634,7 +638,7 @@ pub(crate) fn extract(
     if save_adapter_weights_only && lora.is_none() {
         let node = top.node("save_adapter_weights_only").expect("present");
         let owners: Vec<&str> =
-            recipes.iter().filter(|r| r.sections.contains(&LORA)).map(|r| r.name).collect();
+            recipes.iter().filter(|r| r.section(LORA.name).is_some()).map(|r| r.name).collect();
         return Err(cx.err(
             K::Inconsistent,
             &node.pos,
@@ -654,7 +658,7 @@ pub(crate) fn extract(
             extra.insert(d.name.to_string(), v);
         }
     }
-    for sd in spec.sections.iter().filter(|s| **s != LORA) {
+    for sd in spec.sections.iter().filter(|s| s.name != LORA.name) {
         let s = match top.section(sd)? {
             Some(s) => s,
             None if sd.required => {

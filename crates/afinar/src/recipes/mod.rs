@@ -26,6 +26,7 @@
 //!
 //! Nothing in `config/schema.rs`, `config/keys.rs` or the CLI changes.
 
+pub mod dpo;
 pub mod finetune;
 pub mod full_finetune;
 pub mod lora_finetune;

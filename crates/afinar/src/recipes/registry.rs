@@ -51,7 +51,8 @@ impl RecipeSpec {
 
 /// Every recipe, in the order `afinar ls` shows them.
 pub fn registry() -> &'static [&'static RecipeSpec] {
-    static REGISTRY: &[&RecipeSpec] = &[&super::full_finetune::SPEC, &super::lora_finetune::SPEC];
+    static REGISTRY: &[&RecipeSpec] =
+        &[&super::full_finetune::SPEC, &super::lora_finetune::SPEC, &super::dpo::SPEC];
     REGISTRY
 }
 
@@ -108,7 +109,7 @@ mod tests {
             e.contains("unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of"),
             "{e}"
         );
-        let e = find("dpo").unwrap_err().to_string();
-        assert!(e.contains("unknown recipe `dpo` (expected one of full_finetune, lora_finetune)"), "{e}");
+        let e = find("dpx").unwrap_err().to_string();
+        assert!(e.contains("unknown recipe `dpx` (did you mean `dpo`? expected one of full_finetune, lora_finetune, dpo)"), "{e}");
     }
 }

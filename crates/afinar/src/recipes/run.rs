@@ -50,6 +50,7 @@ pub fn dataset_spec(cfg: &RecipeConfig) -> DatasetSpec {
             cfgmod::DatasetKind::Instruct => data::DatasetKind::Instruct,
             cfgmod::DatasetKind::Chat => data::DatasetKind::Chat,
             cfgmod::DatasetKind::Text => data::DatasetKind::Text,
+            cfgmod::DatasetKind::Preference => data::DatasetKind::Preference,
         },
         d.source.clone(),
     );
@@ -242,7 +243,11 @@ pub fn check_resume(cfg: &RecipeConfig) -> Result<Vec<String>> {
 /// On resume, after the data is loaded: compares its fingerprint with the one saved with the
 /// recipe state, so that data edited in place (same path, other rows, or another tokenizer) is
 /// refused unless `resume_accept_config_changes` is set.
-fn check_resume_data(cfg: &RecipeConfig, fingerprint: &str, reporter: &mut dyn Reporter) -> Result<()> {
+pub(crate) fn check_resume_data(
+    cfg: &RecipeConfig,
+    fingerprint: &str,
+    reporter: &mut dyn Reporter,
+) -> Result<()> {
     let Some(saved) = super::state::saved_value(&cfg.output_dir, super::state::DATA_KEY)? else {
         return Ok(());
     };
@@ -287,8 +292,44 @@ pub fn prepare_output(cfg: &RecipeConfig) -> Result<Vec<String>> {
     Ok(notes)
 }
 
+/// A model ready to train (adapters applied, or every weight trainable), its tokenizer, and the
+/// writer of the recipe's checkpoints (PEFT adapter and merged model, or full weights).
+pub struct Prepared<B: Backend> {
+    /// The model.
+    pub model: Llama<B>,
+    /// Its tokenizer.
+    pub tokenizer: std::sync::Arc<afinar_tokenizer::Tokenizer>,
+    /// What writes each checkpoint.
+    pub saver: Box<dyn SaveTarget<B>>,
+}
+
 /// Runs the recipe on `be`.
 pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    let Prepared { mut model, tokenizer, saver } = prepare_model(be, cfg, reporter)?;
+    let dataset =
+        Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
+    let pad = tokenizer.eos_id().unwrap_or(0);
+    let loader = Loader::new(&dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
+        .map_err(|e| Error::Input(format!("dataset: {e}")))?
+        .drop_last(true);
+    reporter.note(&dataset_summary(cfg, &dataset));
+    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
+    if cfg.resume_from_checkpoint {
+        check_resume_data(cfg, &fingerprint, reporter)?;
+    }
+    let plan = Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) };
+    train(be, &mut model, &loader, &plan, saver.as_ref(), reporter)
+}
+
+/// Everything a recipe's run does before its data: prepares the output folder
+/// ([`prepare_output`]), loads the model and its tokenizer as `model:`/`tokenizer:` say, checks
+/// the context length, applies LoRA (or makes every weight trainable), sets the precision, and
+/// builds the checkpoint writer.
+pub fn prepare_model<B: Backend>(
+    be: &B,
+    cfg: &RecipeConfig,
+    reporter: &mut dyn Reporter,
+) -> Result<Prepared<B>> {
     for note in prepare_output(cfg)? {
         reporter.note(&note);
     }
@@ -364,13 +405,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
             "mixed precision: f32 weights and optimizer state, bf16 matrix products and saved activations",
         );
     }
-    let dataset =
-        Dataset::load(&dataset_spec(cfg), &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
-    let pad = tokenizer.eos_id().unwrap_or(0);
-    let loader = Loader::new(&dataset, cfg.batch_size, cfg.shuffle, cfg.seed, pad)
-        .map_err(|e| Error::Input(format!("dataset: {e}")))?
-        .drop_last(true);
-    reporter.note(&dataset_summary(cfg, &dataset));
+    let tokenizer = std::sync::Arc::new(tokenizer);
     let config_json = match &source.1 {
         Some(hf) => hf.config_json.clone(),
         None => model.config.to_hf_json(tokenizer.bos_id(), tokenizer.eos_id(), "float32"),
@@ -380,7 +415,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         hf_dir: source.1.map(|hf| hf.dir),
         config_json,
         dtype: DType::F32,
-        tokenizer: Some(std::sync::Arc::new(tokenizer)),
+        tokenizer: Some(tokenizer.clone()),
         max_seq_len: Some(model.config.max_seq_len),
     };
     let saver: Box<dyn SaveTarget<B>> = match &lora {
@@ -391,12 +426,7 @@ pub fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporte
         }),
         None => Box::new(FullSave { source }),
     };
-    let fingerprint = super::finetune::data_fingerprint(dataset.samples());
-    if cfg.resume_from_checkpoint {
-        check_resume_data(cfg, &fingerprint, reporter)?;
-    }
-    let plan = Plan { data_fingerprint: Some(fingerprint), ..plan(cfg) };
-    train(be, &mut model, &loader, &plan, saver.as_ref(), reporter)
+    Ok(Prepared { model, tokenizer, saver })
 }
 
 /// The statistics printed at the start of a run: rows read, examples kept, truncated and
