@@ -675,7 +675,7 @@ fn syntax_errors_name_the_line() {
     let e = RecipeConfig::load_str("", Path::new("empty.yaml")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "empty.yaml:1:1: recipe: missing required key (one of full_finetune, lora_finetune)"
+        "empty.yaml:1:1: recipe: missing required key (one of full_finetune, lora_finetune, dpo)"
     );
 }
 
