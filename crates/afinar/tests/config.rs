@@ -591,7 +591,7 @@ fn recipe_mismatch_and_inconsistent_sections() {
         &text,
         &[],
         ConfigErrorKind::Inconsistent,
-        "@:7:1: lora: a full_finetune config has no lora section: remove it (override ~lora) or set recipe: lora_finetune",
+        "@:7:1: lora: a full_finetune config has no lora section: remove it (override ~lora) or set recipe: lora_finetune or dpo",
     );
     expect_err(
         "inconsistent-model",
