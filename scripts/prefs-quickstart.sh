@@ -26,14 +26,10 @@ echo "== base model: held-out preference accuracy"
 ./target/release/afinar eval --model "$base" --config data/prefs_bilingual/eval.yaml \
   --output "$out/eval-base.json"
 
-# TODO(integrator, issue 14): the DPO LoRA training line goes here once the `dpo` recipe exists,
-# training on data/prefs_bilingual/train.jsonl and writing the merged model to "$out/merged", e.g.
-# the `afinar run dpo ...` command of that recipe. Until then the script stops after the baseline.
-if [[ ! -d "$out/merged" ]]; then
-  echo "(no DPO recipe yet: stopping after the base model's numbers)"
-  exit 0
-fi
+echo "== DPO LoRA on the train pairs (sigmoid, beta 0.1): 45 steps of 4 pairs, ~10 minutes on 2 cores"
+./target/release/afinar run dpo --config smollm2_135m_dpo_lora model.path="$base" \
+  output_dir="$out/dpo" max_steps_per_epoch=45 optimizer.lr=1e-3 lr_scheduler.warmup_steps=3
 
 echo "== after DPO: held-out preference accuracy"
-./target/release/afinar eval --model "$out/merged" --config data/prefs_bilingual/eval.yaml \
+./target/release/afinar eval --model "$out/dpo/epoch_0/merged" --config data/prefs_bilingual/eval.yaml \
   --output "$out/eval-dpo.json"

@@ -54,7 +54,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const ALL: [&str; 17] = [
+const ALL: [&str; 25] = [
     "smollm2_135m_lora",
     "smollm2_135m_qlora",
     "smollm2_135m_full",
@@ -70,6 +70,14 @@ const ALL: [&str; 17] = [
     "llama3_1_8b_lora",
     "llama3_1_8b_qlora",
     "llama3_1_8b_full",
+    "smollm2_135m_dpo_lora",
+    "smollm2_360m_dpo_lora",
+    "llama3_2_1b_dpo_lora",
+    "llama3_2_1b_dpo_qlora",
+    "llama3_2_3b_dpo_lora",
+    "llama3_2_3b_dpo_qlora",
+    "llama3_1_8b_dpo_lora",
+    "llama3_1_8b_dpo_qlora",
     "smollm2_360m_to_135m_kd_lora",
     "llama3_1_8b_to_3_2_1b_kd_lora",
 ];
@@ -94,7 +102,9 @@ fn ls_lists_every_config_by_recipe() {
             [c] => *c,
             _ => panic!("bad line {line:?}"),
         };
-        let want = if config.ends_with("_full") {
+        let want = if config.contains("_dpo_") {
+            "dpo"
+        } else if config.ends_with("_full") {
             "full_finetune"
         } else if config.contains("_kd_") {
             "knowledge_distillation"
@@ -234,10 +244,10 @@ fn run_checks_the_recipe_before_anything_else() {
     let [model, data] = sc.inputs();
     let out = afinar(&["run", "full_finetune", "--config", "smollm2_135m_lora", &model, &data]);
     assert_fails_with(&out, "built-in:smollm2_135m_lora.yaml:11:9: recipe: this config is for lora_finetune");
-    assert_fails_with(&afinar(&["run", "dpo", "--config", "smollm2_135m_lora"]), "unknown recipe `dpo`");
+    assert_fails_with(&afinar(&["run", "kto", "--config", "smollm2_135m_lora"]), "unknown recipe `kto`");
     assert_fails_with(
         &afinar(&["run", "lora_fintune", "--config", "smollm2_135m_lora"]),
-        "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune, \
+        "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune, dpo, \
          knowledge_distillation)",
     );
     assert_fails_with(

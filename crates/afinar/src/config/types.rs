@@ -83,6 +83,8 @@ word_enum! {
         Chat = "chat",
         /// Plain text for continued pre-training (a `text` column).
         Text = "text",
+        /// Preference pairs (`prompt`, `chosen`, `rejected`, or message lists): the `dpo` recipe.
+        Preference = "preference",
     }
 }
 

@@ -13,5 +13,6 @@ pub mod distill;
 pub mod preference;
 
 pub use preference::{
-    dpo, orpo, simpo, DpoLoss, OrpoParams, PreferenceOutput, SequenceLogps, SimpoParams, TokenSum,
+    dpo, dpo_smoothed, orpo, simpo, DpoLoss, OrpoParams, PreferenceOutput, SequenceLogps, SimpoParams,
+    TokenSum,
 };

@@ -158,7 +158,23 @@ pub fn dpo(
     policy: &SequenceLogps,
     reference: &SequenceLogps,
 ) -> Result<PreferenceOutput> {
+    dpo_smoothed(kind, beta, 0.0, policy, reference)
+}
+
+/// [`dpo`] with TRL's `label_smoothing` `ε` in `[0, 0.5)` (the conservative DPO of `DPOTrainer`):
+/// the sigmoid loss becomes `−(1−ε) log σ(β d) − ε log σ(−β d)`; `ipo` and `hinge` ignore it, as
+/// TRL does. `ε = 0` is [`dpo`] exactly.
+pub fn dpo_smoothed(
+    kind: DpoLoss,
+    beta: f64,
+    label_smoothing: f64,
+    policy: &SequenceLogps,
+    reference: &SequenceLogps,
+) -> Result<PreferenceOutput> {
     check_beta(beta)?;
+    if !(0.0..0.5).contains(&label_smoothing) {
+        return Err(Error::Input(format!("DPO: label_smoothing must be in [0, 0.5), got {label_smoothing}")));
+    }
     policy.check("policy")?;
     reference.check("reference")?;
     let n = policy.pairs();
@@ -176,9 +192,14 @@ pub fn dpo(
         let d = dc - dr;
         // (per-pair loss, ∂loss/∂Δc, ∂loss/∂Δr)
         let (l, gc, gr) = match kind {
-            DpoLoss::Sigmoid => {
+            DpoLoss::Sigmoid if label_smoothing == 0.0 => {
                 let g = -beta * sigmoid(-beta * d);
                 (-log_sigmoid(beta * d), g, -g)
+            }
+            DpoLoss::Sigmoid => {
+                let e = label_smoothing;
+                let g = -(1.0 - e) * beta * sigmoid(-beta * d) + e * beta * sigmoid(beta * d);
+                (-(1.0 - e) * log_sigmoid(beta * d) - e * log_sigmoid(-beta * d), g, -g)
             }
             DpoLoss::Hinge => {
                 let m = 1.0 - beta * d;
@@ -401,6 +422,11 @@ mod tests {
         for kind in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Hinge] {
             check_grad(&|x| dpo(kind, 0.3, x, &r).unwrap(), &p);
         }
+        check_grad(&|x| dpo_smoothed(DpoLoss::Sigmoid, 0.3, 0.2, x, &r).unwrap(), &p);
+        // A smoothed loss at d = 0 is still ln 2, and ε moves it towards the rejected side.
+        let s = dpo_smoothed(DpoLoss::Sigmoid, 0.3, 0.2, &p, &p).unwrap();
+        assert!((s.loss - std::f64::consts::LN_2).abs() < 1e-12);
+        assert!(dpo_smoothed(DpoLoss::Sigmoid, 0.3, 0.5, &p, &r).is_err());
         let sp = SimpoParams { beta: 2.0, gamma: 0.4, label_smoothing: 0.1, cpo_alpha: 0.7 };
         check_grad(&|x| simpo(&sp, x).unwrap(), &p);
         // ORPO's NLL sum is a separate input: only the odds-ratio part depends on the sequences.

@@ -24,8 +24,15 @@
 //!    (`config/types.rs`) and its mapping in [`run::dataset_spec`]; the recipe declares which
 //!    kinds it reads, with their column roles, in `dataset_kinds`.
 //!
+//! 5. A new objective trains through the shared loop: implement
+//!    [`finetune::TrainObjective`] (micro-batches, units, `forward_backward`, optional extra
+//!    resume state) and call [`finetune::train_objective`] from the recipe's `run` (see
+//!    [`dpo`]); [`run::prepare_model`] loads the model, LoRA and the checkpoint writer as the
+//!    other recipes do.
+//!
 //! Nothing in `config/schema.rs`, `config/keys.rs` or the CLI changes.
 
+pub mod dpo;
 pub mod finetune;
 pub mod full_finetune;
 pub mod knowledge_distillation;

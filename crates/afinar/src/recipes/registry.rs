@@ -52,7 +52,12 @@ impl RecipeSpec {
 /// Every recipe, in the order `afinar ls` shows them.
 pub fn registry() -> &'static [&'static RecipeSpec] {
     static REGISTRY: &[&RecipeSpec] =
-        &[&super::full_finetune::SPEC, &super::lora_finetune::SPEC, &super::knowledge_distillation::SPEC];
+        &[
+            &super::full_finetune::SPEC,
+            &super::lora_finetune::SPEC,
+            &super::dpo::SPEC,
+            &super::knowledge_distillation::SPEC,
+        ];
     REGISTRY
 }
 
@@ -109,10 +114,11 @@ mod tests {
             e.contains("unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of"),
             "{e}"
         );
-        let e = find("dpo").unwrap_err().to_string();
+        let e = find("dpx").unwrap_err().to_string();
         assert!(
             e.contains(
-                "unknown recipe `dpo` (expected one of full_finetune, lora_finetune, knowledge_distillation)"
+                "unknown recipe `dpx` (did you mean `dpo`? expected one of full_finetune, lora_finetune, dpo, \
+                 knowledge_distillation)"
             ),
             "{e}"
         );

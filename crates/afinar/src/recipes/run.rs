@@ -50,6 +50,7 @@ pub fn dataset_spec(cfg: &RecipeConfig) -> DatasetSpec {
             cfgmod::DatasetKind::Instruct => data::DatasetKind::Instruct,
             cfgmod::DatasetKind::Chat => data::DatasetKind::Chat,
             cfgmod::DatasetKind::Text => data::DatasetKind::Text,
+            cfgmod::DatasetKind::Preference => data::DatasetKind::Preference,
         },
         d.source.clone(),
     );
