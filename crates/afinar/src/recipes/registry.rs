@@ -51,13 +51,12 @@ impl RecipeSpec {
 
 /// Every recipe, in the order `afinar ls` shows them.
 pub fn registry() -> &'static [&'static RecipeSpec] {
-    static REGISTRY: &[&RecipeSpec] =
-        &[
-            &super::full_finetune::SPEC,
-            &super::lora_finetune::SPEC,
-            &super::dpo::SPEC,
-            &super::knowledge_distillation::SPEC,
-        ];
+    static REGISTRY: &[&RecipeSpec] = &[
+        &super::full_finetune::SPEC,
+        &super::lora_finetune::SPEC,
+        &super::dpo::SPEC,
+        &super::knowledge_distillation::SPEC,
+    ];
     REGISTRY
 }
 
