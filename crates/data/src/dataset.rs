@@ -442,24 +442,41 @@ fn tokenize(
             )
         })?
     };
-    let mut format = first;
+    let ats: Vec<RowLoc> = rows.iter().map(|r| r.at).collect();
+    encode_chat_rows(path, &ats, native, first, |format, i| enc.chat(format, &messages[i]))
+}
+
+/// Encodes row `i` of `ats.len()` rows with `encode(format, i)` in `format` (in parallel),
+/// falling back once from the tokenizer's chat template to the vocabulary's `native` chat format
+/// when the template is not incremental for some row (the fallback note names that row). Returns
+/// the rows' encodings, the format used and the fallback note; a tokenizer failure names its
+/// row.
+pub(crate) fn encode_chat_rows<T: Send>(
+    path: &Path,
+    ats: &[RowLoc],
+    native: Option<PromptFormat>,
+    mut format: PromptFormat,
+    encode: impl Fn(PromptFormat, usize) -> Result<T, ChatIssue> + Sync,
+) -> Result<(Vec<T>, PromptFormat, Option<String>), DataError> {
     let mut fallback = None;
     loop {
-        let out: Vec<_> = messages.par_iter().map(|m| enc.chat(format, m)).collect();
-        let mut tokens = Vec::with_capacity(out.len());
+        let results: Vec<_> = (0..ats.len()).into_par_iter().map(|i| encode(format, i)).collect();
+        let mut out = Vec::with_capacity(results.len());
         let mut retry = None;
-        for (r, row) in out.into_iter().zip(rows) {
+        for (r, &at) in results.into_iter().zip(ats) {
             match r {
-                Ok(t) => tokens.push(t),
-                Err(ChatIssue::Failed(e)) => return Err(tok_err(row.at, e)),
+                Ok(t) => out.push(t),
+                Err(ChatIssue::Failed(e)) => {
+                    return Err(DataError::Tokenizer { path: path.to_path_buf(), at, source: Box::new(e) })
+                }
                 Err(ChatIssue::NotIncremental(why)) => {
-                    retry = Some(format!("{}: {}: {why}", path.display(), row.at));
+                    retry = Some(format!("{}: {at}: {why}", path.display()));
                     break;
                 }
             }
         }
         let Some(why) = retry else {
-            return Ok((tokens, format, fallback));
+            return Ok((out, format, fallback));
         };
         match native {
             Some(n) if format == PromptFormat::ChatTemplate => {

@@ -32,11 +32,70 @@ pub struct Batch {
 #[derive(Clone, Copy, Debug)]
 pub struct Loader<'a> {
     ds: &'a Dataset,
+    walk: Epochs,
+    pad_id: u32,
+}
+
+/// The walk through `examples` examples that every loader shares: `batch_size` per batch, the
+/// order of each epoch a permutation drawn from `(seed, epoch)` when shuffling (the identity
+/// otherwise), a smaller last batch kept unless `drop_last`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epochs {
+    examples: usize,
     batch_size: usize,
     shuffle: bool,
     seed: u64,
-    pad_id: u32,
     drop_last: bool,
+}
+
+impl Epochs {
+    /// A walk of `batch_size` examples per batch (at least 1).
+    pub(crate) fn new(
+        examples: usize,
+        batch_size: usize,
+        shuffle: bool,
+        seed: u64,
+    ) -> Result<Self, DataError> {
+        if batch_size == 0 {
+            return Err(DataError::Config("batch size must be at least 1".into()));
+        }
+        Ok(Epochs { examples, batch_size, shuffle, seed, drop_last: false })
+    }
+
+    /// The same walk, leaving out (or keeping) each epoch's smaller last batch.
+    pub(crate) fn drop_last(self, drop_last: bool) -> Self {
+        Epochs { drop_last, ..self }
+    }
+
+    /// Batches in one epoch.
+    pub(crate) fn batches_per_epoch(&self) -> usize {
+        if self.drop_last {
+            self.examples / self.batch_size
+        } else {
+            self.examples.div_ceil(self.batch_size)
+        }
+    }
+
+    /// `(epoch, batch within the epoch)` of the `step`-th batch of a run (0-based).
+    pub(crate) fn locate(&self, step: usize) -> (usize, usize) {
+        let per = self.batches_per_epoch().max(1);
+        (step / per, step % per)
+    }
+
+    /// The order examples are visited in `epoch`.
+    pub(crate) fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.examples).collect();
+        if self.shuffle {
+            Rng::for_epoch(self.seed, epoch as u64).shuffle(&mut order);
+        }
+        order
+    }
+
+    /// The examples of batch `index` of an epoch visited in `order`.
+    pub(crate) fn batch_of<'o>(&self, order: &'o [usize], index: usize) -> &'o [usize] {
+        let lo = index * self.batch_size;
+        &order[lo..(lo + self.batch_size).min(order.len())]
+    }
 }
 
 impl<'a> Loader<'a> {
@@ -50,49 +109,36 @@ impl<'a> Loader<'a> {
         seed: u64,
         pad_id: u32,
     ) -> Result<Self, DataError> {
-        if batch_size == 0 {
-            return Err(DataError::Config("batch size must be at least 1".into()));
-        }
-        Ok(Loader { ds, batch_size, shuffle, seed, pad_id, drop_last: false })
+        Ok(Loader { ds, walk: Epochs::new(ds.num_examples(), batch_size, shuffle, seed)?, pad_id })
     }
 
     /// Leaves out each epoch's last batch when it is smaller than the batch size (if the
     /// dataset has fewer examples than one batch, nothing is left).
     pub fn drop_last(mut self, drop: bool) -> Self {
-        self.drop_last = drop;
+        self.walk = self.walk.drop_last(drop);
         self
     }
 
     /// The configured batch size.
     pub fn batch_size(&self) -> usize {
-        self.batch_size
+        self.walk.batch_size
     }
 
     /// Batches in one epoch.
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.ds.num_examples();
-        if self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        self.walk.batches_per_epoch()
     }
 
     /// `(epoch, batch within the epoch)` of the `step`-th batch of a run (0-based), for resuming
     /// from a global step count.
     pub fn locate(&self, step: usize) -> (usize, usize) {
-        let per = self.batches_per_epoch().max(1);
-        (step / per, step % per)
+        self.walk.locate(step)
     }
 
     /// The order examples are visited in `epoch`: a permutation of `0..num_examples()`, the
     /// identity without shuffling.
     pub fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.ds.num_examples()).collect();
-        if self.shuffle {
-            Rng::for_epoch(self.seed, epoch as u64).shuffle(&mut order);
-        }
-        order
+        self.walk.order(epoch)
     }
 
     /// The batches of `epoch`.
@@ -116,9 +162,8 @@ impl<'a> Loader<'a> {
     }
 
     fn build(&self, order: &[usize], index: usize) -> Batch {
-        let lo = index * self.batch_size;
-        let hi = (lo + self.batch_size).min(order.len());
-        let rows: Vec<&[Sample]> = order[lo..hi].iter().map(|&i| self.ds.example(i)).collect();
+        let rows: Vec<&[Sample]> =
+            self.walk.batch_of(order, index).iter().map(|&i| self.ds.example(i)).collect();
         if self.ds.is_packed() {
             packed_batch(&rows, self.ds.max_seq_len(), self.pad_id)
         } else {

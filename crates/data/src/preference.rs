@@ -35,14 +35,12 @@
 use std::path::Path;
 
 use afinar_tokenizer::{Message, Tokenizer};
-use rayon::prelude::*;
 
-use crate::dataset::native_format;
+use crate::dataset::{encode_chat_rows, native_format};
 use crate::encode::{ChatIssue, Encoder};
 use crate::formats::read_rows;
-use crate::loader::padded_batch;
+use crate::loader::{padded_batch, Epochs};
 use crate::records::{extract_preference, Part, PrefRecord};
-use crate::rng::Rng;
 use crate::{
     Batch, DataError, DatasetKind, DatasetSpec, DatasetStats, FileFormat, InstructTemplate, LongRows,
     PromptFormat, RowLoc, Sample, TrainOn,
@@ -329,7 +327,7 @@ fn encode_all(
         return Ok((out, PromptFormat::Text, None));
     }
     let native = native_format(tok);
-    let mut format = if tok.chat_template().is_some() {
+    let format = if tok.chat_template().is_some() {
         PromptFormat::ChatTemplate
     } else {
         native.ok_or_else(|| {
@@ -341,49 +339,16 @@ fn encode_all(
             )
         })?
     };
-    let mut fallback = None;
-    loop {
-        let results: Vec<_> = records
-            .par_iter()
-            .map(|r| {
-                let prompt = messages(&r.prompt, "user");
-                let prompt_text = enc.render(format, &prompt, true)?;
-                let prompt_ids = enc.encode(&prompt_text)?;
-                let chosen =
-                    chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.chosen, "assistant"))?;
-                let rejected =
-                    chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.rejected, "assistant"))?;
-                Ok::<_, ChatIssue>((prompt_ids, chosen, rejected))
-            })
-            .collect();
-        let mut out = Vec::with_capacity(records.len());
-        let mut retry = None;
-        for (r, &at) in results.into_iter().zip(ats) {
-            match r {
-                Ok(t) => out.push(t),
-                Err(ChatIssue::Failed(e)) => return Err(tok_err(at, e)),
-                Err(ChatIssue::NotIncremental(why)) => {
-                    retry = Some(format!("{}: {at}: {why}", path.display()));
-                    break;
-                }
-            }
-        }
-        let Some(why) = retry else {
-            return Ok((out, format, fallback));
-        };
-        match native {
-            Some(n) if format == PromptFormat::ChatTemplate => {
-                fallback = Some(format!("{why}; used the {n} format instead"));
-                format = n;
-            }
-            _ => {
-                return Err(DataError::Unsupported {
-                    path: path.to_path_buf(),
-                    message: format!("{why}, and the vocabulary has no native chat format to fall back to"),
-                })
-            }
-        }
-    }
+    encode_chat_rows(path, ats, native, format, |format, i| {
+        let r = &records[i];
+        let prompt = messages(&r.prompt, "user");
+        let prompt_text = enc.render(format, &prompt, true)?;
+        let prompt_ids = enc.encode(&prompt_text)?;
+        let chosen = chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.chosen, "assistant"))?;
+        let rejected =
+            chat_response(&enc, format, &prompt, &prompt_text, &messages(&r.rejected, "assistant"))?;
+        Ok((prompt_ids, chosen, rejected))
+    })
 }
 
 /// The tokens a chat response adds after the prompt (rendered with the generation prompt): up
@@ -431,11 +396,8 @@ pub struct PreferenceBatch {
 #[derive(Clone, Copy, Debug)]
 pub struct PreferenceLoader<'a> {
     ds: &'a PreferenceDataset,
-    batch_size: usize,
-    shuffle: bool,
-    seed: u64,
+    walk: Epochs,
     pad_id: u32,
-    drop_last: bool,
 }
 
 impl<'a> PreferenceLoader<'a> {
@@ -449,41 +411,28 @@ impl<'a> PreferenceLoader<'a> {
         seed: u64,
         pad_id: u32,
     ) -> Result<Self, DataError> {
-        if batch_size == 0 {
-            return Err(DataError::Config("batch size must be at least 1".into()));
-        }
-        Ok(PreferenceLoader { ds, batch_size, shuffle, seed, pad_id, drop_last: false })
+        Ok(PreferenceLoader { ds, walk: Epochs::new(ds.len(), batch_size, shuffle, seed)?, pad_id })
     }
 
     /// Leaves out each epoch's last batch when it has fewer than `batch_size` pairs.
     pub fn drop_last(mut self, drop: bool) -> Self {
-        self.drop_last = drop;
+        self.walk = self.walk.drop_last(drop);
         self
     }
 
     /// Batches in one epoch.
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.ds.len();
-        if self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        self.walk.batches_per_epoch()
     }
 
     /// `(epoch, batch within the epoch)` of the `step`-th batch of a run (0-based).
     pub fn locate(&self, step: usize) -> (usize, usize) {
-        let per = self.batches_per_epoch().max(1);
-        (step / per, step % per)
+        self.walk.locate(step)
     }
 
     /// The order pairs are visited in `epoch`.
     pub fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.ds.len()).collect();
-        if self.shuffle {
-            Rng::for_epoch(self.seed, epoch as u64).shuffle(&mut order);
-        }
-        order
+        self.walk.order(epoch)
     }
 
     /// Batch `index` of `epoch`, or `None` past the end of the epoch.
@@ -508,9 +457,7 @@ impl<'a> PreferenceLoader<'a> {
     }
 
     fn build(&self, order: &[usize], index: usize) -> PreferenceBatch {
-        let lo = index * self.batch_size;
-        let hi = (lo + self.batch_size).min(order.len());
-        let indices = order[lo..hi].to_vec();
+        let indices = self.walk.batch_of(order, index).to_vec();
         let pairs = &self.ds.pairs;
         let mut samples: Vec<Sample> = indices.iter().map(|&i| pairs[i].chosen_sample()).collect();
         samples.extend(indices.iter().map(|&i| pairs[i].rejected_sample()));

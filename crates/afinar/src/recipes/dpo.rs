@@ -28,9 +28,9 @@ use std::path::PathBuf;
 use afinar_checkpoint::write::{save_safetensors_with, TensorSink};
 use afinar_checkpoint::DType;
 use afinar_data::{Batch, PreferenceBatch, PreferenceDataset, PreferenceLoader};
-use afinar_engine::{run_on_device, Backend, DeviceJob};
+use afinar_engine::Backend;
 
-use super::finetune::{train_objective, MicroOutput, Plan, Summary, TrainObjective};
+use super::finetune::{train_batch, train_objective, MicroOutput, Plan, Summary, TrainObjective};
 use super::metrics::Reporter;
 use super::registry::RecipeSpec;
 use super::run::{check_resume_data, dataset_spec, plan, prepare_model, Prepared};
@@ -353,17 +353,6 @@ fn token_counts(b: &Batch, pairs: usize) -> SequenceLogps {
     }
 }
 
-fn train_batch(b: &Batch) -> TrainBatch<'_> {
-    TrainBatch {
-        ids: &b.ids,
-        labels: &b.labels,
-        positions: &b.positions,
-        doc_ids: b.doc_ids.as_deref(),
-        batch: b.batch,
-        seq: b.seq,
-    }
-}
-
 /// Per-row sums of the token log-probabilities `tok` over the positions `labels` counts, split
 /// into the chosen rows (first half) and the rejected ones.
 fn sequence_logps(tok: &[f32], labels: &[i32], b: &Batch, pairs: usize) -> SequenceLogps {
@@ -563,20 +552,18 @@ pub fn pairs_fingerprint(ds: &PreferenceDataset) -> String {
     format!("{h:016x}")
 }
 
+/// This recipe's body for [`super::run::on_device`].
+struct DpoBody;
+
+impl super::run::RecipeBody for DpoBody {
+    fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+        run_on(be, cfg, reporter)
+    }
+}
+
 /// Runs the recipe on the device the config names.
 pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
-    struct Recipe<'a> {
-        cfg: &'a RecipeConfig,
-        reporter: &'a mut dyn Reporter,
-    }
-    impl DeviceJob for Recipe<'_> {
-        type Output = Result<Summary>;
-        fn run<B: Backend>(self, be: &B) -> Result<Summary> {
-            run_on(be, self.cfg, self.reporter)
-        }
-    }
-    run_on_device(&cfg.device, cfg.threads, Recipe { cfg, reporter })
-        .map_err(|e| Error::Input(format!("device `{}`: {e}", cfg.device)))?
+    super::run::on_device::<DpoBody>(cfg, reporter)
 }
 
 /// Runs the recipe on `be`, with `stop_after_steps` passed to the loop (tests: a killed run).

@@ -264,7 +264,8 @@ impl<B: Backend> TrainObjective<B> for Sft<'_> {
     }
 }
 
-fn train_batch(b: &Batch) -> TrainBatch<'_> {
+/// The model's view of a data batch (shared by every recipe's objective).
+pub(crate) fn train_batch(b: &Batch) -> TrainBatch<'_> {
     TrainBatch {
         ids: &b.ids,
         labels: &b.labels,

@@ -18,16 +18,16 @@
 //! logs them.
 
 use afinar_data::{Batch, Loader};
-use afinar_engine::{run_on_device, Backend, DeviceJob, Divergence};
+use afinar_engine::{Backend, Divergence};
 
-use super::finetune::{train_objective, MicroOutput, Summary, TrainObjective};
+use super::finetune::{train_batch, train_objective, MicroOutput, Summary, TrainObjective};
 use super::metrics::Reporter;
 use super::registry::RecipeSpec;
 use super::run::SFT_DATASET_KINDS;
 use super::teacher::{Teacher, TeacherDtype, TeacherSource, TeacherSpec};
 use crate::config::{above, builtin_config, within, KeyDecl, KeyType, KeyValue, RecipeConfig, SectionDecl};
 use crate::config::{LoraTarget, LORA_OPTIONAL};
-use crate::models::{presets, ActivationCheckpointing, Llama, TrainBatch};
+use crate::models::{presets, ActivationCheckpointing, Llama};
 use crate::objectives::distill::KdObjective;
 use crate::{Error, Result};
 
@@ -217,17 +217,6 @@ impl<'a, B: Backend> Distill<'a, B> {
     }
 }
 
-fn train_batch(b: &Batch) -> TrainBatch<'_> {
-    TrainBatch {
-        ids: &b.ids,
-        labels: &b.labels,
-        positions: &b.positions,
-        doc_ids: b.doc_ids.as_deref(),
-        batch: b.batch,
-        seq: b.seq,
-    }
-}
-
 /// The names of the metrics [`Distill`] logs besides `loss`, as torchtune logs them.
 pub const METRICS: [&str; 2] = ["class_loss", "kd_loss"];
 
@@ -301,20 +290,18 @@ impl<B: Backend> TrainObjective<B> for Distill<'_, B> {
     }
 }
 
+/// This recipe's body for [`super::run::on_device`].
+struct KdBody;
+
+impl super::run::RecipeBody for KdBody {
+    fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+        run_on(be, cfg, reporter, |p| p)
+    }
+}
+
 /// Runs the recipe on the device the config names.
 pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
-    struct Recipe<'a> {
-        cfg: &'a RecipeConfig,
-        reporter: &'a mut dyn Reporter,
-    }
-    impl DeviceJob for Recipe<'_> {
-        type Output = Result<Summary>;
-        fn run<B: Backend>(self, be: &B) -> Result<Summary> {
-            run_on(be, self.cfg, self.reporter, |p| p)
-        }
-    }
-    run_on_device(&cfg.device, cfg.threads, Recipe { cfg, reporter })
-        .map_err(|e| Error::Input(format!("device `{}`: {e}", cfg.device)))?
+    super::run::on_device::<KdBody>(cfg, reporter)
 }
 
 /// Runs the recipe on `be`; `adjust` may change the loop's plan (tests: stop after some

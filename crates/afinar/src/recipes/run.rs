@@ -123,20 +123,42 @@ pub fn plan(cfg: &RecipeConfig) -> Plan {
     }
 }
 
-/// Runs the recipe on the device the config names.
-pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
-    struct Recipe<'a> {
+/// A recipe's body, generic over the backend: [`on_device`] runs it on the device a config names.
+pub(crate) trait RecipeBody {
+    /// Runs the recipe on `be`.
+    fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary>;
+}
+
+/// Runs recipe `R` on the device the config names (`device`, `threads`).
+pub(crate) fn on_device<R: RecipeBody>(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    struct Job<'a, R> {
         cfg: &'a RecipeConfig,
         reporter: &'a mut dyn Reporter,
+        recipe: std::marker::PhantomData<R>,
     }
-    impl DeviceJob for Recipe<'_> {
+    impl<R: RecipeBody> DeviceJob for Job<'_, R> {
         type Output = Result<Summary>;
         fn run<B: Backend>(self, be: &B) -> Result<Summary> {
-            run_on(be, self.cfg, self.reporter)
+            R::run_on(be, self.cfg, self.reporter)
         }
     }
-    run_on_device(&cfg.device, cfg.threads, Recipe { cfg, reporter })
+    let job = Job::<R> { cfg, reporter, recipe: std::marker::PhantomData };
+    run_on_device(&cfg.device, cfg.threads, job)
         .map_err(|e| Error::Input(format!("device `{}`: {e}", cfg.device)))?
+}
+
+/// The supervised fine-tuning body ([`run_on`]).
+struct SftBody;
+
+impl RecipeBody for SftBody {
+    fn run_on<B: Backend>(be: &B, cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+        run_on(be, cfg, reporter)
+    }
+}
+
+/// Runs the recipe on the device the config names.
+pub fn run(cfg: &RecipeConfig, reporter: &mut dyn Reporter) -> Result<Summary> {
+    on_device::<SftBody>(cfg, reporter)
 }
 
 /// Top-level keys a resume may change freely: they change how a run is logged, saved, placed
