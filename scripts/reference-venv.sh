@@ -16,7 +16,7 @@
 set -euo pipefail
 venv="${AFINAR_VENV:-$HOME/.cache/afinar/venv}"
 py="$venv/bin/python"
-imports='import torch, transformers, gguf, peft, lm_eval, bitsandbytes, openai, huggingface_hub, tensorboard, llama_cpp, llama_cpp.server.app'
+imports='import torch, transformers, gguf, peft, lm_eval, bitsandbytes, openai, huggingface_hub, tensorboard, trl, llama_cpp, llama_cpp.server.app'
 # Not imported: the torchtune package's __init__ needs torchao and torchdata, which the venv lacks.
 torchtune_check='import importlib.metadata as m, sys; sys.exit(m.version("torchtune") != "0.6.1")'
 if [ -x "$py" ] && "$py" -c "$imports" 2>/dev/null && "$py" -c "$torchtune_check" 2>/dev/null; then
