@@ -130,7 +130,9 @@ fn shipped_qlora_configs_validate() {
         format!("dataset.source={}", dir.join("data.jsonl").display()),
     ];
     let ov: Vec<&str> = ov.iter().map(String::as_str).collect();
-    let names: Vec<&str> = builtin_configs().map(|b| b.name).filter(|n| n.ends_with("_qlora")).collect();
+    // The SFT QLoRA configs here; every recipe's QLoRA configs must quantize the base (below).
+    let qlora = || builtin_configs().filter(|b| b.name.ends_with("_qlora"));
+    let names: Vec<&str> = qlora().filter(|b| b.recipe == "lora_finetune").map(|b| b.name).collect();
     assert_eq!(
         names,
         [
@@ -153,6 +155,13 @@ fn shipped_qlora_configs_validate() {
         let lora_cfg = RecipeConfig::load(&name.replace("_qlora", "_lora"), &ov).unwrap();
         assert_eq!(cfg.model.dtype, lora_cfg.model.dtype, "{name}");
         assert!(matches!(cfg.model.dtype, Dtype::Fp32 | Dtype::Bf16));
+    }
+    let others: Vec<&str> = qlora().filter(|b| b.recipe != "lora_finetune").map(|b| b.name).collect();
+    assert!(!others.is_empty(), "the dpo recipe ships QLoRA configs");
+    for name in others {
+        let cfg = RecipeConfig::load(name, &ov).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lora = cfg.lora.as_ref().unwrap_or_else(|| panic!("{name}: no lora section"));
+        assert!(lora.quantize_base, "{name}: a _qlora config quantizes its base");
     }
     // `quantize_base` must be a boolean (Spanish users write `sí` too: a clear error).
     let err = RecipeConfig::load("smollm2_135m_qlora", &[ov[0], ov[1], "lora.quantize_base=sí"]).unwrap_err();
