@@ -190,17 +190,7 @@ impl Dataset {
             ));
         }
         let path = spec.source.as_path();
-        let format = match spec.format {
-            Some(f) => f,
-            None => FileFormat::from_path(path)?,
-        };
-        let rows = read_rows(path, format, spec.max_rows)?;
-        if rows.is_empty() {
-            return Err(DataError::Empty {
-                path: path.to_path_buf(),
-                message: "the file has no data rows".into(),
-            });
-        }
+        let (_, rows) = read_spec_rows(spec)?;
         let records = extract(spec, path, &rows)?;
         let (tokens, prompt_format, fallback) = tokenize(spec, tok, path, &rows, &records)?;
         let mut stats = DatasetStats {
@@ -491,6 +481,24 @@ pub(crate) fn encode_chat_rows<T: Send>(
             }
         }
     }
+}
+
+/// The rows of `spec`'s file, in its stated format or the one its name gives (at most
+/// `max_rows`); a file without data rows is an error naming it.
+pub(crate) fn read_spec_rows(spec: &DatasetSpec) -> Result<(FileFormat, Vec<RawRow>), DataError> {
+    let path = spec.source.as_path();
+    let format = match spec.format {
+        Some(f) => f,
+        None => FileFormat::from_path(path)?,
+    };
+    let rows = read_rows(path, format, spec.max_rows)?;
+    if rows.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            message: "the file has no data rows".into(),
+        });
+    }
+    Ok((format, rows))
 }
 
 pub(crate) fn native_format(tok: &Tokenizer) -> Option<PromptFormat> {

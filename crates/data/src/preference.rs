@@ -36,9 +36,8 @@ use std::path::Path;
 
 use afinar_tokenizer::{Message, Tokenizer};
 
-use crate::dataset::{encode_chat_rows, native_format};
+use crate::dataset::{encode_chat_rows, native_format, read_spec_rows};
 use crate::encode::{ChatIssue, Encoder};
-use crate::formats::read_rows;
 use crate::loader::{padded_batch, Epochs};
 use crate::records::{extract_preference, Part, PrefRecord};
 use crate::{
@@ -105,17 +104,7 @@ impl PreferenceDataset {
         }
         spec.validate()?;
         let path = spec.source.as_path();
-        let format = match spec.format {
-            Some(f) => f,
-            None => FileFormat::from_path(path)?,
-        };
-        let rows = read_rows(path, format, spec.max_rows)?;
-        if rows.is_empty() {
-            return Err(DataError::Empty {
-                path: path.to_path_buf(),
-                message: "the file has no data rows".into(),
-            });
-        }
+        let (format, rows) = read_spec_rows(spec)?;
         let records = extract_preference(spec, path, &rows, format == FileFormat::Csv)?;
         let ats: Vec<RowLoc> = rows.iter().map(|r| r.at).collect();
         let (encoded, prompt_format, fallback) = encode_all(spec, tok, path, &ats, &records)?;
