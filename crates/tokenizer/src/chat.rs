@@ -1,6 +1,7 @@
 //! Chat prompts: a model's jinja chat template rendered like transformers' `apply_chat_template`,
 //! or the native Llama-3 format when the model ships no template.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ impl Message {
     }
 }
 
+/// Extra template variables, as the keyword arguments of transformers' `apply_chat_template`
+/// (`enable_thinking` for Qwen3, `tools`, `documents`, ...): names to JSON values.
+pub type TemplateVars = serde_json::Map<String, serde_json::Value>;
+
 /// Renders a conversation as the model's prompt text.
 ///
 /// With a chat template (from `tokenizer_config.json`, `chat_template.jinja` or GGUF
@@ -35,8 +40,22 @@ pub fn render_chat(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<String, TokenizerError> {
+    render_chat_with(tok, messages, add_generation_prompt, &TemplateVars::new())
+}
+
+/// [`render_chat`] with extra template variables (e.g. `{"enable_thinking": false}` for Qwen3),
+/// as `apply_chat_template(messages, add_generation_prompt=..., **vars)`. The variables reach a
+/// jinja template only; the native Llama-3 fallback ignores them.
+pub fn render_chat_with(
+    tok: &Tokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    vars: &TemplateVars,
+) -> Result<String, TokenizerError> {
     match tok.chat_template() {
-        Some(t) => render_template(t, messages, add_generation_prompt, tok.bos_token(), tok.eos_token()),
+        Some(t) => {
+            render_template_with(t, messages, add_generation_prompt, tok.bos_token(), tok.eos_token(), vars)
+        }
         None if tok.token_to_id("<|start_header_id|>").is_some() => {
             Ok(render_llama3(messages, add_generation_prompt))
         }
@@ -74,6 +93,19 @@ pub fn render_template(
     bos_token: Option<&str>,
     eos_token: Option<&str>,
 ) -> Result<String, TokenizerError> {
+    render_template_with(template, messages, add_generation_prompt, bos_token, eos_token, &TemplateVars::new())
+}
+
+/// [`render_template`] with extra variables ([`TemplateVars`]); they may replace `bos_token`,
+/// `eos_token`, `tools` and `documents`, not `messages` or `add_generation_prompt`.
+pub fn render_template_with(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+    vars: &TemplateVars,
+) -> Result<String, TokenizerError> {
     let mut env = Environment::new();
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
@@ -89,15 +121,17 @@ pub fn render_template(
         .template_from_str(template)
         .map_err(|e| TokenizerError::Template(format!("cannot compile: {e:#}")))?;
     let msgs: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject(m.clone()))).collect();
-    let ctx = minijinja::context! {
-        messages => msgs,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token.unwrap_or(""),
-        eos_token => eos_token.unwrap_or(""),
-        tools => Value::from(()),
-        documents => Value::from(()),
-    };
-    tmpl.render(ctx).map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
+    let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
+    ctx.insert("bos_token".into(), Value::from(bos_token.unwrap_or("")));
+    ctx.insert("eos_token".into(), Value::from(eos_token.unwrap_or("")));
+    ctx.insert("tools".into(), Value::from(()));
+    ctx.insert("documents".into(), Value::from(()));
+    for (k, v) in vars {
+        ctx.insert(k.clone(), Value::from_serialize(v));
+    }
+    ctx.insert("messages".into(), Value::from(msgs));
+    ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+    tmpl.render(Value::from(ctx)).map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
 }
 
 /// A message as templates see it: a map with `role` then `content`, in that order (as the Python

@@ -1,4 +1,4 @@
-//! Tokenizer for afinar: byte-level BPE as Llama-3 and SmolLM2 use it, and chat prompts.
+//! Tokenizer for afinar: byte-level BPE as Llama-3, Qwen3 and SmolLM2 use it, and chat prompts.
 //!
 //! - [`Tokenizer::from_file`] loads a Hugging Face `tokenizer.json` or a tiktoken
 //!   `tokenizer.model` (Meta's Llama-3 format), reading `tokenizer_config.json` beside it for the
@@ -42,12 +42,14 @@ mod special;
 mod stats;
 mod tokenizer;
 
-pub use chat::{render_chat, render_llama3, render_template, Message};
+pub use chat::{
+    render_chat, render_chat_with, render_llama3, render_template, render_template_with, Message, TemplateVars,
+};
 pub use error::TokenizerError;
 pub use load::GgufTokenizerSpec;
 pub use pretok::PreTokenizer;
 pub use stats::{count_words, token_stats, TokenStats};
-pub use tokenizer::{DecodeStream, Tokenizer};
+pub use tokenizer::{DecodeStream, Normalizer, Tokenizer};
 
 #[cfg(test)]
 mod tests {
