@@ -121,17 +121,51 @@ pub fn render_template_with(
         .template_from_str(template)
         .map_err(|e| TokenizerError::Template(format!("cannot compile: {e:#}")))?;
     let msgs: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject(m.clone()))).collect();
-    let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
-    ctx.insert("bos_token".into(), Value::from(bos_token.unwrap_or("")));
-    ctx.insert("eos_token".into(), Value::from(eos_token.unwrap_or("")));
-    ctx.insert("tools".into(), Value::from(()));
-    ctx.insert("documents".into(), Value::from(()));
+    let mut ctx: BTreeMap<Value, Value> = BTreeMap::new();
+    ctx.insert(Value::from("bos_token"), Value::from(bos_token.unwrap_or("")));
+    ctx.insert(Value::from("eos_token"), Value::from(eos_token.unwrap_or("")));
+    ctx.insert(Value::from("tools"), Value::from(()));
+    ctx.insert(Value::from("documents"), Value::from(()));
     for (k, v) in vars {
-        ctx.insert(k.clone(), Value::from_serialize(v));
+        ctx.insert(Value::from(k.as_str()), json_value(v));
     }
-    ctx.insert("messages".into(), Value::from(msgs));
-    ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+    ctx.insert(Value::from("messages"), Value::from(msgs));
+    ctx.insert(Value::from("add_generation_prompt"), Value::from(add_generation_prompt));
     tmpl.render(Value::from(ctx)).map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
+}
+
+/// A JSON value as templates see it (objects keep their key order, for `tojson` and `items()`).
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => items.iter().map(json_value).collect(),
+        J::Object(map) => {
+            Value::from_object(JsonObject(map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()))
+        }
+    }
+}
+
+/// A JSON object for templates: its entries in order.
+#[derive(Debug)]
+struct JsonObject(Vec<(String, Value)>);
+
+impl Object for JsonObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(k, _)| Value::from(k.as_str())).collect())
+    }
 }
 
 /// A message as templates see it: a map with `role` then `content`, in that order (as the Python

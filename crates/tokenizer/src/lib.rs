@@ -11,11 +11,16 @@
 //! - [`Tokenizer::to_gguf_spec`] gives the GGUF metadata form (the inverse of
 //!   [`Tokenizer::from_gguf`]).
 //! - [`render_chat`] renders a conversation with the model's jinja template (like transformers'
-//!   `apply_chat_template`) or the native Llama-3 format.
+//!   `apply_chat_template`) or the native Llama-3 format; [`render_chat_with`] adds template
+//!   variables ([`TemplateVars`]).
 //! - [`token_stats`] measures tokens per word.
 //!
-//! The implementation is self-contained: hand-written pre-tokenizers for the Llama-3 and GPT-2
-//! split regexes (see [`PreTokenizer`]), BPE by merge rank, and an added-token matcher.
+//! The implementation is self-contained: hand-written pre-tokenizers for the Llama-3, Qwen2 and
+//! GPT-2 split regexes (see [`PreTokenizer`]), the NFC normalizer Qwen uses ([`Normalizer`]), BPE
+//! by merge rank, and an added-token matcher. Everything family-specific is read from the files:
+//! `tokenizer.json` decides the normalizer and split regex, `tokenizer_config.json` the chat
+//! template and BOS/EOS/PAD; [`render_chat_with`] passes template variables such as Qwen3's
+//! `enable_thinking`.
 //!
 //! ```no_run
 //! use afinar_tokenizer::{render_chat, Message, Tokenizer};

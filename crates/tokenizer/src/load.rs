@@ -640,6 +640,7 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
         .or_else(|| first_added(&added, &["<|begin_of_text|>"]));
     let eos =
         config.resolve(&config.eos_token, &added, &bpe).or_else(|| first_added(&added, &["<|end_of_text|>"]));
+    let pad = config.resolve(&config.pad_token, &added, &bpe);
     Tokenizer::assemble(Parts {
         origin: o,
         bpe,
@@ -647,7 +648,7 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
         added,
         bos,
         eos,
-        pad: config.resolve(&config.pad_token, &added, &bpe),
+        pad,
         normalizer: Normalizer::None,
         add_bos_default: config.add_bos_token.unwrap_or(true),
         chat_template: config.chat_template,
