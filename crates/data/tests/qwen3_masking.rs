@@ -14,7 +14,8 @@ use common::*;
 use serde_json::{json, Value};
 
 fn fixture() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer/qwen3_chat.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer/qwen3_chat.json");
     serde_json::from_slice(&std::fs::read(&path).expect("read qwen3_chat.json")).expect("JSON")
 }
 
@@ -31,7 +32,8 @@ fn qwen3_chats_train_on_transformers_assistant_mask() {
         if !case["enable_thinking"].is_null() {
             continue; // datasets render with the template's defaults
         }
-        let want_ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want_ids: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let mask: Vec<bool> =
             case["assistant_masks"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() == 1).collect();
         let dir = scratch(&format!("qwen3-{name}"));

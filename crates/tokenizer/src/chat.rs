@@ -93,7 +93,14 @@ pub fn render_template(
     bos_token: Option<&str>,
     eos_token: Option<&str>,
 ) -> Result<String, TokenizerError> {
-    render_template_with(template, messages, add_generation_prompt, bos_token, eos_token, &TemplateVars::new())
+    render_template_with(
+        template,
+        messages,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+        &TemplateVars::new(),
+    )
 }
 
 /// [`render_template`] with extra variables ([`TemplateVars`]); they may replace `bos_token`,

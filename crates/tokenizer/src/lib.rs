@@ -48,7 +48,8 @@ mod stats;
 mod tokenizer;
 
 pub use chat::{
-    render_chat, render_chat_with, render_llama3, render_template, render_template_with, Message, TemplateVars,
+    render_chat, render_chat_with, render_llama3, render_template, render_template_with, Message,
+    TemplateVars,
 };
 pub use error::TokenizerError;
 pub use load::GgufTokenizerSpec;

@@ -219,7 +219,10 @@ fn qwen3_tokenizer_json_round_trips() {
     assert_eq!(pre[1]["use_regex"], false);
     assert_eq!(j["model"]["ignore_merges"], false);
     assert_eq!(j["model"]["vocab"]["<|im_end|>"], 151645);
-    assert_eq!(j["added_tokens"].as_array().unwrap().len(), original["added_tokens"].as_array().unwrap().len());
+    assert_eq!(
+        j["added_tokens"].as_array().unwrap().len(),
+        original["added_tokens"].as_array().unwrap().len()
+    );
     let c = read_json(&dir.join("tokenizer_config.json"));
     assert!(c["bos_token"].is_null());
     assert_eq!(c["eos_token"], "<|im_end|>");
