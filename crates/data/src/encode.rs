@@ -13,7 +13,9 @@
 //! grow message by message. For those the whole conversation is rendered once, as transformers
 //! renders it for training, and each assistant response is found in it: it starts where the
 //! rendering of the messages before it with the generation prompt ends (which must be a prefix of
-//! the whole) and runs to its first stop token, included. The rest is prompt.
+//! the whole) and runs to its first stop token, included. The rest is prompt; a rendering that
+//! goes on with special tokens after a final assistant reply (a template that always opens a new
+//! turn) is not split this way.
 
 use std::fmt::Write as _;
 
@@ -223,7 +225,15 @@ impl<'t> Encoder<'t> {
                 None => return Err(not_split(k, "no stop token ends the assistant message")),
             }
         }
-        out.push(&self.encode(&whole[pos..])?, all);
+        let tail = self.encode(&whole[pos..])?;
+        if messages.last().is_some_and(|m| m.role == "assistant")
+            && tail.iter().any(|&id| self.tok.is_special(id))
+        {
+            // Markup after the last reply (a new turn the template always opens, say) means the
+            // rendering is not a finished conversation.
+            return Err(not_split(n - 1, "the rendering goes on after the last assistant message"));
+        }
+        out.push(&tail, all);
         Ok(out)
     }
 
