@@ -99,7 +99,8 @@ impl Tokenizer {
     /// Builds the tokenizer embedded in GGUF metadata (`tokenizer.ggml.model = "gpt2"`).
     ///
     /// `pre` picks the split regex as llama.cpp does: `llama-bpe` (and its aliases) the Llama-3
-    /// one, `smollm`/`starcoder`/... the GPT-2 one after isolating digits, `gpt2`/`default`/none
+    /// one, `qwen2` the Qwen2 one (with the NFC normalizer of Qwen's `tokenizer.json`),
+    /// `smollm`/`starcoder`/... the GPT-2 one after isolating digits, `gpt2`/`default`/none
     /// the plain GPT-2 one. Control tokens (type 3) become special added tokens, user-defined ones
     /// (type 4) plain added tokens.
     pub fn from_gguf(spec: GgufTokenizerSpec) -> Result<Self, TokenizerError> {
@@ -192,7 +193,9 @@ impl Tokenizer {
             bos: spec.bos_id,
             eos: spec.eos_id,
             pad: None,
-            normalizer: Normalizer::None,
+            // GGUF has no normalizer field; Qwen2/2.5/3 were trained with NFC (their
+            // tokenizer.json says so, and transformers' GGUF converter for them adds it).
+            normalizer: if pre == PreTokenizer::Qwen2 { Normalizer::Nfc } else { Normalizer::None },
             add_bos_default: spec.add_bos.unwrap_or(false),
             chat_template: spec.chat_template,
             bos_token: None,

@@ -135,3 +135,20 @@ fn chat_template_renders_as_transformers() {
     assert_eq!(t.matches("<think>").count(), 1, "{t}");
     assert!(!t.contains("Add one"), "{t}");
 }
+
+#[test]
+fn gguf_metadata_round_trip_keeps_ids() {
+    let tok = qwen3();
+    let spec = tok.to_gguf_spec(tok.vocab_size()).expect("GGUF spec");
+    assert_eq!(spec.pre.as_deref(), Some("qwen2"));
+    assert_eq!(spec.eos_id, tok.eos_id());
+    let back = Tokenizer::from_gguf(spec).expect("from GGUF spec");
+    assert_eq!(back.pre_tokenizer(), PreTokenizer::Qwen2);
+    assert_eq!(back.normalizer(), Normalizer::Nfc);
+    let fx = fixture("qwen3.json");
+    for case in fx["cases"].as_array().unwrap() {
+        let t = text(&case["text"]);
+        assert_eq!(back.encode(t, false).unwrap(), ids(&case["ids"]), "{t:?}");
+    }
+    assert_eq!(back.chat_template(), tok.chat_template());
+}
