@@ -672,7 +672,7 @@ mod tests {
         let p = params(LossType::Dapo, 0.0);
         let out = grpo_loss(&p, &batch(&c, &c.logps, false), 7.0).unwrap();
         let want = -(0.8 * 3.0 - 1.1 * 3.0 + 0.3 * 2.0) / 7.0;
-        assert!((out.loss - want).abs() < 1e-12, "loss {} vs {want}", out.loss);
+        assert!((out.loss - want).abs() < 1e-8, "loss {} vs {want}", out.loss);
         for t in 0..12 {
             let want = if c.mask[t] { -c.adv[t / 4] / 7.0 } else { 0.0 };
             assert!((out.d_logps[t] - want).abs() < 1e-7, "position {t}: {} vs {want}", out.d_logps[t]);
@@ -704,11 +704,11 @@ mod tests {
         expect(5, true);
         expect(6, false);
         // Clipped: position 1 (high), 5 (low) of 8 tokens; row 2: ratios e^-0.2 and e^-0.1, A > 0: none.
-        assert!((out.clip_high_mean - 1.0 / 8.0).abs() < 1e-12, "{}", out.clip_high_mean);
-        assert!((out.clip_low_mean - 1.0 / 8.0).abs() < 1e-12, "{}", out.clip_low_mean);
-        assert!((out.clip_region_mean - 2.0 / 8.0).abs() < 1e-12, "{}", out.clip_region_mean);
+        assert!((out.clip_high_mean - 1.0 / 8.0).abs() < 1e-8, "{}", out.clip_high_mean);
+        assert!((out.clip_low_mean - 1.0 / 8.0).abs() < 1e-8, "{}", out.clip_low_mean);
+        assert!((out.clip_region_mean - 2.0 / 8.0).abs() < 1e-8, "{}", out.clip_region_mean);
         assert_eq!(out.clip_low_min, 0.0);
-        assert!((out.clip_high_max - 1.0 / 3.0).abs() < 1e-12);
+        assert!((out.clip_high_max - 1.0 / 3.0).abs() < 1e-8);
         // The clipped branch's loss value: −clip(r) A.
         let l1 = -(1.28 * 0.8);
         let row0 = -(ratio(0) * 0.8) + l1 - ratio(2) * 0.8;
@@ -741,16 +741,16 @@ mod tests {
         let grpo = params(LossType::Grpo, 0.0);
         let got = grpo_loss(&grpo, &b, grpo.denominator(3, 8, 0, 2)).unwrap().loss;
         let want = sums.iter().zip(counts).map(|(s, n)| s / n).sum::<f64>() / 3.0 / 2.0;
-        assert!((got - want).abs() < 1e-12, "grpo {got} vs {want}");
+        assert!((got - want).abs() < 1e-8, "grpo {got} vs {want}");
         let bnpo = params(LossType::Bnpo, 0.0);
         let got = grpo_loss(&bnpo, &b, bnpo.denominator(3, 8, 0, 2)).unwrap().loss;
-        assert!((got - sums.iter().sum::<f64>() / 16.0).abs() < 1e-12, "bnpo {got}");
+        assert!((got - sums.iter().sum::<f64>() / 16.0).abs() < 1e-8, "bnpo {got}");
         let dr = params(LossType::DrGrpo, 0.0);
         let got = grpo_loss(&dr, &b, dr.denominator(3, 8, 0, 2)).unwrap().loss;
-        assert!((got - sums.iter().sum::<f64>() / (3.0 * 4.0 * 2.0)).abs() < 1e-12, "dr_grpo {got}");
+        assert!((got - sums.iter().sum::<f64>() / (3.0 * 4.0 * 2.0)).abs() < 1e-8, "dr_grpo {got}");
         let dapo = params(LossType::Dapo, 0.0);
         let got = grpo_loss(&dapo, &b, dapo.denominator(3, 8, 20, 2)).unwrap().loss;
-        assert!((got - sums.iter().sum::<f64>() / 20.0).abs() < 1e-12, "dapo {got}");
+        assert!((got - sums.iter().sum::<f64>() / 20.0).abs() < 1e-8, "dapo {got}");
     }
 
     #[test]
