@@ -5,8 +5,10 @@
 //! Per completion token `t` of sequence `i` with advantage `Aᵢ`:
 //! `r = exp(logp − logp_old)` (`logp_old` = the log-probability when the completions were sampled;
 //! without one, `r = 1` with the gradient of `exp(logp − sg(logp))`), and the token loss
-//! `−min(r Aᵢ, clip(r, 1 − ε_low, 1 + ε_high) Aᵢ) + β kₜ` with the k3 estimator
-//! `kₜ = exp(ref − logp) − (ref − logp) − 1` of the KL to the reference. The batch loss sums token
+//! `−min(r Aᵢ, clip(r, 1 − ε_low, 1 + ε_high) Aᵢ) + β r kₜ` with the k3 estimator
+//! `kₜ = exp(ref − logp) − (ref − logp) − 1` of the KL to the reference, multiplied by the
+//! (differentiable) ratio `r` as TRL 1.16 does by default (`use_bias_correction_kl`; even where
+//! `r = 1` this changes the gradient: `∂(r k)/∂logp = r (k + ∂k/∂logp)`). The batch loss sums token
 //! losses over the completion mask and divides by the `loss_type`'s normaliser:
 //!
 //! | `loss_type` | TRL (one micro-batch, `GA` accumulated micro-batches) | afinar's `denominator` |
@@ -134,6 +136,9 @@ pub struct GrpoParams {
     /// `mask_truncated_completions`: completions without an end token get no loss (TRL's default
     /// off); see [`is_truncated`]. Read by the recipe when it builds the labels.
     pub mask_truncated_completions: bool,
+    /// `use_bias_correction_kl`: the KL term is multiplied by the importance ratio (TRL 1.16's
+    /// default on), which makes its gradient the unbiased reverse-KL gradient.
+    pub use_bias_correction_kl: bool,
 }
 
 impl Default for GrpoParams {
@@ -150,6 +155,7 @@ impl Default for GrpoParams {
             scale_rewards: ScaleRewards::Group,
             num_iterations: 1,
             mask_truncated_completions: false,
+            use_bias_correction_kl: true,
         }
     }
 }
@@ -314,7 +320,8 @@ pub struct GrpoOutput {
     pub d_logps: Vec<f32>,
     /// Positions the mask counts.
     pub tokens: usize,
-    /// TRL's `kl`: the token mean of the k3 estimator (only when `beta ≠ 0`, as TRL logs it).
+    /// TRL's `kl`: the token mean of the k3 estimator, times the ratio with
+    /// `use_bias_correction_kl` (only when `beta ≠ 0`, as TRL logs it).
     pub kl: Option<f64>,
     /// `clip_ratio/low_mean`: share of tokens with `r < 1 − ε_low` and a negative advantage.
     pub clip_low_mean: f64,
@@ -467,10 +474,14 @@ pub fn grpo_loss(p: &GrpoParams, b: &TokenBatch<'_>, denominator: f64) -> Result
             };
             if p.beta != 0.0 {
                 let x = f64::from(b.ref_logps.expect("checked")[t]) - lp;
-                let kl = x.exp() - x - 1.0;
+                let (mut kl, mut dkl) = (x.exp() - x - 1.0, 1.0 - x.exp());
+                if p.use_bias_correction_kl {
+                    // (r k)' = r' k + r k' with r' = r.
+                    (kl, dkl) = (c1 * kl, c1 * (kl + dkl));
+                }
                 kl_sum += kl;
                 loss += p.beta * kl;
-                grad += p.beta * (1.0 - x.exp());
+                grad += p.beta * dkl;
             }
             let is_low = c1d < lo && a < 0.0;
             let is_high = c1d > hi && a > 0.0;
@@ -640,8 +651,8 @@ mod tests {
         let c = case();
         for lt in [LossType::Grpo, LossType::Bnpo, LossType::DrGrpo, LossType::Dapo] {
             for beta in [0.0, 0.04] {
-                for delta in [None, Some(1.35)] {
-                    let p = GrpoParams { delta, ..params(lt, beta) };
+                for (delta, bias) in [(None, true), (Some(1.35), true), (None, false)] {
+                    let p = GrpoParams { delta, use_bias_correction_kl: bias, ..params(lt, beta) };
                     let denom = p.denominator(3, 7, 9, 1);
                     let out = grpo_loss(&p, &batch(&c, &c.logps, true), denom).unwrap();
                     for t in 0..12 {
@@ -655,7 +666,7 @@ mod tests {
                         let g = f64::from(out.d_logps[t]);
                         assert!(
                             (g - fd).abs() <= 1e-3 * fd.abs().max(1e-2),
-                            "{lt:?} beta {beta} delta {delta:?} position {t}: gradient {g} vs finite difference {fd}"
+                            "{lt:?} beta {beta} delta {delta:?} bias {bias} position {t}: gradient {g} vs finite difference {fd}"
                         );
                         if !c.mask[t] {
                             assert_eq!(out.d_logps[t], 0.0, "{lt:?}: masked position {t} has a gradient");
@@ -729,6 +740,18 @@ mod tests {
         let kl = out.kl.unwrap();
         assert!((kl - want / 8.0).abs() < 1e-9, "kl {kl} vs {}", want / 8.0);
         assert_eq!(out.metric("kl"), Some(kl));
+        // With old log-probabilities: the ratio weighs each token's k3 (TRL's default), or not.
+        for bias in [true, false] {
+            let p = GrpoParams { use_bias_correction_kl: bias, ..params(LossType::Bnpo, 0.04) };
+            let kl = grpo_loss(&p, &batch(&c, &c.logps, true), 7.0).unwrap().kl.unwrap();
+            let mut want = 0.0;
+            for t in (0..12).filter(|&t| c.mask[t]) {
+                let x = f64::from(c.reference[t] - c.logps[t]);
+                let r = if bias { f64::from(c.logps[t] - c.old[t]).exp() } else { 1.0 };
+                want += r * (x.exp() - x - 1.0);
+            }
+            assert!((kl - want / 8.0).abs() < 1e-9, "bias {bias}: kl {kl} vs {}", want / 8.0);
+        }
     }
 
     #[test]
