@@ -123,7 +123,7 @@ fn check_run(name: &str, dir: &std::path::Path, meta: &serde_json::Value) {
     let exp = Expected::open(&dir.join(format!("{name}.safetensors")));
     let run = &meta["runs"][name];
     let p = params(run, meta);
-    let lr = meta["optimizer"]["lr"].as_f64().unwrap() as f32;
+    let lr = run["lr"].as_f64().unwrap() as f32;
     let group = meta["num_generations"].as_u64().unwrap() as usize;
     let be = CpuBackend::new(Some(2));
     let opts = LoadOptions { format: WeightFormat::F32, tokenizer: None, ..Default::default() };
@@ -185,7 +185,7 @@ fn check_run(name: &str, dir: &std::path::Path, meta: &serde_json::Value) {
         let trl_kl = exp.has(&format!("pass{k}.metric.kl"));
         assert_eq!(trl_kl, p.beta != 0.0, "{name} pass {k}: kl logged by TRL iff beta ≠ 0");
         assert_eq!(compared, 5 + usize::from(trl_kl), "{name} pass {k}: metrics compared");
-        let (mut n, mut worst) = (0, 0.0f64);
+        let (mut n, mut worst, mut largest) = (0, 0.0f64, 0.0f32);
         m.visit_params_mut(&mut |pname, q| {
             let ParamMut::Buf(_, state) = q else { panic!("{pname}: only LoRA tensors train here") };
             let g = be.to_host(&state.grad)?;
@@ -193,11 +193,21 @@ fn check_run(name: &str, dir: &std::path::Path, meta: &serde_json::Value) {
             let err = rel_err(&g, &want);
             assert!(err < TOL, "{name} pass {k}: {pname} gradient relative error {err:e}");
             worst = worst.max(err);
+            largest = want.iter().fold(largest, |a, w| a.max(w.abs()));
             n += 1;
             Ok(())
         })
         .unwrap();
         assert_eq!(n, 28, "{name}: LoRA tensors");
+        // Not a vacuous comparison: some tokens are unclipped with a non-zero advantage.
+        assert!(largest > 1e-4, "{name} pass {k}: TRL's LoRA gradients are all (nearly) zero");
+        if k > 1 {
+            let region = out.clip_region_mean;
+            assert!(
+                region > 0.0 && region < 1.0,
+                "{name} pass {k}: clip ratio {region}, expected some clipped tokens"
+            );
+        }
         let metrics: Vec<String> = out.metrics().iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
         eprintln!(
             "{name} pass {k}: loss {:.6} matches TRL (relative {:.1e}), LoRA gradients within {worst:.1e}; {}",
