@@ -28,6 +28,11 @@
 //! state without a bias, so [`forward_backward`] and [`per_token_logps`] scale the hidden states by
 //! `1/T` before the output head (and the hidden-state gradient by `1/T` after it).
 //!
+//! Not covered (TRL options off by default): sequence-level importance sampling, the `cispo`,
+//! `sapo`, `luspo` and `vespo` losses, vLLM importance-sampling corrections, the off-policy mask,
+//! entropy masking and bonus; TRL's `entropy` metric is not computed (it needs the whole
+//! distribution, which the label head does not form).
+//!
 //! Layout: a batch is `rows` sequences of `len` positions, row-major; one completion per row. The
 //! per-token arrays (policy, old and reference log-probabilities, the mask) have `rows · len`
 //! entries; the advantages one per row. In afinar's packed rows (prompt then completion), position
