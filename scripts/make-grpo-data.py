@@ -2,10 +2,10 @@
 """Writes data/grpo_arith/{train,heldout}.jsonl: a small verifiable task for GRPO, short arithmetic
 word questions in English and Spanish whose reward can be checked by rule.
 
-Each row is {"prompt": [system, user messages], "answer": <the number, an int>, "lang": "en"|"es",
-"op": <the operations, e.g. "add" or "add_sub">}. The system message asks for a brief answer in the
-question's language ending with the final number on its own line in a strict format:
-"Answer: 42" (English) / "Respuesta: 42" (Spanish).
+Each row is {"prompt": [one user message], "answer": <the number, an int>, "lang": "en"|"es",
+"op": <the operations, e.g. "add" or "add_sub">}. The user message is the question, then an
+instruction (in the question's language) to answer briefly and write the final number on the last
+line in a strict format: "Answer: 42" (English) / "Respuesta: 42" (Spanish).
 
 Questions: one operation (a + b, a - b with a > b, a x b with one factor at most 5) on numbers
 under 20, or two operations (a + b - c, a + b + c) with small numbers, from templates (names,
@@ -23,11 +23,11 @@ import json
 import random
 from pathlib import Path
 
-SYSTEM = {
-    "en": "You are a helpful assistant. Solve the problem and answer briefly, in English. "
-          "End with the final number on its own line, exactly like this: Answer: <number>",
-    "es": "Eres un asistente útil. Resuelve el problema y responde brevemente, en español. "
-          "Termina con el número final en su propia línea, exactamente así: Respuesta: <número>",
+# Appended to the question, in the user message (SmolLM2-135M-Instruct follows an instruction
+# there a little more often than in a system message).
+INSTRUCTION = {
+    "en": "Answer briefly. Write the final number on the last line as: Answer: <number>",
+    "es": "Responde brevemente. Escribe el número final en la última línea así: Respuesta: <número>",
 }
 
 NAMES = {
@@ -95,10 +95,7 @@ def question(rng, lang):
 
 def row(text, ans, kind, lang):
     return {
-        "prompt": [
-            {"role": "system", "content": SYSTEM[lang]},
-            {"role": "user", "content": text},
-        ],
+        "prompt": [{"role": "user", "content": f"{text}\n{INSTRUCTION[lang]}"}],
         "answer": ans,
         "lang": lang,
         "op": kind,

@@ -34,7 +34,11 @@ fn spec_err(list: Value) -> String {
 }
 
 /// Completions of one prompt (`prompt_text`) for rows `fields`.
-fn batch<'a>(prompt_text: &'a str, completions: &'a [&'a str], f: &'a BTreeMap<String, Value>) -> Vec<Completion<'a>> {
+fn batch<'a>(
+    prompt_text: &'a str,
+    completions: &'a [&'a str],
+    f: &'a BTreeMap<String, Value>,
+) -> Vec<Completion<'a>> {
     completions
         .iter()
         .enumerate()
@@ -58,7 +62,11 @@ fn exact_match_compares_the_extracted_answer() {
     let f = fields(json!({"answer": "Paris", "n": 42}));
     let s = set(json!([{"kind": "exact_match"}]));
     let c = ["The capital.\n#### Paris ", "#### paris", "Paris", "#### Lyon\n#### Paris"];
-    assert_eq!(scores(&s, &batch("q", &c, &f)), [1.0, 0.0, 0.0, 1.0], "the last #### line, trimmed, case kept");
+    assert_eq!(
+        scores(&s, &batch("q", &c, &f)),
+        [1.0, 0.0, 0.0, 1.0],
+        "the last #### line, trimmed, case kept"
+    );
     let s = set(json!([{"kind": "exact_match", "field": "n", "pattern": "(?i)answer:\\s*(\\S+)"}]));
     let c = ["Answer: 42", "answer: 41", "42"];
     assert_eq!(scores(&s, &batch("q", &c, &f)), [1.0, 0.0, 0.0], "a number field compares as its text");
@@ -89,7 +97,12 @@ fn numeric_match_reads_numbers_as_answers_write_them() {
     assert_eq!(scores(&s, &batch("q", &["Answer: 10.4 (or 3)", "Answer: 10.6", "10"], &f)), [1.0, 0.0, 0.0]);
     let bad = fields(json!({"answer": "ten"}));
     let e = s.score(&batch("q", &["Answer: 10"], &bad)).unwrap_err().to_string();
-    assert!(e.contains("dataset row 10): column \"answer\": expected a number (or a string holding one), found \"ten\""), "{e}");
+    assert!(
+        e.contains(
+            "dataset row 10): column \"answer\": expected a number (or a string holding one), found \"ten\""
+        ),
+        "{e}"
+    );
     assert_eq!(parse_number(" -12 "), Some(-12.0));
     assert_eq!(parse_number("1,000,000"), Some(1e6));
     assert_eq!(parse_number("nan"), None);
@@ -102,9 +115,16 @@ fn numeric_match_reads_numbers_as_answers_write_them() {
 fn regex_format_and_length_penalty() {
     let f = fields(json!({}));
     let s = set(json!([{"kind": "format", "pattern": "Answer: \\d+$"}]));
-    assert_eq!(scores(&s, &batch("q", &["So.\nAnswer: 12", "Answer: 12 apples", "answer: 12"], &f)), [1.0, 0.0, 0.0]);
+    assert_eq!(
+        scores(&s, &batch("q", &["So.\nAnswer: 12", "Answer: 12 apples", "answer: 12"], &f)),
+        [1.0, 0.0, 0.0]
+    );
     let s = set(json!([{"kind": "regex", "pattern": "Answer: \\d+", "full": true}]));
-    assert_eq!(scores(&s, &batch("q", &["  Answer: 12\n", "So.\nAnswer: 12"], &f)), [1.0, 0.0], "full: the whole trimmed text");
+    assert_eq!(
+        scores(&s, &batch("q", &["  Answer: 12\n", "So.\nAnswer: 12"], &f)),
+        [1.0, 0.0],
+        "full: the whole trimmed text"
+    );
     let e = spec_err(json!([{"kind": "regex"}]));
     assert!(e.contains("rewards[0].pattern: missing required key (a regular expression)"), "{e}");
 
@@ -135,7 +155,10 @@ fn language_matches_the_rows_or_the_prompts_language() {
     assert!(e.contains("the prompt's language cannot be told"), "{e}");
     let fr = fields(json!({"lang": "fr"}));
     let e = s.score(&batch("q", &c, &fr)).unwrap_err().to_string();
-    assert!(e.contains("column \"lang\": the language reward tells English (en) from Spanish (es), not \"fr\""), "{e}");
+    assert!(
+        e.contains("column \"lang\": the language reward tells English (en) from Spanish (es), not \"fr\""),
+        "{e}"
+    );
     let s = set(json!([{"kind": "language", "field": "idioma"}]));
     let f = fields(json!({"idioma": "español"}));
     assert_eq!(scores(&s, &batch("q", &c, &f)), [0.0, 1.0, 0.0]);
@@ -166,7 +189,10 @@ fn the_sum_is_weighted_and_each_reward_is_kept() {
     let e = spec_err(json!([{"kind": "languge"}]));
     assert!(e.contains("rewards[0].kind: did you mean `language`? expected one of exact_match"), "{e}");
     let e = spec_err(json!([{"kind": "language", "wieght": 2}]));
-    assert!(e.contains("rewards[0].wieght: unknown key for a language reward (did you mean `weight`?"), "{e}");
+    assert!(
+        e.contains("rewards[0].wieght: unknown key for a language reward (did you mean `weight`?"),
+        "{e}"
+    );
     assert!(spec_err(json!([])).contains("rewards: expected at least one reward"));
     assert!(spec_err(json!([{"weight": 1}])).contains("rewards[0].kind: missing required key"));
 }
@@ -249,19 +275,31 @@ fn every_command_failure_is_a_named_error() {
     assert!(e.starts_with("reward mine (command sh "), "{e}");
     assert!(e.contains("exited with status 3; expected status 0") && e.contains("Traceback: boom"), "{e}");
     let e = run("cat > /dev/null\necho 1", "short.sh", 20.0);
-    assert!(e.contains("wrote 1 line on stdout for 2 completions; expected exactly one number per line"), "{e}");
+    assert!(
+        e.contains("wrote 1 line on stdout for 2 completions; expected exactly one number per line"),
+        "{e}"
+    );
     let e = run("cat > /dev/null\nprintf '1\\n2\\n3\\n'", "long.sh", 20.0);
     assert!(e.contains("wrote 3 lines on stdout for 2 completions"), "{e}");
     let e = run("cat > /dev/null\nprintf '1\\nabc\\n'", "word.sh", 20.0);
-    assert!(e.contains("stdout line 2 (completion 1, dataset row 11): expected a finite number, got \"abc\""), "{e}");
+    assert!(
+        e.contains("stdout line 2 (completion 1, dataset row 11): expected a finite number, got \"abc\""),
+        "{e}"
+    );
     let e = run("cat > /dev/null\nprintf 'NaN\\n1\\n'", "nan.sh", 20.0);
-    assert!(e.contains("stdout line 1 (completion 0, dataset row 10): expected a finite number, got \"NaN\""), "{e}");
+    assert!(
+        e.contains("stdout line 1 (completion 0, dataset row 10): expected a finite number, got \"NaN\""),
+        "{e}"
+    );
     let e = run("cat > /dev/null\nprintf '1\\ninf\\n'", "inf.sh", 20.0);
     assert!(e.contains("got \"inf\""), "{e}");
     let start = Instant::now();
     let e = run("echo 'thinking' >&2\nexec sleep 30", "slow.sh", 0.5);
     assert!(start.elapsed() < Duration::from_secs(10), "killed at the timeout: {:?}", start.elapsed());
-    assert!(e.contains("did not finish within timeout_s = 0.5 s for a batch of 2 completions, and was killed"), "{e}");
+    assert!(
+        e.contains("did not finish within timeout_s = 0.5 s for a batch of 2 completions, and was killed"),
+        "{e}"
+    );
     assert!(e.contains("thinking"), "stderr so far is shown: {e}");
     let s = command_set(&["/no/such/program"], json!({}));
     let e = s.score(&batch("q", &two, &f)).unwrap_err().to_string();
@@ -274,8 +312,9 @@ fn every_command_failure_is_a_named_error() {
 #[test]
 fn a_command_reward_in_python() {
     let Some(python) = std::env::var_os("AFINAR_PYTHON") else {
-        let _ = std::io::stderr()
-            .write_all(b"SKIPPED: a_command_reward_in_python: AFINAR_PYTHON is not set (any python3 will do)\n");
+        let _ = std::io::stderr().write_all(
+            b"SKIPPED: a_command_reward_in_python: AFINAR_PYTHON is not set (any python3 will do)\n",
+        );
         return;
     };
     let dir = scratch("command-python");
@@ -327,13 +366,19 @@ fn the_rewards_list_reads_from_yaml_with_file_line_and_column() {
     let e = err(&YAML.replace("  - kind: language\n", "  - weight: 3\n"));
     assert!(e.starts_with("configs/grpo.yaml:8:5: rewards[2].kind: missing required key"), "{e}");
     let e = err(&YAML.replace("'Answer: \\d+$'", "'(a)(b'"));
-    assert!(e.starts_with("configs/grpo.yaml:7:14: rewards[1].pattern: not a valid regular expression"), "{e}");
+    assert!(
+        e.starts_with("configs/grpo.yaml:7:14: rewards[1].pattern: not a valid regular expression"),
+        "{e}"
+    );
     let e = err("recipe: grpo\nrewards: numeric_match\n");
     assert_eq!(e, "configs/grpo.yaml:2:10: rewards: expected a list of rewards, got \"numeric_match\"");
     let e = err("recipe: grpo\n");
     assert!(e.starts_with("configs/grpo.yaml: rewards: missing required key"), "{e}");
     let e = err("recipe: grpo\nrewards:\n  - 3\n");
-    assert!(e.starts_with("configs/grpo.yaml:3:5: rewards[0]: expected a mapping with kind and weight, got 3"), "{e}");
+    assert!(
+        e.starts_with("configs/grpo.yaml:3:5: rewards[0]: expected a mapping with kind and weight, got 3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -357,6 +402,10 @@ fn the_arithmetic_preset_scores_answers_format_and_language() {
             assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
         }
     };
-    close(scores(&s, &batch("q", &c, &en)), [1.0, 0.9, 0.3, 0.8, 0.8]);
-    close(scores(&s, &batch("q", &c, &es)), [0.9, 1.0, 0.2, 0.7, 0.7]);
+    close(scores(&s, &batch("q", &c, &en)), [1.0, 0.9, 0.3, 0.8, 1.0]);
+    close(scores(&s, &batch("q", &c, &es)), [0.9, 1.0, 0.2, 0.7, 0.9]);
+    // The answer line may be bold, and need not be last; it must start its line.
+    let f = ["**Answer:** 7", "So the answer: 7 apples"];
+    let got = scores(&s, &batch("q", &f, &en));
+    assert!((got[0] - 1.0).abs() < 1e-9 && (got[1] - 0.8).abs() < 1e-9, "{got:?}");
 }

@@ -82,7 +82,10 @@ impl PromptDataset {
     /// without rows, or with none left, is an error.
     pub fn load(spec: &DatasetSpec, tok: &Tokenizer) -> Result<PromptDataset, DataError> {
         if spec.kind != DatasetKind::Prompt {
-            return Err(DataError::Config(format!("PromptDataset::load reads prompt datasets, not {}", spec.kind)));
+            return Err(DataError::Config(format!(
+                "PromptDataset::load reads prompt datasets, not {}",
+                spec.kind
+            )));
         }
         spec.validate()?;
         let path = spec.source.as_path();

@@ -504,7 +504,12 @@ pub(crate) fn extract_prompts(
                     return Err(ctx.invalid(r.at, column, "the prompt is empty".into()));
                 }
             }
-            let fields = r.fields.iter().filter(|(k, _)| k.as_str() != column).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let fields = r
+                .fields
+                .iter()
+                .filter(|(k, _)| k.as_str() != column)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             Ok(PromptRecord { prompt, fields })
         })
         .collect()

@@ -93,10 +93,16 @@ fn every_file_format_gives_the_same_prompts() {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        csv += &format!("{},{},{}\n", csv_field(&prompt), csv_field(&answer), csv_field(r["lang"].as_str().unwrap()));
+        csv += &format!(
+            "{},{},{}\n",
+            csv_field(&prompt),
+            csv_field(&answer),
+            csv_field(r["lang"].as_str().unwrap())
+        );
     }
     let reference = load_prompts(&prompt_spec(&write_jsonl(&dir, "p.jsonl", &rows)), tok);
-    let json_ds = load_prompts(&prompt_spec(&write(&dir, "p.json", &serde_json::to_string(&rows).unwrap())), tok);
+    let json_ds =
+        load_prompts(&prompt_spec(&write(&dir, "p.json", &serde_json::to_string(&rows).unwrap())), tok);
     let csv_ds = load_prompts(&prompt_spec(&write(&dir, "p.csv", &csv)), tok);
     for ds in [&json_ds, &csv_ds] {
         assert_eq!(ds.len(), reference.len());
@@ -116,7 +122,10 @@ fn every_file_format_gives_the_same_prompts() {
             &prompt_spec(&write_jsonl(
                 &dir,
                 "q.jsonl",
-                &[json!({"prompt": "Hello there, how many?", "answer": "3"}), json!({"prompt": "¿Cuántos hay?", "answer": "4"})],
+                &[
+                    json!({"prompt": "Hello there, how many?", "answer": "3"}),
+                    json!({"prompt": "¿Cuántos hay?", "answer": "4"}),
+                ],
             )),
             tok,
         );
@@ -222,10 +231,15 @@ fn bad_rows_name_the_file_row_and_column() {
         (vec![json!({"prompt": 3})], "line 1: column \"prompt\": expected a string or a list of messages"),
         (vec![json!({"prompt": "   "})], "line 1: column \"prompt\": the prompt is empty"),
         (
-            vec![json!({"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})],
+            vec![
+                json!({"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+            ],
             "line 1: column \"prompt[1]\": the prompt ends with an assistant message",
         ),
-        (vec![json!({"prompt": [{"role": "wizard", "content": "a"}]})], "column \"prompt[0].role\": unknown role"),
+        (
+            vec![json!({"prompt": [{"role": "wizard", "content": "a"}]})],
+            "column \"prompt[0].role\": unknown role",
+        ),
         (vec![json!({"prompt": []})], "line 1: column \"prompt\": the conversation has no messages"),
     ];
     for (i, (rows, want)) in cases.into_iter().enumerate() {
@@ -246,7 +260,9 @@ fn bad_rows_name_the_file_row_and_column() {
     spec.column_map.insert("prompt".into(), "question".into());
     let ds = load_prompts(&spec, tok);
     assert_eq!(ds.rows()[0].fields.keys().collect::<Vec<_>>(), ["answer"]);
-    assert!(matches!(Dataset::load(&spec, tok), Err(DataError::Config(m)) if m.contains("PromptDataset::load")));
+    assert!(
+        matches!(Dataset::load(&spec, tok), Err(DataError::Config(m)) if m.contains("PromptDataset::load"))
+    );
     assert_eq!("grpo".parse::<DatasetKind>().unwrap(), DatasetKind::Prompt);
 }
 
@@ -254,7 +270,8 @@ fn bad_rows_name_the_file_row_and_column() {
 fn the_loader_shuffles_per_epoch_and_resumes() {
     let tok = smollm2();
     let dir = scratch("prompt-loader");
-    let rows: Vec<Value> = (0..10).map(|i| json!({"prompt": format!("question {i}?"), "answer": i})).collect();
+    let rows: Vec<Value> =
+        (0..10).map(|i| json!({"prompt": format!("question {i}?"), "answer": i})).collect();
     let ds = load_prompts(&prompt_spec(&write_jsonl(&dir, "p.jsonl", &rows)), tok);
     let loader = PromptLoader::new(&ds, 4, true, 7).unwrap();
     assert_eq!(loader.batches_per_epoch(), 3);
@@ -296,6 +313,10 @@ fn the_shipped_arithmetic_task_loads_balanced_with_answers() {
     let train = load_prompts(&prompt_spec(&root.join("train.jsonl")), tok);
     let held = load_prompts(&prompt_spec(&root.join("heldout.jsonl")), tok);
     for h in held.rows() {
-        assert!(!train.rows().iter().any(|t| t.text == h.text), "held-out row {} is a training prompt", h.row);
+        assert!(
+            !train.rows().iter().any(|t| t.text == h.text),
+            "held-out row {} is a training prompt",
+            h.row
+        );
     }
 }

@@ -518,9 +518,9 @@ pub(crate) fn to_json(node: &Node, path: &str, positions: &mut Vec<(String, Pos)
                 J::String(text.clone())
             }
         }
-        Value::Seq(items) => {
-            J::Array(items.iter().enumerate().map(|(i, n)| to_json(n, &format!("{path}[{i}]"), positions)).collect())
-        }
+        Value::Seq(items) => J::Array(
+            items.iter().enumerate().map(|(i, n)| to_json(n, &format!("{path}[{i}]"), positions)).collect(),
+        ),
         Value::Map(entries) => {
             let mut m = serde_json::Map::new();
             for e in entries {

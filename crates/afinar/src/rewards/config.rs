@@ -65,8 +65,11 @@ pub struct RewardKindDecl {
     pub doc: &'static str,
 }
 
-const FIELD_ANSWER: KeyDecl =
-    KeyDecl::new("field", KeyType::Text { expect: "a column name" }, "The row's column with the reference (default answer).");
+const FIELD_ANSWER: KeyDecl = KeyDecl::new(
+    "field",
+    KeyType::Text { expect: "a column name" },
+    "The row's column with the reference (default answer).",
+);
 const PATTERN_EXTRACT: KeyDecl = KeyDecl::new(
     "pattern",
     KeyType::Text { expect: "a regular expression with at most one capture group" },
@@ -93,14 +96,22 @@ pub const REWARD_KINDS: &[RewardKindDecl] = &[
         name: "regex",
         keys: &[
             KeyDecl::required("pattern", KeyType::Text { expect: "a regular expression" }, "The pattern."),
-            KeyDecl::new("full", KeyType::Bool { default: false }, "The whole trimmed completion must match."),
+            KeyDecl::new(
+                "full",
+                KeyType::Bool { default: false },
+                "The whole trimmed completion must match.",
+            ),
         ],
         doc: "1 when the completion matches the pattern.",
     },
     RewardKindDecl {
         name: "length_penalty",
         keys: &[
-            KeyDecl::required("target", KeyType::Int { min: 0, default: None }, "Lengths up to this score 1."),
+            KeyDecl::required(
+                "target",
+                KeyType::Int { min: 0, default: None },
+                "Lengths up to this score 1.",
+            ),
             KeyDecl::required("max", KeyType::Int { min: 1, default: None }, "Lengths from this on score 0."),
             KeyDecl::new(
                 "unit",
@@ -252,10 +263,16 @@ impl Entry<'_> {
         }
     }
 
-    fn regex(&self, key: &str, anchored: bool, max_groups: Option<usize>) -> Result<Option<Regex>, RewardError> {
+    fn regex(
+        &self,
+        key: &str,
+        anchored: bool,
+        max_groups: Option<usize>,
+    ) -> Result<Option<Regex>, RewardError> {
         let Some(src) = self.text(key)? else { return Ok(None) };
         let full = if anchored { format!(r"\A(?:{src})\z") } else { src.clone() };
-        let re = Regex::new(&full).map_err(|e| spec_err(self.at(key), format!("not a valid regular expression: {e}")))?;
+        let re = Regex::new(&full)
+            .map_err(|e| spec_err(self.at(key), format!("not a valid regular expression: {e}")))?;
         if let Some(max) = max_groups {
             if re.captures_len() - 1 > max {
                 return Err(spec_err(
@@ -283,7 +300,10 @@ impl RewardSet {
     /// are resolved against `base_dir` when given.
     pub fn from_json(list: &Value, base_dir: Option<&Path>) -> Result<RewardSet, RewardError> {
         let Value::Array(items) = list else {
-            return Err(spec_err("rewards".into(), format!("expected a list of rewards, got {}", describe(list))));
+            return Err(spec_err(
+                "rewards".into(),
+                format!("expected a list of rewards, got {}", describe(list)),
+            ));
         };
         if items.is_empty() {
             return Err(spec_err("rewards".into(), "expected at least one reward, got an empty list"));
@@ -352,7 +372,9 @@ impl RewardSet {
                     };
                     RewardKind::LengthPenalty { target, max, unit }
                 }
-                "language" => RewardKind::Language { field: e.text("field")?.unwrap_or_else(|| "lang".into()) },
+                "language" => {
+                    RewardKind::Language { field: e.text("field")?.unwrap_or_else(|| "lang".into()) }
+                }
                 "command" => {
                     let argv = match e.get("command") {
                         Some(Value::Array(parts)) if !parts.is_empty() => parts
@@ -448,14 +470,14 @@ impl RewardSet {
                 p
             } else {
                 loop {
-                if let Some((_, p)) = positions.iter().find(|(k, _)| k == probe) {
-                    break p.clone();
+                    if let Some((_, p)) = positions.iter().find(|(k, _)| k == probe) {
+                        break p.clone();
+                    }
+                    match probe.rfind(['.', '[']) {
+                        Some(cut) => probe = &probe[..cut],
+                        None => break entry.key_pos.clone(),
+                    }
                 }
-                match probe.rfind(['.', '[']) {
-                    Some(cut) => probe = &probe[..cut],
-                    None => break entry.key_pos.clone(),
-                }
-            }
             };
             let kind = if message.starts_with("missing required key") {
                 ConfigErrorKind::MissingKey
@@ -479,7 +501,10 @@ impl RewardSet {
             Some(other) => {
                 return Err(spec_err(
                     "rewards".into(),
-                    format!("expected a list of rewards, got {}", serde_json::to_string(other).unwrap_or_default()),
+                    format!(
+                        "expected a list of rewards, got {}",
+                        serde_json::to_string(other).unwrap_or_default()
+                    ),
                 ))
             }
             None => return Err(spec_err("rewards".into(), "missing required key (a list of rewards)")),
@@ -492,7 +517,8 @@ impl RewardSet {
 
     /// [`RewardSet::from_yaml`] on a config file.
     pub fn from_config_file(path: &Path) -> Result<RewardSet, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, "cannot read the config", e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, "cannot read the config", e))?;
         RewardSet::from_yaml(&text, path)
     }
 }
@@ -560,7 +586,10 @@ rewards:
         assert_eq!(RewardSet::from_config(&back).unwrap().names(), ["numeric_match", "regex"]);
         // A bad list fails at load time, at the rewards line, naming the entry.
         let e = load(&CONFIG.replace("weight: 0.7", "weight: -0.7")).unwrap_err().to_string();
-        assert!(e.contains("grpo.yaml:13:1: rewards: rewards[0].weight: expected a number ≥ 0, got -0.7"), "{e}");
+        assert!(
+            e.contains("grpo.yaml:13:1: rewards: rewards[0].weight: expected a number ≥ 0, got -0.7"),
+            "{e}"
+        );
         let e = load(&CONFIG.replace("rewards:\n", "rewardz:\n")).unwrap_err().to_string();
         assert!(e.contains("did you mean `rewards`?"), "{e}");
     }

@@ -53,8 +53,8 @@ use regex::Regex;
 use serde_json::Value;
 
 pub use config::{
-    check_rewards, RewardKindDecl, DEFAULT_EXACT_PATTERN, DEFAULT_NUMBER_PATTERN, REWARDS_KEY, REWARD_COMMON_KEYS,
-    REWARD_KINDS,
+    check_rewards, RewardKindDecl, DEFAULT_EXACT_PATTERN, DEFAULT_NUMBER_PATTERN, REWARDS_KEY,
+    REWARD_COMMON_KEYS, REWARD_KINDS,
 };
 pub use lang::detect_language;
 
@@ -276,7 +276,10 @@ impl RewardSet {
     /// A set from rewards made in code; names must be unique and weights finite and ≥ 0.
     pub fn new(rewards: Vec<RewardSpec>) -> Result<RewardSet, RewardError> {
         if rewards.is_empty() {
-            return Err(RewardError::Spec { path: "rewards".into(), message: "expected at least one reward".into() });
+            return Err(RewardError::Spec {
+                path: "rewards".into(),
+                message: "expected at least one reward".into(),
+            });
         }
         for (i, r) in rewards.iter().enumerate() {
             if !(r.weight.is_finite() && r.weight >= 0.0) {
@@ -288,7 +291,10 @@ impl RewardSet {
             if rewards[..i].iter().any(|o| o.name == r.name) {
                 return Err(RewardError::Spec {
                     path: format!("rewards[{i}].name"),
-                    message: format!("the name {:?} is used by an earlier reward; names must be unique", r.name),
+                    message: format!(
+                        "the name {:?} is used by an earlier reward; names must be unique",
+                        r.name
+                    ),
                 });
             }
         }
@@ -359,7 +365,11 @@ pub fn parse_number(text: &str) -> Option<f64> {
     } else {
         t.to_string()
     };
-    if cleaned.is_empty() || !cleaned.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e' || b == b'E' || b == b'+') {
+    if cleaned.is_empty()
+        || !cleaned
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e' || b == b'E' || b == b'+')
+    {
         return None;
     }
     cleaned.parse::<f64>().ok().filter(|v| v.is_finite())
@@ -392,7 +402,12 @@ fn builtin(r: &RewardSpec, i: usize, c: &Completion<'_>) -> Result<f64, RewardEr
                 Value::String(s) => s.trim().to_string(),
                 v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
                 other => {
-                    return Err(row_err(r, i, c, format!("column {f:?}: expected a string or a number, found {other}")))
+                    return Err(row_err(
+                        r,
+                        i,
+                        c,
+                        format!("column {f:?}: expected a string or a number, found {other}"),
+                    ))
                 }
             };
             let got = extract_answer(pattern, c.completion).map(str::trim);
@@ -405,14 +420,23 @@ fn builtin(r: &RewardSpec, i: usize, c: &Completion<'_>) -> Result<f64, RewardEr
                 _ => None,
             }
             .ok_or_else(|| {
-                row_err(r, i, c, format!("column {f:?}: expected a number (or a string holding one), found {}", c.fields[f]))
+                row_err(
+                    r,
+                    i,
+                    c,
+                    format!(
+                        "column {f:?}: expected a number (or a string holding one), found {}",
+                        c.fields[f]
+                    ),
+                )
             })?;
             let got = extract_answer(pattern, c.completion).and_then(parse_number);
             f64::from(u8::from(got.is_some_and(|g| (g - want).abs() <= *tolerance)))
         }
         RewardKind::Regex { pattern, full } => {
             // A `full` pattern is compiled anchored (`\A(?:...)\z`).
-            let hit = if *full { pattern.is_match(c.completion.trim()) } else { pattern.is_match(c.completion) };
+            let hit =
+                if *full { pattern.is_match(c.completion.trim()) } else { pattern.is_match(c.completion) };
             f64::from(u8::from(hit))
         }
         RewardKind::LengthPenalty { target, max, unit } => {
