@@ -356,14 +356,14 @@ fn the_rewards_list_reads_from_yaml_with_file_line_and_column() {
     assert_eq!(s.names(), ["numeric_match", "regex", "language"]);
     let err = |text: &str| RewardSet::from_yaml(text, origin).unwrap_err().to_string();
     let e = err(&YAML.replace("weight: 0.2", "wieght: 0.2"));
-    assert!(e.starts_with("configs/grpo.yaml:6:5: rewards[1].wieght: unknown key for a regex reward (did you mean `weight`?"), "{e}");
+    assert!(e.starts_with("configs/grpo.yaml:6:5: rewards[1].wieght: unknown key for a format reward (did you mean `weight`?"), "{e}");
     let e = err(&YAML.replace("weight: 0.2", "weight: -1"));
     assert_eq!(e, "configs/grpo.yaml:6:13: rewards[1].weight: expected a number ≥ 0, got -1");
     let e = err(&YAML.replace("weight: 0.2", "weight: heavy"));
     assert_eq!(e, "configs/grpo.yaml:6:13: rewards[1].weight: expected a number ≥ 0, got \"heavy\"");
     let e = err(&YAML.replace("kind: language", "kind: lang"));
     assert!(e.starts_with("configs/grpo.yaml:8:11: rewards[2].kind: "), "{e}");
-    let e = err(&YAML.replace("  - kind: language\n", "  - weight: 3\n"));
+    let e = err(&YAML.replace("  - kind: language\n    weight: 0.1\n", "  - weight: 3\n"));
     assert!(e.starts_with("configs/grpo.yaml:8:5: rewards[2].kind: missing required key"), "{e}");
     let e = err(&YAML.replace("'Answer: \\d+$'", "'(a)(b'"));
     assert!(
