@@ -587,7 +587,7 @@ rewards:
         // A bad list fails at load time, at the rewards line, naming the entry.
         let e = load(&CONFIG.replace("weight: 0.7", "weight: -0.7")).unwrap_err().to_string();
         assert!(
-            e.contains("grpo.yaml:13:1: rewards: rewards[0].weight: expected a number ≥ 0, got -0.7"),
+            e.contains("grpo.yaml:14:3: rewards: rewards[0].weight: expected a number ≥ 0, got -0.7"),
             "{e}"
         );
         let e = load(&CONFIG.replace("rewards:\n", "rewardz:\n")).unwrap_err().to_string();
