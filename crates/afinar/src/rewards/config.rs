@@ -309,6 +309,8 @@ impl RewardSet {
             return Err(spec_err("rewards".into(), "expected at least one reward, got an empty list"));
         }
         let mut specs: Vec<RewardSpec> = Vec::with_capacity(items.len());
+        let default_exact = Regex::new(DEFAULT_EXACT_PATTERN).expect("a valid pattern");
+        let default_number = Regex::new(DEFAULT_NUMBER_PATTERN).expect("a valid pattern");
         for (i, item) in items.iter().enumerate() {
             let path = format!("rewards[{i}]");
             let Value::Object(map) = item else {
@@ -342,14 +344,14 @@ impl RewardSet {
                     field: e.text("field")?.unwrap_or_else(|| "answer".into()),
                     pattern: match e.regex("pattern", false, Some(1))? {
                         Some(r) => r,
-                        None => Regex::new(DEFAULT_EXACT_PATTERN).expect("valid"),
+                        None => default_exact.clone(),
                     },
                 },
                 "numeric_match" => RewardKind::NumericMatch {
                     field: e.text("field")?.unwrap_or_else(|| "answer".into()),
                     pattern: match e.regex("pattern", false, Some(1))? {
                         Some(r) => r,
-                        None => Regex::new(DEFAULT_NUMBER_PATTERN).expect("valid"),
+                        None => default_number.clone(),
                     },
                     tolerance: e.num("tolerance")?.expect("defaulted"),
                 },
