@@ -94,7 +94,7 @@ fn every_shipped_config_loads() {
     let data = format!("dataset.source={}", s.0.join("data.jsonl").display());
     // A distillation config's teacher is a model path too (checked to exist like model.path).
     let teacher = format!("teacher.path={}", s.0.join("model.gguf").display());
-    assert_eq!(builtin_configs().count(), 25);
+    assert_eq!(builtin_configs().count(), 35);
     for b in builtin_configs() {
         let mut doc = ConfigDoc::open(b.name).unwrap();
         assert_eq!(doc.origin(), format!("built-in:{}.yaml", b.name));
@@ -165,14 +165,16 @@ fn shipped_settings() {
     assert_eq!(c.optimizer.lr, 2e-5);
     assert_eq!((c.batch_size, c.tokenizer.max_seq_len), (4, 512));
 
-    for name in ["llama3_2_1b_lora", "llama3_2_3b_lora"] {
+    for name in
+        ["llama3_2_1b_lora", "llama3_2_3b_lora", "qwen3_0_6b_lora", "qwen3_1_7b_lora", "qwen3_4b_lora"]
+    {
         let c = get(name);
         let l = c.lora.unwrap();
         assert_eq!((l.rank, l.alpha), (64, 128.0), "{name}");
         assert_eq!(l.target_modules.len(), 7, "{name}: every linear layer of the blocks");
         assert_eq!(c.model.dtype, Dtype::Bf16);
     }
-    for name in ["llama3_1_8b_lora", "llama3_1_8b_full"] {
+    for name in ["llama3_1_8b_lora", "llama3_1_8b_full", "qwen3_8b_lora", "qwen3_8b_qlora"] {
         assert!(get(name).enable_activation_checkpointing, "{name}");
     }
     assert!(!get("smollm2_135m_lora").enable_activation_checkpointing);

@@ -23,6 +23,7 @@ use common::{asset, Tmp};
 
 fn tiny(dim: usize, n_layers: usize, head_dim: usize, vocab_size: usize, tie: bool) -> LlamaConfig {
     LlamaConfig {
+        family: Default::default(),
         vocab_size,
         dim,
         n_layers,

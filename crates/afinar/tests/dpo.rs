@@ -25,6 +25,7 @@ use common::{asset, Tmp};
 
 fn tiny_config() -> LlamaConfig {
     LlamaConfig {
+        family: Default::default(),
         vocab_size: 128_256,
         dim: 64,
         n_layers: 2,

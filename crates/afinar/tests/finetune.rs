@@ -22,6 +22,7 @@ use common::{asset, Tmp};
 
 fn config() -> LlamaConfig {
     LlamaConfig {
+        family: Default::default(),
         vocab_size: 128_256,
         dim: 64,
         n_layers: 2,

@@ -47,6 +47,7 @@ impl Notes {
 
 fn config() -> LlamaConfig {
     LlamaConfig {
+        family: Default::default(),
         vocab_size: 128_256,
         dim: 32,
         n_layers: 2,

@@ -54,7 +54,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const ALL: [&str; 25] = [
+const ALL: [&str; 35] = [
     "smollm2_135m_lora",
     "smollm2_135m_qlora",
     "smollm2_135m_full",
@@ -80,6 +80,16 @@ const ALL: [&str; 25] = [
     "llama3_1_8b_dpo_qlora",
     "smollm2_360m_to_135m_kd_lora",
     "llama3_1_8b_to_3_2_1b_kd_lora",
+    "qwen3_0_6b_lora",
+    "qwen3_0_6b_qlora",
+    "qwen3_0_6b_full",
+    "qwen3_1_7b_lora",
+    "qwen3_1_7b_qlora",
+    "qwen3_1_7b_full",
+    "qwen3_4b_lora",
+    "qwen3_4b_qlora",
+    "qwen3_8b_lora",
+    "qwen3_8b_qlora",
 ];
 
 #[test]

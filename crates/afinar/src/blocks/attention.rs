@@ -1,6 +1,16 @@
 use afinar_engine::{AttnDims, Backend, HalfFormat, Result};
 
-use super::{KvCache, Linear};
+use super::{KvCache, Linear, RmsNorm};
+
+/// Per-head RMSNorm of queries and keys (Qwen3's `q_norm`, `k_norm`): each head's vector of
+/// `head_dim` values is normalised with a gain of size `head_dim`, after the projection and
+/// before RoPE, i.e. [`RmsNorm`] over `[tokens · heads, head_dim]` rows.
+pub struct QkNorm<B: Backend> {
+    /// Gain on the queries, `[head_dim]`.
+    pub q: RmsNorm<B>,
+    /// Gain on the keys, `[head_dim]`.
+    pub k: RmsNorm<B>,
+}
 
 /// Causal grouped-query self-attention with rotary position embedding.
 pub struct Attention<B: Backend> {
@@ -18,6 +28,8 @@ pub struct Attention<B: Backend> {
     pub n_kv_heads: usize,
     /// Size of one head.
     pub head_dim: usize,
+    /// Norm of queries and keys before RoPE (Qwen3), if the family has one.
+    pub qk_norm: Option<QkNorm<B>>,
 }
 
 /// Activations attention writes in its forward pass (kept for the backward).
@@ -103,16 +115,32 @@ pub struct AttnGrads<B: Backend> {
     pub k: B::Buf,
     /// Gradient of the values.
     pub v: B::Buf,
+    /// With a query/key norm: room for one normalised projection `[rows, heads · head_dim]`
+    /// and its `1/rms` per head `[rows · heads]`, recomputed by the backward.
+    pub qk_norm: Option<(B::Buf, B::Buf)>,
 }
 
 impl<B: Backend> AttnGrads<B> {
-    /// Buffers for up to `rows` tokens.
-    pub fn new(be: &B, rows: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
+    /// Buffers for up to `rows` tokens (with room for the query/key norm's backward when
+    /// `qk_norm`).
+    pub fn new(
+        be: &B,
+        rows: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        qk_norm: bool,
+    ) -> Result<Self> {
+        let qk_norm = match qk_norm {
+            true => Some((be.zeros(rows * n_heads * head_dim)?, be.zeros(rows * n_heads)?)),
+            false => None,
+        };
         Ok(Self {
             out: be.zeros(rows * n_heads * head_dim)?,
             q: be.zeros(rows * n_heads * head_dim)?,
             k: be.zeros(rows * n_kv_heads * head_dim)?,
             v: be.zeros(rows * n_kv_heads * head_dim)?,
+            qk_norm,
         })
     }
 }
@@ -187,8 +215,20 @@ impl<B: Backend> Attention<B> {
     ) -> Result<()> {
         let rows = t.rows();
         let (hq, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        self.wq.forward(be, xn, &mut a.q, rows, false)?;
-        self.wk.forward(be, xn, &mut a.k, rows, false)?;
+        match &self.qk_norm {
+            None => {
+                self.wq.forward(be, xn, &mut a.q, rows, false)?;
+                self.wk.forward(be, xn, &mut a.k, rows, false)?;
+            }
+            Some(n) => {
+                // The projections go to `out` (free until the attention writes it), the norm
+                // statistics to `lse` (likewise); the backward recomputes both.
+                self.wq.forward(be, xn, &mut a.out, rows, false)?;
+                n.q.forward(be, &a.out, &mut a.q, &mut a.lse, rows * hq)?;
+                self.wk.forward(be, xn, &mut a.out, rows, false)?;
+                n.k.forward(be, &a.out, &mut a.k, &mut a.lse, rows * hkv)?;
+            }
+        }
         self.wv.forward(be, xn, &mut a.v, rows, false)?;
         be.rope(&mut a.q, t.positions, inv_freq, rows, hq, hd, false)?;
         be.rope(&mut a.k, t.positions, inv_freq, rows, hkv, hd, false)?;
@@ -243,6 +283,19 @@ impl<B: Backend> Attention<B> {
         // The backward of a rotation is the inverse rotation.
         be.rope(&mut g.q, t.positions, inv_freq, rows, hq, hd, true)?;
         be.rope(&mut g.k, t.positions, inv_freq, rows, hkv, hd, true)?;
+        if let (Some(n), Some((normed, rstd))) = (&mut self.qk_norm, &mut g.qk_norm) {
+            // Through the norm: recompute the projection (into `g.out`, free now) and its
+            // statistics, then replace the gradient of the normalised values by that of the
+            // projection's output.
+            self.wq.forward(be, xn, &mut g.out, rows, false)?;
+            n.q.forward(be, &g.out, normed, rstd, rows * hq)?;
+            n.q.backward(be, &g.q, &g.out, rstd, normed, rows * hq)?;
+            be.copy(normed, 0, &mut g.q, 0, rows * hq * hd)?;
+            self.wk.forward(be, xn, &mut g.out, rows, false)?;
+            n.k.forward(be, &g.out, normed, rstd, rows * hkv)?;
+            n.k.backward(be, &g.k, &g.out, rstd, normed, rows * hkv)?;
+            be.copy(normed, 0, &mut g.k, 0, rows * hkv * hd)?;
+        }
         match dxn {
             Some(dxn) => {
                 self.wq.backward(be, xn, &g.q, Some(&mut *dxn), rows, false)?;

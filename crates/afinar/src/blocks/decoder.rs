@@ -131,7 +131,7 @@ impl<B: Backend> LayerGrads<B> {
         let a = &layer.attn;
         Ok(Self {
             dxn: be.zeros(rows * layer.attn_norm.dim)?,
-            attn: AttnGrads::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim)?,
+            attn: AttnGrads::new(be, rows, a.n_heads, a.n_kv_heads, a.head_dim, a.qk_norm.is_some())?,
             mlp: MlpGrads::new(be, rows, layer.mlp.ffn_dim)?,
         })
     }
@@ -150,6 +150,30 @@ pub const PROJECTIONS: [&str; 7] = [
 ];
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The layer's norms with their Hugging Face names (after `model.layers.N.`), in file
+    /// order: `input_layernorm`, the query/key norms when the layer has them,
+    /// `post_attention_layernorm`.
+    pub fn norms(&self) -> Vec<(&'static str, &RmsNorm<B>)> {
+        let mut out = vec![("input_layernorm.weight", &self.attn_norm)];
+        if let Some(n) = &self.attn.qk_norm {
+            out.push(("self_attn.q_norm.weight", &n.q));
+            out.push(("self_attn.k_norm.weight", &n.k));
+        }
+        out.push(("post_attention_layernorm.weight", &self.mlp_norm));
+        out
+    }
+
+    /// [`DecoderLayer::norms`], mutable.
+    pub fn norms_mut(&mut self) -> Vec<(&'static str, &mut RmsNorm<B>)> {
+        let mut out = vec![("input_layernorm.weight", &mut self.attn_norm)];
+        if let Some(n) = &mut self.attn.qk_norm {
+            out.push(("self_attn.q_norm.weight", &mut n.q));
+            out.push(("self_attn.k_norm.weight", &mut n.k));
+        }
+        out.push(("post_attention_layernorm.weight", &mut self.mlp_norm));
+        out
+    }
+
     /// The layer's linear projections, in the order of [`PROJECTIONS`].
     pub fn projections(&self) -> [&Linear<B>; 7] {
         let ([q, k, v, o], [g, u, d]) = (self.attn.projections(), self.mlp.projections());
@@ -221,7 +245,8 @@ impl<B: Backend> DecoderLayer<B> {
         let through_norm = need_input_grad || self.attn_norm.state.is_some();
         let dxn = if through_norm { Some(&mut g.dxn) } else { None };
         let a = &self.attn;
-        if a.wq.needs_input() || a.wk.needs_input() || a.wv.needs_input() {
+        // The query/key norm's backward recomputes the projections from the norm output.
+        if a.wq.needs_input() || a.wk.needs_input() || a.wv.needs_input() || a.qk_norm.is_some() {
             self.attn_norm.forward(be, x_in, &mut s.xn, &mut s.rstd, rows)?;
         }
         self.attn.backward(be, &s.xn, &acts.attn, dx, dxn, &mut g.attn, t, inv_freq)?;

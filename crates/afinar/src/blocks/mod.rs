@@ -10,7 +10,7 @@ mod linear;
 mod mlp;
 mod norm;
 
-pub use attention::{Attention, AttnActs, AttnGrads, HalfAttnActs, KvTarget, Tokens};
+pub use attention::{Attention, AttnActs, AttnGrads, HalfAttnActs, KvTarget, QkNorm, Tokens};
 pub use decoder::{DecoderLayer, HalfLayerActs, LayerActs, LayerGrads, LayerScratch, PROJECTIONS};
 pub use kv_cache::{KvCache, KvDtype, KvStore};
 pub use linear::{Linear, Lora, ParamState};

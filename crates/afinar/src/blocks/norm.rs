@@ -38,7 +38,33 @@ impl<B: Backend> RmsNorm<B> {
         dx: &mut B::Buf,
         rows: usize,
     ) -> Result<()> {
+        self.backward_into(be, [dout, x, rstd], dx, rows, true)
+    }
+
+    /// Writes the input gradient for `dout` into `dx` (overwriting it: for a norm off the
+    /// residual stream, like the query/key norm) and accumulates the gain's gradient when it is
+    /// trained.
+    pub fn backward(
+        &mut self,
+        be: &B,
+        dout: &B::Buf,
+        x: &B::Buf,
+        rstd: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+    ) -> Result<()> {
+        self.backward_into(be, [dout, x, rstd], dx, rows, false)
+    }
+
+    fn backward_into(
+        &mut self,
+        be: &B,
+        [dout, x, rstd]: [&B::Buf; 3],
+        dx: &mut B::Buf,
+        rows: usize,
+        add: bool,
+    ) -> Result<()> {
         let dw = self.state.as_mut().map(|s| &mut s.grad);
-        be.rmsnorm_backward(dout, x, &self.weight, rstd, dx, dw, rows, self.dim, true)
+        be.rmsnorm_backward(dout, x, &self.weight, rstd, dx, dw, rows, self.dim, add)
     }
 }

@@ -5,11 +5,14 @@ use std::path::Path;
 use afinar_engine::{rope_inv_freq, RopeScaling};
 use serde_json::Value;
 
+use super::family::Family;
 use crate::{Error, Result};
 
-/// Architecture hyper-parameters of a Llama-style decoder.
+/// Architecture hyper-parameters of a Llama-style decoder (of any supported [`Family`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// The model family: its architectural switches and names ([`Family`]).
+    pub family: Family,
     /// Vocabulary size (rows of the embedding).
     pub vocab_size: usize,
     /// Model width.
@@ -92,13 +95,14 @@ impl LlamaConfig {
     pub fn num_params(&self) -> usize {
         let attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads);
         let mlp = 3 * self.dim * self.ffn_dim;
-        let layer = attn + mlp + 2 * self.dim;
+        let qk_norm = if self.family.qk_norm() { 2 * self.head_dim } else { 0 };
+        let layer = attn + mlp + 2 * self.dim + qk_norm;
         let embed = self.vocab_size * self.dim;
         embed * if self.tie_embeddings { 1 } else { 2 } + self.n_layers * layer + self.dim
     }
 
-    /// Reads a Hugging Face `config.json` of a `llama` model (transformers 4.x `rope_theta` /
-    /// `rope_scaling` keys or 5.x `rope_parameters`).
+    /// Reads a Hugging Face `config.json` of a supported family (`model_type`; transformers 4.x
+    /// `rope_theta` / `rope_scaling` keys or 5.x `rope_parameters`).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         Self::from_hf_value(&read_json(path)?, path)
     }
@@ -110,15 +114,12 @@ impl LlamaConfig {
             key: key.into(),
             msg: msg.into(),
         };
-        let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("llama");
-        if model_type != "llama" {
-            return Err(err(
-                "model_type",
-                &format!(
-                    "unsupported architecture `{model_type}`; afinar supports `llama` (Llama-3.x, SmolLM2)"
-                ),
-            ));
-        }
+        let model_type = match json.get("model_type") {
+            None | Some(Value::Null) => "llama",
+            Some(v) => v.as_str().ok_or_else(|| err("model_type", "expected a string"))?,
+        };
+        let family = Family::from_hf_model_type(model_type, path)?;
+        let spec = family.spec();
         let usize_key = |key: &str| -> Result<usize> {
             json.get(key)
                 .and_then(Value::as_u64)
@@ -131,14 +132,15 @@ impl LlamaConfig {
             None | Some(Value::Null) => n_heads,
             Some(_) => usize_key("num_key_value_heads")?,
         };
-        let head_dim = match json.get("head_dim") {
-            None | Some(Value::Null) => {
+        let head_dim = match (json.get("head_dim"), spec.default_head_dim) {
+            (None | Some(Value::Null), Some(d)) => d,
+            (None | Some(Value::Null), None) => {
                 if n_heads == 0 || dim % n_heads != 0 {
                     return Err(err("hidden_size", "not divisible by num_attention_heads"));
                 }
                 dim / n_heads
             }
-            Some(_) => usize_key("head_dim")?,
+            (Some(_), _) => usize_key("head_dim")?,
         };
         // transformers 5 moved rope_theta and rope_scaling into rope_parameters.
         let rope_params = json.get("rope_parameters").filter(|v| v.is_object());
@@ -166,12 +168,21 @@ impl LlamaConfig {
                 None => None,
             },
         }
-        .unwrap_or(10_000.0);
-        let norm_eps = opt_f64(json, "rms_norm_eps", "rms_norm_eps")?.unwrap_or(1e-5);
+        .unwrap_or(spec.default_rope_theta);
+        let norm_eps = opt_f64(json, "rms_norm_eps", "rms_norm_eps")?.unwrap_or(spec.default_norm_eps);
         if norm_eps <= 0.0 {
             return Err(err("rms_norm_eps", &format!("expected a number > 0, got {norm_eps}")));
         }
         let tie_embeddings = opt_bool("tie_word_embeddings")?.unwrap_or(false);
+        // Switches afinar's decoder does not have: refuse rather than compute another model.
+        for key in ["attention_bias", "mlp_bias", "use_sliding_window"] {
+            if opt_bool(key)? == Some(true) {
+                return Err(err(
+                    key,
+                    &format!("`{key}: true` is not supported (afinar's decoder has no such variant)"),
+                ));
+            }
+        }
         let scaling_obj = json.get("rope_scaling").filter(|v| v.is_object()).or(rope_params);
         let rope_scaling = match scaling_obj {
             None => None,
@@ -203,6 +214,7 @@ impl LlamaConfig {
             }
         };
         let cfg = LlamaConfig {
+            family,
             vocab_size: usize_key("vocab_size")?,
             dim,
             n_layers: usize_key("num_hidden_layers")?,
@@ -222,12 +234,13 @@ impl LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// A Hugging Face `config.json` for this architecture (`LlamaForCausalLM`), as
-    /// `transformers` writes it.
+    /// A Hugging Face `config.json` for this architecture (`LlamaForCausalLM`,
+    /// `Qwen3ForCausalLM`, …), as `transformers` writes it.
     pub fn to_hf_json(&self, bos_id: Option<u32>, eos_id: Option<u32>, dtype: &str) -> Value {
+        let spec = self.family.spec();
         let mut v = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [spec.hf_architecture],
+            "model_type": spec.hf_model_type,
             "attention_bias": false,
             "attention_dropout": 0.0,
             "hidden_act": "silu",
@@ -246,6 +259,11 @@ impl LlamaConfig {
             "torch_dtype": dtype,
             "use_cache": true,
         });
+        if self.family == Family::Qwen3 {
+            v["use_sliding_window"] = false.into();
+            v["sliding_window"] = Value::Null;
+            v["max_window_layers"] = self.n_layers.into();
+        }
         if let Some(s) = self.rope_scaling {
             v["rope_scaling"] = serde_json::json!({
                 "rope_type": "llama3",
@@ -262,5 +280,87 @@ impl LlamaConfig {
             v["eos_token_id"] = e.into();
         }
         v
+    }
+}
+
+impl LlamaConfig {
+    /// Reads the architecture numbers of a GGUF file's metadata (`general.architecture` chooses
+    /// the family, whose `<arch>.*` keys are read); `path` names the file in errors. The head
+    /// size is `attention.key_length`, else `rope.dimension_count`, else `dim / heads`; tied
+    /// embeddings when the file has no `output.weight`.
+    pub fn from_gguf(file: &afinar_checkpoint::gguf::GgufFile, path: &Path) -> Result<Self> {
+        use afinar_checkpoint::gguf::MetaValue;
+        let err = |key: &str, msg: &str| Error::Config {
+            file: path.to_path_buf(),
+            key: key.into(),
+            msg: msg.into(),
+        };
+        let arch = file
+            .get("general.architecture")
+            .and_then(MetaValue::as_str)
+            .ok_or_else(|| err("general.architecture", "missing or not a string"))?;
+        let family = Family::from_gguf_arch(arch, path)?;
+        let spec = family.spec();
+        let int = |key: &str| -> Result<Option<usize>> {
+            match file.get(&format!("{arch}.{key}")) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|v| Some(v as usize))
+                    .ok_or_else(|| err(&format!("{arch}.{key}"), "not an integer")),
+            }
+        };
+        let required = |key: &str| -> Result<usize> {
+            int(key)?.ok_or_else(|| err(&format!("{arch}.{key}"), "missing"))
+        };
+        let float = |key: &str| -> Result<Option<f64>> {
+            match file.get(&format!("{arch}.{key}")) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| err(&format!("{arch}.{key}"), "not a finite number")),
+            }
+        };
+        let dim = required("embedding_length")?;
+        let n_heads = required("attention.head_count")?;
+        if n_heads == 0 {
+            return Err(err(&format!("{arch}.attention.head_count"), "must be positive"));
+        }
+        let n_kv_heads = int("attention.head_count_kv")?.unwrap_or(n_heads);
+        let head_dim = match int("attention.key_length")? {
+            Some(h) => h,
+            None => int("rope.dimension_count")?.unwrap_or(dim / n_heads),
+        };
+        let vocab_size = match int("vocab_size")? {
+            Some(v) => v,
+            None => file.tensor_info("token_embd.weight").and_then(|t| t.shape.first().copied()).unwrap_or(0),
+        };
+        if let Some(kind) = file.get(&format!("{arch}.rope.scaling.type")).and_then(MetaValue::as_str) {
+            if kind != "none" {
+                return Err(err(
+                    &format!("{arch}.rope.scaling.type"),
+                    &format!("RoPE scaling `{kind}` is not supported"),
+                ));
+            }
+        }
+        let config = LlamaConfig {
+            family,
+            vocab_size,
+            dim,
+            n_layers: required("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: required("feed_forward_length")?,
+            norm_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(spec.default_norm_eps) as f32,
+            rope_theta: float("rope.freq_base")?.unwrap_or(spec.default_rope_theta),
+            rope_scaling: None,
+            max_seq_len: required("context_length")?,
+            tie_embeddings: !file.contains("output.weight"),
+        };
+        config.validate(path)?;
+        Ok(config)
     }
 }

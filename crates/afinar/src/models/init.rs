@@ -1,10 +1,14 @@
 //! Random initialisation from a configuration alone (presets, benchmarks): weights from
 //! `N(0, 0.02²)` like transformers' `initializer_range`, norm gains 1.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::Path;
+
 use afinar_engine::{Backend, WeightFormat};
 
+use super::build::{build, WeightSource};
 use super::{Llama, LlamaConfig};
-use crate::blocks::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
 use crate::generate::Rng;
 use crate::Result;
 
@@ -40,6 +44,32 @@ fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
     out
 }
 
+/// Random initialisation as a [`WeightSource`]: every matrix drawn from `N(0, 0.02²)` in the
+/// order the builder asks for it (one draw of the seed per matrix), every norm gain 1.
+struct RandomSource {
+    rng: RefCell<Rng>,
+}
+
+impl WeightSource for RandomSource {
+    fn file(&self) -> &Path {
+        Path::new("(random initialisation)")
+    }
+    fn has(&self, _hf_name: &str) -> bool {
+        true
+    }
+    fn load(&self, _hf_name: &str, shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
+        let n = shape.iter().product();
+        let values = match shape.len() {
+            1 => vec![1.0; n],
+            _ => normal(&mut self.rng.borrow_mut(), n, 0.02),
+        };
+        Ok((shape.to_vec(), values))
+    }
+    fn unused(&self, _used: &BTreeSet<String>) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 impl<B: Backend> Llama<B> {
     /// A model with random weights (seeded), for benchmarks and tests.
     pub fn random(be: &B, config: LlamaConfig, seed: u64, format: WeightFormat) -> Result<Self> {
@@ -56,43 +86,9 @@ impl<B: Backend> Llama<B> {
         format: WeightFormat,
         projections: WeightFormat,
     ) -> Result<Self> {
-        config.validate(std::path::Path::new("(preset)"))?;
-        let c = &config;
-        let mut rng = Rng::new(seed);
-        let mut matrix = |rows: usize, cols: usize, format: WeightFormat| -> Result<Linear<B>> {
-            Ok(Linear::new(be, be.weight(&normal(&mut rng, rows * cols, 0.02), rows, cols, format)?))
-        };
-        let mut linear = |rows: usize, cols: usize| matrix(rows, cols, projections);
-        let norm = || -> Result<RmsNorm<B>> {
-            Ok(RmsNorm { weight: be.from_host(&vec![1.0; c.dim])?, dim: c.dim, eps: c.norm_eps, state: None })
-        };
-        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for _ in 0..c.n_layers {
-            layers.push(DecoderLayer {
-                attn_norm: norm()?,
-                attn: Attention {
-                    wq: linear(q, c.dim)?,
-                    wk: linear(kv, c.dim)?,
-                    wv: linear(kv, c.dim)?,
-                    wo: linear(c.dim, q)?,
-                    n_heads: c.n_heads,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: c.head_dim,
-                },
-                mlp_norm: norm()?,
-                mlp: Mlp {
-                    gate: linear(c.ffn_dim, c.dim)?,
-                    up: linear(c.ffn_dim, c.dim)?,
-                    down: linear(c.dim, c.ffn_dim)?,
-                    ffn_dim: c.ffn_dim,
-                },
-            });
-        }
-        let embed = matrix(c.vocab_size, c.dim, format)?.weight;
-        let output = if c.tie_embeddings { None } else { Some(matrix(c.vocab_size, c.dim, format)?) };
-        let norm = norm()?;
-        let inv_freq = c.inv_freq();
-        Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
+        config.validate(Path::new("(preset)"))?;
+        let inv_freq = config.inv_freq();
+        let src = RandomSource { rng: RefCell::new(Rng::new(seed)) };
+        build(be, config, inv_freq, &src, format, projections)
     }
 }

@@ -215,3 +215,76 @@ impl<B: Backend> Llama<B> {
         Ok(x)
     }
 }
+
+/// Where one of a model's tensors lives (see [`Llama::tensors`]).
+pub enum TensorRef<'a, B: Backend> {
+    /// A matrix (embedding or a linear layer, with its LoRA adapter if any).
+    Matrix(&'a B::Weight, &'a Linear<B>),
+    /// The token embedding (also the output projection when tied).
+    Embedding(&'a B::Weight),
+    /// A norm gain of this many values.
+    Norm(&'a B::Buf, usize),
+}
+
+/// One tensor of a model: Hugging Face name, shape, where it lives.
+pub struct ModelTensor<'a, B: Backend> {
+    /// Hugging Face name.
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Its storage.
+    pub source: TensorRef<'a, B>,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Every tensor of the model, in file order (the embedding; per layer its input norm, the
+    /// attention projections, the query/key norms when the family has them, the MLP norm and
+    /// projections; the final norm; the output projection when untied): what checkpoints and
+    /// GGUF exports hold, named once here.
+    pub fn tensors(&self) -> Vec<ModelTensor<'_, B>> {
+        let c = &self.config;
+        let mut out = vec![ModelTensor {
+            name: "model.embed_tokens.weight".into(),
+            shape: vec![c.vocab_size, c.dim],
+            source: TensorRef::Embedding(&self.embed),
+        }];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut norms: Vec<ModelTensor<'_, B>> = layer
+                .norms()
+                .into_iter()
+                .map(|(name, n)| ModelTensor {
+                    name: format!("model.layers.{i}.{name}"),
+                    shape: vec![n.dim],
+                    source: TensorRef::Norm(&n.weight, n.dim),
+                })
+                .collect();
+            let mut linears =
+                crate::blocks::PROJECTIONS.iter().zip(layer.projections()).map(|(name, l)| ModelTensor {
+                    name: format!("model.layers.{i}.{name}.weight"),
+                    shape: vec![l.out_features, l.in_features],
+                    source: TensorRef::Matrix(&l.weight, l),
+                });
+            // input_layernorm, q/k/v/o, [q_norm, k_norm], post_attention_layernorm, gate/up/down
+            let post = norms.pop().expect("a layer has norms");
+            let mut norms = norms.into_iter();
+            out.extend(norms.next());
+            out.extend(linears.by_ref().take(4));
+            out.extend(norms);
+            out.push(post);
+            out.extend(linears);
+        }
+        out.push(ModelTensor {
+            name: "model.norm.weight".into(),
+            shape: vec![c.dim],
+            source: TensorRef::Norm(&self.norm.weight, c.dim),
+        });
+        if let Some(o) = &self.output {
+            out.push(ModelTensor {
+                name: "lm_head.weight".into(),
+                shape: vec![o.out_features, o.in_features],
+                source: TensorRef::Matrix(&o.weight, o),
+            });
+        }
+        out
+    }
+}

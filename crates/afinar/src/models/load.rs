@@ -15,7 +15,6 @@
 //! that at load time (on f32 rows, or on whole rows of quantized blocks when
 //! [`LoadOptions::keep_quantized`] keeps a GGUF's Q8_0/Q4_0/Q4_1 matrices as they are).
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -27,9 +26,9 @@ use afinar_engine::{Backend, QuantFormat, WeightFormat};
 use afinar_formats::nf4;
 use afinar_tokenizer::{GgufTokenizerSpec, Tokenizer};
 
+use super::build::{build, QuantTensor, WeightSource};
 use super::config::read_json;
 use super::{Llama, LlamaConfig};
-use crate::blocks::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
 use crate::{Error, Result};
 
 /// How to load a model.
@@ -125,26 +124,6 @@ pub fn is_gguf(path: &Path) -> Result<bool> {
     }
 }
 
-/// A matrix kept in GGUF blocks: its shape, block layout and row-major bytes.
-type QuantTensor = (Vec<usize>, QuantFormat, Vec<u8>);
-
-/// A tensor getter that hides the checkpoint format and its naming scheme; names are Hugging
-/// Face's.
-trait WeightSource {
-    fn file(&self) -> &Path;
-    fn has(&self, hf_name: &str) -> bool;
-    /// The tensor as f32 with its row-major shape.
-    fn load(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
-    /// The matrix's raw blocks with its shape, when it is stored in a block format the engine
-    /// can keep ([`QuantFormat`]) and quantized weights were asked for (`keep_quantized`, or
-    /// `format`, the storage wanted for this matrix, is that block format); `None` otherwise.
-    fn load_quantized(&self, _hf_name: &str, _format: WeightFormat) -> Result<Option<QuantTensor>> {
-        Ok(None)
-    }
-    /// The file's tensors that none of the `used` (Hugging Face) names account for.
-    fn unused(&self, used: &BTreeSet<String>) -> Vec<String>;
-}
-
 /// Whether `name` is one of `used` or belongs to one (bitsandbytes keeps a 4-bit weight's
 /// quantization state in `NAME.absmax`, `NAME.quant_map`, …).
 fn accounted_for(name: &str, used: &BTreeSet<String>) -> bool {
@@ -177,7 +156,7 @@ impl WeightSource for HfSource {
     fn has(&self, name: &str) -> bool {
         self.ckpt.contains(name)
     }
-    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    fn load(&self, name: &str, _shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
         match read_bnb_4bit(&self.ckpt, name)? {
             Some(w) => Ok((w.state.shape.clone(), w.dequantize())),
             None => view_to_f32(self.ckpt.tensor(name)?),
@@ -227,56 +206,25 @@ fn nf4_buffer(w: &Bnb4bit<'_>) -> Option<Vec<u8>> {
 struct GgufSource {
     file: GgufFile,
     path: PathBuf,
-    n_heads: usize,
-    n_kv_heads: usize,
+    /// The model's configuration: its family names the tensors and says which rows are
+    /// permuted; its head counts, how.
+    config: LlamaConfig,
     keep_quantized: bool,
 }
 
 impl GgufSource {
     fn gguf_name(&self, name: &str) -> Result<String> {
-        gguf_name(name).ok_or_else(|| Error::Weights {
+        self.config.family.gguf_name(name).ok_or_else(|| Error::Weights {
             file: self.path.clone(),
             tensor: name.into(),
             msg: "no GGUF name for this tensor".into(),
         })
     }
 
-    /// Heads whose rows llama.cpp permuted (Q and K projections).
+    /// Heads whose rows llama.cpp permuted (Q and K projections of a family that permutes).
     fn permuted_heads(&self, name: &str) -> Option<usize> {
-        if name.ends_with("q_proj.weight") {
-            Some(self.n_heads)
-        } else if name.ends_with("k_proj.weight") {
-            Some(self.n_kv_heads)
-        } else {
-            None
-        }
+        self.config.family.gguf_permuted_heads(name, &self.config)
     }
-}
-
-/// Maps a Hugging Face Llama tensor name to its GGUF name.
-fn gguf_name(hf: &str) -> Option<String> {
-    Some(match hf {
-        "model.embed_tokens.weight" => "token_embd.weight".into(),
-        "model.norm.weight" => "output_norm.weight".into(),
-        "lm_head.weight" => "output.weight".into(),
-        _ => {
-            let rest = hf.strip_prefix("model.layers.")?;
-            let (layer, field) = rest.split_once('.')?;
-            let g = match field {
-                "self_attn.q_proj.weight" => "attn_q.weight",
-                "self_attn.k_proj.weight" => "attn_k.weight",
-                "self_attn.v_proj.weight" => "attn_v.weight",
-                "self_attn.o_proj.weight" => "attn_output.weight",
-                "mlp.gate_proj.weight" => "ffn_gate.weight",
-                "mlp.up_proj.weight" => "ffn_up.weight",
-                "mlp.down_proj.weight" => "ffn_down.weight",
-                "input_layernorm.weight" => "attn_norm.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                _ => return None,
-            };
-            format!("blk.{layer}.{g}")
-        }
-    })
 }
 
 impl WeightSource for GgufSource {
@@ -284,7 +232,7 @@ impl WeightSource for GgufSource {
         &self.path
     }
     fn unused(&self, used: &BTreeSet<String>) -> Vec<String> {
-        let used: BTreeSet<String> = used.iter().filter_map(|n| gguf_name(n)).collect();
+        let used: BTreeSet<String> = used.iter().filter_map(|n| self.config.family.gguf_name(n)).collect();
         self.file
             .tensor_names()
             .into_iter()
@@ -294,9 +242,9 @@ impl WeightSource for GgufSource {
             .collect()
     }
     fn has(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.file.tensor_names().contains(&g.as_str()))
+        self.config.family.gguf_name(name).is_some_and(|g| self.file.contains(&g))
     }
-    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    fn load(&self, name: &str, _shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
         let g = self.gguf_name(name)?;
         let (shape, mut data) = view_to_f32(self.file.tensor(&g)?)?;
         if let Some(heads) = self.permuted_heads(name) {
@@ -399,130 +347,6 @@ pub(crate) fn reorder_rope_rows<T: Copy + Default>(
     Ok(out)
 }
 
-/// Builds every block of the model from `src`, checking each tensor's shape.
-fn build<B: Backend>(
-    be: &B,
-    config: LlamaConfig,
-    inv_freq: Vec<f32>,
-    src: &dyn WeightSource,
-    opts: &LoadOptions,
-) -> Result<Llama<B>> {
-    let (format, proj_format) = (opts.format, opts.projections.unwrap_or(opts.format));
-    let c = &config;
-    let used = RefCell::new(BTreeSet::new());
-    let load_checked = |name: &str, expect: &[usize]| -> Result<Vec<f32>> {
-        used.borrow_mut().insert(name.to_string());
-        if !src.has(name) {
-            return Err(Error::Weights {
-                file: src.file().to_path_buf(),
-                tensor: name.into(),
-                msg: "missing from the checkpoint".into(),
-            });
-        }
-        let (shape, data) = src.load(name)?;
-        if shape != expect {
-            return Err(Error::Weights {
-                file: src.file().to_path_buf(),
-                tensor: name.into(),
-                msg: format!("shape {shape:?}, the config needs {expect:?}"),
-            });
-        }
-        Ok(data)
-    };
-    let weight = |name: &str, rows: usize, cols: usize, format: WeightFormat| -> Result<B::Weight> {
-        used.borrow_mut().insert(name.to_string());
-        if src.has(name) {
-            if let Some((shape, q, blocks)) = src.load_quantized(name, format)? {
-                if shape != [rows, cols] {
-                    return Err(Error::Weights {
-                        file: src.file().to_path_buf(),
-                        tensor: name.into(),
-                        msg: format!("shape {shape:?}, the config needs {:?}", [rows, cols]),
-                    });
-                }
-                return Ok(be.weight_quantized(&blocks, q, rows, cols)?);
-            }
-        }
-        if let WeightFormat::Quant(q) = format {
-            if q.matrix_bytes(rows, cols).is_none() {
-                return Err(Error::Weights {
-                    file: src.file().to_path_buf(),
-                    tensor: name.into(),
-                    msg: format!(
-                        "[{rows}, {cols}] cannot be stored as {}: its rows need a multiple of {} values",
-                        q.name(),
-                        q.block_len()
-                    ),
-                });
-            }
-        }
-        let data = load_checked(name, &[rows, cols])?;
-        Ok(be.weight(&data, rows, cols, format)?)
-    };
-    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Linear<B>> {
-        Ok(Linear::new(be, weight(name, rows, cols, proj_format)?))
-    };
-    let norm = |name: &str| -> Result<RmsNorm<B>> {
-        let data = load_checked(name, &[c.dim])?;
-        Ok(RmsNorm { weight: be.from_host(&data)?, dim: c.dim, eps: c.norm_eps, state: None })
-    };
-    let (q_rows, kv_rows) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for l in 0..c.n_layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        layers.push(DecoderLayer {
-            attn_norm: norm(&p("input_layernorm.weight"))?,
-            attn: Attention {
-                wq: matrix(&p("self_attn.q_proj.weight"), q_rows, c.dim)?,
-                wk: matrix(&p("self_attn.k_proj.weight"), kv_rows, c.dim)?,
-                wv: matrix(&p("self_attn.v_proj.weight"), kv_rows, c.dim)?,
-                wo: matrix(&p("self_attn.o_proj.weight"), c.dim, q_rows)?,
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-            },
-            mlp_norm: norm(&p("post_attention_layernorm.weight"))?,
-            mlp: Mlp {
-                gate: matrix(&p("mlp.gate_proj.weight"), c.ffn_dim, c.dim)?,
-                up: matrix(&p("mlp.up_proj.weight"), c.ffn_dim, c.dim)?,
-                down: matrix(&p("mlp.down_proj.weight"), c.dim, c.ffn_dim)?,
-                ffn_dim: c.ffn_dim,
-            },
-        });
-    }
-    let embed = weight("model.embed_tokens.weight", c.vocab_size, c.dim, format)?;
-    let output = if c.tie_embeddings {
-        None
-    } else {
-        Some(Linear::new(be, weight("lm_head.weight", c.vocab_size, c.dim, format)?))
-    };
-    let norm = norm("model.norm.weight")?;
-    let mut used = used.into_inner();
-    if c.tie_embeddings {
-        // Tied checkpoints may still carry a copy of the embedding as lm_head (transformers
-        // ignores it too).
-        used.insert("lm_head.weight".into());
-    }
-    let unused = src.unused(&used);
-    if !unused.is_empty() {
-        const SHOWN: usize = 6;
-        let more =
-            if unused.len() > SHOWN { format!(", … ({} in all)", unused.len()) } else { String::new() };
-        return Err(Error::Weights {
-            file: src.file().to_path_buf(),
-            tensor: unused[..unused.len().min(SHOWN)].join("`, `") + &more,
-            msg: format!(
-                "not used by a model of the configured shape ({} layers, vocab {}, {}): the config \
-                 and the weights disagree; fix the config (e.g. num_hidden_layers) or the checkpoint",
-                c.n_layers,
-                c.vocab_size,
-                if c.tie_embeddings { "tied embeddings" } else { "separate lm_head" }
-            ),
-        });
-    }
-    Ok(Llama::from_parts(config, embed, layers, norm, output, inv_freq))
-}
-
 fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<LoadedModel<B>> {
     let dir = if path.is_dir() {
         path.to_path_buf()
@@ -550,7 +374,7 @@ fn load_hf<B: Backend>(be: &B, path: &Path, opts: &LoadOptions) -> Result<Loaded
     }
     let inv_freq = config.inv_freq();
     let src = HfSource { ckpt, path: path.to_path_buf(), keep_quantized: opts.keep_quantized };
-    let model = build(be, config, inv_freq, &src, opts)?;
+    let model = build(be, config, inv_freq, &src, opts.format, opts.projections.unwrap_or(opts.format))?;
     let tok_path = dir.join("tokenizer.json");
     let hf_folder = Some(HfFolder { dir: dir.clone(), config_json });
     let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
@@ -591,73 +415,8 @@ fn load_gguf<B: Backend>(
     keep_quantized: bool,
 ) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
-    let arch = file
-        .get("general.architecture")
-        .and_then(MetaValue::as_str)
-        .ok_or_else(|| meta_err(path, "general.architecture", "missing"))?
-        .to_string();
-    if arch != "llama" {
-        return Err(meta_err(
-            path,
-            "general.architecture",
-            &format!("unsupported architecture `{arch}`; afinar supports `llama` (Llama-3.x, SmolLM2)"),
-        ));
-    }
-    let int = |key: &str| -> Result<Option<usize>> {
-        match file.get(&format!("{arch}.{key}")) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|v| Some(v as usize))
-                .ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "not an integer")),
-        }
-    };
-    let required = |key: &str| -> Result<usize> {
-        int(key)?.ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "missing"))
-    };
-    let float = |key: &str| -> Result<Option<f64>> {
-        match file.get(&format!("{arch}.{key}")) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Some)
-                .ok_or_else(|| meta_err(path, &format!("{arch}.{key}"), "not a finite number")),
-        }
-    };
-    let dim = required("embedding_length")?;
-    let n_heads = required("attention.head_count")?;
-    let n_kv_heads = int("attention.head_count_kv")?.unwrap_or(n_heads);
-    if n_heads == 0 {
-        return Err(meta_err(path, &format!("{arch}.attention.head_count"), "must be positive"));
-    }
+    let config = LlamaConfig::from_gguf(&file, path)?;
     let names = file.tensor_names();
-    let embed_rows = file.tensor("token_embd.weight")?.shape.first().copied().unwrap_or(0);
-    let vocab_size = int("vocab_size")?.unwrap_or(embed_rows);
-    let config = LlamaConfig {
-        vocab_size,
-        dim,
-        n_layers: required("block_count")?,
-        n_heads,
-        n_kv_heads,
-        head_dim: int("rope.dimension_count")?.unwrap_or(dim / n_heads),
-        ffn_dim: required("feed_forward_length")?,
-        norm_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
-        rope_theta: float("rope.freq_base")?.unwrap_or(10_000.0),
-        rope_scaling: None,
-        max_seq_len: required("context_length")?,
-        tie_embeddings: !names.contains(&"output.weight"),
-    };
-    config.validate(path)?;
-    if let Some(kind) = file.get(&format!("{arch}.rope.scaling.type")).and_then(MetaValue::as_str) {
-        if kind != "none" {
-            return Err(meta_err(
-                path,
-                &format!("{arch}.rope.scaling.type"),
-                &format!("RoPE scaling `{kind}` is not supported"),
-            ));
-        }
-    }
     // llama.cpp stores Llama-3.1 RoPE scaling as per-frequency divisors in `rope_freqs.weight`.
     let mut inv_freq = config.inv_freq();
     if names.contains(&"rope_freqs.weight") {
@@ -674,14 +433,8 @@ fn load_gguf<B: Backend>(
         }
     }
     let tokenizer = gguf_tokenizer(&file, path)?;
-    let src = GgufSource {
-        file,
-        path: path.to_path_buf(),
-        n_heads: config.n_heads,
-        n_kv_heads: config.n_kv_heads,
-        keep_quantized,
-    };
-    let model = build(be, config, inv_freq, &src, opts)?;
+    let src = GgufSource { file, path: path.to_path_buf(), config: config.clone(), keep_quantized };
+    let model = build(be, config, inv_freq, &src, opts.format, opts.projections.unwrap_or(opts.format))?;
     Ok(LoadedModel { model, tokenizer, source: path.to_path_buf(), hf_folder: None })
 }
 

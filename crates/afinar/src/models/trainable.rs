@@ -4,8 +4,8 @@
 
 use afinar_engine::{Backend, Products};
 
-use super::Llama;
-use crate::blocks::{DecoderLayer, Linear, Lora, ParamState, PROJECTIONS};
+use super::{Llama, TensorRef};
+use crate::blocks::{DecoderLayer, Linear, Lora, ParamState, RmsNorm, PROJECTIONS};
 use crate::generate::Rng;
 use crate::{Error, Result};
 
@@ -118,8 +118,8 @@ impl<B: Backend> Llama<B> {
             for l in layer.projections_mut() {
                 trainable(be, l)?;
             }
-            for n in [&mut layer.attn_norm, &mut layer.mlp_norm] {
-                n.state = Some(ParamState::new(be, c.dim)?);
+            for (_, n) in layer.norms_mut() {
+                n.state = Some(ParamState::new(be, n.dim)?);
             }
         }
         self.norm.state = Some(ParamState::new(be, c.dim)?);
@@ -319,58 +319,38 @@ impl<B: Backend> Llama<B> {
     /// backend when its `fetch` runs; with `merged`, every LoRA adapter is folded into its base
     /// weight then (`W + scale · B A`), leaving the model itself unchanged. Sorted by name.
     pub fn lazy_state_tensors<'a>(&'a self, be: &'a B, merged: bool) -> Vec<LazyTensor<'a>> {
-        let c = &self.config;
-        let buf = |buf: &'a B::Buf, n: usize| -> Box<afinar_checkpoint::write::Fetch<'a>> {
-            Box::new(move || host(be, buf, n).map_err(|e| e.to_string()))
-        };
-        let embed = &self.embed;
-        let mut out = vec![LazyTensor {
-            name: "model.embed_tokens.weight".to_string(),
-            shape: vec![c.vocab_size, c.dim],
-            fetch: Box::new(move || be.weight_to_host(embed).map_err(|e| e.to_string())),
-        }];
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push(LazyTensor {
-                name: format!("{p}.input_layernorm.weight"),
-                shape: vec![c.dim],
-                fetch: buf(&layer.attn_norm.weight, c.dim),
-            });
-            out.push(LazyTensor {
-                name: format!("{p}.post_attention_layernorm.weight"),
-                shape: vec![c.dim],
-                fetch: buf(&layer.mlp_norm.weight, c.dim),
-            });
-        }
-        for (name, l) in self.linears() {
-            out.push(LazyTensor {
-                name: format!("{name}.weight"),
-                shape: vec![l.out_features, l.in_features],
-                fetch: Box::new(move || {
-                    let mut w = be.weight_to_host(&l.weight).map_err(|e| e.to_string())?;
-                    if let (true, Some(lora)) = (merged, &l.lora) {
-                        let (o, i) = (l.out_features, l.in_features);
-                        let delta = (|| -> Result<Vec<f32>> {
-                            let mut delta = be.zeros(o * i)?;
-                            be.matmul(
-                                &lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale, 0.0,
-                            )?;
-                            Ok(be.to_host(&delta)?)
-                        })()
-                        .map_err(|e| e.to_string())?;
-                        for (w, d) in w.iter_mut().zip(&delta) {
-                            *w += d;
-                        }
+        let mut out: Vec<LazyTensor<'a>> = self
+            .tensors()
+            .into_iter()
+            .map(|t| {
+                let fetch: Box<afinar_checkpoint::write::Fetch<'a>> = match t.source {
+                    TensorRef::Norm(buf, n) => Box::new(move || host(be, buf, n).map_err(|e| e.to_string())),
+                    TensorRef::Embedding(w) => {
+                        Box::new(move || be.weight_to_host(w).map_err(|e| e.to_string()))
                     }
-                    Ok(w)
-                }),
-            });
-        }
-        out.push(LazyTensor {
-            name: "model.norm.weight".into(),
-            shape: vec![c.dim],
-            fetch: buf(&self.norm.weight, c.dim),
-        });
+                    TensorRef::Matrix(_, l) => Box::new(move || {
+                        let mut w = be.weight_to_host(&l.weight).map_err(|e| e.to_string())?;
+                        if let (true, Some(lora)) = (merged, &l.lora) {
+                            let (o, i) = (l.out_features, l.in_features);
+                            let delta = (|| -> Result<Vec<f32>> {
+                                let mut delta = be.zeros(o * i)?;
+                                be.matmul(
+                                    &lora.b, false, &lora.a, false, &mut delta, o, i, lora.rank, lora.scale,
+                                    0.0,
+                                )?;
+                                Ok(be.to_host(&delta)?)
+                            })()
+                            .map_err(|e| e.to_string())?;
+                            for (w, d) in w.iter_mut().zip(&delta) {
+                                *w += d;
+                            }
+                        }
+                        Ok(w)
+                    }),
+                };
+                LazyTensor { name: t.name, shape: t.shape, fetch }
+            })
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -444,15 +424,22 @@ pub(crate) fn visit_layer_params_mut<B: Backend>(
     f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>,
 ) -> Result<()> {
     let p = format!("model.layers.{i}");
-    if let Some(s) = &mut layer.attn_norm.state {
-        f(&format!("{p}.input_layernorm.weight"), ParamMut::Buf(&mut layer.attn_norm.weight, s))?;
-    }
+    let norm =
+        |name: &str, n: &mut RmsNorm<B>, f: &mut dyn FnMut(&str, ParamMut<'_, B>) -> Result<()>| match &mut n
+            .state
+        {
+            Some(s) => f(&format!("{p}.{name}"), ParamMut::Buf(&mut n.weight, s)),
+            None => Ok(()),
+        };
+    norm("input_layernorm.weight", &mut layer.attn_norm, f)?;
     for (name, l) in PROJECTIONS[..4].iter().zip(layer.attn.projections_mut()) {
         visit_linear_params_mut(&format!("{p}.{name}"), l, f)?;
     }
-    if let Some(s) = &mut layer.mlp_norm.state {
-        f(&format!("{p}.post_attention_layernorm.weight"), ParamMut::Buf(&mut layer.mlp_norm.weight, s))?;
+    if let Some(qk) = &mut layer.attn.qk_norm {
+        norm("self_attn.q_norm.weight", &mut qk.q, f)?;
+        norm("self_attn.k_norm.weight", &mut qk.k, f)?;
     }
+    norm("post_attention_layernorm.weight", &mut layer.mlp_norm, f)?;
     for (name, l) in PROJECTIONS[4..].iter().zip(layer.mlp.projections_mut()) {
         visit_linear_params_mut(&format!("{p}.{name}"), l, f)?;
     }

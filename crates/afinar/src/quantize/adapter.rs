@@ -37,26 +37,18 @@ impl Default for AdapterExportOptions {
 }
 
 /// The GGUF base name, the `[out, in]` shape the base config gives the module, and the heads
-/// whose rows llama.cpp permutes.
+/// whose rows llama.cpp permutes: a linear projection of the base model (the family's name
+/// table), `None` for anything else.
 fn module_info(module: &str, c: &LlamaConfig) -> Option<(String, [usize; 2], Option<usize>)> {
-    if module == "lm_head" {
-        return Some(("output.weight".into(), [c.vocab_size, c.dim], None));
+    let hf = format!("{module}.weight");
+    let (shape, gguf) = c.tensor(&hf)?;
+    let is_linear = module == "lm_head" || crate::blocks::PROJECTIONS.iter().any(|p| module.ends_with(p));
+    match shape[..] {
+        [rows, cols] if is_linear && hf != "model.embed_tokens.weight" => {
+            Some((gguf, [rows, cols], c.family.gguf_permuted_heads(&hf, c)))
+        }
+        _ => None,
     }
-    let rest = module.strip_prefix("model.layers.")?;
-    let (layer, field) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok().filter(|&l| l < c.n_layers)?;
-    let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let (g, shape, heads) = match field {
-        "self_attn.q_proj" => ("attn_q", [q, c.dim], Some(c.n_heads)),
-        "self_attn.k_proj" => ("attn_k", [kv, c.dim], Some(c.n_kv_heads)),
-        "self_attn.v_proj" => ("attn_v", [kv, c.dim], None),
-        "self_attn.o_proj" => ("attn_output", [c.dim, q], None),
-        "mlp.gate_proj" => ("ffn_gate", [c.ffn_dim, c.dim], None),
-        "mlp.up_proj" => ("ffn_up", [c.ffn_dim, c.dim], None),
-        "mlp.down_proj" => ("ffn_down", [c.dim, c.ffn_dim], None),
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{g}.weight"), shape, heads))
 }
 
 /// Writes the PEFT adapter in `adapter_dir` (`adapter_config.json` + `adapter_model.safetensors`)
@@ -118,7 +110,7 @@ pub fn export_lora_adapter(
     }
     let alpha = if cfg.use_rslora { cfg.lora_alpha * (cfg.r as f64).sqrt() } else { cfg.lora_alpha };
     let mut meta = vec![
-        ("general.architecture".to_string(), MetaValue::Str("llama".into())),
+        ("general.architecture".to_string(), MetaValue::Str(base.family.spec().gguf_arch.into())),
         ("general.type".to_string(), MetaValue::Str("adapter".into())),
         ("adapter.type".to_string(), MetaValue::Str("lora".into())),
         ("adapter.lora.alpha".to_string(), MetaValue::F32(alpha as f32)),
@@ -161,54 +153,15 @@ pub fn export_lora_adapter(
 }
 
 /// The architecture numbers of a base model without loading its weights: a Hugging Face
-/// folder's (or safetensors file's) `config.json`, or a GGUF file's `llama.*` metadata.
+/// folder's (or safetensors file's) `config.json`, or a GGUF file's metadata.
 pub fn base_config(path: &Path) -> Result<LlamaConfig> {
     if !path.exists() {
         return Err(Error::Input(format!("{}: no such file or folder", path.display())));
     }
-    let mut magic = [0u8; 4];
-    let is_gguf = path.is_file()
-        && std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
-        && &magic == b"GGUF";
-    if !is_gguf {
+    if !crate::models::is_gguf(path)? {
         let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
         return LlamaConfig::from_hf_json(&dir.join("config.json"));
     }
     let file = afinar_checkpoint::gguf::GgufFile::open(path)?;
-    let arch = file.require_str("general.architecture")?;
-    if arch != "llama" {
-        return Err(Error::Config {
-            file: path.to_path_buf(),
-            key: "general.architecture".into(),
-            msg: format!("unsupported architecture `{arch}`; afinar supports `llama` (Llama-3.x, SmolLM2)"),
-        });
-    }
-    let int = |k: &str| file.require_u64(&format!("llama.{k}")).map(|v| v as usize);
-    let dim = int("embedding_length")?;
-    let n_heads = int("attention.head_count")?;
-    let n_kv_heads =
-        file.get("llama.attention.head_count_kv").and_then(MetaValue::as_u64).map_or(n_heads, |v| v as usize);
-    let vocab_size = match file.get("llama.vocab_size").and_then(MetaValue::as_u64) {
-        Some(v) => v as usize,
-        None => file.tensor_info("token_embd.weight").map_or(0, |t| t.shape[0]),
-    };
-    let config = LlamaConfig {
-        vocab_size,
-        dim,
-        n_layers: int("block_count")?,
-        n_heads,
-        n_kv_heads,
-        head_dim: file
-            .get("llama.rope.dimension_count")
-            .and_then(MetaValue::as_u64)
-            .map_or(dim / n_heads.max(1), |v| v as usize),
-        ffn_dim: int("feed_forward_length")?,
-        norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_seq_len: int("context_length")?,
-        tie_embeddings: !file.contains("output.weight"),
-    };
-    config.validate(path)?;
-    Ok(config)
+    LlamaConfig::from_gguf(&file, path)
 }

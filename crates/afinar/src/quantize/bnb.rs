@@ -22,8 +22,7 @@ use afinar_formats::{float, nf4};
 use serde_json::{json, Value};
 
 use super::export::{ExportSummary, Progress};
-use crate::blocks::PROJECTIONS;
-use crate::models::{LlamaConfig, LoadedModel};
+use crate::models::{LlamaConfig, LoadedModel, TensorRef};
 use crate::{Error, Result};
 
 /// transformers' default largest shard (5.x `save_pretrained`): one file for any Llama-3.
@@ -233,27 +232,19 @@ pub fn export_bnb_nf4<B: Backend>(
         Weight(&'a B::Weight, bool),
         Norm(&'a B::Buf),
     }
-    let mut plan: Vec<(String, Vec<usize>, Src<'_, B>)> = vec![(
-        "model.embed_tokens.weight".into(),
-        vec![c.vocab_size, c.dim],
-        Src::Weight(&model.embed, false),
-    )];
-    for (l, layer) in model.layers.iter().enumerate() {
-        let p = |s: &str| format!("model.layers.{l}.{s}.weight");
-        plan.push((p("input_layernorm"), vec![c.dim], Src::Norm(&layer.attn_norm.weight)));
-        for (name, lin) in PROJECTIONS.iter().zip(layer.projections()) {
-            plan.push((p(name), vec![lin.out_features, lin.in_features], Src::Weight(&lin.weight, true)));
-        }
-        plan.push((p("post_attention_layernorm"), vec![c.dim], Src::Norm(&layer.mlp_norm.weight)));
-    }
-    plan.push(("model.norm.weight".into(), vec![c.dim], Src::Norm(&model.norm.weight)));
-    if let Some(o) = &model.output {
-        plan.push((
-            "lm_head.weight".into(),
-            vec![o.out_features, o.in_features],
-            Src::Weight(&o.weight, false),
-        ));
-    }
+    let plan: Vec<(String, Vec<usize>, Src<'_, B>)> = model
+        .tensors()
+        .into_iter()
+        .map(|t| {
+            let src = match t.source {
+                TensorRef::Embedding(w) => Src::Weight(w, false),
+                // The output projection keeps the embedding's type, like the embedding.
+                TensorRef::Matrix(w, _) => Src::Weight(w, t.name != "lm_head.weight"),
+                TensorRef::Norm(b, _) => Src::Norm(b),
+            };
+            (t.name, t.shape, src)
+        })
+        .collect();
 
     let total = plan.len();
     let mut outs = Vec::with_capacity(total);

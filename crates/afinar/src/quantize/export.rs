@@ -11,7 +11,7 @@ use afinar_engine::{rope_inv_freq, Backend};
 use afinar_tokenizer::Tokenizer;
 
 use super::{tensor_dtype, Scheme, TensorRole};
-use crate::models::{Llama, LoadedModel};
+use crate::models::{Llama, LoadedModel, TensorRef};
 use crate::{Error, Result};
 
 /// Settings of [`export_gguf`].
@@ -193,7 +193,8 @@ fn tokenizer_metadata(tok: &Tokenizer, vocab_size: usize) -> Result<Vec<(String,
 }
 
 /// Writes `loaded` as a GGUF file at `out` (atomically), its matrices encoded as `opts.scheme`
-/// says (see [`super`] for the per-tensor types), with llama.cpp's Llama metadata and, when the
+/// says (see [`super`] for the per-tensor types), with llama.cpp's metadata of the model's
+/// family (`llama.*`, `qwen3.*`) and, when the
 /// model has one, its tokenizer and chat template. `progress` is called before each tensor.
 ///
 /// The weights are read back from the backend one tensor at a time, converted and written
@@ -238,8 +239,10 @@ pub fn export_gguf<B: Backend>(
         .collect();
 
     let u32v = |v: usize| MetaValue::U32(v as u32);
+    let arch = c.family.spec().gguf_arch;
+    let key = |k: &str| format!("{arch}.{k}");
     let mut meta: Vec<(String, MetaValue)> = vec![
-        ("general.architecture".into(), MetaValue::Str("llama".into())),
+        ("general.architecture".into(), MetaValue::Str(arch.into())),
         ("general.type".into(), MetaValue::Str("model".into())),
     ];
     for (k, v) in source_meta.iter().filter(|(k, _)| k.starts_with("general.")) {
@@ -252,20 +255,20 @@ pub fn export_gguf<B: Backend>(
         meta.push(("general.name".into(), MetaValue::Str(name.clone())));
     }
     meta.extend([
-        ("llama.vocab_size".into(), u32v(c.vocab_size)),
-        ("llama.context_length".into(), u32v(c.max_seq_len)),
-        ("llama.embedding_length".into(), u32v(c.dim)),
-        ("llama.block_count".into(), u32v(c.n_layers)),
-        ("llama.feed_forward_length".into(), u32v(c.ffn_dim)),
-        ("llama.rope.dimension_count".into(), u32v(c.head_dim)),
-        ("llama.attention.head_count".into(), u32v(c.n_heads)),
-        ("llama.attention.head_count_kv".into(), u32v(c.n_kv_heads)),
-        ("llama.rope.freq_base".into(), MetaValue::F32(c.rope_theta as f32)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), MetaValue::F32(c.norm_eps)),
+        (key("vocab_size"), u32v(c.vocab_size)),
+        (key("context_length"), u32v(c.max_seq_len)),
+        (key("embedding_length"), u32v(c.dim)),
+        (key("block_count"), u32v(c.n_layers)),
+        (key("feed_forward_length"), u32v(c.ffn_dim)),
+        (key("rope.dimension_count"), u32v(c.head_dim)),
+        (key("attention.head_count"), u32v(c.n_heads)),
+        (key("attention.head_count_kv"), u32v(c.n_kv_heads)),
+        (key("rope.freq_base"), MetaValue::F32(c.rope_theta as f32)),
+        (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
     ]);
     if c.head_dim * c.n_heads != c.dim {
-        meta.push(("llama.attention.key_length".into(), u32v(c.head_dim)));
-        meta.push(("llama.attention.value_length".into(), u32v(c.head_dim)));
+        meta.push((key("attention.key_length"), u32v(c.head_dim)));
+        meta.push((key("attention.value_length"), u32v(c.head_dim)));
     }
     meta.push(("general.file_type".into(), MetaValue::U32(opts.scheme.file_type())));
     if let Some(tok) = tok {
@@ -339,44 +342,20 @@ fn tensor_items<'a, B: Backend>(model: &'a Llama<B>) -> Result<Vec<Item<'a, B>>>
             permute_heads: None,
         });
     }
-    items.push(Item {
-        spec: spec("token_embd.weight".into(), vec![c.vocab_size, c.dim]),
-        source: Source::Weight(&model.embed),
-        permute_heads: None,
-    });
-    for (l, layer) in model.layers.iter().enumerate() {
-        let name = |s: &str| format!("blk.{l}.{s}.weight");
-        let norm = |s: &str, buf: &'a B::Buf| Item {
-            spec: spec(name(s), vec![c.dim]),
-            source: Source::Buf(buf, c.dim),
-            permute_heads: None,
+    for t in model.tensors() {
+        let name = c.family.gguf_name(&t.name).ok_or_else(|| {
+            Error::Input(format!(
+                "{}: no GGUF name for this tensor in a `{}` model",
+                t.name,
+                c.family.spec().name
+            ))
+        })?;
+        let permute_heads = c.family.gguf_permuted_heads(&t.name, c);
+        let source = match t.source {
+            TensorRef::Embedding(w) | TensorRef::Matrix(w, _) => Source::Weight(w),
+            TensorRef::Norm(b, n) => Source::Buf(b, n),
         };
-        let matrix = |s: &str, lin: &'a crate::blocks::Linear<B>, heads: Option<usize>| Item {
-            spec: spec(name(s), vec![lin.out_features, lin.in_features]),
-            source: Source::Weight(&lin.weight),
-            permute_heads: heads,
-        };
-        items.push(norm("attn_norm", &layer.attn_norm.weight));
-        items.push(matrix("attn_q", &layer.attn.wq, Some(c.n_heads)));
-        items.push(matrix("attn_k", &layer.attn.wk, Some(c.n_kv_heads)));
-        items.push(matrix("attn_v", &layer.attn.wv, None));
-        items.push(matrix("attn_output", &layer.attn.wo, None));
-        items.push(norm("ffn_norm", &layer.mlp_norm.weight));
-        items.push(matrix("ffn_gate", &layer.mlp.gate, None));
-        items.push(matrix("ffn_up", &layer.mlp.up, None));
-        items.push(matrix("ffn_down", &layer.mlp.down, None));
-    }
-    items.push(Item {
-        spec: spec("output_norm.weight".into(), vec![c.dim]),
-        source: Source::Buf(&model.norm.weight, c.dim),
-        permute_heads: None,
-    });
-    if let Some(out) = &model.output {
-        items.push(Item {
-            spec: spec("output.weight".into(), vec![out.out_features, out.in_features]),
-            source: Source::Weight(&out.weight),
-            permute_heads: None,
-        });
+        items.push(Item { spec: spec(name, t.shape), source, permute_heads });
     }
     Ok(items)
 }
