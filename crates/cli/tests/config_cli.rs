@@ -54,7 +54,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const ALL: [&str; 25] = [
+const ALL: [&str; 26] = [
     "smollm2_135m_lora",
     "smollm2_135m_qlora",
     "smollm2_135m_full",
@@ -80,6 +80,7 @@ const ALL: [&str; 25] = [
     "llama3_1_8b_dpo_qlora",
     "smollm2_360m_to_135m_kd_lora",
     "llama3_1_8b_to_3_2_1b_kd_lora",
+    "smollm2_135m_grpo_lora",
 ];
 
 #[test]
@@ -104,6 +105,8 @@ fn ls_lists_every_config_by_recipe() {
         };
         let want = if config.contains("_dpo_") {
             "dpo"
+        } else if config.contains("_grpo_") {
+            "grpo"
         } else if config.ends_with("_full") {
             "full_finetune"
         } else if config.contains("_kd_") {
@@ -248,7 +251,7 @@ fn run_checks_the_recipe_before_anything_else() {
     assert_fails_with(
         &afinar(&["run", "lora_fintune", "--config", "smollm2_135m_lora"]),
         "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune, dpo, \
-         knowledge_distillation)",
+         knowledge_distillation, grpo)",
     );
     assert_fails_with(
         &afinar(&["run", "lora_finetune", "--config", "smollm2_135m_lora", &model, &data, "epochs=0"]),
