@@ -96,6 +96,9 @@ pub fn row_seed(seed: u64, step: u64, prompt: u64, row: u64) -> u64 {
     h
 }
 
+/// Turns a completion's token ids into text (for stop strings and [`Completion::text`]).
+pub type Detokenizer<'a> = &'a dyn Fn(&[u32]) -> Result<String>;
+
 /// Samples `opts.seeds.len()` completions of `prompt` (see the module doc). `detok` turns a
 /// completion's ids into text; it is needed (and only called) when there are stop strings or
 /// texts are wanted (`want_text`).
@@ -104,7 +107,7 @@ pub fn generate_group<B: Backend>(
     model: &Llama<B>,
     prompt: &[u32],
     opts: &GroupOptions,
-    detok: Option<&dyn Fn(&[u32]) -> Result<String>>,
+    detok: Option<Detokenizer<'_>>,
     want_text: bool,
 ) -> Result<(Vec<Completion>, GroupStats)> {
     let n = opts.seeds.len();

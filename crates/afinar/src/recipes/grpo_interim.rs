@@ -194,6 +194,9 @@ pub enum Reward {
     Command(CommandReward),
 }
 
+/// Each completion's weighted reward, and every reward's own values (named).
+pub type ScoredBatch = (Vec<f64>, Vec<(&'static str, Vec<f64>)>);
+
 /// The weighted rewards of a run.
 #[derive(Debug, Clone)]
 pub struct RewardSet {
@@ -232,11 +235,7 @@ fn field_number(v: Option<&Value>) -> Option<f64> {
 impl RewardSet {
     /// Scores completions (`prompts[i]` is completion `i`'s prompt): the weighted sum of each,
     /// and every reward's own values (named).
-    pub fn score(
-        &self,
-        prompts: &[&PromptRow],
-        completions: &[String],
-    ) -> Result<(Vec<f64>, Vec<(&'static str, Vec<f64>)>)> {
+    pub fn score(&self, prompts: &[&PromptRow], completions: &[String]) -> Result<ScoredBatch> {
         let mut total = vec![0.0; completions.len()];
         let mut each = Vec::new();
         for (name, weight, r) in &self.items {
