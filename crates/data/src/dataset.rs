@@ -189,6 +189,11 @@ impl Dataset {
                 "preference datasets are pairs: load them with PreferenceDataset::load".into(),
             ));
         }
+        if spec.kind == DatasetKind::Prompt {
+            return Err(DataError::Config(
+                "prompt datasets have no responses to train on: load them with PromptDataset::load".into(),
+            ));
+        }
         let path = spec.source.as_path();
         let (_, rows) = read_spec_rows(spec)?;
         let records = extract(spec, path, &rows)?;
@@ -393,7 +398,7 @@ fn tokenize(
     };
     let use_chat = match spec.kind {
         DatasetKind::Text => false,
-        DatasetKind::Chat | DatasetKind::Preference => true,
+        DatasetKind::Chat | DatasetKind::Preference | DatasetKind::Prompt => true,
         DatasetKind::Instruct => match spec.template {
             InstructTemplate::Alpaca | InstructTemplate::Plain => false,
             InstructTemplate::Chat => true,

@@ -7,6 +7,15 @@
 //! with `add_generation_prompt` adds): the header before it is prompt, the rest is the response.
 //! Within the response, tokens after the first stop token (ChatML's `\n` after `<|im_end|>`) are
 //! markup the model never generates, so they carry no loss.
+//!
+//! Some templates render earlier turns differently once more messages follow (Qwen3 drops the
+//! `<think>` block of every assistant turn before the last user message), so prefixes do not
+//! grow message by message. For those the whole conversation is rendered once, as transformers
+//! renders it for training, and each assistant response is found in it: it starts where the
+//! rendering of the messages before it with the generation prompt ends (which must be a prefix of
+//! the whole) and runs to its first stop token, included. The rest is prompt; a rendering that
+//! goes on with special tokens after a final assistant reply (a template that always opens a new
+//! turn) is not split this way.
 
 use std::fmt::Write as _;
 
@@ -153,8 +162,83 @@ impl<'t> Encoder<'t> {
         }
     }
 
-    /// A conversation in `format`, masked per `train_on`.
+    /// A conversation in `format`, masked per `train_on`: message by message, or, when the
+    /// template is not incremental, from the whole rendering (see the module documentation).
     pub fn chat(&self, format: PromptFormat, messages: &[Message]) -> Result<Tokens, ChatIssue> {
+        match self.chat_incremental(format, messages) {
+            Err(ChatIssue::NotIncremental(why)) => match self.chat_whole(format, messages) {
+                Err(ChatIssue::NotIncremental(_)) => Err(ChatIssue::NotIncremental(why)),
+                other => other,
+            },
+            other => other,
+        }
+    }
+
+    /// A conversation rendered once; each assistant response runs from the end of the
+    /// generation prompt that precedes it to its first stop token.
+    fn chat_whole(&self, format: PromptFormat, messages: &[Message]) -> Result<Tokens, ChatIssue> {
+        let n = messages.len();
+        let last_assistant = messages.iter().rposition(|m| m.role == "assistant");
+        let all = self.train_on == TrainOn::All;
+        let not_split = |k: usize, what: &str| {
+            ChatIssue::NotIncremental(format!(
+                "the chat template's rendering cannot be split into prompt and responses: {what} (message {})",
+                k + 1
+            ))
+        };
+        let whole = self.render(format, messages, false)?;
+        let stops: Vec<String> = self
+            .stop_ids
+            .iter()
+            .filter_map(|&id| self.tok.decode(&[id], false).ok())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut out = Tokens::default();
+        let mut pos = 0;
+        for (k, msg) in messages.iter().enumerate() {
+            if msg.role != "assistant" {
+                continue;
+            }
+            let header = self
+                .render(format, &messages[..k], true)
+                .map_err(|e| not_split(k, &format!("rendering the generation prompt failed: {e}")))?;
+            if header.len() < pos || !whole.starts_with(&header) {
+                return Err(not_split(k, "the generation prompt is not a prefix of the whole conversation"));
+            }
+            out.push(&self.encode(&whole[pos..header.len()])?, all);
+            let trained = match self.train_on {
+                TrainOn::All | TrainOn::Assistant => true,
+                TrainOn::Last => last_assistant == Some(k),
+            };
+            let rest = &whole[header.len()..];
+            match stops.iter().filter_map(|s| rest.find(s.as_str()).map(|i| i + s.len())).min() {
+                Some(end) => {
+                    out.push(&self.encode(&rest[..end])?, trained);
+                    pos = header.len() + end;
+                }
+                None if k + 1 == n => {
+                    // As in the incremental split: a reply with no stop token gets EOS.
+                    out.push(&self.encode(rest)?, trained);
+                    self.eos(&mut out, trained);
+                    return Ok(out);
+                }
+                None => return Err(not_split(k, "no stop token ends the assistant message")),
+            }
+        }
+        let tail = self.encode(&whole[pos..])?;
+        if messages.last().is_some_and(|m| m.role == "assistant")
+            && tail.iter().any(|&id| self.tok.is_special(id))
+        {
+            // Markup after the last reply (a new turn the template always opens, say) means the
+            // rendering is not a finished conversation.
+            return Err(not_split(n - 1, "the rendering goes on after the last assistant message"));
+        }
+        out.push(&tail, all);
+        Ok(out)
+    }
+
+    /// A conversation in `format` rendered message by message, masked per `train_on`.
+    fn chat_incremental(&self, format: PromptFormat, messages: &[Message]) -> Result<Tokens, ChatIssue> {
         let n = messages.len();
         let last_assistant = messages.iter().rposition(|m| m.role == "assistant");
         let all = self.train_on == TrainOn::All;

@@ -13,6 +13,10 @@
 //! [`PreferenceLoader`]; its layouts, encoding and truncation rules are on
 //! [`PreferenceDataset`]'s module (`preference.rs`) and in `docs/`.
 //!
+//! Prompt data (a `prompt` string or message list, with other columns kept for rewards, for
+//! GRPO) loads with [`PromptDataset::load`] into [`PromptRow`]s, served by a [`PromptLoader`];
+//! its rules are on its module (`prompt.rs`).
+//!
 //! ```no_run
 //! use afinar_data::{Dataset, DatasetKind, DatasetSpec, Loader};
 //! use afinar_tokenizer::Tokenizer;
@@ -39,6 +43,7 @@ mod loader;
 #[cfg(feature = "parquet")]
 mod parquet_rows;
 mod preference;
+mod prompt;
 mod records;
 pub mod rng;
 mod spec;
@@ -48,6 +53,7 @@ pub use encode::{alpaca_prompt, render_chatml};
 pub use error::{DataError, RowLoc};
 pub use loader::{Batch, Batches, Loader};
 pub use preference::{PreferenceBatch, PreferenceDataset, PreferenceLoader, PreferencePair};
+pub use prompt::{PromptDataset, PromptLoader, PromptRow};
 pub use spec::{
     ConversationStyle, DatasetKind, DatasetSpec, FileFormat, InstructTemplate, LongRows, TrainOn,
 };

@@ -40,6 +40,7 @@ pub(crate) fn extract(spec: &DatasetSpec, path: &Path, rows: &[RawRow]) -> Resul
         DatasetKind::Preference => {
             Err(DataError::Config("preference rows are read by PreferenceDataset::load".into()))
         }
+        DatasetKind::Prompt => Err(DataError::Config("prompt rows are read by PromptDataset::load".into())),
         DatasetKind::Chat => {
             let Some(first) = rows.first() else {
                 return Ok(Vec::new());
@@ -465,4 +466,51 @@ impl Ctx<'_> {
         }
         Ok(tail.to_vec())
     }
+}
+
+/// One prompt row: the prompt (a string or messages) and every other column.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PromptRecord {
+    pub prompt: Part,
+    pub fields: std::collections::BTreeMap<String, Value>,
+}
+
+/// Checks every prompt row (see [`crate::PromptDataset`]); the first bad row is the error. `csv`:
+/// string cells holding a JSON list are message lists.
+pub(crate) fn extract_prompts(
+    spec: &DatasetSpec,
+    path: &Path,
+    rows: &[RawRow],
+    csv: bool,
+) -> Result<Vec<PromptRecord>, DataError> {
+    let ctx = Ctx { path };
+    let column = spec.column("prompt");
+    rows.iter()
+        .map(|r| {
+            let prompt = ctx.part(spec, r, column, true, csv)?.expect("required");
+            if let Part::Messages(m) = &prompt {
+                if m.last().is_some_and(|m| m.role == "assistant") {
+                    return Err(ctx.invalid(
+                        r.at,
+                        &format!("{column}[{}]", m.len() - 1),
+                        "the prompt ends with an assistant message; a prompt's last message must \
+                         be the user's (or system's): the model writes the answer"
+                            .into(),
+                    ));
+                }
+            }
+            if let Part::Text(t) = &prompt {
+                if t.trim().is_empty() {
+                    return Err(ctx.invalid(r.at, column, "the prompt is empty".into()));
+                }
+            }
+            let fields = r
+                .fields
+                .iter()
+                .filter(|(k, _)| k.as_str() != column)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Ok(PromptRecord { prompt, fields })
+        })
+        .collect()
 }

@@ -55,6 +55,10 @@ pub enum DatasetKind {
     /// conversations ending in the answer, or HH-RLHF's two full conversations sharing a prefix.
     /// Loaded with [`crate::PreferenceDataset::load`], not [`crate::Dataset::load`].
     Preference,
+    /// Prompts for on-policy training (GRPO): a `prompt` (a string, or a list of chat messages)
+    /// and any other columns, kept for the rewards (`answer`, `lang`, ...). Loaded with
+    /// [`crate::PromptDataset::load`].
+    Prompt,
 }
 
 /// How a chat row spells its messages.
@@ -101,8 +105,8 @@ pub enum InstructTemplate {
     /// A user message (the instruction, then the input after a blank line) and an assistant
     /// message (the output), rendered like a chat.
     Chat,
-    /// Preference datasets only: no template, BOS + the prompt text, then the response text and
-    /// EOS.
+    /// Preference and prompt datasets only: no template, BOS + the prompt text (then, for
+    /// preference data, the response text and EOS).
     Plain,
 }
 
@@ -136,6 +140,7 @@ names!(DatasetKind {
     Chat => ["chat"],
     Text => ["text", "text_completion"],
     Preference => ["preference", "dpo"],
+    Prompt => ["prompt", "grpo"],
 });
 names!(ConversationStyle { ShareGpt => ["sharegpt"], OpenAi => ["openai"] });
 names!(TrainOn {
@@ -207,6 +212,9 @@ pub struct DatasetSpec {
     /// Preference data: how many response tokens a long pair keeps room for before its prompt
     /// is cut from the left (see [`crate::PreferenceDataset::load`]).
     pub min_response_tokens: usize,
+    /// Prompt datasets: the longest prompt in tokens (TRL's `max_prompt_length`); longer prompts
+    /// follow `long_rows` (`truncate` keeps their last tokens). `None`: `max_seq_len`.
+    pub max_prompt_tokens: Option<usize>,
 }
 
 impl DatasetSpec {
@@ -227,6 +235,7 @@ impl DatasetSpec {
             packed: false,
             max_rows: None,
             min_response_tokens: 64,
+            max_prompt_tokens: None,
         }
     }
 
@@ -251,8 +260,8 @@ impl DatasetSpec {
             }
             (DatasetKind::Instruct, InstructTemplate::Plain) => {
                 return Err(DataError::Config(
-                    "template plain is for preference datasets; instruct datasets take auto, \
-                     alpaca or chat"
+                    "template plain is for preference and prompt datasets; instruct datasets take \
+                     auto, alpaca or chat"
                         .into(),
                 ))
             }
@@ -261,11 +270,26 @@ impl DatasetSpec {
         if self.kind == DatasetKind::Preference && self.packed {
             return Err(DataError::Config("preference pairs cannot be packed; set packed to false".into()));
         }
+        if self.kind == DatasetKind::Prompt {
+            if self.packed {
+                return Err(DataError::Config("prompts cannot be packed; set packed to false".into()));
+            }
+            if self.template == InstructTemplate::Alpaca {
+                return Err(DataError::Config(
+                    "template alpaca is for instruct datasets; prompt datasets take auto, chat or plain"
+                        .into(),
+                ));
+            }
+            if self.max_prompt_tokens == Some(0) {
+                return Err(DataError::Config("max_prompt_tokens must be at least 1".into()));
+            }
+        }
         let known: &[&str] = match self.kind {
             DatasetKind::Instruct => &["instruction", "input", "output"],
             DatasetKind::Chat => &["conversations", "messages"],
             DatasetKind::Text => &["text"],
             DatasetKind::Preference => &["prompt", "chosen", "rejected", "lang"],
+            DatasetKind::Prompt => &["prompt"],
         };
         for key in self.column_map.keys() {
             if !known.contains(&key.as_str()) {

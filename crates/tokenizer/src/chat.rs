@@ -1,6 +1,7 @@
 //! Chat prompts: a model's jinja chat template rendered like transformers' `apply_chat_template`,
 //! or the native Llama-3 format when the model ships no template.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ impl Message {
     }
 }
 
+/// Extra template variables, as the keyword arguments of transformers' `apply_chat_template`
+/// (`enable_thinking` for Qwen3, `tools`, `documents`, ...): names to JSON values.
+pub type TemplateVars = serde_json::Map<String, serde_json::Value>;
+
 /// Renders a conversation as the model's prompt text.
 ///
 /// With a chat template (from `tokenizer_config.json`, `chat_template.jinja` or GGUF
@@ -35,8 +40,22 @@ pub fn render_chat(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<String, TokenizerError> {
+    render_chat_with(tok, messages, add_generation_prompt, &TemplateVars::new())
+}
+
+/// [`render_chat`] with extra template variables (e.g. `{"enable_thinking": false}` for Qwen3),
+/// as `apply_chat_template(messages, add_generation_prompt=..., **vars)`. The variables reach a
+/// jinja template only; the native Llama-3 fallback ignores them.
+pub fn render_chat_with(
+    tok: &Tokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    vars: &TemplateVars,
+) -> Result<String, TokenizerError> {
     match tok.chat_template() {
-        Some(t) => render_template(t, messages, add_generation_prompt, tok.bos_token(), tok.eos_token()),
+        Some(t) => {
+            render_template_with(t, messages, add_generation_prompt, tok.bos_token(), tok.eos_token(), vars)
+        }
         None if tok.token_to_id("<|start_header_id|>").is_some() => {
             Ok(render_llama3(messages, add_generation_prompt))
         }
@@ -74,6 +93,26 @@ pub fn render_template(
     bos_token: Option<&str>,
     eos_token: Option<&str>,
 ) -> Result<String, TokenizerError> {
+    render_template_with(
+        template,
+        messages,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+        &TemplateVars::new(),
+    )
+}
+
+/// [`render_template`] with extra variables ([`TemplateVars`]); they may replace `bos_token`,
+/// `eos_token`, `tools` and `documents`, not `messages` or `add_generation_prompt`.
+pub fn render_template_with(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+    vars: &TemplateVars,
+) -> Result<String, TokenizerError> {
     let mut env = Environment::new();
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
@@ -89,15 +128,51 @@ pub fn render_template(
         .template_from_str(template)
         .map_err(|e| TokenizerError::Template(format!("cannot compile: {e:#}")))?;
     let msgs: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject(m.clone()))).collect();
-    let ctx = minijinja::context! {
-        messages => msgs,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token.unwrap_or(""),
-        eos_token => eos_token.unwrap_or(""),
-        tools => Value::from(()),
-        documents => Value::from(()),
-    };
-    tmpl.render(ctx).map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
+    let mut ctx: BTreeMap<Value, Value> = BTreeMap::new();
+    ctx.insert(Value::from("bos_token"), Value::from(bos_token.unwrap_or("")));
+    ctx.insert(Value::from("eos_token"), Value::from(eos_token.unwrap_or("")));
+    ctx.insert(Value::from("tools"), Value::from(()));
+    ctx.insert(Value::from("documents"), Value::from(()));
+    for (k, v) in vars {
+        ctx.insert(Value::from(k.as_str()), json_value(v));
+    }
+    ctx.insert(Value::from("messages"), Value::from(msgs));
+    ctx.insert(Value::from("add_generation_prompt"), Value::from(add_generation_prompt));
+    tmpl.render(Value::from(ctx)).map_err(|e| TokenizerError::Template(format!("cannot render: {e:#}")))
+}
+
+/// A JSON value as templates see it (objects keep their key order, for `tojson` and `items()`).
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => items.iter().map(json_value).collect(),
+        J::Object(map) => {
+            Value::from_object(JsonObject(map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()))
+        }
+    }
+}
+
+/// A JSON object for templates: its entries in order.
+#[derive(Debug)]
+struct JsonObject(Vec<(String, Value)>);
+
+impl Object for JsonObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(k, _)| Value::from(k.as_str())).collect())
+    }
 }
 
 /// A message as templates see it: a map with `role` then `content`, in that order (as the Python

@@ -16,11 +16,13 @@ const UNUSED: i32 = 5;
 impl Tokenizer {
     /// The `tokenizer.ggml.pre` name llama.cpp uses for this tokenizer's split rules:
     /// `llama-bpe` (Llama-3 regex, whole-word pieces skip merging), `smaug-bpe` (Llama-3 regex
-    /// with merging), `smollm` (GPT-2 regex after isolating digits) or `gpt2`.
+    /// with merging), `qwen2` (Llama-3 regex with single digits, Qwen2/2.5/3), `smollm` (GPT-2
+    /// regex after isolating digits) or `gpt2`.
     pub fn gguf_pre_name(&self) -> &'static str {
         match (self.pre, self.bpe.ignore_merges()) {
             (PreTokenizer::Llama3, true) => "llama-bpe",
             (PreTokenizer::Llama3, false) => "smaug-bpe",
+            (PreTokenizer::Qwen2, _) => "qwen2",
             (PreTokenizer::Gpt2 { individual_digits: true }, _) => "smollm",
             (PreTokenizer::Gpt2 { individual_digits: false }, _) => "gpt2",
         }

@@ -1,4 +1,4 @@
-//! Tokenizer for afinar: byte-level BPE as Llama-3 and SmolLM2 use it, and chat prompts.
+//! Tokenizer for afinar: byte-level BPE as Llama-3, Qwen3 and SmolLM2 use it, and chat prompts.
 //!
 //! - [`Tokenizer::from_file`] loads a Hugging Face `tokenizer.json` or a tiktoken
 //!   `tokenizer.model` (Meta's Llama-3 format), reading `tokenizer_config.json` beside it for the
@@ -11,11 +11,16 @@
 //! - [`Tokenizer::to_gguf_spec`] gives the GGUF metadata form (the inverse of
 //!   [`Tokenizer::from_gguf`]).
 //! - [`render_chat`] renders a conversation with the model's jinja template (like transformers'
-//!   `apply_chat_template`) or the native Llama-3 format.
+//!   `apply_chat_template`) or the native Llama-3 format; [`render_chat_with`] adds template
+//!   variables ([`TemplateVars`]).
 //! - [`token_stats`] measures tokens per word.
 //!
-//! The implementation is self-contained: hand-written pre-tokenizers for the Llama-3 and GPT-2
-//! split regexes (see [`PreTokenizer`]), BPE by merge rank, and an added-token matcher.
+//! The implementation is self-contained: hand-written pre-tokenizers for the Llama-3, Qwen2 and
+//! GPT-2 split regexes (see [`PreTokenizer`]), the NFC normalizer Qwen uses ([`Normalizer`]), BPE
+//! by merge rank, and an added-token matcher. Everything family-specific is read from the files:
+//! `tokenizer.json` decides the normalizer and split regex, `tokenizer_config.json` the chat
+//! template and BOS/EOS/PAD; [`render_chat_with`] passes template variables such as Qwen3's
+//! `enable_thinking`.
 //!
 //! ```no_run
 //! use afinar_tokenizer::{render_chat, Message, Tokenizer};
@@ -42,12 +47,15 @@ mod special;
 mod stats;
 mod tokenizer;
 
-pub use chat::{render_chat, render_llama3, render_template, Message};
+pub use chat::{
+    render_chat, render_chat_with, render_llama3, render_template, render_template_with, Message,
+    TemplateVars,
+};
 pub use error::TokenizerError;
 pub use load::GgufTokenizerSpec;
 pub use pretok::PreTokenizer;
 pub use stats::{count_words, token_stats, TokenStats};
-pub use tokenizer::{DecodeStream, Tokenizer};
+pub use tokenizer::{DecodeStream, Normalizer, Tokenizer};
 
 #[cfg(test)]
 mod tests {

@@ -10,11 +10,13 @@ use crate::bytelevel::ByteDecoder;
 use crate::hfjson::{HfMerge, HfRoot, HfVocab};
 use crate::pretok::PreTokenizer;
 use crate::special::AddedToken;
-use crate::tokenizer::{Parts, Tokenizer};
+use crate::tokenizer::{Normalizer, Parts, Tokenizer};
 use crate::TokenizerError;
 
 /// The Llama-3 split regex as `tokenizer.json` writes it.
 pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The Qwen2 split regex (Qwen2, Qwen2.5, Qwen3): Llama-3's with `\p{N}` for `\p{N}{1,3}`.
+pub(crate) const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The GPT-2 split regex (Hugging Face `ByteLevel` with `use_regex`).
 pub(crate) const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -97,7 +99,8 @@ impl Tokenizer {
     /// Builds the tokenizer embedded in GGUF metadata (`tokenizer.ggml.model = "gpt2"`).
     ///
     /// `pre` picks the split regex as llama.cpp does: `llama-bpe` (and its aliases) the Llama-3
-    /// one, `smollm`/`starcoder`/... the GPT-2 one after isolating digits, `gpt2`/`default`/none
+    /// one, `qwen2` the Qwen2 one (with the NFC normalizer of Qwen's `tokenizer.json`),
+    /// `smollm`/`starcoder`/... the GPT-2 one after isolating digits, `gpt2`/`default`/none
     /// the plain GPT-2 one. Control tokens (type 3) become special added tokens, user-defined ones
     /// (type 4) plain added tokens.
     pub fn from_gguf(spec: GgufTokenizerSpec) -> Result<Self, TokenizerError> {
@@ -189,6 +192,10 @@ impl Tokenizer {
             added,
             bos: spec.bos_id,
             eos: spec.eos_id,
+            pad: None,
+            // GGUF has no normalizer field; Qwen2/2.5/3 were trained with NFC (their
+            // tokenizer.json says so, and transformers' GGUF converter for them adds it).
+            normalizer: if pre == PreTokenizer::Qwen2 { Normalizer::Nfc } else { Normalizer::None },
             add_bos_default: spec.add_bos.unwrap_or(false),
             chat_template: spec.chat_template,
             bos_token: None,
@@ -205,6 +212,7 @@ fn gguf_pre_tokenizer(pre: Option<&str>) -> Result<(PreTokenizer, bool), Tokeniz
             (PreTokenizer::Llama3, true)
         }
         Some("smaug-bpe" | "dbrx") => (PreTokenizer::Llama3, false),
+        Some("qwen2" | "deepseek-r1-qwen") => (PreTokenizer::Qwen2, false),
         Some("smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone") => {
             (PreTokenizer::Gpt2 { individual_digits: true }, false)
         }
@@ -217,7 +225,7 @@ fn gguf_pre_tokenizer(pre: Option<&str>) -> Result<(PreTokenizer, bool), Tokeniz
                 what: "tokenizer.ggml.pre".into(),
                 found: format!("{other:?}"),
                 expected: "one of llama-bpe, llama3, llama-v3, falcon3, falcon-h1, pixtral, smaug-bpe, dbrx \
-                           (Llama-3 regex), smollm, starcoder, refact, command-r, codeshell, exaone \
+                           (Llama-3 regex), qwen2, deepseek-r1-qwen (Qwen2 regex), smollm, starcoder, refact, command-r, codeshell, exaone \
                            (digits + GPT-2 regex), default, gpt2, mpt, olmo (GPT-2 regex)"
                     .into(),
             })
@@ -232,6 +240,7 @@ pub(crate) struct Config {
     chat_template: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    pad_token: Option<String>,
     add_bos_token: Option<bool>,
     /// `added_tokens_decoder`: id → token.
     added_tokens: Vec<AddedToken>,
@@ -304,6 +313,7 @@ impl Config {
             };
             cfg.bos_token = obj.get("bos_token").and_then(token_content);
             cfg.eos_token = obj.get("eos_token").and_then(token_content);
+            cfg.pad_token = obj.get("pad_token").and_then(token_content);
             cfg.add_bos_token = obj.get("add_bos_token").and_then(Value::as_bool);
             if let Some(dec) = obj.get("added_tokens_decoder") {
                 let map = dec.as_object().ok_or_else(|| {
@@ -373,19 +383,23 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
             });
         }
     }
-    if !root.normalizer.is_null() {
-        return Err(TokenizerError::Unsupported {
-            origin: o,
-            what: "normalizer".into(),
-            found: brief(&root.normalizer),
-            expected: "null (byte-level BPE needs none)".into(),
-        });
-    }
+    let normalizer = match root.normalizer.get("type").and_then(Value::as_str) {
+        _ if root.normalizer.is_null() => Normalizer::None,
+        Some("NFC") => Normalizer::Nfc,
+        _ => {
+            return Err(TokenizerError::Unsupported {
+                origin: o,
+                what: "normalizer".into(),
+                found: brief(&root.normalizer),
+                expected: "null or {\"type\": \"NFC\"}".into(),
+            })
+        }
+    };
     let pre = hf_pre_tokenizer(&root.pre_tokenizer).ok_or_else(|| TokenizerError::Unsupported {
         origin: o.clone(),
         what: "pre_tokenizer".into(),
         found: brief(&root.pre_tokenizer),
-        expected: "Sequence[Split(Llama-3 regex), ByteLevel], ByteLevel (GPT-2 regex), or \
+        expected: "Sequence[Split(Llama-3 or Qwen2 regex), ByteLevel], ByteLevel (GPT-2 regex), or \
                    Sequence[Digits(individual_digits), ByteLevel]"
             .into(),
     })?;
@@ -457,6 +471,7 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
     let eos = config
         .resolve(&config.eos_token, &added, &bpe)
         .or_else(|| first_added(&added, &["<|end_of_text|>", "<|endoftext|>"]));
+    let pad = config.resolve(&config.pad_token, &added, &bpe);
     let post_adds_bos = bos.is_some_and(|b| post_processor_adds(Some(&root.post_processor), b));
     Tokenizer::assemble(Parts {
         origin: o,
@@ -465,6 +480,8 @@ fn from_hf_json(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, T
         added,
         bos,
         eos,
+        pad,
+        normalizer,
         add_bos_default: config.add_bos_token.unwrap_or(post_adds_bos),
         chat_template: config.chat_template,
         bos_token: config.bos_token,
@@ -513,6 +530,7 @@ fn hf_pre_tokenizer(v: &Value) -> Option<PreTokenizer> {
         }
         match x.get("pattern")?.get("Regex")?.as_str()? {
             LLAMA3_PATTERN => Some(PreTokenizer::Llama3),
+            QWEN2_PATTERN => Some(PreTokenizer::Qwen2),
             GPT2_PATTERN => Some(PreTokenizer::Gpt2 { individual_digits: false }),
             _ => None,
         }
@@ -625,6 +643,7 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
         .or_else(|| first_added(&added, &["<|begin_of_text|>"]));
     let eos =
         config.resolve(&config.eos_token, &added, &bpe).or_else(|| first_added(&added, &["<|end_of_text|>"]));
+    let pad = config.resolve(&config.pad_token, &added, &bpe);
     Tokenizer::assemble(Parts {
         origin: o,
         bpe,
@@ -632,6 +651,8 @@ fn from_tiktoken(path: &Path, data: &[u8], config: Config) -> Result<Tokenizer, 
         added,
         bos,
         eos,
+        pad,
+        normalizer: Normalizer::None,
         add_bos_default: config.add_bos_token.unwrap_or(true),
         chat_template: config.chat_template,
         bos_token: config.bos_token,
@@ -714,7 +735,8 @@ mod tests {
             gguf_pre_tokenizer(Some("smollm")).unwrap().0,
             PreTokenizer::Gpt2 { individual_digits: true }
         );
-        let e = gguf_pre_tokenizer(Some("qwen2")).unwrap_err().to_string();
-        assert!(e.contains("tokenizer.ggml.pre") && e.contains("\"qwen2\""), "{e}");
+        assert_eq!(gguf_pre_tokenizer(Some("qwen2")).unwrap(), (PreTokenizer::Qwen2, false));
+        let e = gguf_pre_tokenizer(Some("qwen9")).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.pre") && e.contains("\"qwen9\""), "{e}");
     }
 }

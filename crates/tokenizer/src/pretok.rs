@@ -5,6 +5,8 @@
 //!
 //! - Llama-3 (tiktoken `cl100k`-style), as in Llama-3's `tokenizer.json` and llama.cpp `llama-bpe`:
 //!   `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+//! - Qwen2 (Qwen2, Qwen2.5, Qwen3 `tokenizer.json`, llama.cpp `qwen2`): the Llama-3 regex with
+//!   single digits, `\p{N}` in place of `\p{N}{1,3}`.
 //! - GPT-2 (Hugging Face `ByteLevel` with `use_regex`):
 //!   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`,
 //!   optionally after isolating every numeric character (`Digits(individual_digits)`, llama.cpp
@@ -19,6 +21,8 @@ use unicode_general_category::{get_general_category, GeneralCategory as G};
 pub enum PreTokenizer {
     /// The Llama-3 split regex.
     Llama3,
+    /// The Qwen2 split regex: Llama-3's with every numeric character a piece of its own.
+    Qwen2,
     /// The GPT-2 split regex; with `individual_digits`, every numeric character is first cut out
     /// as a piece of its own and the regex runs on the text between them.
     Gpt2 {
@@ -81,10 +85,11 @@ impl PreTokenizer {
         let byte_at = |i: usize| cs.get(i).map_or(text.len(), |ch| ch.at);
         let mut emit = |from: usize, to: usize| piece(&text[byte_at(from)..byte_at(to)]);
         match *self {
-            PreTokenizer::Llama3 => {
+            PreTokenizer::Llama3 | PreTokenizer::Qwen2 => {
+                let max_digits = if *self == PreTokenizer::Llama3 { 3 } else { 1 };
                 let mut i = 0;
                 while i < cs.len() {
-                    let e = llama3_end(&cs, i);
+                    let e = llama3_end(&cs, i, max_digits);
                     emit(i, e);
                     i = e;
                 }
@@ -170,8 +175,8 @@ fn whitespace_end(cs: &[Ch], i: usize, newline_alt: bool) -> usize {
     }
 }
 
-/// End of the Llama-3 pre-token that starts at `i`.
-fn llama3_end(cs: &[Ch], i: usize) -> usize {
+/// End of the Llama-3 (`max_digits` 3) or Qwen2 (`max_digits` 1) pre-token that starts at `i`.
+fn llama3_end(cs: &[Ch], i: usize, max_digits: usize) -> usize {
     let Ch { c, k, .. } = cs[i];
     // (?i:'s|'t|'re|'ve|'m|'ll|'d)
     if c == '\'' {
@@ -186,9 +191,9 @@ fn llama3_end(cs: &[Ch], i: usize) -> usize {
     if k != Class::Number && !is_crlf(c) && cs.get(i + 1).is_some_and(|n| n.k == Class::Letter) {
         return run(cs, i + 1, Class::Letter);
     }
-    // \p{N}{1,3}
+    // \p{N}{1,3} (Llama-3) or \p{N} (Qwen2)
     if k == Class::Number {
-        return run(cs, i, Class::Number).min(i + 3);
+        return run(cs, i, Class::Number).min(i + max_digits);
     }
     // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
     let j = if c == ' ' { i + 1 } else { i };
@@ -242,6 +247,15 @@ mod tests {
         assert_eq!(pieces(p, "f(x):\n\tpass"), ["f", "(x", "):\n", "\tpass"]);
         assert_eq!(pieces(p, " 1"), [" ", "1"]);
         assert_eq!(pieces(p, ""), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn qwen2_splits_digits_one_by_one() {
+        let p = PreTokenizer::Qwen2;
+        assert_eq!(pieces(p, "12345 x"), ["1", "2", "3", "4", "5", " x"]);
+        assert_eq!(pieces(p, "I'm DON'T"), ["I", "'m", " DON", "'T"]);
+        assert_eq!(pieces(p, "f(x):\n\tpass"), ["f", "(x", "):\n", "\tpass"]);
+        assert_eq!(pieces(p, "a1b"), ["a", "1", "b"]);
     }
 
     #[test]

@@ -11,19 +11,20 @@
 //!   `merges` are `["left", "right"]` pairs in rank order (the form `tokenizers` ≥ 0.20 writes;
 //!   it reads `"left right"` too). `ignore_merges` is kept, `byte_fallback` is off.
 //! - `pre_tokenizer`: [`PreTokenizer::Llama3`] is `Sequence[Split(Llama-3 regex, Isolated),
-//!   ByteLevel(use_regex = false)]`, GPT-2 is `ByteLevel(use_regex = true)`, and GPT-2 with
+//!   ByteLevel(use_regex = false)]`, [`PreTokenizer::Qwen2`] the same with the Qwen2 regex, GPT-2 is `ByteLevel(use_regex = true)`, and GPT-2 with
 //!   individual digits (SmolLM2, llama.cpp `smollm`) is `Sequence[Digits(individual_digits),
 //!   ByteLevel(use_regex = true)]`; `add_prefix_space` is always off.
-//! - `added_tokens`: with `normalized: false` (there is no normalizer, and this makes
-//!   `tokenizers` match all added tokens in one leftmost-longest pass, as [`Tokenizer::encode`]
-//!   does).
+//! - `added_tokens`: with `normalized: false` (matched in the raw text before any normalizer;
+//!   this makes `tokenizers` match all added tokens in one leftmost-longest pass, as
+//!   [`Tokenizer::encode`] does).
 //! - `post_processor`: `ByteLevel` (offsets only), followed by a `TemplateProcessing` that puts
 //!   BOS first when the tokenizer adds BOS by default ([`Tokenizer::add_bos_default`]).
-//! - `decoder`: `ByteLevel`; `normalizer`: null.
+//! - `decoder`: `ByteLevel`; `normalizer`: `{"type": "NFC"}` for an NFC tokenizer (Qwen3), else
+//!   null.
 //! - `tokenizer_config.json`: `tokenizer_class` `PreTrainedTokenizerFast` (so transformers uses
 //!   `tokenizer.json` as it is), `bos_token`, `eos_token`, `add_bos_token`, `add_eos_token: false`,
 //!   `chat_template`, `added_tokens_decoder`, `clean_up_tokenization_spaces: false` and, when
-//!   given, `model_max_length`.
+//!   given, `model_max_length` and `pad_token`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -32,10 +33,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::bytelevel;
-use crate::load::LLAMA3_PATTERN;
+use crate::load::{LLAMA3_PATTERN, QWEN2_PATTERN};
 use crate::pretok::PreTokenizer;
 use crate::special::AddedToken;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Normalizer, Tokenizer};
 use crate::TokenizerError;
 
 /// The file name of the Hugging Face tokenizer.
@@ -85,12 +86,12 @@ fn added_token_json(t: &AddedToken, with_id: bool) -> Value {
 fn pre_tokenizer_json(pre: PreTokenizer) -> Value {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     match pre {
-        PreTokenizer::Llama3 => json!({
+        PreTokenizer::Llama3 | PreTokenizer::Qwen2 => json!({
             "type": "Sequence",
             "pretokenizers": [
                 {
                     "type": "Split",
-                    "pattern": {"Regex": LLAMA3_PATTERN},
+                    "pattern": {"Regex": if pre == PreTokenizer::Llama3 { LLAMA3_PATTERN } else { QWEN2_PATTERN }},
                     "behavior": "Isolated",
                     "invert": false,
                 },
@@ -220,7 +221,10 @@ impl Tokenizer {
             out.push_str(&added_token_json(t, true).to_string());
         }
         out.push_str(if added.is_empty() { "],\n" } else { "\n  ],\n" });
-        out.push_str("  \"normalizer\": null,\n");
+        out.push_str(match self.normalizer {
+            Normalizer::None => "  \"normalizer\": null,\n",
+            Normalizer::Nfc => "  \"normalizer\": {\"type\": \"NFC\"},\n",
+        });
         out.push_str(&format!("  \"pre_tokenizer\": {},\n", pre_tokenizer_json(self.pre)));
         out.push_str(&format!("  \"post_processor\": {},\n", self.post_processor_json()));
         let decoder =
@@ -314,6 +318,9 @@ impl Tokenizer {
         parts.push(("model_input_names", r#"["input_ids", "attention_mask"]"#.into()));
         if let Some(n) = model_max_length {
             parts.push(("model_max_length", n.to_string()));
+        }
+        if let Some(pad) = self.pad_id.and_then(|id| self.id_to_token(id)) {
+            parts.push(("pad_token", js(&pad)));
         }
         parts.push(("tokenizer_class", js("PreTrainedTokenizerFast")));
         let mut out = object(&parts, "");

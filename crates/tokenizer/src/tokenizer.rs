@@ -11,7 +11,34 @@ use crate::TokenizerError;
 /// Names of tokens that end a generation, besides the tokenizer's own EOS.
 const STOP_TOKENS: [&str; 5] = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>"];
 
-/// A byte-level BPE tokenizer (Llama-3, GPT-2-style vocabularies such as SmolLM2).
+/// The Unicode normalization applied to text (outside added tokens) before pre-tokenization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalizer {
+    /// Text is used as it is (Llama-3, SmolLM2).
+    None,
+    /// Unicode NFC, canonical composition (Qwen2/2.5/3's `{"type": "NFC"}`).
+    Nfc,
+}
+
+impl Normalizer {
+    /// `text` normalized; borrowed when nothing changes (always for ASCII).
+    pub fn apply<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+        match self {
+            Normalizer::Nfc if !text.is_ascii() && is_nfc_quick(text.chars()) != IsNormalized::Yes => {
+                let nfc: String = text.nfc().collect();
+                if nfc == text {
+                    std::borrow::Cow::Borrowed(text)
+                } else {
+                    std::borrow::Cow::Owned(nfc)
+                }
+            }
+            _ => std::borrow::Cow::Borrowed(text),
+        }
+    }
+}
+
+/// A byte-level BPE tokenizer (Llama-3, Qwen2/2.5/3, GPT-2-style vocabularies such as SmolLM2).
 ///
 /// Build it with [`Tokenizer::from_file`] (Hugging Face `tokenizer.json` or tiktoken
 /// `tokenizer.model`) or [`Tokenizer::from_gguf`]. Encoding gives the same ids as Hugging Face
@@ -19,6 +46,7 @@ const STOP_TOKENS: [&str; 5] = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "
 pub struct Tokenizer {
     pub(crate) bpe: Bpe,
     pub(crate) pre: PreTokenizer,
+    pub(crate) normalizer: Normalizer,
     pub(crate) added: AddedMatcher,
     /// The bytes each id stands for (added tokens: their text); `None` for unused ids.
     pub(crate) id_bytes: Vec<Option<Box<[u8]>>>,
@@ -26,6 +54,7 @@ pub struct Tokenizer {
     pub(crate) is_special: Vec<bool>,
     pub(crate) bos_id: Option<u32>,
     pub(crate) eos_id: Option<u32>,
+    pub(crate) pad_id: Option<u32>,
     pub(crate) add_bos_default: bool,
     pub(crate) chat_template: Option<String>,
     pub(crate) bos_token: Option<String>,
@@ -40,6 +69,8 @@ pub(crate) struct Parts {
     pub added: Vec<AddedToken>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    pub pad: Option<u32>,
+    pub normalizer: Normalizer,
     pub add_bos_default: bool,
     pub chat_template: Option<String>,
     pub bos_token: Option<String>,
@@ -60,7 +91,7 @@ impl Tokenizer {
             id_bytes[t.id as usize] = Some(t.content.as_bytes().into());
             is_special[t.id as usize] = t.special;
         }
-        for (name, id) in [("BOS", p.bos), ("EOS", p.eos)] {
+        for (name, id) in [("BOS", p.bos), ("EOS", p.eos), ("PAD", p.pad)] {
             if let Some(id) = id {
                 if id as usize >= size {
                     return Err(TokenizerError::format(
@@ -73,11 +104,13 @@ impl Tokenizer {
         let mut tok = Tokenizer {
             bpe: p.bpe,
             pre: p.pre,
+            normalizer: p.normalizer,
             added: AddedMatcher::new(p.added),
             id_bytes,
             is_special,
             bos_id: p.bos,
             eos_id: p.eos,
+            pad_id: p.pad,
             add_bos_default: p.add_bos_default,
             chat_template: p.chat_template,
             bos_token: p.bos_token,
@@ -119,10 +152,11 @@ impl Tokenizer {
         Ok(out)
     }
 
-    /// Encodes text that contains no added token.
+    /// Encodes text that contains no added token: normalize, pre-tokenize, BPE.
     fn encode_ordinary(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        let text = self.normalizer.apply(text);
         let mut result = Ok(());
-        self.pre.split(text, |piece| {
+        self.pre.split(&text, |piece| {
             if result.is_ok() {
                 result = self.bpe.encode_piece(piece.as_bytes(), out);
             }
@@ -202,6 +236,11 @@ impl Tokenizer {
         self.eos_id
     }
 
+    /// The padding id: `tokenizer_config.json`'s `pad_token` (Qwen3: `<|endoftext|>`), if any.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
     /// The BOS token's text (e.g. `<|begin_of_text|>`), as chat templates see it.
     pub fn bos_token(&self) -> Option<&str> {
         self.bos_token.as_deref()
@@ -238,6 +277,11 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
+    /// The normalization this tokenizer applies before pre-tokenization.
+    pub fn normalizer(&self) -> Normalizer {
+        self.normalizer
+    }
+
     /// The split rule this tokenizer applies before BPE.
     pub fn pre_tokenizer(&self) -> PreTokenizer {
         self.pre
@@ -268,6 +312,8 @@ impl std::fmt::Debug for Tokenizer {
             .field("added_tokens", &self.added.tokens().len())
             .field("bos_id", &self.bos_id)
             .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .field("normalizer", &self.normalizer)
             .field("has_chat_template", &self.chat_template.is_some())
             .finish()
     }

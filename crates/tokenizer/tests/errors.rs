@@ -71,7 +71,7 @@ fn malformed_tokenizer_json_contents() {
         ),
         (
             &*format!(
-                r#"{{"model": {{"type": "BPE", "vocab": {{"a": 0}}, "merges": []}}, "normalizer": {{"type": "NFC"}}, "pre_tokenizer": {pre}}}"#
+                r#"{{"model": {{"type": "BPE", "vocab": {{"a": 0}}, "merges": []}}, "normalizer": {{"type": "NFKC"}}, "pre_tokenizer": {pre}}}"#
             ),
             "unsupported normalizer",
         ),
@@ -117,7 +117,7 @@ fn bad_gguf_specs() {
 
     let cases = [
         (GgufTokenizerSpec { model: "llama".into(), ..base.clone() }, "tokenizer.ggml.model \"llama\""),
-        (GgufTokenizerSpec { pre: Some("qwen2".into()), ..base.clone() }, "tokenizer.ggml.pre \"qwen2\""),
+        (GgufTokenizerSpec { pre: Some("qwen9".into()), ..base.clone() }, "tokenizer.ggml.pre \"qwen9\""),
         (GgufTokenizerSpec { merges: vec!["a c".into()], ..base.clone() }, "tokenizer.ggml.merges: merge 0"),
         (GgufTokenizerSpec { token_types: vec![1], ..base.clone() }, "tokenizer.ggml.token_type"),
         (GgufTokenizerSpec { bos_id: Some(9), ..base.clone() }, "tokenizer.ggml.bos_token_id"),

@@ -4,14 +4,15 @@
 //! BOS/EOS and chat rendering.
 //!
 //! Tokenizers exported: Llama-3 from `tokenizer.json`, Llama-3 from tiktoken `tokenizer.model`
-//! (adds BOS by default, merges rebuilt from ranks), and SmolLM2 from GGUF metadata (individual
-//! digits, special tokens at the low ids).
+//! (adds BOS by default, merges rebuilt from ranks), SmolLM2 from GGUF metadata (individual
+//! digits, special tokens at the low ids), and Qwen3 from `tokenizer.json` (NFC, Qwen2 split
+//! regex, PAD, `enable_thinking` in its template).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use afinar_tokenizer::{render_chat, Tokenizer};
+use afinar_tokenizer::{render_chat_with, TemplateVars, Tokenizer};
 use common::{asset, fixture, fixture_dir, ids, messages, smollm2_spec, text};
 use serde_json::Value;
 
@@ -42,10 +43,22 @@ fn save_and_reload(tok: &Tokenizer, dir: &Path) -> Tokenizer {
     Tokenizer::from_file(&dir.join("tokenizer.json")).expect("load the exported tokenizer.json")
 }
 
-/// Checks that `b` (reloaded) behaves as `a` (original) on a fixture corpus and chat cases.
+/// The template variables of a chat case: `enable_thinking` when the fixture passed it.
+fn vars(case: &Value) -> TemplateVars {
+    let mut vars = TemplateVars::new();
+    if let Some(b) = case.get("enable_thinking").and_then(Value::as_bool) {
+        vars.insert("enable_thinking".into(), Value::Bool(b));
+    }
+    vars
+}
+
+/// Checks that `b` (reloaded) behaves as `a` (original) on a fixture corpus and the chat cases
+/// `chat_key` of `chat.json` (or, for `qwen3_chat.json:cases`, of that file).
 fn assert_same(a: &Tokenizer, b: &Tokenizer, corpus: &str, chat_key: &str) {
     assert_eq!(b.vocab_size(), a.vocab_size());
     assert_eq!(b.pre_tokenizer(), a.pre_tokenizer());
+    assert_eq!(b.normalizer(), a.normalizer());
+    assert_eq!(b.pad_id(), a.pad_id());
     assert_eq!(b.bos_id(), a.bos_id());
     assert_eq!(b.eos_id(), a.eos_id());
     assert_eq!(b.bos_token(), a.bos_token());
@@ -66,14 +79,15 @@ fn assert_same(a: &Tokenizer, b: &Tokenizer, corpus: &str, chat_key: &str) {
         assert_eq!(a.encode(t, false).unwrap(), want, "original, {t:?}");
         assert_eq!(b.encode(t, false).unwrap(), want, "reloaded, {t:?}");
         assert_eq!(b.encode(t, true).unwrap(), a.encode(t, true).unwrap(), "with BOS, {t:?}");
-        assert_eq!(b.decode(&want, false).unwrap(), t);
+        assert_eq!(b.decode(&want, false).unwrap(), case.get("decoded").map_or(t, text));
     }
-    let chat = fixture("chat.json");
+    let (chat_file, chat_key) = chat_key.split_once(':').unwrap_or(("chat.json", chat_key));
+    let chat = fixture(chat_file);
     for case in chat[chat_key].as_array().expect(chat_key) {
         let msgs = messages(&case["messages"]);
         let agp = case["add_generation_prompt"].as_bool().unwrap();
-        let out = render_chat(b, &msgs, agp).expect("render with the reloaded tokenizer");
-        assert_eq!(out, render_chat(a, &msgs, agp).unwrap());
+        let out = render_chat_with(b, &msgs, agp, &vars(case)).expect("render with the reloaded tokenizer");
+        assert_eq!(out, render_chat_with(a, &msgs, agp, &vars(case)).unwrap());
         assert_eq!(out, text(&case["text"]), "{chat_key} add_generation_prompt={agp}");
         assert_eq!(b.encode(&out, false).unwrap(), ids(&case["ids"]));
     }
@@ -186,6 +200,39 @@ fn smollm2_from_gguf_round_trips() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn qwen3() -> Tokenizer {
+    Tokenizer::from_file(&asset("qwen3-tokenizer/tokenizer.json")).expect("load Qwen3 tokenizer.json")
+}
+
+#[test]
+fn qwen3_tokenizer_json_round_trips() {
+    let tok = qwen3();
+    let dir = temp_dir("qwen3");
+    let back = save_and_reload(&tok, &dir);
+    assert_same(&tok, &back, "qwen3.json", "qwen3_chat.json:cases");
+
+    let j = read_json(&dir.join("tokenizer.json"));
+    assert_eq!(j["normalizer"], serde_json::json!({"type": "NFC"}));
+    let pre = &j["pre_tokenizer"]["pretokenizers"];
+    let original = read_json(&asset("qwen3-tokenizer/tokenizer.json"));
+    assert_eq!(pre[0]["pattern"], original["pre_tokenizer"]["pretokenizers"][0]["pattern"]);
+    assert_eq!(pre[1]["use_regex"], false);
+    assert_eq!(j["model"]["ignore_merges"], false);
+    assert_eq!(j["model"]["vocab"]["<|im_end|>"], 151645);
+    assert_eq!(
+        j["added_tokens"].as_array().unwrap().len(),
+        original["added_tokens"].as_array().unwrap().len()
+    );
+    let c = read_json(&dir.join("tokenizer_config.json"));
+    assert!(c["bos_token"].is_null());
+    assert_eq!(c["eos_token"], "<|im_end|>");
+    assert_eq!(c["pad_token"], "<|endoftext|>");
+    assert_eq!(c["add_bos_token"], false);
+    assert_eq!(c["added_tokens_decoder"]["151657"]["content"], "<tool_call>");
+    assert_eq!(c["added_tokens_decoder"]["151657"]["special"], false);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn model_max_length_and_missing_folder() {
     let tok = smollm2();
@@ -214,13 +261,14 @@ fn hugging_face_loads_the_export() {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify/tokenizer_export.py");
-    let chat = fixture_dir().join("chat.json");
-    let cases: [(&str, Tokenizer, &str, &str); 3] = [
-        ("hf-llama3", llama3_json(), "llama3.json", "llama3_template"),
-        ("hf-llama3-tiktoken", llama3_tiktoken(), "llama3.json", "llama3_template"),
-        ("hf-smollm2", smollm2(), "smollm2.json", "smollm2_template"),
+    let cases: [(&str, Tokenizer, &str, &str, &str); 4] = [
+        ("hf-llama3", llama3_json(), "llama3.json", "chat.json", "llama3_template"),
+        ("hf-llama3-tiktoken", llama3_tiktoken(), "llama3.json", "chat.json", "llama3_template"),
+        ("hf-smollm2", smollm2(), "smollm2.json", "chat.json", "smollm2_template"),
+        ("hf-qwen3", qwen3(), "qwen3.json", "qwen3_chat.json", "cases"),
     ];
-    for (name, tok, corpus, chat_key) in cases {
+    for (name, tok, corpus, chat_file, chat_key) in cases {
+        let chat = fixture_dir().join(chat_file);
         let dir = temp_dir(name);
         tok.save_hf(&dir).expect("save_hf");
         let out = std::process::Command::new(&python)

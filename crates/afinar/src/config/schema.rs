@@ -403,6 +403,14 @@ fn recipe_value(s: &Section, d: &KeyDecl, raw: &Node) -> Result<Option<KeyValue>
     match d.ty {
         KeyType::ModelPath => Ok(model_path_value(s, d.name, raw, d.required)?
             .map(|p| KeyValue::Text(p.to_string_lossy().into_owned()))),
+        // A list or mapping under a recipe's `Other` key (the grpo `rewards:` list) is kept as
+        // its JSON text, for the recipe to read (see `crate::rewards::RewardSet::from_config`).
+        KeyType::Other { .. } => match s.node(d.name) {
+            Some(n) if matches!(n.value, Value::Seq(_) | Value::Map(_)) => Ok(Some(KeyValue::Text(
+                super::yaml::to_json(n, &s.path(d.name), &mut Vec::new()).to_string(),
+            ))),
+            _ => s.value(d),
+        },
         _ => s.value(d),
     }
 }

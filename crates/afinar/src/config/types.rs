@@ -85,6 +85,9 @@ word_enum! {
         Text = "text",
         /// Preference pairs (`prompt`, `chosen`, `rejected`, or message lists): the `dpo` recipe.
         Preference = "preference",
+        /// Prompts (a `prompt` string or message list, other columns kept for the rewards): the
+        /// `grpo` recipe.
+        Prompt = "prompt",
     }
 }
 

@@ -425,6 +425,43 @@ fn plain_safe(t: &str, flow: bool) -> bool {
         && !(flow && t.contains([',', '[', ']', '{', '}']))
 }
 
+/// The tree as JSON (plain scalars typed by the YAML 1.2 core schema: null, booleans, integers,
+/// floats; quoted scalars are strings), recording each node's position under its key path
+/// (`path`, `path[0]`, `path[0].key`; a key's own position as `path[0].key#key`) in `positions`.
+pub(crate) fn to_json(node: &Node, path: &str, positions: &mut Vec<(String, Pos)>) -> serde_json::Value {
+    use serde_json::Value as J;
+    positions.push((path.to_string(), node.pos.clone()));
+    match &node.value {
+        Value::Scalar { text, plain } => {
+            if !plain {
+                J::String(text.clone())
+            } else if node.is_null() {
+                J::Null
+            } else if let Some(b) = node.as_bool() {
+                J::Bool(b)
+            } else if let Some(i) = node.as_int() {
+                i64::try_from(i).map(J::from).unwrap_or_else(|_| J::from(i as f64))
+            } else if let Some(f) = node.as_f64() {
+                serde_json::Number::from_f64(f).map(J::Number).unwrap_or_else(|| J::String(text.clone()))
+            } else {
+                J::String(text.clone())
+            }
+        }
+        Value::Seq(items) => J::Array(
+            items.iter().enumerate().map(|(i, n)| to_json(n, &format!("{path}[{i}]"), positions)).collect(),
+        ),
+        Value::Map(entries) => {
+            let mut m = serde_json::Map::new();
+            for e in entries {
+                let p = format!("{path}.{}", e.key);
+                positions.push((format!("{p}#key"), e.key_pos.clone()));
+                m.insert(e.key.clone(), to_json(&e.value, &p, positions));
+            }
+            J::Object(m)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

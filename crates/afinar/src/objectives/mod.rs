@@ -5,13 +5,16 @@
 //! ([`crate::models::Llama::label_log_probs_backward`], then
 //! [`crate::models::Llama::backward_hidden`]).
 //!
-//! The losses themselves are pure functions of per-sequence log-probabilities: see
-//! [`preference`]. Knowledge distillation compares the student's and a teacher's output
+//! The losses themselves are pure functions of log-probabilities: per sequence for the
+//! preference losses ([`preference`]), per token for GRPO ([`grpo`], which also has the model step
+//! that feeds it). Knowledge distillation compares the student's and a teacher's output
 //! distributions in one fused head pass: see [`distill`].
 
 pub mod distill;
+pub mod grpo;
 pub mod preference;
 
+pub use grpo::{advantages, grpo_loss, GrpoOutput, GrpoParams, LossType, ScaleRewards, TokenBatch};
 pub use preference::{
     dpo, dpo_smoothed, orpo, simpo, DpoLoss, OrpoParams, PreferenceOutput, SequenceLogps, SimpoParams,
     TokenSum,

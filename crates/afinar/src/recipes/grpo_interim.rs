@@ -4,9 +4,9 @@
 //! [`RewardSet::score`], [`advantages`], [`token_terms`]) so that switching to the real ones
 //! touches this file and a few lines of `grpo.rs` only.
 //!
-//! - Prompts: a JSONL file; each line a JSON object with `messages` (a list of `{role,
-//!   content}`, rendered with the tokenizer's chat template and a generation prompt) or `prompt`
-//!   (a string, sent as one user message through the chat template); every other field is kept
+//! - Prompts: a JSONL file; each line a JSON object with `messages` or `prompt` as a list of
+//!   `{role, content}` (rendered with the tokenizer's chat template and a generation prompt), or
+//!   `prompt` as a string (one user message through the chat template); every other field is kept
 //!   for the rewards. Prompts longer than `max_prompt_length` tokens keep their last tokens
 //!   (truncation from the left, as TRL).
 //! - Rewards: `answer_match` (the last number in the completion equals the row's `answer`
@@ -54,7 +54,7 @@ pub fn load_prompts(path: &Path, tok: &Tokenizer, max_prompt_length: usize) -> R
             return Err(at(line_no, "expected a JSON object with `messages` or `prompt`".into()));
         };
         let messages: Vec<Message> = match (map.get("messages"), map.get("prompt")) {
-            (Some(Value::Array(items)), _) => items
+            (Some(Value::Array(items)), _) | (None, Some(Value::Array(items))) => items
                 .iter()
                 .enumerate()
                 .map(|(k, m)| {

@@ -51,6 +51,7 @@ pub fn dataset_spec(cfg: &RecipeConfig) -> DatasetSpec {
             cfgmod::DatasetKind::Chat => data::DatasetKind::Chat,
             cfgmod::DatasetKind::Text => data::DatasetKind::Text,
             cfgmod::DatasetKind::Preference => data::DatasetKind::Preference,
+            cfgmod::DatasetKind::Prompt => data::DatasetKind::Prompt,
         },
         d.source.clone(),
     );
