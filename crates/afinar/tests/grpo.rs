@@ -385,3 +385,21 @@ fn eval_reward_task_scores_held_out_prompts_per_language() {
     let e = EvalConfig::parse(&bad, &dir.join("eval.yaml")).unwrap_err().to_string();
     assert!(e.contains("a reward task needs answer_match and/or command"), "{e}");
 }
+
+/// The shipped config's prompts (`data/grpo_arith`, `prompt` as a message list) load with their
+/// `answer` and `lang` fields, through the chat template.
+#[test]
+fn shipped_arithmetic_prompts_load() {
+    use afinar::recipes::grpo_interim::load_prompts;
+    let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/grpo_arith/heldout.jsonl");
+    let rows = load_prompts(&path, &tok, 192).unwrap();
+    assert!(rows.len() >= 100, "{}", rows.len());
+    for lang in ["en", "es"] {
+        assert!(rows.iter().any(|r| r.fields["lang"] == lang), "{lang}");
+    }
+    for r in &rows {
+        assert!(r.fields["answer"].is_number(), "row {}", r.row);
+        assert!(r.text.contains("<|start_header_id|>user") && r.ids.len() <= 192, "row {}", r.row);
+    }
+}
