@@ -94,7 +94,7 @@ fn every_shipped_config_loads() {
     let data = format!("dataset.source={}", s.0.join("data.jsonl").display());
     // A distillation config's teacher is a model path too (checked to exist like model.path).
     let teacher = format!("teacher.path={}", s.0.join("model.gguf").display());
-    assert_eq!(builtin_configs().count(), 35);
+    assert_eq!(builtin_configs().count(), 36);
     for b in builtin_configs() {
         let mut doc = ConfigDoc::open(b.name).unwrap();
         assert_eq!(doc.origin(), format!("built-in:{}.yaml", b.name));
@@ -606,7 +606,7 @@ fn recipe_mismatch_and_inconsistent_sections() {
         &[],
         ConfigErrorKind::Inconsistent,
         "@:7:1: lora: a full_finetune config has no lora section: remove it (override ~lora) or set recipe: lora_finetune \
-         or dpo or knowledge_distillation",
+         or dpo or knowledge_distillation or grpo",
     );
     expect_err(
         "inconsistent-model",
@@ -690,7 +690,7 @@ fn syntax_errors_name_the_line() {
     let e = RecipeConfig::load_str("", Path::new("empty.yaml")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "empty.yaml:1:1: recipe: missing required key (one of full_finetune, lora_finetune, dpo, knowledge_distillation)"
+        "empty.yaml:1:1: recipe: missing required key (one of full_finetune, lora_finetune, dpo, knowledge_distillation, grpo)"
     );
 }
 

@@ -54,7 +54,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const ALL: [&str; 35] = [
+const ALL: [&str; 36] = [
     "smollm2_135m_lora",
     "smollm2_135m_qlora",
     "smollm2_135m_full",
@@ -90,6 +90,7 @@ const ALL: [&str; 35] = [
     "qwen3_4b_qlora",
     "qwen3_8b_lora",
     "qwen3_8b_qlora",
+    "smollm2_135m_grpo_lora",
 ];
 
 #[test]
@@ -114,6 +115,8 @@ fn ls_lists_every_config_by_recipe() {
         };
         let want = if config.contains("_dpo_") {
             "dpo"
+        } else if config.contains("_grpo_") {
+            "grpo"
         } else if config.ends_with("_full") {
             "full_finetune"
         } else if config.contains("_kd_") {
@@ -258,7 +261,7 @@ fn run_checks_the_recipe_before_anything_else() {
     assert_fails_with(
         &afinar(&["run", "lora_fintune", "--config", "smollm2_135m_lora"]),
         "unknown recipe `lora_fintune` (did you mean `lora_finetune`? expected one of full_finetune, lora_finetune, dpo, \
-         knowledge_distillation)",
+         knowledge_distillation, grpo)",
     );
     assert_fails_with(
         &afinar(&["run", "lora_finetune", "--config", "smollm2_135m_lora", &model, &data, "epochs=0"]),

@@ -192,4 +192,42 @@ impl<B: Backend> KvCache<B> {
         dst.len = self.len;
         Ok(())
     }
+
+    /// A cache holding only sequences `rows` of this one (in that order), with the same
+    /// positions filled: e.g. to drop finished rows from a batch being decoded. Values are
+    /// copied exactly (through f32 for 16-bit caches, which is lossless from f16).
+    pub fn keep_rows(&self, be: &B, rows: &[usize]) -> Result<KvCache<B>> {
+        if rows.is_empty() || rows.iter().any(|&r| r >= self.batch) {
+            return Err(afinar_engine::EngineError::Shape {
+                op: "keep_rows",
+                what: format!("rows {rows:?} of a cache of {} sequences", self.batch),
+            });
+        }
+        let (w, cap, n) = (self.width, self.capacity, self.len * self.width);
+        let mut dst = KvCache::new(be, self.n_layers(), rows.len(), cap, w, self.dtype())?;
+        let mut tmp = match self.store {
+            KvStore::Half { .. } => Some(be.zeros(n.max(1))?),
+            KvStore::F32 { .. } => None,
+        };
+        for layer in 0..self.n_layers() {
+            for (to, &from) in rows.iter().enumerate() {
+                let (src, off) = (from * cap * w, to * cap * w);
+                match (&self.store, &mut dst.store, tmp.as_mut()) {
+                    (KvStore::F32 { k, v }, KvStore::F32 { k: dk, v: dv }, _) => {
+                        be.copy(&k[layer], src, &mut dk[layer], off, n)?;
+                        be.copy(&v[layer], src, &mut dv[layer], off, n)?;
+                    }
+                    (KvStore::Half { k, v }, KvStore::Half { k: dk, v: dv }, Some(t)) => {
+                        be.from_half(&k[layer], src, t, 0, n)?;
+                        be.to_half(t, 0, &mut dk[layer], off, n)?;
+                        be.from_half(&v[layer], src, t, 0, n)?;
+                        be.to_half(t, 0, &mut dv[layer], off, n)?;
+                    }
+                    _ => unreachable!("the new cache has the same dtype"),
+                }
+            }
+        }
+        dst.len = self.len;
+        Ok(dst)
+    }
 }

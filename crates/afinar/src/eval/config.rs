@@ -33,6 +33,14 @@
 //!     kind: preference
 //!     file: ../prefs_bilingual/heldout.jsonl
 //!     template: auto                  # auto | chat | plain
+//!   - name: arith_reward              # answers to GRPO prompts scored with the grpo rewards
+//!     language: en                    # rows with a `lang` column: only this language
+//!     kind: reward
+//!     file: ../grpo_arith/heldout.jsonl
+//!     max_new_tokens: 32
+//!     answer_match: 1.0               # the grpo recipe's rewards section, same keys
+//!     command: python3 my_reward.py   # optional; with command_weight, command_timeout_s
+//!     temperature: 0                  # greedy (default); top_p, top_k, seed when sampling
 //! ```
 //!
 //! Relative paths are relative to the config file's folder. Every task also takes `limit`
@@ -44,7 +52,10 @@ use super::choice::{ChoiceFormat, ChoiceOptions, FewshotSampler};
 use super::generation::ExactMatchOptions;
 use super::perplexity::PerplexityOptions;
 use super::preference::PreferenceOptions;
+use super::reward::RewardTaskOptions;
 use crate::config::yaml::{self, Entry, Node, Pos, Value};
+use crate::generate::SamplingParams;
+use crate::recipes::grpo_interim::{CommandReward, Reward, RewardSet};
 use crate::{Error, Result};
 
 /// A whole eval config.
@@ -104,6 +115,13 @@ pub enum TaskKind {
         /// Template and limit.
         opts: PreferenceOptions,
     },
+    /// A GRPO prompt file: generated answers scored with rewards.
+    Reward {
+        /// The prompts.
+        file: PathBuf,
+        /// Generation, rewards and limit.
+        opts: RewardTaskOptions,
+    },
 }
 
 impl TaskKind {
@@ -114,6 +132,7 @@ impl TaskKind {
             TaskKind::MultipleChoice { .. } => "multiple_choice",
             TaskKind::ExactMatch { .. } => "exact_match",
             TaskKind::Preference { .. } => "preference",
+            TaskKind::Reward { .. } => "reward",
         }
     }
 
@@ -123,7 +142,8 @@ impl TaskKind {
             TaskKind::Perplexity { file, .. }
             | TaskKind::MultipleChoice { file, .. }
             | TaskKind::ExactMatch { file, .. }
-            | TaskKind::Preference { file, .. } => file,
+            | TaskKind::Preference { file, .. }
+            | TaskKind::Reward { file, .. } => file,
         }
     }
 }
@@ -134,6 +154,18 @@ const PPL_KEYS: &[&str] = &["max_length", "stride", "add_bos"];
 const MC_KEYS: &[&str] = &["format", "fewshot_file", "num_fewshot", "fewshot_sampler", "seed"];
 const EM_KEYS: &[&str] = &["max_new_tokens", "stop", "chat", "ignore_case", "ignore_punctuation"];
 const PREF_KEYS: &[&str] = &["template"];
+const REWARD_KEYS: &[&str] = &[
+    "max_new_tokens",
+    "stop",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "answer_match",
+    "command",
+    "command_weight",
+    "command_timeout_s",
+];
 
 struct Cx<'a> {
     file: &'a str,
@@ -273,7 +305,7 @@ impl EvalConfig {
 }
 
 fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
-    let all: Vec<&str> = [COMMON_KEYS, PPL_KEYS, MC_KEYS, EM_KEYS, PREF_KEYS].concat();
+    let all: Vec<&str> = [COMMON_KEYS, PPL_KEYS, MC_KEYS, EM_KEYS, PREF_KEYS, REWARD_KEYS].concat();
     let entries = cx.map(node, key, &all)?;
     let get = |k: &str| entries.iter().find(|e| e.key == k).map(|e| &e.value);
     let need = |k: &str| get(k).ok_or_else(|| cx.err(&node.pos, key, format!("missing `{k}`")));
@@ -286,13 +318,14 @@ fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
         "multiple_choice" => MC_KEYS,
         "exact_match" => EM_KEYS,
         "preference" => PREF_KEYS,
+        "reward" => REWARD_KEYS,
         other => {
             return Err(cx.err(
                 &kind_node.pos,
                 &sub("kind"),
                 format!(
-                    "expected one of perplexity, multiple_choice, exact_match, preference, got {other:?}"
-                ),
+                "expected one of perplexity, multiple_choice, exact_match, preference, reward, got {other:?}"
+            ),
             ))
         }
     };
@@ -379,6 +412,7 @@ fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
             };
             TaskKind::Preference { file, opts: PreferenceOptions { template, limit } }
         }
+        "reward" => TaskKind::Reward { file, opts: parse_reward_opts(cx, &get, &sub, &node.pos, limit)? },
         _ => {
             let mut opts = ExactMatchOptions { limit, ..Default::default() };
             if let Some(n) = get("max_new_tokens") {
@@ -407,6 +441,87 @@ fn parse_task(cx: &Cx<'_>, node: &Node, key: &str) -> Result<TaskSpec> {
         }
     };
     Ok(TaskSpec { name, language, kind })
+}
+
+/// The settings of a `reward` task.
+fn parse_reward_opts<'n>(
+    cx: &Cx<'_>,
+    get: &dyn Fn(&str) -> Option<&'n Node>,
+    sub: &dyn Fn(&str) -> String,
+    pos: &Pos,
+    limit: Option<usize>,
+) -> Result<RewardTaskOptions> {
+    let number = |k: &str, min: f64, min_inclusive: bool| -> Result<Option<f64>> {
+        let Some(n) = get(k) else { return Ok(None) };
+        match n.as_f64() {
+            Some(v) if v.is_finite() && (v > min || (min_inclusive && v == min)) => Ok(Some(v)),
+            _ => Err(cx.err(
+                &n.pos,
+                &sub(k),
+                format!(
+                    "expected a number {} {min}, got {}",
+                    if min_inclusive { "≥" } else { ">" },
+                    n.describe()
+                ),
+            )),
+        }
+    };
+    let mut stop = Vec::new();
+    if let Some(s) = get("stop") {
+        stop = match &s.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| cx.text(x, &format!("{}[{i}]", sub("stop"))))
+                .collect::<Result<_>>()?,
+            _ => vec![cx.text(s, &sub("stop"))?],
+        };
+    }
+    let top_p = number("top_p", 0.0, false)?.unwrap_or(1.0);
+    if top_p > 1.0 {
+        return Err(cx.err(&get("top_p").expect("given").pos, &sub("top_p"), "expected a number in (0, 1]"));
+    }
+    let sampling = SamplingParams {
+        temperature: number("temperature", 0.0, true)?.unwrap_or(0.0) as f32,
+        top_p: top_p as f32,
+        top_k: get("top_k").map(|n| cx.count(n, &sub("top_k"), 0)).transpose()?.unwrap_or(0),
+        seed: get("seed").map(|n| cx.count(n, &sub("seed"), 0)).transpose()?.unwrap_or(0) as u64,
+    };
+    let mut items = Vec::new();
+    if let Some(w) = number("answer_match", 0.0, true)? {
+        items.push(("answer_match", w, Reward::AnswerMatch));
+    }
+    if let Some(c) = get("command") {
+        let command = cx.non_empty(c, &sub("command"))?;
+        let weight = number("command_weight", 0.0, true)?.unwrap_or(1.0);
+        let timeout = number("command_timeout_s", 0.0, false)?.unwrap_or(60.0);
+        items.push((
+            "command",
+            weight,
+            Reward::Command(CommandReward {
+                command,
+                cwd: Some(cx.base.clone()),
+                timeout: std::time::Duration::from_secs_f64(timeout),
+            }),
+        ));
+    }
+    if items.is_empty() {
+        return Err(cx.err(
+            pos,
+            &sub("answer_match"),
+            "missing: a reward task needs answer_match and/or command",
+        ));
+    }
+    Ok(RewardTaskOptions {
+        max_new_tokens: get("max_new_tokens")
+            .map(|n| cx.count(n, &sub("max_new_tokens"), 1))
+            .transpose()?
+            .unwrap_or(32),
+        stop,
+        sampling,
+        rewards: RewardSet { items },
+        limit,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //!   and MMLU with the harness' default prompts, zero- or few-shot;
 //! - [`generation`]: greedy generation scored by exact match after normalisation;
 //! - [`preference`]: preference pairs scored by the log-probability margin of the chosen over
-//!   the rejected response (accuracy and mean margin).
+//!   the rejected response (accuracy and mean margin);
+//! - [`reward`]: answers generated to GRPO prompts, scored with the `grpo` recipe's rewards
+//!   (mean reward).
 //!
 //! [`config`] reads an eval YAML config that lists tasks with a language tag, [`report`] runs
 //! them and lays the results out per language, as a terminal table and as JSON.
@@ -20,6 +22,7 @@ mod jsonl;
 pub mod perplexity;
 pub mod preference;
 pub mod report;
+pub mod reward;
 
 pub use choice::{
     load_choice_docs, score_choice_task, ChoiceDoc, ChoiceFormat, ChoiceOptions, ChoiceResult, FewshotSampler,
@@ -36,3 +39,4 @@ pub use preference::{
     load_preference_pairs, score_preference_task, PreferenceItem, PreferenceOptions, PreferenceResult,
 };
 pub use report::{check_tasks, run_tasks, EvalReport, TaskOutcome, TaskResult};
+pub use reward::{load_reward_prompts, score_reward_task, RewardResult, RewardTaskOptions};

@@ -14,6 +14,7 @@ use super::generation::{exact_match_task, load_generation_docs, ExactMatchResult
 use super::jsonl::read_text;
 use super::perplexity::{perplexity, PerplexityResult};
 use super::preference::{load_preference_pairs, score_preference_task, PreferenceResult};
+use super::reward::{load_reward_prompts, score_reward_task, RewardResult};
 use crate::models::Llama;
 use crate::{Error, Result};
 
@@ -29,6 +30,8 @@ pub enum TaskResult {
     ExactMatch(ExactMatchResult),
     /// Preference accuracy and mean margin.
     Preference(PreferenceResult),
+    /// Mean reward of generated answers.
+    Reward(RewardResult),
 }
 
 /// One task's result with what it was.
@@ -83,7 +86,7 @@ pub fn check_tasks(tasks: &[TaskSpec]) -> Result<()> {
                 load_generation_docs(file)?;
             }
             // Encoding needs the model's tokenizer: rows are checked when the task runs.
-            TaskKind::Preference { file, .. } => {
+            TaskKind::Preference { file, .. } | TaskKind::Reward { file, .. } => {
                 if !file.is_file() {
                     return Err(Error::Input(format!("{}: no such file", file.display())));
                 }
@@ -140,6 +143,13 @@ pub fn run_tasks<B: Backend>(
                     .map_err(with_label)?;
                 TaskResult::Preference(r)
             }
+            TaskKind::Reward { file, opts } => {
+                let ctx = model.config.max_seq_len.saturating_sub(opts.max_new_tokens).max(1);
+                let prompts = load_reward_prompts(file, tok, &task.language, ctx).map_err(with_label)?;
+                let r = score_reward_task(be, model, tok, &prompts, opts, |d, n| progress(task, d, n))
+                    .map_err(with_label)?;
+                TaskResult::Reward(r)
+            }
         };
         out.push(TaskOutcome {
             name: task.name.clone(),
@@ -179,6 +189,17 @@ impl TaskOutcome {
                 ("mean margin", with_stderr(r.mean_margin, r.mean_margin_stderr)),
                 ("pairs", r.pairs_scored.to_string()),
             ],
+            TaskResult::Reward(r) => {
+                let mut rows = vec![("mean reward", with_stderr(r.mean_reward, r.mean_reward_stderr))];
+                for (name, v) in &r.reward_means {
+                    rows.push((
+                        if name == "answer_match" { "answer_match" } else { "command" },
+                        format!("{v:.4}"),
+                    ));
+                }
+                rows.push(("items", r.items_scored.to_string()));
+                rows
+            }
             TaskResult::ExactMatch(r) => {
                 vec![
                     ("exact_match", with_stderr(r.exact_match, r.exact_match_stderr)),

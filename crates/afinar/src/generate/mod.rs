@@ -1,11 +1,13 @@
 //! Text generation with a KV cache: prefill the prompt once, then one forward pass per new
 //! token, streaming each token to a callback as it is produced.
 
+pub mod group;
 mod sampling;
 
 use std::time::Instant;
 
 use afinar_engine::Backend;
+pub use group::{generate_group, row_seed, Completion, GroupOptions, GroupStats, GroupStop};
 pub use sampling::{argmax, Rng, Sampler, SamplingParams};
 
 use crate::blocks::KvCache;

@@ -304,6 +304,38 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// Runs `f` with LoRA dropout off (generation, or log-probabilities that must not depend on
+    /// a dropout mask, inside a training step), then gives every adapter back the dropout seed
+    /// it had.
+    pub fn without_dropout<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let mut parked = Vec::new();
+        for layer in &mut self.layers {
+            for l in layer.projections_mut() {
+                parked.push(l.lora.as_mut().and_then(|a| a.dropout_seed.take()));
+            }
+        }
+        if let Some(o) = &mut self.output {
+            parked.push(o.lora.as_mut().and_then(|a| a.dropout_seed.take()));
+        }
+        let result = f(self);
+        let mut it = parked.into_iter();
+        for layer in &mut self.layers {
+            for l in layer.projections_mut() {
+                let seed = it.next().flatten();
+                if let Some(a) = l.lora.as_mut() {
+                    a.dropout_seed = seed;
+                }
+            }
+        }
+        if let Some(o) = &mut self.output {
+            let seed = it.next().flatten();
+            if let Some(a) = o.lora.as_mut() {
+                a.dropout_seed = seed;
+            }
+        }
+        result
+    }
+
     /// Sets every trainable tensor's gradient to zero.
     pub fn zero_grads(&mut self, be: &B) -> Result<()> {
         self.visit_params_mut(&mut |_, mut p| Ok(p.state().zero_grad(be)?))

@@ -56,6 +56,7 @@ pub fn registry() -> &'static [&'static RecipeSpec] {
         &super::lora_finetune::SPEC,
         &super::dpo::SPEC,
         &super::knowledge_distillation::SPEC,
+        &super::grpo::SPEC,
     ];
     REGISTRY
 }
@@ -117,7 +118,7 @@ mod tests {
         assert!(
             e.contains(
                 "unknown recipe `dpx` (did you mean `dpo`? expected one of full_finetune, lora_finetune, dpo, \
-                 knowledge_distillation)"
+                 knowledge_distillation, grpo)"
             ),
             "{e}"
         );

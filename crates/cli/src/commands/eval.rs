@@ -211,6 +211,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 TaskKind::MultipleChoice { opts, .. } => opts.limit = Some(limit),
                 TaskKind::ExactMatch { opts, .. } => opts.limit = Some(limit),
                 TaskKind::Preference { opts, .. } => opts.limit = Some(limit),
+                TaskKind::Reward { opts, .. } => opts.limit = Some(limit),
                 TaskKind::Perplexity { .. } => {}
             }
         }

@@ -1,0 +1,405 @@
+//! The `grpo` recipe end to end on a tiny random Llama-3-shaped model with the real Llama-3
+//! tokenizer: two steps with the built-in answer reward and an external reward command (a POSIX
+//! sh/awk script written by the test); metrics and the completions log; a killed and resumed run
+//! equals an uninterrupted one bit for bit (killed between the two iterations of a generation,
+//! and at a generation boundary); with beta 0 no token goes through the reference; bad configs
+//! and failing reward commands give named errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use afinar::checkpoint::DType;
+use afinar::config::RecipeConfig;
+use afinar::engine::{CpuBackend, RopeScaling, WeightFormat};
+use afinar::models::{Llama, LlamaConfig};
+use afinar::recipes::grpo::run_on_with;
+use afinar::recipes::metrics::Silent;
+use afinar::recipes::save::{FullSave, ModelSource};
+use afinar::recipes::state::SaveTarget;
+use afinar::tokenizer::Tokenizer;
+use common::{asset, Tmp};
+
+fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 128_256,
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 128,
+        norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }),
+        max_seq_len: 256,
+        tie_embeddings: true,
+    }
+}
+
+/// A tiny random model (HF folder, Llama-3 tokenizer), a prompt file of `n` rows (chat messages
+/// with `answer` and `lang`), and a reward script (awk: a score from the length of each JSON
+/// line, so that completions of one group score differently), in `dir`.
+fn tiny_setup(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let be = CpuBackend::new(Some(2));
+    let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
+    let m = Llama::random(&be, tiny_config(), 5, WeightFormat::F32).unwrap();
+    let model_dir = dir.join("tiny");
+    let source = ModelSource {
+        path: PathBuf::from("tiny"),
+        hf_dir: None,
+        config_json: m.config.to_hf_json(tok.bos_id(), tok.eos_id(), "float32"),
+        dtype: DType::F32,
+        tokenizer: Some(Arc::new(tok)),
+        max_seq_len: Some(256),
+    };
+    FullSave { source }.save(&be, &m, &model_dir).unwrap();
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let (q, lang) = if i % 2 == 0 {
+                (format!("What is {i} plus 2? End with 'Answer: N'."), "en")
+            } else {
+                (format!("¿Cuánto es {i} más 2? Termina con 'Respuesta: N'."), "es")
+            };
+            serde_json::json!({
+                "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q}],
+                "answer": i + 2,
+                "lang": lang,
+            })
+            .to_string()
+        })
+        .collect();
+    let data = dir.join("prompts.jsonl");
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let script = dir.join("reward.sh");
+    std::fs::write(&script, "#!/bin/sh\nawk '{ print (length($0) % 7) / 7 }'\n").unwrap();
+    (model_dir, data, script)
+}
+
+const LORA: &str = "lora:\n  rank: 4\n  alpha: 8\n  target_modules: [q_proj, v_proj, down_proj]\n";
+
+/// A `grpo` config for the tiny model; `grpo` is the grpo section's extra lines, `rewards` the
+/// rewards section's body, `extra` more top-level lines.
+fn tiny_yaml(
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    lora: &str,
+    grpo: &str,
+    rewards: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "recipe: grpo\noutput_dir: {}\nmodel:\n  path: {}\n  dtype: fp32\ntokenizer:\n  max_seq_len: 128\n{lora}\
+         grpo:\n  num_generations: 4\n  max_completion_length: 6\n  top_k: 50\n  log_completions_every: 1\n{grpo}\
+         rewards:\n{rewards}dataset:\n  kind: chat\n  source: {}\nseed: 3\nshuffle: true\nbatch_size: 2\n\
+         epochs: 1\nmax_steps_per_epoch: 4\ngradient_accumulation_steps: 2\noptimizer:\n  lr: 3e-2\n\
+         lr_scheduler:\n  kind: constant\n  warmup_steps: 0\nclip_grad_norm: 1.0\nsave_every_n_steps: 1\n\
+         log_every_n_steps: 1\nthreads: 2\n{extra}",
+        out.display(),
+        model.display(),
+        data.display()
+    )
+}
+
+fn command_rewards(script: &Path) -> String {
+    format!("  answer_match: 1.0\n  command: sh {}\n  command_weight: 0.5\n", script.display())
+}
+
+fn load(yaml: &str, dir: &Path, name: &str) -> RecipeConfig {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn metric(row: &serde_json::Value, name: &str) -> f64 {
+    row[name].as_f64().unwrap_or_else(|| panic!("metrics row has no {name}: {row}"))
+}
+
+#[test]
+fn two_steps_with_the_builtin_and_the_command_reward() {
+    let dir = Tmp::new("grpo-two");
+    let (model, data, script) = tiny_setup(&dir, 6);
+    let be = CpuBackend::new(Some(2));
+    let out = dir.join("out");
+    let yaml = tiny_yaml(&model, &data, &out, LORA, "  beta: 0.04\n", &command_rewards(&script), "")
+        .replace("max_steps_per_epoch: 4", "max_steps_per_epoch: 2");
+    let cfg = load(&yaml, &dir, "two.yaml");
+    let s = run_on_with(&be, &cfg, &mut Silent, None).unwrap();
+    assert_eq!(s.steps, 2);
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        for key in [
+            "reward",
+            "reward_std",
+            "rewards/answer_match/mean",
+            "rewards/command/mean",
+            "rewards/command/std",
+        ] {
+            let v = metric(row, key);
+            assert!((0.0..=1.5).contains(&v), "{key} {v}: {row}");
+        }
+        // the awk reward varies with the completion: groups are not all flat
+        assert!(metric(row, "rewards/command/std") > 0.0, "{row}");
+        assert!(metric(row, "frac_reward_zero_std") < 1.0, "{row}");
+        let mean_len = metric(row, "completions/mean_length");
+        assert!(mean_len > 0.0 && mean_len <= 7.0, "{row}");
+        assert!(metric(row, "completions/max_length") <= 7.0, "{row}");
+        assert!((0.0..=1.0).contains(&metric(row, "completions/clipped_ratio")), "{row}");
+        assert!(metric(row, "gen_tokens_per_sec") > 0.0 && metric(row, "train_tokens_per_sec") > 0.0);
+        assert!(metric(row, "reference_tokens") > 0.0, "beta 0.04 runs the reference: {row}");
+        assert!(metric(row, "kl") >= 0.0 && metric(row, "kl").is_finite(), "{row}");
+        for key in ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"] {
+            assert!((0.0..=1.0).contains(&metric(row, key)), "{row}");
+        }
+        assert!(metric(row, "loss").is_finite() && metric(row, "grad_norm") > 0.0, "{row}");
+    }
+    // step 1: the adapters are fresh (B = 0), so the policy is the reference: KL exactly 0
+    assert_eq!(metric(&rows[0], "kl"), 0.0);
+    assert!(metric(&rows[1], "kl") > 0.0, "{}", rows[1]);
+    // the completions log: 2 generations × 2 prompts × 4 completions
+    let log = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 16);
+    for l in &lines {
+        assert!(l["prompt"].as_str().unwrap().contains("<|start_header_id|>user"), "{l}");
+        assert!(l["completion"].is_string() && l["rewards"]["command"].is_number(), "{l}");
+        let r =
+            l["rewards"]["answer_match"].as_f64().unwrap() + 0.5 * l["rewards"]["command"].as_f64().unwrap();
+        assert!((l["reward"].as_f64().unwrap() - r).abs() < 1e-12, "{l}");
+    }
+    assert!(
+        out.join("step_2/adapter_model.safetensors").exists()
+            || out.join("epoch_0/adapter_model.safetensors").exists()
+    );
+}
+
+/// Every safetensors file under `dir` (relative path → bytes), skipping the recipe state.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("tensorboard") && !p.ends_with("recipe_state") {
+                    stack.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "safetensors") {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
+    let dir = Tmp::new("grpo-resume");
+    let (model, data, script) = tiny_setup(&dir, 6);
+    let be = CpuBackend::new(Some(2));
+    let grpo = "  beta: 0.04\n  num_iterations: 2\n  loss_type: grpo\n  epsilon_high: 0.3\n";
+    let rewards = command_rewards(&script);
+    let whole = dir.join("whole");
+    let cfg = load(&tiny_yaml(&model, &data, &whole, LORA, grpo, &rewards, ""), &dir, "whole.yaml");
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
+    let killed = dir.join("killed");
+    let cfg = load(&tiny_yaml(&model, &data, &killed, LORA, grpo, &rewards, ""), &dir, "killed.yaml");
+    // killed after step 1: between the two iterations over the first generated batch
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(1)).unwrap().steps, 1);
+    let resumed = tiny_yaml(&model, &data, &killed, LORA, grpo, &rewards, "resume_from_checkpoint: true\n");
+    let cfg = load(&resumed, &dir, "resumed.yaml");
+    // then after step 2: at a generation boundary
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(1)).unwrap().steps, 2);
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
+    let (a, b) = (metrics(&whole), metrics(&killed));
+    assert_eq!((a.len(), b.len()), (4, 4));
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["loss", "grad_norm", "reward", "rewards/command/mean", "kl", "clip_ratio/region_mean"] {
+            assert_eq!(metric(x, key).to_bits(), metric(y, key).to_bits(), "{key} at step {}", x["step"]);
+        }
+    }
+    // the second iteration over a batch sees ratios ≠ 1 after the first step
+    assert!(metric(&a[1], "loss") != metric(&a[0], "loss"));
+    let (fa, fb) = (files(&whole), files(&killed));
+    assert!(fa.len() >= 4, "{:?}", fa.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((n, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{n} differs between the whole and the resumed run");
+    }
+}
+
+#[test]
+fn beta_zero_runs_no_reference_and_full_finetuning_trains() {
+    let dir = Tmp::new("grpo-beta0");
+    let (model, data, script) = tiny_setup(&dir, 4);
+    let be = CpuBackend::new(Some(2));
+    for (name, lora) in [("lora", LORA), ("full", "")] {
+        let out = dir.join(name);
+        let yaml = tiny_yaml(&model, &data, &out, lora, "  loss_type: bnpo\n", &command_rewards(&script), "")
+            .replace("max_steps_per_epoch: 4", "max_steps_per_epoch: 1");
+        let cfg = load(&yaml, &dir, &format!("{name}.yaml"));
+        assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 1);
+        let rows = metrics(&out);
+        assert_eq!(metric(&rows[0], "reference_tokens"), 0.0, "{name}");
+        assert!(rows[0].get("kl").is_none(), "{name}: {}", rows[0]);
+        assert!(metric(&rows[0], "grad_norm") > 0.0, "{name}: {}", rows[0]);
+    }
+}
+
+fn config_error(yaml: &str, dir: &Path) -> String {
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| panic!("accepted:\n{yaml}"))
+}
+
+#[test]
+fn bad_configs_and_failing_rewards_give_named_errors() {
+    let dir = Tmp::new("grpo-bad");
+    let (model, data, script) = tiny_setup(&dir, 4);
+    let out = dir.join("out");
+    let rewards = command_rewards(&script);
+    let good = tiny_yaml(&model, &data, &out, LORA, "", &rewards, "");
+    load(&good, &dir, "good.yaml");
+    let cases: &[(&str, &str, &str)] = &[
+        (LORA, "", "@@beta"),
+        (
+            "  top_k: 50\n",
+            "  top_k: 50\n  loss_type: ppo\n",
+            "grpo.loss_type: expected one of grpo, bnpo, dr_grpo, dapo",
+        ),
+        ("  top_k: 50\n", "  top_k: 50\n  num_generation: 4\n", "did you mean `num_generations`?"),
+        ("  num_generations: 4\n", "  num_generations: 1\n", "grpo.num_generations: expected an integer ≥ 2"),
+        ("  top_k: 50\n", "  top_k: 50\n  temperature: 0\n", "grpo.temperature: expected a number > 0"),
+        (
+            "gradient_accumulation_steps: 2",
+            "gradient_accumulation_steps: 3",
+            "do not split into 3 equal micro-batches",
+        ),
+        ("  answer_match: 1.0\n", "  answer_matc: 1.0\n", "did you mean `answer_match`?"),
+    ];
+    for (from, to, want) in cases {
+        let yaml = if *want == "@@beta" {
+            // full fine-tuning (no lora section) with a KL term
+            good.replace(LORA, "").replace("  top_k: 50\n", "  top_k: 50\n  beta: 0.1\n")
+        } else {
+            assert!(good.contains(from), "{from}");
+            good.replacen(from, to, 1)
+        };
+        let e = config_error(&yaml, &dir);
+        let want =
+            if *want == "@@beta" { "the frozen reference for full fine-tuning needs beta: 0" } else { want };
+        assert!(e.contains(want), "want {want:?} in:\n{e}");
+    }
+    let no_rewards = tiny_yaml(&model, &data, &out, LORA, "", "  command_weight: 1.0\n", "");
+    let e = config_error(&no_rewards, &dir);
+    assert!(e.contains("rewards") && e.contains("has no reward"), "{e}");
+
+    // Reward commands that fail: each a named error, no panic.
+    let be = CpuBackend::new(Some(2));
+    let scripts: &[(&str, &str)] = &[
+        ("echo broken >&2; exit 3", "exited with exit status: 3; stderr: broken"),
+        ("head -n 1 >/dev/null; echo 1", "wrote 1 lines for 8 completions"),
+        ("awk '{ print \"x\" }'", "line 1 (completion 0, row"),
+        ("awk '{ print \"nan\" }'", "expected a finite number"),
+        ("sleep 5", "no answer within 1 s (timeout_s): killed"),
+    ];
+    for (i, (body, want)) in scripts.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.sh"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let rewards = format!("  command: sh {}\n  command_timeout_s: 1\n", path.display());
+        let out = dir.join(format!("out{i}"));
+        let cfg = load(&tiny_yaml(&model, &data, &out, LORA, "", &rewards, ""), &dir, "badcmd.yaml");
+        let e = run_on_with(&be, &cfg, &mut Silent, None).unwrap_err().to_string();
+        assert!(e.contains("reward `command`") && e.contains(want), "want {want:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn eval_reward_task_scores_held_out_prompts_per_language() {
+    use afinar::eval::{run_tasks, EvalConfig, TaskResult};
+    use afinar::models::{load_model, LoadOptions};
+    let dir = Tmp::new("grpo-eval");
+    let (model, data, script) = tiny_setup(&dir, 6);
+    let yaml = format!(
+        "tasks:\n  - name: arith\n    language: en\n    kind: reward\n    file: {d}\n    max_new_tokens: 5\n    \
+         answer_match: 1.0\n    command: sh {s}\n    command_weight: 0.5\n  - name: arith\n    language: es\n    \
+         kind: reward\n    file: {d}\n    max_new_tokens: 5\n    answer_match: 1.0\n    command: sh {s}\n    \
+         command_weight: 0.5\n",
+        d = data.display(),
+        s = script.display()
+    );
+    let cfg = EvalConfig::parse(&yaml, &dir.join("eval.yaml")).unwrap();
+    let be = CpuBackend::new(Some(2));
+    let loaded =
+        load_model(&be, &model, &LoadOptions { format: WeightFormat::F32, ..Default::default() }).unwrap();
+    let tok = loaded.tokenizer.unwrap();
+    let report = run_tasks(&be, &loaded.model, &tok, "tiny", &cfg.tasks, |_, _, _| {}).unwrap();
+    for (t, lang) in report.tasks.iter().zip(["en", "es"]) {
+        let TaskResult::Reward(r) = &t.result else { panic!("not a reward result") };
+        assert_eq!(t.language, lang);
+        // 6 alternating rows: 3 per language, the right ones
+        assert_eq!(r.items_scored, 3);
+        let rows: Vec<usize> = r.items.iter().map(|i| i.row).collect();
+        assert_eq!(rows, if lang == "en" { vec![1, 3, 5] } else { vec![2, 4, 6] });
+        let mean = r.items.iter().map(|i| i.reward).sum::<f64>() / 3.0;
+        assert!((r.mean_reward - mean).abs() < 1e-12);
+        assert_eq!(r.reward_means.len(), 2);
+    }
+    let table = report.table();
+    assert!(table.contains("mean reward") && table.contains("en") && table.contains("es"), "{table}");
+    // greedy: the same answers again
+    let again = run_tasks(&be, &loaded.model, &tok, "tiny", &cfg.tasks[..1], |_, _, _| {}).unwrap();
+    let (TaskResult::Reward(a), TaskResult::Reward(b)) = (&report.tasks[0].result, &again.tasks[0].result)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        a.items.iter().map(|i| &i.answer).collect::<Vec<_>>(),
+        b.items.iter().map(|i| &i.answer).collect::<Vec<_>>()
+    );
+    // a reward task without a reward is a named config error
+    let bad = format!(
+        "tasks:\n  - name: arith\n    language: en\n    kind: reward\n    file: {}\n    max_new_tokens: 5\n",
+        data.display()
+    );
+    let e = EvalConfig::parse(&bad, &dir.join("eval.yaml")).unwrap_err().to_string();
+    assert!(e.contains("a reward task needs answer_match and/or command"), "{e}");
+}
+
+/// The shipped config's prompts (`data/grpo_arith`, `prompt` as a message list) load with their
+/// `answer` and `lang` fields, through the chat template.
+#[test]
+fn shipped_arithmetic_prompts_load() {
+    use afinar::recipes::grpo_interim::load_prompts;
+    let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/grpo_arith/heldout.jsonl");
+    let rows = load_prompts(&path, &tok, 192).unwrap();
+    assert!(rows.len() >= 100, "{}", rows.len());
+    for lang in ["en", "es"] {
+        assert!(rows.iter().any(|r| r.fields["lang"] == lang), "{lang}");
+    }
+    for r in &rows {
+        assert!(r.fields["answer"].is_number(), "row {}", r.row);
+        assert!(r.text.contains("<|start_header_id|>user") && r.ids.len() <= 192, "row {}", r.row);
+    }
+}
