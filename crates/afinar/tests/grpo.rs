@@ -40,6 +40,7 @@ fn tiny_config() -> LlamaConfig {
         }),
         max_seq_len: 256,
         tie_embeddings: true,
+        family: Default::default(),
     }
 }
 
