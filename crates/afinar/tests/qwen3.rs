@@ -4,13 +4,17 @@
 //! `$AFINAR_PYTHON` into a temporary folder: logits within 1e-4 relative, the 32-token greedy
 //! continuation (KV cache) equal, LoRA gradients within 1e-4 of PEFT's; a LoRA run's adapter and
 //! merged folder (afinar's `config.json`) load in PEFT and transformers; an f32 GGUF export
-//! (`qwen3` architecture, Q/K not permuted) loads back with the same logits.
+//! (`qwen3` architecture, Q/K not permuted) loads back with the same logits; and a tiny random
+//! Qwen3 with the real Qwen3 vocabulary (`scripts/fixtures/qwen3_vocab.py`), exported to GGUF
+//! with its tokenizer, loads in llama.cpp with afinar's ids, last-position logits and greedy
+//! tokens (`scripts/verify/qwen3_gguf.py`).
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use afinar::blocks::KvDtype;
+use afinar::checkpoint::gguf::{GgufFile, MetaValue};
 use afinar::checkpoint::write::{save_safetensors, TensorWrite};
 use afinar::checkpoint::DType;
 use afinar::engine::{Backend, CpuBackend, WeightFormat};
@@ -21,7 +25,8 @@ use afinar::models::{
 use afinar::quantize::{export_gguf, ExportOptions, Scheme};
 use afinar::recipes::save::{LoraSave, ModelSource};
 use afinar::recipes::state::SaveTarget;
-use common::{apply_peft_lora, reference_python, rel_err, skipped, Expected, Tmp};
+use afinar::tokenizer::{render_chat, Message};
+use common::{apply_peft_lora, asset, reference_python, rel_err, run_verify_script, skipped, Expected, Tmp};
 
 const CASES: [(&str, bool, usize); 2] = [("tied", true, 32), ("untied", false, 24)];
 
@@ -212,18 +217,102 @@ fn qwen3_gguf_round_trip_keeps_the_logits() {
         assert_eq!(back.model.config, src.model.config, "{case}");
         check_logits(&be, &back.model, &exp, &format!("{case} (GGUF)"));
     }
-    // llama.cpp on these files: not checked here (the reference venv has no llama-cpp-python,
-    // and the tiny fixtures carry no tokenizer, which llama.cpp needs to load a model).
-    let python = reference_python("llama.cpp on a Qwen3 GGUF").unwrap();
-    let has_llama_cpp = std::process::Command::new(python)
+    // llama.cpp on a Qwen3 GGUF: `qwen3_gguf_export_loads_in_llama_cpp_with_the_same_greedy_tokens`
+    // (these fixtures carry no tokenizer, which llama.cpp needs to load a model).
+}
+
+#[test]
+fn qwen3_gguf_export_loads_in_llama_cpp_with_the_same_greedy_tokens() {
+    let Some(python) = reference_python("llama.cpp on a Qwen3 GGUF export") else { return };
+    let has_llama_cpp = std::process::Command::new(&python)
         .args(["-c", "import llama_cpp"])
         .output()
         .unwrap()
         .status
         .success();
-    skipped(if has_llama_cpp {
-        "llama.cpp greedy check of the Qwen3 GGUF export not written yet (the fixtures have no tokenizer)"
-    } else {
-        "llama.cpp check of the Qwen3 GGUF export not run: `import llama_cpp` fails in AFINAR_PYTHON"
-    });
+    if !has_llama_cpp {
+        skipped(
+            "llama.cpp check of the Qwen3 GGUF export not run: `import llama_cpp` fails in AFINAR_PYTHON",
+        );
+        return;
+    }
+    let tok_dir = asset("qwen3-tokenizer");
+    if !tok_dir.join("tokenizer.json").is_file() {
+        skipped(&format!(
+            "{} is missing (scripts/fetch-assets.sh)",
+            tok_dir.join("tokenizer.json").display()
+        ));
+        return;
+    }
+    let tmp = Tmp::new("qwen3-llamacpp");
+    let model_dir = tmp.join("qwen3-vocab");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/qwen3_vocab.py");
+    let res =
+        std::process::Command::new(&python).arg(&script).arg(&tok_dir).arg(&model_dir).output().unwrap();
+    assert!(
+        res.status.success(),
+        "{} failed:\n{}{}",
+        script.display(),
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let be = CpuBackend::new(Some(2));
+    let src = load(&be, &model_dir);
+    let c = &src.model.config;
+    assert_eq!((c.family, c.vocab_size, c.dim, c.tie_embeddings), (Family::Qwen3, 151_936, 64, true));
+    let tok = src.tokenizer.as_ref().expect("the folder's tokenizer.json");
+    assert_eq!(tok.vocab_size(), 151_669, "the real Qwen3 vocabulary, added tokens included");
+
+    let out = tmp.join("qwen3-vocab.gguf");
+    export_gguf(&be, &src, &out, &ExportOptions { scheme: Scheme::F32, ..Default::default() }, &mut |_| {})
+        .unwrap();
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.require_str("general.architecture").unwrap(), "qwen3");
+    assert_eq!(f.require_str("tokenizer.ggml.model").unwrap(), "gpt2");
+    assert_eq!(f.require_str("tokenizer.ggml.pre").unwrap(), "qwen2");
+    let id = |k: &str| f.get(k).and_then(MetaValue::as_u64);
+    assert_eq!(id("tokenizer.ggml.eos_token_id"), Some(151_645), "<|im_end|>");
+    assert_eq!(id("tokenizer.ggml.padding_token_id"), Some(151_643), "<|endoftext|>");
+    let Some(MetaValue::Array(types)) = f.get("tokenizer.ggml.token_type") else { panic!("token_type") };
+    assert_eq!(types.len(), 151_936, "one token per embedding row");
+    assert!(types[151_669..].iter().all(|t| t == &MetaValue::I32(5)), "padding rows are unused tokens");
+    assert_eq!(types[151_644], MetaValue::I32(3), "<|im_start|> is a control token");
+
+    let mut prompts = vec![
+        "The three primary colors are".to_string(),
+        "Había una vez, en un pueblo de Castilla, un niño que".to_string(),
+    ];
+    if tok.chat_template().is_some() {
+        prompts
+            .push(render_chat(tok, &[Message::new("user", "¿Cuál es la capital de España?")], true).unwrap());
+    }
+    let n = 32;
+    let mut specs = Vec::new();
+    for text in &prompts {
+        let ids = tok.encode(text, tok.add_bos_default()).unwrap();
+        let m = &src.model;
+        let logits = m.forward(&be, &ids, 1, ids.len(), None, Logits::Last).unwrap();
+        assert_eq!(logits.len(), c.vocab_size);
+        // f32 KV cache: llama.cpp runs with one too (its default f16 cache rounds K and V).
+        let mut cache = m.new_cache_as(&be, 1, ids.len() + n, KvDtype::F32).unwrap();
+        let opts = GenerateOptions { max_new_tokens: n, sampling: Default::default(), stop_ids: vec![] };
+        let (tokens, _) = generate(&be, m, &mut cache, &ids, &opts, |_| Ok(true)).unwrap();
+        assert_eq!(tokens.len(), n);
+        specs.push(serde_json::json!({"text": text, "ids": ids, "tokens": tokens, "last_logits": logits}));
+    }
+    // afinar reads its own export back into the same model: the same greedy tokens.
+    let back = load(&be, &out);
+    assert_eq!(back.model.config, src.model.config);
+    let ids: Vec<u32> =
+        specs[0]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let a = src.model.forward(&be, &ids, 1, ids.len(), None, Logits::All).unwrap();
+    let b = back.model.forward(&be, &ids, 1, ids.len(), None, Logits::All).unwrap();
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "logits differ after the GGUF round trip"
+    );
+
+    let spec = serde_json::json!({"file": out, "prompts": specs});
+    run_verify_script(&python, "qwen3_gguf.py", &spec, &tmp, "llama.cpp on the Qwen3 GGUF");
 }
