@@ -51,7 +51,7 @@ enum Command {
 /// `afinar --version`: the version, then the CPU level the kernels run at (detected, and the
 /// `AFINAR_CPU_LEVEL` cap when one is set or invalid).
 fn long_version() -> &'static str {
-    use afinar::engine::cpu::features;
+    use afinar::engine::cpu_features as features;
     let cap = match features::env_cap() {
         Ok(Some(c)) => c.name().to_string(),
         Ok(None) => "none".to_string(),
