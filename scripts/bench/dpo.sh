@@ -27,21 +27,14 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 default_steps=4
 REPEATS=${REPEATS:-2}
-frameworks=${FRAMEWORKS:-afinar trl}
-case " $frameworks " in *" afinar "*) ;; *) NO_AFINAR=1 ;; esac
-bench_setup dpo
+bench_setup dpo "afinar trl"
 bench_data --docs 0 --pairs $(( steps * batch ))
 tokens=$(( batch * 2 * seq ))
 
-echo "dpo: $steps steps (first = warm-up), $batch pairs × 2 × $seq tokens, $threads threads; load $(loadavg)" >&2
-bench_machine >&2
-runs=()
-fail=0
+bench_start "$steps steps (first = warm-up), $batch pairs × 2 × $seq tokens"
 for round in $(seq "$repeats"); do
   for fw in $frameworks; do
-    dir=$work/${fw}_r$round
-    rm -rf "$dir"; mkdir -p "$dir"
-    echo "dpo: round $round, $fw (load $(loadavg))" >&2
+    bench_round "$fw" "$round"
     case $fw in
       afinar)
         afinar_common "$dir" "${AFINAR_DTYPE:-bf16}"
@@ -58,7 +51,4 @@ for round in $(seq "$repeats"); do
     esac
   done
 done
-python3 scripts/bench/finetune_report.py --tokens "$tokens" --check logps/chosen $batch $seq "${runs[@]}" || fail=1
-echo "load after: $(loadavg)" >&2
-bench_machine >&2
-exit $fail
+bench_report --tokens "$tokens" --check logps/chosen $batch $seq

@@ -28,22 +28,14 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/lib.sh
 . scripts/bench/lib.sh
 modes=${MODES:-lora full}
-frameworks=${FRAMEWORKS:-afinar hf torchtune}
-case " $frameworks " in *" afinar "*) ;; *) NO_AFINAR=1 ;; esac
-bench_setup finetune
-case " $frameworks " in *" torchtune "*) ttpy=$(./scripts/bench/torchtune-venv.sh) ;; esac
+bench_setup finetune "afinar hf torchtune"
 bench_data --docs $(( (steps + 2) * batch ))
 
-echo "finetune: $steps steps (first = warm-up), batch $batch × $seq, $threads threads; load $(loadavg)" >&2
-bench_machine >&2
-runs=()
-fail=0
+bench_start "$steps steps (first = warm-up), batch $batch × $seq"
 for round in $(seq "$repeats"); do
 for mode in $modes; do
   for fw in $frameworks; do
-    dir=$work/${fw}_${mode}_r$round
-    rm -rf "$dir"; mkdir -p "$dir"
-    echo "finetune: round $round, $fw $mode (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    bench_round "${fw}_$mode" "$round"
     case $fw in
       afinar)
         recipe=${mode}_finetune
@@ -68,6 +60,4 @@ for mode in $modes; do
   done
 done
 done
-python3 scripts/bench/finetune_report.py $batch $seq "${runs[@]}" || fail=1
-echo "load after: $(loadavg)" >&2
-exit $fail
+bench_report $batch $seq

@@ -26,23 +26,15 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 default_steps=5
 REPEATS=${REPEATS:-2}
-frameworks=${FRAMEWORKS:-afinar torchtune}
-case " $frameworks " in *" afinar "*) ;; *) NO_AFINAR=1 ;; esac
-bench_setup kd
-case " $frameworks " in *" torchtune "*) ttpy=$(./scripts/bench/torchtune-venv.sh) ;; esac
+bench_setup kd "afinar torchtune"
 bench_data --docs $(( (steps + 2) * batch ))
 dtype=${AFINAR_DTYPE:-bf16}
 teacher_dtype=bf16; [ "$dtype" = fp32 ] && teacher_dtype=as_stored
 
-echo "kd: $steps steps (first = warm-up), batch $batch × $seq, teacher = student, $threads threads; load $(loadavg)" >&2
-bench_machine >&2
-runs=()
-fail=0
+bench_start "$steps steps (first = warm-up), batch $batch × $seq, teacher = student"
 for round in $(seq "$repeats"); do
   for fw in $frameworks; do
-    dir=$work/${fw}_r$round
-    rm -rf "$dir"; mkdir -p "$dir"
-    echo "kd: round $round, $fw (load $(loadavg))" >&2
+    bench_round "$fw" "$round"
     case $fw in
       afinar)
         afinar_common "$dir" "$dtype"
@@ -59,7 +51,4 @@ for round in $(seq "$repeats"); do
     esac
   done
 done
-python3 scripts/bench/finetune_report.py $batch $seq "${runs[@]}" || fail=1
-echo "load after: $(loadavg)" >&2
-bench_machine >&2
-exit $fail
+bench_report $batch $seq

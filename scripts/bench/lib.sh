@@ -1,9 +1,12 @@
 # Shared pieces of the CPU training benchmarks (finetune.sh, dpo.sh, kd.sh), sourced by them from
 # the repository root after `set -euo pipefail`:
-#   bench_setup NAME     reads STEPS (default $default_steps, else 6), REPEATS (1), THREADS (2) and
+#   bench_setup NAME FRAMEWORKS
+#                        frameworks = FRAMEWORKS from the environment, else the second argument;
+#                        ttpy = the torchtune venv (torchtune-venv.sh) when torchtune is one; reads
+#                        STEPS (default $default_steps, else 6), REPEATS (1), THREADS (2) and
 #                        BATCH (4) into steps / repeats / threads / batch; sets seq (512), assets,
 #                        gguf (the SmolLM2-135M-Instruct Q4_1 GGUF), py (the reference venv, PEFT
-#                        installed; AFINAR_PYTHON if set, as for the tests); AFINAR_BIN (a release build unless set or NO_AFINAR=1); work
+#                        installed; AFINAR_PYTHON if set, as for the tests); AFINAR_BIN (a release build unless set, when afinar is one of the frameworks); work
 #                        (WORK, or a temporary folder removed at exit); the thread variables.
 #   bench_data ARGS...   scripts/bench/finetune_data.py into $work (same rows for every framework).
 #   timed TIME LOG CMD…  runs CMD under /usr/bin/time -v (peak RSS of the whole process).
@@ -13,6 +16,7 @@
 
 bench_setup() {
   bench_name=$1
+  frameworks=${FRAMEWORKS:-$2}
   steps=${STEPS:-${default_steps:-6}}
   repeats=${REPEATS:-1}
   threads=${THREADS:-2}
@@ -22,17 +26,52 @@ bench_setup() {
   gguf=$assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
   py=${AFINAR_PYTHON:-$(./scripts/reference-venv.sh)}
   "$py" -c 'import peft' 2>/dev/null || "$py" -m pip install --quiet peft==0.21.2 >&2
-  if [ -z "${AFINAR_BIN:-}" ] && [ "${NO_AFINAR:-0}" != 1 ]; then
+  case " $frameworks " in *" afinar "*) bench_afinar_bin ;; esac
+  case " $frameworks " in *" torchtune "*) ttpy=$(./scripts/bench/torchtune-venv.sh) ;; esac
+  bench_workdir
+  export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+}
+
+# bench_afinar_bin: AFINAR_BIN, or a release build of afinar-cli (target/release/afinar).
+bench_afinar_bin() {
+  if [ -z "${AFINAR_BIN:-}" ]; then
     cargo build --quiet --release -p afinar-cli >&2
     AFINAR_BIN=target/release/afinar
   fi
+}
+
+# bench_workdir: work = WORK (created), or a temporary folder removed at exit; an absolute path.
+bench_workdir() {
   if [ -n "${WORK:-}" ]; then
     work=$WORK; mkdir -p "$work"
   else
     work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
   fi
   work=$(cd "$work" && pwd)
-  export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+}
+
+# bench_start WHAT: the opening lines (WHAT, the load, the processor); runs=() and fail=0.
+bench_start() {
+  echo "$bench_name: $1, $threads threads; load $(loadavg)" >&2
+  bench_machine >&2
+  runs=()
+  fail=0
+}
+
+# bench_round FRAMEWORK ROUND: dir = a fresh $work/FRAMEWORK_rROUND, and a line with the load.
+bench_round() {
+  dir=$work/${1}_r$2
+  rm -rf "$dir"; mkdir -p "$dir"
+  echo "$bench_name: round $2, $1 (load $(loadavg))" >&2
+}
+
+# bench_report ARGS...: finetune_report.py's table of the runs, the load and processor after;
+# exits with the benchmark's status.
+bench_report() {
+  python3 scripts/bench/finetune_report.py "$@" "${runs[@]}" || fail=1
+  echo "load after: $(loadavg)" >&2
+  bench_machine >&2
+  exit $fail
 }
 
 bench_data() {
