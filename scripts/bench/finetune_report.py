@@ -34,7 +34,10 @@ def steps_of(kind, log, batch, seq, tokens=None, check="loss"):
                 out.append((m["step"], tokens or m["label_tokens"], secs, m[check]))
     elif kind == "hf":
         for l in open(log):
-            m = json.loads(l) if l.startswith("{") else {}
+            try:   # the JSON lines only (TRL's Trainer also prints Python dicts)
+                m = json.loads(l) if l.startswith("{") else {}
+            except ValueError:
+                m = {}
             if "step" in m:
                 out.append((m["step"], tokens or m["label_tokens"], m["secs"], m[check]))
     elif kind == "torchtune":
