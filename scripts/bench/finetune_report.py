@@ -1,6 +1,7 @@
 """Table of scripts/bench/finetune.sh from the runs' own logs.
 
-    python finetune_report.py RUN...     RUN = mode|framework|kind|log|time_file[|round]
+    python finetune_report.py [--tokens N] [--check KEY] BATCH SEQ RUN...
+                                         RUN = mode|framework|kind|log|time_file[|round]
 
 kind: afinar (OUTPUT_DIR/metrics.jsonl: label_tokens, tokens_per_sec, per step), hf (the JSON
 lines of hf_finetune.py), torchtune (its DiskLogger file: tokens_per_second_per_gpu counts the
@@ -11,6 +12,10 @@ steps / their seconds. Ratios are against the fastest peer (not afinar) of the s
 round. With several rounds, a second table gives each framework's median tokens/s and peak RSS
 over the rounds, the ratios of those medians to the fastest peer's, and the range of the
 per-round ratios. Exits 1 if a run has no usable steps.
+
+--tokens N: count N tokens per step for every run (scripts/bench/dpo.sh: the sequence tokens of a
+step, which afinar's metrics do not log), with each run's own step seconds. --check KEY: the
+step-1 column shows that metric (afinar's metrics.jsonl and the hf JSON lines) instead of the loss.
 """
 
 import glob
@@ -19,18 +24,22 @@ import re
 import sys
 
 
-def steps_of(kind, log, batch, seq):
-    out = []   # (step, label_tokens, secs, loss)
+def steps_of(kind, log, batch, seq, tokens=None, check="loss"):
+    out = []   # (step, tokens counted, secs, check value)
     if kind == "afinar":
         for l in open(log):
             if l.strip():
                 m = json.loads(l)
-                out.append((m["step"], m["label_tokens"], m["label_tokens"] / m["tokens_per_sec"], m["loss"]))
+                secs = m["label_tokens"] / m["tokens_per_sec"]
+                out.append((m["step"], tokens or m["label_tokens"], secs, m[check]))
     elif kind == "hf":
         for l in open(log):
-            m = json.loads(l) if l.startswith("{") else {}
+            try:   # the JSON lines only (TRL's Trainer also prints Python dicts)
+                m = json.loads(l) if l.startswith("{") else {}
+            except ValueError:
+                m = {}
             if "step" in m:
-                out.append((m["step"], m["label_tokens"], m["secs"], m["loss"]))
+                out.append((m["step"], tokens or m["label_tokens"], m["secs"], m[check]))
     elif kind == "torchtune":
         files = sorted(glob.glob(log))
         for l in open(files[-1]) if files else []:
@@ -38,7 +47,7 @@ def steps_of(kind, log, batch, seq):
             if m:
                 kv = dict(x.split(":", 1) for x in m.group(2).split())
                 secs = batch * seq / float(kv["tokens_per_second_per_gpu"])
-                out.append((int(m.group(1)), batch * (seq - 1), secs, float(kv["loss"])))
+                out.append((int(m.group(1)), tokens or batch * (seq - 1), secs, float(kv[check])))
     return out
 
 
@@ -59,14 +68,21 @@ def median(xs):
 
 
 def main():
-    batch, seq = int(sys.argv[1]), int(sys.argv[2])
+    args, tokens, check = sys.argv[1:], None, "loss"
+    while args and args[0] in ("--tokens", "--check"):
+        if args[0] == "--tokens":
+            tokens = int(args[1])
+        else:
+            check = args[1]
+        args = args[2:]
+    batch, seq = int(args[0]), int(args[1])
     rows, bad = [], False
-    for spec in sys.argv[3:]:
+    for spec in args[2:]:
         parts = spec.split("|")
         mode, name, kind, log, tfile = parts[:5]
         rnd = int(parts[5]) if len(parts) > 5 else 1
         try:
-            st = steps_of(kind, log, batch, seq)
+            st = steps_of(kind, log, batch, seq, tokens, check)
         except (OSError, ValueError, KeyError):
             st = []
         timed = [s for s in st if s[0] > 1]
@@ -84,7 +100,8 @@ def main():
         return max(vals) if vals else None
 
     head = "| round " if many else ""
-    print(f"{head}| mode | framework | steps timed | label tokens/step | tokens/s | vs fastest peer | peak RSS GB | step-1 loss |")
+    counted = "tokens/step" if tokens else "label tokens/step"
+    print(f"{head}| mode | framework | steps timed | {counted} | tokens/s | vs fastest peer | peak RSS GB | step-1 {check} |")
     print(("|---:" if many else "") + "|---|---|---:|---:|---:|---:|---:|---:|")
     for rnd, mode, name, n, lt, tps, rss, loss in rows:
         lead = f"| {rnd} " if many else ""

@@ -26,16 +26,10 @@ seq=${SEQ:-64}
 batch=${BATCH:-2}
 assets=$(./scripts/fetch-assets.sh)
 tokenizer=${TOKENIZER:-$assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}
-if [ -z "${AFINAR_BIN:-}" ]; then
-  cargo build --quiet --release -p afinar-cli >&2
-  AFINAR_BIN=target/release/afinar
-fi
-if [ -n "${WORK:-}" ]; then
-  work=$WORK; mkdir -p "$work"
-else
-  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-fi
-work=$(cd "$work" && pwd)
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
+bench_afinar_bin
+bench_workdir
 data=$(pwd)/data/bilingual_instruct.jsonl
 
 echo "qlora_memory: $preset random, $steps steps, batch $batch x $seq, $threads threads; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2

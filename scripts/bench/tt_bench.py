@@ -1,8 +1,12 @@
 """torchtune side of scripts/bench/finetune.sh (run with the torchtune venv, see
 torchtune-venv.sh), and the recipe components it needs.
 
-    python tt_bench.py config OUT_DIR --mode lora|full [--steps 6] [--batch 4]   # writes the YAML
+    python tt_bench.py config OUT_DIR --mode lora|full|kd [--steps 6] [--batch 4]   # writes the YAML
     PYTHONPATH=scripts/bench tune run lora_finetune_single_device --config OUT_DIR/tt_lora/config.yaml
+
+Mode kd (scripts/bench/kd.sh, recipe knowledge_distillation_single_device): the LoRA student of
+mode lora plus a frozen teacher, the same f32 SmolLM2-135M (`teacher_model`,
+`teacher_checkpointer`), forward KL (ForwardKLWithChunkedOutputLoss) with kd_ratio 0.5.
 
 SmolLM2-135M runs through torchtune's `llama3_2` component builders: plain RoPE (scale_factor 1),
 rope_base 100000, tied embeddings, FullModelHFCheckpointer with model_type LLAMA3_2. torchtune
@@ -53,7 +57,7 @@ def write_config(out, mode, steps, batch, lr, targets):
     run_dir = os.path.abspath(os.path.join(out, f"tt_{mode}"))
     os.makedirs(run_dir, exist_ok=True)
     model = dict(MODEL)
-    if mode == "lora":
+    if mode in ("lora", "kd"):
         model.update(_component_="torchtune.models.llama3_2.lora_llama3_2",
                      lora_attn_modules=targets, apply_lora_to_mlp=False, apply_lora_to_output=False,
                      lora_rank=8, lora_alpha=16, lora_dropout=0.0)
@@ -96,7 +100,12 @@ def write_config(out, mode, steps, batch, lr, targets):
         "enable_activation_offloading": False,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }
-    if mode == "lora":
+    if mode == "kd":
+        cfg["teacher_model"] = dict(MODEL, _component_="torchtune.models.llama3_2.llama3_2")
+        cfg["teacher_checkpointer"] = dict(cfg["checkpointer"], output_dir=os.path.join(run_dir, "teacher"))
+        cfg["kd_loss"] = {"_component_": "torchtune.modules.loss.ForwardKLWithChunkedOutputLoss"}
+        cfg["kd_ratio"] = 0.5
+    if mode in ("lora", "kd"):
         cfg["save_adapter_weights_only"] = True
     else:
         cfg["optimizer_in_bwd"] = False
@@ -110,7 +119,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["config"])
     ap.add_argument("out")
-    ap.add_argument("--mode", choices=["lora", "full"], required=True)
+    ap.add_argument("--mode", choices=["lora", "full", "kd"], required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-4)
