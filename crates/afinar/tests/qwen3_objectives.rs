@@ -58,9 +58,10 @@ fn metric(row: &serde_json::Value, name: &str) -> f64 {
 const LORA: &str =
     "lora:\n  rank: 4\n  alpha: 8\n  target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]\n";
 
-fn dpo_yaml(model: &Path, data: &Path, out: &Path, dtype: &str, steps: usize) -> String {
+fn dpo_yaml(model: &Path, data: &Path, out: &Path, qlora: bool, steps: usize) -> String {
+    let (dtype, nf4) = if qlora { ("bf16", "  quantize_base: true\n") } else { ("fp32", "") };
     format!(
-        "recipe: dpo\noutput_dir: {}\nmodel:\n  path: {}\n  dtype: {dtype}\ntokenizer:\n  max_seq_len: 64\n{LORA}\
+        "recipe: dpo\noutput_dir: {}\nmodel:\n  path: {}\n  dtype: {dtype}\ntokenizer:\n  max_seq_len: 64\n{LORA}{nf4}\
          loss:\n  kind: sigmoid\n  beta: 0.1\ndataset:\n  kind: preference\n  source: {}\nseed: 3\nshuffle: false\n\
          batch_size: 2\nepochs: 1\nmax_steps_per_epoch: {steps}\noptimizer:\n  lr: 1e-2\nthreads: 2\n\
          log_every_n_steps: 1\nmerge_adapter: false\nsave_adapter_weights_only: true\n",
@@ -79,7 +80,7 @@ fn qwen3_lora_and_qlora_dpo() {
 
     // LoRA: a fresh adapter leaves the policy equal to the reference (adapters off).
     let out = dir.join("lora");
-    let cfg = config(&dir, "lora.yaml", &dpo_yaml(&model, &data, &out, "fp32", 3));
+    let cfg = config(&dir, "lora.yaml", &dpo_yaml(&model, &data, &out, false, 3));
     let s = afinar::recipes::dpo::run_on(&be, &cfg, &mut Silent).unwrap();
     assert_eq!(s.steps, 3);
     let rows = metrics_rows(&out);
@@ -100,9 +101,9 @@ fn qwen3_lora_and_qlora_dpo() {
     assert_eq!(b.shape, [4 * 32, 4], "q_proj's B: n_heads · head_dim rows");
     assert!(b.to_f32().unwrap().iter().any(|&v| v != 0.0), "the saved adapter's B is still zero");
 
-    // QLoRA: the frozen projections in NF4.
+    // QLoRA: the frozen projections in NF4 (blocks of 64), the rest in bf16.
     let out = dir.join("qlora");
-    let cfg = config(&dir, "qlora.yaml", &dpo_yaml(&model, &data, &out, "nf4", 1));
+    let cfg = config(&dir, "qlora.yaml", &dpo_yaml(&model, &data, &out, true, 1));
     let s = afinar::recipes::dpo::run_on(&be, &cfg, &mut Silent).unwrap();
     assert_eq!(s.steps, 1);
     let row = &metrics_rows(&out)[0];
