@@ -206,7 +206,14 @@ pub fn preference_file(dir: &Path, pairs: usize) -> PathBuf {
 /// `dir/data.jsonl`: `rows` bilingual instruct rows (instruction, input, output) of the recipe
 /// tests.
 pub fn instruct_file(dir: &Path, rows: usize) -> PathBuf {
-    let rows: Vec<String> = (0..rows)
+    let path = dir.join("data.jsonl");
+    write_instruct_rows(&path, 0..rows);
+    path
+}
+
+/// Writes the instruct rows numbered `rows` of [`instruct_file`] to `path`.
+pub fn write_instruct_rows(path: &Path, rows: std::ops::Range<usize>) {
+    let rows: Vec<String> = rows
         .map(|i| {
             let (q, a) = if i % 2 == 0 {
                 (
@@ -219,7 +226,5 @@ pub fn instruct_file(dir: &Path, rows: usize) -> PathBuf {
             serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
         })
         .collect();
-    let path = dir.join("data.jsonl");
-    std::fs::write(&path, rows.join("\n")).unwrap();
-    path
+    std::fs::write(path, rows.join("\n")).unwrap();
 }
