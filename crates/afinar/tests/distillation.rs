@@ -71,21 +71,7 @@ fn world(name: &str) -> World {
     let teacher = dir.join("teacher");
     save_model(&be, tiny(32, 2, 8, VOCAB, true), 11, &student);
     save_model(&be, tiny(64, 3, 16, VOCAB, false), 12, &teacher);
-    let rows: Vec<String> = (0..12)
-        .map(|i| {
-            let (q, a) = if i % 2 == 0 {
-                (
-                    format!("Count to {i}."),
-                    format!("Sure! {}", (0..i).map(|k| k.to_string()).collect::<Vec<_>>().join(" ")),
-                )
-            } else {
-                (format!("¿Cuánto es {i} más {i}?"), format!("¡Claro! {i} más {i} es {}.", 2 * i))
-            };
-            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
-        })
-        .collect();
-    let data = dir.join("data.jsonl");
-    std::fs::write(&data, rows.join("\n")).unwrap();
+    let data = common::instruct_file(&dir, 12);
     World { dir, student, teacher, data, be }
 }
 
@@ -412,20 +398,7 @@ fn held_out_ce(w: &World, cfg: &RecipeConfig, dir: &Path, data: &Path) -> f64 {
 fn distilled_student_moves_toward_the_teacher() {
     let w = world("effect");
     let held_out = w.dir.join("held_out.jsonl");
-    let rows: Vec<String> = (12..18)
-        .map(|i| {
-            let (q, a) = if i % 2 == 0 {
-                (
-                    format!("Count to {i}."),
-                    format!("Sure! {}", (0..i).map(|k| k.to_string()).collect::<Vec<_>>().join(" ")),
-                )
-            } else {
-                (format!("¿Cuánto es {i} más {i}?"), format!("¡Claro! {i} más {i} es {}.", 2 * i))
-            };
-            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
-        })
-        .collect();
-    std::fs::write(&held_out, rows.join("\n")).unwrap();
+    common::write_instruct_rows(&held_out, 12..18);
 
     // The teacher: the 64-wide model fine-tuned on the 12 training rows (full_finetune recipe).
     let teacher_out = w.dir.join("teacher-ft");

@@ -62,26 +62,7 @@ fn tiny_setup(dir: &Path, pairs: usize) -> (PathBuf, PathBuf) {
         max_seq_len: Some(256),
     };
     FullSave { source }.save(&be, &m, &model_dir).unwrap();
-    let rows: Vec<String> = (0..pairs)
-        .map(|i| {
-            let (p, c, r) = if i % 2 == 0 {
-                (
-                    format!("What is {i} plus {i}?"),
-                    format!("{}.", 2 * i),
-                    format!("{i} más {i} son {}.", 2 * i),
-                )
-            } else {
-                (
-                    format!("¿Cuánto es {i} más 1?"),
-                    format!("{}.", i + 1),
-                    format!("{i} plus one is {}, of course.", i + 1),
-                )
-            };
-            serde_json::json!({"prompt": p, "chosen": c, "rejected": r}).to_string()
-        })
-        .collect();
-    let data = dir.join("prefs.jsonl");
-    std::fs::write(&data, rows.join("\n")).unwrap();
+    let data = common::preference_file(dir, pairs);
     (model_dir, data)
 }
 

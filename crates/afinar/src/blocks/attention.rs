@@ -1,6 +1,6 @@
 use afinar_engine::{AttnDims, Backend, HalfFormat, Result};
 
-use super::{KvCache, Linear, RmsNorm};
+use super::{Dx, KvCache, Linear, RmsNorm};
 
 /// Per-head RMSNorm of queries and keys (Qwen3's `q_norm`, `k_norm`): each head's vector of
 /// `head_dim` values is normalised with a gain of size `head_dim`, after the projection and
@@ -289,11 +289,11 @@ impl<B: Backend> Attention<B> {
             // projection's output.
             self.wq.forward(be, xn, &mut g.out, rows, false)?;
             n.q.forward(be, &g.out, normed, rstd, rows * hq)?;
-            n.q.backward(be, &g.q, &g.out, rstd, normed, rows * hq)?;
+            n.q.backward(be, &g.q, &g.out, rstd, Dx::Overwrite(&mut *normed), rows * hq)?;
             be.copy(normed, 0, &mut g.q, 0, rows * hq * hd)?;
             self.wk.forward(be, xn, &mut g.out, rows, false)?;
             n.k.forward(be, &g.out, normed, rstd, rows * hkv)?;
-            n.k.backward(be, &g.k, &g.out, rstd, normed, rows * hkv)?;
+            n.k.backward(be, &g.k, &g.out, rstd, Dx::Overwrite(&mut *normed), rows * hkv)?;
             be.copy(normed, 0, &mut g.k, 0, rows * hkv * hd)?;
         }
         match dxn {

@@ -2,7 +2,7 @@ use afinar_engine::{Backend, Result};
 
 use super::attention::{AttnActs, AttnGrads, HalfAttnActs, KvTarget, Tokens};
 use super::mlp::{HalfMlpActs, MlpActs, MlpGrads};
-use super::{Attention, Linear, Mlp, RmsNorm};
+use super::{Attention, Dx, Linear, Mlp, RmsNorm};
 
 /// One pre-norm residual block: `x += attn(norm(x)); x += mlp(norm(x))`.
 pub struct DecoderLayer<B: Backend> {
@@ -241,7 +241,7 @@ impl<B: Backend> DecoderLayer<B> {
             self.mlp_norm.forward(be, &s.x_mid, &mut s.xn, &mut s.rstd, rows)?;
         }
         self.mlp.backward(be, &s.xn, &acts.mlp, &mut s.hidden, dx, Some(&mut g.dxn), &mut g.mlp, rows)?;
-        self.mlp_norm.backward_accumulate(be, &g.dxn, &s.x_mid, &acts.rstd_mlp, dx, rows)?;
+        self.mlp_norm.backward(be, &g.dxn, &s.x_mid, &acts.rstd_mlp, Dx::Add(&mut *dx), rows)?;
         let through_norm = need_input_grad || self.attn_norm.state.is_some();
         let dxn = if through_norm { Some(&mut g.dxn) } else { None };
         let a = &self.attn;
@@ -251,7 +251,7 @@ impl<B: Backend> DecoderLayer<B> {
         }
         self.attn.backward(be, &s.xn, &acts.attn, dx, dxn, &mut g.attn, t, inv_freq)?;
         if through_norm {
-            self.attn_norm.backward_accumulate(be, &g.dxn, x_in, &acts.rstd_attn, dx, rows)?;
+            self.attn_norm.backward(be, &g.dxn, x_in, &acts.rstd_attn, Dx::Add(&mut *dx), rows)?;
         }
         Ok(())
     }

@@ -15,4 +15,4 @@ pub use decoder::{DecoderLayer, HalfLayerActs, LayerActs, LayerGrads, LayerScrat
 pub use kv_cache::{KvCache, KvDtype, KvStore};
 pub use linear::{Linear, Lora, ParamState};
 pub use mlp::{HalfMlpActs, Mlp, MlpActs, MlpGrads};
-pub use norm::RmsNorm;
+pub use norm::{Dx, RmsNorm};

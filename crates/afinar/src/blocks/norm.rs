@@ -27,44 +27,31 @@ impl<B: Backend> RmsNorm<B> {
         be.rmsnorm(x, &self.weight, out, rstd, rows, self.dim, self.eps)
     }
 
-    /// Adds the input gradient for `dout` to `dx` (the residual stream's gradient passes
-    /// through untouched) and accumulates the gain's gradient when it is trained.
-    pub fn backward_accumulate(
-        &mut self,
-        be: &B,
-        dout: &B::Buf,
-        x: &B::Buf,
-        rstd: &B::Buf,
-        dx: &mut B::Buf,
-        rows: usize,
-    ) -> Result<()> {
-        self.backward_into(be, [dout, x, rstd], dx, rows, true)
-    }
-
-    /// Writes the input gradient for `dout` into `dx` (overwriting it: for a norm off the
-    /// residual stream, like the query/key norm) and accumulates the gain's gradient when it is
-    /// trained.
+    /// Writes the input gradient for `dout` into `dx` as [`Dx`] says (added to the residual
+    /// stream's gradient, or overwriting it for a norm off the residual stream, like the
+    /// query/key norm) and accumulates the gain's gradient when it is trained.
     pub fn backward(
         &mut self,
         be: &B,
         dout: &B::Buf,
         x: &B::Buf,
         rstd: &B::Buf,
-        dx: &mut B::Buf,
+        dx: Dx<'_, B::Buf>,
         rows: usize,
     ) -> Result<()> {
-        self.backward_into(be, [dout, x, rstd], dx, rows, false)
-    }
-
-    fn backward_into(
-        &mut self,
-        be: &B,
-        [dout, x, rstd]: [&B::Buf; 3],
-        dx: &mut B::Buf,
-        rows: usize,
-        add: bool,
-    ) -> Result<()> {
+        let (dx, add) = match dx {
+            Dx::Add(dx) => (dx, true),
+            Dx::Overwrite(dx) => (dx, false),
+        };
         let dw = self.state.as_mut().map(|s| &mut s.grad);
         be.rmsnorm_backward(dout, x, &self.weight, rstd, dx, dw, rows, self.dim, add)
     }
+}
+
+/// Where [`RmsNorm::backward`] writes the input gradient.
+pub enum Dx<'a, T> {
+    /// Added to the buffer's gradient (the residual stream's passes through untouched).
+    Add(&'a mut T),
+    /// Written over the buffer.
+    Overwrite(&'a mut T),
 }

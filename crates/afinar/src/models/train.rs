@@ -6,7 +6,7 @@ use afinar_engine::Backend;
 
 use super::trainable::visit_layer_params_mut;
 use super::{Llama, ParamMut};
-use crate::blocks::{HalfLayerActs, KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
+use crate::blocks::{Dx, HalfLayerActs, KvTarget, LayerActs, LayerGrads, LayerScratch, Linear, Tokens};
 use crate::{Error, Result};
 
 /// One micro-batch: `batch` rows of `seq` tokens, row-major.
@@ -350,7 +350,7 @@ impl<B: Backend> Llama<B> {
         let slot = |l: usize| slot_of(checkpointing, n_layers, l);
         let compact = !halves.is_empty();
         be.fill(dx, rows * dim, 0.0)?;
-        self.norm.backward_accumulate(be, dxn, x, rstd, dx, rows)?;
+        self.norm.backward(be, dxn, x, rstd, Dx::Add(&mut *dx), rows)?;
         let embed_trained = self.embed_state.is_some();
         for l in (0..n_layers).rev() {
             let a = &mut acts[if compact { 0 } else { slot(l) }];

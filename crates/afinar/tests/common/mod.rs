@@ -142,3 +142,89 @@ pub fn run_verify_script(
 mod skip;
 #[allow(unused_imports)] // not every test binary that includes `common` uses both
 pub use skip::{reference_python, skipped};
+
+/// Saves a random model of `config` (f32, seed `seed`) as a Hugging Face folder `dir` with the
+/// tokenizer at `tokenizer` (a `tokenizer.json`): the tiny models of the recipe tests.
+pub fn save_random_model(
+    be: &afinar::engine::CpuBackend,
+    config: afinar::models::LlamaConfig,
+    seed: u64,
+    tokenizer: &Path,
+    dir: &Path,
+) {
+    let tok = afinar::tokenizer::Tokenizer::from_file(tokenizer)
+        .unwrap_or_else(|e| panic!("{}: {e}", tokenizer.display()));
+    let model =
+        afinar::models::Llama::random(be, config.clone(), seed, afinar::engine::WeightFormat::F32).unwrap();
+    let source = afinar::recipes::save::ModelSource {
+        path: "random".into(),
+        hf_dir: None,
+        config_json: config.to_hf_json(tok.bos_id(), tok.eos_id(), "float32"),
+        dtype: afinar::checkpoint::DType::F32,
+        tokenizer: Some(std::sync::Arc::new(tok)),
+        max_seq_len: Some(config.max_seq_len),
+    };
+    use afinar::recipes::state::SaveTarget;
+    afinar::recipes::save::FullSave { source }.save(be, &model, dir).unwrap();
+}
+
+/// The rows of `metrics.jsonl` in a run's output folder.
+pub fn metrics_rows(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", out.join("metrics.jsonl").display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `dir/prefs.jsonl`: `pairs` bilingual preference rows (prompt, chosen, rejected) of the
+/// recipe tests.
+pub fn preference_file(dir: &Path, pairs: usize) -> PathBuf {
+    let rows: Vec<String> = (0..pairs)
+        .map(|i| {
+            let (p, c, r) = if i % 2 == 0 {
+                (
+                    format!("What is {i} plus {i}?"),
+                    format!("{}.", 2 * i),
+                    format!("{i} más {i} son {}.", 2 * i),
+                )
+            } else {
+                (
+                    format!("¿Cuánto es {i} más 1?"),
+                    format!("{}.", i + 1),
+                    format!("{i} plus one is {}, of course.", i + 1),
+                )
+            };
+            serde_json::json!({"prompt": p, "chosen": c, "rejected": r}).to_string()
+        })
+        .collect();
+    let path = dir.join("prefs.jsonl");
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    path
+}
+
+/// `dir/data.jsonl`: `rows` bilingual instruct rows (instruction, input, output) of the recipe
+/// tests.
+pub fn instruct_file(dir: &Path, rows: usize) -> PathBuf {
+    let path = dir.join("data.jsonl");
+    write_instruct_rows(&path, 0..rows);
+    path
+}
+
+/// Writes the instruct rows numbered `rows` of [`instruct_file`] to `path`.
+pub fn write_instruct_rows(path: &Path, rows: std::ops::Range<usize>) {
+    let rows: Vec<String> = rows
+        .map(|i| {
+            let (q, a) = if i % 2 == 0 {
+                (
+                    format!("Count to {i}."),
+                    format!("Sure! {}", (0..i).map(|k| k.to_string()).collect::<Vec<_>>().join(" ")),
+                )
+            } else {
+                (format!("¿Cuánto es {i} más {i}?"), format!("¡Claro! {i} más {i} es {}.", 2 * i))
+            };
+            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n")).unwrap();
+}
