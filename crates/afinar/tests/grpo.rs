@@ -266,6 +266,20 @@ fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
     );
     assert_eq!(la.lines().count(), 2 * 2 * 4, "2 generations × 2 prompts × 4 completions");
     assert_eq!(la, lb, "completions.jsonl of the killed and resumed run");
+    // Killed after generation 2 was sampled and logged (step 3) but saved only at step 2: the
+    // resumed run samples it again and replaces its lines rather than appending a second copy.
+    let gappy = dir.join("gappy");
+    let every2 = |extra: &str| {
+        tiny_yaml(&model, &data, &gappy, LORA, grpo, &rewards, extra)
+            .replace("save_every_n_steps: 1", "save_every_n_steps: 2")
+    };
+    let cfg = load(&every2(""), &dir, "gappy.yaml");
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(3)).unwrap().steps, 3);
+    let logged = std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap();
+    assert_eq!(logged, la, "both generations logged before the kill");
+    let cfg = load(&every2("resume_from_checkpoint: true\n"), &dir, "gappy_resumed.yaml");
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
+    assert_eq!(std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap(), la);
     let (fa, fb) = (files(&whole), files(&killed));
     assert!(fa.len() >= 4, "{:?}", fa.iter().map(|f| &f.0).collect::<Vec<_>>());
     assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
