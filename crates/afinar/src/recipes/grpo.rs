@@ -225,7 +225,16 @@ fn check(c: &RecipeConfig) -> std::result::Result<(), (String, String)> {
 
 /// `grpo.stop`: one string, or a list of strings (kept by the checker as its JSON text).
 fn stops(c: &RecipeConfig) -> std::result::Result<Vec<String>, String> {
-    let Some(t) = text(c, "grpo.stop") else { return Ok(Vec::new()) };
+    let t = match c.extra("grpo.stop") {
+        None => return Ok(Vec::new()),
+        Some(KeyValue::Text(t)) => t,
+        Some(other) => {
+            return Err(format!(
+                "expected a stop string or a list of stop strings, got {}",
+                serde_json::to_string(other).unwrap_or_default()
+            ))
+        }
+    };
     let list = match serde_json::from_str::<serde_json::Value>(t) {
         Ok(serde_json::Value::Array(items)) => items,
         _ => return Ok(vec![t.to_string()]),
@@ -320,6 +329,28 @@ struct Seq {
     advantage: f64,
     old: Vec<f32>,
     reference: Vec<f32>,
+}
+
+/// Packed training rows of some completions (see [`GrpoObjective::train_rows`]).
+struct Rows {
+    ids: Vec<u32>,
+    labels: Vec<i32>,
+    positions: Vec<u32>,
+    rows: usize,
+    seq: usize,
+}
+
+impl Rows {
+    fn batch(&self) -> TrainBatch<'_> {
+        TrainBatch {
+            ids: &self.ids,
+            labels: &self.labels,
+            positions: &self.positions,
+            doc_ids: None,
+            batch: self.rows,
+            seq: self.seq,
+        }
+    }
 }
 
 /// A generated batch and its metrics.
@@ -423,7 +454,7 @@ impl<'a> GrpoObjective<'a> {
 
     /// The training batch of sequences `seqs` (prompt + completion, padded to the longest) and
     /// its labels: the completion's first `mask_len` tokens (none for a masked completion).
-    fn train_rows(&self, seqs: &[Seq]) -> (Vec<u32>, Vec<i32>, Vec<u32>, usize) {
+    fn train_rows(&self, seqs: &[Seq]) -> Rows {
         let seq = seqs.iter().map(|s| s.prompt.len() + s.completion.len()).max().unwrap_or(1);
         let mut ids = vec![self.pad; seqs.len() * seq];
         let mut labels = vec![-100i32; seqs.len() * seq];
@@ -441,22 +472,15 @@ impl<'a> GrpoObjective<'a> {
                 labels[row + s.prompt.len() + c - 1] = id as i32;
             }
         }
-        (ids, labels, positions, seq)
+        Rows { ids, labels, positions, rows: seqs.len(), seq }
     }
 
     /// Per-completion log-probabilities (of the completion tokens that carry loss) under `model`
     /// as it is, forward only ([`per_token_logps`]).
     fn logps<B: Backend>(&self, be: &B, model: &Llama<B>, seqs: &[Seq]) -> Result<Vec<Vec<f32>>> {
-        let (ids, labels, positions, seq) = self.train_rows(seqs);
-        let tb = TrainBatch {
-            ids: &ids,
-            labels: &labels,
-            positions: &positions,
-            doc_ids: None,
-            batch: seqs.len(),
-            seq,
-        };
-        let tok = per_token_logps(be, model, &tb, self.s.params.temperature)?;
+        let rows = self.train_rows(seqs);
+        let seq = rows.seq;
+        let tok = per_token_logps(be, model, &rows.batch(), self.s.params.temperature)?;
         Ok(seqs
             .iter()
             .enumerate()
@@ -739,21 +763,15 @@ impl<B: Backend> TrainObjective<B> for GrpoObjective<'_> {
         let total_seqs = buf.seqs.len() as f64;
         let total_tokens: usize = buf.seqs.iter().map(|s| s.mask_len).sum();
         let micro_tokens: usize = seqs.iter().map(|s| s.mask_len).sum();
-        let (ids, labels, positions, seq) = self.train_rows(seqs);
+        let train = self.train_rows(seqs);
+        let seq = train.seq;
         let rows = seqs.len() * seq;
         let p = &self.s.params;
         let old = (p.num_iterations > 1).then(|| Self::spread(seqs, seq, |s| &s.old));
         let reference = (p.beta != 0.0).then(|| Self::spread(seqs, seq, |s| &s.reference));
         let adv: Vec<f32> = seqs.iter().map(|s| s.advantage as f32).collect();
         let batch = GrpoBatch {
-            batch: TrainBatch {
-                ids: &ids,
-                labels: &labels,
-                positions: &positions,
-                doc_ids: None,
-                batch: seqs.len(),
-                seq,
-            },
+            batch: train.batch(),
             old_logps: old.as_deref(),
             ref_logps: reference.as_deref(),
             advantages: &adv,
