@@ -76,8 +76,8 @@ pub fn load_reward_prompts(
     let kept: Vec<PromptRow> = data
         .rows()
         .iter()
-        .cloned()
         .filter(|r| r.fields.get("lang").and_then(|v| v.as_str()).is_none_or(|l| l == language))
+        .cloned()
         .collect();
     if kept.is_empty() {
         return Err(Error::Input(format!("{}: no prompt rows for language {language}", file.display())));
