@@ -37,7 +37,15 @@
 //! reference, 0 with β = 0). Generation metrics are those of the batch a step trains on. The
 //! loop's own `label_tokens` / `tokens_per_sec` count completions for this recipe. Every
 //! `grpo.log_completions_every` generations, `completions.jsonl` gets the batch's prompts,
-//! completions, rewards and advantages.
+//! completions, rewards (each by name, and the weighted sum) and advantages; the file is rewritten
+//! atomically without the lines of that generation and any later one, so a run resumed from a
+//! state saved before a logged generation does not log it twice.
+//!
+//! # Data and rewards
+//! The dataset is a prompt dataset (`dataset.kind: prompt`, [`PromptDataset`]; its prompts cut
+//! from the left at `grpo.max_prompt_length` tokens), served by a [`PromptLoader`]; the rewards
+//! are the config's top-level `rewards:` list ([`RewardSet::from_config`]); the loss, advantages
+//! and log-probabilities are [`crate::objectives::grpo`]'s.
 //!
 //! # Resume
 //! The generated batch (ids, advantages, old and reference log-probabilities, its metrics) is
