@@ -1,9 +1,10 @@
 //! The `grpo` recipe end to end on a tiny random Llama-3-shaped model with the real Llama-3
-//! tokenizer: two steps with the built-in answer reward and an external reward command (a POSIX
-//! sh/awk script written by the test); metrics and the completions log; a killed and resumed run
-//! equals an uninterrupted one bit for bit (killed between the two iterations of a generation,
-//! and at a generation boundary); with beta 0 no token goes through the reference; bad configs
-//! and failing reward commands give named errors.
+//! tokenizer: two steps with the built-in rewards (numeric_match, format, language) and an
+//! external reward command (a POSIX sh/awk script written by the test); metrics and the
+//! completions log; a killed and resumed run equals an uninterrupted one bit for bit (killed
+//! between the two iterations of a generation, and at a generation boundary), its
+//! completions.jsonl included (no duplicate lines); with beta 0 no token goes through the
+//! reference; bad configs and failing reward commands give named errors.
 
 mod common;
 
@@ -44,8 +45,8 @@ fn tiny_config() -> LlamaConfig {
     }
 }
 
-/// A tiny random model (HF folder, Llama-3 tokenizer), a prompt file of `n` rows (chat messages
-/// with `answer` and `lang`), and a reward script (awk: a score from the length of each JSON
+/// A tiny random model (HF folder, Llama-3 tokenizer), a prompt file of `n` rows (`prompt` a
+/// message list, with `answer` and `lang`), and a reward script (awk: a score from the length of each JSON
 /// line, so that completions of one group score differently), in `dir`.
 fn tiny_setup(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf) {
     let be = CpuBackend::new(Some(2));
@@ -69,7 +70,7 @@ fn tiny_setup(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf) {
                 (format!("¿Cuánto es {i} más 2? Termina con 'Respuesta: N'."), "es")
             };
             serde_json::json!({
-                "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q}],
+                "prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q}],
                 "answer": i + 2,
                 "lang": lang,
             })
@@ -86,7 +87,7 @@ fn tiny_setup(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf) {
 const LORA: &str = "lora:\n  rank: 4\n  alpha: 8\n  target_modules: [q_proj, v_proj, down_proj]\n";
 
 /// A `grpo` config for the tiny model; `grpo` is the grpo section's extra lines, `rewards` the
-/// rewards section's body, `extra` more top-level lines.
+/// `rewards:` list's items, `extra` more top-level lines.
 fn tiny_yaml(
     model: &Path,
     data: &Path,
@@ -99,7 +100,7 @@ fn tiny_yaml(
     format!(
         "recipe: grpo\noutput_dir: {}\nmodel:\n  path: {}\n  dtype: fp32\ntokenizer:\n  max_seq_len: 128\n{lora}\
          grpo:\n  num_generations: 4\n  max_completion_length: 6\n  top_k: 50\n  log_completions_every: 1\n{grpo}\
-         rewards:\n{rewards}dataset:\n  kind: chat\n  source: {}\nseed: 3\nshuffle: true\nbatch_size: 2\n\
+         rewards:\n{rewards}dataset:\n  kind: prompt\n  source: {}\nseed: 3\nshuffle: true\nbatch_size: 2\n\
          epochs: 1\nmax_steps_per_epoch: 4\ngradient_accumulation_steps: 2\noptimizer:\n  lr: 3e-2\n\
          lr_scheduler:\n  kind: constant\n  warmup_steps: 0\nclip_grad_norm: 1.0\nsave_every_n_steps: 1\n\
          log_every_n_steps: 1\nthreads: 2\n{extra}",
@@ -109,9 +110,18 @@ fn tiny_yaml(
     )
 }
 
+/// The built-in rewards (weights 1, 0.2, 0.1) and the awk command (weight 0.5).
 fn command_rewards(script: &Path) -> String {
-    format!("  answer_match: 1.0\n  command: sh {}\n  command_weight: 0.5\n", script.display())
+    format!(
+        "  - {{kind: numeric_match, name: correct, weight: 1.0}}\n  - kind: format\n    weight: 0.2\n    \
+         pattern: '(?im)^\\s*(?:answer|respuesta)\\s*:'\n  - {{kind: language, weight: 0.1}}\n  \
+         - {{kind: command, weight: 0.5, command: [sh, {}]}}\n",
+        script.display()
+    )
 }
+
+/// The weights of [`command_rewards`], by name.
+const WEIGHTS: [(&str, f64); 4] = [("correct", 1.0), ("regex", 0.2), ("language", 0.1), ("command", 0.5)];
 
 fn load(yaml: &str, dir: &Path, name: &str) -> RecipeConfig {
     let path = dir.join(name);
@@ -148,12 +158,16 @@ fn two_steps_with_the_builtin_and_the_command_reward() {
         for key in [
             "reward",
             "reward_std",
-            "rewards/answer_match/mean",
+            "rewards/correct/mean",
+            "rewards/correct/std",
+            "rewards/regex/mean",
+            "rewards/language/mean",
+            "rewards/language/std",
             "rewards/command/mean",
             "rewards/command/std",
         ] {
             let v = metric(row, key);
-            assert!((0.0..=1.5).contains(&v), "{key} {v}: {row}");
+            assert!((0.0..=1.8).contains(&v), "{key} {v}: {row}");
         }
         // the awk reward varies with the completion: groups are not all flat
         assert!(metric(row, "rewards/command/std") > 0.0, "{row}");
@@ -180,9 +194,16 @@ fn two_steps_with_the_builtin_and_the_command_reward() {
     for l in &lines {
         assert!(l["prompt"].as_str().unwrap().contains("<|start_header_id|>user"), "{l}");
         assert!(l["completion"].is_string() && l["rewards"]["command"].is_number(), "{l}");
-        let r =
-            l["rewards"]["answer_match"].as_f64().unwrap() + 0.5 * l["rewards"]["command"].as_f64().unwrap();
+        let r: f64 = WEIGHTS.iter().map(|(n, w)| w * l["rewards"][n].as_f64().unwrap()).sum();
         assert!((l["reward"].as_f64().unwrap() - r).abs() < 1e-12, "{l}");
+    }
+    // each reward's mean in the metrics is the mean over the logged completions of its step
+    for (step, row) in rows.iter().enumerate() {
+        for (n, _) in WEIGHTS {
+            let g = &lines[step * 8..(step + 1) * 8];
+            let mean = g.iter().map(|l| l["rewards"][n].as_f64().unwrap()).sum::<f64>() / 8.0;
+            assert!((metric(row, &format!("rewards/{n}/mean")) - mean).abs() < 1e-9, "{n}: {row}");
+        }
     }
     assert!(
         out.join("step_2/adapter_model.safetensors").exists()
@@ -238,6 +259,27 @@ fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
     }
     // the second iteration over a batch sees ratios ≠ 1 after the first step
     assert!(metric(&a[1], "loss") != metric(&a[0], "loss"));
+    // completions.jsonl: the same lines, none repeated by the resumed runs
+    let (la, lb) = (
+        std::fs::read_to_string(whole.join("completions.jsonl")).unwrap(),
+        std::fs::read_to_string(killed.join("completions.jsonl")).unwrap(),
+    );
+    assert_eq!(la.lines().count(), 2 * 2 * 4, "2 generations × 2 prompts × 4 completions");
+    assert_eq!(la, lb, "completions.jsonl of the killed and resumed run");
+    // Killed after generation 2 was sampled and logged (step 3) but saved only at step 2: the
+    // resumed run samples it again and replaces its lines rather than appending a second copy.
+    let gappy = dir.join("gappy");
+    let every2 = |extra: &str| {
+        tiny_yaml(&model, &data, &gappy, LORA, grpo, &rewards, extra)
+            .replace("save_every_n_steps: 1", "save_every_n_steps: 2")
+    };
+    let cfg = load(&every2(""), &dir, "gappy.yaml");
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(3)).unwrap().steps, 3);
+    let logged = std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap();
+    assert_eq!(logged, la, "both generations logged before the kill");
+    let cfg = load(&every2("resume_from_checkpoint: true\n"), &dir, "gappy_resumed.yaml");
+    assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
+    assert_eq!(std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap(), la);
     let (fa, fb) = (files(&whole), files(&killed));
     assert!(fa.len() >= 4, "{:?}", fa.iter().map(|f| &f.0).collect::<Vec<_>>());
     assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
@@ -296,7 +338,18 @@ fn bad_configs_and_failing_rewards_give_named_errors() {
             "gradient_accumulation_steps: 3",
             "do not split into 3 equal micro-batches",
         ),
-        ("  answer_match: 1.0\n", "  answer_matc: 1.0\n", "did you mean `answer_match`?"),
+        ("kind: numeric_match", "kind: numeric_matc", "rewards[0].kind"),
+        (
+            "{kind: language, weight: 0.1}",
+            "{kind: language, weight: -0.1}",
+            "rewards[2].weight: expected a number ≥ 0",
+        ),
+        (
+            "  top_k: 50\n",
+            "  top_k: 50\n  stop: [\"ok\", 3]\n",
+            "grpo.stop: [1]: expected a non-empty stop string",
+        ),
+        ("kind: prompt", "kind: chat", "dataset.kind"),
     ];
     for (from, to, want) in cases {
         let yaml = if *want == "@@beta" {
@@ -311,27 +364,31 @@ fn bad_configs_and_failing_rewards_give_named_errors() {
             if *want == "@@beta" { "the frozen reference for full fine-tuning needs beta: 0" } else { want };
         assert!(e.contains(want), "want {want:?} in:\n{e}");
     }
-    let no_rewards = tiny_yaml(&model, &data, &out, LORA, "", "  command_weight: 1.0\n", "");
+    let no_rewards = tiny_yaml(&model, &data, &out, LORA, "", "", "").replace("rewards:\n", "");
     let e = config_error(&no_rewards, &dir);
-    assert!(e.contains("rewards") && e.contains("has no reward"), "{e}");
+    assert!(e.contains("rewards") && e.contains("missing"), "{e}");
+    // several stop strings are accepted
+    let stops = good.replacen("  top_k: 50\n", "  top_k: 50\n  stop: [\"\\nQ:\", \"###\"]\n", 1);
+    let cfg = load(&stops, &dir, "stops.yaml");
+    assert_eq!(afinar::recipes::grpo::settings(&cfg).stop, ["\nQ:", "###"]);
 
     // Reward commands that fail: each a named error, no panic.
     let be = CpuBackend::new(Some(2));
     let scripts: &[(&str, &str)] = &[
-        ("echo broken >&2; exit 3", "exited with exit status: 3; stderr: broken"),
-        ("head -n 1 >/dev/null; echo 1", "wrote 1 lines for 8 completions"),
-        ("awk '{ print \"x\" }'", "line 1 (completion 0, row"),
+        ("echo broken >&2; exit 3", "exited with status 3"),
+        ("head -n 1 >/dev/null; echo 1", "wrote 1 line on stdout for 8 completions"),
+        ("awk '{ print \"x\" }'", "stdout line 1 (completion 0, dataset row"),
         ("awk '{ print \"nan\" }'", "expected a finite number"),
-        ("sleep 5", "no answer within 1 s (timeout_s): killed"),
+        ("sleep 5", "did not finish within timeout_s = 1 s"),
     ];
     for (i, (body, want)) in scripts.iter().enumerate() {
         let path = dir.join(format!("bad{i}.sh"));
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        let rewards = format!("  command: sh {}\n  command_timeout_s: 1\n", path.display());
+        let rewards = format!("  - {{kind: command, command: [sh, {}], timeout_s: 1}}\n", path.display());
         let out = dir.join(format!("out{i}"));
         let cfg = load(&tiny_yaml(&model, &data, &out, LORA, "", &rewards, ""), &dir, "badcmd.yaml");
         let e = run_on_with(&be, &cfg, &mut Silent, None).unwrap_err().to_string();
-        assert!(e.contains("reward `command`") && e.contains(want), "want {want:?} in:\n{e}");
+        assert!(e.contains("reward command (command") && e.contains(want), "want {want:?} in:\n{e}");
     }
 }
 
@@ -343,9 +400,9 @@ fn eval_reward_task_scores_held_out_prompts_per_language() {
     let (model, data, script) = tiny_setup(&dir, 6);
     let yaml = format!(
         "tasks:\n  - name: arith\n    language: en\n    kind: reward\n    file: {d}\n    max_new_tokens: 5\n    \
-         answer_match: 1.0\n    command: sh {s}\n    command_weight: 0.5\n  - name: arith\n    language: es\n    \
-         kind: reward\n    file: {d}\n    max_new_tokens: 5\n    answer_match: 1.0\n    command: sh {s}\n    \
-         command_weight: 0.5\n",
+         rewards:\n      - {{kind: numeric_match, weight: 1.0}}\n      - {{kind: command, weight: 0.5, command: [sh, {s}]}}\n  \
+         - name: arith\n    language: es\n    kind: reward\n    file: {d}\n    max_new_tokens: 5\n    \
+         rewards:\n      - {{kind: numeric_match, weight: 1.0}}\n      - {{kind: command, weight: 0.5, command: [sh, {s}]}}\n",
         d = data.display(),
         s = script.display()
     );
@@ -361,7 +418,7 @@ fn eval_reward_task_scores_held_out_prompts_per_language() {
         // 6 alternating rows: 3 per language, the right ones
         assert_eq!(r.items_scored, 3);
         let rows: Vec<usize> = r.items.iter().map(|i| i.row).collect();
-        assert_eq!(rows, if lang == "en" { vec![1, 3, 5] } else { vec![2, 4, 6] });
+        assert_eq!(rows, if lang == "en" { vec![0, 2, 4] } else { vec![1, 3, 5] });
         let mean = r.items.iter().map(|i| i.reward).sum::<f64>() / 3.0;
         assert!((r.mean_reward - mean).abs() < 1e-12);
         assert_eq!(r.reward_means.len(), 2);
@@ -384,23 +441,35 @@ fn eval_reward_task_scores_held_out_prompts_per_language() {
         data.display()
     );
     let e = EvalConfig::parse(&bad, &dir.join("eval.yaml")).unwrap_err().to_string();
-    assert!(e.contains("a reward task needs answer_match and/or command"), "{e}");
+    assert!(e.contains("a reward task needs a rewards list"), "{e}");
+    let bad = format!("{}    rewards:\n      - {{kind: numeric_match, weight: -1}}\n", bad);
+    let e = EvalConfig::parse(&bad, &dir.join("eval.yaml")).unwrap_err().to_string();
+    assert!(e.contains("rewards[0].weight: expected a number ≥ 0"), "{e}");
 }
 
-/// The shipped config's prompts (`data/grpo_arith`, `prompt` as a message list) load with their
-/// `answer` and `lang` fields, through the chat template.
+/// The shipped config's prompts (`data/grpo_arith`, `prompt` as a message list) load as a prompt
+/// dataset with their `answer` and `lang` fields, through the chat template, and the shipped
+/// config's rewards are the preset of `data/grpo_arith/rewards.yaml`.
 #[test]
 fn shipped_arithmetic_prompts_load() {
-    use afinar::recipes::grpo_interim::load_prompts;
+    use afinar::data::{DatasetKind, DatasetSpec, PromptDataset};
+    use afinar::rewards::RewardSet;
     let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/grpo_arith/heldout.jsonl");
-    let rows = load_prompts(&path, &tok, 192).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut spec = DatasetSpec::new(DatasetKind::Prompt, root.join("data/grpo_arith/heldout.jsonl"));
+    spec.max_prompt_tokens = Some(192);
+    let data = PromptDataset::load(&spec, &tok).unwrap();
+    let rows = data.rows();
     assert!(rows.len() >= 100, "{}", rows.len());
     for lang in ["en", "es"] {
         assert!(rows.iter().any(|r| r.fields["lang"] == lang), "{lang}");
     }
-    for r in &rows {
+    for r in rows {
         assert!(r.fields["answer"].is_number(), "row {}", r.row);
         assert!(r.text.contains("<|start_header_id|>user") && r.ids.len() <= 192, "row {}", r.row);
     }
+    let preset = RewardSet::from_config_file(&root.join("data/grpo_arith/rewards.yaml")).unwrap();
+    let shipped = RewardSet::from_config_file(&root.join("configs/smollm2_135m_grpo_lora.yaml")).unwrap();
+    assert_eq!(format!("{:?}", preset.rewards()), format!("{:?}", shipped.rewards()));
+    assert_eq!(shipped.rewards().iter().map(|r| r.weight).collect::<Vec<_>>(), [0.7, 0.2, 0.1]);
 }

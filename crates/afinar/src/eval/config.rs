@@ -38,8 +38,9 @@
 //!     kind: reward
 //!     file: ../grpo_arith/heldout.jsonl
 //!     max_new_tokens: 32
-//!     answer_match: 1.0               # the grpo recipe's rewards section, same keys
-//!     command: python3 my_reward.py   # optional; with command_weight, command_timeout_s
+//!     rewards:                        # the grpo recipe's `rewards:` list, same kinds and keys
+//!       - {kind: numeric_match, weight: 0.7}
+//!       - {kind: command, weight: 0.3, command: [python3, my_reward.py]}   # cwd: this file's folder
 //!     temperature: 0                  # greedy (default); top_p, top_k, seed when sampling
 //! ```
 //!
@@ -55,7 +56,7 @@ use super::preference::PreferenceOptions;
 use super::reward::RewardTaskOptions;
 use crate::config::yaml::{self, Entry, Node, Pos, Value};
 use crate::generate::SamplingParams;
-use crate::recipes::grpo_interim::{CommandReward, Reward, RewardSet};
+use crate::rewards::RewardSet;
 use crate::{Error, Result};
 
 /// A whole eval config.
@@ -154,18 +155,7 @@ const PPL_KEYS: &[&str] = &["max_length", "stride", "add_bos"];
 const MC_KEYS: &[&str] = &["format", "fewshot_file", "num_fewshot", "fewshot_sampler", "seed"];
 const EM_KEYS: &[&str] = &["max_new_tokens", "stop", "chat", "ignore_case", "ignore_punctuation"];
 const PREF_KEYS: &[&str] = &["template"];
-const REWARD_KEYS: &[&str] = &[
-    "max_new_tokens",
-    "stop",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "answer_match",
-    "command",
-    "command_weight",
-    "command_timeout_s",
-];
+const REWARD_KEYS: &[&str] = &["max_new_tokens", "stop", "temperature", "top_p", "top_k", "seed", "rewards"];
 
 struct Cx<'a> {
     file: &'a str,
@@ -487,31 +477,16 @@ fn parse_reward_opts<'n>(
         top_k: get("top_k").map(|n| cx.count(n, &sub("top_k"), 0)).transpose()?.unwrap_or(0),
         seed: get("seed").map(|n| cx.count(n, &sub("seed"), 0)).transpose()?.unwrap_or(0) as u64,
     };
-    let mut items = Vec::new();
-    if let Some(w) = number("answer_match", 0.0, true)? {
-        items.push(("answer_match", w, Reward::AnswerMatch));
-    }
-    if let Some(c) = get("command") {
-        let command = cx.non_empty(c, &sub("command"))?;
-        let weight = number("command_weight", 0.0, true)?.unwrap_or(1.0);
-        let timeout = number("command_timeout_s", 0.0, false)?.unwrap_or(60.0);
-        items.push((
-            "command",
-            weight,
-            Reward::Command(CommandReward {
-                command,
-                cwd: Some(cx.base.clone()),
-                timeout: std::time::Duration::from_secs_f64(timeout),
-            }),
-        ));
-    }
-    if items.is_empty() {
+    let Some(list) = get("rewards") else {
         return Err(cx.err(
             pos,
-            &sub("answer_match"),
-            "missing: a reward task needs answer_match and/or command",
+            &sub("rewards"),
+            "missing: a reward task needs a rewards list (as the grpo recipe's)",
         ));
-    }
+    };
+    let json = crate::config::yaml::to_json(list, &sub("rewards"), &mut Vec::new());
+    let rewards = RewardSet::from_json(&json, Some(&cx.base))
+        .map_err(|e| cx.err(&list.pos, &sub("rewards"), e.to_string()))?;
     Ok(RewardTaskOptions {
         max_new_tokens: get("max_new_tokens")
             .map(|n| cx.count(n, &sub("max_new_tokens"), 1))
@@ -519,7 +494,7 @@ fn parse_reward_opts<'n>(
             .unwrap_or(32),
         stop,
         sampling,
-        rewards: RewardSet { items },
+        rewards,
         limit,
     })
 }

@@ -171,7 +171,7 @@ fn with_stderr(v: f64, se: Option<f64>) -> String {
 
 impl TaskOutcome {
     /// `(metric, value)` rows of the table.
-    fn rows(&self) -> Vec<(&'static str, String)> {
+    fn rows(&self) -> Vec<(&str, String)> {
         match &self.result {
             TaskResult::Perplexity(r) => vec![
                 ("perplexity", format!("{:.4}", r.perplexity)),
@@ -192,10 +192,7 @@ impl TaskOutcome {
             TaskResult::Reward(r) => {
                 let mut rows = vec![("mean reward", with_stderr(r.mean_reward, r.mean_reward_stderr))];
                 for (name, v) in &r.reward_means {
-                    rows.push((
-                        if name == "answer_match" { "answer_match" } else { "command" },
-                        format!("{v:.4}"),
-                    ));
+                    rows.push((name.as_str(), format!("{v:.4}")));
                 }
                 rows.push(("items", r.items_scored.to_string()));
                 rows
@@ -238,7 +235,7 @@ impl EvalReport {
         .concat()];
         for name in names {
             let of_name: Vec<&TaskOutcome> = self.tasks.iter().filter(|t| t.name == name).collect();
-            let mut metrics: Vec<&'static str> = Vec::new();
+            let mut metrics: Vec<&str> = Vec::new();
             for t in &of_name {
                 for (m, _) in t.rows() {
                     if !metrics.contains(&m) {

@@ -1,8 +1,10 @@
 //! Reward tasks: generate an answer to each prompt of a GRPO prompt file and score it with the
 //! `grpo` recipe's rewards — the held-out mean reward before and after GRPO, per language.
 //!
-//! The file is the recipe's (JSONL rows with `messages` or `prompt`, other fields for the
-//! rewards); rows with a `lang` field are kept only when it equals the task's language. The
+//! The file is the recipe's prompt dataset (read as `dataset.kind: prompt`: a `prompt` string or
+//! message list per row, other fields for the rewards; see [`afinar_data::PromptDataset`]); rows
+//! with a `lang` field are kept only when it equals the task's language. The rewards are a
+//! [`RewardSet`], the `grpo` recipe's `rewards:` list. The
 //! prompt goes through the chat template as in training; generation is greedy by default (or
 //! sampled with `temperature`/`top_p`/`top_k` and `seed`), stops at the tokenizer's stop tokens,
 //! a stop string (kept) or `max_new_tokens`.
@@ -15,8 +17,9 @@ use serde::Serialize;
 
 use crate::generate::{generate_group, row_seed, GroupOptions, SamplingParams};
 use crate::models::Llama;
-use crate::recipes::grpo_interim::{load_prompts, PromptRow, RewardSet};
+use crate::rewards::{Completion, RewardSet};
 use crate::{Error, Result};
+use afinar_data::{DatasetKind, DatasetSpec, PromptDataset, PromptRow};
 
 /// Settings of a reward task.
 #[derive(Debug, Clone)]
@@ -36,7 +39,7 @@ pub struct RewardTaskOptions {
 /// One scored answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct RewardItem {
-    /// The row's line in the file.
+    /// The row's index among the file's data rows (0-based).
     pub row: usize,
     /// The answer.
     pub answer: String,
@@ -66,10 +69,15 @@ pub fn load_reward_prompts(
     language: &str,
     max_len: usize,
 ) -> Result<Vec<PromptRow>> {
-    let rows = load_prompts(file, tok, max_len)?;
-    let kept: Vec<PromptRow> = rows
-        .into_iter()
+    let mut spec = DatasetSpec::new(DatasetKind::Prompt, file.to_path_buf());
+    spec.max_seq_len = max_len;
+    spec.max_prompt_tokens = Some(max_len);
+    let data = PromptDataset::load(&spec, tok).map_err(|e| Error::Input(e.to_string()))?;
+    let kept: Vec<PromptRow> = data
+        .rows()
+        .iter()
         .filter(|r| r.fields.get("lang").and_then(|v| v.as_str()).is_none_or(|l| l == language))
+        .cloned()
         .collect();
     if kept.is_empty() {
         return Err(Error::Input(format!("{}: no prompt rows for language {language}", file.display())));
@@ -105,21 +113,27 @@ pub fn score_reward_task<B: Backend>(
         let d: &dyn Fn(&[u32]) -> Result<String> = &detok;
         let (out, _) = generate_group(be, model, &p.ids, &g, Some(d), true)
             .map_err(|e| Error::Input(format!("row {}: {e}", p.row)))?;
-        answers.push(out.into_iter().next().map(|c| c.text).unwrap_or_default());
+        answers.push(out.into_iter().next().map(|c| (c.ids.len(), c.text)).unwrap_or_default());
         progress(i + 1, prompts.len());
     }
-    let refs: Vec<&PromptRow> = prompts.iter().collect();
-    let (total, each) = opts.rewards.score(&refs, &answers)?;
-    let (mean_reward, mean_reward_stderr) = mean_stderr_f64(&total);
-    let reward_means =
-        each.iter().map(|(n, v)| (n.to_string(), v.iter().sum::<f64>() / v.len().max(1) as f64)).collect();
+    let batch: Vec<Completion<'_>> =
+        prompts.iter().zip(&answers).map(|(p, (n, a))| Completion::of_row(p, a, *n)).collect();
+    let scores = opts.rewards.score(&batch).map_err(|e| Error::Input(e.to_string()))?;
+    let (mean_reward, mean_reward_stderr) = mean_stderr_f64(&scores.total);
+    let reward_means = scores.names.iter().enumerate().map(|(k, n)| (n.clone(), scores.mean(k))).collect();
     let items = prompts
         .iter()
         .zip(answers)
-        .zip(&total)
-        .map(|((p, answer), &reward)| RewardItem { row: p.row, answer, reward })
+        .zip(&scores.total)
+        .map(|((p, (_, answer)), &reward)| RewardItem { row: p.row, answer, reward })
         .collect();
-    Ok(RewardResult { items_scored: total.len(), mean_reward, mean_reward_stderr, reward_means, items })
+    Ok(RewardResult {
+        items_scored: scores.total.len(),
+        mean_reward,
+        mean_reward_stderr,
+        reward_means,
+        items,
+    })
 }
 
 /// Mean and standard error of the mean (`None` with fewer than 2 values).

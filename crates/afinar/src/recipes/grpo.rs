@@ -37,7 +37,15 @@
 //! reference, 0 with β = 0). Generation metrics are those of the batch a step trains on. The
 //! loop's own `label_tokens` / `tokens_per_sec` count completions for this recipe. Every
 //! `grpo.log_completions_every` generations, `completions.jsonl` gets the batch's prompts,
-//! completions, rewards and advantages.
+//! completions, rewards (each by name, and the weighted sum) and advantages; the file is rewritten
+//! atomically without the lines of that generation and any later one, so a run resumed from a
+//! state saved before a logged generation does not log it twice.
+//!
+//! # Data and rewards
+//! The dataset is a prompt dataset (`dataset.kind: prompt`, [`PromptDataset`]; its prompts cut
+//! from the left at `grpo.max_prompt_length` tokens), served by a [`PromptLoader`]; the rewards
+//! are the config's top-level `rewards:` list ([`RewardSet::from_config`]); the loss, advantages
+//! and log-probabilities are [`crate::objectives::grpo`]'s.
 //!
 //! # Resume
 //! The generated batch (ids, advantages, old and reference log-probabilities, its metrics) is
@@ -45,27 +53,29 @@
 //! bit for bit; at a generation boundary the completions are sampled again from the seeds.
 
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use afinar_engine::Backend;
 use afinar_tokenizer::Tokenizer;
 
 use super::finetune::{train_objective, MicroOutput, Plan, Summary, TrainObjective};
-use super::grpo_interim::{
-    advantages, load_prompts, token_terms, CommandReward, PromptRow, Reward, RewardSet, ScaleRewards,
-};
 use super::metrics::Reporter;
 use super::registry::RecipeSpec;
-use super::run::{check_resume_data, plan, prepare_model, Prepared};
+use super::run::{check_resume_data, dataset_spec, plan, prepare_model, Prepared};
 use crate::config::{
     above, builtin_config, within, DatasetKind, DatasetKindDecl, KeyDecl, KeyType, KeyValue, RecipeConfig,
     SectionDecl, LORA_OPTIONAL,
 };
 use crate::generate::{generate_group, row_seed, GroupOptions, GroupStop, SamplingParams};
 use crate::models::{ActivationCheckpointing, Llama, TrainBatch};
+use crate::objectives::grpo::{
+    advantages, forward_backward as grpo_forward_backward, frac_reward_zero_std, per_token_logps, GrpoBatch,
+    GrpoParams, LossType, ScaleRewards,
+};
+use crate::rewards::{check_rewards, Completion, RewardSet, Scores, REWARDS_KEY};
 use crate::{Error, Result};
+use afinar_data::{PromptDataset, PromptLoader, PromptRow};
 
 /// The words of `grpo.loss_type` (TRL's).
 pub const LOSS_TYPES: &[&str] = &["grpo", "bnpo", "dr_grpo", "dapo"];
@@ -109,8 +119,8 @@ pub const GRPO: SectionDecl = SectionDecl {
         ),
         KeyDecl::new(
             "stop",
-            KeyType::Text { expect: "a stop string" },
-            "A string that ends a completion (kept in it); the tokenizer's stop tokens always end one.",
+            KeyType::Other { expect: "a stop string or a list of stop strings" },
+            "Strings that end a completion (kept in it); the tokenizer's stop tokens always end one.",
         ),
         KeyDecl::new(
             "beta",
@@ -154,44 +164,17 @@ pub const GRPO: SectionDecl = SectionDecl {
     doc: "GRPO sampling and loss.",
 };
 
-/// `rewards:` — what scores a completion (a weighted sum).
-pub const REWARDS: SectionDecl = SectionDecl {
-    name: "rewards",
-    keys: &[
-        KeyDecl::new(
-            "answer_match",
-            above(0.0, true, None),
-            "Weight of the answer reward: 1 when the completion's last number equals the row's `answer`.",
-        ),
-        KeyDecl::new(
-            "command",
-            KeyType::Text { expect: "a shell command line" },
-            "An external reward: run with `sh -c` in the current folder; one JSON line per completion \
-             in, one number per line out.",
-        ),
-        KeyDecl::new("command_weight", above(0.0, true, Some(1.0)), "Weight of the command's reward."),
-        KeyDecl::new(
-            "command_timeout_s",
-            above(0.0, false, Some(60.0)),
-            "Seconds before the command is killed.",
-        ),
-    ],
-    required: true,
-    expect: "a section with answer_match and/or command",
-    doc: "The rewards, summed with their weights.",
-};
-
 /// The recipe's registry entry.
 pub static SPEC: RecipeSpec = RecipeSpec {
     name: "grpo",
     description: "Reinforcement learning with verifiable rewards (GRPO, DAPO, Dr. GRPO) of LoRA adapters, QLoRA, or every weight",
-    sections: &[LORA_OPTIONAL, GRPO, REWARDS],
-    keys: &[],
-    dataset_kinds: &[DatasetKindDecl { kind: DatasetKind::Chat, roles: &["messages", "prompt"] }],
+    sections: &[LORA_OPTIONAL, GRPO],
+    keys: &[REWARDS_KEY],
+    dataset_kinds: &[DatasetKindDecl { kind: DatasetKind::Prompt, roles: &["prompt"] }],
     configs: &[builtin_config!(
         "smollm2_135m_grpo_lora",
         "grpo",
-        "SmolLM2-135M-Instruct GRPO LoRA on the bilingual arithmetic prompts (answer reward)"
+        "SmolLM2-135M-Instruct GRPO LoRA on the bilingual arithmetic prompts (numeric, format and language rewards)"
     )],
     check: Some(check),
     run,
@@ -241,109 +224,91 @@ fn check(c: &RecipeConfig) -> std::result::Result<(), (String, String)> {
             ),
         );
     }
-    if num(c, "rewards.answer_match").is_none() && text(c, "rewards.command").is_none() {
-        return err("rewards", "has no reward: give answer_match (a weight) and/or command".into());
+    if let Err(m) = stops(c) {
+        return err("grpo.stop", m);
     }
-    Ok(())
+    params(c).check().map_err(|e| ("grpo".to_string(), e.to_string()))?;
+    check_rewards(c)
 }
 
-/// How the loss is normalised (TRL's `loss_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossType {
-    /// Per-completion token mean, averaged over completions.
-    Grpo,
-    /// Token mean per micro-batch.
-    Bnpo,
-    /// Token sum over completions × max_completion_length.
-    DrGrpo,
-    /// Token sum over the step's completion tokens.
-    Dapo,
+/// `grpo.stop`: one string, or a list of strings (kept by the checker as its JSON text).
+fn stops(c: &RecipeConfig) -> std::result::Result<Vec<String>, String> {
+    let t = match c.extra("grpo.stop") {
+        None => return Ok(Vec::new()),
+        Some(KeyValue::Text(t)) => t,
+        Some(other) => {
+            return Err(format!(
+                "expected a stop string or a list of stop strings, got {}",
+                serde_json::to_string(other).unwrap_or_default()
+            ))
+        }
+    };
+    let list = match serde_json::from_str::<serde_json::Value>(t) {
+        Ok(serde_json::Value::Array(items)) => items,
+        _ => return Ok(vec![t.to_string()]),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_str() {
+            Some(s) if !s.is_empty() => Ok(s.to_string()),
+            _ => Err(format!("[{i}]: expected a non-empty stop string, got {v}")),
+        })
+        .collect()
 }
 
-/// A checked config's GRPO settings.
+/// A checked config's GRPO settings: the objective's ([`GrpoParams`]) and the sampling's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpoSettings {
+    /// The objective (TRL's names): clipping, β, loss type, temperature, reward scaling, …
+    pub params: GrpoParams,
     /// Completions per prompt.
     pub num_generations: usize,
     /// Prompt tokens kept (from the end).
     pub max_prompt_length: usize,
-    /// Most tokens per completion.
-    pub max_completion_length: usize,
-    /// Sampling temperature (> 0).
-    pub temperature: f32,
     /// Nucleus.
     pub top_p: f32,
     /// Top-k (0: all).
     pub top_k: usize,
     /// Stop strings.
     pub stop: Vec<String>,
-    /// KL weight.
-    pub beta: f64,
-    /// ε (low).
-    pub epsilon: f64,
-    /// ε_high.
-    pub epsilon_high: f64,
-    /// Optimizer steps per generated batch.
-    pub num_iterations: usize,
-    /// Loss normalisation.
-    pub loss_type: LossType,
-    /// Advantage scaling.
-    pub scale_rewards: ScaleRewards,
-    /// Truncated completions carry no loss.
-    pub mask_truncated_completions: bool,
     /// `completions.jsonl` every this many generations (0: never).
     pub log_completions_every: usize,
 }
 
-/// The settings of a checked `grpo` config.
-pub fn settings(c: &RecipeConfig) -> GrpoSettings {
+/// The objective's settings of a `grpo` config.
+fn params(c: &RecipeConfig) -> GrpoParams {
     let epsilon = num(c, "grpo.epsilon").unwrap_or(0.2);
-    GrpoSettings {
-        num_generations: int(c, "grpo.num_generations").unwrap_or(8),
-        max_prompt_length: int(c, "grpo.max_prompt_length").unwrap_or(512),
+    GrpoParams {
+        epsilon_low: epsilon,
+        epsilon_high: num(c, "grpo.epsilon_high").unwrap_or(epsilon),
+        beta: num(c, "grpo.beta").unwrap_or(0.0),
+        loss_type: text(c, "grpo.loss_type").unwrap_or("dapo").parse().unwrap_or(LossType::Dapo),
         max_completion_length: int(c, "grpo.max_completion_length").unwrap_or(512),
         temperature: num(c, "grpo.temperature").unwrap_or(1.0) as f32,
-        top_p: num(c, "grpo.top_p").unwrap_or(1.0) as f32,
-        top_k: int(c, "grpo.top_k").unwrap_or(0),
-        stop: text(c, "grpo.stop").map(|s| vec![s.to_string()]).unwrap_or_default(),
-        beta: num(c, "grpo.beta").unwrap_or(0.0),
-        epsilon,
-        epsilon_high: num(c, "grpo.epsilon_high").unwrap_or(epsilon),
+        scale_rewards: text(c, "grpo.scale_rewards")
+            .unwrap_or("group")
+            .parse()
+            .unwrap_or(ScaleRewards::Group),
         num_iterations: int(c, "grpo.num_iterations").unwrap_or(1),
-        loss_type: match text(c, "grpo.loss_type").unwrap_or("dapo") {
-            "grpo" => LossType::Grpo,
-            "bnpo" => LossType::Bnpo,
-            "dr_grpo" => LossType::DrGrpo,
-            _ => LossType::Dapo,
-        },
-        scale_rewards: match text(c, "grpo.scale_rewards").unwrap_or("group") {
-            "batch" => ScaleRewards::Batch,
-            "none" => ScaleRewards::None,
-            _ => ScaleRewards::Group,
-        },
         mask_truncated_completions: c
             .extra("grpo.mask_truncated_completions")
             .and_then(KeyValue::as_bool)
             .unwrap_or(false),
-        log_completions_every: int(c, "grpo.log_completions_every").unwrap_or(0),
+        ..GrpoParams::default()
     }
 }
 
-/// The rewards of a checked `grpo` config (`cwd`: where a command runs — the config's folder).
-pub fn rewards_of(c: &RecipeConfig, cwd: Option<PathBuf>) -> RewardSet {
-    let mut items = Vec::new();
-    if let Some(w) = num(c, "rewards.answer_match") {
-        items.push(("answer_match", w, Reward::AnswerMatch));
+/// The settings of a checked `grpo` config.
+pub fn settings(c: &RecipeConfig) -> GrpoSettings {
+    GrpoSettings {
+        params: params(c),
+        num_generations: int(c, "grpo.num_generations").unwrap_or(8),
+        max_prompt_length: int(c, "grpo.max_prompt_length").unwrap_or(512),
+        top_p: num(c, "grpo.top_p").unwrap_or(1.0) as f32,
+        top_k: int(c, "grpo.top_k").unwrap_or(0),
+        stop: stops(c).unwrap_or_default(),
+        log_completions_every: int(c, "grpo.log_completions_every").unwrap_or(0),
     }
-    if let Some(cmd) = text(c, "rewards.command") {
-        let r = CommandReward {
-            command: cmd.to_string(),
-            cwd,
-            timeout: Duration::from_secs_f64(num(c, "rewards.command_timeout_s").unwrap_or(60.0)),
-        };
-        items.push(("command", num(c, "rewards.command_weight").unwrap_or(1.0), Reward::Command(r)));
-    }
-    RewardSet { items }
 }
 
 /// One micro-batch of the loop: micro-batch `k` of iteration `iteration` over the batch
@@ -374,6 +339,28 @@ struct Seq {
     reference: Vec<f32>,
 }
 
+/// Packed training rows of some completions (see [`GrpoObjective::train_rows`]).
+struct Rows {
+    ids: Vec<u32>,
+    labels: Vec<i32>,
+    positions: Vec<u32>,
+    rows: usize,
+    seq: usize,
+}
+
+impl Rows {
+    fn batch(&self) -> TrainBatch<'_> {
+        TrainBatch {
+            ids: &self.ids,
+            labels: &self.labels,
+            positions: &self.positions,
+            doc_ids: None,
+            batch: self.rows,
+            seq: self.seq,
+        }
+    }
+}
+
 /// A generated batch and its metrics.
 #[derive(Debug, Clone, PartialEq)]
 struct Generated {
@@ -387,12 +374,12 @@ struct Generated {
 /// The GRPO objective for the shared loop (see the module doc).
 pub struct GrpoObjective<'a> {
     prompts: &'a [PromptRow],
+    loader: PromptLoader,
     rewards: &'a RewardSet,
     tok: &'a Tokenizer,
     s: GrpoSettings,
     batch: usize,
     micro_per_pass: usize,
-    shuffle: bool,
     seed: u64,
     stop_ids: Vec<u32>,
     pad: u32,
@@ -404,11 +391,11 @@ pub struct GrpoObjective<'a> {
 }
 
 impl<'a> GrpoObjective<'a> {
-    /// The objective over `prompts`, `batch` prompts per generation, `micro_per_pass`
-    /// micro-batches per optimisation pass.
+    /// The objective over the prompts of `data`, `batch` prompts per generation,
+    /// `micro_per_pass` micro-batches per optimisation pass.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        prompts: &'a [PromptRow],
+        data: &'a PromptDataset,
         rewards: &'a RewardSet,
         tok: &'a Tokenizer,
         s: GrpoSettings,
@@ -424,6 +411,7 @@ impl<'a> GrpoObjective<'a> {
                 s.num_generations
             )));
         }
+        let prompts = data.rows();
         if prompts.len() < batch {
             return Err(Error::Input(format!(
                 "grpo: the dataset has {} prompts, fewer than batch_size {batch}",
@@ -431,7 +419,7 @@ impl<'a> GrpoObjective<'a> {
             )));
         }
         let mut gen_names: Vec<&'static str> = vec!["reward", "reward_std"];
-        for (name, _, _) in &rewards.items {
+        for name in rewards.names() {
             gen_names.push(leak(format!("rewards/{name}/mean")));
             gen_names.push(leak(format!("rewards/{name}/std")));
         }
@@ -443,8 +431,12 @@ impl<'a> GrpoObjective<'a> {
             "gen_tokens_per_sec",
             "reference_tokens",
         ]);
+        let loader = PromptLoader::new(data, batch, shuffle, seed)
+            .map_err(|e| Error::Input(format!("grpo: {e}")))?
+            .drop_last(true);
         Ok(GrpoObjective {
             prompts,
+            loader,
             rewards,
             tok,
             stop_ids: tok.stop_ids(),
@@ -452,7 +444,6 @@ impl<'a> GrpoObjective<'a> {
             s,
             batch,
             micro_per_pass,
-            shuffle,
             seed,
             output_dir,
             gen_names,
@@ -462,25 +453,16 @@ impl<'a> GrpoObjective<'a> {
     }
 
     fn gens_per_epoch(&self) -> usize {
-        self.prompts.len() / self.batch
+        self.loader.batches_per_epoch()
     }
 
     fn per_micro(&self) -> usize {
         self.batch * self.s.num_generations / self.micro_per_pass
     }
 
-    /// The prompt indices of generation `gen` of epoch `epoch`.
-    fn prompt_batch(&self, epoch: usize, gen: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.prompts.len()).collect();
-        if self.shuffle {
-            crate::generate::Rng::for_epoch(self.seed, epoch as u64).shuffle(&mut order);
-        }
-        order[gen * self.batch..(gen + 1) * self.batch].to_vec()
-    }
-
-    /// The training batch of sequences `seqs` (prompt + completion, padded to the longest), its
-    /// labels (the completion's first `mask_len` tokens) and where each completion's labels are.
-    fn train_rows(&self, seqs: &[Seq]) -> (Vec<u32>, Vec<i32>, Vec<u32>, usize) {
+    /// The training batch of sequences `seqs` (prompt + completion, padded to the longest) and
+    /// its labels: the completion's first `mask_len` tokens (none for a masked completion).
+    fn train_rows(&self, seqs: &[Seq]) -> Rows {
         let seq = seqs.iter().map(|s| s.prompt.len() + s.completion.len()).max().unwrap_or(1);
         let mut ids = vec![self.pad; seqs.len() * seq];
         let mut labels = vec![-100i32; seqs.len() * seq];
@@ -494,37 +476,36 @@ impl<'a> GrpoObjective<'a> {
                 *p = t as u32;
             }
             // the label of completion token c sits at the position before it
-            for (c, &id) in s.completion.iter().enumerate() {
+            for (c, &id) in s.completion[..s.mask_len].iter().enumerate() {
                 labels[row + s.prompt.len() + c - 1] = id as i32;
             }
         }
-        (ids, labels, positions, seq)
+        Rows { ids, labels, positions, rows: seqs.len(), seq }
     }
 
-    /// Per-completion log-probabilities (of every completion token) under `model` as it is,
-    /// forward only, logits divided by the temperature.
+    /// Per-completion log-probabilities (of the completion tokens that carry loss) under `model`
+    /// as it is, forward only ([`per_token_logps`]).
     fn logps<B: Backend>(&self, be: &B, model: &Llama<B>, seqs: &[Seq]) -> Result<Vec<Vec<f32>>> {
-        let (ids, labels, positions, seq) = self.train_rows(seqs);
-        let rows = seqs.len() * seq;
-        let tb = TrainBatch {
-            ids: &ids,
-            labels: &labels,
-            positions: &positions,
-            doc_ids: None,
-            batch: seqs.len(),
-            seq,
-        };
-        let mut h = be.zeros(rows * model.config.dim)?;
-        model.hidden_states(be, &tb, &mut h)?;
-        if self.s.temperature != 1.0 {
-            be.scale(&mut h, rows * model.config.dim, 1.0 / self.s.temperature)?;
-        }
-        let tok = model.label_log_probs(be, &h, &labels, rows)?;
+        let rows = self.train_rows(seqs);
+        let seq = rows.seq;
+        let tok = per_token_logps(be, model, &rows.batch(), self.s.params.temperature)?;
         Ok(seqs
             .iter()
             .enumerate()
-            .map(|(r, s)| (0..s.completion.len()).map(|c| tok[r * seq + s.prompt.len() + c - 1]).collect())
+            .map(|(r, s)| (0..s.mask_len).map(|c| tok[r * seq + s.prompt.len() + c - 1]).collect())
             .collect())
+    }
+
+    /// Per-position values `[seqs · seq]` of per-completion values (`per[r][c]` at completion
+    /// `r`'s token `c`), 0 elsewhere.
+    fn spread(seqs: &[Seq], seq: usize, per: impl Fn(&Seq) -> &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; seqs.len() * seq];
+        for (r, s) in seqs.iter().enumerate() {
+            for (c, &v) in per(s).iter().enumerate() {
+                out[r * seq + s.prompt.len() + c - 1] = v;
+            }
+        }
+        out
     }
 
     /// Samples, scores and prepares the batch of generation `gen` of epoch `epoch`.
@@ -537,7 +518,11 @@ impl<'a> GrpoObjective<'a> {
     ) -> Result<Generated> {
         let g = self.s.num_generations;
         let step = (epoch * self.gens_per_epoch() + gen) as u64;
-        let rows = self.prompt_batch(epoch, gen);
+        let rows = self.loader.batch(epoch, gen).ok_or_else(|| {
+            Error::Input(format!(
+                "grpo: epoch {epoch} has no prompt batch {gen} (a recipe state from another run?)"
+            ))
+        })?;
         let tok = self.tok;
         let detok = |ids: &[u32]| -> Result<String> {
             tok.decode(ids, true).map_err(|e| Error::Input(format!("grpo: decoding a completion: {e}")))
@@ -548,9 +533,9 @@ impl<'a> GrpoObjective<'a> {
         model.without_dropout(|m| -> Result<()> {
             for (i, &r) in rows.iter().enumerate() {
                 let opts = GroupOptions {
-                    max_new_tokens: self.s.max_completion_length,
+                    max_new_tokens: self.s.params.max_completion_length,
                     sampling: SamplingParams {
-                        temperature: self.s.temperature,
+                        temperature: self.s.params.temperature,
                         top_k: self.s.top_k,
                         top_p: self.s.top_p,
                         seed: 0,
@@ -569,9 +554,17 @@ impl<'a> GrpoObjective<'a> {
         let gen_secs = t0.elapsed().as_secs_f64();
         let prompt_refs: Vec<&PromptRow> =
             rows.iter().flat_map(|&r| std::iter::repeat_n(&self.prompts[r], g)).collect();
-        let texts: Vec<String> = completions.iter().map(|c| c.text.clone()).collect();
-        let (total, each) = self.rewards.score(&prompt_refs, &texts)?;
-        let (adv, frac_zero) = advantages(&total, g, self.s.scale_rewards);
+        let batch: Vec<Completion<'_>> = completions
+            .iter()
+            .zip(&prompt_refs)
+            .map(|(c, p)| Completion::of_row(p, &c.text, c.ids.len()))
+            .collect();
+        let scores = self.rewards.score(&batch).map_err(|e| Error::Input(format!("grpo: {e}")))?;
+        let total = &scores.total;
+        let total32: Vec<f32> = total.iter().map(|&r| r as f32).collect();
+        let scale = self.s.params.scale_rewards;
+        let adv = advantages(&total32, g, scale)?;
+        let frac_zero = frac_reward_zero_std(&total32, g, scale)?;
         let mut seqs: Vec<Seq> = completions
             .iter()
             .zip(&prompt_refs)
@@ -581,20 +574,20 @@ impl<'a> GrpoObjective<'a> {
                 completion.extend(c.stop_token);
                 let truncated = c.stop == GroupStop::Length;
                 let mask_len =
-                    if truncated && self.s.mask_truncated_completions { 0 } else { completion.len() };
+                    if truncated && self.s.params.mask_truncated_completions { 0 } else { completion.len() };
                 Seq {
                     prompt: p.ids.clone(),
                     completion,
                     mask_len,
                     truncated,
-                    advantage: a,
+                    advantage: f64::from(a),
                     old: Vec::new(),
                     reference: Vec::new(),
                 }
             })
             .collect();
         let per = self.per_micro();
-        if self.s.num_iterations > 1 {
+        if self.s.params.num_iterations > 1 {
             model.without_dropout(|m| -> Result<()> {
                 for chunk in seqs.chunks_mut(per) {
                     let lp = self.logps(be, m, chunk)?;
@@ -604,7 +597,7 @@ impl<'a> GrpoObjective<'a> {
             })?;
         }
         let mut reference_tokens = 0usize;
-        if self.s.beta != 0.0 {
+        if self.s.params.beta != 0.0 {
             model.without_adapters(|m| -> Result<()> {
                 for chunk in seqs.chunks_mut(per) {
                     let lp = self.logps(be, m, chunk)?;
@@ -621,8 +614,8 @@ impl<'a> GrpoObjective<'a> {
             let m = mean(v);
             (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() as f64 - 1.0).max(1.0)).sqrt()
         };
-        let mut metrics = vec![mean(&total), std(&total)];
-        for (_, v) in &each {
+        let mut metrics = vec![mean(total), std(total)];
+        for v in &scores.per_reward {
             metrics.push(mean(v));
             metrics.push(std(v));
         }
@@ -637,47 +630,67 @@ impl<'a> GrpoObjective<'a> {
         ]);
         let every = self.s.log_completions_every;
         if every > 0 && (step + 1).is_multiple_of(every as u64) {
-            self.log_completions(step + 1, &prompt_refs, &texts, &total, &each, &adv)?;
+            self.log_completions(step + 1, &prompt_refs, &batch, &scores, &adv)?;
         }
         Ok(Generated { epoch, gen, seqs, metrics })
     }
 
-    /// Appends the batch to `completions.jsonl`.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the batch to `completions.jsonl`, atomically: the lines of this generation and of
+    /// any later one (left by a run killed after its last saved state) are replaced, so a
+    /// resumed run leaves no duplicates.
     fn log_completions(
         &self,
         generation: u64,
         prompts: &[&PromptRow],
-        texts: &[String],
-        total: &[f64],
-        each: &[(&'static str, Vec<f64>)],
-        adv: &[f64],
+        batch: &[Completion<'_>],
+        scores: &Scores,
+        adv: &[f32],
     ) -> Result<()> {
         let Some(dir) = &self.output_dir else { return Ok(()) };
         let path = dir.join("completions.jsonl");
-        let mut out = String::new();
-        for (i, p) in prompts.iter().enumerate() {
-            let rewards: serde_json::Map<String, serde_json::Value> =
-                each.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v[i]))).collect();
+        let mut out = match std::fs::read_to_string(&path) {
+            Ok(text) => earlier_generations(&text, generation),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        for (i, (p, c)) in prompts.iter().zip(batch).enumerate() {
+            let rewards: serde_json::Map<String, serde_json::Value> = scores
+                .names
+                .iter()
+                .zip(&scores.per_reward)
+                .map(|(n, v)| (n.clone(), serde_json::json!(v[i])))
+                .collect();
             let line = serde_json::json!({
                 "generation": generation,
                 "row": p.row,
                 "prompt": p.text,
-                "completion": texts[i],
-                "reward": total[i],
+                "completion": c.completion,
+                "reward": scores.total[i],
                 "rewards": rewards,
                 "advantage": adv[i],
             });
             out.push_str(&line.to_string());
             out.push('\n');
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| Error::Io { path: path.clone(), source })?;
-        f.write_all(out.as_bytes()).map_err(|source| Error::Io { path, source })
+        afinar_checkpoint::write_atomic(&path, |w| w.write_all(out.as_bytes()))
+            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))
     }
+}
+
+/// The lines of a `completions.jsonl` text whose `generation` is below `generation` (a line that
+/// does not parse is kept).
+fn earlier_generations(text: &str, generation: u64) -> String {
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let g = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("generation").and_then(serde_json::Value::as_u64));
+        if g.is_none_or(|g| g < generation) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A metric name built at run time (a reward's), kept for the process's life.
@@ -709,11 +722,11 @@ impl<B: Backend> TrainObjective<B> for GrpoObjective<'_> {
     }
 
     fn batches_per_epoch(&self) -> usize {
-        self.gens_per_epoch() * self.s.num_iterations * self.micro_per_pass
+        self.gens_per_epoch() * self.s.params.num_iterations * self.micro_per_pass
     }
 
     fn epoch_from(&self, epoch: usize, start: usize) -> Box<dyn Iterator<Item = GrpoMicro> + '_> {
-        let (m, it) = (self.micro_per_pass, self.s.num_iterations);
+        let (m, it) = (self.micro_per_pass, self.s.params.num_iterations);
         Box::new((start..<Self as TrainObjective<B>>::batches_per_epoch(self)).map(move |i| GrpoMicro {
             epoch,
             gen: i / (m * it),
@@ -758,77 +771,35 @@ impl<B: Backend> TrainObjective<B> for GrpoObjective<'_> {
         let total_seqs = buf.seqs.len() as f64;
         let total_tokens: usize = buf.seqs.iter().map(|s| s.mask_len).sum();
         let micro_tokens: usize = seqs.iter().map(|s| s.mask_len).sum();
-        let (ids, labels, positions, seq) = self.train_rows(seqs);
+        let train = self.train_rows(seqs);
+        let seq = train.seq;
         let rows = seqs.len() * seq;
-        let dim = model.config.dim;
-        let tb = TrainBatch {
-            ids: &ids,
-            labels: &labels,
-            positions: &positions,
-            doc_ids: None,
-            batch: seqs.len(),
-            seq,
+        let p = &self.s.params;
+        let old = (p.num_iterations > 1).then(|| Self::spread(seqs, seq, |s| &s.old));
+        let reference = (p.beta != 0.0).then(|| Self::spread(seqs, seq, |s| &s.reference));
+        let adv: Vec<f32> = seqs.iter().map(|s| s.advantage as f32).collect();
+        let batch = GrpoBatch {
+            batch: train.batch(),
+            old_logps: old.as_deref(),
+            ref_logps: reference.as_deref(),
+            advantages: &adv,
         };
-        let mut hidden = be.zeros(rows * dim)?;
-        model.forward_hidden(be, &tb, checkpointing, &mut hidden)?;
-        let inv_t = 1.0 / self.s.temperature;
-        if inv_t != 1.0 {
-            be.scale(&mut hidden, rows * dim, inv_t)?;
-        }
-        let tok = model.label_log_probs(be, &hidden, &labels, rows)?;
-        let mut upstream = vec![0f32; rows];
-        let (mut loss, mut kl, mut low, mut high, mut region) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (r, s) in seqs.iter().enumerate() {
-            if s.mask_len == 0 {
-                continue;
-            }
-            // Each token's weight in the step's loss (TRL's normalisation with accumulation).
-            let w = match self.s.loss_type {
-                LossType::Grpo => 1.0 / (s.mask_len as f64 * total_seqs),
-                LossType::Bnpo => 1.0 / (micro_tokens.max(1) as f64 * self.micro_per_pass as f64),
-                LossType::DrGrpo => 1.0 / (total_seqs * self.s.max_completion_length as f64),
-                LossType::Dapo => 1.0 / total_tokens.max(1) as f64,
-            };
-            for c in 0..s.mask_len {
-                let at = r * seq + s.prompt.len() + c - 1;
-                let logp = f64::from(tok[at]);
-                let t = token_terms(
-                    logp,
-                    (self.s.num_iterations > 1).then(|| f64::from(s.old[c])),
-                    (self.s.beta != 0.0).then(|| f64::from(s.reference[c])),
-                    s.advantage,
-                    self.s.epsilon,
-                    self.s.epsilon_high,
-                    self.s.beta,
-                );
-                loss += w * t.loss;
-                upstream[at] = (w * t.dloss) as f32;
-                kl += t.kl;
-                low += f64::from(u8::from(t.low_clipped));
-                high += f64::from(u8::from(t.high_clipped));
-                region += f64::from(u8::from(t.low_clipped || t.high_clipped));
-            }
-        }
-        let mut dhidden = be.zeros(rows * dim)?;
-        model.label_log_probs_backward(be, &hidden, &labels, rows, &upstream, &mut dhidden)?;
-        if inv_t != 1.0 {
-            be.scale(&mut dhidden, rows * dim, inv_t)?;
-        }
-        model.backward_hidden(be, &tb, checkpointing, &dhidden)?;
-        // Shares of the step's means, times the step's units (the loop divides by them).
-        let share = |v: f64| v / total_tokens.max(1) as f64 * total_seqs;
+        let denominator = p.denominator(seqs.len(), micro_tokens, total_tokens, self.micro_per_pass);
+        let out = grpo_forward_backward(be, model, &batch, p, denominator, 1.0, checkpointing)?;
+        // Shares of the step's token means, times the step's units (the loop divides by them).
+        let share = |mean: f64| mean * out.tokens as f64 / total_tokens.max(1) as f64 * total_seqs;
         let mut metric_sums: Vec<(&'static str, f64)> = self
             .gen_names
             .iter()
             .zip(&buf.metrics)
             .map(|(&n, &v)| (n, if micro.k == 0 { v * total_seqs } else { 0.0 }))
             .collect();
-        if self.s.beta != 0.0 {
+        if let Some(kl) = out.kl {
             metric_sums.push(("kl", share(kl)));
         }
-        metric_sums.push(("clip_ratio/low_mean", share(low)));
-        metric_sums.push(("clip_ratio/high_mean", share(high)));
-        metric_sums.push(("clip_ratio/region_mean", share(region)));
+        metric_sums.push(("clip_ratio/low_mean", share(out.clip_low_mean)));
+        metric_sums.push(("clip_ratio/high_mean", share(out.clip_high_mean)));
+        metric_sums.push(("clip_ratio/region_mean", share(out.clip_region_mean)));
         let (tokens, secs) = self.pass.get();
         let (tokens, secs) = (tokens + rows, secs + t0.elapsed().as_secs_f64());
         self.pass.set((tokens, secs));
@@ -837,22 +808,22 @@ impl<B: Backend> TrainObjective<B> for GrpoObjective<'_> {
             "train_tokens_per_sec",
             if last { tokens as f64 / secs.max(1e-9) * total_seqs } else { 0.0 },
         ));
-        Ok(MicroOutput { loss_sum: loss * total_seqs, metric_sums })
+        Ok(MicroOutput { loss_sum: out.loss * total_seqs, metric_sums })
     }
 
     fn prepare(&mut self, _be: &B, model: &mut Llama<B>, reporter: &mut dyn Reporter) -> Result<()> {
         model.keep_activations_in_bf16(false);
         reporter.note(&format!(
             "grpo: {} prompts per generation × {} completions, {} micro-batches of {} per pass, {} \
-             pass(es) per generation; loss {:?}, beta {} ({})",
+             pass(es) per generation; loss {}, beta {} ({})",
             self.batch,
             self.s.num_generations,
             self.micro_per_pass,
             self.per_micro(),
-            self.s.num_iterations,
-            self.s.loss_type,
-            self.s.beta,
-            if self.s.beta == 0.0 { "no reference pass" } else { "reference: adapters off" }
+            self.s.params.num_iterations,
+            self.s.params.loss_type.name(),
+            self.s.params.beta,
+            if self.s.params.beta == 0.0 { "no reference pass" } else { "reference: adapters off" }
         ));
         Ok(())
     }
@@ -986,23 +957,25 @@ pub fn run_on_with<B: Backend>(
 ) -> Result<Summary> {
     let s = settings(cfg);
     let Prepared { mut model, tokenizer, saver } = prepare_model(be, cfg, reporter)?;
-    let prompts = load_prompts(&cfg.dataset.source, &tokenizer, s.max_prompt_length)
-        .map_err(|e| Error::Input(format!("dataset: {e}")))?;
-    let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+    let mut spec = dataset_spec(cfg);
+    spec.max_prompt_tokens = Some(s.max_prompt_length);
+    let data = PromptDataset::load(&spec, &tokenizer).map_err(|e| Error::Input(format!("dataset: {e}")))?;
     reporter.note(&format!(
-        "dataset {}: {} prompts (longest {longest} tokens after max_prompt_length {})",
+        "dataset {}: {} prompts (longest {} tokens after max_prompt_length {}; {} cut from the left)",
         cfg.dataset.source.display(),
-        prompts.len(),
-        s.max_prompt_length
+        data.len(),
+        data.rows().iter().map(|r| r.ids.len()).max().unwrap_or(0),
+        s.max_prompt_length,
+        data.rows().iter().filter(|r| r.truncated).count()
     ));
-    let fingerprint = prompts_fingerprint(&prompts);
+    let fingerprint = prompts_fingerprint(data.rows());
     if cfg.resume_from_checkpoint {
         check_resume_data(cfg, &fingerprint, reporter)?;
     }
-    let rewards = rewards_of(cfg, None);
+    let rewards = RewardSet::from_config(cfg).map_err(|e| Error::Input(format!("rewards: {e}")))?;
     let plan = Plan { data_fingerprint: Some(fingerprint), stop_after_steps, ..plan(cfg) };
     let mut objective = GrpoObjective::new(
-        &prompts,
+        &data,
         &rewards,
         &tokenizer,
         s,

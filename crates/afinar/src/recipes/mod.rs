@@ -36,7 +36,6 @@ pub mod dpo;
 pub mod finetune;
 pub mod full_finetune;
 pub mod grpo;
-pub mod grpo_interim;
 pub mod knowledge_distillation;
 pub mod lora_finetune;
 pub mod metrics;
