@@ -27,10 +27,10 @@ pub use backend::{
     AdamW, AttnDims, Backend, DistillSpec, DistillSums, Divergence, HalfFormat, Products, QuantFormat,
     WeightFormat,
 };
-pub use cpu::CpuBackend;
 /// The processor's vector-feature level the CPU kernels dispatch on, and its run-time cap
 /// (`AFINAR_CPU_LEVEL`): what the rest of the workspace reads instead of reaching into `cpu`.
 pub use cpu::features as cpu_features;
+pub use cpu::CpuBackend;
 pub use cpu::{CpuWeight, CpuWeightData};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
