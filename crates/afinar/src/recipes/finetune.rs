@@ -135,7 +135,7 @@ pub trait TrainObjective<B: Backend> {
     fn units(&self, micro: &Self::Micro) -> usize;
 
     /// Tokens of a micro-batch that a throughput figure counts (`label_tokens` and tokens/s in
-    /// the metrics); the units by default.
+    /// the metrics); the units by default. Asked after the micro-batch's pass.
     fn tokens(&self, micro: &Self::Micro) -> usize {
         self.units(micro)
     }
@@ -461,7 +461,6 @@ pub fn train_objective<B: Backend, O: TrainObjective<B>>(
                 break;
             }
             let units: usize = group.iter().map(|b| objective.units(b)).sum();
-            let label_tokens: usize = group.iter().map(|b| objective.tokens(b)).sum();
             let lr = schedule.lr(optimizer.step as usize);
             let mut loss_sum = 0.0;
             let mut metric_sums: Vec<(&'static str, f64)> = Vec::new();
@@ -522,6 +521,9 @@ pub fn train_objective<B: Backend, O: TrainObjective<B>>(
                 };
                 optimizer.step(be, model, lr)?;
             }
+            // After the passes: an objective that makes its data in the pass (GRPO's sampling)
+            // knows its tokens only then.
+            let label_tokens: usize = group.iter().map(|b| objective.tokens(b)).sum();
             step_in_epoch += 1;
             steps_this_process += 1;
             let loss = if units > 0 { loss_sum / units as f64 } else { 0.0 };

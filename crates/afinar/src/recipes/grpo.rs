@@ -35,7 +35,8 @@
 //! second of the generation), `train_tokens_per_sec` (tokens through the training forward and
 //! backward per second of the step's passes) and `reference_tokens` (tokens run through the
 //! reference, 0 with β = 0). Generation metrics are those of the batch a step trains on. The
-//! loop's own `label_tokens` / `tokens_per_sec` count completions for this recipe. Every
+//! loop's own `label_tokens` are the completion tokens trained on, and its `tokens_per_sec` (the
+//! progress line's tok/s) divides them by the whole step, generation included. Every
 //! `grpo.log_completions_every` generations, `completions.jsonl` gets the batch's prompts,
 //! completions, rewards (each by name, and the weighted sum) and advantages; the file is rewritten
 //! atomically without the lines of that generation and any later one, so a run resumed from a
@@ -737,6 +738,18 @@ impl<B: Backend> TrainObjective<B> for GrpoObjective<'_> {
 
     fn units(&self, _: &GrpoMicro) -> usize {
         self.per_micro()
+    }
+
+    /// The completion tokens the micro-batch trained on (its loss-mask tokens), so that the
+    /// progress line's tok/s is the training rate; generation's rate is `gen_tokens_per_sec`.
+    fn tokens(&self, micro: &GrpoMicro) -> usize {
+        let per = self.per_micro();
+        match self.buffer.borrow().as_ref() {
+            Some(b) if (b.epoch, b.gen) == (micro.epoch, micro.gen) => {
+                b.seqs[micro.k * per..(micro.k + 1) * per].iter().map(|s| s.mask_len).sum()
+            }
+            _ => 0,
+        }
     }
 
     fn forward_backward(
