@@ -13,8 +13,8 @@ use std::sync::Arc;
 use afinar::checkpoint::DType;
 use afinar::config::RecipeConfig;
 use afinar::data::{DatasetKind, DatasetSpec, PreferenceDataset};
-use afinar::engine::{Backend, CpuBackend, RopeScaling, WeightFormat};
-use afinar::models::{load_model, Llama, LlamaConfig, LoadOptions, TrainBatch};
+use afinar::engine::{Backend, CpuBackend, WeightFormat};
+use afinar::models::{load_model, Llama, LoadOptions, TrainBatch};
 use afinar::objectives::{dpo, orpo, simpo, DpoLoss, OrpoParams, SequenceLogps, SimpoParams, TokenSum};
 use afinar::recipes::dpo::{run_on_with, REFERENCE_FILE};
 use afinar::recipes::metrics::Silent;
@@ -23,35 +23,12 @@ use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::Tokenizer;
 use common::{asset, Tmp};
 
-fn tiny_config() -> LlamaConfig {
-    LlamaConfig {
-        family: Default::default(),
-        vocab_size: 128_256,
-        dim: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-        ffn_dim: 128,
-        norm_eps: 1e-5,
-        rope_theta: 500_000.0,
-        rope_scaling: Some(RopeScaling {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 8192.0,
-        }),
-        max_seq_len: 256,
-        tie_embeddings: true,
-    }
-}
-
 /// A tiny random Llama-3-shaped model saved as a Hugging Face folder with the real Llama-3
 /// tokenizer, and a preference file of `pairs` pairs, in `dir`.
 fn tiny_setup(dir: &Path, pairs: usize) -> (PathBuf, PathBuf) {
     let be = CpuBackend::new(Some(2));
     let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
-    let m = Llama::random(&be, tiny_config(), 11, WeightFormat::F32).unwrap();
+    let m = Llama::random(&be, common::tiny_llama31(), 11, WeightFormat::F32).unwrap();
     let model_dir = dir.join("tiny");
     let source = ModelSource {
         path: PathBuf::from("tiny"),

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use afinar::checkpoint::DType;
 use afinar::data::{Dataset, DatasetKind, DatasetSpec, Loader};
-use afinar::engine::{Backend, CpuBackend, Products, RopeScaling, WeightFormat};
+use afinar::engine::{Backend, CpuBackend, Products, WeightFormat};
 use afinar::models::ActivationCheckpointing::{self, Every, Off};
-use afinar::models::{Llama, LlamaConfig, LoraSpec, LoraTarget, ParamMut};
+use afinar::models::{Llama, LoraSpec, LoraTarget, ParamMut};
 use afinar::recipes::finetune::{train, Plan, Summary};
 use afinar::recipes::metrics::Silent;
 use afinar::recipes::optim::AdamWConfig;
@@ -19,29 +19,6 @@ use afinar::recipes::schedule::{Schedule, ScheduleKind};
 use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::Tokenizer;
 use common::{asset, Tmp};
-
-fn config() -> LlamaConfig {
-    LlamaConfig {
-        family: Default::default(),
-        vocab_size: 128_256,
-        dim: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-        ffn_dim: 128,
-        norm_eps: 1e-5,
-        rope_theta: 500_000.0,
-        rope_scaling: Some(RopeScaling {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 8192.0,
-        }),
-        max_seq_len: 256,
-        tie_embeddings: true,
-    }
-}
 
 /// A fresh folder for this test, removed when the guard drops (runs write ~0.2 GB).
 fn tmp(name: &str) -> Tmp {
@@ -111,7 +88,7 @@ fn setup(name: &str) -> Setup {
 }
 
 fn model(s: &Setup, lora: Option<&LoraSpec>) -> Llama<CpuBackend> {
-    let mut m = Llama::random(&s.be, config(), 11, WeightFormat::F32).unwrap();
+    let mut m = Llama::random(&s.be, common::tiny_llama31(), 11, WeightFormat::F32).unwrap();
     // Mixed precision (bf16 products) keeps the saved activations in bf16, as the recipe does.
     m.keep_activations_in_bf16(s.mixed);
     match lora {
@@ -147,7 +124,7 @@ fn source() -> ModelSource {
     ModelSource {
         path: "random".into(),
         hf_dir: None,
-        config_json: config().to_hf_json(Some(128000), Some(128009), "float32"),
+        config_json: common::tiny_llama31().to_hf_json(Some(128000), Some(128009), "float32"),
         dtype: DType::F32,
         tokenizer: None,
         max_seq_len: None,

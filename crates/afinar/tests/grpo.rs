@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use afinar::checkpoint::DType;
 use afinar::config::RecipeConfig;
-use afinar::engine::{CpuBackend, RopeScaling, WeightFormat};
-use afinar::models::{Llama, LlamaConfig};
+use afinar::engine::{CpuBackend, WeightFormat};
+use afinar::models::Llama;
 use afinar::recipes::grpo::run_on_with;
 use afinar::recipes::metrics::Silent;
 use afinar::recipes::save::{FullSave, ModelSource};
@@ -22,36 +22,13 @@ use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::Tokenizer;
 use common::{asset, Tmp};
 
-fn tiny_config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 128_256,
-        dim: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-        ffn_dim: 128,
-        norm_eps: 1e-5,
-        rope_theta: 500_000.0,
-        rope_scaling: Some(RopeScaling {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 8192.0,
-        }),
-        max_seq_len: 256,
-        tie_embeddings: true,
-        family: Default::default(),
-    }
-}
-
 /// A tiny random model (HF folder, Llama-3 tokenizer), a prompt file of `n` rows (`prompt` a
 /// message list, with `answer` and `lang`), and a reward script (awk: a score from the length of each JSON
 /// line, so that completions of one group score differently), in `dir`.
 fn tiny_setup(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf) {
     let be = CpuBackend::new(Some(2));
     let tok = Tokenizer::from_file(&asset("llama3-tokenizer/tokenizer.json")).unwrap();
-    let m = Llama::random(&be, tiny_config(), 5, WeightFormat::F32).unwrap();
+    let m = Llama::random(&be, common::tiny_llama31(), 5, WeightFormat::F32).unwrap();
     let model_dir = dir.join("tiny");
     let source = ModelSource {
         path: PathBuf::from("tiny"),

@@ -228,3 +228,28 @@ pub fn write_instruct_rows(path: &Path, rows: std::ops::Range<usize>) {
         .collect();
     std::fs::write(path, rows.join("\n")).unwrap();
 }
+
+/// The tiny Llama-3.1 shape the recipe tests train (the real Llama-3 vocabulary, 2 layers of
+/// width 64, grouped-query attention, Llama-3.1 RoPE scaling, tied embeddings).
+pub fn tiny_llama31() -> afinar::models::LlamaConfig {
+    afinar::models::LlamaConfig {
+        family: Default::default(),
+        vocab_size: 128_256,
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 128,
+        norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(afinar::engine::RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }),
+        max_seq_len: 256,
+        tie_embeddings: true,
+    }
+}
