@@ -449,4 +449,19 @@ fn shipped_arithmetic_prompts_load() {
     let shipped = RewardSet::from_config_file(&root.join("configs/smollm2_135m_grpo_lora.yaml")).unwrap();
     assert_eq!(format!("{:?}", preset.rewards()), format!("{:?}", shipped.rewards()));
     assert_eq!(shipped.rewards().iter().map(|r| r.weight).collect::<Vec<_>>(), [0.7, 0.2, 0.1]);
+    // The held-out eval config scores with the same rewards and stops, in both languages.
+    let eval = afinar::eval::EvalConfig::load(&root.join("data/grpo_arith/eval.yaml")).unwrap();
+    let langs: Vec<&str> = eval.tasks.iter().map(|t| t.language.as_str()).collect();
+    assert_eq!(langs, ["en", "es"]);
+    for t in &eval.tasks {
+        match &t.kind {
+            afinar::eval::TaskKind::Reward { file, opts } => {
+                assert!(file.ends_with("grpo_arith/heldout.jsonl"), "{}", file.display());
+                assert_eq!(format!("{:?}", opts.rewards.rewards()), format!("{:?}", shipped.rewards()));
+                assert_eq!(opts.stop, ["\nQuestion:", "\nPregunta:", "\n\n\n"]);
+                assert_eq!(opts.max_new_tokens, 64);
+            }
+            other => panic!("data/grpo_arith/eval.yaml: a {} task", other.name()),
+        }
+    }
 }

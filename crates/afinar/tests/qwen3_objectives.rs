@@ -6,7 +6,9 @@
 //! - `knowledge_distillation` from a Qwen3 teacher that is the student itself: the KL of identical
 //!   distributions (reverse KL, JSD) is 0 and the forward loss is finite;
 //! - `full_finetune` with `model.dtype: bf16`: one step moves the q/k norm gains;
-//! - eval perplexity through the eval config API equals exp of the mean NLL from the logits.
+//! - eval perplexity through the eval config API equals exp of the mean NLL from the logits;
+//! - `grpo` with LoRA and a KL term (reference = adapters off): two steps through the chat
+//!   template, KL exactly 0 while the adapter is fresh and above 0 after a step.
 
 mod common;
 
@@ -220,4 +222,47 @@ fn qwen3_eval_perplexity_equals_the_mean_nll_of_its_logits() {
     assert!((r.mean_nll - mean).abs() < 1e-4, "mean NLL {} vs {mean}", r.mean_nll);
     assert!((r.perplexity / mean.exp() - 1.0).abs() < 1e-4, "perplexity {} vs {}", r.perplexity, mean.exp());
     assert!(r.perplexity.is_finite() && r.perplexity > 1.0, "{r:?}");
+}
+
+#[test]
+fn qwen3_lora_grpo_with_the_kl_term() {
+    let dir = Tmp::new("qwen3-grpo");
+    let be = CpuBackend::new(Some(2));
+    let model = qwen3_folder(&be, &dir, "qwen3", 13);
+    let rows: Vec<String> = (0..4)
+        .map(|i| {
+            let q =
+                if i % 2 == 0 { format!("What is {i} plus 2?") } else { format!("¿Cuánto es {i} más 2?") };
+            serde_json::json!({"prompt": [{"role": "user", "content": q}], "answer": i + 2}).to_string()
+        })
+        .collect();
+    let data = dir.join("prompts.jsonl");
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    // A reward that differs between the completions of a group (the length of their JSON line).
+    let script = dir.join("reward.sh");
+    std::fs::write(&script, "#!/bin/sh\nawk '{ print (length($0) % 7) / 7 }'\n").unwrap();
+    let out = dir.join("out");
+    let yaml = format!(
+        "recipe: grpo\noutput_dir: {}\nmodel:\n  path: {}\n  dtype: fp32\ntokenizer:\n  max_seq_len: 128\n{LORA}\
+         grpo:\n  num_generations: 4\n  max_completion_length: 6\n  top_k: 50\n  beta: 0.04\n\
+         rewards:\n  - {{kind: numeric_match, name: correct, weight: 1.0}}\n  \
+         - {{kind: command, weight: 0.5, command: [sh, {}]}}\ndataset:\n  kind: prompt\n  source: {}\n\
+         seed: 3\nshuffle: false\nbatch_size: 2\nepochs: 1\nmax_steps_per_epoch: 2\n\
+         optimizer:\n  lr: 3e-2\nlr_scheduler:\n  kind: constant\n  warmup_steps: 0\nthreads: 2\n\
+         log_every_n_steps: 1\nmerge_adapter: false\nsave_adapter_weights_only: true\n",
+        out.display(),
+        model.display(),
+        script.display(),
+        data.display()
+    );
+    let cfg = config(&dir, "grpo.yaml", &yaml);
+    afinar::recipes::grpo::run_on(&be, &cfg, &mut Silent).unwrap_or_else(|e| panic!("{e}"));
+    let rows = metrics_rows(&out);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        assert!(metric(r, "loss").is_finite(), "{r}");
+    }
+    assert_eq!(metric(&rows[0], "kl"), 0.0, "a fresh adapter is the reference: {}", rows[0]);
+    assert!(metric(&rows[1], "kl") > 0.0, "after a step the policy left the reference: {}", rows[1]);
+    assert!(out.join("epoch_0/adapter_model.safetensors").exists());
 }
