@@ -140,7 +140,11 @@ fn shipped_qlora_configs_validate() {
             "smollm2_360m_qlora",
             "llama3_2_1b_qlora",
             "llama3_2_3b_qlora",
-            "llama3_1_8b_qlora"
+            "llama3_1_8b_qlora",
+            "qwen3_0_6b_qlora",
+            "qwen3_1_7b_qlora",
+            "qwen3_4b_qlora",
+            "qwen3_8b_qlora",
         ]
     );
     for name in names {

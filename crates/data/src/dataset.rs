@@ -424,19 +424,7 @@ fn tokenize(
     }
 
     let messages: Vec<Vec<Message>> = records.iter().map(to_messages).collect();
-    let native = native_format(tok);
-    let first = if tok.chat_template().is_some() {
-        PromptFormat::ChatTemplate
-    } else {
-        native.ok_or_else(|| {
-            DataError::Config(
-                "the tokenizer has no chat template, and its vocabulary has neither Llama-3's \
-                 <|start_header_id|> nor ChatML's <|im_start|> for a native chat format; use \
-                 template: alpaca for instruct data"
-                    .into(),
-            )
-        })?
-    };
+    let (native, first) = chat_formats(tok, "template: alpaca for instruct data")?;
     let ats: Vec<RowLoc> = rows.iter().map(|r| r.at).collect();
     encode_chat_rows(path, &ats, native, first, |format, i| enc.chat(format, &messages[i]))
 }
@@ -504,6 +492,28 @@ pub(crate) fn read_spec_rows(spec: &DatasetSpec) -> Result<(FileFormat, Vec<RawR
         });
     }
     Ok((format, rows))
+}
+
+/// The chat formats of a tokenizer for chat-rendered rows: its native one by vocabulary (Llama-3's
+/// headers or ChatML), and the one to try first (its own chat template when it has one, else the
+/// native format). A tokenizer with neither is an error ending in `otherwise` (what to use
+/// instead, e.g. "template: plain for string prompts").
+pub(crate) fn chat_formats(
+    tok: &Tokenizer,
+    otherwise: &str,
+) -> Result<(Option<PromptFormat>, PromptFormat), DataError> {
+    let native = native_format(tok);
+    let first = if tok.chat_template().is_some() {
+        PromptFormat::ChatTemplate
+    } else {
+        native.ok_or_else(|| {
+            DataError::Config(format!(
+                "the tokenizer has no chat template, and its vocabulary has neither Llama-3's \
+                 <|start_header_id|> nor ChatML's <|im_start|> for a native chat format; use {otherwise}"
+            ))
+        })?
+    };
+    Ok((native, first))
 }
 
 pub(crate) fn native_format(tok: &Tokenizer) -> Option<PromptFormat> {

@@ -36,7 +36,7 @@ use std::path::Path;
 
 use afinar_tokenizer::{Message, Tokenizer};
 
-use crate::dataset::{encode_chat_rows, native_format, read_spec_rows};
+use crate::dataset::{chat_formats, encode_chat_rows, read_spec_rows};
 use crate::encode::{ChatIssue, Encoder};
 use crate::loader::{padded_batch, Epochs};
 use crate::records::{extract_preference, Part, PrefRecord};
@@ -315,19 +315,7 @@ fn encode_all(
         }
         return Ok((out, PromptFormat::Text, None));
     }
-    let native = native_format(tok);
-    let format = if tok.chat_template().is_some() {
-        PromptFormat::ChatTemplate
-    } else {
-        native.ok_or_else(|| {
-            DataError::Config(
-                "the tokenizer has no chat template, and its vocabulary has neither Llama-3's \
-                 <|start_header_id|> nor ChatML's <|im_start|> for a native chat format; use \
-                 template: plain for string preference data"
-                    .into(),
-            )
-        })?
-    };
+    let (native, format) = chat_formats(tok, "template: plain for string preference data")?;
     encode_chat_rows(path, ats, native, format, |format, i| {
         let r = &records[i];
         let prompt = messages(&r.prompt, "user");

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use afinar_tokenizer::{Message, Tokenizer};
 use serde_json::Value;
 
-use crate::dataset::{encode_chat_rows, native_format, read_spec_rows};
+use crate::dataset::{chat_formats, encode_chat_rows, read_spec_rows};
 use crate::encode::Encoder;
 use crate::loader::Epochs;
 use crate::records::{extract_prompts, Part};
@@ -107,19 +107,7 @@ impl PromptDataset {
             })
             .collect();
         let (encoded, prompt_format, fallback): (Vec<(String, Vec<u32>)>, _, _) = if use_chat {
-            let native = native_format(tok);
-            let first = if tok.chat_template().is_some() {
-                PromptFormat::ChatTemplate
-            } else {
-                native.ok_or_else(|| {
-                    DataError::Config(
-                        "the tokenizer has no chat template, and its vocabulary has neither Llama-3's \
-                         <|start_header_id|> nor ChatML's <|im_start|> for a native chat format; use \
-                         template: plain for string prompts"
-                            .into(),
-                    )
-                })?
-            };
+            let (native, first) = chat_formats(tok, "template: plain for string prompts")?;
             encode_chat_rows(path, &ats, native, first, |format, i| {
                 let text = enc.render(format, &messages[i], true)?;
                 let ids = enc.encode(&text)?;
