@@ -78,26 +78,6 @@ fn metric(row: &serde_json::Value, name: &str) -> f64 {
     row[name].as_f64().unwrap_or_else(|| panic!("metrics row has no {name}: {row}"))
 }
 
-/// Every file under `dir` (relative path → bytes), skipping what records time or the config.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if !p.ends_with("tensorboard") && !p.ends_with("recipe_state") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "safetensors") {
-                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn resume_case(name: &str, lora: &str, loss: &str) {
     let dir = Tmp::new(&format!("dpo-{name}"));
     let (model, data) = tiny_setup(&dir, 10);
@@ -132,7 +112,7 @@ fn resume_case(name: &str, lora: &str, loss: &str) {
             );
         }
     }
-    let (fa, fb) = (files(&whole), files(&killed));
+    let (fa, fb) = (common::safetensors_files(&whole), common::safetensors_files(&killed));
     assert!(fa.len() >= 4, "{name}: {:?}", fa.iter().map(|f| &f.0).collect::<Vec<_>>());
     assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
     for ((n, x), (_, y)) in fa.iter().zip(&fb) {

@@ -188,26 +188,6 @@ fn two_steps_with_the_builtin_and_the_command_reward() {
     );
 }
 
-/// Every safetensors file under `dir` (relative path → bytes), skipping the recipe state.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if !p.ends_with("tensorboard") && !p.ends_with("recipe_state") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "safetensors") {
-                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
     let dir = Tmp::new("grpo-resume");
@@ -257,7 +237,7 @@ fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
     let cfg = load(&every2("resume_from_checkpoint: true\n"), &dir, "gappy_resumed.yaml");
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
     assert_eq!(std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap(), la);
-    let (fa, fb) = (files(&whole), files(&killed));
+    let (fa, fb) = (common::safetensors_files(&whole), common::safetensors_files(&killed));
     assert!(fa.len() >= 4, "{:?}", fa.iter().map(|f| &f.0).collect::<Vec<_>>());
     assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
     for ((n, x), (_, y)) in fa.iter().zip(&fb) {

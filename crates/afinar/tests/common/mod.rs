@@ -253,3 +253,24 @@ pub fn tiny_llama31() -> afinar::models::LlamaConfig {
         tie_embeddings: true,
     }
 }
+
+/// Every safetensors file under `dir` (relative path → bytes, sorted), skipping the TensorBoard
+/// and recipe-state folders: what two runs that should be bit-identical are compared by.
+pub fn safetensors_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("tensorboard") && !p.ends_with("recipe_state") {
+                    stack.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "safetensors") {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
