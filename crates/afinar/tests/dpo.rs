@@ -60,44 +60,26 @@ fn tiny_yaml(model: &Path, data: &Path, out: &Path, lora: &str, loss: &str, extr
 
 const LORA: &str = "lora:\n  rank: 4\n  alpha: 8\n  target_modules: [q_proj, v_proj, down_proj]\n";
 
-fn load(yaml: &str, dir: &Path, name: &str) -> RecipeConfig {
-    let path = dir.join(name);
-    std::fs::write(&path, yaml).unwrap();
-    RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str]).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn metric(row: &serde_json::Value, name: &str) -> f64 {
-    row[name].as_f64().unwrap_or_else(|| panic!("metrics row has no {name}: {row}"))
-}
-
 fn resume_case(name: &str, lora: &str, loss: &str) {
     let dir = Tmp::new(&format!("dpo-{name}"));
     let (model, data) = tiny_setup(&dir, 10);
     let be = CpuBackend::new(Some(2));
     let whole = dir.join("whole");
-    let cfg = load(&tiny_yaml(&model, &data, &whole, lora, loss, ""), &dir, "whole.yaml");
+    let cfg = common::recipe_config(&tiny_yaml(&model, &data, &whole, lora, loss, ""), &dir, "whole.yaml");
     let s = run_on_with(&be, &cfg, &mut Silent, None).unwrap();
     assert_eq!(s.steps, 4);
     let killed = dir.join("killed");
-    let cfg = load(&tiny_yaml(&model, &data, &killed, lora, loss, ""), &dir, "killed.yaml");
+    let cfg = common::recipe_config(&tiny_yaml(&model, &data, &killed, lora, loss, ""), &dir, "killed.yaml");
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(1)).unwrap().steps, 1);
     // Resumed twice: after step 1 (mid-epoch) and after step 3.
-    let cfg = load(
+    let cfg = common::recipe_config(
         &tiny_yaml(&model, &data, &killed, lora, loss, "resume_from_checkpoint: true\n"),
         &dir,
         "resumed.yaml",
     );
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(2)).unwrap().steps, 3);
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
-    let (a, b) = (metrics(&whole), metrics(&killed));
+    let (a, b) = (common::metrics_rows(&whole), common::metrics_rows(&killed));
     assert_eq!(a.len(), 4);
     assert_eq!(b.len(), 4);
     for (x, y) in a.iter().zip(&b) {
@@ -105,8 +87,8 @@ fn resume_case(name: &str, lora: &str, loss: &str) {
             ["loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen"]
         {
             assert_eq!(
-                metric(x, key).to_bits(),
-                metric(y, key).to_bits(),
+                common::metric(x, key).to_bits(),
+                common::metric(y, key).to_bits(),
                 "{name}: {key} at step {}",
                 x["step"]
             );
@@ -119,7 +101,7 @@ fn resume_case(name: &str, lora: &str, loss: &str) {
         assert!(x == y, "{name}: {n} differs between the whole and the resumed run");
     }
     // The loss moved: the runs trained something.
-    assert_ne!(metric(&a[0], "loss"), metric(&a[3], "loss"));
+    assert_ne!(common::metric(&a[0], "loss"), common::metric(&a[3], "loss"));
 }
 
 #[test]
@@ -135,7 +117,8 @@ fn full_dpo_with_a_precomputed_reference_resumes_bit_for_bit() {
     let (model, data) = tiny_setup(&dir, 6);
     let out = dir.join("out");
     let be = CpuBackend::new(Some(2));
-    let cfg = load(&tiny_yaml(&model, &data, &out, "", "  kind: sigmoid\n", ""), &dir, "c.yaml");
+    let cfg =
+        common::recipe_config(&tiny_yaml(&model, &data, &out, "", "  kind: sigmoid\n", ""), &dir, "c.yaml");
     run_on_with(&be, &cfg, &mut Silent, Some(1)).unwrap();
     let cache =
         afinar::checkpoint::safetensors::SafetensorsCheckpoint::open(out.join(REFERENCE_FILE)).unwrap();
@@ -220,10 +203,10 @@ fn wiring_case(
             "epochs: 2\nmax_steps_per_epoch: 2\ngradient_accumulation_steps: 2",
             "epochs: 2\nmax_steps_per_epoch: 1\ngradient_accumulation_steps: 1",
         );
-    let cfg = load(&yaml, &dir, "w.yaml");
+    let cfg = common::recipe_config(&yaml, &dir, "w.yaml");
     let be = CpuBackend::new(Some(2));
     run_on_with(&be, &cfg, &mut Silent, None).unwrap();
-    let rows = metrics(&out);
+    let rows = common::metrics_rows(&out);
     assert_eq!(rows.len(), 2);
     let tok = load_model(&be, &model, &LoadOptions::default()).unwrap().tokenizer.unwrap();
     let mut spec = DatasetSpec::new(DatasetKind::Preference, &data);
@@ -239,20 +222,20 @@ fn wiring_case(
         let (policy, nll) = independent_logps(&be, m, &ds, &all);
         let want = objective(&policy, &reference, nll);
         let row = &rows[k];
-        close(metric(row, "loss"), want.loss, &format!("{name} step {} loss", k + 1));
+        close(common::metric(row, "loss"), want.loss, &format!("{name} step {} loss", k + 1));
         for (metric_name, v) in &want.metrics {
             // At step 1 the policy is the reference: which side wins is rounding.
             if k == 0 && *metric_name == "rewards/accuracies" && !matches!(name, "simpo" | "orpo") {
                 continue;
             }
             if row.get(*metric_name).is_some() {
-                close(metric(row, metric_name), *v, &format!("{name} step {} {metric_name}", k + 1));
+                close(common::metric(row, metric_name), *v, &format!("{name} step {} {metric_name}", k + 1));
             }
         }
         assert!(row.get("rewards/margins").is_some() && row.get("logps/rejected").is_some(), "{row}");
     }
     // The second step's loss is not the first's: the update reached the policy.
-    assert_ne!(metric(&rows[0], "loss"), metric(&rows[1], "loss"));
+    assert_ne!(common::metric(&rows[0], "loss"), common::metric(&rows[1], "loss"));
 }
 
 #[test]
@@ -292,16 +275,16 @@ fn first_dpo_step_on_smollm2_is_ln2() {
         gguf.display(),
         data.display()
     );
-    let cfg = load(&yaml, &dir, "smollm2.yaml");
+    let cfg = common::recipe_config(&yaml, &dir, "smollm2.yaml");
     let be = CpuBackend::new(Some(2));
     run_on_with(&be, &cfg, &mut Silent, None).unwrap();
-    let row = &metrics(&out)[0];
-    let loss = metric(row, "loss");
+    let row = &common::metrics_rows(&out)[0];
+    let loss = common::metric(row, "loss");
     assert!((loss - std::f64::consts::LN_2).abs() < 1e-6, "first step loss {loss}, not ln 2: {row}");
     for k in ["rewards/chosen", "rewards/rejected", "rewards/margins"] {
-        assert!(metric(row, k).abs() < 1e-6, "{k}: {row}");
+        assert!(common::metric(row, k).abs() < 1e-6, "{k}: {row}");
     }
-    assert!(metric(row, "logps/chosen") < 0.0 && metric(row, "grad_norm") > 0.0, "{row}");
+    assert!(common::metric(row, "logps/chosen") < 0.0 && common::metric(row, "grad_norm") > 0.0, "{row}");
     assert!(out.join("epoch_0/adapter_model.safetensors").exists());
 }
 
@@ -359,8 +342,11 @@ fn bad_configs_and_data_give_named_errors() {
     // A row without its rejected response: the file and the row are named.
     let broken = dir.join("broken.jsonl");
     std::fs::write(&broken, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"b\"}\n").unwrap();
-    let cfg =
-        load(&good.replace(&data.display().to_string(), &broken.display().to_string()), &dir, "broken.yaml");
+    let cfg = common::recipe_config(
+        &good.replace(&data.display().to_string(), &broken.display().to_string()),
+        &dir,
+        "broken.yaml",
+    );
     let be = CpuBackend::new(Some(2));
     let e = run_on_with(&be, &cfg, &mut Silent, None).err().unwrap().to_string();
     assert!(e.contains("broken.jsonl") && e.contains("2") && e.contains("rejected"), "{e}");

@@ -100,24 +100,6 @@ fn command_rewards(script: &Path) -> String {
 /// The weights of [`command_rewards`], by name.
 const WEIGHTS: [(&str, f64); 4] = [("correct", 1.0), ("regex", 0.2), ("language", 0.1), ("command", 0.5)];
 
-fn load(yaml: &str, dir: &Path, name: &str) -> RecipeConfig {
-    let path = dir.join(name);
-    std::fs::write(&path, yaml).unwrap();
-    RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str]).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn metric(row: &serde_json::Value, name: &str) -> f64 {
-    row[name].as_f64().unwrap_or_else(|| panic!("metrics row has no {name}: {row}"))
-}
-
 #[test]
 fn two_steps_with_the_builtin_and_the_command_reward() {
     let dir = Tmp::new("grpo-two");
@@ -126,10 +108,10 @@ fn two_steps_with_the_builtin_and_the_command_reward() {
     let out = dir.join("out");
     let yaml = tiny_yaml(&model, &data, &out, LORA, "  beta: 0.04\n", &command_rewards(&script), "")
         .replace("max_steps_per_epoch: 4", "max_steps_per_epoch: 2");
-    let cfg = load(&yaml, &dir, "two.yaml");
+    let cfg = common::recipe_config(&yaml, &dir, "two.yaml");
     let s = run_on_with(&be, &cfg, &mut Silent, None).unwrap();
     assert_eq!(s.steps, 2);
-    let rows = metrics(&out);
+    let rows = common::metrics_rows(&out);
     assert_eq!(rows.len(), 2);
     for row in &rows {
         for key in [
@@ -143,27 +125,30 @@ fn two_steps_with_the_builtin_and_the_command_reward() {
             "rewards/command/mean",
             "rewards/command/std",
         ] {
-            let v = metric(row, key);
+            let v = common::metric(row, key);
             assert!((0.0..=1.8).contains(&v), "{key} {v}: {row}");
         }
         // the awk reward varies with the completion: groups are not all flat
-        assert!(metric(row, "rewards/command/std") > 0.0, "{row}");
-        assert!(metric(row, "frac_reward_zero_std") < 1.0, "{row}");
-        let mean_len = metric(row, "completions/mean_length");
+        assert!(common::metric(row, "rewards/command/std") > 0.0, "{row}");
+        assert!(common::metric(row, "frac_reward_zero_std") < 1.0, "{row}");
+        let mean_len = common::metric(row, "completions/mean_length");
         assert!(mean_len > 0.0 && mean_len <= 7.0, "{row}");
-        assert!(metric(row, "completions/max_length") <= 7.0, "{row}");
-        assert!((0.0..=1.0).contains(&metric(row, "completions/clipped_ratio")), "{row}");
-        assert!(metric(row, "gen_tokens_per_sec") > 0.0 && metric(row, "train_tokens_per_sec") > 0.0);
-        assert!(metric(row, "reference_tokens") > 0.0, "beta 0.04 runs the reference: {row}");
-        assert!(metric(row, "kl") >= 0.0 && metric(row, "kl").is_finite(), "{row}");
+        assert!(common::metric(row, "completions/max_length") <= 7.0, "{row}");
+        assert!((0.0..=1.0).contains(&common::metric(row, "completions/clipped_ratio")), "{row}");
+        assert!(
+            common::metric(row, "gen_tokens_per_sec") > 0.0
+                && common::metric(row, "train_tokens_per_sec") > 0.0
+        );
+        assert!(common::metric(row, "reference_tokens") > 0.0, "beta 0.04 runs the reference: {row}");
+        assert!(common::metric(row, "kl") >= 0.0 && common::metric(row, "kl").is_finite(), "{row}");
         for key in ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"] {
-            assert!((0.0..=1.0).contains(&metric(row, key)), "{row}");
+            assert!((0.0..=1.0).contains(&common::metric(row, key)), "{row}");
         }
-        assert!(metric(row, "loss").is_finite() && metric(row, "grad_norm") > 0.0, "{row}");
+        assert!(common::metric(row, "loss").is_finite() && common::metric(row, "grad_norm") > 0.0, "{row}");
     }
     // step 1: the adapters are fresh (B = 0), so the policy is the reference: KL exactly 0
-    assert_eq!(metric(&rows[0], "kl"), 0.0);
-    assert!(metric(&rows[1], "kl") > 0.0, "{}", rows[1]);
+    assert_eq!(common::metric(&rows[0], "kl"), 0.0);
+    assert!(common::metric(&rows[1], "kl") > 0.0, "{}", rows[1]);
     // the completions log: 2 generations × 2 prompts × 4 completions
     let log = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -179,7 +164,7 @@ fn two_steps_with_the_builtin_and_the_command_reward() {
         for (n, _) in WEIGHTS {
             let g = &lines[step * 8..(step + 1) * 8];
             let mean = g.iter().map(|l| l["rewards"][n].as_f64().unwrap()).sum::<f64>() / 8.0;
-            assert!((metric(row, &format!("rewards/{n}/mean")) - mean).abs() < 1e-9, "{n}: {row}");
+            assert!((common::metric(row, &format!("rewards/{n}/mean")) - mean).abs() < 1e-9, "{n}: {row}");
         }
     }
     assert!(
@@ -196,26 +181,39 @@ fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
     let grpo = "  beta: 0.04\n  num_iterations: 2\n  loss_type: grpo\n  epsilon_high: 0.3\n";
     let rewards = command_rewards(&script);
     let whole = dir.join("whole");
-    let cfg = load(&tiny_yaml(&model, &data, &whole, LORA, grpo, &rewards, ""), &dir, "whole.yaml");
+    let cfg = common::recipe_config(
+        &tiny_yaml(&model, &data, &whole, LORA, grpo, &rewards, ""),
+        &dir,
+        "whole.yaml",
+    );
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
     let killed = dir.join("killed");
-    let cfg = load(&tiny_yaml(&model, &data, &killed, LORA, grpo, &rewards, ""), &dir, "killed.yaml");
+    let cfg = common::recipe_config(
+        &tiny_yaml(&model, &data, &killed, LORA, grpo, &rewards, ""),
+        &dir,
+        "killed.yaml",
+    );
     // killed after step 1: between the two iterations over the first generated batch
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(1)).unwrap().steps, 1);
     let resumed = tiny_yaml(&model, &data, &killed, LORA, grpo, &rewards, "resume_from_checkpoint: true\n");
-    let cfg = load(&resumed, &dir, "resumed.yaml");
+    let cfg = common::recipe_config(&resumed, &dir, "resumed.yaml");
     // then after step 2: at a generation boundary
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(1)).unwrap().steps, 2);
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
-    let (a, b) = (metrics(&whole), metrics(&killed));
+    let (a, b) = (common::metrics_rows(&whole), common::metrics_rows(&killed));
     assert_eq!((a.len(), b.len()), (4, 4));
     for (x, y) in a.iter().zip(&b) {
         for key in ["loss", "grad_norm", "reward", "rewards/command/mean", "kl", "clip_ratio/region_mean"] {
-            assert_eq!(metric(x, key).to_bits(), metric(y, key).to_bits(), "{key} at step {}", x["step"]);
+            assert_eq!(
+                common::metric(x, key).to_bits(),
+                common::metric(y, key).to_bits(),
+                "{key} at step {}",
+                x["step"]
+            );
         }
     }
     // the second iteration over a batch sees ratios ≠ 1 after the first step
-    assert!(metric(&a[1], "loss") != metric(&a[0], "loss"));
+    assert!(common::metric(&a[1], "loss") != common::metric(&a[0], "loss"));
     // completions.jsonl: the same lines, none repeated by the resumed runs
     let (la, lb) = (
         std::fs::read_to_string(whole.join("completions.jsonl")).unwrap(),
@@ -230,11 +228,11 @@ fn killed_and_resumed_runs_equal_the_uninterrupted_run() {
         tiny_yaml(&model, &data, &gappy, LORA, grpo, &rewards, extra)
             .replace("save_every_n_steps: 1", "save_every_n_steps: 2")
     };
-    let cfg = load(&every2(""), &dir, "gappy.yaml");
+    let cfg = common::recipe_config(&every2(""), &dir, "gappy.yaml");
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, Some(3)).unwrap().steps, 3);
     let logged = std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap();
     assert_eq!(logged, la, "both generations logged before the kill");
-    let cfg = load(&every2("resume_from_checkpoint: true\n"), &dir, "gappy_resumed.yaml");
+    let cfg = common::recipe_config(&every2("resume_from_checkpoint: true\n"), &dir, "gappy_resumed.yaml");
     assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 4);
     assert_eq!(std::fs::read_to_string(gappy.join("completions.jsonl")).unwrap(), la);
     let (fa, fb) = (common::safetensors_files(&whole), common::safetensors_files(&killed));
@@ -254,12 +252,12 @@ fn beta_zero_runs_no_reference_and_full_finetuning_trains() {
         let out = dir.join(name);
         let yaml = tiny_yaml(&model, &data, &out, lora, "  loss_type: bnpo\n", &command_rewards(&script), "")
             .replace("max_steps_per_epoch: 4", "max_steps_per_epoch: 1");
-        let cfg = load(&yaml, &dir, &format!("{name}.yaml"));
+        let cfg = common::recipe_config(&yaml, &dir, &format!("{name}.yaml"));
         assert_eq!(run_on_with(&be, &cfg, &mut Silent, None).unwrap().steps, 1);
-        let rows = metrics(&out);
-        assert_eq!(metric(&rows[0], "reference_tokens"), 0.0, "{name}");
+        let rows = common::metrics_rows(&out);
+        assert_eq!(common::metric(&rows[0], "reference_tokens"), 0.0, "{name}");
         assert!(rows[0].get("kl").is_none(), "{name}: {}", rows[0]);
-        assert!(metric(&rows[0], "grad_norm") > 0.0, "{name}: {}", rows[0]);
+        assert!(common::metric(&rows[0], "grad_norm") > 0.0, "{name}: {}", rows[0]);
     }
 }
 
@@ -279,7 +277,7 @@ fn bad_configs_and_failing_rewards_give_named_errors() {
     let out = dir.join("out");
     let rewards = command_rewards(&script);
     let good = tiny_yaml(&model, &data, &out, LORA, "", &rewards, "");
-    load(&good, &dir, "good.yaml");
+    common::recipe_config(&good, &dir, "good.yaml");
     let cases: &[(&str, &str, &str)] = &[
         (LORA, "", "@@beta"),
         (
@@ -326,7 +324,7 @@ fn bad_configs_and_failing_rewards_give_named_errors() {
     assert!(e.contains("rewards") && e.contains("missing"), "{e}");
     // several stop strings are accepted
     let stops = good.replacen("  top_k: 50\n", "  top_k: 50\n  stop: [\"\\nQ:\", \"###\"]\n", 1);
-    let cfg = load(&stops, &dir, "stops.yaml");
+    let cfg = common::recipe_config(&stops, &dir, "stops.yaml");
     assert_eq!(afinar::recipes::grpo::settings(&cfg).stop, ["\nQ:", "###"]);
 
     // Reward commands that fail: each a named error, no panic.
@@ -343,7 +341,11 @@ fn bad_configs_and_failing_rewards_give_named_errors() {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         let rewards = format!("  - {{kind: command, command: [sh, {}], timeout_s: 1}}\n", path.display());
         let out = dir.join(format!("out{i}"));
-        let cfg = load(&tiny_yaml(&model, &data, &out, LORA, "", &rewards, ""), &dir, "badcmd.yaml");
+        let cfg = common::recipe_config(
+            &tiny_yaml(&model, &data, &out, LORA, "", &rewards, ""),
+            &dir,
+            "badcmd.yaml",
+        );
         let e = run_on_with(&be, &cfg, &mut Silent, None).unwrap_err().to_string();
         assert!(e.contains("reward command (command") && e.contains(want), "want {want:?} in:\n{e}");
     }

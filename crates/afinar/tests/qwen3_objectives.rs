@@ -53,10 +53,6 @@ fn config(dir: &Path, name: &str, yaml: &str) -> RecipeConfig {
     RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str]).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn metric(row: &serde_json::Value, name: &str) -> f64 {
-    row[name].as_f64().unwrap_or_else(|| panic!("metrics row has no {name}: {row}"))
-}
-
 const LORA: &str =
     "lora:\n  rank: 4\n  alpha: 8\n  target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]\n";
 
@@ -88,15 +84,18 @@ fn qwen3_lora_and_qlora_dpo() {
     let rows = metrics_rows(&out);
     assert_eq!(rows.len(), 3, "{rows:?}");
     let first = &rows[0];
-    let loss = metric(first, "loss");
+    let loss = common::metric(first, "loss");
     assert!((loss - std::f64::consts::LN_2).abs() < 1e-6, "first step loss {loss}, not ln 2: {first}");
     for k in ["rewards/chosen", "rewards/rejected", "rewards/margins"] {
-        assert!(metric(first, k).abs() < 1e-6, "{k}: {first}");
+        assert!(common::metric(first, k).abs() < 1e-6, "{k}: {first}");
     }
-    assert!(metric(first, "logps/chosen") < 0.0 && metric(first, "grad_norm") > 0.0, "{first}");
+    assert!(
+        common::metric(first, "logps/chosen") < 0.0 && common::metric(first, "grad_norm") > 0.0,
+        "{first}"
+    );
     // The adapter moved the policy away from the reference after the first update.
-    assert_ne!(metric(&rows[1], "loss"), loss, "{rows:?}");
-    assert!(rows.iter().all(|r| metric(r, "loss").is_finite()), "{rows:?}");
+    assert_ne!(common::metric(&rows[1], "loss"), loss, "{rows:?}");
+    assert!(rows.iter().all(|r| common::metric(r, "loss").is_finite()), "{rows:?}");
     let adapter = out.join("epoch_0/adapter_model.safetensors");
     let file = SafetensorsCheckpoint::open(&adapter).unwrap();
     let b = file.tensor("base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight").unwrap();
@@ -109,9 +108,9 @@ fn qwen3_lora_and_qlora_dpo() {
     let s = afinar::recipes::dpo::run_on(&be, &cfg, &mut Silent).unwrap();
     assert_eq!(s.steps, 1);
     let row = &metrics_rows(&out)[0];
-    let loss = metric(row, "loss");
+    let loss = common::metric(row, "loss");
     assert!((loss - std::f64::consts::LN_2).abs() < 1e-6, "QLoRA first step loss {loss}: {row}");
-    assert!(metric(row, "grad_norm") > 0.0 && metric(row, "grad_norm").is_finite(), "{row}");
+    assert!(common::metric(row, "grad_norm") > 0.0 && common::metric(row, "grad_norm").is_finite(), "{row}");
     assert!(out.join("epoch_0/adapter_model.safetensors").exists());
 }
 
@@ -137,7 +136,8 @@ fn qwen3_distilled_from_itself_has_zero_kl() {
         let s = afinar::recipes::knowledge_distillation::run_on(&be, &cfg, &mut Silent, |p| p).unwrap();
         assert_eq!(s.steps, 1);
         let row = &metrics_rows(&out)[0];
-        let (loss, class, k) = (metric(row, "loss"), metric(row, "class_loss"), metric(row, "kd_loss"));
+        let (loss, class, k) =
+            (common::metric(row, "loss"), common::metric(row, "class_loss"), common::metric(row, "kd_loss"));
         assert!(loss.is_finite() && class.is_finite() && k.is_finite(), "{divergence}: {row}");
         assert!((loss - (0.5 * class + 0.5 * k)).abs() <= 1e-5 * loss.abs(), "{divergence}: {row}");
         kd.push(k);
@@ -169,7 +169,7 @@ fn qwen3_full_finetune_in_bf16_moves_the_qk_norms() {
     let s = afinar::recipes::run::run_on(&be, &cfg, &mut Silent).unwrap();
     assert_eq!(s.steps, 1);
     let row = &metrics_rows(&out)[0];
-    assert!(metric(row, "loss").is_finite() && metric(row, "grad_norm") > 0.0, "{row}");
+    assert!(common::metric(row, "loss").is_finite() && common::metric(row, "grad_norm") > 0.0, "{row}");
     let before = SafetensorsCheckpoint::open(model.join("model.safetensors")).unwrap();
     let after = SafetensorsCheckpoint::open(out.join("epoch_0/model.safetensors")).unwrap();
     for l in 0..2 {
@@ -260,9 +260,9 @@ fn qwen3_lora_grpo_with_the_kl_term() {
     let rows = metrics_rows(&out);
     assert_eq!(rows.len(), 2, "{rows:?}");
     for r in &rows {
-        assert!(metric(r, "loss").is_finite(), "{r}");
+        assert!(common::metric(r, "loss").is_finite(), "{r}");
     }
-    assert_eq!(metric(&rows[0], "kl"), 0.0, "a fresh adapter is the reference: {}", rows[0]);
-    assert!(metric(&rows[1], "kl") > 0.0, "after a step the policy left the reference: {}", rows[1]);
+    assert_eq!(common::metric(&rows[0], "kl"), 0.0, "a fresh adapter is the reference: {}", rows[0]);
+    assert!(common::metric(&rows[1], "kl") > 0.0, "after a step the policy left the reference: {}", rows[1]);
     assert!(out.join("epoch_0/adapter_model.safetensors").exists());
 }

@@ -274,3 +274,16 @@ pub fn safetensors_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Writes `yaml` to `dir/name` and loads it as a recipe config (panics with the error).
+pub fn recipe_config(yaml: &str, dir: &Path, name: &str) -> afinar::config::RecipeConfig {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    afinar::config::RecipeConfig::load(path.to_str().unwrap(), &[] as &[&str])
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The number `name` of a `metrics.jsonl` row.
+pub fn metric(row: &serde_json::Value, name: &str) -> f64 {
+    row[name].as_f64().unwrap_or_else(|| panic!("metrics row has no {name}: {row}"))
+}
