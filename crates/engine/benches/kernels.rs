@@ -51,7 +51,7 @@ fn main() {
         .cloned()
         .unwrap_or_default();
     let be = CpuBackend::new(threads);
-    println!("{} (amx: {})", be.name(), amx::available());
+    println!("{} (amx: {}, bf16 products: {})", be.name(), amx::available(), amx::bf16_products());
     // A section runs when its name contains the filter or the filter contains its name
     // ("lm_head BF16" runs only the bf16 half of "lm_head").
     let run = |n: &str| n.contains(&filter) || filter.contains(n);

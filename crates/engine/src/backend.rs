@@ -258,8 +258,9 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::linear_backward_input`], [`Backend::linear_cross_entropy`]): a property of the
     /// weight, [`Products::F32`] when it is created. [`Products::Bf16`] on an f32 weight is mixed
     /// precision (full fine-tuning with `model.dtype: bf16`): the weight, its gradient and the
-    /// optimizer state stay f32. The CPU backend honours it on AMX where the processor has it
-    /// (and stays f32 elsewhere); the CUDA backend runs f32 products in TF32 either way, so the
+    /// optimizer state stay f32. The CPU backend honours it where the processor has bf16 products
+    /// (AMX tiles, else AVX512-BF16 dot products; level `avx512_bf16` or above) and stays f32
+    /// elsewhere (AVX2, AVX-512 without BF16); the CUDA backend runs f32 products in TF32 either way, so the
     /// default keeps nothing.
     fn set_weight_products(&self, _w: &mut Self::Weight, _products: Products) {}
 

@@ -27,16 +27,18 @@ fn round_bf16(x: &[f32]) -> Vec<f32> {
 
 const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::BF16];
 
-/// Whether this CPU has AMX; without it, says so in a `SKIPPED` line (the test's AMX kernels
-/// cannot run here), with it, names the path tested.
+/// Whether this CPU has bf16 product units (AMX tiles, or AVX512-BF16 dot products); without
+/// them, says so in a `SKIPPED` line (the bf16 kernels cannot run here), with them, names the
+/// unit tested (`AFINAR_CPU_LEVEL=avx512_bf16` picks the dot products on an AMX machine; the
+/// levels test runs both).
 fn amx_here() -> bool {
-    if amx::available() {
-        tested_path("AMX bf16 tiles");
+    if amx::bf16_products() {
+        tested_path(if amx::available() { "AMX bf16 tiles" } else { "AVX512-BF16 dot products" });
         true
     } else {
         skipped(
-            "needs Intel AMX (bf16 tiles), which this CPU lacks; the paths that run here are \
-             checked by gemv_matches_gemm_path and mixed_precision_products_match_a_naive_reference",
+            "needs bf16 products (Intel AMX or AVX512-BF16), which this CPU lacks; the paths that run \
+             here are checked by gemv_matches_gemm_path and mixed_precision_products_match_a_naive_reference",
         );
         false
     }
@@ -291,11 +293,11 @@ fn amx_linear_cross_entropy_matches_f32_path() {
 #[test]
 fn mixed_precision_products_match_a_naive_reference() {
     let be = CpuBackend::new(Some(2));
-    let amx = amx::available();
+    let amx = amx::bf16_products();
     tested_path(if amx {
-        "AMX bf16 products on f32 weights (mixed precision)"
+        "bf16 products (AMX or AVX512-BF16) on f32 weights (mixed precision)"
     } else {
-        "f32 products (no AMX here: Products::Bf16 has no effect), against the naive reference"
+        "f32 products (no bf16 units here: Products::Bf16 has no effect), against the naive reference"
     });
     let (rows, out, inp) = (70, 96, 160);
     let (x, wv, dy) = (randn(rows * inp, 1), randn(out * inp, 2), randn(rows * out, 3));

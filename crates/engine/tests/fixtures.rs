@@ -78,8 +78,8 @@ fn linear_f32_and_bf16() {
     let (rows, out, inp) = (f.usize("rows"), f.usize("out"), f.usize("inp"));
     let x = f.f32("x");
     let dy = f.f32("dy");
-    // With AMX, bf16 weights over more than a GEMV's rows take bf16-rounded activations too.
-    let mixed = amx::available() && rows > gemv::GEMV_MAX_ROWS;
+    // With bf16 products (AMX or AVX512-BF16), bf16 weights over more than a GEMV's rows take bf16-rounded activations too.
+    let mixed = amx::bf16_products() && rows > gemv::GEMV_MAX_ROWS;
     let (ybf, dxbf) = if mixed { ("y_bf16_mixed", "dx_bf16_mixed") } else { ("y_bf16", "dx_bf16") };
     for (fmt, wkey, ykey, dxkey) in
         [(WeightFormat::F32, "w", "y", "dx"), (WeightFormat::BF16, "w", ybf, dxbf)]
@@ -305,8 +305,8 @@ fn linear_cross_entropy_vs_full_logits() {
     let gs = f.f64("grad_scale") as f32;
     let h = f.f32("h");
     let targets = f.i32("targets");
-    // With AMX, the bf16 products take bf16-rounded activations too.
-    let bf16_tag = if amx::available() { "_bf16_mixed" } else { "_bf16" };
+    // With bf16 products (AMX or AVX512-BF16), they take bf16-rounded activations too.
+    let bf16_tag = if amx::bf16_products() { "_bf16_mixed" } else { "_bf16" };
     for (fmt, tag) in [(WeightFormat::F32, ""), (WeightFormat::BF16, bf16_tag)] {
         let w = be.weight(&f.f32("w"), vocab, dim, fmt).unwrap();
         let mut dh = vec![f32::NAN; rows * dim];

@@ -253,11 +253,25 @@ fn nf4_gemv(be: &CpuBackend, _: &Refs, tag: &str) {
     assert!(err(&y, &want) < 1e-5, "{tag}: {}", err(&y, &want));
 }
 
+/// Values rounded to f32 and then to bf16 (nearest even), as the bf16 units round the f32
+/// operands they are given.
+fn bf16_round(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| half::bf16::from_f32(x as f32).to_f64()).collect()
+}
+
+/// Whether the bf16 product units (AVX512-BF16 dot products or AMX) run at the current level.
+fn bf16_units() -> bool {
+    features::level() >= CpuLevel::Avx512Bf16
+}
+
 /// Many rows: the linear layer, its input gradient and its weight gradient, in f32 and in bf16
-/// products (AMX where the level allows it).
+/// products (AVX512-BF16 dot products or AMX where the level allows them). Shapes that are no
+/// multiple of the kernels' 32 × 32 blocks (and an odd inner dimension for the input gradient),
+/// so the padding is checked too. Where the bf16 units run, the reference takes the operands
+/// rounded to bf16 as they do, and the bound is f32 summation's, not bf16's.
 fn linear(be: &CpuBackend, _: &Refs, tag: &str) {
     // out · inp · rows ≥ 2^20: big enough for the mixed-precision weight gradient.
-    let (rows, out, inp) = (64, 64, 256);
+    let (rows, out, inp) = (70, 73, 264);
     let mut rng = Rng::new(9);
     let (x, w, dy) = (rng.normals(rows * inp), rng.normals(out * inp), rng.normals(rows * out));
     let (xf, dyf) = (f32s(&x), f32s(&dy));
@@ -269,13 +283,21 @@ fn linear(be: &CpuBackend, _: &Refs, tag: &str) {
         let mut wt = be.weight(&f32s(&w), out, inp, format).unwrap();
         be.set_weight_products(&mut wt, products);
         let wd = f64s(&be.weight_to_host(&wt).unwrap());
-        // bf16 operands: about 2^-9 relative per operand.
-        let tol = if products == Products::Bf16 || format == WeightFormat::BF16 { 1e-2 } else { 1e-5 };
-        let t = format!("{tag} {format:?} {products:?}");
+        // The products round their operands to bf16 on the bf16 units for a bf16 weight or bf16
+        // products; elsewhere they are f32 products of the stored values.
+        let rounded = bf16_units() && (products == Products::Bf16 || format == WeightFormat::BF16);
+        let (xr, wr, dyr) = if rounded {
+            (bf16_round(&x), bf16_round(&wd), bf16_round(&dy))
+        } else {
+            (x.clone(), wd.clone(), dy.clone())
+        };
+        let tol = 1e-5;
+        let t = format!("{tag} {format:?} {products:?} (bf16 operands: {rounded})");
         let mut y = vec![f32::NAN; rows * out];
         be.linear(&xf, &wt, &mut y, rows, false).unwrap();
-        let want = naive_linear(&x, &wd, rows, out, inp);
-        assert!(norm_err32(&y, &f32s(&want)) < tol, "{t} forward");
+        let want = naive_linear(&xr, &wr, rows, out, inp);
+        let e = norm_err32(&y, &f32s(&want));
+        assert!(e < tol, "{t} forward: {e}");
         let mut dx = vec![f32::NAN; rows * inp];
         be.linear_backward_input(&dyf, &wt, &mut dx, rows, false).unwrap();
         // dx[r, i] = Σ_o dy[r, o] · w[o, i]
@@ -283,15 +305,19 @@ fn linear(be: &CpuBackend, _: &Refs, tag: &str) {
         for r in 0..rows {
             for o in 0..out {
                 for i in 0..inp {
-                    want_dx[r * inp + i] += dy[r * out + o] * wd[o * inp + i];
+                    want_dx[r * inp + i] += dyr[r * out + o] * wr[o * inp + i];
                 }
             }
         }
         assert!(norm_err32(&dx, &f32s(&want_dx)) < tol, "{t} input gradient");
         let mut dw = vec![f32::NAN; out * inp];
         be.linear_backward_weight(&dyf, &xf, &mut dw, rows, out, inp, products, false).unwrap();
-        let want_dw = naive_at_b(&dy, &x, rows, out, inp);
-        let tol = if products == Products::Bf16 { 1e-2 } else { 1e-5 };
+        let (dyw, xw) = if bf16_units() && products == Products::Bf16 {
+            (bf16_round(&dy), bf16_round(&x))
+        } else {
+            (dy.clone(), x.clone())
+        };
+        let want_dw = naive_at_b(&dyw, &xw, rows, out, inp);
         assert!(norm_err32(&dw, &f32s(&want_dw)) < tol, "{t} weight gradient");
     }
 }
@@ -355,47 +381,63 @@ fn attention_f16(_be: &CpuBackend, _: &Refs, tag: &str) {
     }
 }
 
-/// The fused output projection and cross-entropy, with its gradients (one ignored row).
+/// The fused output projection and cross-entropy, with its gradients (one ignored row), with
+/// f32 products and with bf16 products (mixed precision: on the bf16 units where the level has
+/// them, with operands rounded as they round them).
 fn cross_entropy(be: &CpuBackend, _: &Refs, tag: &str) {
     let (rows, vocab, dim) = (5, 300, 64);
     let mut rng = Rng::new(11);
     let (h, w) = (rng.normals(rows * dim), rng.normals(vocab * dim));
     let targets: Vec<i32> = vec![3, 299, -100, 0, 150];
-    let wt = be.weight(&f32s(&w), vocab, dim, WeightFormat::F32).unwrap();
-    let (mut dh, mut dw) = (vec![f32::NAN; rows * dim], vec![0.0f32; vocab * dim]);
-    let (sum, n) =
-        be.linear_cross_entropy(&f32s(&h), &wt, &targets, rows, 0.5, Some(&mut dh), Some(&mut dw)).unwrap();
-    let logits = naive_linear(&h, &w, rows, vocab, dim);
-    let (mut want_sum, mut dlogits) = (0.0, vec![0.0; rows * vocab]);
-    for r in 0..rows {
-        if targets[r] < 0 {
-            continue;
-        }
-        let l = &logits[r * vocab..(r + 1) * vocab];
-        let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        want_sum += lse - l[targets[r] as usize];
-        for j in 0..vocab {
-            let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
-            dlogits[r * vocab + j] = 0.5 * ((l[j] - lse).exp() - onehot);
-        }
-    }
-    assert_eq!(n, 4, "{tag} counted rows");
-    assert!((sum - want_sum).abs() < 1e-5 * want_sum.abs(), "{tag} loss {sum} vs {want_sum}");
-    // dh = dlogits · W, dW = dlogitsᵀ · h
-    let want_dh = {
-        let mut d = vec![0.0; rows * dim];
+    for products in [Products::F32, Products::Bf16] {
+        let tag = format!("{tag} {products:?}");
+        let mut wt = be.weight(&f32s(&w), vocab, dim, WeightFormat::F32).unwrap();
+        be.set_weight_products(&mut wt, products);
+        let (mut dh, mut dw) = (vec![f32::NAN; rows * dim], vec![0.0f32; vocab * dim]);
+        let (sum, n) = be
+            .linear_cross_entropy(&f32s(&h), &wt, &targets, rows, 0.5, Some(&mut dh), Some(&mut dw))
+            .unwrap();
+        // On the bf16 units the logits come from rounded h and W, and so do the products of
+        // their gradients (dh = dlogits · W with dlogits rounded too; dW from rounded dlogits
+        // and h): the reference rounds the same operands; the loss bound is bf16's.
+        let bf = products == Products::Bf16 && bf16_units();
+        let (hr, wr) = if bf { (bf16_round(&h), bf16_round(&w)) } else { (h.clone(), w.clone()) };
+        let logits = naive_linear(&hr, &wr, rows, vocab, dim);
+        let (mut want_sum, mut dlogits) = (0.0, vec![0.0; rows * vocab]);
         for r in 0..rows {
+            if targets[r] < 0 {
+                continue;
+            }
+            let l = &logits[r * vocab..(r + 1) * vocab];
+            let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            want_sum += lse - l[targets[r] as usize];
             for j in 0..vocab {
-                for i in 0..dim {
-                    d[r * dim + i] += dlogits[r * vocab + j] * w[j * dim + i];
-                }
+                let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
+                dlogits[r * vocab + j] = 0.5 * ((l[j] - lse).exp() - onehot);
             }
         }
-        d
-    };
-    let want_dw = naive_at_b(&dlogits, &h, rows, vocab, dim);
-    assert!(err(&dh, &want_dh) < 1e-5 && err(&dw, &want_dw) < 1e-5, "{tag} gradients");
+        assert_eq!(n, 4, "{tag} counted rows");
+        assert!((sum - want_sum).abs() < 1e-5 * want_sum.abs(), "{tag} loss {sum} vs {want_sum}");
+        let dl = if bf { bf16_round(&dlogits) } else { dlogits.clone() };
+        // dh = dlogits · W, dW = dlogitsᵀ · h
+        let want_dh = {
+            let mut d = vec![0.0; rows * dim];
+            for r in 0..rows {
+                for j in 0..vocab {
+                    for i in 0..dim {
+                        d[r * dim + i] += dl[r * vocab + j] * wr[j * dim + i];
+                    }
+                }
+            }
+            d
+        };
+        let want_dw = naive_at_b(&dl, &hr, rows, vocab, dim);
+        // Rounding dlogits on the kernel's side starts from f32 logits: a rare value sits on a
+        // rounding boundary, so the bf16 bound is a few bf16 steps, not f32's.
+        let tol = if bf { 2e-3 } else { 1e-5 };
+        assert!(err(&dh, &want_dh) < tol && err(&dw, &want_dw) < tol, "{tag} gradients");
+    }
 }
 
 /// Each family, and the levels that have code of their own in it (lowest first; `Portable`
@@ -403,6 +445,8 @@ fn cross_entropy(be: &CpuBackend, _: &Refs, tag: &str) {
 fn families(amx_granted: bool) -> Vec<(&'static str, Family, Vec<CpuLevel>)> {
     use CpuLevel::*;
     let rows = vec![Portable, Avx2, Avx512];
+    // The bf16 product units: AVX512-BF16 dot products, AMX tiles where the system grants them.
+    let bf16 = if amx_granted { vec![Avx512Bf16, Amx] } else { vec![Avx512Bf16] };
     vec![
         ("row primitives", row_primitives as Family, rows.clone()),
         ("swiglu", swiglu, rows.clone()),
@@ -410,10 +454,10 @@ fn families(amx_granted: bool) -> Vec<(&'static str, Family, Vec<CpuLevel>)> {
         ("gemv f32/bf16", gemv, vec![Portable, Avx512]),
         ("gemv q8_0/q4_0/q4_1", quant_gemv, vec![Portable, Avx2, Avx512Vnni]),
         ("gemv nf4", nf4_gemv, vec![]),
-        ("linear + weight gradient", linear, if amx_granted { vec![Amx] } else { vec![] }),
+        ("linear + weight gradient", linear, bf16.clone()),
         ("attention", attention, rows.clone()),
         ("attention f16 cache", attention_f16, rows.clone()),
-        ("fused cross-entropy", cross_entropy, rows),
+        ("fused cross-entropy", cross_entropy, [rows, bf16].concat()),
     ]
 }
 

@@ -1,10 +1,14 @@
-//! Linear layers with bf16 weights on Intel AMX (`tdpbf16ps`): `y = x Wᵀ` and `dx = dy W` for
-//! many rows, as mixed-precision training and prefill do it: the activations are rounded to bf16
+//! Linear layers with bf16 products on Intel AMX (`tdpbf16ps`) or, without AMX, on AVX512-BF16
+//! dot products (`vdpbf16ps`, the same packed operands): `y = x Wᵀ` and `dx = dy W` for many rows, as mixed-precision training and prefill do it: the activations are rounded to bf16
 //! once per call, the weight is packed into the VNNI tile layout AMX expects (once per call, or
 //! once for many calls with [`PackedB`]), and the products accumulate in f32 tiles over the whole
 //! inner dimension. Each 32 × 32 output block is computed by one kernel call with a fixed order
 //! over `k`, so results do not depend on the number of threads; they equal an f32 product of the
 //! bf16-rounded operands up to the order of f32 additions.
+//!
+//! [`bf16_products`] says whether either unit is usable; the AMX tiles are preferred where granted.
+//! The AVX-512 kernel computes each 32 × 32 block with the same pairing of `k` (pairs summed by
+//! `vdpbf16ps`, then accumulated in f32 in `k` order), so it too does not depend on threads.
 //!
 //! The tile instructions go through `asm!` (the AMX intrinsics are not stable in Rust 1.95).
 //! Linux hands out the tile state only after `arch_prctl(ARCH_REQ_XCOMP_PERM)`; [`available`]
@@ -39,6 +43,14 @@ pub fn available() -> bool {
         note(CpuLevel::Amx);
     }
     ok
+}
+
+/// Whether bf16 products are usable in this process: on AMX tiles ([`available`]), else with
+/// AVX512-BF16 dot products (`vdpbf16ps`, level `avx512_bf16`: AMD Zen 4/5, Intel Cooper Lake and
+/// later) over the same packed operands. Records the level taken when it answers yes.
+pub fn bf16_products() -> bool {
+    use super::features::{take, CpuLevel};
+    available() || take(CpuLevel::Avx512Bf16)
 }
 
 /// Asks Linux for the tile state (only called where the CPU has AMX: level `amx` detected).
@@ -180,7 +192,7 @@ fn pack_a(src: &[f32], m: usize, k: usize) -> PackedA {
         for (i, d) in dst.chunks_mut(kp).enumerate() {
             let r = c * 16 + i;
             if r < m {
-                // SAFETY: `available()` checked AVX512-BF16 before any AMX path runs.
+                // SAFETY: `bf16_products()` checked AVX512-BF16 before any bf16 product runs.
                 unsafe { simd::round_row(&src[r * k..(r + 1) * k], &mut d[..k]) };
                 d[k..].fill(0);
             } else {
@@ -210,7 +222,7 @@ fn pack_a_transposed(src: &[f32], k: usize, m: usize) -> PackedA {
                 }
             }
             for (ii, b) in block.iter().take(nr).enumerate() {
-                // SAFETY: `available()` checked AVX512-BF16 before any AMX path runs.
+                // SAFETY: `bf16_products()` checked AVX512-BF16 before any bf16 product runs.
                 unsafe { simd::round_row(&b[..nj], &mut dst[ii * kp + j0..ii * kp + j0 + nj]) };
             }
         }
@@ -264,7 +276,7 @@ pub fn pack_linear_transposed(w: &[half::bf16], out: usize, inp: usize) -> Packe
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    let simd = available();
+    let simd = bf16_products();
     pack_rows(
         w,
         out,
@@ -283,7 +295,7 @@ pub fn pack_linear_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
 /// # Panics
 /// When `w` holds fewer than `out · inp` values.
 pub fn pack_linear_transposed_f32(w: &[f32], out: usize, inp: usize) -> PackedB {
-    let simd = available();
+    let simd = bf16_products();
     pack_cols(
         w,
         out,
@@ -350,7 +362,7 @@ fn pack_cols<T: Copy + Sync>(
 /// false the old contents of `dw` are not read.
 ///
 /// # Panics
-/// When a slice is shorter than its matrix, or when [`available`] is false.
+/// When a slice is shorter than its matrix, or when [`bf16_products`] is false.
 pub fn weight_grad(
     dy: &[f32],
     x: &[f32],
@@ -360,7 +372,7 @@ pub fn weight_grad(
     inp: usize,
     accumulate: bool,
 ) {
-    assert!(available(), "AMX is not available");
+    assert!(bf16_products(), "bf16 products (AMX or AVX512-BF16) are not available");
     assert!(dy.len() >= rows * out && x.len() >= rows * inp && dw.len() >= out * inp);
     if out == 0 || inp == 0 {
         return;
@@ -408,13 +420,29 @@ fn run(a: &PackedA, b: &PackedB, c: &mut [f32], m: usize, n: usize, ldc: usize, 
     let (bm, bn) = task_grid(mblocks, nblocks);
     let (tm, tn) = (mblocks.div_ceil(bm), nblocks.div_ceil(bn));
     let cp = SharedMut(c.as_mut_ptr());
+    // AMX tiles where granted, else AVX512-BF16 dot products (the callers checked
+    // `bf16_products()`).
+    let amx = available();
+    // SAFETY (for both kernels): `a` addresses 32 rows of `kblocks · 32` bf16 at `sa` bytes, `b`
+    // two panels of `kblocks` tiles, `c` 32 rows of 32 f32 at `sc` bytes (see the calls below); on
+    // AMX the tiles are configured on this thread (each task configures them first).
+    let kb = b.kblocks;
+    let block = |a: *const u16, sa: usize, b: *const u16, c: *mut f32, sc: usize| unsafe {
+        if amx {
+            kernel(a, sa, b, kb, c, sc)
+        } else {
+            simd::dot_kernel(a, sa, b, kb, c, sc)
+        }
+    };
     (0..tm * tn).into_par_iter().for_each(|t| {
         let (ti, tj) = (t / tn, t % tn);
         let mut scratch = [0.0f32; MR * NR];
-        // SAFETY: AMX is available (the callers assert `available()`); the configuration lives
-        // until `release_tiles` below, and nothing in between but `kernel` touches tiles (a rayon
-        // task runs start to end on one thread and this loop calls no rayon functions).
-        unsafe { config_tiles() };
+        if amx {
+            // SAFETY: AMX is available; the configuration lives until `release_tiles` below,
+            // and nothing in between but `kernel` touches tiles (a rayon task runs start to end
+            // on one thread and this loop calls no rayon functions).
+            unsafe { config_tiles() };
+        }
         for nb in tj * bn..((tj + 1) * bn).min(nblocks) {
             let b0 = &b.data[(2 * nb) * b.kblocks * BTILE / 2..];
             for mb in ti * bm..((ti + 1) * bm).min(mblocks) {
@@ -422,21 +450,16 @@ fn run(a: &PackedA, b: &PackedB, c: &mut [f32], m: usize, n: usize, ldc: usize, 
                 let (m0, n0) = (mb * MR, nb * NR);
                 let (mm, nn) = ((m - m0).min(MR), (n - n0).min(NR));
                 if mm == MR && nn == NR && !accumulate {
-                    // A whole block that overwrites: the tiles go straight into `c`.
-                    // SAFETY: as below, plus rows m0..m0 + 32 and columns n0..n0 + 32 of `c`
-                    // are in bounds and belong to this task only.
-                    unsafe {
-                        let cb = cp.get().add(m0 * ldc + n0);
-                        kernel(a0.as_ptr(), a.kp * 2, b0.as_ptr(), b.kblocks, cb, ldc * 4);
-                    }
+                    // A whole block that overwrites: the results go straight into `c`.
+                    // SAFETY: rows m0..m0 + 32 and columns n0..n0 + 32 of `c` are in bounds and
+                    // belong to this task only; `a0` and `b0` hold whole blocks (padding).
+                    let cb = unsafe { cp.get().add(m0 * ldc + n0) };
+                    block(a0.as_ptr(), a.kp * 2, b0.as_ptr(), cb, ldc * 4);
                     continue;
                 }
-                // SAFETY: the tiles are configured (above); `a0` holds 32 rows of `kp` bf16 and
-                // `b0` two panels of `kblocks` tiles (padding guarantees both); `scratch` holds
-                // 32 × 32 f32.
-                unsafe {
-                    kernel(a0.as_ptr(), a.kp * 2, b0.as_ptr(), b.kblocks, scratch.as_mut_ptr(), NR * 4);
-                }
+                // `a0` holds 32 rows of `kp` bf16 and `b0` two panels of `kblocks` tiles (padding
+                // guarantees both); `scratch` holds 32 × 32 f32.
+                block(a0.as_ptr(), a.kp * 2, b0.as_ptr(), scratch.as_mut_ptr(), NR * 4);
                 for i in 0..mm {
                     let s = &scratch[i * NR..i * NR + nn];
                     // SAFETY: row m0 + i < m and columns n0..n0 + nn < n are in bounds of `c`
@@ -451,8 +474,10 @@ fn run(a: &PackedA, b: &PackedB, c: &mut [f32], m: usize, n: usize, ldc: usize, 
                 }
             }
         }
-        // SAFETY: as for `config_tiles` above.
-        unsafe { release_tiles() };
+        if amx {
+            // SAFETY: as for `config_tiles` above.
+            unsafe { release_tiles() };
+        }
     });
 }
 
@@ -572,9 +597,9 @@ unsafe fn release_tiles() {
 /// not read.
 ///
 /// # Panics
-/// When a slice is shorter than its matrix, or when [`available`] is false.
+/// When a slice is shorter than its matrix, or when [`bf16_products`] is false.
 pub fn matmul_packed(x: &[f32], b: &PackedB, y: &mut [f32], rows: usize, accumulate: bool) {
-    assert!(available(), "AMX is not available");
+    assert!(bf16_products(), "bf16 products (AMX or AVX512-BF16) are not available");
     let (k, n) = (b.k, b.n);
     assert!(x.len() >= rows * k && y.len() >= rows * n);
     if rows == 0 || n == 0 {
@@ -594,7 +619,7 @@ pub fn matmul_packed(x: &[f32], b: &PackedB, y: &mut [f32], rows: usize, accumul
 /// bf16, f32 accumulation). When `accumulate` is false the old contents of `y` are not read.
 ///
 /// # Panics
-/// When a slice is shorter than its matrix, or when [`available`] is false.
+/// When a slice is shorter than its matrix, or when [`bf16_products`] is false.
 pub fn linear_forward(
     x: &[f32],
     w: &[half::bf16],
@@ -604,7 +629,7 @@ pub fn linear_forward(
     inp: usize,
     accumulate: bool,
 ) {
-    assert!(available(), "AMX is not available");
+    assert!(bf16_products(), "bf16 products (AMX or AVX512-BF16) are not available");
     assert!(x.len() >= rows * inp && y.len() >= rows * out && w.len() >= out * inp);
     if rows == 0 || out == 0 {
         return;
@@ -616,7 +641,7 @@ pub fn linear_forward(
 /// bf16, f32 accumulation). When `accumulate` is false the old contents of `dx` are not read.
 ///
 /// # Panics
-/// When a slice is shorter than its matrix, or when [`available`] is false.
+/// When a slice is shorter than its matrix, or when [`bf16_products`] is false.
 pub fn linear_backward_input(
     dy: &[f32],
     w: &[half::bf16],
@@ -626,7 +651,7 @@ pub fn linear_backward_input(
     inp: usize,
     accumulate: bool,
 ) {
-    assert!(available(), "AMX is not available");
+    assert!(bf16_products(), "bf16 products (AMX or AVX512-BF16) are not available");
     assert!(dy.len() >= rows * out && dx.len() >= rows * inp && w.len() >= out * inp);
     if rows == 0 || inp == 0 {
         return;
@@ -693,7 +718,7 @@ pub fn linear_cross_entropy(
 ) -> (f64, usize) {
     use super::loss::{targets_valid, IGNORE_INDEX};
     use super::vector;
-    assert!(available(), "AMX is not available");
+    assert!(bf16_products(), "bf16 products (AMX or AVX512-BF16) are not available");
     let wlen = match w {
         OutputWeight::F32(w) => w.len(),
         OutputWeight::Bf16(w) => w.len(),
@@ -801,6 +826,56 @@ mod simd {
         }
     }
 
+    /// Rows of the 32-row block one pass of [`dot_kernel`] computes (2 × 8 accumulators).
+    const DOT_ROWS: usize = 8;
+
+    /// One 32 × 32 block with AVX512-BF16 dot products, as the AMX kernel computes it: `c =
+    /// A[32, kblocks·32] · B` from the same packed operands. Each pass takes 8 rows against both
+    /// 16-column panels (16 accumulators); per pair of `k`, one load of each panel's 16 column
+    /// pairs and one broadcast of each row's pair feed two `vdpbf16ps`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available; `a` must address 32 rows of
+    /// `kblocks · 32` bf16 with row stride `a_stride` bytes; `b` two consecutive panels of
+    /// `kblocks` 1 KiB tiles; `c` 32 rows of 32 writable f32 at `c_stride` bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn dot_kernel(
+        a: *const u16,
+        a_stride: usize,
+        b: *const u16,
+        kblocks: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        let pairs = kblocks * super::KB / 2;
+        let b0 = b.cast::<u8>();
+        let b1 = b0.wrapping_add(kblocks * super::BTILE);
+        for r0 in (0..super::MR).step_by(DOT_ROWS) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; DOT_ROWS];
+            let rows: [*const i32; DOT_ROWS] =
+                std::array::from_fn(|i| a.cast::<u8>().wrapping_add((r0 + i) * a_stride).cast::<i32>());
+            // SAFETY: pair q < pairs of each row and of each panel (64 bytes per pair) is inside
+            // the operands (the contract); the stores write rows r0..r0 + 8 of the block.
+            unsafe {
+                for q in 0..pairs {
+                    let p0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(q * 64).cast()));
+                    let p1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(q * 64).cast()));
+                    for i in 0..DOT_ROWS {
+                        let x: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(rows[i].add(q).read_unaligned()));
+                        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x, p0);
+                        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x, p1);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    let d = c.cast::<u8>().add((r0 + i) * c_stride).cast::<f32>();
+                    _mm512_storeu_ps(d, acc[0]);
+                    _mm512_storeu_ps(d.add(16), acc[1]);
+                }
+            }
+        }
+    }
+
     /// The 16-column panel of `B = wᵀ` (`w: [·, inp]` rows `n0..n0 + 16`, see `pack_b`) in
     /// bf16: 32 values of a row at a time converted in registers and scattered to their 16
     /// column slots, the last `inp % 32` one by one. Returns true (the panel is done).
@@ -887,5 +962,9 @@ mod simd {
 
     pub unsafe fn pack_cols_panel(_: &[f32], _: usize, _: usize, _: usize, _: &mut [u16]) -> bool {
         unreachable!("AMX is never reported available off x86_64")
+    }
+
+    pub unsafe fn dot_kernel(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+        unreachable!("AVX512-BF16 is never reported available off x86_64")
     }
 }

@@ -163,7 +163,8 @@ impl Default for CpuBackend {
     }
 }
 
-/// Smallest product (`out · in · rows`) a [`Products::Bf16`] weight gradient takes to AMX;
+/// Smallest product (`out · in · rows`) a [`Products::Bf16`] weight gradient takes to the bf16
+/// units (AMX or AVX512-BF16);
 /// smaller ones stay in f32.
 const MIXED_MIN_WORK: usize = 1 << 20;
 
@@ -375,10 +376,10 @@ impl Backend for CpuBackend {
         };
         self.install(|| match &w.data {
             _ if rows <= gemv_rows => gemv::linear_gemv(x, w.as_ref(), y, rows, out, inp, accumulate),
-            CpuWeightData::BF16(d) if amx::available() => {
+            CpuWeightData::BF16(d) if amx::bf16_products() => {
                 amx::linear_forward(x, d, y, rows, out, inp, accumulate)
             }
-            CpuWeightData::F32(d) if amx::available() && w.products == Products::Bf16 => {
+            CpuWeightData::F32(d) if amx::bf16_products() && w.products == Products::Bf16 => {
                 amx::matmul_packed(x, &amx::pack_linear_f32(d, out, inp), y, rows, accumulate)
             }
             _ => matmul::linear_forward(x, w.as_ref(), y, rows, out, inp, accumulate),
@@ -397,11 +398,11 @@ impl Backend for CpuBackend {
         checks::product("linear_backward_input", ("dy", dy.len()), ("dx", dx.len()), rows, w.rows, w.cols)?;
         let (out, inp) = (w.rows, w.cols);
         self.install(|| match &w.data {
-            CpuWeightData::BF16(d) if amx::available() => {
+            CpuWeightData::BF16(d) if amx::bf16_products() => {
                 amx::linear_backward_input(dy, d, dx, rows, out, inp, accumulate)
             }
             CpuWeightData::F32(d)
-                if amx::available() && w.products == Products::Bf16 && rows > 0 && inp > 0 =>
+                if amx::bf16_products() && w.products == Products::Bf16 && rows > 0 && inp > 0 =>
             {
                 amx::matmul_packed(dy, &amx::pack_linear_transposed_f32(d, out, inp), dx, rows, accumulate)
             }
@@ -422,9 +423,9 @@ impl Backend for CpuBackend {
         accumulate: bool,
     ) -> Result<()> {
         checks::matmul(dy.len(), x.len(), dw.len(), out, inp, rows)?;
-        // Mixed precision on AMX, where the product is big enough to pay for rounding the
+        // Mixed precision on AMX or AVX512-BF16, where the product is big enough to pay for rounding the
         // operands (LoRA ranks, small layers stay f32).
-        if products == Products::Bf16 && amx::available() && out * inp * rows >= MIXED_MIN_WORK {
+        if products == Products::Bf16 && amx::bf16_products() && out * inp * rows >= MIXED_MIN_WORK {
             self.install(|| amx::weight_grad(dy, x, dw, rows, out, inp, accumulate));
         } else {
             self.install(|| matmul::linear_backward_weight(dy, x, dw, rows, out, inp, accumulate));
@@ -693,10 +694,10 @@ impl Backend for CpuBackend {
         let (dh_len, dw_len) = (dh.as_deref().map(Vec::len), dw.as_deref().map(Vec::len));
         checks::linear_cross_entropy(h.len(), targets, dh_len, dw_len, rows, dim, vocab)?;
         let (dh, dw) = (dh.map(|d| d.as_mut_slice()), dw.map(|d| d.as_mut_slice()));
-        // On AMX, in blocks of the vocabulary: a bf16 weight, or an f32 one with bf16 products.
+        // With bf16 products (AMX or AVX512-BF16), in blocks of the vocabulary: a bf16 weight, or an f32 one with bf16 products.
         let on_amx = match &w.data {
-            CpuWeightData::BF16(d) if amx::available() => Some(amx::OutputWeight::Bf16(d)),
-            CpuWeightData::F32(d) if amx::available() && w.products == Products::Bf16 => {
+            CpuWeightData::BF16(d) if amx::bf16_products() => Some(amx::OutputWeight::Bf16(d)),
+            CpuWeightData::F32(d) if amx::bf16_products() && w.products == Products::Bf16 => {
                 Some(amx::OutputWeight::F32(d))
             }
             _ => None,
