@@ -18,6 +18,11 @@
 #   weights in bf16, bf16 matrix products with f32 sums; fp32 for full fine-tuning),
 #   WORK (folder for data, logs and checkpoints; default a temporary one, removed at the end),
 #   AFINAR_BIN (skip `cargo build --release -p afinar-cli` and use this binary),
+#   AFINAR_LEVELS (words; default "machine"): afinar runs once per word in every round, each word
+#     a CPU level to cap the kernels at (AFINAR_CPU_LEVEL; "machine": no cap), optionally
+#     LEVEL:BINARY to run another build there (e.g. avx2:target-avx2/release/afinar, built with
+#     `--no-default-features --features cuda` so that the gemm crate's f32 products are not
+#     AVX-512 either; see the engine's gemm-avx512 feature),
 #   REPEATS (1): rounds; each round runs every framework once, in turn, so that the machine's
 #   slow and fast minutes fall on all of them; with more than one the report adds medians and
 #   the range of the per-round ratios.
@@ -41,11 +46,20 @@ for mode in $modes; do
         recipe=${mode}_finetune
         dtype=${AFINAR_DTYPE:-fp32}
         [ "$mode" = lora ] && dtype=${AFINAR_DTYPE:-bf16}
-        afinar_common "$dir" "$dtype" "$mode"
-        timed "$dir/time.txt" "$dir/run.log" "$AFINAR_BIN" run "$recipe" --config "smollm2_135m_$mode" \
-          dataset.kind=text dataset.source="$work/docs.jsonl" dataset.packed=false "${afinar_args[@]}" \
-          || bench_failed "afinar $mode" "$dir"
-        runs+=("$mode|afinar|afinar|$dir/out/metrics.jsonl|$dir/time.txt|$round") ;;
+        base=$dir
+        for variant in ${AFINAR_LEVELS:-machine}; do
+          level=${variant%%:*}; bin=$AFINAR_BIN; name=afinar
+          [ "$variant" != "$level" ] && bin=${variant#*:}
+          [ "$level" != machine ] && name="afinar $level"
+          dir=$base${level/machine/}; mkdir -p "$dir"
+          afinar_common "$dir" "$dtype" "$mode"
+          cap=(); [ "$level" != machine ] && cap=(AFINAR_CPU_LEVEL="$level")
+          echo "$bench_name: $name: $(env "${cap[@]}" "$bin" --version | grep -i 'cpu level')" >&2
+          timed "$dir/time.txt" "$dir/run.log" env "${cap[@]}" "$bin" run "$recipe" --config "smollm2_135m_$mode" \
+            dataset.kind=text dataset.source="$work/docs.jsonl" dataset.packed=false "${afinar_args[@]}" \
+            || bench_failed "$name $mode" "$dir"
+          runs+=("$mode|$name|afinar|$dir/out/metrics.jsonl|$dir/time.txt|$round")
+        done ;;
       hf)
         name="transformers"; [ "$mode" = lora ] && name="transformers + PEFT"
         timed "$dir/time.txt" "$dir/run.log" "$py" scripts/bench/hf_finetune.py "$work" --mode "$mode" \

@@ -49,7 +49,8 @@ enum Command {
 }
 
 /// `afinar --version`: the version, then the CPU level the kernels run at (detected, and the
-/// `AFINAR_CPU_LEVEL` cap when one is set or invalid).
+/// `AFINAR_CPU_LEVEL` cap when one is set or invalid), and where the gemm crate's f32 products
+/// do not follow that level.
 fn long_version() -> &'static str {
     use afinar::engine::cpu_features as features;
     let cap = match features::env_cap() {
@@ -57,8 +58,15 @@ fn long_version() -> &'static str {
         Ok(None) => "none".to_string(),
         Err(e) => format!("invalid ({e})"),
     };
+    let gemm = if features::gemm_ignores_cap() {
+        format!("; the gemm crate's f32 products still run at {}", features::gemm_level())
+    } else if features::GEMM_AVX512 {
+        String::new()
+    } else {
+        "; built without gemm-avx512: the gemm crate's f32 products at avx2 at most".to_string()
+    };
     let text = format!(
-        "{}\ncpu level: {} (detected {}; {} cap: {cap})",
+        "{}\ncpu level: {} (detected {}; {} cap: {cap}{gemm})",
         env!("CARGO_PKG_VERSION"),
         features::level(),
         features::detected(),

@@ -94,6 +94,22 @@ fn main() {
         });
         report("linear 2048x576->1536 dw", t, 2.0 * (rows * dim * ffn) as f64);
     }
+    if run("packed") && amx::bf16_products() {
+        // The bf16 units' parts: packing a bf16 weight, and the product over a packed one.
+        let x = randn(rows * dim, 1);
+        let wb: Vec<half::bf16> = randn(ffn * dim, 3).iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let wf = randn(ffn * dim, 3);
+        let t = time(10, || drop(be.install(|| amx::pack_linear(&wb, ffn, dim))));
+        println!("packed pack_linear bf16 1536x576 {:>9.2} ms", t * 1e3);
+        let t = time(10, || drop(be.install(|| amx::pack_linear_f32(&wf, ffn, dim))));
+        println!("packed pack_linear_f32 1536x576 {:>9.2} ms", t * 1e3);
+        let t = time(10, || drop(be.install(|| amx::pack_linear_transposed(&wb, ffn, dim))));
+        println!("packed pack_linear_transposed bf16 1536x576 {:>9.2} ms", t * 1e3);
+        let packed = be.install(|| amx::pack_linear(&wb, ffn, dim));
+        let mut y = vec![0.0; rows * ffn];
+        let t = time(10, || be.install(|| amx::matmul_packed(&x, &packed, &mut y, rows, false)));
+        report("packed matmul_packed 2048x576->1536", t, 2.0 * (rows * dim * ffn) as f64);
+    }
     if run("decode") {
         // Few-row products (generation): weight-bandwidth bound, reported in GB/s of weight read.
         for (out, inp, name) in [(ffn, dim, "576->1536"), (vocab, dim, "576->49152")] {

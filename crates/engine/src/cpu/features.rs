@@ -11,8 +11,10 @@
 //! including those that used to cache their detection. The kernels also mark the levels whose
 //! code they took ([`taken_levels`]), so a test can see that a cap really changed the path.
 //!
-//! Not covered: the large products that go to the `gemm` crate, which picks its own kernel
-//! (AVX2+FMA where present) once per process. Off x86-64 the level is always `portable`.
+//! Not covered: the large f32 products that go to the `gemm` crate, which picks its own kernel
+//! once per process (AVX-512 where present in a build with the `gemm-avx512` feature, the default;
+//! else AVX2+FMA where present): [`describe`] says so when a cap is below what gemm runs
+//! ([`gemm_ignores_cap`]). Off x86-64 the level is always `portable`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -253,7 +255,34 @@ pub fn describe() -> String {
         return l.name().to_string();
     }
     let by = if OVERRIDE.load(Ordering::Relaxed) != UNSET { "set_cap" } else { ENV_VAR };
-    format!("{l}; capped from {d} by {by}")
+    let gemm = if gemm_ignores_cap() {
+        format!("; the gemm crate's f32 products still run at {}", gemm_level())
+    } else {
+        String::new()
+    };
+    format!("{l}; capped from {d} by {by}{gemm}")
+}
+
+/// Whether this build carries the `gemm` crate's AVX-512 f32 kernels (feature `gemm-avx512`).
+pub const GEMM_AVX512: bool = cfg!(feature = "gemm-avx512");
+
+/// The level of the kernel the `gemm` crate picks for itself on this CPU (it does not read the
+/// cap): `avx512` in a build with [`GEMM_AVX512`] on a CPU with AVX-512F, else `avx2` (its FMA
+/// kernel) where the CPU has AVX2 and FMA, else `portable`.
+pub fn gemm_level() -> CpuLevel {
+    let d = detected();
+    if GEMM_AVX512 && d >= CpuLevel::Avx512 {
+        CpuLevel::Avx512
+    } else if d >= CpuLevel::Avx2 {
+        CpuLevel::Avx2
+    } else {
+        CpuLevel::Portable
+    }
+}
+
+/// Whether the large f32 products (the `gemm` crate) run above the level in force.
+pub fn gemm_ignores_cap() -> bool {
+    level() < gemm_level()
 }
 
 /// Checks [`ENV_VAR`]: the error names the variable and the accepted values.
