@@ -494,6 +494,22 @@ pub(crate) fn read_spec_rows(spec: &DatasetSpec) -> Result<(FileFormat, Vec<RawR
     Ok((format, rows))
 }
 
+/// The rows of a dataset that `reader` (e.g. `PromptDataset::load`) reads, after checking that
+/// `spec` is of its `kind` and valid: the file's format, its rows, and each row's location.
+pub(crate) fn read_kind_rows(
+    spec: &DatasetSpec,
+    kind: DatasetKind,
+    reader: &str,
+) -> Result<(FileFormat, Vec<RawRow>, Vec<RowLoc>), DataError> {
+    if spec.kind != kind {
+        return Err(DataError::Config(format!("{reader} reads {kind} datasets, not {}", spec.kind)));
+    }
+    spec.validate()?;
+    let (format, rows) = read_spec_rows(spec)?;
+    let ats = rows.iter().map(|r| r.at).collect();
+    Ok((format, rows, ats))
+}
+
 /// The chat formats of a tokenizer for chat-rendered rows: its native one by vocabulary (Llama-3's
 /// headers or ChatML), and the one to try first (its own chat template when it has one, else the
 /// native format). A tokenizer with neither is an error ending in `otherwise` (what to use

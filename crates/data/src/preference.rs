@@ -36,7 +36,7 @@ use std::path::Path;
 
 use afinar_tokenizer::{Message, Tokenizer};
 
-use crate::dataset::{chat_formats, encode_chat_rows, read_spec_rows};
+use crate::dataset::{chat_formats, encode_chat_rows, read_kind_rows};
 use crate::encode::{ChatIssue, Encoder};
 use crate::loader::{padded_batch, Epochs};
 use crate::records::{extract_preference, Part, PrefRecord};
@@ -96,17 +96,9 @@ impl PreferenceDataset {
     /// Errors name the file, row and column of the first bad row. See the module documentation
     /// for the layouts, the encoding and the truncation rules.
     pub fn load(spec: &DatasetSpec, tok: &Tokenizer) -> Result<PreferenceDataset, DataError> {
-        if spec.kind != DatasetKind::Preference {
-            return Err(DataError::Config(format!(
-                "PreferenceDataset::load reads preference datasets, not {}",
-                spec.kind
-            )));
-        }
-        spec.validate()?;
+        let (format, rows, ats) = read_kind_rows(spec, DatasetKind::Preference, "PreferenceDataset::load")?;
         let path = spec.source.as_path();
-        let (format, rows) = read_spec_rows(spec)?;
         let records = extract_preference(spec, path, &rows, format == FileFormat::Csv)?;
-        let ats: Vec<RowLoc> = rows.iter().map(|r| r.at).collect();
         let (encoded, prompt_format, fallback) = encode_all(spec, tok, path, &ats, &records)?;
         let mut stats = DatasetStats {
             rows: rows.len(),

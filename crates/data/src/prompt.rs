@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use afinar_tokenizer::{Message, Tokenizer};
 use serde_json::Value;
 
-use crate::dataset::{chat_formats, encode_chat_rows, read_spec_rows};
+use crate::dataset::{chat_formats, encode_chat_rows, read_kind_rows};
 use crate::encode::Encoder;
 use crate::loader::Epochs;
 use crate::records::{extract_prompts, Part};
@@ -81,18 +81,10 @@ impl PromptDataset {
     /// the length rule. Errors name the file, row and column of the first bad row; a file
     /// without rows, or with none left, is an error.
     pub fn load(spec: &DatasetSpec, tok: &Tokenizer) -> Result<PromptDataset, DataError> {
-        if spec.kind != DatasetKind::Prompt {
-            return Err(DataError::Config(format!(
-                "PromptDataset::load reads prompt datasets, not {}",
-                spec.kind
-            )));
-        }
-        spec.validate()?;
+        let (format, raw, ats) = read_kind_rows(spec, DatasetKind::Prompt, "PromptDataset::load")?;
         let path = spec.source.as_path();
         let limit = spec.max_prompt_tokens.unwrap_or(spec.max_seq_len);
-        let (format, raw) = read_spec_rows(spec)?;
         let records = extract_prompts(spec, path, &raw, format == FileFormat::Csv)?;
-        let ats: Vec<RowLoc> = raw.iter().map(|r| r.at).collect();
         let enc = Encoder::new(tok, TrainOn::Assistant);
         let use_chat = match spec.template {
             InstructTemplate::Plain => false,
