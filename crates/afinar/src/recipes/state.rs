@@ -221,7 +221,11 @@ impl RecipeState {
             match p {
                 ParamMut::Weight(w, s) => {
                     let (r, c) = be.weight_shape(w);
+                    // The new weight keeps the old one's product precision (mixed precision's
+                    // bf16 products would otherwise fall back to f32 after a resume).
+                    let products = be.weight_products(w);
                     *w = be.weight(&read(name, r * c)?, r, c, WeightFormat::F32)?;
+                    be.set_weight_products(w, products);
                     s.m = be.from_host(&read(&format!("{name}.exp_avg"), s.len)?)?;
                     s.v = be.from_host(&read(&format!("{name}.exp_avg_sq"), s.len)?)?;
                 }
