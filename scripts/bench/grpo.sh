@@ -25,7 +25,9 @@
 # frameworks' step clocks start before the sampling). Rounds alternate the frameworks. Prints the
 # two tables (ratio to TRL, peak RSS from /usr/bin/time -v), the processor and afinar's CPU
 # level; exits non-zero if a run fails. The issue's bar: afinar ≥ 2× TRL's prompts/s at ≤ 0.25×
-# its peak RSS.
+# its peak RSS. Time: TRL's fp32 step is slow on the CPU (smoke test, STEPS=2 on 2 shared cores,
+# ~1 core each: afinar ~51 s per step, 2.2 GB; TRL ~400 s per step, 11.4 GB, 822 CPU-seconds for
+# the run against afinar's 98), so the default 4 steps × 2 rounds can take an hour or more.
 #
 #   REPEATS=2 scripts/bench/grpo.sh
 # Environment: STEPS (4), REPEATS (2), THREADS (2), FRAMEWORKS ("afinar trl"),
