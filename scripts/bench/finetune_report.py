@@ -1,6 +1,6 @@
 """Table of scripts/bench/finetune.sh from the runs' own logs.
 
-    python finetune_report.py [--tokens N] [--check KEY] BATCH SEQ RUN...
+    python finetune_report.py [--tokens N] [--check KEY] [--unit WORDS] BATCH SEQ RUN...
                                          RUN = mode|framework|kind|log|time_file[|round]
 
 kind: afinar (OUTPUT_DIR/metrics.jsonl: label_tokens, tokens_per_sec, per step), hf (the JSON
@@ -16,6 +16,9 @@ per-round ratios. Exits 1 if a run has no usable steps.
 --tokens N: count N tokens per step for every run (scripts/bench/dpo.sh: the sequence tokens of a
 step, which afinar's metrics do not log), with each run's own step seconds. --check KEY: the
 step-1 column shows that metric (afinar's metrics.jsonl and the hf JSON lines) instead of the loss.
+--unit WORDS: what is counted, for the column heads (WORDS/step, WORDS/s; scripts/bench/grpo.sh:
+"prompts" with --tokens 4, "completion tokens" without). The per-step column is the mean over the
+timed steps (the same as any one of them where every step counts the same).
 """
 
 import glob
@@ -61,6 +64,11 @@ def peak_rss_gb(time_file):
     return None
 
 
+def rate_s(v):
+    """A rate: one decimal, or three significant digits below 10 (GRPO's prompts/s)."""
+    return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -68,10 +76,12 @@ def median(xs):
 
 
 def main():
-    args, tokens, check = sys.argv[1:], None, "loss"
-    while args and args[0] in ("--tokens", "--check"):
+    args, tokens, check, unit = sys.argv[1:], None, "loss", None
+    while args and args[0] in ("--tokens", "--check", "--unit"):
         if args[0] == "--tokens":
             tokens = int(args[1])
+        elif args[0] == "--unit":
+            unit = args[1]
         else:
             check = args[1]
         args = args[2:]
@@ -91,7 +101,8 @@ def main():
             rows.append((rnd, mode, name, None, None, None, None, None))
             continue
         tps = sum(s[1] for s in timed) / sum(s[2] for s in timed)
-        rows.append((rnd, mode, name, len(timed), timed[0][1], tps, peak_rss_gb(tfile), st[0][3]))
+        per_step = sum(s[1] for s in timed) / len(timed)
+        rows.append((rnd, mode, name, len(timed), per_step, tps, peak_rss_gb(tfile), st[0][3]))
     rounds = sorted({r[0] for r in rows})
     many = len(rounds) > 1
 
@@ -100,8 +111,9 @@ def main():
         return max(vals) if vals else None
 
     head = "| round " if many else ""
-    counted = "tokens/step" if tokens else "label tokens/step"
-    print(f"{head}| mode | framework | steps timed | {counted} | tokens/s | vs fastest peer | peak RSS GB | step-1 {check} |")
+    counted = f"{unit}/step" if unit else "tokens/step" if tokens else "label tokens/step"
+    rate = f"{unit}/s" if unit else "tokens/s"
+    print(f"{head}| mode | framework | steps timed | {counted} | {rate} | vs fastest peer | peak RSS GB | step-1 {check} |")
     print(("|---:" if many else "") + "|---|---|---:|---:|---:|---:|---:|---:|")
     for rnd, mode, name, n, lt, tps, rss, loss in rows:
         lead = f"| {rnd} " if many else ""
@@ -111,10 +123,11 @@ def main():
         best = fastest_peer(rnd, mode, 5)
         ratio = f"{tps / best:.2f}" if best else "—"
         rss_s = f"{rss:.2f}" if rss else "—"
-        print(f"{lead}| {mode} | {name} | {n} | {lt} | {tps:.1f} | {ratio} | {rss_s} | {loss:.4f} |")
+        lt_s = f"{lt:.0f}" if lt == int(lt) else f"{lt:.1f}"
+        print(f"{lead}| {mode} | {name} | {n} | {lt_s} | {rate_s(tps)} | {ratio} | {rss_s} | {loss:.4f} |")
     if many:
         print()
-        print("| mode | framework | rounds | median tokens/s | vs fastest peer (medians) | per-round ratios "
+        print(f"| mode | framework | rounds | median {rate} | vs fastest peer (medians) | per-round ratios "
               "| median peak RSS GB | RSS vs fastest peer |")
         print("|---|---|---:|---:|---:|---|---:|---:|")
         keys = []
@@ -145,7 +158,7 @@ def main():
             rng = f"{min(per_round):.2f}–{max(per_round):.2f}" if per_round else "—"
             rss_s = f"{rss:.2f}" if rss else "—"
             rss_r = f"{rss / best[0][1]:.2f}" if best and rss and best[0][1] else "—"
-            print(f"| {mode} | {name} | {n} | {tps:.1f} | {ratio} | {rng} | {rss_s} | {rss_r} |")
+            print(f"| {mode} | {name} | {n} | {rate_s(tps)} | {ratio} | {rng} | {rss_s} | {rss_r} |")
     sys.exit(1 if bad else 0)
 
 
