@@ -10,16 +10,17 @@ use std::path::Path;
 use afinar::checkpoint::gguf::{GgufFile, MetaValue};
 use afinar::checkpoint::peft::parse_lora_name;
 use afinar::checkpoint::DType;
-use afinar::engine::{Backend, CpuBackend, WeightFormat};
+use afinar::engine::{Backend, CpuBackend, QuantFormat, WeightFormat};
 use afinar::generate::{generate, GenerateOptions, Rng, SamplingParams};
 use afinar::models::{
-    load_model, load_tokenizer, LoadOptions, LoadedModel, Logits, LoraSpec, LoraTarget, ParamMut,
+    load_model, load_tokenizer, Llama, LlamaConfig, LoadOptions, LoadedModel, Logits, LoraSpec, LoraTarget,
+    ParamMut,
 };
 use afinar::quantize::{
     base_config, export_gguf, export_lora_adapter, permute_rows, tensor_dtype, AdapterExportOptions,
     ExportOptions, Scheme, TensorRole,
 };
-use afinar::recipes::save::{LoraSave, ModelSource};
+use afinar::recipes::save::{FullSave, LoraSave, ModelSource};
 use afinar::recipes::state::SaveTarget;
 use afinar::tokenizer::{render_chat, Message, Tokenizer};
 use common::{asset, fixture, rel_err, run_verify_script, Tmp};
@@ -91,7 +92,8 @@ fn quantized_exports_use_llama_cpp_types_and_stay_close() {
                 TensorRole { name: &t.name, shape: &t.shape, tied: c.tie_embeddings, n_layers: c.n_layers };
             assert_eq!(t.dtype, Some(tensor_dtype(scheme, role)), "{scheme} {}", t.name);
         }
-        // Q8_0 and Q4_0 matrices load as they are (afinar's int8 path).
+        // Q8_0, Q4_0 and Q4_K matrices load as they are (afinar's int8 path; this model's rows
+        // of 64 and 160 values are no whole Q4_K super-blocks, so its Q4_K file has none).
         let back = load(&be, &out, true);
         let err = rel_err(&logits(&be, &back, &ids), &reference);
         eprintln!("{scheme}: logits relative error {err:.2e}");
@@ -99,6 +101,107 @@ fn quantized_exports_use_llama_cpp_types_and_stay_close() {
     }
     assert!(errs[0] < 5e-3 && errs[1] < 5e-2 && errs[2] < 0.5 && errs[3] < 0.5, "{errs:?}");
     assert!(errs[0] < errs[1] && errs[1] < errs[2], "more bits, less error: {errs:?}");
+}
+
+/// A GGUF written with `--scheme q4_k` keeps its Q4_K matrices as Q4_K blocks when quantized
+/// weights are kept (`--dtype native`, and `auto` on the CPU): on a tiny random model whose rows
+/// are whole 256-value super-blocks, every Q4_K tensor of the file (the embedding and most
+/// projections; the output and the last layer's v/down projections are Q6_K) loads as Q4_K and
+/// everything else as f32, and the logits and greedy tokens match the same file dequantized to
+/// f32 up to the int8 activations' error.
+#[test]
+fn q4_k_matrices_load_as_q4_k_blocks_and_match_the_dequantized_model() {
+    let be = CpuBackend::new(Some(2));
+    let dir = Tmp::new("gguf-q4k");
+    let config = LlamaConfig {
+        family: Default::default(),
+        vocab_size: 384,
+        dim: 256,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        ffn_dim: 512,
+        norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_seq_len: 128,
+        tie_embeddings: false,
+    };
+    // A random model saved as a Hugging Face folder (no tokenizer), exported as `--scheme q4_k`.
+    let model = Llama::random(&be, config.clone(), 11, WeightFormat::F32).unwrap();
+    let source = ModelSource {
+        path: "random".into(),
+        hf_dir: None,
+        config_json: config.to_hf_json(Some(1), Some(2), "float32"),
+        dtype: DType::F32,
+        tokenizer: None,
+        max_seq_len: Some(config.max_seq_len),
+    };
+    let hf = dir.0.join("hf");
+    FullSave { source }.save(&be, &model, &hf).unwrap();
+    drop(model);
+    let src = load(&be, &hf, false);
+    let file = dir.0.join("q4_k.gguf");
+    export(&be, &src, &file, Scheme::Q4_K);
+    let n_q4k =
+        GgufFile::open(&file).unwrap().tensor_infos().iter().filter(|t| t.dtype == Some(DType::Q4_K)).count();
+    let kept = load(&be, &file, true);
+    let plain = load(&be, &file, false);
+    let formats = |m: &LoadedModel<CpuBackend>| -> Vec<WeightFormat> {
+        let mut w = vec![&m.model.embed];
+        w.extend(m.model.output.iter().map(|o| &o.weight));
+        w.extend(m.model.layers.iter().flat_map(|l| l.projections()).map(|l| &l.weight));
+        w.into_iter().map(|w| be.weight_format(w)).collect()
+    };
+    let q4k = WeightFormat::Quant(QuantFormat::Q4_K);
+    let kept_formats = formats(&kept);
+    assert_eq!(kept_formats.iter().filter(|&&f| f == q4k).count(), n_q4k, "{kept_formats:?}");
+    assert!(kept_formats.iter().all(|&f| f == q4k || f == WeightFormat::F32), "{kept_formats:?}");
+    // 2 layers of 7 projections and the embedding, less the 2 Q6_K projections of layer 1.
+    assert_eq!(n_q4k, 13);
+    assert!(formats(&plain).iter().all(|&f| f == WeightFormat::F32));
+
+    // Prompt logits (more than the int8 GEMV's rows take the dequantizing tile path; one row
+    // takes the GEMV).
+    let ids = test_ids(384, 40);
+    let err = rel_err(&logits(&be, &kept, &ids), &logits(&be, &plain, &ids));
+    let err1 = rel_err(&logits(&be, &kept, &ids[..1]), &logits(&be, &plain, &ids[..1]));
+    eprintln!("Q4_K kept vs dequantized: logits relative error {err:.2e} (40 tokens), {err1:.2e} (1 token)");
+    assert!(err < 1e-4 && err1 < 2e-2, "{err} {err1}");
+
+    // Greedy decoding (one row at a time: the int8 GEMV) gives the same tokens, except where the
+    // dequantized model's two best logits are closer than the int8 activations can tell apart
+    // (this random model's logits are nearly flat, so such near ties do occur): checked along the
+    // dequantized model's greedy tokens, each step from the same context, and the kept model's
+    // own greedy tokens follow them up to the first near tie.
+    let prompt = &ids[..5];
+    let n = 24;
+    let a = greedy(&be, &plain, prompt, n);
+    let b = greedy(&be, &kept, prompt, n);
+    let last =
+        |m: &LoadedModel<CpuBackend>, ctx: &[u32]| logits(&be, m, ctx)[(ctx.len() - 1) * 384..].to_vec();
+    let (mut ties, mut first_tie) = (0, n);
+    for i in 0..n {
+        let ctx: Vec<u32> = prompt.iter().chain(&a[..i]).copied().collect();
+        let (p, k) = (last(&plain, &ctx), last(&kept, &ctx));
+        let best = (0..384).max_by(|&x, &y| k[x].total_cmp(&k[y])).unwrap() as u32;
+        if best != a[i] {
+            let gap = p[a[i] as usize] - p[best as usize];
+            let scale = p.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(
+                gap < 2e-2 * scale,
+                "step {i}: the kept model picks {best}, not {}, by a clear margin {gap}",
+                a[i]
+            );
+            ties += 1;
+            first_tie = first_tie.min(i);
+        }
+    }
+    let agree = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    eprintln!("greedy: {ties} near ties in {n} steps; the kept model's own tokens agree for {agree} steps");
+    assert!(agree >= first_tie, "tokens differ at {agree} before any near tie: {a:?} vs {b:?}");
+    assert!(ties <= n / 4, "{ties} near ties in {n} steps");
 }
 
 /// English, Spanish, code, numbers, special tokens and odd whitespace.

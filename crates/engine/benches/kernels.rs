@@ -112,6 +112,27 @@ fn main() {
     }
     if run("decode") {
         // Few-row products (generation): weight-bandwidth bound, reported in GB/s of weight read.
+        // GGUF blocks kept quantized: the int8 GEMV (AVX-512 VNNI, else AVX2) against the tile
+        // path (dequantize to f32 tiles, then `gemm`) on the same weight.
+        let quant = |q: QuantFormat, out: usize, inp: usize, name: &str| {
+            let w = be.weight(&randn(out * inp, 3), out, inp, WeightFormat::Quant(q)).unwrap();
+            let bytes = (out * q.row_bytes(inp).unwrap()) as f64;
+            for r in [1usize, 4] {
+                let x = randn(r * inp, 1);
+                let mut y = vec![0.0; r * out];
+                let t = time(50, || be.linear(&x, &w, &mut y, r, false).unwrap());
+                let t_ref = time(10, || {
+                    be.install(|| matmul::linear_forward(&x, w.as_ref(), &mut y, r, out, inp, false))
+                });
+                println!(
+                    "decode {q:?} {r}x{name:<13} gemv {:>8.1} us {:>6.1} GB/s | tiles {:>8.1} us {:>6.1} GB/s",
+                    t * 1e6,
+                    bytes / t / 1e9,
+                    t_ref * 1e6,
+                    bytes / t_ref / 1e9
+                );
+            }
+        };
         for (out, inp, name) in [(ffn, dim, "576->1536"), (vocab, dim, "576->49152")] {
             for fmt in [WeightFormat::F32, WeightFormat::BF16] {
                 let w = be.weight(&randn(out * inp, 3), out, inp, fmt).unwrap();
@@ -132,27 +153,14 @@ fn main() {
                     );
                 }
             }
-            // GGUF blocks kept quantized: the int8 GEMV (AVX-512 VNNI, else AVX2) against the tile
-            // path (dequantize to f32 tiles, then `gemm`) on the same weight.
             for q in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
-                let w = be.weight(&randn(out * inp, 3), out, inp, WeightFormat::Quant(q)).unwrap();
-                let bytes = (out * q.row_bytes(inp).unwrap()) as f64;
-                for r in [1usize, 4] {
-                    let x = randn(r * inp, 1);
-                    let mut y = vec![0.0; r * out];
-                    let t = time(50, || be.linear(&x, &w, &mut y, r, false).unwrap());
-                    let t_ref = time(10, || {
-                        be.install(|| matmul::linear_forward(&x, w.as_ref(), &mut y, r, out, inp, false))
-                    });
-                    println!(
-                        "decode {q:?} {r}x{name:<13} gemv {:>8.1} us {:>6.1} GB/s | tiles {:>8.1} us {:>6.1} GB/s",
-                        t * 1e6,
-                        bytes / t / 1e9,
-                        t_ref * 1e6,
-                        bytes / t_ref / 1e9
-                    );
-                }
+                quant(q, out, inp, name);
             }
+        }
+        // Q4_K rows are whole 256-value super-blocks (576 columns are not): the down
+        // projection's shape, beside Q4_1 on the same shape.
+        for q in [QuantFormat::Q4_1, QuantFormat::Q4_K] {
+            quant(q, dim, ffn, "1536->576");
         }
     }
     if run("stream") {

@@ -43,7 +43,8 @@ pub enum Products {
 }
 
 /// A block-quantized layout. The GGUF (GGML) ones store each row of a `[rows, cols]` matrix as
-/// `cols / 32` consecutive blocks of 32 values, little-endian, exactly as in a GGUF file;
+/// `cols / block_len` consecutive blocks ([`QuantFormat::block_len`]: 32 values, or 256 for the
+/// super-blocks of [`QuantFormat::Q4_K`]), little-endian, exactly as in a GGUF file;
 /// [`QuantFormat::Nf4`] is QLoRA's 4-bit NormalFloat with double-quantized scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantFormat {
@@ -55,6 +56,13 @@ pub enum QuantFormat {
     /// `d: f16`, `m: f16`, `qs: [u8; 16]`; value `j` = `d · nibble_j + m`, nibbles as in
     /// [`QuantFormat::Q4_0`] (20 bytes per block).
     Q4_1,
+    /// llama.cpp's Q4_K (the bulk of its Q4_K_M files): super-blocks of 256 values, 144 bytes,
+    /// `d: f16`, `dmin: f16`, `scales: [u8; 12]` (a 6-bit scale `sc_j` and a 6-bit min `m_j` for
+    /// each of the 8 sub-blocks of 32, packed), `qs: [u8; 128]`; value `i` of sub-block
+    /// `j = 2c + t` = `(d · sc_j) · q − (dmin · m_j)`, `q` nibble `t` (low first) of
+    /// `qs[32c + i]`. `cols` must be a multiple of 256. About 4.5 bits per value.
+    #[allow(non_camel_case_types)] // GGUF's name, as the other variants
+    Q4_K,
     /// NF4 as QLoRA / bitsandbytes store it (`blocksize=64`, `compress_statistics=True`): 4-bit
     /// indices into the NF4 code book, two per byte (high nibble first), one absmax per 64
     /// values, the absmaxes themselves quantized to 8 bits in blocks of 256 after subtracting
@@ -65,14 +73,16 @@ pub enum QuantFormat {
 }
 
 impl QuantFormat {
-    /// Values per block of the GGUF layouts (NF4's blocks have [`QuantFormat::block_len`] 64).
+    /// Values per block of the 32-value GGUF layouts (Q8_0, Q4_0, Q4_1); Q4_K's super-blocks
+    /// and NF4's blocks have other [`QuantFormat::block_len`]s (256 and 64).
     pub const BLOCK: usize = ggml::BLOCK;
 
-    /// Values per block: 32 for the GGUF layouts, 64 for NF4.
+    /// Values per block: 32 for Q8_0, Q4_0 and Q4_1, 256 for Q4_K, 64 for NF4.
     pub fn block_len(self) -> usize {
         match self {
             QuantFormat::Nf4 => nf4::BLOCK,
-            _ => Self::BLOCK,
+            QuantFormat::Q4_K => ggml::K_BLOCK,
+            QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q4_1 => Self::BLOCK,
         }
     }
 
@@ -82,6 +92,7 @@ impl QuantFormat {
             QuantFormat::Q8_0 => ggml::Q8_0_BYTES,
             QuantFormat::Q4_0 => ggml::Q4_0_BYTES,
             QuantFormat::Q4_1 => ggml::Q4_1_BYTES,
+            QuantFormat::Q4_K => ggml::Q4_K_BYTES,
             QuantFormat::Nf4 => nf4::BLOCK / 2,
         }
     }
@@ -102,12 +113,13 @@ impl QuantFormat {
         }
     }
 
-    /// The type name (`"q8_0"`, `"q4_0"`, `"q4_1"` as in GGUF; `"nf4"`).
+    /// The type name (`"q8_0"`, `"q4_0"`, `"q4_1"`, `"q4_k"` as in GGUF; `"nf4"`).
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8_0 => "q8_0",
             QuantFormat::Q4_0 => "q4_0",
             QuantFormat::Q4_1 => "q4_1",
+            QuantFormat::Q4_K => "q4_k",
             QuantFormat::Nf4 => "nf4",
         }
     }
@@ -326,9 +338,11 @@ pub trait Backend: Send + Sync + 'static {
     /// round the values to their blocks, as GGUF's reference quantizers do).
     fn weight(&self, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<Self::Weight>;
     /// Uploads a `[rows, cols]` matrix stored as GGUF blocks of `format` (`blocks`: the row-major
-    /// bytes as in the file, `rows · cols / 32` blocks), or an NF4 buffer
-    /// ([`QuantFormat::Nf4`]), keeping it quantized. Errors unless `cols` is a whole number of
-    /// blocks and `blocks` has exactly [`QuantFormat::matrix_bytes`].
+    /// bytes as in the file, `rows · cols / block_len` blocks), or an NF4 buffer
+    /// ([`QuantFormat::Nf4`]), keeping it quantized (a backend without kernels for a format may
+    /// store it dequantized: the CUDA backend keeps [`QuantFormat::Q4_K`] as bf16). Errors
+    /// unless `cols` is a whole number of blocks and `blocks` has exactly
+    /// [`QuantFormat::matrix_bytes`].
     fn weight_quantized(
         &self,
         blocks: &[u8],

@@ -31,7 +31,8 @@ pub(crate) fn check_quant_len(format: QuantFormat, rows: usize, cols: usize, len
 }
 
 /// Quantizes the row-major `[rows, cols]` matrix `data` to `format` (rows in parallel on the
-/// current rayon pool): NF4 as bitsandbytes, the GGUF layouts as `gguf.quants` (byte-identical).
+/// current rayon pool): NF4 as bitsandbytes, Q8_0/Q4_0/Q4_1 as `gguf.quants` (byte-identical),
+/// Q4_K with llama.cpp's reference k-quant search (`afinar_formats::ggml::quantize`).
 ///
 /// Errors when `data` does not hold `rows · cols` values or `cols` is not a whole number of
 /// blocks.
@@ -44,6 +45,7 @@ pub fn quantize(format: QuantFormat, data: &[f32], rows: usize, cols: usize) -> 
         QuantFormat::Q8_0 => ggml::quantize::quantize_q8_0,
         QuantFormat::Q4_0 => ggml::quantize::quantize_q4_0,
         QuantFormat::Q4_1 => ggml::quantize::quantize_q4_1,
+        QuantFormat::Q4_K => ggml::quantize::quantize_q4_k,
     };
     let mut blocks = vec![0u8; total];
     if total > 0 {
@@ -64,6 +66,7 @@ pub fn dequantize(format: QuantFormat, blocks: &[u8], rows: usize, cols: usize) 
         QuantFormat::Q8_0 => ggml::q8::dequantize_q8_0,
         QuantFormat::Q4_0 => ggml::q4::dequantize_q4_0,
         QuantFormat::Q4_1 => ggml::q4::dequantize_q4_1,
+        QuantFormat::Q4_K => ggml::k_quants::dequantize_q4_k,
     };
     let mut out = vec![0.0f32; rows * cols];
     if total > 0 {

@@ -215,28 +215,69 @@ fn activation_bound(x: &[f64], w: &[f64]) -> f64 {
         .sum()
 }
 
+/// `linear` of `rows` rows of `x` through the quantized weight `wt` (`[out, inp]`, few enough
+/// rows for the int8 GEMV), against f64 on the dequantized weight within the activations'
+/// rounding bound.
+fn check_quant_gemv(be: &CpuBackend, wt: &afinar_engine::CpuWeight, x: &[f64], rows: usize, tag: &str) {
+    let (out, inp) = be.weight_shape(wt);
+    let xf = f32s(x);
+    let wd = f64s(&be.weight_to_host(wt).unwrap());
+    let want = naive_linear(&f64s(&xf), &wd, rows, out, inp);
+    let mut y = vec![f32::NAN; rows * out];
+    be.linear(&xf, wt, &mut y, rows, false).unwrap();
+    for r in 0..rows {
+        for o in 0..out {
+            let bound = activation_bound(&x[r * inp..(r + 1) * inp], &wd[o * inp..(o + 1) * inp]);
+            let e = (y[r * out + o] as f64 - want[r * out + o]).abs();
+            assert!(e <= bound + 1e-4 * (1.0 + want[r * out + o].abs()), "{tag} ({r}, {o}): {e} > {bound}");
+        }
+    }
+}
+
 /// Few rows against GGUF-quantized weights (int8 activations), against f64 on the dequantized
 /// weight within the activations' rounding bound.
 fn quant_gemv(be: &CpuBackend, _: &Refs, tag: &str) {
     let (rows, out, inp) = (3, 40, 256);
     let mut rng = Rng::new(7);
     let (x, w) = (rng.normals(rows * inp), rng.normals(out * inp));
-    let xf = f32s(&x);
     for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
         let wt = be.weight(&f32s(&w), out, inp, WeightFormat::Quant(format)).unwrap();
-        let wd = f64s(&be.weight_to_host(&wt).unwrap());
-        let want = naive_linear(&xf.iter().map(|&v| v as f64).collect::<Vec<_>>(), &wd, rows, out, inp);
-        let mut y = vec![f32::NAN; rows * out];
-        be.linear(&xf, &wt, &mut y, rows, false).unwrap();
-        for r in 0..rows {
-            for o in 0..out {
-                let bound = activation_bound(&x[r * inp..(r + 1) * inp], &wd[o * inp..(o + 1) * inp]);
-                let e = (y[r * out + o] as f64 - want[r * out + o]).abs();
-                assert!(
-                    e <= bound + 1e-4 * (1.0 + want[r * out + o].abs()),
-                    "{tag} {format:?} ({r}, {o}): {e} > {bound}"
-                );
-            }
+        check_quant_gemv(be, &wt, &x, rows, &format!("{tag} {format:?}"));
+    }
+}
+
+/// Few rows against Q4_K weights (int8 activations, 256-value super-blocks), as [`quant_gemv`]:
+/// quantized from normal values, and random super-blocks whose packed 6-bit scales and mins take
+/// every value (all 63 in one super-block of each row), with 1 and 3 rows and 5 outputs (the
+/// kernels' 4-row groups and single rows).
+fn q4k_gemv(be: &CpuBackend, _: &Refs, tag: &str) {
+    let (out, inp) = (41, 768);
+    let mut rng = Rng::new(17);
+    let x = rng.normals(3 * inp);
+    let wt =
+        be.weight(&f32s(&rng.normals(out * inp)), out, inp, WeightFormat::Quant(QuantFormat::Q4_K)).unwrap();
+    check_quant_gemv(be, &wt, &x, 3, &format!("{tag} quantized"));
+    let mut bits = 0x2545_f491_4f6c_dd1du64;
+    let mut blocks = vec![0u8; out * inp / 256 * 144];
+    for (i, b) in blocks.chunks_exact_mut(144).enumerate() {
+        for v in b.iter_mut() {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            *v = bits as u8;
+        }
+        let d = f16::from_f32(0.002 * (1.0 + (i % 5) as f32)).to_bits();
+        let dmin = f16::from_f32(if i % 4 == 1 { 0.0 } else { 0.01 * (i % 3) as f32 }).to_bits();
+        b[..2].copy_from_slice(&d.to_le_bytes());
+        b[2..4].copy_from_slice(&dmin.to_le_bytes());
+        if i % 3 == 2 {
+            b[4..16].fill(0xff);
+        }
+    }
+    for rows in [1, 3] {
+        for o in [out, 5] {
+            let wt = be.weight_quantized(&blocks[..o * inp / 256 * 144], QuantFormat::Q4_K, o, inp).unwrap();
+            check_quant_gemv(be, &wt, &x[..rows * inp], rows, &format!("{tag} random blocks {rows}x{o}"));
         }
     }
 }
@@ -453,6 +494,7 @@ fn families(amx_granted: bool) -> Vec<(&'static str, Family, Vec<CpuLevel>)> {
         ("rmsnorm", rmsnorm, vec![]),
         ("gemv f32/bf16", gemv, vec![Portable, Avx512]),
         ("gemv q8_0/q4_0/q4_1", quant_gemv, vec![Portable, Avx2, Avx512Vnni]),
+        ("gemv q4_k", q4k_gemv, vec![Portable, Avx2, Avx512Vnni]),
         ("gemv nf4", nf4_gemv, vec![]),
         ("linear + weight gradient", linear, bf16.clone()),
         ("attention", attention, rows.clone()),

@@ -1,7 +1,9 @@
-//! Quantized (GGUF block) weights on the CPU backend: dequantization bit-exact against
-//! `afinar_checkpoint::quant`, the decode GEMV (8-bit activations) within the error bound of
-//! its activation rounding, the tile path (rows > 8, input gradient, fused output loss) against
-//! dequantize-then-f32, embedding lookups, and independence of the thread count.
+//! Quantized (GGUF block) weights on the CPU backend (Q8_0, Q4_0, Q4_1 and Q4_K): dequantization
+//! bit-exact against `afinar_checkpoint::quant` (and, for Q4_K, `afinar_formats`' reference), the
+//! decode GEMV (8-bit activations) within the error bound of its activation rounding, the tile
+//! path (rows > 8, input gradient, fused output loss) against dequantize-then-f32, embedding
+//! lookups, and independence of the thread count. Q4_K rows are whole 256-value super-blocks,
+//! so it skips the shapes with fewer columns and has some of its own.
 
 mod common;
 
@@ -11,13 +13,15 @@ use afinar_checkpoint::{quant as ckpt, DType};
 use afinar_engine::cpu::{gemv, matmul, quant, CpuWeightData};
 use afinar_engine::{AdamW, Backend, CpuBackend, EngineError, QuantFormat, WeightFormat};
 
-const FORMATS: [QuantFormat; 3] = [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1];
+const FORMATS: [QuantFormat; 4] =
+    [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4_K];
 
 fn dtype(f: QuantFormat) -> DType {
     match f {
         QuantFormat::Q8_0 => DType::Q8_0,
         QuantFormat::Q4_0 => DType::Q4_0,
         QuantFormat::Q4_1 => DType::Q4_1,
+        QuantFormat::Q4_K => DType::Q4_K,
         QuantFormat::Nf4 => unreachable!("NF4 has no GGUF type (tested in nf4.rs)"),
     }
 }
@@ -44,11 +48,15 @@ impl Rng {
 }
 
 /// Random blocks of `format` for a `[rows, cols]` matrix: random quant bytes, f16 scales of
-/// magnitude up to `scale` (with the occasional zero, subnormal and negative scale).
+/// magnitude up to `scale` (with the occasional zero, subnormal and negative scale). Q4_K's
+/// packed 6-bit sub-block scales and mins are random bytes too (every value 0..=63), except for
+/// some super-blocks with all of them at 63 or at 0; its `d` and `dmin` are smaller (the 6-bit
+/// scales multiply them), so that its values are of the same size as the other formats'.
 fn random_blocks(format: QuantFormat, rows: usize, cols: usize, seed: u64, scale: f32) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let bb = format.block_bytes();
-    let mut out = vec![0u8; rows * cols / 32 * bb];
+    let mut out = vec![0u8; rows * cols / format.block_len() * bb];
+    let k = format == QuantFormat::Q4_K;
     for (i, b) in out.chunks_exact_mut(bb).enumerate() {
         for v in b.iter_mut() {
             *v = rng.next() as u8;
@@ -56,15 +64,29 @@ fn random_blocks(format: QuantFormat, rows: usize, cols: usize, seed: u64, scale
         let d = match i % 23 {
             5 => 0.0,
             11 => 3e-7, // subnormal in f16
-            _ => rng.f() * scale,
+            _ => rng.f() * if k { scale / 32.0 } else { scale },
         };
         b[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
         if format == QuantFormat::Q4_1 {
             let m = rng.f() * scale * 8.0;
             b[2..4].copy_from_slice(&half::f16::from_f32(m).to_bits().to_le_bytes());
         }
+        if k {
+            let dmin = if i % 19 == 7 { 0.0 } else { rng.f() * scale / 8.0 };
+            b[2..4].copy_from_slice(&half::f16::from_f32(dmin).to_bits().to_le_bytes());
+            match i % 7 {
+                3 => b[4..16].fill(0xff), // every scale and min 63
+                4 => b[4..16].fill(0),    // every scale and min 0
+                _ => {}
+            }
+        }
     }
     out
+}
+
+/// Whether `[_, cols]` matrices of `format` exist (Q4_K needs whole 256-value super-blocks).
+fn fits(format: QuantFormat, cols: usize) -> bool {
+    format.row_bytes(cols).is_some()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -75,9 +97,20 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn dequantization_is_bit_exact() {
     let be = CpuBackend::new(Some(2));
     for format in FORMATS {
-        for (rows, cols, seed) in [(1, 32, 1), (7, 96, 2), (300, 576, 3), (65, 1536, 4)] {
+        for (rows, cols, seed) in
+            [(1, 32, 1), (7, 96, 2), (300, 576, 3), (65, 1536, 4), (1, 256, 5), (40, 512, 6)]
+        {
+            if !fits(format, cols) {
+                continue;
+            }
             let blocks = random_blocks(format, rows, cols, seed, 0.05);
             let want = ckpt::dequantize(dtype(format), &blocks, rows * cols).unwrap();
+            if format == QuantFormat::Q4_K {
+                // The formats crate's reference dequantizer, directly.
+                let mut reference = vec![f32::NAN; rows * cols];
+                afinar_formats::ggml::k_quants::dequantize_q4_k(&blocks, &mut reference);
+                assert_eq!(bits(&reference), bits(&want));
+            }
             let w = be.weight_quantized(&blocks, format, rows, cols).unwrap();
             assert_eq!(be.weight_shape(&w), (rows, cols));
             assert_eq!(be.weight_format(&w), WeightFormat::Quant(format));
@@ -115,9 +148,23 @@ fn activation_bound(x: &[f32], w: &[f32], inp: usize) -> f32 {
 #[test]
 fn gemv_is_within_the_activation_rounding_bound() {
     let be = CpuBackend::new(Some(2));
-    let mut worst = [0.0f64; 3];
+    let mut worst = [0.0f64; 4];
     for (fi, format) in FORMATS.into_iter().enumerate() {
-        for (out, inp) in [(64, 576), (17, 32), (130, 96), (1, 1536), (576, 1536), (5, 64)] {
+        let shapes = [
+            (64, 576),
+            (17, 32),
+            (130, 96),
+            (1, 1536),
+            (576, 1536),
+            (5, 64),
+            (64, 512),
+            (5, 256),
+            (130, 768),
+        ];
+        for (out, inp) in shapes {
+            if !fits(format, inp) {
+                continue;
+            }
             let blocks = random_blocks(format, out, inp, out as u64 + 7 * inp as u64, 0.02);
             let w = be.weight_quantized(&blocks, format, out, inp).unwrap();
             let wd = be.weight_to_host(&w).unwrap();
@@ -165,18 +212,19 @@ fn gemv_is_within_the_activation_rounding_bound() {
             }
         }
     }
-    eprintln!("GEMV vs f32 on the dequantized weight, worst ‖Δ‖/‖y‖ (Q8_0, Q4_0, Q4_1): {worst:?}");
+    eprintln!("GEMV vs f32 on the dequantized weight, worst ‖Δ‖/‖y‖ (Q8_0, Q4_0, Q4_1, Q4_K): {worst:?}");
     // 8-bit activations: each activation moves by a uniform-like error of at most half a step,
     // rms ≈ max|x| / (254 · √3) ≈ 0.4% of rms(x) for these uniform inputs, so ≈ 0.5% of ‖y‖
     // when the weights have no common offset (observed: 0.45% for Q8_0 and Q4_0) and somewhat
     // more for Q4_1's random offsets, whose large |w| add error while their sums cancel
     // (observed: 1.0%). The per-output bound above is the strict check.
-    assert!(worst[..2].iter().all(|&e| e < 6e-3) && worst[2] < 1.5e-2, "{worst:?}");
+    // Q4_K's random mins play the part of Q4_1's offsets.
+    assert!(worst[..2].iter().all(|&e| e < 6e-3) && worst[2..].iter().all(|&e| e < 1.5e-2), "{worst:?}");
 }
 
 #[test]
 fn gemv_is_independent_of_thread_count() {
-    let (rows, out, inp) = (3, 1000, 576);
+    let (rows, out, inp) = (3, 1000, 768);
     let x = Rng::new(1).vec(rows * inp);
     for format in FORMATS {
         let blocks = random_blocks(format, out, inp, 9, 0.02);
@@ -197,33 +245,48 @@ fn gemv_is_independent_of_thread_count() {
 /// full ±127 with signs matching (row 0) or opposing (row 1) the weight signs of output 0. The
 /// activations ±1 quantize exactly (up to `d_x · 127 ≈ 1`), so every path must give the f64 dot
 /// of the dequantized weights to f32 rounding. Outputs 8 and 3 cover the 4-row and 1-row kernels.
+/// Q4_K's blocks have every 6-bit scale at 63 and every min at 0.
 #[test]
 fn gemv_does_not_saturate_on_extreme_blocks() {
     let be = CpuBackend::new(Some(2));
-    let (rows, inp) = (2, 96);
     // Signs of output 0's weights, by column, equal within each pair of columns (the i16 pairs).
     let big = |o: usize, i: usize| (i / 2 + o).is_multiple_of(3);
-    let x: Vec<f32> = (0..rows * inp)
-        .map(|k| {
-            let s = if big(0, k % inp) { 1.0 } else { -1.0 };
-            if k < inp {
-                s
-            } else {
-                -s
-            }
-        })
-        .collect();
     for format in FORMATS {
+        // An odd number of blocks (the VNNI kernel's single-block tail), two Q4_K super-blocks.
+        let (rows, inp) = (2, if format == QuantFormat::Q4_K { 512 } else { 96 });
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|k| {
+                let s = if big(0, k % inp) { 1.0 } else { -1.0 };
+                if k < inp {
+                    s
+                } else {
+                    -s
+                }
+            })
+            .collect();
         for out in [8, 3] {
-            let bb = format.block_bytes();
-            let mut blocks = vec![0u8; out * inp / 32 * bb];
+            let (bb, bl) = (format.block_bytes(), format.block_len());
+            let mut blocks = vec![0u8; out * inp / bl * bb];
             for (n, b) in blocks.chunks_exact_mut(bb).enumerate() {
-                let (o, c0) = (n / (inp / 32), n % (inp / 32) * 32);
+                let (o, c0) = (n / (inp / bl), n % (inp / bl) * bl);
                 b[..2].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
                 match format {
                     QuantFormat::Q8_0 => {
                         for (j, q) in b[2..].iter_mut().enumerate() {
                             *q = if big(o, c0 + j) { 0x7f } else { 0x80 };
+                        }
+                    }
+                    QuantFormat::Q4_K => {
+                        // dmin = 0 (bytes 2..4 stay zero); scales 0-3 = 63 with the top bits of
+                        // scales 4-7 (bytes 0-3), mins 0 (bytes 4-7), low bits of scales 4-7.
+                        b[4..8].fill(0xff);
+                        b[12..16].fill(0x0f);
+                        for (k, q) in b[16..].iter_mut().enumerate() {
+                            // Byte 32c + i: element i of sub-blocks 2c (low) and 2c + 1 (high).
+                            let (c, i) = (k / 32, k % 32);
+                            let lo = if big(o, c0 + 64 * c + i) { 0x0f } else { 0 };
+                            let hi = if big(o, c0 + 64 * c + 32 + i) { 0xf0 } else { 0 };
+                            *q = lo | hi;
                         }
                     }
                     _ => {
@@ -268,8 +331,8 @@ fn gemv_does_not_saturate_on_extreme_blocks() {
 #[test]
 fn gemv_propagates_non_finite_activations() {
     let be = CpuBackend::new(Some(2));
-    let (rows, out, inp) = (3, 10, 64);
     for format in FORMATS {
+        let (rows, out, inp) = (3, 10, if format == QuantFormat::Q4_K { 256 } else { 64 });
         let w = be.weight_quantized(&random_blocks(format, out, inp, 3, 0.02), format, out, inp).unwrap();
         let mut x = Rng::new(2).vec(rows * inp);
         x[inp + 40] = f32::NAN;
@@ -286,7 +349,12 @@ fn tile_path_matches_dequantize_then_f32() {
     let be = CpuBackend::new(Some(2));
     for format in FORMATS {
         // Past QUANT_GEMV_MAX_ROWS (fewer rows take the int8 GEMV path, tested above).
-        for (rows, out, inp) in [(33, 17, 32), (40, 576, 576), (100, 300, 1536), (35, 1, 64)] {
+        for (rows, out, inp) in
+            [(33, 17, 32), (40, 576, 576), (100, 300, 1536), (35, 1, 64), (33, 5, 256), (40, 130, 768)]
+        {
+            if !fits(format, inp) {
+                continue;
+            }
             let blocks = random_blocks(format, out, inp, rows as u64, 0.02);
             let w = be.weight_quantized(&blocks, format, out, inp).unwrap();
             let wd = be.weight_to_host(&w).unwrap();
@@ -320,8 +388,8 @@ fn tile_path_matches_dequantize_then_f32() {
 #[test]
 fn fused_output_loss_on_a_quantized_table() {
     let be = CpuBackend::new(Some(2));
-    let (rows, vocab, dim) = (11, 300, 64);
     for format in FORMATS {
+        let (rows, vocab, dim) = (11, 300, if format == QuantFormat::Q4_K { 256 } else { 64 });
         let w = be.weight_quantized(&random_blocks(format, vocab, dim, 5, 0.05), format, vocab, dim).unwrap();
         let dense = be.weight(&be.weight_to_host(&w).unwrap(), vocab, dim, WeightFormat::F32).unwrap();
         let h = Rng::new(3).vec(rows * dim);
@@ -340,11 +408,11 @@ fn fused_output_loss_on_a_quantized_table() {
 #[test]
 fn weight_quantizes_f32_values() {
     let be = CpuBackend::new(Some(2));
-    let (rows, cols) = (20, 96);
-    let mut v = Rng::new(4).vec(rows * cols);
-    v[5] = 0.0;
-    v[32..64].fill(0.0); // an all-zero block
     for format in FORMATS {
+        let (rows, cols) = (20, if format == QuantFormat::Q4_K { 512 } else { 96 });
+        let mut v = Rng::new(4).vec(rows * cols);
+        v[5] = 0.0;
+        v[32..64].fill(0.0); // an all-zero block (a Q4_K sub-block)
         let w = be.weight(&v, rows, cols, WeightFormat::Quant(format)).unwrap();
         assert_eq!(be.weight_format(&w), WeightFormat::Quant(format));
         let back = be.weight_to_host(&w).unwrap();
@@ -353,20 +421,25 @@ fn weight_quantizes_f32_values() {
         // Each value is within half a quantization step of its block (steps: max|x| / 127 for
         // Q8_0, max|x| / 8 for Q4_0, (max − min) / 15 for Q4_1), plus the f16 rounding of the
         // scales; Q4_0 spans −8..=7 steps from the signed extreme, so values of the other sign
-        // beyond 7 steps clip, by up to one step.
+        // beyond 7 steps clip, by up to one step. Q4_K's sub-blocks of 32 fit a scale and min by
+        // a weighted search and round both to 6 bits against their super-block's largest, so
+        // a value can be off by up to about a whole step (max − min) / 15.
         for (x, y) in v.chunks(32).zip(back.chunks(32)) {
             let amax = x.iter().fold(0.0f32, |m, a| m.max(a.abs()));
             let step = match format {
                 QuantFormat::Q8_0 => amax / 127.0,
                 QuantFormat::Q4_0 => amax / 8.0,
-                QuantFormat::Q4_1 => {
+                QuantFormat::Q4_1 | QuantFormat::Q4_K => {
                     let (lo, hi) = x.iter().fold((f32::MAX, f32::MIN), |(l, h), &a| (l.min(a), h.max(a)));
                     (hi - lo) / 15.0
                 }
                 QuantFormat::Nf4 => unreachable!("not in FORMATS"),
             };
             for (a, b) in x.iter().zip(y) {
-                let tol = if format == QuantFormat::Q4_0 { step } else { step * 0.5 };
+                let tol = match format {
+                    QuantFormat::Q4_0 | QuantFormat::Q4_K => step,
+                    _ => step * 0.5,
+                };
                 assert!((a - b).abs() <= tol + amax * 2e-3 + 1e-7, "{format:?}: {a} -> {b}");
             }
         }
@@ -378,23 +451,30 @@ fn weight_quantizes_f32_values() {
 fn quantized_weights_check_sizes_and_are_frozen() {
     let be = CpuBackend::new(Some(1));
     for format in FORMATS {
-        let blocks = random_blocks(format, 4, 64, 1, 0.1);
+        let c = if format == QuantFormat::Q4_K { 256 } else { 64 };
+        let blocks = random_blocks(format, 4, c, 1, 0.1);
         let shape_err = |r: afinar_engine::Result<_>| assert!(matches!(r, Err(EngineError::Shape { .. })));
-        shape_err(be.weight_quantized(&blocks[1..], format, 4, 64));
-        shape_err(be.weight_quantized(&blocks, format, 3, 64));
-        shape_err(be.weight_quantized(&blocks, format, 16, 16)); // not whole blocks per row
+        shape_err(be.weight_quantized(&blocks[1..], format, 4, c));
+        shape_err(be.weight_quantized(&blocks, format, 3, c));
+        shape_err(be.weight_quantized(&blocks, format, c / 4, 16)); // not whole blocks per row
         shape_err(be.weight(&[0.0; 48], 2, 24, WeightFormat::Quant(format)));
-        let mut w = be.weight_quantized(&blocks, format, 4, 64).unwrap();
-        let (g, mut m, mut v) = (vec![0.0; 256], vec![0.0; 256], vec![0.0; 256]);
+        if format == QuantFormat::Q4_K {
+            // Whole 32-value blocks are not whole super-blocks; the error names the block length.
+            let e =
+                be.weight(&vec![0.0; 2 * 96], 2, 96, WeightFormat::Quant(format)).unwrap_err().to_string();
+            assert!(e.contains("q4_k") && e.contains("256"), "{e}");
+        }
+        let mut w = be.weight_quantized(&blocks, format, 4, c).unwrap();
+        let (g, mut m, mut v) = (vec![0.0; 4 * c], vec![0.0; 4 * c], vec![0.0; 4 * c]);
         let hp = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 1 };
         match be.adamw_weight(&mut w, &g, &mut m, &mut v, &hp) {
             Err(EngineError::Unsupported(msg)) => assert!(msg.contains("frozen"), "{msg}"),
             other => panic!("{other:?}"),
         }
         // Empty matrices work.
-        let e = be.weight_quantized(&[], format, 0, 64).unwrap();
+        let e = be.weight_quantized(&[], format, 0, c).unwrap();
         let mut y = vec![];
-        be.linear(&vec![0.0; 64], &e, &mut y, 1, false).unwrap();
+        be.linear(&vec![0.0; c], &e, &mut y, 1, false).unwrap();
         let e = be.weight_quantized(&[], format, 3, 0).unwrap();
         let mut y = vec![f32::NAN; 3];
         be.linear(&vec![], &e, &mut y, 1, false).unwrap();

@@ -13,7 +13,7 @@
 //! Internally afinar uses Hugging Face's layout (`[out, in]` weights, RoPE on halves). GGUF files
 //! written by llama.cpp store Q and K rows permuted for interleaved RoPE; [`unpermute_rows`] undoes
 //! that at load time (on f32 rows, or on whole rows of quantized blocks when
-//! [`LoadOptions::keep_quantized`] keeps a GGUF's Q8_0/Q4_0/Q4_1 matrices as they are).
+//! [`LoadOptions::keep_quantized`] keeps a GGUF's Q8_0/Q4_0/Q4_1/Q4_K matrices as they are).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -38,10 +38,11 @@ pub struct LoadOptions {
     pub format: WeightFormat,
     /// Tokenizer file to use instead of the checkpoint's own.
     pub tokenizer: Option<PathBuf>,
-    /// Keep a GGUF file's Q8_0, Q4_0 and Q4_1 matrices in their blocks, and a bitsandbytes
-    /// checkpoint's NF4 matrices as NF4 ([`Backend::weight_quantized`]: frozen, 4.1 to 8.5 bits
-    /// per value) instead of dequantizing them to `format`; every other tensor is loaded as
-    /// `format`. No effect on checkpoints without quantized matrices.
+    /// Keep a GGUF file's Q8_0, Q4_0, Q4_1 and Q4_K matrices in their blocks, and a
+    /// bitsandbytes checkpoint's NF4 matrices as NF4 ([`Backend::weight_quantized`]: frozen, 4.1
+    /// to 8.5 bits per value) instead of dequantizing them to `format`; every other tensor (and
+    /// a Q4_K matrix whose rows are not whole 256-value super-blocks) is loaded as `format`. No
+    /// effect on checkpoints without quantized matrices.
     pub keep_quantized: bool,
     /// Storage of the attention and MLP projections (q, k, v, o, gate, up, down) when it differs
     /// from `format`: QLoRA loads them as NF4 (`WeightFormat::Quant(QuantFormat::Nf4)`),
@@ -267,11 +268,15 @@ impl WeightSource for GgufSource {
             DType::Q8_0 => QuantFormat::Q8_0,
             DType::Q4_0 => QuantFormat::Q4_0,
             DType::Q4_1 => QuantFormat::Q4_1,
+            DType::Q4_K => QuantFormat::Q4_K,
             _ => return Ok(None),
         };
         let &[rows, cols] = view.shape.as_slice() else {
             return Ok(None);
         };
+        // Rows that are not whole blocks (a Q4_K row must be whole 256-value super-blocks; GGUF
+        // writers fall back to other types for those, but a file may still hold one) are
+        // dequantized like every other tensor, as before Q4_K could be kept.
         let Some(row_bytes) = format.row_bytes(cols) else {
             return Ok(None);
         };

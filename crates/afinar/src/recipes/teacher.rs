@@ -20,7 +20,7 @@ pub enum TeacherDtype {
     /// are read; a bitsandbytes checkpoint's NF4 matrices are taken as they are), the embedding
     /// and output head in bf16.
     Nf4,
-    /// As stored: a GGUF file's Q8_0/Q4_0/Q4_1 blocks and a bitsandbytes checkpoint's NF4
+    /// As stored: a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K blocks and a bitsandbytes checkpoint's NF4
     /// matrices kept as they are; every other tensor in f32.
     AsStored,
 }

@@ -34,7 +34,7 @@ pub enum DTypeArg {
     /// `native` for GGUF files and bitsandbytes 4-bit folders, `f32` for other Hugging Face
     /// checkpoints.
     Auto,
-    /// Keep a GGUF file's Q8_0/Q4_0/Q4_1 matrices and a bitsandbytes folder's NF4 matrices
+    /// Keep a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K matrices and a bitsandbytes folder's NF4 matrices
     /// quantized (frozen); f32 for the rest.
     Native,
     /// 32-bit floats.

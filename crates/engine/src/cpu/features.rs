@@ -32,7 +32,7 @@ pub enum CpuLevel {
     /// No SIMD intrinsics: the code compiled for the build's target (the only level off x86-64).
     Portable = 0,
     /// AVX2, FMA and F16C: the 256-bit builds of the row primitives (softmax rows, SwiGLU), and
-    /// the int8 GEMV of the block-quantized (Q8_0, Q4_0, Q4_1) weights.
+    /// the int8 GEMV of the block-quantized (Q8_0, Q4_0, Q4_1, Q4_K) weights.
     Avx2 = 1,
     /// AVX-512 F, BW and VL: the bf16/f32 GEMV, the small GEMM, the f16 attention kernels and
     /// the 512-bit builds of the row primitives.

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Largest number of rows the int8 GEMV path takes for GGUF block-quantized weights (Q8_0, Q4_0,
-/// Q4_1). It re-reads the weight every four rows but never dequantizes it, which pays up to a
+/// Q4_1, Q4_K). It re-reads the weight every four rows but never dequantizes it, which pays up to a
 /// few dozen rows: a 25-token prompt of SmolLM2-135M ran at 1.4× (Q8_0) and 1.9× (Q4_0) the
 /// dequantizing tile path's speed, a 52-token one at about 1.1× (2 threads).
 pub const QUANT_GEMV_MAX_ROWS: usize = 32;

@@ -66,7 +66,7 @@ pub enum CpuWeightData {
     F32(Vec<f32>),
     /// bfloat16 (round-to-nearest-even from the uploaded f32 values).
     BF16(Vec<bf16>),
-    /// GGUF blocks of `format`, row-major (each row `cols / 32` blocks), or an NF4 buffer
+    /// GGUF blocks of `format`, row-major (each row `cols / block_len` blocks), or an NF4 buffer
     /// ([`nf4`]); frozen.
     Quant {
         /// Block layout.

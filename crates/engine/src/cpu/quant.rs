@@ -1,4 +1,5 @@
-//! GGUF block-quantized weights ([`QuantFormat`]: Q8_0, Q4_0, Q4_1) kept quantized in memory.
+//! GGUF block-quantized weights ([`QuantFormat`]: Q8_0, Q4_0, Q4_1, Q4_K) kept quantized in
+//! memory.
 //! NF4 ([`QuantFormat::Nf4`]) shares [`QuantRef`] and the entry points [`dequantize_rows`] and
 //! [`linear_gemv`], which hand it to [`super::nf4`].
 //!
@@ -8,10 +9,12 @@
 //!   `vpdpbusd` on 32 bytes; else AVX2 `vpmaddubsw` + `vpmaddwd`, as llama.cpp does on AVX2; else
 //!   a portable loop), then scaled by `d_w · d_x`. All three give the same exact integer block
 //!   dots and differ only in the order of the f32 sums. Q4_1's offset adds
-//!   `m_w · d_x · Σ q_x` per block. The weight is read once, at 4.25 to 8.5 bits per value, which
-//!   is what makes decode fast: it is bound by memory bandwidth. The outputs are split over the
-//!   rayon pool in fixed blocks and every output is computed by one thread in a fixed order, so
-//!   results do not depend on the number of threads.
+//!   `m_w · d_x · Σ q_x` per block. Q4_K's 256-value super-blocks are 8 sub-blocks of 32 that
+//!   line up with the activation blocks: sub-block `j` gives `(d · sc_j) · d_x · Σ q · q_x` and
+//!   its min subtracts `(dmin · m_j) · d_x · Σ q_x`. The weight is read once, at 4.25 to 8.5 bits
+//!   per value, which is what makes decode fast: it is bound by memory bandwidth. The outputs are
+//!   split over the rayon pool in fixed blocks and every output is computed by one thread in a
+//!   fixed order, so results do not depend on the number of threads.
 //! * **Many rows and the input gradient** go through [`super::matmul`]: weight tiles are
 //!   dequantized to f32 ([`dequantize_rows`]) and multiplied with `gemm`, never the whole matrix
 //!   at once.
@@ -46,8 +49,8 @@ fn task_outputs(out: usize, threads: usize) -> usize {
     out.div_ceil(threads * rounds).next_multiple_of(4).max(4)
 }
 
-/// A borrowed `[rows, cols]` quantized matrix: `rows` rows of `cols / 32` blocks each (for NF4,
-/// the whole buffer of [`super::nf4`]).
+/// A borrowed `[rows, cols]` quantized matrix: `rows` rows of `cols / block_len` blocks each
+/// ([`QuantFormat::block_len`]; for NF4, the whole buffer of [`super::nf4`]).
 #[derive(Clone, Copy, Debug)]
 pub struct QuantRef<'a> {
     /// Block layout.
@@ -56,7 +59,7 @@ pub struct QuantRef<'a> {
     pub data: &'a [u8],
     /// Number of rows.
     pub rows: usize,
-    /// Values per row (a multiple of 32).
+    /// Values per row (a whole number of blocks: a multiple of 32, of 256 for Q4_K).
     pub cols: usize,
 }
 
@@ -93,8 +96,9 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
-/// Dequantizes whole blocks of `src` into `dst` (32 values per block; as many blocks as both
-/// hold), with GGUF's reference arithmetic: Q8_0 `q · d`, Q4_0 `d · (q − 8)`, Q4_1 `d · q + m`.
+/// Dequantizes whole blocks of `src` into `dst` ([`QuantFormat::block_len`] values per block;
+/// as many blocks as both hold), with GGUF's reference arithmetic: Q8_0 `q · d`, Q4_0
+/// `d · (q − 8)`, Q4_1 `d · q + m`, Q4_K `(d · sc) · q − (dmin · m)`.
 ///
 /// # Panics
 /// For NF4, whose blocks are not self-contained (use [`dequantize_rows`]).
@@ -104,6 +108,7 @@ pub fn dequantize_blocks(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
         QuantFormat::Q8_0 => ggml::q8::dequantize_q8_0(src, dst),
         QuantFormat::Q4_0 => ggml::q4::dequantize_q4_0(src, dst),
         QuantFormat::Q4_1 => ggml::q4::dequantize_q4_1(src, dst),
+        QuantFormat::Q4_K => ggml::k_quants::dequantize_q4_k(src, dst),
     }
 }
 
@@ -124,11 +129,14 @@ pub fn dequantize_rows<T: Real>(w: QuantRef<'_>, r0: usize, dst: &mut [T]) {
     let src = w.rows_bytes(r0, r0 + n);
     let rb = w.row_bytes();
     let convert = |s: &[u8], d: &mut [T]| {
-        let mut buf = [0.0f32; 256];
+        const RUN: usize = 256;
+        let mut buf = [0.0f32; RUN];
+        // Blocks per run: 8 of 32 values, or one Q4_K super-block.
+        let per_run = RUN / w.format.block_len();
+        let bb = w.format.block_bytes();
         for (s, d) in s.chunks(rb).zip(d.chunks_mut(cols)) {
-            // Convert in runs of 8 blocks through a small f32 buffer (a no-op copy for T = f32).
-            let bb = w.format.block_bytes();
-            for (s, d) in s.chunks(8 * bb).zip(d.chunks_mut(8 * QK)) {
+            // Convert in runs of 256 values through a small f32 buffer (a no-op copy for T = f32).
+            for (s, d) in s.chunks(per_run * bb).zip(d.chunks_mut(RUN)) {
                 let b = &mut buf[..d.len()];
                 dequantize_blocks(w.format, s, b);
                 for (d, &v) in d.iter_mut().zip(b.iter()) {
@@ -330,7 +338,8 @@ type Kernel = unsafe fn(&[u8], usize, &[i8], &[f32], &mut [f32; 4]);
 
 /// `res[j] = Σ_b (d_w · d_x · Σ_i w_q · x_q + [Q4_1] m_w · s_x)` for the `oo ≤ 4` weight rows in
 /// `wb` (row stride `rb` bytes) against one quantized activation row (`xds`: `[d_x, s_x]` per
-/// block).
+/// block of 32); for Q4_K, `Σ_j ((d · sc_j) · d_x · Σ_i q · x_q − (dmin · m_j) · s_x)` over its
+/// sub-blocks `j`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn dots(
@@ -344,26 +353,30 @@ fn dots(
     res: &mut [f32; 4],
 ) {
     assert!(
-        wb.len() >= oo * rb && xq.len() * 2 == xds.len() * QK && rb * QK == xq.len() * format.block_bytes()
+        wb.len() >= oo * rb
+            && xq.len() * 2 == xds.len() * QK
+            && rb * format.block_len() == xq.len() * format.block_bytes()
     );
     #[cfg(target_arch = "x86_64")]
     if path != Path::Portable {
-        use QuantFormat::{Nf4, Q4_0, Q4_1, Q8_0};
+        use QuantFormat::{Nf4, Q4_0, Q4_1, Q4_K, Q8_0};
         // The kernel for 4 rows and the one for a single row.
         let (four, one): (Kernel, Kernel) = match (path, format) {
             (Path::Vnni, Q8_0) => (vnni::dots::<4, 0>, vnni::dots::<1, 0>),
             (Path::Vnni, Q4_0) => (vnni::dots::<4, 1>, vnni::dots::<1, 1>),
             (Path::Vnni, Q4_1) => (vnni::dots::<4, 2>, vnni::dots::<1, 2>),
+            (Path::Vnni, Q4_K) => (vnni::dots_q4k::<4>, vnni::dots_q4k::<1>),
             (Path::Avx2, Q8_0) => (avx2::dots::<4, 0>, avx2::dots::<1, 0>),
             (Path::Avx2, Q4_0) => (avx2::dots::<4, 1>, avx2::dots::<1, 1>),
             (Path::Avx2, Q4_1) => (avx2::dots::<4, 2>, avx2::dots::<1, 2>),
+            (Path::Avx2, Q4_K) => (avx2::dots_q4k::<4>, avx2::dots_q4k::<1>),
             (_, Nf4) => unreachable!("NF4 has its own GEMV"),
             (Path::Portable, _) => unreachable!("checked above"),
         };
         // SAFETY: the kernel's instruction sets were detected at run time (`Path::Vnni` is only
         // chosen after `vnni_available()`, `Path::Avx2` after `avx2_available()`); `wb` holds
-        // `oo` rows of `xds.len() / 2` blocks each at stride `rb`, and `xq` holds as many
-        // activation blocks (asserted above).
+        // `oo` rows of `xds.len() / 2` blocks of 32 values (`xds.len() / 16` Q4_K super-blocks)
+        // each at stride `rb`, and `xq` holds as many activation blocks (asserted above).
         unsafe {
             if oo == 4 {
                 four(wb, rb, xq, xds, res);
@@ -385,6 +398,9 @@ fn dots(
 
 /// One output, portably: the integer block dots are exact, their scaled sum runs in block order.
 fn dot_portable(format: QuantFormat, w: &[u8], xq: &[i8], xds: &[f32]) -> f32 {
+    if format == QuantFormat::Q4_K {
+        return dot_portable_q4k(w, xq, xds);
+    }
     let bb = format.block_bytes();
     let mut acc = 0.0f32;
     let mut min_acc = 0.0f32;
@@ -405,6 +421,7 @@ fn dot_portable(format: QuantFormat, w: &[u8], xq: &[i8], xds: &[f32]) -> f32 {
                 s
             }
             QuantFormat::Nf4 => unreachable!("NF4 has its own GEMV"),
+            QuantFormat::Q4_K => unreachable!("Q4_K has its own loop"),
         };
         acc += (d * dx) * dot as f32;
         if format == QuantFormat::Q4_1 {
@@ -412,6 +429,49 @@ fn dot_portable(format: QuantFormat, w: &[u8], xq: &[i8], xds: &[f32]) -> f32 {
         }
     }
     acc + min_acc
+}
+
+/// The 6-bit scales and mins of a Q4_K super-block's 8 sub-blocks, unpacked from its 12
+/// `scales` bytes `s` (bytes 0-3 hold scales 0-3 in their low 6 bits and the top 2 bits of
+/// scales 4-7; bytes 4-7 the same for the mins; bytes 8-11 the low 4 bits of scales 4-7 in their
+/// low nibble and of mins 4-7 in their high nibble), four at a time in 32-bit words as llama.cpp
+/// does: the words' little-endian bytes are scales 0-3, scales 4-7, mins 0-3, mins 4-7.
+///
+/// # Panics
+/// When `s` holds fewer than 12 bytes.
+#[inline(always)]
+fn q4k_scale_words(s: &[u8]) -> [u32; 4] {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    [a & LOW6, (c & LOW4) | (((a >> 6) & LOW2) << 4), b & LOW6, ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4)]
+}
+
+/// One Q4_K output, portably: per sub-block `j` the exact integer dot `Σ q · x_q` scaled by
+/// `(d · sc_j) · d_x`, and the min term `(dmin · m_j) · s_x`, each summed in block order.
+fn dot_portable_q4k(w: &[u8], xq: &[i8], xds: &[f32]) -> f32 {
+    const SB: usize = ggml::K_BLOCK;
+    let (mut acc, mut min_acc) = (0.0f32, 0.0f32);
+    let blocks = w.chunks_exact(ggml::Q4_K_BYTES).zip(xq.chunks_exact(SB)).zip(xds.chunks_exact(2 * SB / QK));
+    for ((b, x), ds) in blocks {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let words = q4k_scale_words(&b[4..16]);
+        let byte = |k: usize| f32::from((words[k / 4] >> (8 * (k % 4))) as u8);
+        for j in 0..SB / QK {
+            let (c, shift) = (j / 2, 4 * (j % 2));
+            let qs = &b[16 + 32 * c..48 + 32 * c];
+            let dot: i32 = qs
+                .iter()
+                .zip(&x[QK * j..QK * (j + 1)])
+                .map(|(&q, &x)| i32::from((q >> shift) & 0x0f) * i32::from(x))
+                .sum();
+            acc += ((d * byte(j)) * ds[2 * j]) * dot as f32;
+            min_acc += (dmin * byte(8 + j)) * ds[2 * j + 1];
+        }
+    }
+    acc - min_acc
 }
 
 // The AVX-512 intrinsics used here are stable since Rust 1.89 (the workspace's MSRV).
@@ -594,6 +654,105 @@ mod vnni {
             }
         }
     }
+
+    /// The scales `d_x` and the sums `s_x` of the 8 activation blocks of one Q4_K super-block,
+    /// 8 lanes each, from their 16 interleaved floats `[d₀, s₀, d₁, s₁, …]` at `p`.
+    #[inline(always)]
+    pub(super) unsafe fn split_ds(p: *const f32) -> (__m256, __m256) {
+        // SAFETY (caller): `p` points to 16 readable f32; AVX2 is enabled in the callers.
+        unsafe {
+            let a = _mm256_loadu_ps(p); // d0 s0 d1 s1 | d2 s2 d3 s3
+            let b = _mm256_loadu_ps(p.add(8)); // d4 s4 d5 s5 | d6 s6 d7 s7
+                                               // Per 128-bit lane: [d0 d1 d4 d5 | d2 d3 d6 d7], then 64-bit pairs 0, 2, 1, 3.
+            let d = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+            let s = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+            (
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(d)),
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(s)),
+            )
+        }
+    }
+
+    /// For the Q4_K super-block at `p`: per sub-block `j`, `(d · sc_j) · d_x` and
+    /// `(dmin · m_j) · s_x` (8 lanes each), given the activation blocks' `d_x` and `s_x`
+    /// ([`split_ds`]).
+    #[inline(always)]
+    pub(super) unsafe fn q4k_scales(p: *const u8, dx: __m256, sx: __m256) -> (__m256, __m256) {
+        // SAFETY (caller): `p` points to a whole 144-byte super-block; AVX2 and F16C are enabled
+        // in the callers.
+        unsafe {
+            let w = super::q4k_scale_words(std::slice::from_raw_parts(p.add(4), 12));
+            let v = _mm_set_epi32(w[3] as i32, w[2] as i32, w[1] as i32, w[0] as i32);
+            let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+            let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)));
+            let (d, dmin) = (_mm256_set1_ps(f16(p)), _mm256_set1_ps(f16(p.add(2))));
+            (_mm256_mul_ps(_mm256_mul_ps(d, sc), dx), _mm256_mul_ps(_mm256_mul_ps(dmin, mn), sx))
+        }
+    }
+
+    /// `O` outputs of Q4_K, one 256-value super-block at a time: its scales and mins are
+    /// unpacked once per row ([`q4k_scales`]), and each 32-byte run of `qs` holds two
+    /// sub-blocks (low and high nibbles) that go through one 64-byte `vpdpbusd` against the
+    /// matching 64 activation bytes, giving the exact integer dots of both in 8 lanes each; the
+    /// lanes are scaled by `(d · sc_j) · d_x` of their sub-block and summed in f32 lanes. The
+    /// mins subtract `(dmin · m_j) · s_x`, 8 sub-blocks at a time.
+    ///
+    /// # Safety
+    /// AVX-512F/VL/VNNI, AVX2, FMA and F16C must be available; `wb` must hold `O` rows of
+    /// `xds.len() / 16` super-blocks at stride `rb` bytes and `xq` `16 · xds.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn dots_q4k<const O: usize>(wb: &[u8], rb: usize, xq: &[i8], xds: &[f32], res: &mut [f32; 4]) {
+        let ns = xds.len() / 16;
+        let wp = wb.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); O];
+        let mut acc_m = [_mm256_setzero_ps(); O];
+        let zero = _mm512_setzero_si512();
+        let low4 = _mm512_set1_epi8(0x0f);
+        // Lanes 0..8 of the dots of `qs` run c belong to sub-block 2c, lanes 8..16 to 2c + 1.
+        let spread = [
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+            _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5),
+            _mm512_setr_epi32(6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7),
+        ];
+        // SAFETY: super-block s of row j lies at wp + j · rb + 144 s, inside `wb` for s < ns and
+        // j < O; its activations are xq[256 s..256 s + 256] and xds[16 s..16 s + 16] (see the
+        // contract). All loads are unaligned loads within those ranges.
+        unsafe {
+            for s in 0..ns {
+                let (dx, sx) = split_ds(xds.as_ptr().add(16 * s));
+                let xp = xq.as_ptr().add(256 * s);
+                let xv = [
+                    _mm512_loadu_si512(xp.cast()),
+                    _mm512_loadu_si512(xp.add(64).cast()),
+                    _mm512_loadu_si512(xp.add(128).cast()),
+                    _mm512_loadu_si512(xp.add(192).cast()),
+                ];
+                for j in 0..O {
+                    let p = wp.add(j * rb + 144 * s);
+                    // Prefetch this row ahead, as in `dots`: a super-block spans up to three
+                    // cache lines. Prefetches never fault.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 64).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 128).cast());
+                    let (scale, min) = q4k_scales(p, dx, sx);
+                    acc_m[j] = _mm256_add_ps(acc_m[j], min);
+                    let scale = _mm512_castps256_ps512(scale);
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(p.add(16 + 32 * c).cast());
+                        let both =
+                            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v), _mm256_srli_epi16::<4>(v));
+                        let dot = _mm512_dpbusd_epi32(zero, _mm512_and_si512(both, low4), xv[c]);
+                        let sc = _mm512_permutexvar_ps(spread[c], scale);
+                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(dot), acc[j]);
+                    }
+                }
+            }
+            for j in 0..O {
+                res[j] = _mm512_reduce_add_ps(acc[j]) - hsum(acc_m[j]);
+            }
+        }
+    }
 }
 
 // Index loops over the small register arrays read better than iterator chains here.
@@ -602,7 +761,7 @@ mod vnni {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::vnni::{f16, hsum, nibbles, PREFETCH_BYTES};
+    use super::vnni::{f16, hsum, nibbles, q4k_scales, split_ds, PREFETCH_BYTES};
 
     /// The exact dot of unsigned bytes `u` and signed bytes `s` in 8 i32 lanes (lane `i` holds
     /// bytes `4i..4i + 4`): `vpmaddubsw` to i16 pairs, then `vpmaddwd` with ones. The pairs do not
@@ -674,6 +833,58 @@ mod avx2 {
             }
             for j in 0..O {
                 res[j] = hsum(acc[j]) + acc_m[j];
+            }
+        }
+    }
+
+    /// `O` outputs of Q4_K, one 256-value super-block at a time: its scales and mins are
+    /// unpacked once per row ([`q4k_scales`]), each 32-byte run of `qs` holds two sub-blocks
+    /// (low and high nibbles) whose exact integer dots with their activation blocks
+    /// (`vpmaddubsw` + `vpmaddwd`; nibbles are at most 15, so no `i16` pair saturates) are
+    /// converted to f32 and accumulated with `(d · sc_j) · d_x` by FMA. The mins subtract
+    /// `(dmin · m_j) · s_x`, 8 sub-blocks at a time.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `wb` must hold `O` rows of `xds.len() / 16`
+    /// super-blocks at stride `rb` bytes and `xq` `16 · xds.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots_q4k<const O: usize>(wb: &[u8], rb: usize, xq: &[i8], xds: &[f32], res: &mut [f32; 4]) {
+        let ns = xds.len() / 16;
+        let wp = wb.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); O];
+        let mut acc_m = [_mm256_setzero_ps(); O];
+        let low4 = _mm256_set1_epi8(0x0f);
+        // SAFETY: super-block s of row j lies at wp + j · rb + 144 s, inside `wb` for s < ns and
+        // j < O; its activations are xq[256 s..256 s + 256] and xds[16 s..16 s + 16] (see the
+        // contract). All loads are unaligned loads within those ranges.
+        unsafe {
+            for s in 0..ns {
+                let (dx, sx) = split_ds(xds.as_ptr().add(16 * s));
+                let xp = xq.as_ptr().add(256 * s);
+                for j in 0..O {
+                    let p = wp.add(j * rb + 144 * s);
+                    // Prefetch this row ahead, as in `dots`: a super-block spans up to three
+                    // cache lines. Prefetches never fault.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 64).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 128).cast());
+                    let (scale, min) = q4k_scales(p, dx, sx);
+                    acc_m[j] = _mm256_add_ps(acc_m[j], min);
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(p.add(16 + 32 * c).cast());
+                        let lo = _mm256_and_si256(v, low4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                        let x0 = _mm256_loadu_si256(xp.add(64 * c).cast());
+                        let x1 = _mm256_loadu_si256(xp.add(64 * c + 32).cast());
+                        let s0 = _mm256_permutevar8x32_ps(scale, _mm256_set1_epi32(2 * c as i32));
+                        let s1 = _mm256_permutevar8x32_ps(scale, _mm256_set1_epi32(2 * c as i32 + 1));
+                        acc[j] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot_u8_i8(lo, x0)), acc[j]);
+                        acc[j] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot_u8_i8(hi, x1)), acc[j]);
+                    }
+                }
+            }
+            for j in 0..O {
+                res[j] = hsum(acc[j]) - hsum(acc_m[j]);
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! * Libraries are loaded at run time ([`libs`]): nothing from CUDA is needed to build afinar.
 //! * Activations are f32 buffers on the device ([`CudaBuf`]); weights are f32, bf16, GGUF blocks
-//!   or NF4 ([`CudaWeight`]).
+//!   (Q8_0, Q4_0, Q4_1; Q4_K matrices are dequantized to bf16 at upload) or NF4 ([`CudaWeight`]).
 //! * Matrix products go through cuBLAS ([`blas`]): bf16 operands with f32 accumulation when a
 //!   weight is bf16 or quantized (activations are rounded to bf16 on the way in, quantized
 //!   weights dequantized to bf16 one matrix at a time into a scratch buffer), TF32 on the tensor
@@ -331,6 +331,19 @@ impl CudaBackend {
         }
     }
 
+    /// A Q4_K matrix (`blocks`, size already checked) as this backend stores it: there is no
+    /// device kernel for Q4_K's super-blocks, so it is dequantized on the host (bit-exact with
+    /// GGUF's reference) and uploaded as bf16, the precision every quantized weight's products
+    /// already use here (quantized weights are dequantized to bf16 for cuBLAS). Such a weight
+    /// reports [`WeightFormat::BF16`], and embedding lookups and [`Backend::weight_to_host`] see
+    /// its values rounded to bf16.
+    fn q4k_weight(&self, blocks: &[u8], rows: usize, cols: usize) -> Result<CudaWeight> {
+        let values = crate::quant::dequantize(QuantFormat::Q4_K, blocks, rows, cols)?;
+        let h: Vec<u16> = values.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+        let d = self.stream.clone_htod(&h[..]).map_err(|e| self.oom(e, h.len(), 2))?;
+        Ok(CudaWeight { rows, cols, data: WeightData::BF16(d) })
+    }
+
     /// Uploads host index data (token ids, positions, targets).
     pub(crate) fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         if data.is_empty() {
@@ -408,6 +421,12 @@ impl CudaBackend {
             QuantFormat::Q4_0 => 1,
             QuantFormat::Q4_1 => 2,
             QuantFormat::Nf4 => 3,
+            // Never stored quantized here (see `CudaBackend::q4k_weight`).
+            QuantFormat::Q4_K => {
+                return Err(EngineError::Unsupported(
+                    "q4_k weights have no CUDA dequantization kernel (they are stored as bf16)".into(),
+                ))
+            }
         };
         let n = n_rows * w.cols;
         if n == 0 {
@@ -629,6 +648,10 @@ impl Backend for CudaBackend {
                 let h: Vec<u16> = data.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
                 WeightData::BF16(self.stream.clone_htod(&h[..]).map_err(up)?)
             }
+            WeightFormat::Quant(QuantFormat::Q4_K) => {
+                let blocks = crate::quant::quantize(QuantFormat::Q4_K, data, rows, cols)?;
+                return self.q4k_weight(&blocks, rows, cols);
+            }
             WeightFormat::Quant(q) => {
                 let blocks = crate::quant::quantize(q, data, rows, cols)?;
                 WeightData::Quant(q, self.stream.clone_htod(&blocks[..]).map_err(up)?)
@@ -646,6 +669,9 @@ impl Backend for CudaBackend {
     ) -> Result<CudaWeight> {
         let _t = self.timer("weight_quantized");
         let want = crate::quant::check_quant_len(format, rows, cols, blocks.len())?;
+        if format == QuantFormat::Q4_K {
+            return self.q4k_weight(blocks, rows, cols);
+        }
         let d = self.stream.clone_htod(blocks).map_err(|e| self.oom(e, want, 1))?;
         Ok(CudaWeight { rows, cols, data: WeightData::Quant(format, d) })
     }

@@ -30,6 +30,9 @@ pub const Q8_0_BYTES: usize = 34;
 pub const Q4_0_BYTES: usize = 18;
 /// Bytes per Q4_1 block: `d: f16`, `m: f16`, `qs: [u8; 16]`.
 pub const Q4_1_BYTES: usize = 20;
+/// Bytes per Q4_K super-block (256 values): `d: f16`, `dmin: f16`, `scales: [u8; 12]`,
+/// `qs: [u8; 128]` ([`k_quants::dequantize_q4_k`]).
+pub const Q4_K_BYTES: usize = 144;
 
 /// Reads the little-endian f16 at `b[at..at + 2]` as f32.
 #[inline(always)]
