@@ -58,10 +58,8 @@ fn long_version() -> &'static str {
         Ok(None) => "none".to_string(),
         Err(e) => format!("invalid ({e})"),
     };
-    let gemm = if features::gemm_ignores_cap() {
-        format!("; the gemm crate's f32 products still run at {}", features::gemm_level())
-    } else if features::GEMM_AVX512 {
-        String::new()
+    let gemm = if features::gemm_ignores_cap() || features::GEMM_AVX512 {
+        features::gemm_note()
     } else {
         "; built without gemm-avx512: the gemm crate's f32 products at avx2 at most".to_string()
     };

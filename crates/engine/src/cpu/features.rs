@@ -255,12 +255,17 @@ pub fn describe() -> String {
         return l.name().to_string();
     }
     let by = if OVERRIDE.load(Ordering::Relaxed) != UNSET { "set_cap" } else { ENV_VAR };
-    let gemm = if gemm_ignores_cap() {
+    format!("{l}; capped from {d} by {by}{}", gemm_note())
+}
+
+/// `"; the gemm crate's f32 products still run at avx512"` where [`gemm_ignores_cap`], else
+/// empty: the suffix that [`describe`] and `afinar --version` add to a capped level.
+pub fn gemm_note() -> String {
+    if gemm_ignores_cap() {
         format!("; the gemm crate's f32 products still run at {}", gemm_level())
     } else {
         String::new()
-    };
-    format!("{l}; capped from {d} by {by}{gemm}")
+    }
 }
 
 /// Whether this build carries the `gemm` crate's AVX-512 f32 kernels (feature `gemm-avx512`).
